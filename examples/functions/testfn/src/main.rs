@@ -1,0 +1,210 @@
+//! The test function: one static binary whose behaviour is chosen by its arguments.
+//!
+//! hotpool's integration tests and its demo build this binary statically, put it in
+//! an image `FROM scratch` and run it through the real engine. Each mode exercises one
+//! thing a function can do to the pool: answer, fail, run out of memory, hang, talk on
+//! stderr, kill itself, or break the framing of a hot format.
+//!
+//! Cold modes (one request on stdin until EOF, the response on stdout until exit):
+//!
+//! ```text
+//! echo             copy stdin to stdout
+//! exit N [MSG]     write MSG (default "exiting with N") to stderr, exit with code N
+//! oom              allocate and touch memory until the kernel kills the process
+//! sleep SECS       sleep, then echo
+//! stderr MSG       write MSG to stderr, then echo
+//! kill-self        send SIGKILL to itself
+//! spin SECS        burn one CPU and hold 32 MiB for SECS seconds, then echo
+//! ```
+//!
+//! Hot modes (many requests over one stdin/stdout):
+//!
+//! ```text
+//! line             one request line in, one response line out
+//! http             HTTP/1.1 requests in, HTTP/1.1 responses out (Content-Length bodies)
+//! ```
+//!
+//! In hot modes a request whose body starts with `!` is a command instead of data:
+//! `!exit N`, `!oom`, `!kill-self`, `!sleep MS`, `!stderr MSG` (then echo MSG),
+//! `!garbage` (write bytes that break the framing), `!spin MS`. Anything else is echoed.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("echo");
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    match mode {
+        "echo" => echo(),
+        "exit" => {
+            let code: i32 = arg(1).parse().unwrap_or(1);
+            let message = args
+                .get(2)
+                .cloned()
+                .unwrap_or(format!("exiting with {code}"));
+            eprintln!("{message}");
+            std::process::exit(code);
+        }
+        "oom" => oom(),
+        "sleep" => {
+            std::thread::sleep(Duration::from_secs_f64(arg(1).parse().unwrap_or(1.0)));
+            echo();
+        }
+        "stderr" => {
+            eprintln!("{}", arg(1));
+            echo();
+        }
+        "kill-self" => kill_self(),
+        "spin" => {
+            spin(Duration::from_secs_f64(arg(1).parse().unwrap_or(1.0)));
+            echo();
+        }
+        "line" => serve_lines(),
+        "http" => serve_http(),
+        other => {
+            eprintln!("hotpool-testfn: unknown mode {other:?}");
+            std::process::exit(64);
+        }
+    }
+}
+
+fn echo() {
+    let mut out = io::stdout().lock();
+    io::copy(&mut io::stdin().lock(), &mut out).expect("copy stdin to stdout");
+    out.flush().expect("flush stdout");
+}
+
+/// Touches 1 MiB pages until the memory limit kills the process.
+fn oom() -> ! {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        held.push(vec![0x5a; 1 << 20]);
+    }
+}
+
+fn kill_self() -> ! {
+    // SAFETY: getpid and kill have no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    unreachable!("SIGKILL cannot be caught")
+}
+
+/// Burns CPU for `how_long` while holding 32 MiB, so the engine's stats show both.
+fn spin(how_long: Duration) {
+    let held = vec![1u8; 32 << 20];
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < how_long {
+        for &b in held.iter().step_by(4096) {
+            x = x.wrapping_mul(31).wrapping_add(u64::from(b));
+        }
+    }
+    std::hint::black_box(x);
+}
+
+/// Runs a hot-mode command (the body after `!`); returns the bytes to answer with.
+fn command(body: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body);
+    let (name, rest) = text.split_once(' ').unwrap_or((&text, ""));
+    match name {
+        "exit" => {
+            let code = rest.trim().parse().unwrap_or(1);
+            eprintln!("exiting with {code}");
+            std::process::exit(code);
+        }
+        "oom" => oom(),
+        "kill-self" => kill_self(),
+        "sleep" => {
+            std::thread::sleep(Duration::from_millis(rest.trim().parse().unwrap_or(1000)));
+            b"slept".to_vec()
+        }
+        "spin" => {
+            spin(Duration::from_millis(rest.trim().parse().unwrap_or(1000)));
+            b"spun".to_vec()
+        }
+        "stderr" => {
+            eprintln!("{rest}");
+            rest.as_bytes().to_vec()
+        }
+        _ => body.to_vec(),
+    }
+}
+
+fn serve_lines() {
+    let mut input = BufReader::new(io::stdin().lock());
+    let mut out = io::stdout().lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line).expect("read stdin") == 0 {
+            return;
+        }
+        let request = line.strip_suffix(b"\n").unwrap_or(&line);
+        let response = match request.strip_prefix(b"!") {
+            Some(b"garbage") => {
+                out.write_all(b"first line\nsecond line\n").expect("write");
+                out.flush().expect("flush");
+                continue;
+            }
+            Some(body) => command(body),
+            None => request.to_vec(),
+        };
+        out.write_all(&response).expect("write");
+        out.write_all(b"\n").expect("write");
+        out.flush().expect("flush");
+    }
+}
+
+fn serve_http() {
+    let mut input = BufReader::new(io::stdin().lock());
+    let mut out = io::stdout().lock();
+    let mut head = Vec::new();
+    loop {
+        head.clear();
+        // Read the request head up to the blank line.
+        loop {
+            let before = head.len();
+            if input.read_until(b'\n', &mut head).expect("read stdin") == 0 {
+                return;
+            }
+            if head[before..] == *b"\r\n" && before > 0 {
+                break;
+            }
+        }
+        let head_text = String::from_utf8_lossy(&head).into_owned();
+        let content_length = head_text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let call_id = head_text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("hotpool-call-id"))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        let mut body = vec![0; content_length];
+        input.read_exact(&mut body).expect("read body");
+        let response = match body.strip_prefix(b"!") {
+            Some(b"garbage") => {
+                out.write_all(b"this is not HTTP\r\n\r\n").expect("write");
+                out.flush().expect("flush");
+                continue;
+            }
+            Some(command_body) => command(command_body),
+            None => body,
+        };
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+             X-Echo-Call-Id: {call_id}\r\nContent-Length: {}\r\n\r\n",
+            response.len()
+        )
+        .expect("write");
+        out.write_all(&response).expect("write");
+        out.flush().expect("flush");
+    }
+}

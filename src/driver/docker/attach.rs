@@ -1,0 +1,163 @@
+//! The container's attach stream, split into stdout (a reader) and stderr (a tap).
+//!
+//! Without a TTY the engine multiplexes stdout and stderr frames on one stream.
+//! [`StdoutReader`] yields only the stdout bytes; stderr frames met on the way go to
+//! the [`StderrTap`], which passes them to the task's sink and keeps a tail for
+//! `exited` errors. Nothing is buffered beyond the frame being read.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bollard::container::LogOutput;
+use bytes::{Buf, Bytes};
+use futures_util::Stream;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// How many trailing stderr bytes an `exited` error carries.
+pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
+
+/// The attach stream as bollard gives it.
+pub(crate) type Frames =
+    Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
+
+/// Passes stderr to the task's sink and remembers its last bytes.
+pub(crate) struct StderrTap {
+    state: Mutex<TapState>,
+}
+
+struct TapState {
+    sink: Box<dyn Write + Send>,
+    tail: VecDeque<u8>,
+}
+
+impl StderrTap {
+    pub(crate) fn new(sink: Box<dyn Write + Send>) -> StderrTap {
+        StderrTap {
+            state: Mutex::new(TapState {
+                sink,
+                tail: VecDeque::with_capacity(STDERR_TAIL_BYTES),
+            }),
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // A failing log sink must not fail the call.
+        let _ = state
+            .sink
+            .write_all(bytes)
+            .and_then(|()| state.sink.flush());
+        let keep = &bytes[bytes.len().saturating_sub(STDERR_TAIL_BYTES)..];
+        let overflow = (state.tail.len() + keep.len()).saturating_sub(STDERR_TAIL_BYTES);
+        state.tail.drain(..overflow);
+        state.tail.extend(keep);
+    }
+
+    /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
+    pub(crate) fn tail(&self) -> String {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (front, back) = state.tail.as_slices();
+        String::from_utf8_lossy(&[front, back].concat()).into_owned()
+    }
+}
+
+/// The stdout bytes of an attach stream; stderr frames go to the tap as they pass.
+pub(crate) struct StdoutReader {
+    frames: Frames,
+    pending: Bytes,
+    stderr: Arc<StderrTap>,
+}
+
+impl StdoutReader {
+    pub(crate) fn new(frames: Frames, stderr: Arc<StderrTap>) -> StdoutReader {
+        StdoutReader {
+            frames,
+            pending: Bytes::new(),
+            stderr,
+        }
+    }
+}
+
+impl AsyncRead for StdoutReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.frames.as_mut().poll_next(cx)) {
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    self.pending = message
+                }
+                Some(Ok(LogOutput::StdErr { message })) => self.stderr.write(&message),
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn stdout_and_stderr_are_split() {
+        let frames = vec![
+            Ok(LogOutput::StdOut {
+                message: Bytes::from_static(b"hel"),
+            }),
+            Ok(LogOutput::StdErr {
+                message: Bytes::from_static(b"warn\n"),
+            }),
+            Ok(LogOutput::StdOut {
+                message: Bytes::from_static(b"lo\0\xff"),
+            }),
+        ];
+        let log = Shared::default();
+        let tap = Arc::new(StderrTap::new(Box::new(log.clone())));
+        let mut reader =
+            StdoutReader::new(Box::pin(futures_util::stream::iter(frames)), tap.clone());
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"hello\0\xff");
+        assert_eq!(*log.0.lock().unwrap(), b"warn\n");
+        assert_eq!(tap.tail(), "warn\n");
+    }
+
+    #[test]
+    fn the_tail_keeps_only_the_last_bytes() {
+        let tap = StderrTap::new(Box::new(std::io::sink()));
+        tap.write(&vec![b'a'; STDERR_TAIL_BYTES]);
+        tap.write(b"the end");
+        let tail = tap.tail();
+        assert_eq!(tail.len(), STDERR_TAIL_BYTES);
+        assert!(tail.ends_with("the end"));
+        tap.write(&vec![b'z'; 3 * STDERR_TAIL_BYTES]);
+        assert_eq!(tap.tail(), "z".repeat(STDERR_TAIL_BYTES));
+    }
+}

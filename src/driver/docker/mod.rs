@@ -1,0 +1,258 @@
+//! The Docker driver: runs tasks as containers on a Docker engine, through bollard.
+//!
+//! Every container it creates carries the labels `hotpool=1` and
+//! `hotpool.function=<name>`, runs with an init process, no capabilities,
+//! `no-new-privileges`, a pids limit, the task's memory limit with swap disabled,
+//! and no network unless the task names one.
+
+mod attach;
+mod cookie;
+mod credentials;
+mod engine_stats;
+mod pull;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use dashmap::DashMap;
+
+pub use cookie::DockerCookie;
+
+use super::{Driver, Task};
+use crate::error::CallError;
+
+/// The label every hotpool container carries, with the value `1`.
+pub const LABEL: &str = "hotpool";
+/// The label naming the function a container serves.
+pub const FUNCTION_LABEL: &str = "hotpool.function";
+
+/// How the Docker driver sets up containers.
+#[derive(Debug, Clone)]
+pub struct DockerOptions {
+    /// Where `config.json` with registry credentials lives; `None`: `$DOCKER_CONFIG`,
+    /// else `~/.docker`.
+    pub docker_config_dir: Option<PathBuf>,
+    /// The most processes a container may run.
+    pub pids_limit: i64,
+}
+
+impl Default for DockerOptions {
+    fn default() -> Self {
+        DockerOptions {
+            docker_config_dir: None,
+            pids_limit: 256,
+        }
+    }
+}
+
+/// What the driver has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverStatistics {
+    /// Image pulls started (concurrent prepares of one image share one).
+    pub image_pulls: u64,
+}
+
+/// What every cookie of a driver shares: the engine client and the pulls in flight.
+pub(crate) struct Engine {
+    pub(crate) docker: Docker,
+    docker_config_dir: Option<PathBuf>,
+    pids_limit: i64,
+    pulls: DashMap<String, pull::PullFuture>,
+    pull_count: AtomicU64,
+}
+
+/// Runs tasks as Docker containers. Cheap to clone.
+#[derive(Clone)]
+pub struct DockerDriver {
+    engine: Arc<Engine>,
+}
+
+impl DockerDriver {
+    /// Connects to the local engine (`DOCKER_HOST`, else the default socket),
+    /// negotiates the API version so older engines work, and checks it answers.
+    pub async fn connect(options: DockerOptions) -> Result<DockerDriver, CallError> {
+        let unreachable = |e: bollard::errors::Error| {
+            CallError::engine(format!(
+                "cannot reach the Docker engine ({e}); is it running? `docker info` should answer"
+            ))
+        };
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+        timed("ping", docker.ping()).await.map_err(unreachable)?;
+        Ok(DockerDriver {
+            engine: Arc::new(Engine {
+                docker,
+                docker_config_dir: credentials::config_dir(options.docker_config_dir.as_deref()),
+                pids_limit: options.pids_limit,
+                pulls: DashMap::new(),
+                pull_count: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The engine client, for callers that need the raw API.
+    pub fn docker(&self) -> &Docker {
+        &self.engine.docker
+    }
+
+    /// A snapshot of what the driver has done.
+    pub fn statistics(&self) -> DriverStatistics {
+        DriverStatistics {
+            image_pulls: self.engine.pull_count.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Removes every container labelled `hotpool=1` (left by an earlier run, say);
+    /// returns how many there were.
+    pub async fn remove_labelled_containers(&self) -> Result<usize, CallError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL}=1")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = timed(
+            "list_containers",
+            self.engine.docker.list_containers(Some(options)),
+        )
+        .await
+        .map_err(CallError::engine)?;
+        for id in containers.iter().filter_map(|c| c.id.as_deref()) {
+            self.engine.remove_container(id).await?;
+        }
+        Ok(containers.len())
+    }
+}
+
+impl Engine {
+    /// Force-removes a container; one that is already gone is fine.
+    pub(crate) async fn remove_container(&self, id: &str) -> Result<(), CallError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match timed("remove", self.docker.remove_container(id, Some(options))).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // 409: removal already in progress.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(CallError::engine(format!("removing container {id}: {e}"))),
+        }
+    }
+
+    fn container_config(&self, task: &Task) -> ContainerCreateBody {
+        let memory = i64::try_from(task.memory).unwrap_or(i64::MAX);
+        let limit = (memory > 0).then_some(memory);
+        ContainerCreateBody {
+            image: Some(task.image.clone()),
+            cmd: (!task.command.is_empty()).then(|| task.command.clone()),
+            env: Some(task.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: task.workdir.clone(),
+            labels: Some(HashMap::from([
+                (LABEL.to_owned(), "1".to_owned()),
+                (FUNCTION_LABEL.to_owned(), task.function.clone()),
+            ])),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            // Closing our end of stdin closes the container's: the function sees EOF.
+            stdin_once: Some(true),
+            tty: Some(false),
+            host_config: Some(HostConfig {
+                memory: limit,
+                // Swap limit equal to the memory limit: no swap at all.
+                memory_swap: limit,
+                network_mode: Some(task.network.clone().unwrap_or_else(|| "none".to_owned())),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                pids_limit: Some(self.pids_limit),
+                init: Some(true),
+                binds: (!task.volumes.is_empty()).then(|| {
+                    task.volumes
+                        .iter()
+                        .map(|(host, container)| {
+                            format!("{}:{}", host.display(), container.display())
+                        })
+                        .collect()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+impl Driver for DockerDriver {
+    type Cookie = DockerCookie;
+
+    async fn prepare(&self, task: Task) -> Result<DockerCookie, CallError> {
+        pull::ensure_image(&self.engine, &task.image).await?;
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&container_name(&task.id))
+            .build();
+        let config = self.engine.container_config(&task);
+        let created = timed(
+            "create",
+            self.engine.docker.create_container(Some(options), config),
+        )
+        .await
+        .map_err(|e| CallError::engine(format!("creating a container of {}: {e}", task.image)))?;
+        Ok(DockerCookie::new(self.engine.clone(), created.id, task))
+    }
+}
+
+/// A container name from a task id: the characters Docker allows, `hotpool-` first.
+fn container_name(task_id: &str) -> String {
+    let clean: String = task_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("hotpool-{clean}")
+}
+
+/// Awaits one engine API call and records its latency in
+/// `hotpool_docker_api_seconds{op,result}`.
+pub(crate) async fn timed<T>(
+    op: &'static str,
+    call: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, bollard::errors::Error> {
+    let start = Instant::now();
+    let result = call.await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::histogram!("hotpool_docker_api_seconds", "op" => op, "result" => outcome)
+        .record(start.elapsed().as_secs_f64());
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_sanitized() {
+        assert_eq!(container_name("echo/1 a"), "hotpool-echo-1-a");
+        assert_eq!(container_name("fn_1.x-y"), "hotpool-fn_1.x-y");
+    }
+}

@@ -1,0 +1,179 @@
+//! Making sure an image is present: one pull per missing image, however many ask.
+//!
+//! The first prepare that finds an image missing starts the pull on its own task;
+//! prepares that come while it runs await the same pull and get the same result.
+//! The engine's pull errors become `image_not_found`, `image_unauthorized` or
+//! `pull_failed`, with the engine's own words in the message.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bollard::errors::Error as EngineError;
+use bollard::query_parameters::CreateImageOptionsBuilder;
+use futures_util::TryStreamExt;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+use super::{Engine, credentials, timed};
+use crate::error::CallError;
+use crate::image::parse_image;
+
+/// A pull in flight that several prepares may await.
+pub(super) type PullFuture = Shared<BoxFuture<'static, Result<(), CallError>>>;
+
+/// Returns once `image` is present, pulling it if needed.
+pub(super) async fn ensure_image(engine: &Arc<Engine>, image: &str) -> Result<(), CallError> {
+    if image_present(engine, image).await? {
+        return Ok(());
+    }
+    let pull = engine
+        .pulls
+        .entry(image.to_owned())
+        .or_insert_with(|| start_pull(engine.clone(), image.to_owned()))
+        .clone();
+    let result = pull.await;
+    engine
+        .pulls
+        .remove_if(image, |_, pull| pull.peek().is_some());
+    result
+}
+
+async fn image_present(engine: &Engine, image: &str) -> Result<bool, CallError> {
+    match timed("inspect_image", engine.docker.inspect_image(image)).await {
+        Ok(_) => Ok(true),
+        Err(EngineError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(e) => Err(CallError::engine(format!("inspecting image {image}: {e}"))),
+    }
+}
+
+fn start_pull(engine: Arc<Engine>, image: String) -> PullFuture {
+    engine.pull_count.fetch_add(1, Ordering::Relaxed);
+    let task = tokio::spawn(async move {
+        let result = pull(&engine, &image).await;
+        let outcome = match &result {
+            Ok(()) => "success",
+            Err(e) => e.kind().as_str(),
+        };
+        metrics::counter!("hotpool_image_pulls_total", "result" => outcome).increment(1);
+        result
+    });
+    async move {
+        task.await
+            .unwrap_or_else(|e| Err(CallError::engine(format!("the pull task failed: {e}"))))
+    }
+    .boxed()
+    .shared()
+}
+
+async fn pull(engine: &Engine, image: &str) -> Result<(), CallError> {
+    let reference = parse_image(image);
+    let credentials = credentials::lookup(
+        engine.docker_config_dir.as_deref(),
+        reference.registry_host(),
+    )
+    .map_err(|message| CallError::PullFailed {
+        image: image.to_owned(),
+        message,
+    })?;
+    let options = CreateImageOptionsBuilder::default()
+        .from_image(&reference.name())
+        .tag(reference.pull_reference())
+        .build();
+    let progress = engine
+        .docker
+        .create_image(Some(options), None, credentials)
+        .try_for_each(|_| async { Ok(()) });
+    timed("pull_image", progress)
+        .await
+        .map_err(|e| classify_pull_error(image, e))
+}
+
+/// Maps the engine's pull error onto the stable kinds.
+fn classify_pull_error(image: &str, error: EngineError) -> CallError {
+    let (status, message) = match error {
+        EngineError::DockerResponseServerError {
+            status_code,
+            message,
+        } => (Some(status_code), message),
+        EngineError::DockerStreamError { error } => (None, error),
+        other => return CallError::engine(format!("pulling {image}: {other}")),
+    };
+    let lower = message.to_ascii_lowercase();
+    let image = image.to_owned();
+    let unauthorized = [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "access to the resource is denied",
+        "incorrect username or password",
+    ];
+    let not_found = [
+        "manifest unknown",
+        "name unknown",
+        "not found",
+        "does not exist",
+    ];
+    if unauthorized.iter().any(|needle| lower.contains(needle)) {
+        CallError::ImageUnauthorized { image, message }
+    } else if status == Some(404) || not_found.iter().any(|needle| lower.contains(needle)) {
+        CallError::ImageNotFound { image, message }
+    } else {
+        CallError::PullFailed { image, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn server(status_code: u16, message: &str) -> EngineError {
+        EngineError::DockerResponseServerError {
+            status_code,
+            message: message.to_owned(),
+        }
+    }
+
+    /// The messages are the ones Docker 20.10 gave against Debian's docker-registry.
+    #[test]
+    fn engine_messages_map_to_kinds() {
+        let cases = [
+            (
+                server(
+                    500,
+                    r#"Head "http://127.0.0.1:5077/v2/probe/manifests/1": no basic auth credentials"#,
+                ),
+                ErrorKind::ImageUnauthorized,
+            ),
+            (
+                server(500, "unauthorized: authentication required"),
+                ErrorKind::ImageUnauthorized,
+            ),
+            (
+                server(
+                    404,
+                    "manifest for 127.0.0.1:5077/nothere:1 not found: manifest unknown: manifest unknown",
+                ),
+                ErrorKind::ImageNotFound,
+            ),
+            (
+                server(
+                    500,
+                    r#"Get "http://127.0.0.1:5099/v2/": dial tcp 127.0.0.1:5099: connect: connection refused"#,
+                ),
+                ErrorKind::PullFailed,
+            ),
+            (
+                EngineError::DockerStreamError {
+                    error: "unexpected EOF".into(),
+                },
+                ErrorKind::PullFailed,
+            ),
+        ];
+        for (error, kind) in cases {
+            let text = error.to_string();
+            assert_eq!(classify_pull_error("img", error).kind(), kind, "{text}");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The container driver contract, from fn's `drivers` package.
+//!
+//! A [`Driver`] prepares a [`Task`] (pulling its image, creating its container) and
+//! returns a [`Cookie`]. [`Cookie::run`] starts the container with its pipes
+//! attached; [`Cookie::wait`] yields the [`RunResult`]: a [`Status`] and, unless it
+//! succeeded, the typed [`CallError`]. [`Cookie::close`] removes the container.
+//!
+//! The same contract serves cold and hot use. A task that brings its own `input`
+//! and `stdout` sink is driven by the driver like `docker run -i` (cold). A task
+//! without them gets the container's stdin and stdout in [`Running`], so a pool can
+//! keep writing calls into one container (hot). stderr always goes to the task's
+//! sink, and its tail is kept for `exited` errors.
+
+pub mod docker;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::CallError;
+use crate::stats::Stat;
+
+/// A reader the driver reads from or hands out.
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// A writer the driver writes to or hands out.
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+/// Where a task's stats samples go, one call per sample.
+pub type StatSink = Arc<dyn Fn(Stat) + Send + Sync>;
+
+/// Everything a driver needs to run one container.
+pub struct Task {
+    /// Unique id of the task; also names the container.
+    pub id: String,
+    /// The function this task belongs to (the `hotpool.function` label).
+    pub function: String,
+    /// The image to run.
+    pub image: String,
+    /// Command and arguments; empty runs the image's default.
+    pub command: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Memory limit in bytes (swap disabled); 0 is unlimited.
+    pub memory: u64,
+    /// Kill the container this long after it starts; `None` lets it run.
+    pub timeout: Option<Duration>,
+    /// `(host path, container path)` bind mounts.
+    pub volumes: Vec<(PathBuf, PathBuf)>,
+    /// Working directory inside the container; `None` keeps the image's.
+    pub workdir: Option<String>,
+    /// Network mode; `None` means no network at all.
+    pub network: Option<String>,
+    /// Fed to the container's stdin, which is then closed. `None`: stdin is handed
+    /// out in [`Running::stdin`].
+    pub input: Option<BoxRead>,
+    /// Receives the container's stdout. `None`: stdout is handed out in
+    /// [`Running::stdout`].
+    pub stdout: Option<BoxWrite>,
+    /// Receives the container's stderr.
+    pub stderr: Box<dyn Write + Send>,
+    /// Receives engine stats samples while the container runs.
+    pub stats: Option<StatSink>,
+}
+
+impl Task {
+    /// A task with no limits, no pipes claimed and stderr discarded.
+    pub fn new(
+        id: impl Into<String>,
+        function: impl Into<String>,
+        image: impl Into<String>,
+    ) -> Task {
+        Task {
+            id: id.into(),
+            function: function.into(),
+            image: image.into(),
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            memory: 0,
+            timeout: None,
+            volumes: Vec::new(),
+            workdir: None,
+            network: None,
+            input: None,
+            stdout: None,
+            stderr: Box::new(std::io::sink()),
+            stats: None,
+        }
+    }
+}
+
+impl fmt::Debug for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id)
+            .field("function", &self.function)
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("memory", &self.memory)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The final state of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Exited with code 0.
+    Success,
+    /// Exited with another code, or failed to run.
+    Error,
+    /// Ran past its timeout and was killed.
+    Timeout,
+    /// Killed by a signal it did not ask for: the OOM killer, or a kill from outside.
+    Killed,
+    /// Cancelled by the caller and killed.
+    Cancelled,
+}
+
+impl Status {
+    /// fn's status string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Error => "error",
+            Status::Timeout => "timeout",
+            Status::Killed => "killed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How a task ended: a status, and the error unless it succeeded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    /// The final state.
+    pub status: Status,
+    /// `None` exactly when `status` is [`Status::Success`].
+    pub error: Option<CallError>,
+}
+
+impl RunResult {
+    /// A successful run.
+    pub fn success() -> RunResult {
+        RunResult {
+            status: Status::Success,
+            error: None,
+        }
+    }
+
+    /// A failed run; the status follows from the error.
+    pub fn failed(error: CallError) -> RunResult {
+        let status = match &error {
+            CallError::Timeout { .. } => Status::Timeout,
+            CallError::Cancelled => Status::Cancelled,
+            CallError::Oom { .. } | CallError::Exited { code: 137, .. } => Status::Killed,
+            _ => Status::Error,
+        };
+        RunResult {
+            status,
+            error: Some(error),
+        }
+    }
+
+    /// `Ok(())` on success, else the error.
+    pub fn into_result(self) -> Result<(), CallError> {
+        match self.error {
+            None => Ok(()),
+            Some(error) => Err(error),
+        }
+    }
+}
+
+/// The pipes of a started container that the task did not claim.
+pub struct Running {
+    /// The container's stdin, when the task brought no `input`.
+    pub stdin: Option<BoxWrite>,
+    /// The container's stdout, when the task brought no `stdout` sink.
+    pub stdout: Option<BoxRead>,
+}
+
+/// Runs tasks on some container runtime.
+pub trait Driver: Send + Sync + 'static {
+    /// The prepared task.
+    type Cookie: Cookie;
+
+    /// Gets a task ready to run: pulls its image if missing (one pull however many
+    /// prepares ask at once) and creates its container. Close the cookie whether or
+    /// not it runs.
+    fn prepare(&self, task: Task) -> impl Future<Output = Result<Self::Cookie, CallError>> + Send;
+}
+
+/// A prepared task: one container.
+pub trait Cookie: Send + Sync + 'static {
+    /// Starts the container with its pipes attached; the task's timeout counts from
+    /// here. Call once.
+    fn run(&mut self) -> impl Future<Output = Result<Running, CallError>> + Send;
+
+    /// Waits for the container to exit and says how it ended. If the task's timeout
+    /// passes first, or `cancel` fires, the container is killed and the status is
+    /// `timeout` or `cancelled`. When the driver owns stdout, all of it has reached
+    /// the sink by the time this returns.
+    fn wait(&self, cancel: &CancellationToken) -> impl Future<Output = RunResult> + Send;
+
+    /// Kills the container now (SIGKILL); one that is already dead is fine.
+    fn kill(&self) -> impl Future<Output = Result<(), CallError>> + Send;
+
+    /// Removes the container and stops everything watching it. Safe to call twice.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
