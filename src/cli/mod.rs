@@ -1,0 +1,28 @@
+//! Command-line interface: parses arguments and dispatches to a subcommand.
+
+mod run;
+
+use clap::{Parser, Subcommand};
+
+/// hotpool: a hot-container pool scheduler.
+#[derive(Debug, Parser)]
+#[command(name = "hotpool", version, about)]
+pub(crate) struct Command {
+    #[command(subcommand)]
+    subcommand: Subcommands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Subcommands {
+    /// Run one cold call: stdin to the container, its stdout and stderr back.
+    Run(run::RunArgs),
+}
+
+impl Command {
+    /// Runs the subcommand; returns the process exit code.
+    pub(crate) async fn execute(self) -> i32 {
+        match self.subcommand {
+            Subcommands::Run(args) => run::run(args).await,
+        }
+    }
+}
