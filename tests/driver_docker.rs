@@ -1,0 +1,262 @@
+//! The Docker driver against the real engine: cold calls, every way they end,
+//! the hot shape of the pipes, stats, and the container's lock-down.
+
+mod support;
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hotpool::driver::docker::DockerDriver;
+use hotpool::driver::{Cookie, Driver, RunResult, Status, Task};
+use hotpool::error::CallError;
+use hotpool::stats::{Stat, Summary, names};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use support::{SharedBuf, container_exists, driver, testfn_image};
+
+const MIB: u64 = 1 << 20;
+
+struct Outcome {
+    result: RunResult,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+fn task(args: &[&str]) -> Task {
+    let mut task = Task::new(hotpool::id::new_id(), "driver-test", testfn_image());
+    task.command = args.iter().map(|a| a.to_string()).collect();
+    task.memory = 64 * MIB;
+    task.timeout = Some(Duration::from_secs(60));
+    task
+}
+
+/// Runs one cold call to the end and checks that closing removed the container.
+async fn cold(
+    driver: &DockerDriver,
+    mut task: Task,
+    input: Vec<u8>,
+    cancel: CancellationToken,
+) -> Outcome {
+    let stdout = SharedBuf::default();
+    let stderr = SharedBuf::default();
+    task.input = Some(Box::new(Cursor::new(input)));
+    task.stdout = Some(Box::new(stdout.clone()));
+    task.stderr = Box::new(stderr.clone());
+    let mut cookie = driver.prepare(task).await.expect("prepare");
+    let running = cookie.run().await.expect("run");
+    assert!(
+        running.stdin.is_none() && running.stdout.is_none(),
+        "the task claimed both pipes"
+    );
+    let result = cookie.wait(&cancel).await;
+    cookie.close().await;
+    assert!(
+        !container_exists(driver.docker(), cookie.container_id()).await,
+        "close left the container behind"
+    );
+    Outcome {
+        result,
+        stdout: stdout.bytes(),
+        stderr: stderr.text(),
+    }
+}
+
+#[tokio::test]
+async fn ten_mib_of_binary_round_trips() {
+    let driver = driver().await;
+    let payload: Vec<u8> = (0..10 * MIB as usize)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    let outcome = cold(
+        &driver,
+        task(&["echo"]),
+        payload.clone(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.result, RunResult::success());
+    assert_eq!(outcome.stdout.len(), payload.len());
+    assert!(outcome.stdout == payload, "the payload came back changed");
+}
+
+#[tokio::test]
+async fn exit_code_comes_with_the_stderr_tail() {
+    let driver = driver().await;
+    let outcome = cold(
+        &driver,
+        task(&["exit", "3", "cannot open the frobnicator"]),
+        Vec::new(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.result.status, Status::Error);
+    match outcome.result.error {
+        Some(CallError::Exited { code, stderr_tail }) => {
+            assert_eq!(code, 3);
+            assert_eq!(stderr_tail, "cannot open the frobnicator\n");
+        }
+        other => panic!("expected exited, got {other:?}"),
+    }
+    assert_eq!(
+        outcome.stderr, "cannot open the frobnicator\n",
+        "stderr reached the task's sink"
+    );
+}
+
+#[tokio::test]
+async fn running_out_of_memory_is_oom() {
+    let driver = driver().await;
+    let mut task = task(&["oom"]);
+    task.memory = 32 * MIB;
+    let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
+    assert_eq!(outcome.result.status, Status::Killed);
+    assert_eq!(
+        outcome.result.error,
+        Some(CallError::Oom {
+            limit_bytes: 32 * MIB
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_self_sigkill_is_not_oom() {
+    let driver = driver().await;
+    let outcome = cold(
+        &driver,
+        task(&["kill-self"]),
+        Vec::new(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.result.status, Status::Killed);
+    match outcome.result.error {
+        Some(CallError::Exited { code: 137, .. }) => {}
+        other => panic!("expected exited with 137, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_container() {
+    let driver = driver().await;
+    let mut task = task(&["sleep", "300"]);
+    task.timeout = Some(Duration::from_millis(500));
+    let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
+    assert_eq!(outcome.result.status, Status::Timeout);
+    assert_eq!(
+        outcome.result.error,
+        Some(CallError::Timeout {
+            timeout: Duration::from_millis(500)
+        })
+    );
+}
+
+#[tokio::test]
+async fn cancelling_kills_the_container() {
+    let driver = driver().await;
+    let cancel = CancellationToken::new();
+    let mut task = task(&["sleep", "300"]);
+    let started = Arc::new(tokio::sync::Notify::new());
+    let on_start = started.clone();
+    // The first stats sample proves the container runs; then the caller goes away.
+    task.stats = Some(Arc::new(move |_| on_start.notify_one()));
+    let canceller = cancel.clone();
+    tokio::spawn(async move {
+        started.notified().await;
+        canceller.cancel();
+    });
+    let outcome = cold(&driver, task, Vec::new(), cancel).await;
+    assert_eq!(outcome.result.status, Status::Cancelled);
+    assert_eq!(outcome.result.error, Some(CallError::Cancelled));
+}
+
+#[tokio::test]
+async fn unclaimed_pipes_are_handed_out_for_hot_use() {
+    let driver = driver().await;
+    let mut cookie = driver.prepare(task(&["line"])).await.expect("prepare");
+    let running = cookie.run().await.expect("run");
+    let mut stdin = running.stdin.expect("stdin handed out");
+    let mut stdout = BufReader::new(running.stdout.expect("stdout handed out"));
+    for request in ["first", "second", "third"] {
+        stdin
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).await.unwrap();
+        assert_eq!(line, format!("{request}\n"));
+    }
+    // Closing stdin ends the function: the container exits cleanly.
+    stdin.shutdown().await.unwrap();
+    assert_eq!(
+        cookie.wait(&CancellationToken::new()).await,
+        RunResult::success()
+    );
+    cookie.close().await;
+    assert!(!container_exists(driver.docker(), cookie.container_id()).await);
+}
+
+#[tokio::test]
+async fn a_three_second_task_yields_stats_and_a_summary() {
+    let driver = driver().await;
+    let samples: Arc<Mutex<Vec<Stat>>> = Arc::default();
+    let sink = samples.clone();
+    let mut task = task(&["spin", "3"]);
+    task.stats = Some(Arc::new(move |stat| sink.lock().unwrap().push(stat)));
+    let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
+    assert_eq!(outcome.result, RunResult::success());
+    let samples = samples.lock().unwrap().clone();
+    assert!(
+        samples.len() >= 2,
+        "expected a sample a second, got {}",
+        samples.len()
+    );
+    let summary = Summary::new(2, samples.clone());
+    assert_eq!(summary.sample_count, samples.len());
+    assert!(summary.samples.len() <= 2 && !summary.samples.is_empty());
+    let average = summary.average.expect("an average");
+    // The function holds 32 MiB and keeps a core busy.
+    assert!(
+        average.metrics[names::MEMORY_BYTES] > 8.0 * MIB as f64,
+        "{average:?}"
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.metrics.get(names::CPU_RATIO).is_some_and(|r| *r > 0.1)),
+        "{samples:?}"
+    );
+}
+
+#[tokio::test]
+async fn containers_are_labelled_and_locked_down() {
+    let driver = driver().await;
+    let mut task = task(&["echo"]);
+    task.function = "locked".into();
+    task.env.insert("GREETING".into(), "hi".into());
+    let cookie = driver.prepare(task).await.expect("prepare");
+    let info = driver
+        .docker()
+        .inspect_container(cookie.container_id(), None)
+        .await
+        .unwrap();
+    cookie.close().await;
+    let config = info.config.unwrap();
+    let labels = config.labels.unwrap();
+    assert_eq!(labels["hotpool"], "1");
+    assert_eq!(labels["hotpool.function"], "locked");
+    assert!(config.env.unwrap().contains(&"GREETING=hi".to_string()));
+    let host = info.host_config.unwrap();
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_string()])
+    );
+    assert_eq!(host.memory, Some(64 * MIB as i64));
+    assert_eq!(host.memory_swap, Some(64 * MIB as i64), "swap disabled");
+    assert!(host.pids_limit.is_some_and(|p| p > 0));
+    assert_eq!(host.init, Some(true));
+}

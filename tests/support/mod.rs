@@ -1,0 +1,174 @@
+//! Shared helpers of the integration tests: the real engine, the test-function
+//! image built from this repository's own sources, and a real registry on loopback.
+//!
+//! Nothing here is a mock: a test that needs the engine fails with a message that
+//! says how to start it, under CI and outside it alike.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod registry;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use bollard::Docker;
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use futures_util::TryStreamExt;
+use hotpool::driver::docker::{DockerDriver, DockerOptions};
+use tokio::io::AsyncWrite;
+
+/// The tag of the test-function image.
+pub const TESTFN_IMAGE: &str = "hotpool-testfn:dev";
+
+/// Connects to the real engine, or fails the test saying how to get one.
+pub async fn driver_with(options: DockerOptions) -> DockerDriver {
+    match DockerDriver::connect(options).await {
+        Ok(driver) => driver,
+        Err(e) => panic!(
+            "these tests need a running Docker engine and could not reach one: {e}\n\
+             start it (`sudo service docker start`, or install Debian's docker.io) and run again"
+        ),
+    }
+}
+
+/// [`driver_with`] default options.
+pub async fn driver() -> DockerDriver {
+    driver_with(DockerOptions::default()).await
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds the static test-function binary and the `FROM scratch` image around it
+/// (once per test process), returning the image tag.
+pub fn testfn_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let binary = build_static_testfn();
+        // A runtime of its own: the engine client must not outlive the test's runtime.
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(build_image(binary))
+        })
+        .join()
+        .expect("image build thread");
+    });
+    TESTFN_IMAGE
+}
+
+fn build_static_testfn() -> PathBuf {
+    let root = repo_root();
+    let target_dir = root.join("target/functions");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "hotpool-testfn",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(&root)
+        .status()
+        .expect("run cargo to build the test function");
+    assert!(status.success(), "building the static test function failed");
+    target_dir.join("x86_64-unknown-linux-gnu/release/hotpool-testfn")
+}
+
+async fn build_image(binary: PathBuf) {
+    let docker = Docker::connect_with_local_defaults()
+        .expect("docker client")
+        .negotiate_version()
+        .await
+        .expect("the Docker engine answers");
+    let mut context = tar::Builder::new(Vec::new());
+    let dockerfile =
+        b"FROM scratch\nCOPY hotpool-testfn /hotpool-testfn\nENTRYPOINT [\"/hotpool-testfn\"]\n";
+    append(&mut context, "Dockerfile", dockerfile, 0o644);
+    append(
+        &mut context,
+        "hotpool-testfn",
+        &std::fs::read(&binary).expect("read binary"),
+        0o755,
+    );
+    let context = context.into_inner().expect("tar");
+    let options = BuildImageOptionsBuilder::default()
+        .t(TESTFN_IMAGE)
+        .rm(true)
+        .build();
+    docker
+        .build_image(options, None, Some(bollard::body_full(context.into())))
+        .try_for_each(|_| async { Ok(()) })
+        .await
+        .expect("build the test-function image");
+}
+
+fn append(context: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32) {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    header.set_cksum();
+    context
+        .append_data(&mut header, name, data)
+        .expect("tar entry");
+}
+
+/// Bytes written by a driver, readable by the test afterwards.
+#[derive(Clone, Default)]
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsyncWrite for SharedBuf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Write::write(self.get_mut(), buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Whether the engine still has a container with this id.
+pub async fn container_exists(docker: &Docker, id: &str) -> bool {
+    match docker.inspect_container(id, None).await {
+        Ok(_) => true,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => false,
+        Err(e) => panic!("inspecting {id}: {e}"),
+    }
+}

@@ -1,0 +1,145 @@
+//! A real registry for pull tests: Debian's `docker-registry` on 127.0.0.1 with
+//! htpasswd auth. The engine treats loopback registries as insecure, so plain HTTP.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::query_parameters::{
+    PushImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures_util::TryStreamExt;
+use tempfile::TempDir;
+
+use super::testfn_image;
+
+/// The user the registry knows.
+pub const USER: &str = "hotpool";
+/// That user's password.
+pub const PASSWORD: &str = "correct-horse";
+
+/// A running registry; stopped when dropped.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    _dir: TempDir,
+}
+
+impl Registry {
+    /// Starts a registry on a free loopback port and waits until it listens.
+    pub fn start() -> Registry {
+        let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "the pull tests need Debian's docker-registry: apt-get install docker-registry"
+                )
+            });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let hash = bcrypt::hash(PASSWORD, 5).expect("bcrypt");
+        std::fs::write(dir.path().join("htpasswd"), format!("{USER}:{hash}\n")).expect("htpasswd");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n\
+             http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: hotpool-test\n    path: {root}/htpasswd\n",
+            root = dir.path().display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("registry config");
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let started = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "docker-registry did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Pushes the test-function image as `<addr>/<name>:v1` with the right
+    /// credentials, then drops the local tag so that using it needs a pull.
+    pub async fn push(&self, docker: &Docker, name: &str) -> String {
+        let repo = format!("{}/{name}", self.addr);
+        let image = format!("{repo}:v1");
+        docker
+            .tag_image(
+                testfn_image(),
+                Some(
+                    TagImageOptionsBuilder::default()
+                        .repo(&repo)
+                        .tag("v1")
+                        .build(),
+                ),
+            )
+            .await
+            .expect("tag");
+        let credentials = DockerCredentials {
+            username: Some(USER.into()),
+            password: Some(PASSWORD.into()),
+            serveraddress: Some(self.addr.clone()),
+            ..Default::default()
+        };
+        docker
+            .push_image(
+                &repo,
+                Some(PushImageOptionsBuilder::default().tag("v1").build()),
+                Some(credentials),
+            )
+            .try_for_each(|_| async { Ok(()) })
+            .await
+            .expect("push to the test registry");
+        remove_image(docker, &image).await;
+        image
+    }
+
+    /// A Docker config directory whose `config.json` holds `user:password` for this
+    /// registry.
+    pub fn docker_config(&self, user: &str, password: &str) -> TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let json = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, self.addr);
+        std::fs::write(dir.path().join("config.json"), json).expect("config.json");
+        dir
+    }
+}
+
+/// Removes a local image tag; one that is not there is fine.
+pub async fn remove_image(docker: &Docker, image: &str) {
+    let options = RemoveImageOptionsBuilder::default().build();
+    match docker.remove_image(image, Some(options), None).await {
+        Ok(_)
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        Err(e) => panic!("removing image {image}: {e}"),
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
