@@ -12,6 +12,7 @@ pub mod driver;
 pub mod error;
 pub mod id;
 pub mod image;
+pub mod pool;
 pub mod stats;
 pub mod units;
 
