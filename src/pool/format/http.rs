@@ -1,0 +1,687 @@
+//! The `http` hot format: one HTTP/1.1 message each way, as fn's http format did.
+//!
+//! The pool writes `POST /` with a Content-Length body, its own `Hotpool-Call-Id` and
+//! `Hotpool-Deadline`, and the caller's end-to-end headers. The function answers with
+//! a status line, headers and a Content-Length body (no chunked encoding, no 1xx);
+//! bodies are binary-safe.
+//!
+//! As in `line`, stdout ending anywhere in a response (head or body, whether or not
+//! bytes came) is [`FrameError::Closed`]: the engine says why the container died.
+//! A head that cannot be HTTP, a missing or bad Content-Length, and bytes already
+//! received after the body are [`FrameError::Protocol`].
+
+use std::io::Write as _;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{FrameError, FunctionResponse, Request, unsolicited};
+
+/// The header carrying the call's id.
+const CALL_ID_HEADER: &str = "Hotpool-Call-Id";
+/// The header carrying the call's deadline, RFC 3339 with milliseconds.
+const DEADLINE_HEADER: &str = "Hotpool-Deadline";
+
+/// The most headers a response may have.
+const MAX_HEADERS: usize = 64;
+/// The most bytes a response head (status line and headers) may have.
+const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Room for the request line and the pool's own headers.
+const POOL_HEAD_BYTES: usize = 160;
+
+/// Caller headers never forwarded: hop-by-hop, framing, and `Expect` (a `100
+/// Continue` would break the framing). `Proxy-*` and `Hotpool-*` go by prefix.
+const DROPPED_HEADERS: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+    "expect",
+];
+
+/// Writes the request message in one write, then flushes.
+pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
+    stdin: &mut W,
+    call_id: &str,
+    deadline: SystemTime,
+    request: &Request,
+) -> Result<(), FrameError> {
+    let message = encode_request(call_id, deadline, request);
+    stdin.write_all(&message).await?;
+    stdin.flush().await?;
+    Ok(())
+}
+
+/// The whole request message in one buffer, allocated once.
+fn encode_request(call_id: &str, deadline: SystemTime, request: &Request) -> Vec<u8> {
+    let forwarded = || request.headers.iter().filter(|(n, v)| forwards(n, v));
+    let headers_len: usize = forwarded().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let body = &request.body;
+    let mut message =
+        Vec::with_capacity(POOL_HEAD_BYTES + call_id.len() + headers_len + body.len());
+    write!(
+        message,
+        "POST / HTTP/1.1\r\nHost: hotpool\r\nContent-Length: {}\r\n\
+         {CALL_ID_HEADER}: {call_id}\r\n{DEADLINE_HEADER}: {}\r\n",
+        body.len(),
+        humantime::format_rfc3339_millis(deadline),
+    )
+    .expect("writing to a Vec cannot fail");
+    for (name, value) in forwarded() {
+        for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            message.extend_from_slice(part);
+        }
+    }
+    message.extend_from_slice(b"\r\n");
+    message.extend_from_slice(body);
+    message
+}
+
+/// Whether a caller header goes to the function: end-to-end, not the pool's, and
+/// unable to inject anything (a token name, a value without CR, LF or NUL).
+fn forwards(name: &str, value: &str) -> bool {
+    let has_prefix = |prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    is_token(name)
+        && !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0'))
+        && !DROPPED_HEADERS.iter().any(|d| name.eq_ignore_ascii_case(d))
+        && !has_prefix("proxy-")
+        && !has_prefix("hotpool-")
+}
+
+/// Whether `name` is an RFC 9110 token, the only thing a header name may be.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Reads one response whose body is at most `max_body` bytes.
+pub(crate) async fn read_response<R: AsyncBufRead + Unpin>(
+    stdout: &mut R,
+    max_body: usize,
+) -> Result<FunctionResponse, FrameError> {
+    let (head, buffered_after) = read_head(stdout).await?;
+    if head.content_length > max_body {
+        return Err(FrameError::Protocol(format!(
+            "the function's response body of {} bytes is larger than {max_body} bytes",
+            head.content_length
+        )));
+    }
+    if head.content_length == 0 && buffered_after > 0 {
+        let extra = stdout.fill_buf().await?;
+        return Err(unsolicited("after its response", extra));
+    }
+    let body = read_body(stdout, head.content_length).await?;
+    Ok(FunctionResponse {
+        status: head.status,
+        headers: head.headers,
+        body,
+    })
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    /// Every header but Content-Length, in order.
+    headers: Vec<(String, String)>,
+    content_length: usize,
+}
+
+/// Reads and parses the head, consuming exactly its bytes; also says how many bytes
+/// the read that ended the head held after it.
+///
+/// Parses straight from the reader's buffer; only a head split over several reads
+/// is copied.
+async fn read_head<R: AsyncBufRead + Unpin>(stdout: &mut R) -> Result<(Head, usize), FrameError> {
+    let mut split_head = Vec::new();
+    loop {
+        let received = stdout.fill_buf().await?;
+        if received.is_empty() {
+            return Err(FrameError::Closed);
+        }
+        let before = split_head.len();
+        let take = received.len().min(MAX_HEAD_BYTES - before);
+        let parsed = if before == 0 {
+            parse_head(&received[..take])?
+        } else {
+            split_head.extend_from_slice(&received[..take]);
+            parse_head(&split_head)?
+        };
+        if let Some((head_len, head)) = parsed {
+            let used = head_len - before;
+            let buffered_after = received.len() - used;
+            stdout.consume(used);
+            return Ok((head, buffered_after));
+        }
+        if before + take == MAX_HEAD_BYTES {
+            return Err(FrameError::Protocol(format!(
+                "the function's response head is larger than {MAX_HEAD_BYTES} bytes"
+            )));
+        }
+        if before == 0 {
+            split_head.extend_from_slice(&received[..take]);
+        }
+        stdout.consume(take);
+    }
+}
+
+/// The head at the start of `bytes` and its length, or `None` if it is incomplete.
+fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Head)>, FrameError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let head_len = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => {
+            return Err(FrameError::Protocol(format!(
+                "the function's response is not valid HTTP: {error}"
+            )));
+        }
+    };
+    let status = response
+        .code
+        .expect("httparse sets the code of a complete response");
+    let mut content_length = None;
+    let mut headers = Vec::with_capacity(response.headers.len());
+    for header in response.headers.iter() {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(FrameError::Protocol(
+                "the function's response has Transfer-Encoding: only Content-Length bodies are supported".into(),
+            ));
+        }
+        if header.name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(merge_content_length(content_length, header.value)?);
+        } else {
+            let value = String::from_utf8_lossy(header.value).into_owned();
+            headers.push((header.name.to_owned(), value));
+        }
+    }
+    let Some(content_length) = content_length else {
+        return Err(FrameError::Protocol(
+            "the function sent a response without Content-Length".into(),
+        ));
+    };
+    let head = Head {
+        status,
+        headers,
+        content_length,
+    };
+    Ok(Some((head_len, head)))
+}
+
+/// The Content-Length `value` says, which must agree with one seen before.
+fn merge_content_length(seen: Option<usize>, value: &[u8]) -> Result<usize, FrameError> {
+    let invalid = || {
+        FrameError::Protocol(format!(
+            "the function's response has an invalid Content-Length: {:?}",
+            String::from_utf8_lossy(value)
+        ))
+    };
+    let length = parse_decimal(value).ok_or_else(invalid)?;
+    match seen {
+        Some(earlier) if earlier != length => Err(invalid()),
+        _ => Ok(length),
+    }
+}
+
+/// Digits only (no sign, no spaces), and no overflow.
+fn parse_decimal(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |n, &b| {
+        let digit = (b as char).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(digit as usize)
+    })
+}
+
+/// Reads exactly `len` body bytes; bytes received with its last part are
+/// unsolicited output.
+async fn read_body<R: AsyncBufRead + Unpin>(
+    stdout: &mut R,
+    len: usize,
+) -> Result<Bytes, FrameError> {
+    let mut body = BytesMut::with_capacity(len);
+    while body.len() < len {
+        let received = stdout.fill_buf().await?;
+        if received.is_empty() {
+            return Err(FrameError::Closed);
+        }
+        let take = received.len().min(len - body.len());
+        body.extend_from_slice(&received[..take]);
+        if body.len() == len && received.len() > take {
+            return Err(unsolicited("after its response", &received[take..]));
+        }
+        stdout.consume(take);
+    }
+    Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+    use tokio::io::{AsyncReadExt, BufReader, duplex, split};
+
+    const MAX: usize = 2 << 20;
+
+    /// Bytes that would break a text or head-scanning parser.
+    const BINARY: &[u8] = b"a\r\n\r\nb\0c\xff\xfe\r\n";
+
+    fn deadline() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
+    }
+
+    fn response_bytes(head: &str, body: &[u8]) -> Vec<u8> {
+        [head.as_bytes(), body].concat()
+    }
+
+    async fn read_all(bytes: &[u8]) -> Result<FunctionResponse, FrameError> {
+        let mut stdout = bytes;
+        read_response(&mut stdout, MAX).await
+    }
+
+    fn protocol_error(result: Result<FunctionResponse, FrameError>) -> String {
+        match result {
+            Err(FrameError::Protocol(message)) => message,
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    /// The request as a server sees it: header pairs in order, and the body.
+    fn parse_request(bytes: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut slots);
+        let httparse::Status::Complete(len) = request.parse(bytes).unwrap() else {
+            panic!("incomplete request head");
+        };
+        assert_eq!(request.method, Some("POST"));
+        assert_eq!(request.path, Some("/"));
+        assert_eq!(request.version, Some(1));
+        let headers = request
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8(h.value.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        (headers, bytes[len..].to_vec())
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn request_carries_framing_call_id_deadline_and_body() {
+        let mut stdin = Vec::new();
+        let request = Request::new(BINARY);
+        write_request(&mut stdin, "call-1", deadline(), &request)
+            .await
+            .unwrap();
+        let (headers, body) = parse_request(&stdin);
+        assert_eq!(header(&headers, "host"), ["hotpool"]);
+        assert_eq!(
+            header(&headers, "content-length"),
+            [BINARY.len().to_string()]
+        );
+        assert_eq!(header(&headers, CALL_ID_HEADER), ["call-1"]);
+        let sent = header(&headers, DEADLINE_HEADER);
+        assert_eq!(sent, ["2023-11-14T22:13:20.123Z"]);
+        assert_eq!(humantime::parse_rfc3339(sent[0]).unwrap(), deadline());
+        assert_eq!(body, BINARY);
+    }
+
+    #[tokio::test]
+    async fn request_is_one_write() {
+        struct Counting(usize);
+        impl AsyncWrite for Counting {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.0 += 1;
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let mut stdin = Counting(0);
+        let request = Request::new("body").with_header("X-A", "1");
+        write_request(&mut stdin, "id", deadline(), &request)
+            .await
+            .unwrap();
+        assert_eq!(stdin.0, 1);
+    }
+
+    #[tokio::test]
+    async fn caller_headers_are_forwarded_in_order_but_hop_by_hop_and_hotpool_are_not() {
+        let mut request = Request::new("x").with_header("X-First", "1");
+        for name in [
+            "Connection",
+            "keep-alive",
+            "Transfer-Encoding",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy-Authorization",
+            "Content-Length",
+            "Host",
+            "Expect",
+            "Hotpool-Call-Id",
+            "hotpool-deadline",
+            "Hotpool-Anything",
+        ] {
+            request = request.with_header(name, "caller");
+        }
+        let request = request.with_header("X-Last", "2");
+        let mut stdin = Vec::new();
+        write_request(&mut stdin, "pool-id", deadline(), &request)
+            .await
+            .unwrap();
+        let (headers, _) = parse_request(&stdin);
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Host",
+                "Content-Length",
+                CALL_ID_HEADER,
+                DEADLINE_HEADER,
+                "X-First",
+                "X-Last"
+            ]
+        );
+        assert_eq!(header(&headers, CALL_ID_HEADER), ["pool-id"]);
+        assert!(!headers.iter().any(|(_, v)| v == "caller"));
+    }
+
+    #[tokio::test]
+    async fn header_injection_is_dropped() {
+        let request = Request::new("body")
+            .with_header("X-Value", "a\r\nContent-Length: 0")
+            .with_header("X-Lf", "a\nInjected: 1")
+            .with_header("X-Nul", "a\0b")
+            .with_header("X-Name\r\nInjected", "1")
+            .with_header("Content-Length ", "0")
+            .with_header("X-Colon: Injected", "1")
+            .with_header("", "empty")
+            .with_header("X-Fine", "tab\tand unicode \u{e9}");
+        let mut stdin = Vec::new();
+        write_request(&mut stdin, "id", deadline(), &request)
+            .await
+            .unwrap();
+        let (headers, body) = parse_request(&stdin);
+        assert_eq!(headers.len(), 5, "{headers:?}");
+        assert_eq!(header(&headers, "x-fine"), ["tab\tand unicode \u{e9}"]);
+        assert!(!stdin.windows(8).any(|w| w == b"Injected"));
+        assert_eq!(body, b"body");
+    }
+
+    #[tokio::test]
+    async fn binary_calls_round_trip_over_the_same_pipes() {
+        let (pool, function) = duplex(1 << 10);
+        let (function_out, mut function_in) = split(function);
+        // The function: echoes the body, says which call it was.
+        let server = tokio::spawn(async move {
+            let mut input = BufReader::new(function_out);
+            let mut head = Vec::new();
+            loop {
+                head.clear();
+                while !head.ends_with(b"\r\n\r\n") {
+                    if input.read_until(b'\n', &mut head).await.unwrap() == 0 {
+                        return;
+                    }
+                }
+                let (headers, _) = parse_request(&head);
+                let len: usize = header(&headers, "content-length")[0].parse().unwrap();
+                let mut body = vec![0; len];
+                input.read_exact(&mut body).await.unwrap();
+                let call_id = header(&headers, CALL_ID_HEADER)[0];
+                let reply = format!(
+                    "HTTP/1.1 201 Created\r\nX-Call: {call_id}\r\nContent-Length: {len}\r\n\r\n"
+                );
+                function_in
+                    .write_all(&[reply.as_bytes(), &body].concat())
+                    .await
+                    .unwrap();
+            }
+        });
+        let (pool_out, mut stdin) = split(pool);
+        let mut stdout = BufReader::new(pool_out);
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i % 256) as u8).collect();
+        for (call, body) in [BINARY.to_vec(), Vec::new(), big].into_iter().enumerate() {
+            let call_id = format!("call-{call}");
+            let request = Request::new(body.clone());
+            write_request(&mut stdin, &call_id, deadline(), &request)
+                .await
+                .unwrap();
+            let response = read_response(&mut stdout, MAX).await.unwrap();
+            assert_eq!(response.status, 201);
+            assert_eq!(response.headers, [("X-Call".to_owned(), call_id)]);
+            assert_eq!(response.body, body);
+        }
+        stdin.shutdown().await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn binary_body_is_read_verbatim() {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            BINARY.len()
+        );
+        let response = read_all(&response_bytes(&head, BINARY)).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, BINARY);
+    }
+
+    #[tokio::test]
+    async fn headers_come_back_in_order_without_content_length() {
+        let bytes = b"HTTP/1.1 404 Not Found\r\nX-One: 1\r\ncontent-length: 2\r\n\
+                      Content-Type: text/plain\r\nX-One: again\r\n\r\nno";
+        let response = read_all(bytes).await.unwrap();
+        assert_eq!(response.status, 404);
+        let expected = [
+            ("X-One", "1"),
+            ("Content-Type", "text/plain"),
+            ("X-One", "again"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(response.headers, expected);
+        assert_eq!(response.body, "no");
+    }
+
+    #[tokio::test]
+    async fn head_and_body_split_over_tiny_reads_are_joined() {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nX-A: b\r\nContent-Length: {}\r\n\r\n",
+            BINARY.len()
+        );
+        let bytes = response_bytes(&head, BINARY);
+        let mut stdout = BufReader::with_capacity(3, &bytes[..]);
+        let response = read_response(&mut stdout, MAX).await.unwrap();
+        assert_eq!(response.headers, [("X-A".to_owned(), "b".to_owned())]);
+        assert_eq!(response.body, BINARY);
+    }
+
+    #[tokio::test]
+    async fn one_mib_body_is_read_from_a_pipe() {
+        let body: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let (mut function, pool) = duplex(4096);
+        let sent = response_bytes(
+            &format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()),
+            &body,
+        );
+        tokio::spawn(async move { function.write_all(&sent).await.unwrap() });
+        let mut stdout = BufReader::new(pool);
+        let response = read_response(&mut stdout, MAX).await.unwrap();
+        assert_eq!(response.body, body);
+    }
+
+    #[tokio::test]
+    async fn empty_body_is_fine() {
+        let response = read_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response.status, 204);
+        assert!(response.body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn eof_before_any_byte_is_closed() {
+        assert!(matches!(read_all(b"").await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn eof_in_the_middle_of_the_head_is_closed() {
+        let result = read_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+        assert!(matches!(result, Err(FrameError::Closed)), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn eof_in_the_middle_of_the_body_is_closed() {
+        let result = read_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").await;
+        assert!(matches!(result, Err(FrameError::Closed)), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn garbage_is_protocol_with_httparse_reason() {
+        let message = protocol_error(read_all(b"this is not HTTP\r\n\r\n").await);
+        let reason = httparse::Response::new(&mut [])
+            .parse(b"this is not HTTP\r\n\r\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("not valid HTTP"), "{message}");
+        assert!(message.ends_with(&reason), "{message} / {reason}");
+    }
+
+    #[tokio::test]
+    async fn missing_content_length_is_protocol() {
+        let message = protocol_error(read_all(b"HTTP/1.1 200 OK\r\n\r\nbody").await);
+        assert!(message.contains("without Content-Length"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn transfer_encoding_is_protocol() {
+        let bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n";
+        let message = protocol_error(read_all(bytes).await);
+        assert!(message.contains("Transfer-Encoding"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn invalid_content_length_is_protocol() {
+        for value in ["abc", "+5", "-1", "", "5 5", "99999999999999999999999"] {
+            let bytes = format!("HTTP/1.1 200 OK\r\nContent-Length: {value}\r\n\r\nhello");
+            let message = protocol_error(read_all(bytes.as_bytes()).await);
+            assert!(
+                message.contains("invalid Content-Length"),
+                "{value}: {message}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn conflicting_content_lengths_are_protocol_but_repeats_are_not() {
+        let conflicting = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc";
+        let message = protocol_error(read_all(conflicting).await);
+        assert!(message.contains("invalid Content-Length"), "{message}");
+        let repeated = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(read_all(repeated).await.unwrap().body, "abc");
+    }
+
+    #[tokio::test]
+    async fn body_larger_than_max_is_protocol() {
+        let mut stdout: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n123456";
+        let message = protocol_error(read_response(&mut stdout, 5).await);
+        assert!(message.contains("larger than 5 bytes"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn head_larger_than_64_kib_fails_without_waiting_for_its_end() {
+        // The writer stays open and never ends the head: this must not hang.
+        let (mut function, pool) = duplex(1 << 20);
+        let head = format!("HTTP/1.1 200 OK\r\nX-Big: {}", "a".repeat(MAX_HEAD_BYTES));
+        function.write_all(head.as_bytes()).await.unwrap();
+        let mut stdout = BufReader::new(pool);
+        let message = protocol_error(read_response(&mut stdout, MAX).await);
+        assert!(
+            message.contains("head is larger than 65536 bytes"),
+            "{message}"
+        );
+        drop(function);
+    }
+
+    #[tokio::test]
+    async fn too_many_headers_is_protocol() {
+        let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
+        for i in 0..MAX_HEADERS {
+            head.push_str(&format!("X-{i}: {i}\r\n"));
+        }
+        head.push_str("\r\n");
+        let message = protocol_error(read_all(head.as_bytes()).await);
+        assert!(message.contains("too many headers"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn bytes_received_after_the_body_are_protocol() {
+        let message =
+            protocol_error(read_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA").await);
+        assert!(message.contains("unsolicited output"), "{message}");
+        assert!(message.contains("EXTRA"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn bytes_received_after_an_empty_body_are_protocol() {
+        let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n";
+        let message = protocol_error(read_all(bytes).await);
+        assert!(message.contains("unsolicited output"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn later_responses_are_left_for_the_next_read() {
+        let (mut function, pool) = duplex(1024);
+        let mut stdout = BufReader::new(pool);
+        function
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut stdout, MAX).await.unwrap().body, "a");
+        function
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut stdout, MAX).await.unwrap().body, "b");
+    }
+}

@@ -1,0 +1,155 @@
+//! The hot formats: how one call travels over a hot container's stdin and stdout.
+//!
+//! A hot container serves many calls over the same pipes, one at a time. [`line`]
+//! frames a call as one line each way; [`http`] as one HTTP/1.1 message each way with
+//! a Content-Length body. Both report failures as a [`FrameError`]: the pipe ended
+//! ([`FrameError::Closed`], the caller asks the engine why), the function broke the
+//! framing ([`FrameError::Protocol`]), or the pipe itself failed ([`FrameError::Io`]).
+//!
+//! Readers take any [`AsyncBufRead`] (the pool holds a `tokio::io::BufReader`). Bytes
+//! after a response count as unsolicited output only when they were already received
+//! in the same buffer; nothing waits for more. [`check_quiet`] catches what arrives
+//! between calls.
+
+pub(crate) mod http;
+pub(crate) mod line;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// How many unsolicited bytes a protocol error quotes.
+const QUOTED_BYTES: usize = 32;
+
+/// What the pool sends: the body, and for `http` the caller's headers to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The call's id: in logs, in `Hotpool-Call-Id`, and sent to `http` functions.
+    pub id: String,
+    /// The request body. For `line` it must not contain `\n`.
+    pub body: Bytes,
+    /// The caller's headers, in order; `http` forwards all but hop-by-hop, framing
+    /// and `Hotpool-*` ones. `line` ignores them.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// A request with this body, no headers and a new call id.
+    pub fn new(body: impl Into<Bytes>) -> Request {
+        Request {
+            id: crate::id::new_id(),
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The same request with one more header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Request {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What came back from the function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionResponse {
+    /// The status the function answered with (`line` responses are 200).
+    pub status: u16,
+    /// The function's headers in order, without `Content-Length`.
+    pub headers: Vec<(String, String)>,
+    /// The response body.
+    pub body: Bytes,
+}
+
+/// Why a call could not be framed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameError {
+    /// stdout ended: the container died or closed it.
+    #[error("the function's stdout ended")]
+    Closed,
+    /// The function broke the framing; the text says how.
+    #[error("{0}")]
+    Protocol(String),
+    /// Reading or writing the pipe failed.
+    #[error("the function's pipe failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Before a call: `Ok` if nothing is waiting on stdout.
+///
+/// Bytes already buffered or readable at once are unsolicited output, a
+/// [`FrameError::Protocol`]; an ended stdout is [`FrameError::Closed`]. Polls the
+/// reader once and never waits: a pending reader is quiet.
+pub(crate) fn check_quiet<R: AsyncBufRead + Unpin>(stdout: &mut R) -> Result<(), FrameError> {
+    match stdout.fill_buf().now_or_never() {
+        None => Ok(()),
+        Some(Ok([])) => Err(FrameError::Closed),
+        Some(Ok(waiting)) => Err(unsolicited("before the call", waiting)),
+        Some(Err(error)) => Err(FrameError::Io(error)),
+    }
+}
+
+/// The protocol error for bytes the function wrote when nothing was asked (`when`
+/// says at which point), quoting their start.
+fn unsolicited(when: &str, bytes: &[u8]) -> FrameError {
+    let quoted = &bytes[..bytes.len().min(QUOTED_BYTES)];
+    FrameError::Protocol(format!(
+        "the function wrote unsolicited output {when}: {:?}",
+        String::from_utf8_lossy(quoted)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncWriteExt, BufReader, duplex};
+
+    #[test]
+    fn request_builder_keeps_headers_in_order() {
+        let request = Request::new("body")
+            .with_header("X-One", "1")
+            .with_header("X-Two", "2");
+        assert_eq!(request.body, Bytes::from_static(b"body"));
+        assert_eq!(
+            request.headers,
+            [("X-One".into(), "1".into()), ("X-Two".into(), "2".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn quiet_pipe_is_ok() {
+        let (_function, pool) = duplex(64);
+        let mut stdout = BufReader::new(pool);
+        assert!(check_quiet(&mut stdout).is_ok());
+    }
+
+    #[tokio::test]
+    async fn readable_bytes_are_unsolicited_output() {
+        let (mut function, pool) = duplex(64);
+        function.write_all(b"surprise\n").await.unwrap();
+        let mut stdout = BufReader::new(pool);
+        let error = check_quiet(&mut stdout).unwrap_err();
+        assert!(
+            matches!(&error, FrameError::Protocol(m) if m.contains("unsolicited output") && m.contains("surprise")),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn buffered_bytes_are_unsolicited_output() {
+        let mut stdout: &[u8] = b"left over";
+        let error = check_quiet(&mut stdout).unwrap_err();
+        assert!(
+            matches!(&error, FrameError::Protocol(m) if m.contains("unsolicited output")),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ended_pipe_is_closed() {
+        let (function, pool) = duplex(64);
+        drop(function);
+        let mut stdout = BufReader::new(pool);
+        assert!(matches!(check_quiet(&mut stdout), Err(FrameError::Closed)));
+    }
+}
