@@ -12,6 +12,7 @@
 //! sink, and its tail is kept for `exited` errors.
 
 pub mod docker;
+pub mod in_process;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,6 +57,8 @@ pub struct Task {
     pub workdir: Option<String>,
     /// Network mode; `None` means no network at all.
     pub network: Option<String>,
+    /// Labels besides `hotpool=1` and `hotpool.function` (a pool adds `hotpool.pool`).
+    pub labels: BTreeMap<String, String>,
     /// Fed to the container's stdin, which is then closed. `None`: stdin is handed
     /// out in [`Running::stdin`].
     pub input: Option<BoxRead>,
@@ -86,6 +89,7 @@ impl Task {
             volumes: Vec::new(),
             workdir: None,
             network: None,
+            labels: BTreeMap::new(),
             input: None,
             stdout: None,
             stderr: Box::new(std::io::sink()),
@@ -185,7 +189,7 @@ pub struct Running {
 }
 
 /// Runs tasks on some container runtime.
-pub trait Driver: Send + Sync + 'static {
+pub trait Driver: Clone + Send + Sync + 'static {
     /// The prepared task.
     type Cookie: Cookie;
 
@@ -193,6 +197,14 @@ pub trait Driver: Send + Sync + 'static {
     /// prepares ask at once) and creates its container. Close the cookie whether or
     /// not it runs.
     fn prepare(&self, task: Task) -> impl Future<Output = Result<Self::Cookie, CallError>> + Send;
+
+    /// Removes every container carrying the label `key=value` (left behind by an
+    /// earlier run that crashed, say); returns how many there were.
+    fn remove_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<usize, CallError>> + Send;
 }
 
 /// A prepared task: one container.

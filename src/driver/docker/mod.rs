@@ -113,26 +113,6 @@ impl DockerDriver {
             image_pulls: self.engine.pull_count.load(Ordering::Relaxed),
         }
     }
-
-    /// Removes every container labelled `hotpool=1` (left by an earlier run, say);
-    /// returns how many there were.
-    pub async fn remove_labelled_containers(&self) -> Result<usize, CallError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL}=1")])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let containers = timed(
-            "list_containers",
-            self.engine.docker.list_containers(Some(options)),
-        )
-        .await
-        .map_err(CallError::engine)?;
-        for id in containers.iter().filter_map(|c| c.id.as_deref()) {
-            self.engine.remove_container(id).await?;
-        }
-        Ok(containers.len())
-    }
 }
 
 impl Engine {
@@ -163,10 +143,16 @@ impl Engine {
             cmd: (!task.command.is_empty()).then(|| task.command.clone()),
             env: Some(task.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: task.workdir.clone(),
-            labels: Some(HashMap::from([
-                (LABEL.to_owned(), "1".to_owned()),
-                (FUNCTION_LABEL.to_owned(), task.function.clone()),
-            ])),
+            labels: Some(
+                task.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain([
+                        (LABEL.to_owned(), "1".to_owned()),
+                        (FUNCTION_LABEL.to_owned(), task.function.clone()),
+                    ])
+                    .collect(),
+            ),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -214,6 +200,24 @@ impl Driver for DockerDriver {
         .await
         .map_err(|e| CallError::engine(format!("creating a container of {}: {e}", task.image)))?;
         Ok(DockerCookie::new(self.engine.clone(), created.id, task))
+    }
+
+    async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, CallError> {
+        let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = timed(
+            "list_containers",
+            self.engine.docker.list_containers(Some(options)),
+        )
+        .await
+        .map_err(CallError::engine)?;
+        for id in containers.iter().filter_map(|c| c.id.as_deref()) {
+            self.engine.remove_container(id).await?;
+        }
+        Ok(containers.len())
     }
 }
 

@@ -26,7 +26,9 @@
 //!
 //! In hot modes a request whose body starts with `!` is a command instead of data:
 //! `!exit N`, `!oom`, `!kill-self`, `!sleep MS`, `!stderr MSG` (then echo MSG),
-//! `!garbage` (write bytes that break the framing), `!spin MS`. Anything else is echoed.
+//! `!garbage` (write bytes that break the framing), `!spin MS`, `!whoami` (answer
+//! the container's hostname, which the engine sets to its id). Anything else is
+//! echoed.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::time::{Duration, Instant};
@@ -128,6 +130,11 @@ fn command(body: &[u8]) -> Vec<u8> {
             eprintln!("{rest}");
             rest.as_bytes().to_vec()
         }
+        "whoami" => std::fs::read_to_string("/etc/hostname")
+            .unwrap_or_default()
+            .trim()
+            .as_bytes()
+            .to_vec(),
         _ => body.to_vec(),
     }
 }
