@@ -145,6 +145,11 @@ mod tests {
     #[test]
     fn formats_parse() {
         assert_eq!("http".parse(), Ok(Format::Http));
-        assert!("grpc".parse::<Format>().unwrap_err().contains("cold, line or http"));
+        assert!(
+            "grpc"
+                .parse::<Format>()
+                .unwrap_err()
+                .contains("cold, line or http")
+        );
     }
 }

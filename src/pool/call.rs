@@ -1,0 +1,298 @@
+//! One call: through a hot container's pipes, or in a container of its own (cold).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use tokio::time::Instant;
+
+use super::container::{EvictionReason, Pipes, StderrLog};
+use super::format::{self, FrameError, FunctionResponse, Request};
+use super::function::FunctionPool;
+use super::scheduler::{Inner, busy};
+use super::spec::{Format, FunctionSpec};
+use crate::driver::{Cookie, Driver, RunResult};
+use crate::error::CallError;
+
+/// How long a call whose container closed stdout waits for the engine to say why.
+const DEATH_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether a call found its container running, or waited for one to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Served by a container that was already running.
+    Hot,
+    /// Served by a container started for it (every `cold` call).
+    Cold,
+}
+
+impl Start {
+    /// `hot` or `cold`, as in the `Hotpool-Start` header and the `start` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Start::Hot => "hot",
+            Start::Cold => "cold",
+        }
+    }
+}
+
+/// What a call returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// The call's id (`Hotpool-Call-Id`).
+    pub call_id: String,
+    /// Whether the call met a running container.
+    pub start: Start,
+    /// The function's status: its own for `http`, 200 for `line` and `cold`.
+    pub status: u16,
+    /// The function's headers (`http` only).
+    pub headers: Vec<(String, String)>,
+    /// The function's output.
+    pub body: Bytes,
+}
+
+impl<D: Driver> Inner<D> {
+    /// Runs one call of `spec` and records it in the metrics.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+        request: Request,
+    ) -> Result<Response, CallError> {
+        let Some(_in_flight) = self.enter() else {
+            return Err(busy("the pool is shutting down"));
+        };
+        let pool = self.function_for(spec);
+        let started = Instant::now();
+        let result = match spec.format {
+            Format::Cold => self.call_cold(&pool, &request, started).await,
+            Format::Line | Format::Http => self.call_hot(&pool, &request, started).await,
+        };
+        let function = pool.name.to_string();
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(error) => error.kind().as_str(),
+        };
+        metrics::counter!("hotpool_calls_total", "function" => function.clone(), "outcome" => outcome).increment(1);
+        if let Ok(response) = &result {
+            metrics::histogram!("hotpool_call_duration_seconds", "function" => function, "start" => response.start.as_str())
+                .record(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn call_hot(
+        self: &Arc<Self>,
+        pool: &Arc<FunctionPool<D>>,
+        request: &Request,
+        started: Instant,
+    ) -> Result<Response, CallError> {
+        let mut checked = self.checkout(pool).await?;
+        record_queue(pool, started);
+        let slot = checked.slot();
+        let start = if std::mem::replace(&mut slot.fresh, false) {
+            Start::Cold
+        } else {
+            Start::Hot
+        };
+        let container = slot.container.clone();
+        set_call(&container.current_call, Some(&request.id));
+        let timeout = pool.spec.timeout;
+        let deadline = SystemTime::now() + timeout;
+        let max = self.config.max_response_bytes;
+        let exchange = async {
+            tokio::select! {
+                biased;
+                answer = exchange(pool.spec.format, &mut slot.pipes, request, deadline, max) => answer,
+                () = container.died().cancelled() => Err(FrameError::Closed),
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, exchange).await;
+        set_call(&container.current_call, None);
+        match outcome {
+            Ok(Ok(answer)) => {
+                checked.check_in();
+                Ok(respond(request, start, answer))
+            }
+            Ok(Err(FrameError::Protocol(detail))) => {
+                checked.evict(EvictionReason::ProtocolError);
+                Err(CallError::ProtocolError { detail })
+            }
+            Ok(Err(FrameError::Closed | FrameError::Io(_))) => {
+                let error = container.death(DEATH_GRACE).await.unwrap_or_else(|| {
+                    CallError::ProtocolError {
+                        detail: "the function closed its stdout but kept running".into(),
+                    }
+                });
+                checked.evict(EvictionReason::of_death(&error));
+                Err(error)
+            }
+            Err(_) => {
+                checked.evict(EvictionReason::Timeout);
+                Err(CallError::Timeout { timeout })
+            }
+        }
+    }
+
+    async fn call_cold(
+        self: &Arc<Self>,
+        pool: &Arc<FunctionPool<D>>,
+        request: &Request,
+        started: Instant,
+    ) -> Result<Response, CallError> {
+        let spec = &pool.spec;
+        if pool.cold_permits.available_permits() == 0
+            && pool.cold_waiting.load(std::sync::atomic::Ordering::Relaxed) >= spec.max_queue
+        {
+            return Err(busy(format!(
+                "{} calls of {} are already waiting",
+                spec.max_queue, spec.name
+            )));
+        }
+        pool.cold_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let permit = tokio::time::timeout(
+            spec.queue_timeout,
+            pool.cold_permits.clone().acquire_owned(),
+        )
+        .await;
+        pool.cold_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let permit = match permit {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(busy("the pool is shutting down")),
+            Err(_) => {
+                return Err(busy(format!(
+                    "no slot for {} came free within {}",
+                    spec.name,
+                    humantime::format_duration(spec.queue_timeout)
+                )));
+            }
+        };
+        pool.publish(&pool.lock());
+        let memory = self.reserve(pool).await?;
+        record_queue(pool, started);
+
+        let output = ResponseBuffer::new(self.config.max_response_bytes);
+        let mut task = self.task(pool, &request.id);
+        task.timeout = Some(spec.timeout);
+        task.input = Some(Box::new(std::io::Cursor::new(request.body.clone())));
+        task.stdout = Some(Box::new(output.clone()));
+        let current_call = Arc::new(Mutex::new(Some(request.id.clone())));
+        task.stderr = Box::new(StderrLog::new(pool.name.clone(), current_call));
+        let mut cookie = self.driver.prepare(task).await?;
+        let result = match cookie.run().await {
+            Ok(_) => cookie.wait(&self.abort).await,
+            Err(error) => RunResult::failed(error),
+        };
+        cookie.close().await;
+        drop((permit, memory));
+        pool.publish(&pool.lock());
+        result.into_result()?;
+        let body = output
+            .into_body()
+            .map_err(|detail| CallError::ProtocolError { detail })?;
+        Ok(Response {
+            call_id: request.id.clone(),
+            start: Start::Cold,
+            status: 200,
+            headers: Vec::new(),
+            body,
+        })
+    }
+}
+
+async fn exchange(
+    format: Format,
+    pipes: &mut Pipes,
+    request: &Request,
+    deadline: SystemTime,
+    max_response: usize,
+) -> Result<FunctionResponse, FrameError> {
+    match format {
+        Format::Line => {
+            format::line::write_request(&mut pipes.stdin, &request.body).await?;
+            let body = format::line::read_response(&mut pipes.stdout, max_response).await?;
+            Ok(FunctionResponse {
+                status: 200,
+                headers: Vec::new(),
+                body,
+            })
+        }
+        Format::Http => {
+            format::http::write_request(&mut pipes.stdin, &request.id, deadline, request).await?;
+            format::http::read_response(&mut pipes.stdout, max_response).await
+        }
+        Format::Cold => unreachable!("cold calls have no hot pipes"),
+    }
+}
+
+fn respond(request: &Request, start: Start, answer: FunctionResponse) -> Response {
+    Response {
+        call_id: request.id.clone(),
+        start,
+        status: answer.status,
+        headers: answer.headers,
+        body: answer.body,
+    }
+}
+
+fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
+    metrics::histogram!("hotpool_call_queue_seconds", "function" => pool.name.to_string())
+        .record(started.elapsed().as_secs_f64());
+}
+
+fn set_call(current: &Mutex<Option<String>>, call_id: Option<&str>) {
+    *current.lock().unwrap_or_else(|e| e.into_inner()) = call_id.map(str::to_owned);
+}
+
+/// Collects a cold container's stdout, up to a limit.
+#[derive(Clone)]
+struct ResponseBuffer {
+    state: Arc<Mutex<(Vec<u8>, bool)>>,
+    limit: usize,
+}
+
+impl ResponseBuffer {
+    fn new(limit: usize) -> ResponseBuffer {
+        ResponseBuffer {
+            state: Arc::default(),
+            limit,
+        }
+    }
+
+    /// The output, or why it is not a response.
+    fn into_body(self) -> Result<Bytes, String> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.1 {
+            return Err(format!("the response was larger than {} bytes", self.limit));
+        }
+        Ok(Bytes::from(std::mem::take(&mut state.0)))
+    }
+}
+
+impl AsyncWrite for ResponseBuffer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0.len() + bytes.len() > self.limit {
+            state.1 = true;
+        } else {
+            state.0.extend_from_slice(bytes);
+        }
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,196 @@
+//! A hot container: its driver cookie, its pipes, how it ended, and why it left.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::BufReader;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::budget::Reservation;
+use crate::driver::{BoxRead, BoxWrite, Cookie, Driver, RunResult};
+use crate::error::CallError;
+
+/// Why a container left the pool; the `reason` label of `hotpool_evictions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionReason {
+    /// Idle past its function's idle timeout.
+    IdleTimeout,
+    /// Its memory was needed by another function's container.
+    MemoryPressure,
+    /// The engine OOM-killed it.
+    Oom,
+    /// It exited (or was killed from outside).
+    Exited,
+    /// It broke the framing of its format.
+    ProtocolError,
+    /// A call in it ran past its timeout.
+    Timeout,
+    /// The pool shut down.
+    Shutdown,
+    /// Its function's spec changed; it drained.
+    Replaced,
+    /// The caller went away in the middle of a call.
+    Cancelled,
+}
+
+impl EvictionReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionReason::IdleTimeout => "idle_timeout",
+            EvictionReason::MemoryPressure => "memory_pressure",
+            EvictionReason::Oom => "oom",
+            EvictionReason::Exited => "exited",
+            EvictionReason::ProtocolError => "protocol_error",
+            EvictionReason::Timeout => "timeout",
+            EvictionReason::Shutdown => "shutdown",
+            EvictionReason::Replaced => "replaced",
+            EvictionReason::Cancelled => "cancelled",
+        }
+    }
+
+    /// The reason for a container that died with `error`.
+    pub(crate) fn of_death(error: &CallError) -> EvictionReason {
+        match error {
+            CallError::Oom { .. } => EvictionReason::Oom,
+            CallError::ProtocolError { .. } => EvictionReason::ProtocolError,
+            CallError::Timeout { .. } => EvictionReason::Timeout,
+            _ => EvictionReason::Exited,
+        }
+    }
+}
+
+/// One running container of a hot function.
+pub(crate) struct HotContainer<D: Driver> {
+    /// The task id the pool gave it (unique; also in its container name).
+    pub(crate) id: String,
+    pub(crate) cookie: D::Cookie,
+    /// The call in it now, for its stderr lines.
+    pub(crate) current_call: Arc<Mutex<Option<String>>>,
+    died: CancellationToken,
+    exit: OnceLock<RunResult>,
+    /// Its share of the memory budget, given back when the container is dropped.
+    _memory: Reservation,
+}
+
+impl<D: Driver> HotContainer<D> {
+    pub(crate) fn new(
+        id: String,
+        cookie: D::Cookie,
+        current_call: Arc<Mutex<Option<String>>>,
+        memory: Reservation,
+    ) -> HotContainer<D> {
+        HotContainer {
+            id,
+            cookie,
+            current_call,
+            died: CancellationToken::new(),
+            exit: OnceLock::new(),
+            _memory: memory,
+        }
+    }
+
+    /// Waits for the container to exit (forever, for a healthy one) and records how.
+    pub(crate) async fn watch(&self) {
+        let result = self.cookie.wait(&CancellationToken::new()).await;
+        let _ = self.exit.set(result);
+        self.died.cancel();
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.died.is_cancelled()
+    }
+
+    /// The eviction reason its death gives (`exited` while it is alive).
+    pub(crate) fn exit_reason(&self) -> EvictionReason {
+        self.exit
+            .get()
+            .and_then(|result| result.error.as_ref())
+            .map_or(EvictionReason::Exited, EvictionReason::of_death)
+    }
+
+    pub(crate) fn died(&self) -> &CancellationToken {
+        &self.died
+    }
+
+    /// Why the container is gone, waiting up to `grace` for the engine to say.
+    /// `None` if it is still alive after that.
+    pub(crate) async fn death(&self, grace: Duration) -> Option<CallError> {
+        let _ = tokio::time::timeout(grace, self.died.cancelled()).await;
+        let result = self.exit.get()?;
+        Some(result.error.clone().unwrap_or(CallError::Exited {
+            code: 0,
+            stderr_tail: String::new(),
+        }))
+    }
+}
+
+/// The ends of a hot container's pipes that the pool holds.
+pub(crate) struct Pipes {
+    pub(crate) stdin: BoxWrite,
+    pub(crate) stdout: BufReader<BoxRead>,
+}
+
+/// A hot container with its pipes: what the idle stack holds and a call uses.
+pub(crate) struct Slot<D: Driver> {
+    pub(crate) container: Arc<HotContainer<D>>,
+    pub(crate) pipes: Pipes,
+    /// When its last call ended (or it started).
+    pub(crate) last_used: Instant,
+    /// It has served no call yet: its first call waited for it to start.
+    pub(crate) fresh: bool,
+}
+
+/// A container's stderr, as log lines tagged with the function and the call.
+pub(crate) struct StderrLog {
+    function: Arc<str>,
+    current_call: Arc<Mutex<Option<String>>>,
+    partial: Vec<u8>,
+}
+
+impl StderrLog {
+    pub(crate) fn new(function: Arc<str>, current_call: Arc<Mutex<Option<String>>>) -> StderrLog {
+        StderrLog {
+            function,
+            current_call,
+            partial: Vec::new(),
+        }
+    }
+
+    fn log(&self, line: &[u8]) {
+        let call = self.current_call.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::info!(
+            target: "hotpool::function",
+            function = %self.function,
+            call_id = call.as_deref().unwrap_or("-"),
+            "{}",
+            String::from_utf8_lossy(line).trim_end()
+        );
+    }
+}
+
+impl Write for StderrLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.log(&line);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for StderrLog {
+    fn drop(&mut self) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.log(&rest);
+        }
+    }
+}
