@@ -1,4 +1,4 @@
-//! The `hotpool` command: one cold call (`hotpool run`).
+//! The `hotpool` command: `run` (one cold call), `serve` (the pool over HTTP).
 
 mod cli;
 

@@ -1,6 +1,7 @@
 //! Command-line interface: parses arguments and dispatches to a subcommand.
 
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,8 @@ pub(crate) struct Command {
 enum Subcommands {
     /// Run one cold call: stdin to the container, its stdout and stderr back.
     Run(run::RunArgs),
+    /// Serve functions from hot containers over HTTP.
+    Serve(serve::ServeArgs),
 }
 
 impl Command {
@@ -23,6 +26,7 @@ impl Command {
     pub(crate) async fn execute(self) -> i32 {
         match self.subcommand {
             Subcommands::Run(args) => run::run(args).await,
+            Subcommands::Serve(args) => serve::serve(args).await,
         }
     }
 }

@@ -1,0 +1,126 @@
+//! `hotpool serve --config hotpool.toml`: the pool behind an HTTP API.
+//!
+//! Startup removes containers an earlier run of the same pool left behind.
+//! SIGINT or SIGTERM stop taking calls, let calls in flight finish within the
+//! pool's shutdown timeout, and remove every container before exiting.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use hotpool::config::ServeConfig;
+use hotpool::driver::docker::{DockerDriver, DockerOptions};
+use hotpool::pool::{Pool, PoolConfig};
+use hotpool::server::{AppState, router};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The config file (TOML); see examples/hotpool.toml.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// Serves until a signal; returns the exit status.
+pub(crate) async fn serve(args: ServeArgs) -> i32 {
+    let config = match ServeConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("hotpool: bad config {}: {error}", args.config.display());
+            return 2;
+        }
+    };
+    let metrics = match hotpool::metrics::install() {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("hotpool: cannot set up metrics: {error}");
+            return 1;
+        }
+    };
+    let driver = match DockerDriver::connect(DockerOptions::default()).await {
+        Ok(driver) => driver,
+        Err(error) => {
+            eprintln!("hotpool: {error}");
+            return 1;
+        }
+    };
+    let pool_config = PoolConfig {
+        name: config.pool.name.clone(),
+        memory_budget: config.pool.memory_budget,
+        shutdown_timeout: config.pool.shutdown_timeout,
+        ..PoolConfig::default()
+    };
+    let pool = match Pool::builder(driver).config(pool_config).build().await {
+        Ok(pool) => pool,
+        Err(error) => {
+            eprintln!("hotpool: {error}");
+            return 1;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "hotpool: cannot listen on {}: {error}",
+                config.server.listen
+            );
+            pool.shutdown().await;
+            return 1;
+        }
+    };
+    let address = listener.local_addr().map_or(config.server.listen, |a| a);
+    let names: Vec<&str> = config.functions.iter().map(|f| f.name.as_str()).collect();
+    println!("hotpool serving {} on http://{address}", names.join(", "));
+
+    let state = Arc::new(AppState {
+        pool: pool.clone(),
+        functions: config
+            .functions
+            .iter()
+            .map(|spec| (spec.name.clone(), spec.clone()))
+            .collect::<BTreeMap<_, _>>(),
+        max_body: usize::try_from(config.server.max_body).unwrap_or(usize::MAX),
+        metrics: Some(metrics),
+    });
+    let stopping = CancellationToken::new();
+    let shutdown = tokio::spawn({
+        let (pool, stopping) = (pool.clone(), stopping.clone());
+        async move {
+            wait_for_signal().await;
+            println!("hotpool: shutting down: finishing calls in flight, removing containers");
+            stopping.cancel();
+            pool.shutdown().await;
+        }
+    });
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(stopping.clone().cancelled_owned())
+        .await;
+    let _ = shutdown.await;
+    match served {
+        Ok(()) => {
+            println!("hotpool: stopped; every container removed");
+            0
+        }
+        Err(error) => {
+            eprintln!("hotpool: the server failed: {error}");
+            1
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate.recv() => {},
+    }
+}

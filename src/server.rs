@@ -1,0 +1,236 @@
+//! The HTTP API of `hotpool serve`.
+//!
+//! - `POST /invoke/{name}`: the request body goes to the function, its output comes
+//!   back, with `Hotpool-Call-Id` and `Hotpool-Start: hot|cold` headers (and
+//!   `Hotpool-Stats` once stats are summarized). Errors are JSON
+//!   `{"error":{"kind":"...","message":"...","call_id":"..."}}` with the status of
+//!   their kind; `busy` adds `Retry-After`.
+//! - `GET /functions`: the configured functions and their containers.
+//! - `GET /healthz`: 200 while the server runs.
+//! - `GET /metrics`: Prometheus text.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+
+use crate::driver::Driver;
+use crate::error::CallError;
+use crate::pool::{Format, FunctionSpec, Pool, Request};
+
+/// What every request handler shares.
+pub struct AppState<D: Driver> {
+    /// The pool calls run in.
+    pub pool: Pool<D>,
+    /// The functions that may be invoked, by name.
+    pub functions: BTreeMap<String, FunctionSpec>,
+    /// The largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Renders `/metrics`; `None` serves an empty page.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The router of the API.
+pub fn router<D: Driver>(state: Arc<AppState<D>>) -> Router {
+    Router::new()
+        .route("/invoke/{name}", post(invoke::<D>))
+        .route("/functions", get(functions::<D>))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics::<D>))
+        .with_state(state)
+}
+
+/// A JSON body.
+struct Json(Value);
+
+impl IntoResponse for Json {
+    fn into_response(self) -> Response {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            self.0.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// An error of the API itself (not of a call): a status and a JSON body.
+fn api_error(status: StatusCode, kind: &str, message: String, call_id: &str) -> Response {
+    let body = json!({"error": {"kind": kind, "message": message, "call_id": call_id}});
+    (status, Json(body)).into_response()
+}
+
+fn call_error(error: &CallError, call_id: &str) -> Response {
+    let mut body = error.to_json();
+    body["error"]["call_id"] = json!(call_id);
+    let status = StatusCode::from_u16(error.kind().http_status())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(body)).into_response();
+    if let CallError::Busy { retry_after, .. } = error {
+        let seconds = retry_after.as_secs().max(1).to_string();
+        if let Ok(value) = HeaderValue::from_str(&seconds) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response.headers_mut().insert(
+        CALL_ID,
+        HeaderValue::from_str(call_id).unwrap_or(HeaderValue::from_static("-")),
+    );
+    response
+}
+
+const CALL_ID: HeaderName = HeaderName::from_static("hotpool-call-id");
+const START: HeaderName = HeaderName::from_static("hotpool-start");
+
+/// Logs a call whose client went away before it ended (status 499).
+struct Abandoned<'a> {
+    function: &'a str,
+    call_id: &'a str,
+    finished: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::info!(
+                function = self.function,
+                call_id = self.call_id,
+                status = 499,
+                "the client went away; call cancelled"
+            );
+        }
+    }
+}
+
+async fn invoke<D: Driver>(
+    State(state): State<Arc<AppState<D>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let call_id = crate::id::new_id();
+    let Some(spec) = state.functions.get(&name) else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "unknown_function",
+            format!("no function is named {name:?}; GET /functions lists them"),
+            &call_id,
+        );
+    };
+    let body = match axum::body::to_bytes(body, state.max_body).await {
+        Ok(body) => body,
+        Err(_) => {
+            return api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than {} bytes", state.max_body),
+                &call_id,
+            );
+        }
+    };
+    if spec.format == Format::Line && body.contains(&b'\n') {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{name} speaks the line format: the body must be one line, without a newline"),
+            &call_id,
+        );
+    }
+    let mut request = Request::new(body);
+    request.id = call_id.clone();
+    request.headers = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+
+    let started = Instant::now();
+    let mut abandoned = Abandoned {
+        function: &name,
+        call_id: &call_id,
+        finished: false,
+    };
+    let result = state.pool.call(spec, request).await;
+    abandoned.finished = true;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    match result {
+        Ok(answer) => {
+            tracing::debug!(function = %name, %call_id, status = answer.status, elapsed_ms, start = answer.start.as_str(), "call");
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut response = Response::new(Body::from(answer.body));
+            *response.status_mut() = status;
+            let out = response.headers_mut();
+            for (key, value) in &answer.headers {
+                if let (Ok(key), Ok(value)) = (
+                    HeaderName::try_from(key.as_str()),
+                    HeaderValue::from_str(value),
+                ) {
+                    out.append(key, value);
+                }
+            }
+            if spec.format != Format::Http {
+                out.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+            }
+            out.insert(
+                CALL_ID,
+                HeaderValue::from_str(&call_id).unwrap_or(HeaderValue::from_static("-")),
+            );
+            out.insert(START, HeaderValue::from_static(answer.start.as_str()));
+            response
+        }
+        Err(error) => {
+            tracing::info!(function = %name, %call_id, kind = error.kind().as_str(), elapsed_ms, error = %error, "call failed");
+            call_error(&error, &call_id)
+        }
+    }
+}
+
+async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
+    let status = state.pool.status();
+    let list: Vec<Value> = state
+        .functions
+        .values()
+        .map(|spec| {
+            let live = status.functions.iter().find(|f| f.key == spec.key());
+            json!({
+                "name": spec.name,
+                "image": spec.image,
+                "cmd": spec.cmd,
+                "format": spec.format.as_str(),
+                "memory_bytes": spec.memory,
+                "timeout_ms": spec.timeout.as_millis(),
+                "idle_timeout_ms": spec.idle_timeout.as_millis(),
+                "max_concurrency": spec.max_concurrency,
+                "containers": {
+                    "idle": live.map_or(0, |f| f.idle),
+                    "busy": live.map_or(0, |f| f.busy),
+                    "starting": live.map_or(0, |f| f.starting),
+                },
+                "waiting": live.map_or(0, |f| f.waiting),
+            })
+        })
+        .collect();
+    Json(json!({
+        "functions": list,
+        "memory_budget_bytes": status.memory_budget,
+        "memory_reserved_bytes": status.memory_reserved,
+    }))
+}
+
+async fn metrics<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Response {
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|m| m.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,388 @@
+//! The hot pool on the real engine: reuse, the concurrency cap, every way a
+//! container dies in a call or while idle, eviction, draining and shutdown. Each
+//! test runs its own pool (its containers labelled `hotpool.pool=<test>`), and ends
+//! with none of them left.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use hotpool::driver::docker::DockerDriver;
+use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, Request, Start};
+use hotpool::{CallError, ErrorKind};
+
+use support::{driver, testfn_image};
+
+const MIB: u64 = 1 << 20;
+
+async fn pool(name: &str, budget: u64) -> Pool<DockerDriver> {
+    Pool::builder(driver().await)
+        .name(name)
+        .memory_budget(budget)
+        .shutdown_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .expect("pool")
+}
+
+fn spec(name: &str, format: Format) -> FunctionSpec {
+    let mut spec = FunctionSpec::new(name, testfn_image());
+    spec.format = format;
+    spec.cmd = vec![format.as_str().replace("cold", "echo")];
+    spec.memory = 32 * MIB;
+    spec.timeout = Duration::from_secs(20);
+    spec.queue_timeout = Duration::from_secs(60);
+    spec
+}
+
+async fn call(
+    pool: &Pool<DockerDriver>,
+    spec: &FunctionSpec,
+    body: &str,
+) -> Result<String, CallError> {
+    let response = pool.call(spec, Request::new(body.to_owned())).await?;
+    Ok(String::from_utf8_lossy(&response.body).into_owned())
+}
+
+/// The ids of the pool's containers on the engine, whatever their state.
+async fn containers_of(pool: &Pool<DockerDriver>) -> HashSet<String> {
+    let filters = HashMap::from([(
+        "label",
+        vec![format!("{POOL_LABEL}={}", pool.config().name)],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let listed = pool
+        .driver()
+        .docker()
+        .list_containers(Some(options))
+        .await
+        .unwrap();
+    listed.into_iter().filter_map(|c| c.id).collect()
+}
+
+/// Whether one of `ids` is the container whose hostname is `hostname`.
+fn has(ids: &HashSet<String>, hostname: &str) -> bool {
+    ids.iter().any(|id| id.starts_with(hostname))
+}
+
+/// Polls a real condition (the engine's or the pool's view) until it holds.
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn shut(pool: Pool<DockerDriver>) {
+    pool.shutdown().await;
+    assert!(
+        containers_of(&pool).await.is_empty(),
+        "shutdown left containers"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_sequential_calls_use_one_container() {
+    let pool = pool("test-sequential", 1 << 30).await;
+    let echo = spec("echo", Format::Line);
+    let mut hosts = HashSet::new();
+    for i in 0..100 {
+        let body = if i % 10 == 0 {
+            "!whoami".to_string()
+        } else {
+            format!("call {i}")
+        };
+        let response = pool.call(&echo, Request::new(body.clone())).await.unwrap();
+        assert_eq!(
+            response.start,
+            if i == 0 { Start::Cold } else { Start::Hot }
+        );
+        if i % 10 == 0 {
+            hosts.insert(String::from_utf8_lossy(&response.body).into_owned());
+        } else {
+            assert_eq!(response.body, body);
+        }
+    }
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(containers_of(&pool).await.len(), 1, "exactly one container");
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn sixteen_callers_share_at_most_four_containers() {
+    let pool = pool("test-concurrency", 1 << 30).await;
+    let mut echo = spec("echo", Format::Line);
+    echo.max_concurrency = 4;
+    let callers = (0..16).map(|_| {
+        let (pool, echo) = (pool.clone(), echo.clone());
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..8 {
+                seen.push(call(&pool, &echo, "!whoami").await.unwrap());
+                assert!(
+                    containers_of(&pool).await.len() <= 4,
+                    "more than max_concurrency containers"
+                );
+            }
+            seen
+        }
+    });
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for host in join_all(callers).await.into_iter().flatten() {
+        *served.entry(host).or_default() += 1;
+    }
+    assert!(served.len() <= 4, "{served:?}");
+    assert!(
+        served.values().all(|calls| *calls > 1),
+        "every container is reused: {served:?}"
+    );
+    assert_eq!(served.values().sum::<usize>(), 128);
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container() {
+    let pool = pool("test-oom", 1 << 30).await;
+    let echo = spec("echo", Format::Line);
+    let before = call(&pool, &echo, "!whoami").await.unwrap();
+    assert_eq!(
+        call(&pool, &echo, "!oom").await.unwrap_err(),
+        CallError::Oom {
+            limit_bytes: 32 * MIB
+        }
+    );
+    let after = call(&pool, &echo, "!whoami").await.unwrap();
+    assert_ne!(before, after, "a new container");
+    assert!(
+        !has(&containers_of(&pool).await, &before),
+        "the OOM-killed container was removed"
+    );
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn an_exit_in_a_call_is_exited_with_its_code() {
+    let pool = pool("test-exit", 1 << 30).await;
+    let echo = spec("echo", Format::Line);
+    match call(&pool, &echo, "!exit 42").await {
+        Err(CallError::Exited { code, stderr_tail }) => {
+            assert_eq!(code, 42);
+            assert_eq!(stderr_tail, "exiting with 42\n");
+        }
+        other => panic!("expected exited, got {other:?}"),
+    }
+    assert_eq!(call(&pool, &echo, "next").await.unwrap(), "next");
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn a_container_killed_outside_while_idle_harms_no_call() {
+    let pool = pool("test-killed-idle", 1 << 30).await;
+    let echo = spec("echo", Format::Line);
+    let victim = call(&pool, &echo, "!whoami").await.unwrap();
+    let docker = pool.driver().docker().clone();
+    docker
+        .kill_container(
+            &victim,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    eventually("the pool drops the killed container", async || {
+        pool.status().functions[0].idle == 0
+    })
+    .await;
+    for i in 0..5 {
+        assert_eq!(
+            call(&pool, &echo, &format!("after {i}")).await.unwrap(),
+            format!("after {i}")
+        );
+    }
+    assert_ne!(call(&pool, &echo, "!whoami").await.unwrap(), victim);
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn garbage_on_stdout_is_a_protocol_error_and_evicts() {
+    let pool = pool("test-garbage", 1 << 30).await;
+    for format in [Format::Line, Format::Http] {
+        let function = spec(&format!("garbage-{format}"), format);
+        let victim = call(&pool, &function, "!whoami").await.unwrap();
+        let error = call(&pool, &function, "!garbage").await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ProtocolError, "{format}: {error}");
+        eventually("the broken container is removed", async || {
+            !has(&containers_of(&pool).await, &victim)
+        })
+        .await;
+        assert_eq!(call(&pool, &function, "fine").await.unwrap(), "fine");
+    }
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn a_timeout_is_timeout_and_the_container_is_gone() {
+    let pool = pool("test-timeout", 1 << 30).await;
+    let mut echo = spec("echo", Format::Line);
+    echo.timeout = Duration::from_millis(500);
+    let victim = call(&pool, &echo, "!whoami").await.unwrap();
+    let error = call(&pool, &echo, "!sleep 30000").await.unwrap_err();
+    assert_eq!(
+        error,
+        CallError::Timeout {
+            timeout: Duration::from_millis(500)
+        }
+    );
+    eventually("the timed-out container is removed", async || {
+        !has(&containers_of(&pool).await, &victim)
+    })
+    .await;
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn idle_containers_are_removed_after_the_idle_timeout() {
+    let pool = pool("test-idle", 1 << 30).await;
+    let mut echo = spec("echo", Format::Line);
+    echo.idle_timeout = Duration::from_millis(500);
+    call(&pool, &echo, "warm").await.unwrap();
+    assert_eq!(containers_of(&pool).await.len(), 1);
+    eventually("the idle container is removed", async || {
+        containers_of(&pool).await.is_empty()
+    })
+    .await;
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn memory_pressure_evicts_another_functions_idle_container() {
+    // Room for two 32 MiB containers.
+    let pool = pool("test-pressure", 64 * MIB).await;
+    let (a, b) = (spec("a", Format::Line), spec("b", Format::Line));
+    let first = call(&pool, &a, "!whoami").await.unwrap();
+    let (one, two) = tokio::join!(call(&pool, &a, "!sleep 300"), call(&pool, &a, "!whoami"));
+    one.unwrap();
+    two.unwrap();
+    assert_eq!(containers_of(&pool).await.len(), 2);
+    call(&pool, &b, "b").await.unwrap();
+    let status = pool.status();
+    let idle = |name: &str| {
+        status
+            .functions
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .idle
+    };
+    assert_eq!((idle("a"), idle("b")), (1, 1));
+    assert!(status.memory_reserved <= 64 * MIB);
+    eventually("a's evicted container is removed", async || {
+        containers_of(&pool).await.len() == 2
+    })
+    .await;
+    let _ = first;
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn a_config_change_drains_the_old_containers() {
+    let pool = pool("test-drain", 1 << 30).await;
+    let old = spec("echo", Format::Line);
+    let old_host = call(&pool, &old, "!whoami").await.unwrap();
+    let mut new = old.clone();
+    new.env.insert("VERSION".into(), "2".into());
+    let new_host = call(&pool, &new, "!whoami").await.unwrap();
+    assert_ne!(old_host, new_host);
+    eventually("the old container drains", async || {
+        !has(&containers_of(&pool).await, &old_host)
+    })
+    .await;
+    assert!(has(&containers_of(&pool).await, &new_host));
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn http_functions_answer_with_status_headers_and_binary_bodies() {
+    let pool = pool("test-http", 1 << 30).await;
+    let echo = spec("echo-http", Format::Http);
+    let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let request = Request::new(body.clone()).with_header("Content-Type", "application/x-test");
+    let call_id = request.id.clone();
+    let response = pool.call(&echo, request).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert!(response.body == body, "the binary body came back changed");
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("X-Echo-Call-Id"),
+        Some(call_id),
+        "the call id went in as a header"
+    );
+    assert_eq!(
+        header("Content-Type").as_deref(),
+        Some("application/octet-stream")
+    );
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn cold_calls_run_a_container_each_and_remove_it() {
+    let pool = pool("test-cold", 1 << 30).await;
+    let cold = spec("echo-cold", Format::Cold);
+    for i in 0..3 {
+        let response = pool
+            .call(&cold, Request::new(format!("cold {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            (response.start, response.body),
+            (Start::Cold, format!("cold {i}").into())
+        );
+    }
+    assert!(
+        containers_of(&pool).await.is_empty(),
+        "cold containers are removed after their call"
+    );
+    shut(pool).await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_calls_in_flight_and_leaves_no_container() {
+    let pool = pool("test-shutdown", 1 << 30).await;
+    let echo = spec("echo", Format::Line);
+    join_all((0..3).map(|_| call(&pool, &echo, "!sleep 200"))).await;
+    let in_flight = tokio::spawn({
+        let (pool, echo) = (pool.clone(), echo.clone());
+        async move { call(&pool, &echo, "!sleep 1500").await }
+    });
+    eventually("the call is in flight", async || {
+        pool.status().functions[0].busy == 1
+    })
+    .await;
+    let shutdown = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.shutdown().await }
+    });
+    eventually("shutdown refuses new calls", async || {
+        matches!(
+            call(&pool, &echo, "late").await,
+            Err(CallError::Busy { .. })
+        )
+    })
+    .await;
+    assert_eq!(in_flight.await.unwrap().unwrap(), "slept");
+    shutdown.await.unwrap();
+    assert!(containers_of(&pool).await.is_empty());
+}

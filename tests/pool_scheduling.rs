@@ -1,0 +1,426 @@
+//! The pool's scheduling rules, fast and deterministic: the in-process driver and
+//! tokio's paused clock. The same rules are tried on the real engine in
+//! `pool_docker.rs`.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
+use hotpool::pool::{Format, FunctionSpec, Pool, Request, Start};
+use hotpool::{CallError, ErrorKind};
+
+const MIB: u64 = 1 << 20;
+/// How long the in-process driver takes to start a container.
+const START: Duration = Duration::from_millis(200);
+
+async fn pool(budget: u64) -> (Pool<InProcessDriver>, InProcessDriver) {
+    let driver = InProcessDriver::new(START);
+    let pool = Pool::builder(driver.clone())
+        .name("scheduling-test")
+        .memory_budget(budget)
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("pool");
+    (pool, driver)
+}
+
+fn spec(name: &str) -> FunctionSpec {
+    let mut spec = FunctionSpec::new(name, "echo-image");
+    spec.cmd = vec!["line".into()];
+    spec.memory = 64 * MIB;
+    spec.timeout = Duration::from_secs(5);
+    spec.idle_timeout = Duration::from_secs(60);
+    spec
+}
+
+async fn call(
+    pool: &Pool<InProcessDriver>,
+    spec: &FunctionSpec,
+    body: &str,
+) -> Result<String, CallError> {
+    let response = pool.call(spec, Request::new(body.to_owned())).await?;
+    Ok(String::from_utf8(response.body.to_vec()).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn sequential_calls_reuse_one_container() {
+    let (pool, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    let first = pool.call(&echo, Request::new("call 0")).await.unwrap();
+    assert_eq!(
+        (first.start, &first.body[..]),
+        (Start::Cold, &b"call 0"[..])
+    );
+    for i in 1..100 {
+        let response = pool
+            .call(&echo, Request::new(format!("call {i}")))
+            .await
+            .unwrap();
+        assert_eq!(response.start, Start::Hot, "call {i}");
+        assert_eq!(response.body, format!("call {i}"));
+    }
+    assert_eq!(driver.statistics().created, 1);
+    pool.shutdown().await;
+    assert_eq!(driver.statistics().closed, 1);
+}
+
+const GIB: u64 = 1 << 30;
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_is_capped_and_every_container_is_reused() {
+    let (pool, driver) = pool(GIB).await;
+    let mut echo = spec("echo");
+    echo.max_concurrency = 4;
+    let callers = (0..16).map(|caller| {
+        let (pool, echo) = (pool.clone(), echo.clone());
+        async move {
+            let mut starts = Vec::new();
+            for i in 0..10 {
+                let body = format!("{caller}-{i}");
+                let response = pool.call(&echo, Request::new(body.clone())).await.unwrap();
+                assert_eq!(response.body, body);
+                assert!(pool.status().functions[0].busy <= 4);
+                starts.push(response.start);
+            }
+            starts
+        }
+    });
+    let starts: Vec<Start> = join_all(callers).await.into_iter().flatten().collect();
+    assert_eq!(
+        driver.statistics().created,
+        4,
+        "exactly max_concurrency containers"
+    );
+    assert_eq!(
+        starts.iter().filter(|s| **s == Start::Cold).count(),
+        4,
+        "each container's first call"
+    );
+    assert_eq!(
+        pool.status().functions[0].idle,
+        4,
+        "all four came back to the stack"
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_newest_idle_is_reused_so_extras_age_out() {
+    let (pool, driver) = pool(GIB).await;
+    let mut echo = spec("echo");
+    echo.idle_timeout = Duration::from_secs(30);
+    // A burst of two makes two containers.
+    join_all([call(&pool, &echo, "a"), call(&pool, &echo, "b")]).await;
+    assert_eq!(driver.statistics().created, 2);
+    // Then one call every 10 s keeps only the newest busy; the other ages out.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        call(&pool, &echo, "steady").await.unwrap();
+    }
+    let stats = driver.statistics();
+    assert_eq!((stats.created, stats.closed), (2, 1));
+    assert_eq!(pool.status().functions[0].idle, 1);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_is_busy_at_once() {
+    let (pool, _driver) = pool(GIB).await;
+    let mut slow = spec("slow");
+    slow.max_concurrency = 1;
+    slow.max_queue = 2;
+    slow.queue_timeout = Duration::from_secs(60);
+    slow.timeout = Duration::from_secs(60);
+    let occupant = tokio::spawn({
+        let (pool, slow) = (pool.clone(), slow.clone());
+        async move { call(&pool, &slow, "!sleep 20000").await }
+    });
+    // The occupant has its container before the others queue.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pool.status().functions[0].busy, 1);
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, slow) = (pool.clone(), slow.clone());
+            tokio::spawn(async move { call(&pool, &slow, "queued").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pool.status().functions[0].waiting, 2);
+    let refused = call(&pool, &slow, "one too many").await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Busy);
+    assert_eq!(occupant.await.unwrap().unwrap(), "slept");
+    for waiter in queued {
+        assert_eq!(waiter.await.unwrap().unwrap(), "queued");
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_past_the_queue_timeout_is_busy() {
+    let (pool, _driver) = pool(GIB).await;
+    let mut slow = spec("slow");
+    slow.max_concurrency = 1;
+    slow.queue_timeout = Duration::from_secs(2);
+    slow.timeout = Duration::from_secs(60);
+    let occupant = tokio::spawn({
+        let (pool, slow) = (pool.clone(), slow.clone());
+        async move { call(&pool, &slow, "!sleep 30000").await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = tokio::time::Instant::now();
+    let error = call(&pool, &slow, "late").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Busy);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2),
+        "busy exactly at the queue timeout"
+    );
+    occupant.await.unwrap().unwrap();
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_failure_reaches_every_waiting_call() {
+    let (pool, driver) = pool(GIB).await;
+    let mut broken = spec("broken");
+    broken.image = MISSING_IMAGE.into();
+    broken.max_concurrency = 2;
+    let results =
+        join_all((0..5).map(|i| call(&pool, &broken, if i % 2 == 0 { "x" } else { "y" }))).await;
+    for result in results {
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::ImageNotFound);
+    }
+    assert_eq!(driver.statistics().created, 0);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_death_in_a_call_gives_its_reason_and_the_next_call_a_new_container() {
+    let (pool, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    for (request, expected) in [
+        (
+            "!oom",
+            CallError::Oom {
+                limit_bytes: 64 * MIB,
+            },
+        ),
+        (
+            "!exit 3",
+            CallError::Exited {
+                code: 3,
+                stderr_tail: "exiting with 3\n".into(),
+            },
+        ),
+    ] {
+        assert_eq!(call(&pool, &echo, request).await.unwrap_err(), expected);
+        assert_eq!(call(&pool, &echo, "after").await.unwrap(), "after");
+    }
+    let stats = driver.statistics();
+    assert_eq!(
+        (stats.created, stats.closed),
+        (3, 2),
+        "each death evicted its container"
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn broken_framing_is_a_protocol_error_and_evicts() {
+    let (pool, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    let error = call(&pool, &echo, "!garbage").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ProtocolError);
+    assert_eq!(call(&pool, &echo, "fine").await.unwrap(), "fine");
+    assert_eq!(driver.statistics().created, 2);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_kills_the_container() {
+    let (pool, driver) = pool(GIB).await;
+    let mut echo = spec("echo");
+    echo.timeout = Duration::from_secs(1);
+    let error = call(&pool, &echo, "!sleep 5000").await.unwrap_err();
+    assert_eq!(
+        error,
+        CallError::Timeout {
+            timeout: Duration::from_secs(1)
+        }
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        driver.statistics().closed,
+        1,
+        "the timed-out container is gone"
+    );
+    assert_eq!(pool.status().functions[0].idle, 0);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_killed_while_idle_never_reaches_a_call() {
+    let (pool, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    call(&pool, &echo, "warm").await.unwrap();
+    driver.kill_all();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        pool.status().functions[0].idle,
+        0,
+        "the dead container left the stack"
+    );
+    for i in 0..5 {
+        assert_eq!(
+            call(&pool, &echo, &format!("{i}")).await.unwrap(),
+            format!("{i}")
+        );
+    }
+    assert_eq!(driver.statistics().created, 2);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_containers_leave_after_the_idle_timeout() {
+    let (pool, driver) = pool(GIB).await;
+    let mut echo = spec("echo");
+    echo.idle_timeout = Duration::from_secs(5);
+    call(&pool, &echo, "once").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(driver.statistics().closed, 0, "not yet");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(driver.statistics().closed, 1);
+    assert_eq!(pool.status().functions[0].idle, 0);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_pressure_evicts_the_least_recently_used_idle_of_another_function() {
+    // Room for three 64 MiB containers.
+    let (pool, driver) = pool(192 * MIB).await;
+    let (a, b) = (spec("a"), spec("b"));
+    join_all([call(&pool, &a, "1"), call(&pool, &a, "2")]).await;
+    call(&pool, &b, "b").await.unwrap();
+    assert_eq!(pool.status().memory_reserved, 192 * MIB);
+    // A second concurrent call of b needs a fourth container: one of a's goes.
+    let (long, short) = tokio::join!(call(&pool, &b, "!sleep 1000"), call(&pool, &b, "b2"));
+    assert_eq!(
+        (long.unwrap(), short.unwrap()),
+        ("slept".to_string(), "b2".to_string())
+    );
+    let status = pool.status();
+    let idle = |name: &str| {
+        status
+            .functions
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .idle
+    };
+    assert_eq!((idle("a"), idle("b")), (1, 2));
+    assert_eq!(status.memory_reserved, 192 * MIB);
+    assert_eq!(driver.statistics().closed, 1);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_spec_gets_new_containers_and_the_old_drain() {
+    let (pool, driver) = pool(GIB).await;
+    let old = spec("echo");
+    let mut new = old.clone();
+    new.env.insert("VERSION".into(), "2".into());
+    call(&pool, &old, "v1").await.unwrap();
+    let response = pool.call(&new, Request::new("v2")).await.unwrap();
+    assert_eq!(
+        response.start,
+        Start::Cold,
+        "a new spec gets a new container"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = driver.statistics();
+    assert_eq!(
+        (stats.created, stats.closed),
+        (2, 1),
+        "the old container drained"
+    );
+    let status = pool.status();
+    assert_eq!(
+        status.functions.len(),
+        1,
+        "the drained pool is gone: {status:?}"
+    );
+    assert_eq!(status.functions[0].key, new.key());
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_goes_away_mid_call_costs_only_its_container() {
+    let (pool, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    call(&pool, &echo, "warm").await.unwrap();
+    let abandoned =
+        tokio::time::timeout(Duration::from_secs(1), call(&pool, &echo, "!sleep 10000")).await;
+    assert!(abandoned.is_err(), "the caller gave up");
+    assert_eq!(call(&pool, &echo, "next").await.unwrap(), "next");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let stats = driver.statistics();
+    assert_eq!(
+        (stats.created, stats.closed),
+        (2, 1),
+        "the abandoned container was evicted"
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cold_calls_get_a_container_each() {
+    let (pool, driver) = pool(GIB).await;
+    let mut cold = spec("cold");
+    cold.format = Format::Cold;
+    cold.cmd = vec!["echo".into()];
+    for i in 0..3 {
+        let response = pool
+            .call(&cold, Request::new(format!("body {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            (response.start, response.body),
+            (Start::Cold, format!("body {i}").into())
+        );
+    }
+    let stats = driver.statistics();
+    assert_eq!((stats.created, stats.closed), (3, 3));
+    assert_eq!(pool.status().memory_reserved, 0);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_calls_finish_then_removes_everything() {
+    let (pool, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    join_all((0..3).map(|i| call(&pool, &echo, if i == 0 { "a" } else { "b" }))).await;
+    let running = tokio::spawn({
+        let (pool, echo) = (pool.clone(), echo.clone());
+        async move { call(&pool, &echo, "!sleep 2000").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shutdown = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.shutdown().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        call(&pool, &echo, "late").await.unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    assert_eq!(
+        running.await.unwrap().unwrap(),
+        "slept",
+        "the call in flight finished"
+    );
+    shutdown.await.unwrap();
+    let stats = driver.statistics();
+    assert_eq!(stats.created, stats.closed, "every container was removed");
+    assert_eq!(pool.status().memory_reserved, 0);
+}
