@@ -37,3 +37,18 @@ pub fn print_ratio(group: &str, candidate: &str, baseline: &str) {
         ),
     }
 }
+
+/// Prints the calls per second one iteration of `group/function` stands for,
+/// against `target`.
+pub fn print_rate(group: &str, function: &str, target: f64) {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    if let Some(ns) = median_ns(group, function) {
+        let rate = 1e9 / ns;
+        let verdict = if rate >= target { "meets" } else { "MISSES" };
+        println!(
+            "rate {group}/{function}: {rate:.0} calls/s ({verdict} the target of {target:.0})"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! Command-line interface: parses arguments and dispatches to a subcommand.
 
+mod bench;
 mod run;
 mod serve;
 
@@ -19,6 +20,8 @@ enum Subcommands {
     Run(run::RunArgs),
     /// Serve functions from hot containers over HTTP.
     Serve(serve::ServeArgs),
+    /// Measure the pool against the engine's own floor, hot and cold.
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
@@ -27,6 +30,7 @@ impl Command {
         match self.subcommand {
             Subcommands::Run(args) => run::run(args).await,
             Subcommands::Serve(args) => serve::serve(args).await,
+            Subcommands::Bench(args) => bench::bench(args).await,
         }
     }
 }
