@@ -424,3 +424,24 @@ async fn shutdown_lets_calls_finish_then_removes_everything() {
     assert_eq!(stats.created, stats.closed, "every container was removed");
     assert_eq!(pool.status().memory_reserved, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_no_queue_a_call_still_gets_a_container_started_for_it() {
+    let (pool, driver) = pool(GIB).await;
+    let mut solo = spec("solo");
+    solo.max_concurrency = 1;
+    solo.max_queue = 0;
+    assert_eq!(call(&pool, &solo, "first").await.unwrap(), "first");
+    let occupant = tokio::spawn({
+        let (pool, solo) = (pool.clone(), solo.clone());
+        async move { call(&pool, &solo, "!sleep 3000").await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        call(&pool, &solo, "second").await.unwrap_err().kind(),
+        ErrorKind::Busy
+    );
+    assert_eq!(occupant.await.unwrap().unwrap(), "slept");
+    assert_eq!(driver.statistics().created, 1);
+    pool.shutdown().await;
+}

@@ -102,6 +102,13 @@ impl<D: Driver> FunctionPool<D> {
         launches
     }
 
+    /// How many calls may wait: one per container starting or still startable,
+    /// plus the queue (`max_queue` counts only calls that wait for a busy one).
+    pub(crate) fn capacity_for_waiters(&self, slots: &Slots<D>) -> usize {
+        let startable = self.spec.max_concurrency.saturating_sub(slots.live());
+        slots.starting + startable + self.spec.max_queue
+    }
+
     /// Publishes `hotpool_containers{function,state}`.
     pub(crate) fn publish(&self, slots: &Slots<D>) {
         let cold_busy = self.spec.max_concurrency - self.cold_permits.available_permits();

@@ -163,10 +163,10 @@ impl<D: Driver> Inner<D> {
                         pool.publish(&slots);
                         Ok(CheckedOut::new(self.clone(), pool.clone(), slot))
                     }
-                    None if slots.live_waiters() >= pool.spec.max_queue => {
+                    None if slots.live_waiters() >= pool.capacity_for_waiters(&slots) => {
                         return Err(busy(format!(
-                            "{} calls of {} are already waiting",
-                            pool.spec.max_queue, pool.spec.name
+                            "{} runs {} containers, all busy, and {} calls already wait",
+                            pool.spec.name, pool.spec.max_concurrency, pool.spec.max_queue
                         )));
                     }
                     None => {

@@ -75,7 +75,8 @@ pub struct FunctionSpec {
     pub idle_timeout: Duration,
     /// The most containers (hot or cold) the function runs at once.
     pub max_concurrency: usize,
-    /// The most calls that may wait for a container; more get `busy` at once.
+    /// The most calls that may wait for a busy container (calls waiting for a
+    /// container being started for them do not count); more get `busy` at once.
     pub max_queue: usize,
     /// How long a call may wait for a container before it gets `busy`.
     pub queue_timeout: Duration,
