@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod http;
 pub mod registry;
 
 use std::io::Write;

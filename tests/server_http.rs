@@ -1,0 +1,805 @@
+//! `hotpool serve` as a client sees it: the real binary on a free loopback port, a
+//! config written by the test, the real engine, and plain HTTP/1.1 over a socket.
+//!
+//! Each test runs its own server with its own pool name (its containers labelled
+//! `hotpool.pool=<name>`), stops it with SIGTERM, and checks that it exits 0 and
+//! that none of its containers is left.
+
+mod support;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use support::http::{self, HttpResponse};
+use support::testfn_image;
+
+/// How long a server may take to answer `/healthz`, or to exit after SIGTERM.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A `[[function]]` table on the test-function image, with 32 MiB of memory;
+/// `extra` is more TOML lines of the table.
+fn function(name: &str, cmd: &str, format: &str, extra: &str) -> String {
+    format!(
+        "[[function]]\nname = \"{name}\"\nimage = \"{}\"\ncmd = [\"{cmd}\"]\n\
+         format = \"{format}\"\nmemory = \"32m\"\n{extra}\n",
+        testfn_image()
+    )
+}
+
+/// Output of a child process, collected by a thread so its pipe never fills.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn drain(&self, mut from: impl Read + Send + 'static) -> JoinHandle<()> {
+        let into = self.0.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                into.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Polls `condition` until it holds, failing with `what` after [`PATIENCE`].
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// The ids of the containers labelled `hotpool.pool=<pool>`, whatever their state.
+fn containers_of(pool: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=hotpool.pool={pool}"),
+        ])
+        .output()
+        .expect("run docker ps");
+    assert!(
+        output.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits for `child` to exit, up to `patience`; `None` if it is still running.
+fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the server") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `hotpool serve`. Dropping it sends SIGTERM and waits for the exit;
+/// [`Server::stop`] does the same and asserts a clean exit with no container left.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    pool: String,
+    stdout: Captured,
+    stderr: Captured,
+    readers: Vec<JoinHandle<()>>,
+    exited: Option<ExitStatus>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server whose pool is `server-test-<test>-<pid>`, with `[server]`
+    /// lines `server_extra` and the `functions` tables, and waits until `/healthz`
+    /// answers.
+    fn start(test: &str, server_extra: &str, functions: &[String]) -> Server {
+        let pool = format!("server-test-{test}-{}", std::process::id());
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = format!(
+            "[server]\nlisten = \"{addr}\"\n{server_extra}\n\n\
+             [pool]\nname = \"{pool}\"\nmemory_budget = \"1g\"\nshutdown_timeout = \"30s\"\n\n{}",
+            functions.join("\n")
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hotpool.toml");
+        std::fs::write(&path, config).expect("write the config");
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hotpool"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("HOTPOOL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hotpool serve");
+        let (stdout, stderr) = (Captured::default(), Captured::default());
+        let readers = vec![
+            stdout.drain(child.stdout.take().unwrap()),
+            stderr.drain(child.stderr.take().unwrap()),
+        ];
+        let mut server = Server {
+            child,
+            addr,
+            pool,
+            stdout,
+            stderr,
+            readers,
+            exited: None,
+            _dir: dir,
+        };
+        server.wait_until_healthy();
+        server
+    }
+
+    fn wait_until_healthy(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                panic!(
+                    "hotpool serve exited ({status}) before answering /healthz; stderr:\n{}",
+                    self.stderr.text()
+                );
+            }
+            if let Ok(response) = http::get(self.addr, "/healthz") {
+                assert_eq!(response.status, 200, "/healthz: {response}");
+                assert_eq!(response.json()["status"], "ok", "/healthz: {response}");
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "hotpool serve did not answer /healthz on {}; stderr:\n{}",
+                    self.addr,
+                    self.stderr.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `POST /invoke/<function>`.
+    fn invoke(&self, function: &str, body: &[u8]) -> HttpResponse {
+        let path = format!("/invoke/{function}");
+        http::post(self.addr, &path, body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}; server stderr:\n{}", self.stderr.text()))
+    }
+
+    /// `GET path`, which must answer.
+    fn get(&self, path: &str) -> HttpResponse {
+        http::get(self.addr, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; server stderr:\n{}", self.stderr.text()))
+    }
+
+    /// The entry of `name` in `GET /functions`.
+    fn function_status(&self, name: &str) -> Value {
+        let listed = self.get("/functions").json();
+        listed["functions"]
+            .as_array()
+            .expect("functions is an array")
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in /functions: {listed}"))
+            .clone()
+    }
+
+    /// An invocation on a thread of its own, to run alongside the test.
+    fn invoke_in_background(&self, function: &str, body: &[u8]) -> Background {
+        let (addr, path, body) = (self.addr, format!("/invoke/{function}"), body.to_vec());
+        let answer = Arc::new(Mutex::new(None));
+        let handle = std::thread::spawn({
+            let answer = answer.clone();
+            move || {
+                let response =
+                    http::post(addr, &path, &body).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+                *answer.lock().unwrap() = Some(response.to_string());
+                response
+            }
+        });
+        Background {
+            handle,
+            answer,
+            stderr: self.stderr.clone(),
+        }
+    }
+
+    /// Polls `/functions` until `function`'s `count` (a pointer into its entry,
+    /// like `/containers/busy`) is `n`, while every call of `running` is still in
+    /// flight.
+    fn wait_for_count(&self, function: &str, count: &str, n: u64, running: &[&Background]) {
+        eventually(&format!("{function}{count} is {n}"), || {
+            for call in running {
+                call.assert_running();
+            }
+            self.function_status(function).pointer(count) == Some(&Value::from(n))
+        });
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits for the exit that a SIGTERM started; `None` if it did not come.
+    fn wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = wait_for_exit(&mut self.child, PATIENCE);
+        }
+        if self.exited.is_some() {
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
+        }
+        self.exited
+    }
+
+    /// SIGTERM, then asserts exit status 0 and that no container of the pool is
+    /// left.
+    fn stop(mut self) {
+        self.terminate();
+        let status = self.wait();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "hotpool serve did not exit 0 after SIGTERM ({status:?}); stdout:\n{}\nstderr:\n{}",
+            self.stdout.text(),
+            self.stderr.text()
+        );
+        assert_eq!(
+            containers_of(&self.pool),
+            Vec::<String>::new(),
+            "containers of pool {} are left after shutdown; stderr:\n{}",
+            self.pool,
+            self.stderr.text()
+        );
+    }
+}
+
+impl Drop for Server {
+    /// The path of a test that failed early: stop the server, and if it does not
+    /// go, kill it and remove its containers, without panicking again.
+    fn drop(&mut self) {
+        if self.exited.is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if self.wait().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let left = containers_of(&self.pool);
+            if !left.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&left)
+                    .status();
+            }
+        }
+    }
+}
+
+/// A call running on a thread of its own.
+struct Background {
+    handle: JoinHandle<HttpResponse>,
+    answer: Arc<Mutex<Option<String>>>,
+    stderr: Captured,
+}
+
+impl Background {
+    /// Fails the test if the call already got its answer.
+    fn assert_running(&self) {
+        if let Some(answer) = self.answer.lock().unwrap().as_ref() {
+            panic!(
+                "a call meant to be in flight already ended: {answer}; server stderr:\n{}",
+                self.stderr.text()
+            );
+        }
+        assert!(!self.handle.is_finished(), "the call's thread panicked");
+    }
+
+    /// The call's answer.
+    fn join(self) -> HttpResponse {
+        self.handle.join().expect("the background call")
+    }
+}
+
+/// The error object of a JSON error response, after checking that its
+/// `call_id` matches the `Hotpool-Call-Id` header when there is one.
+fn error_of(response: &HttpResponse) -> Value {
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/json"),
+        "{response}"
+    );
+    let json = response.json();
+    let error = json["error"].clone();
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{response}"
+    );
+    let call_id = error["call_id"].as_str().expect("call_id is a string");
+    assert!(!call_id.is_empty(), "{response}");
+    if let Some(header) = response.header("hotpool-call-id") {
+        assert_eq!(call_id, header, "{response}");
+    }
+    error
+}
+
+#[test]
+fn line_function_is_cold_then_hot() {
+    let server = Server::start("line", "", &[function("echo", "line", "line", "")]);
+
+    let first = server.invoke("echo", b"hello there");
+    assert_eq!(first.status, 200, "{first}");
+    assert_eq!(first.body, b"hello there");
+    assert_eq!(first.header("hotpool-start"), Some("cold"), "{first}");
+    assert_eq!(
+        first.header("content-type"),
+        Some("application/octet-stream")
+    );
+
+    let second = server.invoke("echo", b"and again");
+    assert_eq!(second.status, 200, "{second}");
+    assert_eq!(second.body, b"and again");
+    assert_eq!(second.header("HOTPOOL-START"), Some("hot"), "{second}");
+
+    let first_id = first.header("hotpool-call-id").expect("a call id");
+    let second_id = second.header("Hotpool-Call-Id").expect("a call id");
+    assert!(!first_id.is_empty());
+    assert_ne!(first_id, second_id, "every call has its own id");
+
+    assert_eq!(
+        server.function_status("echo")["containers"]["idle"],
+        1,
+        "the container stays hot"
+    );
+    server.stop();
+}
+
+#[test]
+fn http_function_round_trips_binary_and_its_headers() {
+    let server = Server::start("http", "", &[function("web", "http", "http", "")]);
+    let body: Vec<u8> = (0..=255u8).collect();
+
+    for expected_start in ["cold", "hot"] {
+        let response = server.invoke("web", &body);
+        assert_eq!(response.status, 200, "{response}");
+        assert_eq!(response.body, body, "every byte value comes back as sent");
+        assert_eq!(response.header("hotpool-start"), Some(expected_start));
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/octet-stream")
+        );
+        let call_id = response.header("hotpool-call-id").expect("a call id");
+        assert!(!call_id.is_empty());
+        assert_eq!(
+            response.header("x-echo-call-id"),
+            Some(call_id),
+            "the function saw the call id it was given: {response}"
+        );
+    }
+    server.stop();
+}
+
+#[test]
+fn cold_function_echoes_and_is_always_cold() {
+    let server = Server::start("cold", "", &[function("once", "echo", "cold", "")]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        // Newlines and NULs are fine in a cold body.
+        let body = format!("call {i}\nsecond line\0end").into_bytes();
+        let response = server.invoke("once", &body);
+        assert_eq!(response.status, 200, "{response}");
+        assert_eq!(response.body, body);
+        assert_eq!(response.header("hotpool-start"), Some("cold"), "{response}");
+        ids.push(response.header("hotpool-call-id").unwrap().to_owned());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "every call has its own id: {ids:?}");
+    assert_eq!(
+        server.function_status("once")["containers"]["idle"],
+        0,
+        "a cold function keeps no container"
+    );
+    server.stop();
+}
+
+#[test]
+fn function_failures_are_502_and_504_with_their_kind() {
+    let server = Server::start(
+        "failures",
+        "",
+        &[
+            function("echo", "line", "line", ""),
+            function("web", "http", "http", ""),
+            function("quick", "line", "line", "timeout = \"500ms\""),
+        ],
+    );
+
+    let exited = server.invoke("echo", b"!exit 3");
+    assert_eq!(exited.status, 502, "{exited}");
+    let error = error_of(&exited);
+    assert_eq!(error["kind"], "exited", "{exited}");
+    assert_eq!(error["exit_code"], 3, "{exited}");
+    assert!(exited.header("hotpool-call-id").is_some(), "{exited}");
+    // The dead container is gone: the next call gets a new one.
+    let after = server.invoke("echo", b"still here");
+    assert_eq!(after.status, 200, "{after}");
+    assert_eq!(after.body, b"still here");
+    assert_eq!(after.header("hotpool-start"), Some("cold"), "{after}");
+
+    // `echo` has memory = "32m" (every function here does).
+    let oom = server.invoke("echo", b"!oom");
+    assert_eq!(oom.status, 502, "{oom}");
+    let error = error_of(&oom);
+    assert_eq!(error["kind"], "oom", "{oom}");
+    assert_eq!(error["memory_limit_bytes"], 32u64 << 20, "{oom}");
+
+    let slow = server.invoke("quick", b"!sleep 5000");
+    assert_eq!(slow.status, 504, "{slow}");
+    let error = error_of(&slow);
+    assert_eq!(error["kind"], "timeout", "{slow}");
+    assert_eq!(error["timeout_ms"], 500, "{slow}");
+
+    let garbage = server.invoke("web", b"!garbage");
+    assert_eq!(garbage.status, 502, "{garbage}");
+    assert_eq!(error_of(&garbage)["kind"], "protocol_error", "{garbage}");
+
+    server.stop();
+}
+
+#[test]
+fn bad_requests_are_refused_before_any_container_starts() {
+    let server = Server::start(
+        "refused",
+        "max_body = \"1k\"",
+        &[
+            function("echo", "line", "line", ""),
+            function("once", "echo", "cold", ""),
+        ],
+    );
+
+    let unknown = server.invoke("nope", b"hi");
+    assert_eq!(unknown.status, 404, "{unknown}");
+    assert_eq!(error_of(&unknown)["kind"], "unknown_function", "{unknown}");
+
+    let big = vec![b'x'; 2048];
+    for name in ["echo", "once"] {
+        let too_large = server.invoke(name, &big);
+        assert_eq!(too_large.status, 413, "{too_large}");
+        assert_eq!(
+            error_of(&too_large)["kind"],
+            "body_too_large",
+            "{too_large}"
+        );
+    }
+    // Exactly the limit is accepted.
+    let at_limit = server.invoke("once", &vec![b'y'; 1024]);
+    assert_eq!(at_limit.status, 200, "{at_limit}");
+    assert_eq!(at_limit.body.len(), 1024);
+
+    let two_lines = server.invoke("echo", b"a\nb");
+    assert_eq!(two_lines.status, 400, "{two_lines}");
+    assert_eq!(error_of(&two_lines)["kind"], "bad_request", "{two_lines}");
+
+    let echo = server.function_status("echo");
+    assert_eq!(
+        (
+            &echo["containers"]["idle"],
+            &echo["containers"]["busy"],
+            &echo["containers"]["starting"]
+        ),
+        (&Value::from(0), &Value::from(0), &Value::from(0)),
+        "refused calls start no container: {echo}"
+    );
+    server.stop();
+}
+
+/// Checks a `busy` answer: 503, `Retry-After` in whole seconds, JSON kind `busy`.
+fn assert_busy(refused: &HttpResponse) {
+    assert_eq!(refused.status, 503, "{refused}");
+    let retry_after = refused
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After header: {refused}"));
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After is whole seconds: {retry_after:?}"
+    );
+    let error = error_of(refused);
+    assert_eq!(error["kind"], "busy", "{refused}");
+    assert_eq!(error["retry_after_s"].to_string(), retry_after, "{refused}");
+}
+
+#[test]
+fn a_full_function_is_busy_with_retry_after() {
+    let server = Server::start(
+        "busy",
+        "",
+        &[function(
+            "solo",
+            "line",
+            "line",
+            "max_concurrency = 1\nmax_queue = 0",
+        )],
+    );
+
+    let occupying = server.invoke_in_background("solo", b"!sleep 3000");
+    server.wait_for_count("solo", "/containers/busy", 1, &[&occupying]);
+
+    assert_busy(&server.invoke("solo", b"me too"));
+
+    let occupied = occupying.join();
+    assert_eq!(occupied.status, 200, "{occupied}");
+    assert_eq!(occupied.body, b"slept");
+
+    // Free again: the same container serves the next call.
+    let next = server.invoke("solo", b"my turn");
+    assert_eq!(next.status, 200, "{next}");
+    assert_eq!(next.header("hotpool-start"), Some("hot"), "{next}");
+    server.stop();
+}
+
+/// The hot busy path with a queue: one call runs, one waits, the next is refused.
+#[test]
+fn a_full_queue_is_busy_with_retry_after() {
+    let server = Server::start(
+        "busyqueue",
+        "",
+        &[function(
+            "solo",
+            "line",
+            "line",
+            "max_concurrency = 1\nmax_queue = 1\nqueue_timeout = \"60s\"",
+        )],
+    );
+
+    let occupying = server.invoke_in_background("solo", b"!sleep 3000");
+    server.wait_for_count("solo", "/containers/busy", 1, &[&occupying]);
+    let queued = server.invoke_in_background("solo", b"queued");
+    server.wait_for_count("solo", "/waiting", 1, &[&occupying, &queued]);
+
+    assert_busy(&server.invoke("solo", b"one too many"));
+
+    let occupied = occupying.join();
+    assert_eq!(occupied.status, 200, "{occupied}");
+    assert_eq!(occupied.body, b"slept");
+    let served = queued.join();
+    assert_eq!(served.status, 200, "{served}");
+    assert_eq!(served.body, b"queued");
+    assert_eq!(
+        served.header("hotpool-start"),
+        Some("hot"),
+        "the queued call got the container the first call freed: {served}"
+    );
+    server.stop();
+}
+
+/// `max_queue = 0` on a cold function: one call runs, the next is refused.
+#[test]
+fn a_full_cold_function_is_busy_with_retry_after() {
+    let server = Server::start(
+        "busycold",
+        "",
+        &[format!(
+            "[[function]]\nname = \"slow\"\nimage = \"{}\"\ncmd = [\"sleep\", \"3\"]\n\
+             format = \"cold\"\nmemory = \"32m\"\nmax_concurrency = 1\nmax_queue = 0\n",
+            testfn_image()
+        )],
+    );
+
+    let occupying = server.invoke_in_background("slow", b"first");
+    server.wait_for_count("slow", "/containers/busy", 1, &[&occupying]);
+
+    assert_busy(&server.invoke("slow", b"second"));
+
+    let occupied = occupying.join();
+    assert_eq!(occupied.status, 200, "{occupied}");
+    assert_eq!(occupied.body, b"first");
+    server.stop();
+}
+
+#[test]
+fn functions_and_metrics_describe_the_pool() {
+    let server = Server::start(
+        "listing",
+        "",
+        &[
+            function("echo", "line", "line", "max_concurrency = 3"),
+            function("web", "http", "http", ""),
+            function("once", "echo", "cold", ""),
+        ],
+    );
+
+    let listed = server.get("/functions");
+    assert_eq!(listed.status, 200, "{listed}");
+    assert_eq!(listed.header("content-type"), Some("application/json"));
+    let json = listed.json();
+    let mut formats: Vec<(String, String)> = json["functions"]
+        .as_array()
+        .expect("functions is an array")
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or_default().to_owned(),
+                f["format"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    formats.sort();
+    assert_eq!(
+        formats,
+        [("echo", "line"), ("once", "cold"), ("web", "http")]
+            .map(|(n, f)| (n.to_owned(), f.to_owned())),
+        "{json}"
+    );
+    let echo = server.function_status("echo");
+    assert_eq!(echo["image"], testfn_image(), "{echo}");
+    assert_eq!(echo["max_concurrency"], 3, "{echo}");
+    assert_eq!(echo["memory_bytes"], 32u64 << 20, "{echo}");
+
+    let called = server.invoke("echo", b"counted");
+    assert_eq!(called.status, 200, "{called}");
+
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200, "{metrics}");
+    let text = metrics.text();
+    assert!(
+        text.lines()
+            .any(|l| l == "hotpool_calls_total{function=\"echo\",outcome=\"success\"} 1"),
+        "one successful call of echo is counted:\n{text}"
+    );
+    assert!(
+        text.contains("# TYPE hotpool_call_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hotpool_call_duration_seconds_count{function=\"echo\",start=\"cold\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("function=\"web\",outcome"),
+        "functions never called are not counted:\n{text}"
+    );
+    server.stop();
+}
+
+/// Runs `hotpool serve --config <path>`, which must exit within [`PATIENCE`];
+/// returns its status and stderr.
+fn serve_to_exit(config: &Path) -> (ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hotpool"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hotpool serve");
+    let stderr = Captured::default();
+    let reader = stderr.drain(child.stderr.take().unwrap());
+    let Some(status) = wait_for_exit(&mut child, PATIENCE) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("hotpool serve with a bad config kept running");
+    };
+    reader.join().unwrap();
+    (status, stderr.text())
+}
+
+#[test]
+fn bad_configs_exit_2_naming_the_key_or_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let pool = format!("server-test-badconfig-{}", std::process::id());
+    std::fs::write(
+        &bad,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[pool]\nname = \"{pool}\"\n\
+             [[function]]\nname = \"echo\"\nimage = \"hotpool-testfn:dev\"\nmemory = \"12q\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (status, stderr) = serve_to_exit(&bad);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("hotpool: bad config {}: ", bad.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("function[0].memory: "), "{stderr}");
+    assert!(stderr.contains("12q"), "{stderr}");
+
+    let missing = dir.path().join("no-such-config.toml");
+    let (status, stderr) = serve_to_exit(&missing);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("hotpool: bad config {}", missing.display())),
+        "{stderr}"
+    );
+    assert!(containers_of(&pool).is_empty());
+}
+
+#[test]
+fn sigterm_finishes_the_call_in_flight_and_removes_every_container() {
+    let mut server = Server::start(
+        "shutdown",
+        "",
+        &[
+            function("echo", "line", "line", ""),
+            function("web", "http", "http", ""),
+        ],
+    );
+    // An idle container of another function, which shutdown must remove too.
+    let warm = server.invoke("web", b"warm");
+    assert_eq!(warm.status, 200, "{warm}");
+    assert_eq!(containers_of(&server.pool).len(), 1);
+
+    let in_flight = server.invoke_in_background("echo", b"!sleep 1500");
+    server.wait_for_count("echo", "/containers/busy", 1, &[&in_flight]);
+    assert_eq!(containers_of(&server.pool).len(), 2);
+
+    server.terminate();
+    let answer = in_flight.join();
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!(answer.body, b"slept");
+
+    let status = server.wait();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM: {status:?}; stderr:\n{}",
+        server.stderr.text()
+    );
+    assert_eq!(
+        containers_of(&server.pool),
+        Vec::<String>::new(),
+        "no container of the pool is left"
+    );
+    assert!(
+        server.stdout.text().contains("every container removed"),
+        "stdout:\n{}",
+        server.stdout.text()
+    );
+}
