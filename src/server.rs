@@ -2,7 +2,7 @@
 //!
 //! - `POST /invoke/{name}`: the request body goes to the function, its output comes
 //!   back, with `Hotpool-Call-Id` and `Hotpool-Start: hot|cold` headers (and
-//!   `Hotpool-Stats` once stats are summarized). Errors are JSON
+//!   `Hotpool-Stats: cpu_ratio=...; memory_bytes=...; samples=N`). Errors are JSON
 //!   `{"error":{"kind":"...","message":"...","call_id":"..."}}` with the status of
 //!   their kind; `busy` adds `Retry-After`.
 //! - `GET /functions`: the configured functions and their containers.
@@ -88,6 +88,7 @@ fn call_error(error: &CallError, call_id: &str) -> Response {
 
 const CALL_ID: HeaderName = HeaderName::from_static("hotpool-call-id");
 const START: HeaderName = HeaderName::from_static("hotpool-start");
+const STATS: HeaderName = HeaderName::from_static("hotpool-stats");
 
 /// Logs a call whose client went away before it ended (status 499).
 struct Abandoned<'a> {
@@ -185,6 +186,11 @@ async fn invoke<D: Driver>(
                 HeaderValue::from_str(&call_id).unwrap_or(HeaderValue::from_static("-")),
             );
             out.insert(START, HeaderValue::from_static(answer.start.as_str()));
+            if let Some(stats) = &answer.stats
+                && let Ok(value) = HeaderValue::from_str(&stats.header_value())
+            {
+                out.insert(STATS, value);
+            }
             response
         }
         Err(error) => {

@@ -2,7 +2,8 @@
 //!
 //! A driver emits one [`Stat`] per engine sample (about one a second). A call keeps
 //! its samples, [`decimate`]s them to at most `max` points and [`average`]s them into
-//! the summary that metrics and callers see. This is fn's `Stat`/`Decimate` with the
+//! the [`CallStats`] that metrics and callers see; calls shorter than the engine's
+//! sampling interval get their figures from the container's counters ([`Usage`]). This is fn's `Stat`/`Decimate` with the
 //! flaw its comment admits fixed: the output never exceeds `max` points, and samples
 //! spread evenly in time yield exactly `max`.
 
@@ -129,27 +130,79 @@ fn windows(max: usize, samples: &[Stat]) -> Vec<Range<usize>> {
     ranges
 }
 
-/// The stats of one call: its samples decimated, and their average.
+/// What a call used, measured from the container's own counters (cgroup) at the
+/// call's start and end: exact however short the call.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Usage {
+    /// CPU time over wall time, in cores.
+    pub cpu_ratio: f64,
+    /// CPU time the container used during the call, in seconds.
+    pub cpu_seconds: f64,
+    /// The container's memory in use at the call's end.
+    pub memory_bytes: u64,
+}
+
+/// The stats of one call: the engine's samples taken while it ran, decimated and
+/// averaged, and what the container's counters say it used.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Summary {
-    /// How many samples the driver delivered before decimation.
+pub struct CallStats {
+    /// How many samples the engine delivered during the call, before decimation.
     pub sample_count: usize,
     /// The decimated samples, ascending in time.
     pub samples: Vec<Stat>,
     /// The average of all samples, if there were any.
     pub average: Option<Stat>,
+    /// The counters' view, where the driver can read them.
+    pub usage: Option<Usage>,
 }
 
-impl Summary {
+impl CallStats {
     /// Decimates `samples` to at most `max` points and averages them.
-    pub fn new(max: usize, samples: Vec<Stat>) -> Summary {
+    pub fn new(max: usize, samples: Vec<Stat>, usage: Option<Usage>) -> CallStats {
         let sample_count = samples.len();
         let average = average(&samples);
-        Summary {
+        CallStats {
             sample_count,
             samples: decimate(max, samples),
             average,
+            usage,
         }
+    }
+
+    fn averaged(&self, name: &str) -> Option<f64> {
+        self.average.as_ref()?.metrics.get(name).copied()
+    }
+
+    /// CPU use in cores: the counters' exact figure, else the samples' average.
+    pub fn cpu_ratio(&self) -> Option<f64> {
+        self.usage
+            .map(|u| u.cpu_ratio)
+            .or_else(|| self.averaged(names::CPU_RATIO))
+    }
+
+    /// Memory in use: the samples' average, else the counters' reading at the end.
+    pub fn memory_bytes(&self) -> Option<f64> {
+        self.averaged(names::MEMORY_BYTES)
+            .or_else(|| self.usage.map(|u| u.memory_bytes as f64))
+    }
+
+    /// Whether there is anything to report.
+    pub fn is_empty(&self) -> bool {
+        self.sample_count == 0 && self.usage.is_none()
+    }
+
+    /// The compact form of the `Hotpool-Stats` header:
+    /// `cpu_ratio=0.0123; memory_bytes=1048576; samples=0`.
+    pub fn header_value(&self) -> String {
+        let mut parts = Vec::with_capacity(4);
+        if let Some(cpu) = self.cpu_ratio() {
+            parts.push(format!("cpu_ratio={cpu:.4}"));
+        }
+        if let Some(memory) = self.memory_bytes() {
+            parts.push(format!("memory_bytes={memory:.0}"));
+        }
+        parts.push(format!("samples={}", self.sample_count));
+        parts.join("; ")
     }
 }
 
@@ -174,6 +227,31 @@ mod tests {
             .enumerate()
             .map(|(i, t)| stat(*t, &[("index", i as f64)]))
             .collect()
+    }
+
+    #[test]
+    fn call_stats_prefer_exact_counters_for_cpu_and_samples_for_memory() {
+        let usage = Usage {
+            cpu_ratio: 0.5,
+            cpu_seconds: 0.001,
+            memory_bytes: 100,
+        };
+        let counters_only = CallStats::new(240, Vec::new(), Some(usage));
+        assert_eq!(counters_only.cpu_ratio(), Some(0.5));
+        assert_eq!(counters_only.memory_bytes(), Some(100.0));
+        assert_eq!(
+            counters_only.header_value(),
+            "cpu_ratio=0.5000; memory_bytes=100; samples=0"
+        );
+        let samples = vec![stat(0, &[("cpu_ratio", 1.0), ("memory_bytes", 200.0)])];
+        let both = CallStats::new(240, samples.clone(), Some(usage));
+        assert_eq!(
+            (both.cpu_ratio(), both.memory_bytes()),
+            (Some(0.5), Some(200.0))
+        );
+        let samples_only = CallStats::new(240, samples, None);
+        assert_eq!(samples_only.cpu_ratio(), Some(1.0));
+        assert!(CallStats::new(240, Vec::new(), None).is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hotpool::driver::docker::DockerDriver;
 use hotpool::driver::{Cookie, Driver, RunResult, Status, Task};
 use hotpool::error::CallError;
-use hotpool::stats::{Stat, Summary, names};
+use hotpool::stats::{CallStats, Stat, names};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -213,7 +213,7 @@ async fn a_three_second_task_yields_stats_and_a_summary() {
         "expected a sample a second, got {}",
         samples.len()
     );
-    let summary = Summary::new(2, samples.clone());
+    let summary = CallStats::new(2, samples.clone(), None);
     assert_eq!(summary.sample_count, samples.len());
     assert!(summary.samples.len() <= 2 && !summary.samples.is_empty());
     let average = summary.average.expect("an average");

@@ -386,3 +386,36 @@ async fn shutdown_finishes_calls_in_flight_and_leaves_no_container() {
     shutdown.await.unwrap();
     assert!(containers_of(&pool).await.is_empty());
 }
+
+#[tokio::test]
+async fn every_hot_call_gets_its_own_stats() {
+    let pool = pool("test-stats", 1 << 30).await;
+    let mut echo = spec("echo", Format::Line);
+    echo.memory = 128 * MIB;
+    // A short call: far under the engine's sampling interval, counters only.
+    call(&pool, &echo, "warm").await.unwrap();
+    let short = pool.call(&echo, Request::new("short")).await.unwrap();
+    let stats = short.stats.expect("stats on a hot call");
+    let usage = stats
+        .usage
+        .expect("the container's counters are readable on this host");
+    assert!(
+        usage.memory_bytes > 0 && usage.cpu_ratio >= 0.0,
+        "{usage:?}"
+    );
+    // A call that spins for 2.5 s: engine samples belong to it, and it used a core.
+    let long = pool.call(&echo, Request::new("!spin 2500")).await.unwrap();
+    let stats = long.stats.expect("stats on a hot call");
+    assert!(stats.sample_count >= 1, "{stats:?}");
+    assert!(stats.samples.len() <= stats.sample_count);
+    assert!(stats.cpu_ratio().unwrap() > 0.5, "{stats:?}");
+    assert!(
+        stats.memory_bytes().unwrap() > 16.0 * MIB as f64,
+        "{stats:?}"
+    );
+    // The next short call does not inherit the long call's samples (it may catch
+    // one of its own, if the engine's sample lands while it runs).
+    let after = pool.call(&echo, Request::new("after")).await.unwrap();
+    assert!(after.stats.expect("stats").sample_count <= 1);
+    shut(pool).await;
+}

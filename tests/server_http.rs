@@ -384,6 +384,14 @@ fn line_function_is_cold_then_hot() {
     assert_eq!(second.body, b"and again");
     assert_eq!(second.header("HOTPOOL-START"), Some("hot"), "{second}");
 
+    let stats = second.header("hotpool-stats").expect("the call's stats");
+    assert!(
+        stats.contains("cpu_ratio=")
+            && stats.contains("memory_bytes=")
+            && stats.contains("samples="),
+        "{stats}"
+    );
+
     let first_id = first.header("hotpool-call-id").expect("a call id");
     let second_id = second.header("Hotpool-Call-Id").expect("a call id");
     assert!(!first_id.is_empty());

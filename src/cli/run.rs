@@ -17,7 +17,7 @@ use hotpool::driver::docker::{DockerDriver, DockerOptions};
 use hotpool::driver::{Cookie, Driver, RunResult, Task};
 use hotpool::error::CallError;
 use hotpool::image::parse_image;
-use hotpool::stats::{Stat, Summary};
+use hotpool::stats::{CallStats, Stat};
 use hotpool::units::{parse_bytes, parse_duration};
 
 /// The most points `--stats-json` keeps, as fn did.
@@ -99,7 +99,7 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
 
     if let Some(path) = &args.stats_json {
         let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
-        let summary = Summary::new(STATS_MAX_POINTS, samples);
+        let summary = CallStats::new(STATS_MAX_POINTS, samples, None);
         let json = serde_json::to_vec_pretty(&summary).expect("stats serialize");
         if let Err(e) = std::fs::write(path, json) {
             eprintln!("hotpool: cannot write {}: {e}", path.display());

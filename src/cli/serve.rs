@@ -50,6 +50,7 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         name: config.pool.name.clone(),
         memory_budget: config.pool.memory_budget,
         shutdown_timeout: config.pool.shutdown_timeout,
+        stats_max_points: config.pool.stats_max_points,
         ..PoolConfig::default()
     };
     let pool = match Pool::builder(driver).config(pool_config).build().await {

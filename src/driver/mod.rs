@@ -69,6 +69,10 @@ pub struct Task {
     pub stderr: Box<dyn Write + Send>,
     /// Receives engine stats samples while the container runs.
     pub stats: Option<StatSink>,
+    /// Open the container's resource counters so [`Cookie::cpu_time`] and
+    /// [`Cookie::memory_bytes`] can read them
+    /// (one more engine call at start; worth it for long-lived hot containers).
+    pub counters: bool,
 }
 
 impl Task {
@@ -94,6 +98,7 @@ impl Task {
             stdout: None,
             stderr: Box::new(std::io::sink()),
             stats: None,
+            counters: false,
         }
     }
 }
@@ -224,4 +229,16 @@ pub trait Cookie: Send + Sync + 'static {
 
     /// Removes the container and stops everything watching it. Safe to call twice.
     fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// CPU time the container has used since it started, if the task asked for
+    /// counters and the driver can read them (the Docker driver can where the
+    /// engine runs on this host). Cheap: read at the start and end of every call.
+    fn cpu_time(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Memory the container uses now, in bytes; like [`Cookie::cpu_time`].
+    fn memory_bytes(&self) -> Option<u64> {
+        None
+    }
 }

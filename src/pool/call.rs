@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
+use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
 use super::format::{self, FrameError, FunctionResponse, Request};
 use super::function::FunctionPool;
@@ -16,6 +17,7 @@ use super::scheduler::{Inner, busy};
 use super::spec::{Format, FunctionSpec};
 use crate::driver::{Cookie, Driver, RunResult};
 use crate::error::CallError;
+use crate::stats::{CallStats, Usage};
 
 /// How long a call whose container closed stdout waits for the engine to say why.
 const DEATH_GRACE: Duration = Duration::from_secs(10);
@@ -52,6 +54,9 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The function's output.
     pub body: Bytes,
+    /// What the call used: the engine's samples taken while it ran (decimated and
+    /// averaged) and the container's counters; `None` where the driver has neither.
+    pub stats: Option<CallStats>,
 }
 
 impl<D: Driver> Inner<D> {
@@ -99,6 +104,10 @@ impl<D: Driver> Inner<D> {
         };
         let container = slot.container.clone();
         set_call(&container.current_call, Some(&request.id));
+        let call_key = self.collector.next_id();
+        container.call_tag.begin(call_key);
+        let cpu_before = container.cookie.cpu_time();
+        let call_started = Instant::now();
         let timeout = pool.spec.timeout;
         let deadline = SystemTime::now() + timeout;
         let max = self.config.max_response_bytes;
@@ -111,10 +120,16 @@ impl<D: Driver> Inner<D> {
         };
         let outcome = tokio::time::timeout(timeout, exchange).await;
         set_call(&container.current_call, None);
+        let sampled = container.call_tag.end();
         match outcome {
             Ok(Ok(answer)) => {
+                let usage = usage_since(&container.cookie, cpu_before, call_started.elapsed());
                 checked.check_in();
-                Ok(respond(request, start, answer))
+                let stats = self
+                    .collector
+                    .finish(&pool.name, container.stats_key, call_key, usage, sampled)
+                    .await;
+                Ok(respond(request, start, answer, stats))
             }
             Ok(Err(FrameError::Protocol(detail))) => {
                 checked.evict(EvictionReason::ProtocolError);
@@ -176,7 +191,11 @@ impl<D: Driver> Inner<D> {
         record_queue(pool, started);
 
         let output = ResponseBuffer::new(self.config.max_response_bytes);
+        let stats_key = self.collector.next_id();
+        let call_tag = Arc::new(CallTag::default());
+        call_tag.begin(stats_key);
         let mut task = self.task(pool, &request.id);
+        task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
         task.timeout = Some(spec.timeout);
         task.input = Some(Box::new(std::io::Cursor::new(request.body.clone())));
         task.stdout = Some(Box::new(output.clone()));
@@ -190,6 +209,11 @@ impl<D: Driver> Inner<D> {
         cookie.close().await;
         drop((permit, memory));
         pool.publish(&pool.lock());
+        let sampled = call_tag.end();
+        let stats = self
+            .collector
+            .finish(&pool.name, stats_key, stats_key, None, sampled)
+            .await;
         result.into_result()?;
         let body = output
             .into_body()
@@ -200,6 +224,7 @@ impl<D: Driver> Inner<D> {
             status: 200,
             headers: Vec::new(),
             body,
+            stats: (!stats.is_empty()).then_some(stats),
         })
     }
 }
@@ -229,14 +254,34 @@ async fn exchange(
     }
 }
 
-fn respond(request: &Request, start: Start, answer: FunctionResponse) -> Response {
+fn respond(
+    request: &Request,
+    start: Start,
+    answer: FunctionResponse,
+    stats: CallStats,
+) -> Response {
     Response {
         call_id: request.id.clone(),
         start,
         status: answer.status,
         headers: answer.headers,
         body: answer.body,
+        stats: (!stats.is_empty()).then_some(stats),
     }
+}
+
+/// What a call used: CPU time since `cpu_before`, over `wall`, and memory now.
+fn usage_since(
+    cookie: &impl Cookie,
+    cpu_before: Option<Duration>,
+    wall: Duration,
+) -> Option<Usage> {
+    let cpu = cookie.cpu_time()?.saturating_sub(cpu_before?).as_secs_f64();
+    Some(Usage {
+        cpu_ratio: cpu / wall.as_secs_f64().max(1e-9),
+        cpu_seconds: cpu,
+        memory_bytes: cookie.memory_bytes()?,
+    })
 }
 
 fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Reservation;
+use super::collector::CallTag;
 use crate::driver::{BoxRead, BoxWrite, Cookie, Driver, RunResult};
 use crate::error::CallError;
 
@@ -69,6 +70,10 @@ pub(crate) struct HotContainer<D: Driver> {
     pub(crate) cookie: D::Cookie,
     /// The call in it now, for its stderr lines.
     pub(crate) current_call: Arc<Mutex<Option<String>>>,
+    /// Its key in the stats thread.
+    pub(crate) stats_key: u64,
+    /// The call in it now, for its stats samples.
+    pub(crate) call_tag: Arc<CallTag>,
     died: CancellationToken,
     exit: OnceLock<RunResult>,
     /// Its share of the memory budget, given back when the container is dropped.
@@ -80,12 +85,15 @@ impl<D: Driver> HotContainer<D> {
         id: String,
         cookie: D::Cookie,
         current_call: Arc<Mutex<Option<String>>>,
+        (stats_key, call_tag): (u64, Arc<CallTag>),
         memory: Reservation,
     ) -> HotContainer<D> {
         HotContainer {
             id,
             cookie,
             current_call,
+            stats_key,
+            call_tag,
             died: CancellationToken::new(),
             exit: OnceLock::new(),
             _memory: memory,

@@ -16,6 +16,7 @@
 
 mod budget;
 mod call;
+mod collector;
 mod container;
 pub(crate) mod format;
 mod function;
@@ -48,6 +49,8 @@ pub struct PoolConfig {
     pub shutdown_timeout: Duration,
     /// The largest response body a function may return, in bytes.
     pub max_response_bytes: usize,
+    /// The most engine stats points kept per call ([`crate::stats::decimate`]).
+    pub stats_max_points: usize,
 }
 
 impl Default for PoolConfig {
@@ -57,6 +60,7 @@ impl Default for PoolConfig {
             memory_budget: 2 << 30,
             shutdown_timeout: Duration::from_secs(30),
             max_response_bytes: 64 << 20,
+            stats_max_points: 240,
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::PoolConfig;
 use super::budget::{MemoryBudget, Reservation};
+use super::collector::{CallTag, StatsCollector};
 use super::container::{EvictionReason, HotContainer, Pipes, Slot, StderrLog};
 use super::format::{self, FrameError};
 use super::function::FunctionPool;
@@ -48,6 +49,8 @@ pub(crate) struct Inner<D: Driver> {
     /// Every live hot container, by id, so shutdown can reach busy ones.
     containers: DashMap<String, Arc<HotContainer<D>>>,
     pub(crate) budget: Arc<MemoryBudget>,
+    /// Where engine stats samples of calls go.
+    pub(crate) collector: StatsCollector,
     /// Starts, removals and container watchers; shutdown waits for all of them.
     pub(crate) tracker: TaskTracker,
     /// Shutdown began: take no new calls.
@@ -79,6 +82,7 @@ impl<D: Driver> Inner<D> {
         Inner {
             driver,
             budget: MemoryBudget::new(config.memory_budget),
+            collector: StatsCollector::start(config.stats_max_points),
             config,
             functions: DashMap::new(),
             current: DashMap::new(),
@@ -246,6 +250,10 @@ impl<D: Driver> Inner<D> {
         let current_call = Arc::new(Mutex::new(None));
         let mut task = self.task(pool, &id);
         task.stderr = Box::new(StderrLog::new(pool.name.clone(), current_call.clone()));
+        let stats_key = self.collector.next_id();
+        let call_tag = Arc::new(CallTag::default());
+        task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
+        task.counters = true;
         let mut cookie = self.driver.prepare(task).await?;
         let running = match cookie.run().await {
             Ok(running) => running,
@@ -260,7 +268,13 @@ impl<D: Driver> Inner<D> {
                 "the driver did not hand out the container's pipes",
             ));
         };
-        let container = Arc::new(HotContainer::new(id.clone(), cookie, current_call, memory));
+        let container = Arc::new(HotContainer::new(
+            id.clone(),
+            cookie,
+            current_call,
+            (stats_key, call_tag),
+            memory,
+        ));
         self.containers.insert(id, container.clone());
         let watched = container.clone();
         let pool_ref = Arc::downgrade(self);
@@ -446,6 +460,7 @@ impl<D: Driver> Inner<D> {
             .increment(1);
         tracing::debug!(function = %pool.name, container = %container.id, reason = reason.as_str(), "evicting");
         self.containers.remove(&container.id);
+        self.collector.forget(container.stats_key);
         self.tracker.spawn(async move {
             if let Err(e) = container.cookie.kill().await {
                 tracing::warn!(container = %container.id, error = %e, "could not kill a container");

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::attach::{StderrTap, StdoutReader};
+use super::cgroup::CgroupCounters;
 use super::{Engine, engine_stats, timed};
 use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task};
 use crate::error::CallError;
@@ -37,6 +38,10 @@ pub struct DockerCookie {
     plumbing: Mutex<Plumbing>,
     stderr: Arc<StderrTap>,
     started: Option<Instant>,
+    /// Whether the task asked for counters.
+    counters_wanted: bool,
+    /// The container's cgroup counters, once open.
+    counters: Option<CgroupCounters>,
     /// Copies stdout into the task's sink, when the task brought one.
     output: Mutex<Option<JoinHandle<()>>>,
     /// Tasks that must stop when the cookie closes: the stdin feeder, the stats reader.
@@ -58,6 +63,8 @@ impl DockerCookie {
             }),
             stderr: Arc::new(StderrTap::new(task.stderr)),
             started: None,
+            counters_wanted: task.counters,
+            counters: None,
             output: Mutex::new(None),
             helpers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -74,6 +81,22 @@ impl DockerCookie {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(task);
+    }
+
+    /// Finds the container's init process and opens its cgroup counters.
+    async fn open_counters(&self) -> Option<CgroupCounters> {
+        let info = timed(
+            "inspect",
+            self.engine.docker.inspect_container(&self.id, None),
+        )
+        .await
+        .ok()?;
+        let pid = info.state?.pid.filter(|pid| *pid > 0)?;
+        let counters = CgroupCounters::open(pid);
+        if counters.is_none() {
+            tracing::debug!(container = %self.id, "no cgroup counters here: per-call stats come from engine samples only");
+        }
+        counters
     }
 
     /// Waits for the engine to report the exit; yields the exit code.
@@ -149,6 +172,9 @@ impl Cookie for DockerCookie {
             .await
             .map_err(|e| engine_error("starting the container", e))?;
         self.started = Some(Instant::now());
+        if self.counters_wanted {
+            self.counters = self.open_counters().await;
+        }
 
         let mut stdin = Box::new(attached.input) as BoxWrite;
         let mut stdout = StdoutReader::new(attached.output, self.stderr.clone());
@@ -244,6 +270,14 @@ impl Cookie for DockerCookie {
                 self.id
             ))),
         }
+    }
+
+    fn cpu_time(&self) -> Option<Duration> {
+        self.counters.as_ref()?.cpu_time()
+    }
+
+    fn memory_bytes(&self) -> Option<u64> {
+        self.counters.as_ref()?.memory_bytes()
     }
 
     async fn close(&self) {

@@ -6,6 +6,7 @@
 //! and no network unless the task names one.
 
 mod attach;
+mod cgroup;
 mod cookie;
 mod credentials;
 mod engine_stats;
