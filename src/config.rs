@@ -611,6 +611,7 @@ mod tests {
                 ("echo", Format::Line, "line".to_owned()),
                 ("echo-http", Format::Http, "http".to_owned()),
                 ("echo-cold", Format::Cold, "echo".to_owned()),
+                ("hello", Format::Http, String::new()),
             ]
         );
         let echo = &config.functions[0];

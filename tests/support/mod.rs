@@ -24,6 +24,8 @@ use tokio::io::AsyncWrite;
 
 /// The tag of the test-function image.
 pub const TESTFN_IMAGE: &str = "hotpool-testfn:dev";
+/// The tag of the example http-format function's image.
+pub const HELLO_IMAGE: &str = "hotpool-hello-http:dev";
 
 /// Connects to the real engine, or fails the test saying how to get one.
 pub async fn driver_with(options: DockerOptions) -> DockerDriver {
@@ -50,21 +52,32 @@ pub fn repo_root() -> PathBuf {
 /// (once per test process), returning the image tag.
 pub fn testfn_image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let binary = build_static_testfn();
-        // A runtime of its own: the engine client must not outlive the test's runtime.
-        std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .expect("runtime")
-                .block_on(build_image(binary))
-        })
-        .join()
-        .expect("image build thread");
-    });
+    BUILT.get_or_init(|| function_image("hotpool-testfn", TESTFN_IMAGE));
     TESTFN_IMAGE
 }
 
-fn build_static_testfn() -> PathBuf {
+/// Likewise for the example http-format function.
+pub fn hello_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| function_image("hotpool-hello-http", HELLO_IMAGE));
+    HELLO_IMAGE
+}
+
+/// Builds the workspace package `package` statically and the image `tag` that
+/// runs it.
+fn function_image(package: &'static str, tag: &'static str) {
+    let binary = build_static(package);
+    // A runtime of its own: the engine client must not outlive the test's runtime.
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(build_image(binary, package, tag))
+    })
+    .join()
+    .expect("image build thread");
+}
+
+fn build_static(package: &str) -> PathBuf {
     let root = repo_root();
     let target_dir = root.join("target/functions");
     let status = Command::new(env!("CARGO"))
@@ -72,7 +85,7 @@ fn build_static_testfn() -> PathBuf {
             "build",
             "--release",
             "-p",
-            "hotpool-testfn",
+            package,
             "--target",
             "x86_64-unknown-linux-gnu",
         ])
@@ -80,37 +93,35 @@ fn build_static_testfn() -> PathBuf {
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(&root)
         .status()
-        .expect("run cargo to build the test function");
-    assert!(status.success(), "building the static test function failed");
-    target_dir.join("x86_64-unknown-linux-gnu/release/hotpool-testfn")
+        .expect("run cargo to build a function");
+    assert!(status.success(), "building the static {package} failed");
+    target_dir
+        .join("x86_64-unknown-linux-gnu/release")
+        .join(package)
 }
 
-async fn build_image(binary: PathBuf) {
+async fn build_image(binary: PathBuf, name: &str, tag: &str) {
     let docker = Docker::connect_with_local_defaults()
         .expect("docker client")
         .negotiate_version()
         .await
         .expect("the Docker engine answers");
     let mut context = tar::Builder::new(Vec::new());
-    let dockerfile =
-        b"FROM scratch\nCOPY hotpool-testfn /hotpool-testfn\nENTRYPOINT [\"/hotpool-testfn\"]\n";
-    append(&mut context, "Dockerfile", dockerfile, 0o644);
+    let dockerfile = format!("FROM scratch\nCOPY {name} /{name}\nENTRYPOINT [\"/{name}\"]\n");
+    append(&mut context, "Dockerfile", dockerfile.as_bytes(), 0o644);
     append(
         &mut context,
-        "hotpool-testfn",
+        name,
         &std::fs::read(&binary).expect("read binary"),
         0o755,
     );
     let context = context.into_inner().expect("tar");
-    let options = BuildImageOptionsBuilder::default()
-        .t(TESTFN_IMAGE)
-        .rm(true)
-        .build();
+    let options = BuildImageOptionsBuilder::default().t(tag).rm(true).build();
     docker
         .build_image(options, None, Some(bollard::body_full(context.into())))
         .try_for_each(|_| async { Ok(()) })
         .await
-        .expect("build the test-function image");
+        .unwrap_or_else(|e| panic!("build the image {tag}: {e}"));
 }
 
 fn append(context: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32) {

@@ -1,0 +1,56 @@
+//! Embedding the pool in a program: build a pool on the real Docker engine,
+//! describe a function, call it hot, and read each call's stats.
+//!
+//! Needs the example images (`scripts/build-images`); run it with
+//! `cargo run --example embed`. It calls the example http-format function
+//! (`examples/functions/hello-http`) a few times and prints what comes back.
+
+use std::time::Duration;
+
+use hotpool::driver::docker::{DockerDriver, DockerOptions};
+use hotpool::pool::{Format, FunctionSpec, Pool, Request};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The driver talks to the local engine; the pool keeps hot containers on it.
+    let driver = DockerDriver::connect(DockerOptions::default()).await?;
+    let pool = Pool::builder(driver)
+        .name("embed-example")
+        .memory_budget(256 << 20)
+        .build()
+        .await?;
+
+    // A function is its whole spec: change any field and it gets new containers.
+    let mut hello = FunctionSpec::new("hello", "hotpool-hello-http:dev");
+    hello.format = Format::Http;
+    hello.memory = 32 << 20;
+    hello.timeout = Duration::from_secs(5);
+    hello.max_concurrency = 2;
+
+    for name in ["Ada", "Grace", "Barbara"] {
+        let request = Request::new(name).with_header("Content-Type", "text/plain");
+        match pool.call(&hello, request).await {
+            Ok(response) => {
+                println!(
+                    "{} {} {}",
+                    response.status,
+                    response.start.as_str(),
+                    String::from_utf8_lossy(&response.body)
+                );
+                if let Some(stats) = &response.stats {
+                    println!("  stats: {}", stats.header_value());
+                }
+            }
+            Err(error) => println!("failed: {} ({})", error, error.kind()),
+        }
+    }
+    let status = pool.status();
+    println!(
+        "containers of hello: {} idle; memory reserved {} of {} bytes",
+        status.functions[0].idle, status.memory_reserved, status.memory_budget
+    );
+
+    // Shutdown removes every container the pool started.
+    pool.shutdown().await;
+    Ok(())
+}
