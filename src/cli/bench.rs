@@ -36,8 +36,9 @@ use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, Request};
 const BENCH_POOL: &str = "bench";
 /// Memory limit of every bench container.
 const MEMORY: i64 = 64 << 20;
-/// Rounds the calls are split into, alternating the modes.
-const ROUNDS: usize = 5;
+/// Hot calls per mode in one round: rounds alternate the modes, so short ones
+/// spread the machine's noise evenly over them.
+const HOT_CALLS_PER_ROUND: usize = 50;
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
@@ -172,9 +173,10 @@ async fn measure(
     }
 
     let mut modes: HashMap<&'static str, Samples> = HashMap::new();
-    for round in 0..ROUNDS {
-        let hot_calls = share(args.calls, round);
-        let cold_calls = share(args.cold_calls, round);
+    let rounds = args.calls.div_ceil(HOT_CALLS_PER_ROUND);
+    for round in 0..rounds {
+        let hot_calls = share(args.calls, round, rounds);
+        let cold_calls = share(args.cold_calls, round, rounds);
         timed(modes.entry("floor_hot").or_default(), async {
             let per_worker = split(hot_calls, raw.len());
             let (request, format) = (&request, args.format);
@@ -233,9 +235,9 @@ async fn measure(
     Ok(modes)
 }
 
-/// The calls of round `round` out of `total` split over [`ROUNDS`].
-fn share(total: usize, round: usize) -> usize {
-    total / ROUNDS + usize::from(round < total % ROUNDS)
+/// The calls of round `round` when `total` are split over `rounds`.
+fn share(total: usize, round: usize, rounds: usize) -> usize {
+    total / rounds + usize::from(round < total % rounds)
 }
 
 /// `total` split over `workers`.
