@@ -18,8 +18,8 @@ pub(crate) struct MemoryBudget {
 
 impl MemoryBudget {
     pub(crate) fn new(budget: u64) -> Arc<MemoryBudget> {
-        metrics::gauge!("hotpool_memory_budget_bytes").set(budget as f64);
-        metrics::gauge!("hotpool_memory_reserved_bytes").set(0.0);
+        metrics::gauge!(crate::metrics::MEMORY_BUDGET_BYTES).set(budget as f64);
+        metrics::gauge!(crate::metrics::MEMORY_RESERVED_BYTES).set(0.0);
         Arc::new(MemoryBudget {
             budget,
             reserved: AtomicU64::new(0),
@@ -59,7 +59,7 @@ impl MemoryBudget {
     }
 
     fn publish(&self) {
-        metrics::gauge!("hotpool_memory_reserved_bytes").set(self.reserved() as f64);
+        metrics::gauge!(crate::metrics::MEMORY_RESERVED_BYTES).set(self.reserved() as f64);
     }
 }
 

@@ -13,7 +13,7 @@ use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
 use super::format::{self, FrameError, FunctionResponse, Request};
 use super::function::FunctionPool;
-use super::scheduler::{Inner, busy};
+use super::scheduler::{Inner, busy, record_start};
 use super::spec::{Format, FunctionSpec};
 use crate::driver::{Cookie, Driver, RunResult};
 use crate::error::CallError;
@@ -80,9 +80,9 @@ impl<D: Driver> Inner<D> {
             Ok(_) => "success",
             Err(error) => error.kind().as_str(),
         };
-        metrics::counter!("hotpool_calls_total", "function" => function.clone(), "outcome" => outcome).increment(1);
+        metrics::counter!(crate::metrics::CALLS_TOTAL, "function" => function.clone(), "outcome" => outcome).increment(1);
         if let Ok(response) = &result {
-            metrics::histogram!("hotpool_call_duration_seconds", "function" => function, "start" => response.start.as_str())
+            metrics::histogram!(crate::metrics::CALL_DURATION_SECONDS, "function" => function, "start" => response.start.as_str())
                 .record(started.elapsed().as_secs_f64());
         }
         result
@@ -201,8 +201,17 @@ impl<D: Driver> Inner<D> {
         task.stdout = Some(Box::new(output.clone()));
         let current_call = Arc::new(Mutex::new(Some(request.id.clone())));
         task.stderr = Box::new(StderrLog::new(pool.name.clone(), current_call));
-        let mut cookie = self.driver.prepare(task).await?;
-        let result = match cookie.run().await {
+        let starting = Instant::now();
+        let mut cookie = match self.driver.prepare(task).await {
+            Ok(cookie) => cookie,
+            Err(error) => {
+                record_start(&pool.name, starting, Some(&error));
+                return Err(error);
+            }
+        };
+        let ran = cookie.run().await;
+        record_start(&pool.name, starting, ran.as_ref().err());
+        let result = match ran {
             Ok(_) => cookie.wait(&self.abort).await,
             Err(error) => RunResult::failed(error),
         };
@@ -285,7 +294,7 @@ fn usage_since(
 }
 
 fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
-    metrics::histogram!("hotpool_call_queue_seconds", "function" => pool.name.to_string())
+    metrics::histogram!(crate::metrics::CALL_QUEUE_SECONDS, "function" => pool.name.to_string())
         .record(started.elapsed().as_secs_f64());
 }
 

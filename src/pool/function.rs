@@ -117,7 +117,7 @@ impl<D: Driver> FunctionPool<D> {
             ("busy", slots.busy + cold_busy),
             ("starting", slots.starting),
         ] {
-            metrics::gauge!("hotpool_containers", "function" => self.name.to_string(), "state" => state)
+            metrics::gauge!(crate::metrics::CONTAINERS, "function" => self.name.to_string(), "state" => state)
                 .set(count as f64);
         }
     }

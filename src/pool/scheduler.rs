@@ -226,15 +226,7 @@ impl<D: Driver> Inner<D> {
     async fn start(self: Arc<Self>, pool: Arc<FunctionPool<D>>) {
         let started = Instant::now();
         let result = self.start_hot(&pool).await;
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(e) => e.kind().as_str(),
-        };
-        let function = pool.name.to_string();
-        metrics::counter!("hotpool_container_starts_total", "function" => function.clone(), "result" => outcome)
-            .increment(1);
-        metrics::histogram!("hotpool_container_start_seconds", "function" => function)
-            .record(started.elapsed().as_secs_f64());
+        record_start(&pool.name, started, result.as_ref().err());
         match result {
             Ok(slot) => self.offer(&pool, slot, Origin::Started),
             Err(error) => self.start_failed(&pool, error),
@@ -456,12 +448,17 @@ impl<D: Driver> Inner<D> {
         container: Arc<HotContainer<D>>,
         reason: EvictionReason,
     ) {
-        metrics::counter!("hotpool_evictions_total", "function" => pool.name.to_string(), "reason" => reason.as_str())
+        metrics::counter!(crate::metrics::EVICTIONS_TOTAL, "function" => pool.name.to_string(), "reason" => reason.as_str())
             .increment(1);
         tracing::debug!(function = %pool.name, container = %container.id, reason = reason.as_str(), "evicting");
         self.containers.remove(&container.id);
         self.collector.forget(container.stats_key);
         self.tracker.spawn(async move {
+            // One that died already needs no kill (it would only be refused).
+            if container.is_dead() {
+                container.cookie.close().await;
+                return;
+            }
             if let Err(e) = container.cookie.kill().await {
                 tracing::warn!(container = %container.id, error = %e, "could not kill a container");
             }
@@ -576,6 +573,15 @@ impl<D: Driver> Inner<D> {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+/// Records a container start (hot, or a cold call's) that took since `started`.
+pub(crate) fn record_start(function: &str, started: Instant, error: Option<&CallError>) {
+    let outcome = error.map_or("success", |e| e.kind().as_str());
+    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "function" => function.to_owned(), "result" => outcome)
+        .increment(1);
+    metrics::histogram!(crate::metrics::CONTAINER_START_SECONDS, "function" => function.to_owned())
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// Whether a container can take a call: alive, and nothing unasked on its stdout.

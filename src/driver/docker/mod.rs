@@ -245,8 +245,8 @@ pub(crate) async fn timed<T>(
 ) -> Result<T, bollard::errors::Error> {
     let start = Instant::now();
     let result = call.await;
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    metrics::histogram!("hotpool_docker_api_seconds", "op" => op, "result" => outcome)
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    metrics::histogram!(crate::metrics::DOCKER_API_SECONDS, "op" => op, "result" => outcome)
         .record(start.elapsed().as_secs_f64());
     result
 }

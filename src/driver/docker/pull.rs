@@ -55,7 +55,7 @@ fn start_pull(engine: Arc<Engine>, image: String) -> PullFuture {
             Ok(()) => "success",
             Err(e) => e.kind().as_str(),
         };
-        metrics::counter!("hotpool_image_pulls_total", "result" => outcome).increment(1);
+        metrics::counter!(crate::metrics::IMAGE_PULLS_TOTAL, "result" => outcome).increment(1);
         result
     });
     async move {
