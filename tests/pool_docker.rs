@@ -266,7 +266,7 @@ async fn memory_pressure_evicts_another_functions_idle_container() {
     // Room for two 32 MiB containers.
     let pool = pool("test-pressure", 64 * MIB).await;
     let (a, b) = (spec("a", Format::Line), spec("b", Format::Line));
-    let first = call(&pool, &a, "!whoami").await.unwrap();
+    call(&pool, &a, "!whoami").await.unwrap();
     let (one, two) = tokio::join!(call(&pool, &a, "!sleep 300"), call(&pool, &a, "!whoami"));
     one.unwrap();
     two.unwrap();
@@ -287,7 +287,6 @@ async fn memory_pressure_evicts_another_functions_idle_container() {
         containers_of(&pool).await.len() == 2
     })
     .await;
-    let _ = first;
     shut(pool).await;
 }
 

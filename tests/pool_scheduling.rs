@@ -445,3 +445,24 @@ async fn with_no_queue_a_call_still_gets_a_container_started_for_it() {
     assert_eq!(driver.statistics().created, 1);
     pool.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_waiting_costs_no_container() {
+    let (pool, driver) = pool(GIB).await;
+    let mut solo = spec("solo");
+    solo.max_concurrency = 1;
+    let occupant = tokio::spawn({
+        let (pool, solo) = (pool.clone(), solo.clone());
+        async move { call(&pool, &solo, "!sleep 2000").await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), call(&pool, &solo, "impatient")).await;
+    assert!(gave_up.is_err(), "the caller gave up while waiting");
+    assert_eq!(occupant.await.unwrap().unwrap(), "slept");
+    let next = pool.call(&solo, Request::new("next")).await.unwrap();
+    assert_eq!((next.start, next.body), (Start::Hot, "next".into()));
+    let stats = driver.statistics();
+    assert_eq!((stats.created, stats.closed), (1, 0));
+    pool.shutdown().await;
+}

@@ -198,26 +198,14 @@ async fn measure(
         timed(
             modes.entry("hot").or_default(),
             workers(args.concurrency, hot_calls, || {
-                let request = Request::new(body.clone());
-                async {
-                    pool.call(&hot, request)
-                        .await
-                        .map(drop)
-                        .map_err(|e| format!("a hot call failed: {e}"))
-                }
+                through_pool(pool, &hot, &body)
             }),
         )
         .await?;
         timed(
             modes.entry("cold").or_default(),
             workers(args.concurrency, cold_calls, || {
-                let request = Request::new(body.clone());
-                async {
-                    pool.call(&cold, request)
-                        .await
-                        .map(drop)
-                        .map_err(|e| format!("a cold call failed: {e}"))
-                }
+                through_pool(pool, &cold, &body)
             }),
         )
         .await?;
@@ -233,6 +221,19 @@ async fn measure(
         container.remove(docker).await;
     }
     Ok(modes)
+}
+
+/// One call through the pool.
+async fn through_pool(
+    pool: &Pool<DockerDriver>,
+    spec: &FunctionSpec,
+    body: &[u8],
+) -> Result<(), String> {
+    let request = Request::new(body.to_vec());
+    match pool.call(spec, request).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("a {} call failed: {e}", spec.format)),
+    }
 }
 
 /// The calls of round `round` when `total` are split over `rounds`.

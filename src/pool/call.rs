@@ -96,7 +96,7 @@ impl<D: Driver> Inner<D> {
     ) -> Result<Response, CallError> {
         let mut checked = self.checkout(pool).await?;
         record_queue(pool, started);
-        let slot = checked.slot();
+        let slot = checked.begin_call();
         let start = if std::mem::replace(&mut slot.fresh, false) {
             Start::Cold
         } else {

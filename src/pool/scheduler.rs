@@ -333,9 +333,9 @@ impl<D: Driver> Inner<D> {
         }
     }
 
-    /// Evicts the least recently used idle container of any function but `except`;
-    /// whether there was one.
-    fn evict_least_recently_used(&self, except: FunctionKey) -> bool {
+    /// Evicts the least recently used idle container of any function but `except`,
+    /// if there is one.
+    fn evict_least_recently_used(&self, except: FunctionKey) {
         let pools: Vec<_> = self
             .functions
             .iter()
@@ -348,7 +348,7 @@ impl<D: Driver> Inner<D> {
                 .filter_map(|pool| pool.lock().idle.first().map(|s| (s.last_used, pool)))
                 .min_by_key(|(last_used, _)| *last_used);
             let Some((last_used, pool)) = oldest else {
-                return false;
+                return;
             };
             let victim = {
                 let mut slots = pool.lock();
@@ -360,7 +360,7 @@ impl<D: Driver> Inner<D> {
             };
             if let Some(slot) = victim {
                 self.retire(pool, slot.container, EvictionReason::MemoryPressure);
-                return true;
+                return;
             }
         }
     }
@@ -613,12 +613,14 @@ impl<D: Driver> Drop for InFlight<D> {
 }
 
 /// A hot container lent to one call. Give it back with [`CheckedOut::check_in`]
-/// or [`CheckedOut::evict`]; dropped otherwise (the caller went away mid-call), it
-/// is evicted, since its pipes may hold half a call.
+/// or [`CheckedOut::evict`]. Dropped otherwise (the caller went away), it goes back
+/// to the stack if no call began in it, and is evicted if one did, since its pipes
+/// may hold half a call.
 pub(crate) struct CheckedOut<D: Driver> {
     inner: Arc<Inner<D>>,
     pool: Arc<FunctionPool<D>>,
     slot: Option<Slot<D>>,
+    in_call: bool,
 }
 
 impl<D: Driver> CheckedOut<D> {
@@ -627,6 +629,7 @@ impl<D: Driver> CheckedOut<D> {
             inner,
             pool,
             slot: Some(slot),
+            in_call: false,
         }
     }
 
@@ -634,6 +637,12 @@ impl<D: Driver> CheckedOut<D> {
         self.slot
             .as_mut()
             .expect("a checked-out container has its slot")
+    }
+
+    /// The slot, for a call that begins writing into it now.
+    pub(crate) fn begin_call(&mut self) -> &mut Slot<D> {
+        self.in_call = true;
+        self.slot()
     }
 
     fn take_slot(mut self) -> Slot<D> {
@@ -664,8 +673,12 @@ impl<D: Driver> CheckedOut<D> {
 impl<D: Driver> Drop for CheckedOut<D> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            self.inner
-                .evict_busy(&self.pool, slot, EvictionReason::Cancelled);
+            if self.in_call {
+                self.inner
+                    .evict_busy(&self.pool, slot, EvictionReason::Cancelled);
+            } else {
+                self.inner.offer(&self.pool, slot, Origin::Returned);
+            }
         }
     }
 }
