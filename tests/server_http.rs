@@ -811,3 +811,39 @@ fn sigterm_finishes_the_call_in_flight_and_removes_every_container() {
         server.stdout.text()
     );
 }
+
+#[test]
+fn function_stderr_goes_to_the_log_with_the_call_id_never_to_the_caller() {
+    let server = Server::start("stderr", "", &[function("echo", "line", "line", "")]);
+    let response = server.invoke("echo", b"!stderr a note from the function");
+    assert_eq!(response.status, 200, "{response}");
+    assert_eq!(
+        response.body, b"a note from the function",
+        "stderr is not in the body"
+    );
+    let call_id = response
+        .header("hotpool-call-id")
+        .expect("a call id")
+        .to_owned();
+    let deadline = Instant::now() + PATIENCE;
+    let logged = loop {
+        let log = server.stderr.text();
+        if let Some(line) = log.lines().find(|l| l.contains("a note from the function")) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the function's stderr never reached the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        logged.contains(&call_id),
+        "the log line names the call: {logged}"
+    );
+    assert!(
+        logged.contains("function=echo"),
+        "and the function: {logged}"
+    );
+    server.stop();
+}

@@ -25,6 +25,15 @@ enum Subcommands {
 }
 
 impl Command {
+    /// The log level without `HOTPOOL_LOG`: a server logs its calls' failures and
+    /// its functions' stderr (`info`); a one-shot command only what went wrong.
+    pub(crate) fn default_log_level(&self) -> &'static str {
+        match self.subcommand {
+            Subcommands::Serve(_) => "info",
+            Subcommands::Run(_) | Subcommands::Bench(_) => "warn",
+        }
+    }
+
     /// Runs the subcommand; returns the process exit code.
     pub(crate) async fn execute(self) -> i32 {
         match self.subcommand {

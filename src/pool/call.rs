@@ -103,7 +103,8 @@ impl<D: Driver> Inner<D> {
             Start::Hot
         };
         let container = slot.container.clone();
-        set_call(&container.current_call, Some(&request.id));
+        // Kept after the call: stderr the function wrote during it may arrive late.
+        set_call(&container.current_call, &request.id);
         let call_key = self.collector.next_id();
         container.call_tag.begin(call_key);
         let cpu_before = container.cookie.cpu_time();
@@ -119,7 +120,6 @@ impl<D: Driver> Inner<D> {
             }
         };
         let outcome = tokio::time::timeout(timeout, exchange).await;
-        set_call(&container.current_call, None);
         let sampled = container.call_tag.end();
         match outcome {
             Ok(Ok(answer)) => {
@@ -298,8 +298,8 @@ fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-fn set_call(current: &Mutex<Option<String>>, call_id: Option<&str>) {
-    *current.lock().unwrap_or_else(|e| e.into_inner()) = call_id.map(str::to_owned);
+fn set_call(current: &Mutex<Option<String>>, call_id: &str) {
+    *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(call_id.to_owned());
 }
 
 /// Collects a cold container's stdout, up to a limit.

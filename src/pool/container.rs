@@ -68,7 +68,7 @@ pub(crate) struct HotContainer<D: Driver> {
     /// The task id the pool gave it (unique; also in its container name).
     pub(crate) id: String,
     pub(crate) cookie: D::Cookie,
-    /// The call in it now, for its stderr lines.
+    /// The call in it now (or last), for its stderr lines.
     pub(crate) current_call: Arc<Mutex<Option<String>>>,
     /// Its key in the stats thread.
     pub(crate) stats_key: u64,

@@ -1,9 +1,11 @@
-//! The container's attach stream, split into stdout (a reader) and stderr (a tap).
+//! A container's attach streams: stdout as a reader, stderr through a tap.
 //!
-//! Without a TTY the engine multiplexes stdout and stderr frames on one stream.
-//! [`StdoutReader`] yields only the stdout bytes; stderr frames met on the way go to
-//! the [`StderrTap`], which passes them to the task's sink and keeps a tail for
-//! `exited` errors. Nothing is buffered beyond the frame being read.
+//! The driver attaches twice: once for stdin and stdout, read by whoever runs the
+//! call ([`StdoutReader`], nothing buffered beyond the frame being read), and once
+//! for stderr alone, drained all the time by [`pump_stderr`] into the
+//! [`StderrTap`], which passes it to the task's sink and keeps a tail for `exited`
+//! errors. So stderr flows while a hot container sits idle, and a log line is
+//! written when it is, not when the next call reads stdout.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -13,7 +15,7 @@ use std::task::{Context, Poll, ready};
 
 use bollard::container::LogOutput;
 use bytes::{Buf, Bytes};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// How many trailing stderr bytes an `exited` error carries.
@@ -64,19 +66,27 @@ impl StderrTap {
     }
 }
 
-/// The stdout bytes of an attach stream; stderr frames go to the tap as they pass.
+/// Passes every stderr frame of `frames` to `tap` until the stream ends (the
+/// container stopped).
+pub(crate) async fn pump_stderr(mut frames: Frames, tap: Arc<StderrTap>) {
+    while let Some(Ok(frame)) = frames.next().await {
+        if let LogOutput::StdErr { message } = frame {
+            tap.write(&message);
+        }
+    }
+}
+
+/// The stdout bytes of an attach stream.
 pub(crate) struct StdoutReader {
     frames: Frames,
     pending: Bytes,
-    stderr: Arc<StderrTap>,
 }
 
 impl StdoutReader {
-    pub(crate) fn new(frames: Frames, stderr: Arc<StderrTap>) -> StdoutReader {
+    pub(crate) fn new(frames: Frames) -> StdoutReader {
         StdoutReader {
             frames,
             pending: Bytes::new(),
-            stderr,
         }
     }
 }
@@ -98,8 +108,7 @@ impl AsyncRead for StdoutReader {
                 Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
                     self.pending = message
                 }
-                Some(Ok(LogOutput::StdErr { message })) => self.stderr.write(&message),
-                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Ok(LogOutput::StdErr { .. } | LogOutput::StdIn { .. })) => {}
                 Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
                 None => return Poll::Ready(Ok(())),
             }
@@ -125,9 +134,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn stdout_and_stderr_are_split() {
-        let frames = vec![
+    fn frames() -> Frames {
+        Box::pin(futures_util::stream::iter(vec![
             Ok(LogOutput::StdOut {
                 message: Bytes::from_static(b"hel"),
             }),
@@ -137,14 +145,24 @@ mod tests {
             Ok(LogOutput::StdOut {
                 message: Bytes::from_static(b"lo\0\xff"),
             }),
-        ];
+        ]))
+    }
+
+    #[tokio::test]
+    async fn the_reader_yields_stdout_only() {
+        let mut out = Vec::new();
+        StdoutReader::new(frames())
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"hello\0\xff");
+    }
+
+    #[tokio::test]
+    async fn the_pump_passes_stderr_to_the_sink_and_the_tail() {
         let log = Shared::default();
         let tap = Arc::new(StderrTap::new(Box::new(log.clone())));
-        let mut reader =
-            StdoutReader::new(Box::pin(futures_util::stream::iter(frames)), tap.clone());
-        let mut out = Vec::new();
-        reader.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, b"hello\0\xff");
+        pump_stderr(frames(), tap.clone()).await;
         assert_eq!(*log.0.lock().unwrap(), b"warn\n");
         assert_eq!(tap.tail(), "warn\n");
     }

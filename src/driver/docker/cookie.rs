@@ -15,11 +15,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::attach::{StderrTap, StdoutReader};
+use super::attach::{StderrTap, StdoutReader, pump_stderr};
 use super::cgroup::CgroupCounters;
 use super::{Engine, engine_stats, timed};
 use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task};
 use crate::error::CallError;
+
+/// How long `wait` lets the output streams run dry after the exit.
+const STREAM_DRAIN: Duration = Duration::from_secs(5);
 
 /// The task's own pipes and sinks, until `run` takes them.
 struct Plumbing {
@@ -44,6 +47,8 @@ pub struct DockerCookie {
     counters: Option<CgroupCounters>,
     /// Copies stdout into the task's sink, when the task brought one.
     output: Mutex<Option<JoinHandle<()>>>,
+    /// Drains stderr into the tap; ends when the container stops.
+    stderr_pump: Mutex<Option<JoinHandle<()>>>,
     /// Tasks that must stop when the cookie closes: the stdin feeder, the stats reader.
     helpers: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -66,6 +71,7 @@ impl DockerCookie {
             counters_wanted: task.counters,
             counters: None,
             output: Mutex::new(None),
+            stderr_pump: Mutex::new(None),
             helpers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         }
@@ -119,11 +125,14 @@ impl DockerCookie {
         }
     }
 
-    /// Waits until all of stdout has reached the task's sink.
+    /// Waits until all of stdout has reached the task's sink and all of stderr the
+    /// tap (the streams end once the container has stopped).
     async fn drain_output(&self) {
-        let output = self.output.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(output) = output {
-            let _ = output.await;
+        for pump in [&self.output, &self.stderr_pump] {
+            let pump = pump.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(pump) = pump {
+                let _ = tokio::time::timeout(STREAM_DRAIN, pump).await;
+            }
         }
     }
 
@@ -156,18 +165,36 @@ impl DockerCookie {
 impl Cookie for DockerCookie {
     async fn run(&mut self) -> Result<Running, CallError> {
         let engine_error = |what: &str, e: EngineError| CallError::engine(format!("{what}: {e}"));
-        let options = AttachContainerOptionsBuilder::default()
+        let pipes = AttachContainerOptionsBuilder::default()
             .stream(true)
             .stdin(true)
             .stdout(true)
-            .stderr(true)
             .build();
         let attached = timed(
             "attach",
-            self.engine.docker.attach_container(&self.id, Some(options)),
+            self.engine.docker.attach_container(&self.id, Some(pipes)),
         )
         .await
         .map_err(|e| engine_error("attaching to the container", e))?;
+        let stderr_only = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stderr(true)
+            .build();
+        let stderr = timed(
+            "attach",
+            self.engine
+                .docker
+                .attach_container(&self.id, Some(stderr_only)),
+        )
+        .await
+        .map_err(|e| engine_error("attaching to the container's stderr", e))?;
+        *self
+            .stderr_pump
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tokio::spawn(pump_stderr(
+            stderr.output,
+            self.stderr.clone(),
+        )));
         timed("start", self.engine.docker.start_container(&self.id, None))
             .await
             .map_err(|e| engine_error("starting the container", e))?;
@@ -177,7 +204,7 @@ impl Cookie for DockerCookie {
         }
 
         let mut stdin = Box::new(attached.input) as BoxWrite;
-        let mut stdout = StdoutReader::new(attached.output, self.stderr.clone());
+        let mut stdout = StdoutReader::new(attached.output);
         let mut running = Running {
             stdin: None,
             stdout: None,
@@ -287,6 +314,14 @@ impl Cookie for DockerCookie {
         let helpers = std::mem::take(&mut *self.helpers.lock().unwrap_or_else(|e| e.into_inner()));
         for helper in helpers {
             helper.abort();
+        }
+        if let Some(pump) = self
+            .stderr_pump
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            pump.abort();
         }
         if let Err(e) = self.engine.remove_container(&self.id).await {
             tracing::warn!(container = %self.id, error = %e, "could not remove a container");
