@@ -75,7 +75,7 @@ impl<D: Driver> Inner<D> {
             Format::Cold => self.call_cold(&pool, &request, started).await,
             Format::Line | Format::Http => self.call_hot(&pool, &request, started).await,
         };
-        let function = pool.name.to_string();
+        let function = pool.name.clone();
         let outcome = match &result {
             Ok(_) => "success",
             Err(error) => error.kind().as_str(),
@@ -294,7 +294,7 @@ fn usage_since(
 }
 
 fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
-    metrics::histogram!(crate::metrics::CALL_QUEUE_SECONDS, "function" => pool.name.to_string())
+    metrics::histogram!(crate::metrics::CALL_QUEUE_SECONDS, "function" => pool.name.clone())
         .record(started.elapsed().as_secs_f64());
 }
 

@@ -186,13 +186,13 @@ fn run(events: Receiver<Event>, max_points: usize) {
     }
 }
 
-fn record(function: &str, stats: &CallStats) {
+fn record(function: &Arc<str>, stats: &CallStats) {
     if let Some(cpu) = stats.cpu_ratio() {
-        metrics::histogram!(crate::metrics::TASK_CPU_RATIO, "function" => function.to_owned())
+        metrics::histogram!(crate::metrics::TASK_CPU_RATIO, "function" => function.clone())
             .record(cpu);
     }
     if let Some(memory) = stats.memory_bytes() {
-        metrics::histogram!(crate::metrics::TASK_MEMORY_BYTES, "function" => function.to_owned())
+        metrics::histogram!(crate::metrics::TASK_MEMORY_BYTES, "function" => function.clone())
             .record(memory);
     }
 }

@@ -117,7 +117,7 @@ impl<D: Driver> FunctionPool<D> {
             ("busy", slots.busy + cold_busy),
             ("starting", slots.starting),
         ] {
-            metrics::gauge!(crate::metrics::CONTAINERS, "function" => self.name.to_string(), "state" => state)
+            metrics::gauge!(crate::metrics::CONTAINERS, "function" => self.name.clone(), "state" => state)
                 .set(count as f64);
         }
     }

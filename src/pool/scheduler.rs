@@ -448,7 +448,7 @@ impl<D: Driver> Inner<D> {
         container: Arc<HotContainer<D>>,
         reason: EvictionReason,
     ) {
-        metrics::counter!(crate::metrics::EVICTIONS_TOTAL, "function" => pool.name.to_string(), "reason" => reason.as_str())
+        metrics::counter!(crate::metrics::EVICTIONS_TOTAL, "function" => pool.name.clone(), "reason" => reason.as_str())
             .increment(1);
         tracing::debug!(function = %pool.name, container = %container.id, reason = reason.as_str(), "evicting");
         self.containers.remove(&container.id);
@@ -576,11 +576,11 @@ impl<D: Driver> Inner<D> {
 }
 
 /// Records a container start (hot, or a cold call's) that took since `started`.
-pub(crate) fn record_start(function: &str, started: Instant, error: Option<&CallError>) {
+pub(crate) fn record_start(function: &Arc<str>, started: Instant, error: Option<&CallError>) {
     let outcome = error.map_or("success", |e| e.kind().as_str());
-    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "function" => function.to_owned(), "result" => outcome)
+    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "function" => function.clone(), "result" => outcome)
         .increment(1);
-    metrics::histogram!(crate::metrics::CONTAINER_START_SECONDS, "function" => function.to_owned())
+    metrics::histogram!(crate::metrics::CONTAINER_START_SECONDS, "function" => function.clone())
         .record(started.elapsed().as_secs_f64());
 }
 
