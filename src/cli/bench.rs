@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use bollard::Docker;
-use bollard::container::LogOutput;
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -355,27 +355,9 @@ struct RawContainer {
 
 impl RawContainer {
     async fn start(docker: &Docker, args: &BenchArgs) -> Result<RawContainer, String> {
-        let engine = |e: bollard::errors::Error| format!("the engine failed: {e}");
-        let created = docker
-            .create_container(None, container_config(args, &args.command))
-            .await
-            .map_err(engine)?;
-        let attach = AttachContainerOptionsBuilder::default()
-            .stream(true)
-            .stdin(true)
-            .stdout(true)
-            .stderr(true)
-            .build();
-        let attached = docker
-            .attach_container(&created.id, Some(attach))
-            .await
-            .map_err(engine)?;
-        docker
-            .start_container(&created.id, None)
-            .await
-            .map_err(engine)?;
+        let (id, attached) = create_attached(docker, args, &args.command).await?;
         Ok(RawContainer {
-            id: created.id,
+            id,
             input: attached.input,
             output: attached.output,
             received: BytesMut::new(),
@@ -439,13 +421,13 @@ fn complete_response(received: &[u8], format: Format) -> Result<Option<usize>, S
     }
 }
 
-/// One cold call by hand: create, attach, start, write, read to EOF, wait, remove.
-async fn raw_cold_call(
+/// Creates a plain container running `cmd`, attaches to all its pipes and starts
+/// it: what the driver does, by hand.
+async fn create_attached(
     docker: &Docker,
     args: &BenchArgs,
     cmd: &[String],
-    body: &[u8],
-) -> Result<(), String> {
+) -> Result<(String, AttachContainerResults), String> {
     let engine = |e: bollard::errors::Error| format!("the engine failed: {e}");
     let created = docker
         .create_container(None, container_config(args, cmd))
@@ -457,7 +439,7 @@ async fn raw_cold_call(
         .stdout(true)
         .stderr(true)
         .build();
-    let mut attached = docker
+    let attached = docker
         .attach_container(&created.id, Some(attach))
         .await
         .map_err(engine)?;
@@ -465,6 +447,18 @@ async fn raw_cold_call(
         .start_container(&created.id, None)
         .await
         .map_err(engine)?;
+    Ok((created.id, attached))
+}
+
+/// One cold call by hand: create, attach, start, write, read to EOF, wait, remove.
+async fn raw_cold_call(
+    docker: &Docker,
+    args: &BenchArgs,
+    cmd: &[String],
+    body: &[u8],
+) -> Result<(), String> {
+    let engine = |e: bollard::errors::Error| format!("the engine failed: {e}");
+    let (id, mut attached) = create_attached(docker, args, cmd).await?;
     let mut input = body.to_vec();
     input.push(b'\n');
     attached
@@ -479,10 +473,10 @@ async fn raw_cold_call(
     let wait = WaitContainerOptionsBuilder::default()
         .condition("not-running")
         .build();
-    let _ = docker.wait_container(&created.id, Some(wait)).next().await;
+    let _ = docker.wait_container(&id, Some(wait)).next().await;
     let options = RemoveContainerOptionsBuilder::default().force(true).build();
     docker
-        .remove_container(&created.id, Some(options))
+        .remove_container(&id, Some(options))
         .await
         .map_err(engine)
 }

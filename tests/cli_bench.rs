@@ -1,0 +1,67 @@
+//! `hotpool bench` as a user runs it: every mode measured, the JSON shape the
+//! issue asks for, and no container left behind. (No timing is asserted.)
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_measures_all_four_modes_and_cleans_up() {
+    let image = support::testfn_image();
+    let output = Command::new(env!("CARGO_BIN_EXE_hotpool"))
+        .args([
+            "bench",
+            "--image",
+            image,
+            "--calls",
+            "40",
+            "--cold-calls",
+            "2",
+        ])
+        .args(["--concurrency", "2", "--payload", "100", "--json", "line"])
+        .output()
+        .expect("run hotpool bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let modes = report.as_object().expect("an object");
+    let mut names: Vec<&str> = modes.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["cold", "floor_cold", "floor_hot", "hot"]);
+    for (mode, figures) in modes {
+        let p50 = figures["p50_us"].as_u64().unwrap_or(0);
+        let p99 = figures["p99_us"].as_u64().unwrap_or(0);
+        assert!(p50 > 0 && p99 >= p50, "{mode}: {figures}");
+        assert!(
+            figures["calls_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{mode}: {figures}"
+        );
+    }
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench"])
+        .output()
+        .expect("docker ps");
+    assert!(left.stdout.is_empty(), "bench left containers behind");
+}
+
+#[test]
+fn bench_refuses_the_cold_format_and_zero_calls() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hotpool"))
+            .args(["bench", "--image", "x"])
+            .args(args)
+            .output()
+            .expect("run hotpool bench")
+    };
+    let cold = run(&["--format", "cold"]);
+    assert_eq!(cold.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&cold.stderr).contains("hot format"));
+    let zero = run(&["--calls", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
+}
