@@ -7,8 +7,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -40,100 +39,13 @@ const OUTCOMES: [&str; 6] = [
 ];
 
 // ---------------------------------------------------------------------------
-// A small HTTP/1.1 client over std's TcpStream.
+// HTTP: the shared test client, addressed by "host:port" strings.
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-}
+type Reply = support::http::HttpResponse;
 
 fn http(addr: &str, method: &str, target: &str, body: &[u8]) -> std::io::Result<Reply> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_reply(&raw).map_err(std::io::Error::other)
-}
-
-fn parse_reply(raw: &[u8]) -> Result<Reply, String> {
-    let split = find(raw, b"\r\n\r\n").ok_or("no end of the response head")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let rest = &raw[split + 4..];
-    let mut reply = Reply {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    reply.body = if reply
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(rest)?
-    } else if let Some(length) = reply.header("content-length") {
-        let length: usize = length.parse().map_err(|_| "bad content-length")?;
-        rest.get(..length).ok_or("short body")?.to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(reply)
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let end = find(data, b"\r\n").ok_or("no chunk size line")?;
-        let size_text = String::from_utf8_lossy(&data[..end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        data = &data[end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        body.extend_from_slice(data.get(..size).ok_or("short chunk")?);
-        data = data.get(size + 2..).ok_or("no chunk end")?;
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let addr = addr.parse().map_err(std::io::Error::other)?;
+    support::http::request(addr, method, target, body)
 }
 
 fn percent_encode(text: &str) -> String {
@@ -239,13 +151,6 @@ fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result
             Err(_) => thread::sleep(Duration::from_millis(200)),
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 // ---------------------------------------------------------------------------
@@ -519,7 +424,7 @@ fn prometheus_config(target: &str) -> String {
 fn start_prometheus(dir: &Path, target: &str) -> (Running, String) {
     let config = dir.join("prometheus.yml");
     std::fs::write(&config, prometheus_config(target)).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", support::free_port());
     let (mut prometheus, _) = Running::spawn(
         "prometheus",
         Command::new("prometheus")

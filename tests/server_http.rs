@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,11 +24,6 @@ use support::testfn_image;
 const PATIENCE: Duration = Duration::from_secs(120);
 
 /// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
 /// A `[[function]]` table on the test-function image, with 32 MiB of memory;
 /// `extra` is more TOML lines of the table.
 fn function(name: &str, cmd: &str, format: &str, extra: &str) -> String {
@@ -129,7 +124,7 @@ impl Server {
     /// answers.
     fn start(test: &str, server_extra: &str, functions: &[String]) -> Server {
         let pool = format!("server-test-{test}-{}", std::process::id());
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let config = format!(
             "[server]\nlisten = \"{addr}\"\n{server_extra}\n\n\
              [pool]\nname = \"{pool}\"\nmemory_budget = \"1g\"\nshutdown_timeout = \"30s\"\n\n{}",
@@ -746,7 +741,7 @@ fn bad_configs_exit_2_naming_the_key_or_the_path() {
         format!(
             "[server]\nlisten = \"127.0.0.1:{}\"\n[pool]\nname = \"{pool}\"\n\
              [[function]]\nname = \"echo\"\nimage = \"hotpool-testfn:dev\"\nmemory = \"12q\"\n",
-            free_port()
+            support::free_port()
         ),
     )
     .unwrap();

@@ -1,7 +1,7 @@
 //! A real registry for pull tests: Debian's `docker-registry` on 127.0.0.1 with
 //! htpasswd auth. The engine treats loopback registries as insecure, so plain HTTP.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,11 +42,7 @@ impl Registry {
                 )
             });
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", super::free_port());
         let hash = bcrypt::hash(PASSWORD, 5).expect("bcrypt");
         std::fs::write(dir.path().join("htpasswd"), format!("{USER}:{hash}\n")).expect("htpasswd");
         let config = format!(
