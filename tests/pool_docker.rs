@@ -18,8 +18,9 @@ use support::{driver, testfn_image};
 const MIB: u64 = 1 << 20;
 
 async fn pool(name: &str, budget: u64) -> Pool<DockerDriver> {
+    // The pid keeps two test runs on one engine from removing each other's containers.
     Pool::builder(driver().await)
-        .name(name)
+        .name(format!("{name}-{}", std::process::id()))
         .memory_budget(budget)
         .shutdown_timeout(Duration::from_secs(10))
         .build()

@@ -22,10 +22,12 @@ use futures_util::TryStreamExt;
 use hotpool::driver::docker::{DockerDriver, DockerOptions};
 use tokio::io::AsyncWrite;
 
-/// The tag of the test-function image.
-pub const TESTFN_IMAGE: &str = "hotpool-testfn:dev";
-/// The tag of the example http-format function's image.
-pub const HELLO_IMAGE: &str = "hotpool-hello-http:dev";
+/// The test images' tag: `dev`, or `$HOTPOOL_TEST_TAG` so that two checkouts
+/// testing at once on one engine do not overwrite each other's images.
+fn image_tag(repository: &str) -> &'static str {
+    let tag = std::env::var("HOTPOOL_TEST_TAG").unwrap_or_else(|_| "dev".to_owned());
+    format!("{repository}:{tag}").leak()
+}
 
 /// Connects to the real engine, or fails the test saying how to get one.
 pub async fn driver_with(options: DockerOptions) -> DockerDriver {
@@ -59,21 +61,19 @@ pub fn repo_root() -> PathBuf {
 /// Builds the static test-function binary and the `FROM scratch` image around it
 /// (once per test process), returning the image tag.
 pub fn testfn_image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| function_image("hotpool-testfn", TESTFN_IMAGE));
-    TESTFN_IMAGE
+    static BUILT: OnceLock<&str> = OnceLock::new();
+    BUILT.get_or_init(|| function_image("hotpool-testfn", image_tag("hotpool-testfn")))
 }
 
 /// Likewise for the example http-format function.
 pub fn hello_image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| function_image("hotpool-hello-http", HELLO_IMAGE));
-    HELLO_IMAGE
+    static BUILT: OnceLock<&str> = OnceLock::new();
+    BUILT.get_or_init(|| function_image("hotpool-hello-http", image_tag("hotpool-hello-http")))
 }
 
 /// Builds the workspace package `package` statically and the image `tag` that
 /// runs it.
-fn function_image(package: &'static str, tag: &'static str) {
+fn function_image(package: &'static str, tag: &'static str) -> &'static str {
     let binary = build_static(package);
     // A runtime of its own: the engine client must not outlive the test's runtime.
     std::thread::spawn(move || {
@@ -83,6 +83,7 @@ fn function_image(package: &'static str, tag: &'static str) {
     })
     .join()
     .expect("image build thread");
+    tag
 }
 
 fn build_static(package: &str) -> PathBuf {
