@@ -38,6 +38,18 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The largest request body accepted, in bytes (`max_body`, default `6m`).
     pub max_body: u64,
+    /// The largest response a function may return, in bytes (`max_response`, default `6m`).
+    pub max_response: u64,
+    /// How long a client may take to send a request head (`header_timeout`, default `10s`).
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive (`body_timeout`, default `30s`).
+    pub body_timeout: Duration,
+    /// The most connections served at once (`max_connections`, default 512).
+    pub max_connections: usize,
+    /// Bearer tokens, one per line (`auth_tokens_file`, default none: no authentication).
+    pub auth_tokens_file: Option<std::path::PathBuf>,
+    /// Whether `/metrics` needs a token too (`metrics_auth`, default false).
+    pub metrics_auth: bool,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +58,12 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body: 6 << 20,
+            max_response: 6 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            auth_tokens_file: None,
+            metrics_auth: false,
         }
     }
 }
@@ -141,7 +159,16 @@ impl ServeConfig {
 
 const ROOT_KEYS: &[&str] = &["server", "pool", "function"];
 
-const SERVER_KEYS: &[&str] = &["listen", "max_body"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "max_body",
+    "max_response",
+    "header_timeout",
+    "body_timeout",
+    "max_connections",
+    "auth_tokens_file",
+    "metrics_auth",
+];
 
 const POOL_KEYS: &[&str] = &[
     "name",
@@ -177,6 +204,24 @@ fn server_config(section: Option<Section<'_>>) -> Result<ServerConfig, ConfigErr
         max_body: section
             .parsed("max_body", parse_bytes)?
             .unwrap_or(defaults.max_body),
+        max_response: section
+            .parsed("max_response", parse_bytes)?
+            .unwrap_or(defaults.max_response),
+        header_timeout: section
+            .parsed("header_timeout", parse_duration)?
+            .unwrap_or(defaults.header_timeout),
+        body_timeout: section
+            .parsed("body_timeout", parse_duration)?
+            .unwrap_or(defaults.body_timeout),
+        max_connections: section
+            .count("max_connections", 1)?
+            .unwrap_or(defaults.max_connections),
+        auth_tokens_file: section
+            .parsed("auth_tokens_file", |p| Ok(std::path::PathBuf::from(p)))?,
+        metrics_auth: matches!(
+            section.table.get("metrics_auth"),
+            Some(Value::Boolean(true))
+        ),
     })
 }
 
@@ -536,6 +581,7 @@ mod tests {
             server: ServerConfig {
                 listen: "0.0.0.0:9090".parse().unwrap(),
                 max_body: 1 << 20,
+                ..ServerConfig::default()
             },
             pool: PoolSettings {
                 name: "edge-1".into(),

@@ -1,8 +1,10 @@
 //! `hotpool serve --config hotpool.toml`: the pool behind an HTTP API.
 //!
-//! Startup removes containers an earlier run of the same pool left behind.
-//! SIGINT or SIGTERM stop taking calls, let calls in flight finish within the
-//! pool's shutdown timeout, and remove every container before exiting.
+//! Startup raises the open-file limit to its maximum and removes containers an
+//! earlier run of the same pool left behind. SIGINT or SIGTERM stop taking calls
+//! and connections, let calls in flight finish within the pool's shutdown timeout
+//! (a client that never finishes its request is cut then), and remove every
+//! container before exiting.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use hotpool::config::ServeConfig;
 use hotpool::driver::docker::{DockerDriver, DockerOptions};
 use hotpool::pool::{Pool, PoolConfig};
+use hotpool::server::auth::Tokens;
+use hotpool::server::connections::{self, ConnectionLimits};
 use hotpool::server::{AppState, router};
 
 #[derive(Debug, Args)]
@@ -32,6 +36,20 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
+    let tokens = match &config.server.auth_tokens_file {
+        Some(path) => match Tokens::load(path) {
+            Ok(tokens) => Some(tokens),
+            Err(error) => {
+                eprintln!(
+                    "hotpool: bad config {}: server.auth_tokens_file: {error}",
+                    args.config.display()
+                );
+                return 2;
+            }
+        },
+        None => None,
+    };
+    raise_open_file_limit();
     let metrics = match hotpool::metrics::install() {
         Ok(handle) => handle,
         Err(error) => {
@@ -51,7 +69,7 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         memory_budget: config.pool.memory_budget,
         shutdown_timeout: config.pool.shutdown_timeout,
         stats_max_points: config.pool.stats_max_points,
-        ..PoolConfig::default()
+        max_response_bytes: usize::try_from(config.server.max_response).unwrap_or(usize::MAX),
     };
     let pool = match Pool::builder(driver).config(pool_config).build().await {
         Ok(pool) => pool,
@@ -83,8 +101,16 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             .map(|spec| (spec.name.clone(), spec.clone()))
             .collect::<BTreeMap<_, _>>(),
         max_body: usize::try_from(config.server.max_body).unwrap_or(usize::MAX),
+        body_timeout: config.server.body_timeout,
         metrics: Some(metrics),
+        tokens,
+        metrics_auth: config.server.metrics_auth,
     });
+    let limits = ConnectionLimits {
+        max_connections: config.server.max_connections,
+        header_timeout: config.server.header_timeout,
+        drain_timeout: config.pool.shutdown_timeout,
+    };
     let stopping = CancellationToken::new();
     let shutdown = tokio::spawn({
         let (pool, stopping) = (pool.clone(), stopping.clone());
@@ -95,19 +121,34 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             pool.shutdown().await;
         }
     });
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stopping.clone().cancelled_owned())
-        .await;
+    connections::serve(listener, router(state), limits, stopping).await;
     let _ = shutdown.await;
-    match served {
-        Ok(()) => {
-            println!("hotpool: stopped; every container removed");
-            0
+    println!("hotpool: stopped; every container removed");
+    0
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection and each
+/// hot container's pipes take descriptors, and the usual soft limit of 1024 is
+/// far below what a server needs.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
         }
-        Err(error) => {
-            eprintln!("hotpool: the server failed: {error}");
-            1
-        }
+    };
+    if raised {
+        tracing::debug!(open_files = limit.rlim_cur, "raised the open-file limit");
+    } else {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not raise the open-file limit"
+        );
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 /// How much memory live containers may reserve in all.
 pub(crate) struct MemoryBudget {
@@ -53,9 +54,11 @@ impl MemoryBudget {
         })
     }
 
-    /// Resolves the next time memory is given back.
-    pub(crate) async fn freed(&self) {
-        self.freed.notified().await
+    /// Resolves the next time memory is given back. The future must be enabled
+    /// (pinned and [`Notified::enable`]d) before the budget is checked, or a
+    /// release in between is missed.
+    pub(crate) fn freed(&self) -> Notified<'_> {
+        self.freed.notified()
     }
 
     fn publish(&self) {
@@ -82,6 +85,7 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[test]
     fn reservations_fit_the_budget_and_come_back_on_drop() {
@@ -94,5 +98,21 @@ mod tests {
         assert_eq!(budget.reserved(), 40);
         drop(b);
         assert_eq!(budget.reserved(), 0);
+    }
+
+    #[test]
+    fn a_release_between_the_check_and_the_wait_is_not_missed() {
+        let budget = MemoryBudget::new(100);
+        let held = budget.try_reserve(100).expect("fits");
+        let freed = budget.freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        assert!(budget.try_reserve(1).is_none(), "the budget is full");
+        // Memory comes back after the check and before anyone awaits.
+        drop(held);
+        assert!(
+            freed.now_or_never().is_some(),
+            "the waiter must see the release that happened before it awaited"
+        );
     }
 }

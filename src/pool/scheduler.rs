@@ -311,9 +311,13 @@ impl<D: Driver> Inner<D> {
     pub(crate) async fn reserve(&self, pool: &FunctionPool<D>) -> Result<Reservation, CallError> {
         let deadline = Instant::now() + pool.spec.queue_timeout;
         loop {
+            // Listen before checking: memory freed or a container going idle between
+            // the check and the wait would otherwise be missed.
             let freed = self.budget.freed();
             let idle_appeared = self.idle_appeared.notified();
             tokio::pin!(freed, idle_appeared);
+            freed.as_mut().enable();
+            idle_appeared.as_mut().enable();
             if let Some(reservation) = self.budget.try_reserve(pool.spec.memory) {
                 return Ok(reservation);
             }
@@ -459,9 +463,7 @@ impl<D: Driver> Inner<D> {
                 container.cookie.close().await;
                 return;
             }
-            if let Err(e) = container.cookie.kill().await {
-                tracing::warn!(container = %container.id, error = %e, "could not kill a container");
-            }
+            kill_with_retries(&container).await;
             container.cookie.close().await;
         });
     }
@@ -498,11 +500,11 @@ impl<D: Driver> Inner<D> {
                 let fresh_from = slots
                     .idle
                     .iter()
-                    .position(|s| s.last_used + idle_timeout > now)
+                    .position(|s| expiry(s.last_used, idle_timeout) > now)
                     .unwrap_or(slots.idle.len());
                 let expired: Vec<_> = slots.idle.drain(..fresh_from).collect();
                 if let Some(oldest) = slots.idle.first() {
-                    next = next.min(oldest.last_used + idle_timeout);
+                    next = next.min(expiry(oldest.last_used, idle_timeout));
                 }
                 pool.publish(&slots);
                 let empty_and_drained = slots.draining && slots.is_empty();
@@ -568,10 +570,72 @@ impl<D: Driver> Inner<D> {
         // Containers still busy: killing them ends their calls, which evict them.
         let busy: Vec<_> = self.containers.iter().map(|c| c.value().clone()).collect();
         for container in busy {
-            let _ = container.cookie.kill().await;
+            kill_with_retries(&container).await;
         }
         self.tracker.close();
         self.tracker.wait().await;
+        self.sweep().await;
+    }
+
+    /// Removes every container the engine still lists with this pool's label: one
+    /// whose removal failed while the engine was away, or one the pool lost track
+    /// of. Retried while the engine does not answer, up to [`SWEEP_ATTEMPTS`] times.
+    async fn sweep(&self) {
+        let mut pause = RETRY_PAUSE;
+        for attempt in 1..=SWEEP_ATTEMPTS {
+            match self
+                .driver
+                .remove_labelled(POOL_LABEL, &self.config.name)
+                .await
+            {
+                Ok(0) => return,
+                Ok(count) => {
+                    tracing::info!(count, pool = %self.config.name, "removed containers left after shutdown");
+                    return;
+                }
+                Err(error) if attempt == SWEEP_ATTEMPTS => {
+                    tracing::error!(pool = %self.config.name, %error, "could not remove the pool's containers; `docker ps -a --filter label=hotpool.pool=...` lists them");
+                }
+                Err(error) => {
+                    tracing::warn!(pool = %self.config.name, %error, "removing the pool's containers failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// How often a failed kill is tried, and shutdown's final sweep.
+const KILL_ATTEMPTS: u32 = 5;
+const SWEEP_ATTEMPTS: u32 = 8;
+/// The first pause between tries; it doubles each time.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// When an idle container used last at `last_used` expires; never, for a timeout
+/// too long to add.
+fn expiry(last_used: Instant, idle_timeout: Duration) -> Instant {
+    last_used
+        .checked_add(idle_timeout)
+        .unwrap_or_else(|| last_used + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Kills a container, trying again while the engine fails (an engine restarting
+/// mid-load, say); a container that died meanwhile needs no more tries.
+async fn kill_with_retries<D: Driver>(container: &HotContainer<D>) {
+    let mut pause = RETRY_PAUSE;
+    for attempt in 1..=KILL_ATTEMPTS {
+        match container.cookie.kill().await {
+            Ok(()) => return,
+            Err(_) if container.is_dead() => return,
+            Err(error) if attempt == KILL_ATTEMPTS => {
+                tracing::warn!(container = %container.id, %error, "could not kill a container; shutdown sweeps it");
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
     }
 }
 

@@ -64,15 +64,30 @@ pub fn request(
     path: &str,
     body: &[u8],
 ) -> io::Result<HttpResponse> {
+    request_with(addr, method, path, &[], body)
+}
+
+/// [`request`] with more header lines.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut message = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Length: {}\r\n\r\n",
+         Content-Length: {}\r\n",
         body.len()
-    )
-    .into_bytes();
+    );
+    for (name, value) in headers {
+        message.push_str(&format!("{name}: {value}\r\n"));
+    }
+    message.push_str("\r\n");
+    let mut message = message.into_bytes();
     message.extend_from_slice(body);
     stream.write_all(&message)?;
     stream.flush()?;
@@ -104,7 +119,7 @@ pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> io::Result<HttpRespons
 }
 
 /// Whether `received` holds a whole response with a `Content-Length` body.
-fn complete(received: &[u8]) -> bool {
+pub fn complete(received: &[u8]) -> bool {
     let Some(end) = head_end(received) else {
         return false;
     };
@@ -124,7 +139,8 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-fn parse(received: &[u8]) -> io::Result<HttpResponse> {
+/// Parses one whole response.
+pub fn parse(received: &[u8]) -> io::Result<HttpResponse> {
     let end = head_end(received).ok_or_else(|| {
         invalid(format!(
             "no complete response head in {:?}",

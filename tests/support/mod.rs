@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod registry;
+pub mod server;
 
 use std::io::Write;
 use std::path::PathBuf;

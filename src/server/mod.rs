@@ -8,23 +8,36 @@
 //! - `GET /functions`: the configured functions and their containers.
 //! - `GET /healthz`: 200 while the server runs.
 //! - `GET /metrics`: Prometheus text.
+//!
+//! Every error the API sends, unknown routes and wrong methods included, is JSON.
+//! A request body is always read to its end (within the size limit and the body
+//! timeout) before the answer, so a keep-alive connection stays usable; an answer
+//! sent with the body unread says `Connection: close`. With [`auth::Tokens`], every
+//! route but `/healthz` (and `/metrics`, unless configured) needs a bearer token.
+//! [`connections`] is the listener: connection cap, head timeout, drain on stop.
+
+pub mod auth;
+pub mod connections;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request as HttpRequest, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 use crate::driver::Driver;
 use crate::error::CallError;
 use crate::pool::{Format, FunctionSpec, Pool, Request};
+use auth::Tokens;
 
 /// What every request handler shares.
 pub struct AppState<D: Driver> {
@@ -34,8 +47,14 @@ pub struct AppState<D: Driver> {
     pub functions: BTreeMap<String, FunctionSpec>,
     /// The largest request body accepted, in bytes.
     pub max_body: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
     /// Renders `/metrics`; `None` serves an empty page.
     pub metrics: Option<PrometheusHandle>,
+    /// The bearer tokens that let requests in; `None`: no authentication.
+    pub tokens: Option<Tokens>,
+    /// Whether `/metrics` needs a token too (when there are tokens).
+    pub metrics_auth: bool,
 }
 
 /// The router of the API.
@@ -45,6 +64,12 @@ pub fn router<D: Driver>(state: Arc<AppState<D>>) -> Router {
         .route("/functions", get(functions::<D>))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics::<D>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::<D>,
+        ))
         .with_state(state)
 }
 
@@ -65,6 +90,105 @@ impl IntoResponse for Json {
 fn api_error(status: StatusCode, kind: &str, message: String, call_id: &str) -> Response {
     let body = json!({"error": {"kind": kind, "message": message, "call_id": call_id}});
     (status, Json(body)).into_response()
+}
+
+/// `response`, telling the client this connection ends after it: the request
+/// body was not read to its end, so the connection cannot carry another request.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+async fn not_found(request: HttpRequest) -> Response {
+    closing(api_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route {} {}; the API has POST /invoke/{{name}}, GET /functions, GET /healthz, GET /metrics",
+            request.method(),
+            request.uri().path()
+        ),
+        "-",
+    ))
+}
+
+async fn method_not_allowed(request: HttpRequest) -> Response {
+    closing(api_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+        "-",
+    ))
+}
+
+/// Lets a request through if it needs no token or carries a good one.
+async fn authenticate<D: Driver>(
+    State(state): State<Arc<AppState<D>>>,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    let open = match request.uri().path() {
+        "/healthz" => true,
+        "/metrics" => !state.metrics_auth,
+        _ => false,
+    };
+    match &state.tokens {
+        Some(tokens) if !open && !tokens.admits(request.headers()) => {
+            let mut response = closing(api_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this server needs `Authorization: Bearer <token>` with a configured token".into(),
+                "-",
+            ));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// Reads a request body of at most `max` bytes within `timeout`; an error
+/// answer otherwise (the connection closes after it).
+async fn read_body(
+    body: Body,
+    max: usize,
+    timeout: Duration,
+    call_id: &str,
+) -> Result<Bytes, Response> {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect()).await;
+    let error = match collected {
+        Ok(Ok(collected)) => return Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {max} bytes"),
+            call_id,
+        ),
+        Ok(Err(error)) => api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the request body is malformed: {error}"),
+            call_id,
+        ),
+        Err(_) => api_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(timeout)
+            ),
+            call_id,
+        ),
+    };
+    Err(closing(error))
 }
 
 fn call_error(error: &CallError, call_id: &str) -> Response {
@@ -117,6 +241,10 @@ async fn invoke<D: Driver>(
     body: Body,
 ) -> Response {
     let call_id = crate::id::new_id();
+    let body = match read_body(body, state.max_body, state.body_timeout, &call_id).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let Some(spec) = state.functions.get(&name) else {
         return api_error(
             StatusCode::NOT_FOUND,
@@ -124,17 +252,6 @@ async fn invoke<D: Driver>(
             format!("no function is named {name:?}; GET /functions lists them"),
             &call_id,
         );
-    };
-    let body = match axum::body::to_bytes(body, state.max_body).await {
-        Ok(body) => body,
-        Err(_) => {
-            return api_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is larger than {} bytes", state.max_body),
-                &call_id,
-            );
-        }
     };
     if spec.format == Format::Line && body.contains(&b'\n') {
         return api_error(

@@ -1,0 +1,90 @@
+//! The listener of `hotpool serve`: accepts connections within a cap and serves
+//! them over HTTP/1.1 with a deadline on every request head.
+//!
+//! A slow or idle client can hold one connection slot at most until the head
+//! timeout; past `max_connections` the server stops accepting, so waiting clients
+//! queue in the kernel's backlog instead of costing file descriptors. On stop, the
+//! listener closes, connections finish the request they are serving, and whatever
+//! is still open when the drain deadline passes (a client holding a half-sent
+//! head, say) is cut: stopping never waits on a client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How the listener treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// The most connections served at once.
+    pub max_connections: usize,
+    /// How long a client may take to send a request head (also how long an idle
+    /// keep-alive connection stays open).
+    pub header_timeout: Duration,
+    /// How long connections get to finish once `stop` fires.
+    pub drain_timeout: Duration,
+}
+
+/// How long to back off when `accept` fails (out of file descriptors, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `app` on `listener` until `stop` fires, then drains connections within
+/// [`ConnectionLimits::drain_timeout`] and returns.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = stop.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        connections.spawn(async move {
+            // A client that resets or times out is its own problem, not the server's.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open at the drain deadline are cut"
+        );
+    }
+    connections.shutdown().await;
+}

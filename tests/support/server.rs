@@ -1,0 +1,375 @@
+//! `hotpool serve` under test: the real binary on a free loopback port with a
+//! config written by the test, its output captured, and helpers to call it, stop
+//! it and check that none of its containers is left.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::http::{self, HttpResponse};
+use super::testfn_image;
+
+/// How long a server may take to answer `/healthz`, or to exit after SIGTERM.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A `[[function]]` table on the test-function image, with 32 MiB of memory;
+/// `extra` is more TOML lines of the table.
+pub fn function(name: &str, cmd: &str, format: &str, extra: &str) -> String {
+    format!(
+        "[[function]]\nname = \"{name}\"\nimage = \"{}\"\ncmd = [\"{cmd}\"]\n\
+         format = \"{format}\"\nmemory = \"32m\"\n{extra}\n",
+        testfn_image()
+    )
+}
+
+/// Output of a child process, collected by a thread so its pipe never fills.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    pub fn drain(&self, mut from: impl Read + Send + 'static) -> JoinHandle<()> {
+        let into = self.0.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                into.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Polls `condition` until it holds, failing with `what` after [`PATIENCE`].
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// The ids of the containers labelled `hotpool.pool=<pool>`, whatever their state.
+pub fn containers_of(pool: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=hotpool.pool={pool}"),
+        ])
+        .output()
+        .expect("run docker ps");
+    assert!(
+        output.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits for `child` to exit, up to `patience`; `None` if it is still running.
+pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the server") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `hotpool serve`. Dropping it sends SIGTERM and waits for the exit;
+/// [`Server::stop`] does the same and asserts a clean exit with no container left.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub pool: String,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    readers: Vec<JoinHandle<()>>,
+    exited: Option<ExitStatus>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server whose pool is `server-test-<test>-<pid>`, with `[server]`
+    /// lines `server_extra` and the `functions` tables, and waits until `/healthz`
+    /// answers.
+    pub fn start(test: &str, server_extra: &str, functions: &[String]) -> Server {
+        Server::start_with(test, server_extra, "shutdown_timeout = \"30s\"", functions)
+    }
+
+    /// [`Server::start`] with `[pool]` lines `pool_extra` besides its name and budget.
+    pub fn start_with(
+        test: &str,
+        server_extra: &str,
+        pool_extra: &str,
+        functions: &[String],
+    ) -> Server {
+        let pool = format!("server-test-{test}-{}", std::process::id());
+        let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let config = format!(
+            "[server]\nlisten = \"{addr}\"\n{server_extra}\n\n\
+             [pool]\nname = \"{pool}\"\nmemory_budget = \"1g\"\n{pool_extra}\n\n{}",
+            functions.join("\n")
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hotpool.toml");
+        std::fs::write(&path, config).expect("write the config");
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hotpool"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("HOTPOOL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hotpool serve");
+        let (stdout, stderr) = (Captured::default(), Captured::default());
+        let readers = vec![
+            stdout.drain(child.stdout.take().unwrap()),
+            stderr.drain(child.stderr.take().unwrap()),
+        ];
+        let mut server = Server {
+            child,
+            addr,
+            pool,
+            stdout,
+            stderr,
+            readers,
+            exited: None,
+            _dir: dir,
+        };
+        server.wait_until_healthy();
+        server
+    }
+
+    pub fn wait_until_healthy(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                panic!(
+                    "hotpool serve exited ({status}) before answering /healthz; stderr:\n{}",
+                    self.stderr.text()
+                );
+            }
+            if let Ok(response) = http::get(self.addr, "/healthz") {
+                assert_eq!(response.status, 200, "/healthz: {response}");
+                assert_eq!(response.json()["status"], "ok", "/healthz: {response}");
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "hotpool serve did not answer /healthz on {}; stderr:\n{}",
+                    self.addr,
+                    self.stderr.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `POST /invoke/<function>`.
+    pub fn invoke(&self, function: &str, body: &[u8]) -> HttpResponse {
+        let path = format!("/invoke/{function}");
+        http::post(self.addr, &path, body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}; server stderr:\n{}", self.stderr.text()))
+    }
+
+    /// `GET path`, which must answer.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http::get(self.addr, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; server stderr:\n{}", self.stderr.text()))
+    }
+
+    /// The entry of `name` in `GET /functions`.
+    pub fn function_status(&self, name: &str) -> Value {
+        let listed = self.get("/functions").json();
+        listed["functions"]
+            .as_array()
+            .expect("functions is an array")
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in /functions: {listed}"))
+            .clone()
+    }
+
+    /// An invocation on a thread of its own, to run alongside the test.
+    pub fn invoke_in_background(&self, function: &str, body: &[u8]) -> Background {
+        let (addr, path, body) = (self.addr, format!("/invoke/{function}"), body.to_vec());
+        let answer = Arc::new(Mutex::new(None));
+        let handle = std::thread::spawn({
+            let answer = answer.clone();
+            move || {
+                let response =
+                    http::post(addr, &path, &body).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+                *answer.lock().unwrap() = Some(response.to_string());
+                response
+            }
+        });
+        Background {
+            handle,
+            answer,
+            stderr: self.stderr.clone(),
+        }
+    }
+
+    /// Polls `/functions` until `function`'s `count` (a pointer into its entry,
+    /// like `/containers/busy`) is `n`, while every call of `running` is still in
+    /// flight.
+    pub fn wait_for_count(&self, function: &str, count: &str, n: u64, running: &[&Background]) {
+        eventually(&format!("{function}{count} is {n}"), || {
+            for call in running {
+                call.assert_running();
+            }
+            self.function_status(function).pointer(count) == Some(&Value::from(n))
+        });
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits for the exit that a SIGTERM started; `None` if it did not come.
+    pub fn wait(&mut self) -> Option<ExitStatus> {
+        self.wait_within(PATIENCE)
+    }
+
+    /// [`Server::wait`], up to `patience`.
+    pub fn wait_within(&mut self, patience: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = wait_for_exit(&mut self.child, patience);
+        }
+        if self.exited.is_some() {
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
+        }
+        self.exited
+    }
+
+    /// SIGTERM, then asserts exit status 0 and that no container of the pool is
+    /// left.
+    pub fn stop(mut self) {
+        self.terminate();
+        let status = self.wait();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "hotpool serve did not exit 0 after SIGTERM ({status:?}); stdout:\n{}\nstderr:\n{}",
+            self.stdout.text(),
+            self.stderr.text()
+        );
+        assert_eq!(
+            containers_of(&self.pool),
+            Vec::<String>::new(),
+            "containers of pool {} are left after shutdown; stderr:\n{}",
+            self.pool,
+            self.stderr.text()
+        );
+    }
+}
+
+impl Drop for Server {
+    /// The path of a test that failed early: stop the server, and if it does not
+    /// go, kill it and remove its containers, without panicking again.
+    fn drop(&mut self) {
+        if self.exited.is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if self.wait().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let left = containers_of(&self.pool);
+            if !left.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&left)
+                    .status();
+            }
+        }
+    }
+}
+
+/// A call running on a thread of its own.
+pub struct Background {
+    handle: JoinHandle<HttpResponse>,
+    answer: Arc<Mutex<Option<String>>>,
+    stderr: Captured,
+}
+
+impl Background {
+    /// Fails the test if the call already got its answer.
+    pub fn assert_running(&self) {
+        if let Some(answer) = self.answer.lock().unwrap().as_ref() {
+            panic!(
+                "a call meant to be in flight already ended: {answer}; server stderr:\n{}",
+                self.stderr.text()
+            );
+        }
+        assert!(!self.handle.is_finished(), "the call's thread panicked");
+    }
+
+    /// The call's answer.
+    pub fn join(self) -> HttpResponse {
+        self.handle.join().expect("the background call")
+    }
+}
+
+/// The error object of a JSON error response, after checking that its
+/// `call_id` matches the `Hotpool-Call-Id` header when there is one.
+pub fn error_of(response: &HttpResponse) -> Value {
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/json"),
+        "{response}"
+    );
+    let json = response.json();
+    let error = json["error"].clone();
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{response}"
+    );
+    let call_id = error["call_id"].as_str().expect("call_id is a string");
+    assert!(!call_id.is_empty(), "{response}");
+    if let Some(header) = response.header("hotpool-call-id") {
+        assert_eq!(call_id, header, "{response}");
+    }
+    error
+}
