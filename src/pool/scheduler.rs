@@ -321,8 +321,13 @@ impl<D: Driver> Inner<D> {
             if let Some(reservation) = self.budget.try_reserve(pool.spec.memory) {
                 return Ok(reservation);
             }
-            self.evict_least_recently_used(pool.key);
+            // After an eviction, wait for its memory: a container going idle in
+            // the meantime must not be evicted too for the same reservation.
+            let evicted = self.evict_least_recently_used(pool.key);
             let wake = async {
+                if evicted {
+                    return freed.await;
+                }
                 tokio::select! {
                     () = &mut freed => {},
                     () = &mut idle_appeared => {},
@@ -338,8 +343,8 @@ impl<D: Driver> Inner<D> {
     }
 
     /// Evicts the least recently used idle container of any function but `except`,
-    /// if there is one.
-    fn evict_least_recently_used(&self, except: FunctionKey) {
+    /// if there is one; says whether there was.
+    fn evict_least_recently_used(&self, except: FunctionKey) -> bool {
         let pools: Vec<_> = self
             .functions
             .iter()
@@ -352,7 +357,7 @@ impl<D: Driver> Inner<D> {
                 .filter_map(|pool| pool.lock().idle.first().map(|s| (s.last_used, pool)))
                 .min_by_key(|(last_used, _)| *last_used);
             let Some((last_used, pool)) = oldest else {
-                return;
+                return false;
             };
             let victim = {
                 let mut slots = pool.lock();
@@ -364,7 +369,7 @@ impl<D: Driver> Inner<D> {
             };
             if let Some(slot) = victim {
                 self.retire(pool, slot.container, EvictionReason::MemoryPressure);
-                return;
+                return true;
             }
         }
     }

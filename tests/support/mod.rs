@@ -194,3 +194,43 @@ pub async fn container_exists(docker: &Docker, id: &str) -> bool {
         Err(e) => panic!("inspecting {id}: {e}"),
     }
 }
+
+/// Removes, when dropped, every container labelled `hotpool.pool=<name>`: a test
+/// that fails half-way (a panic) still leaves nothing behind. After a clean
+/// shutdown it finds nothing to do.
+pub struct PoolGuard(pub String);
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        remove_pool_containers(&self.0);
+    }
+}
+
+/// `docker rm -f` of every container labelled `hotpool.pool=<pool>`; returns how
+/// many there were.
+pub fn remove_pool_containers(pool: &str) -> usize {
+    let listed = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=hotpool.pool={pool}"),
+        ])
+        .output();
+    let Ok(listed) = listed else {
+        return 0;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    ids.len()
+}
