@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
@@ -110,12 +110,11 @@ impl<D: Driver> Inner<D> {
         let cpu_before = container.cookie.cpu_time();
         let call_started = Instant::now();
         let timeout = pool.spec.timeout;
-        let deadline = SystemTime::now() + timeout;
         let max = self.config.max_response_bytes;
         let exchange = async {
             tokio::select! {
                 biased;
-                answer = exchange(pool.spec.format, &mut slot.pipes, request, deadline, max) => answer,
+                answer = exchange(pool.spec.format, &mut slot.pipes, request, timeout, max) => answer,
                 () = container.died().cancelled() => Err(FrameError::Closed),
             }
         };
@@ -242,7 +241,7 @@ async fn exchange(
     format: Format,
     pipes: &mut Pipes,
     request: &Request,
-    deadline: SystemTime,
+    timeout: Duration,
     max_response: usize,
 ) -> Result<FunctionResponse, FrameError> {
     match format {
@@ -256,8 +255,9 @@ async fn exchange(
             })
         }
         Format::Http => {
+            let deadline = format::http::deadline_after(timeout);
             format::http::write_request(&mut pipes.stdin, &request.id, deadline, request).await?;
-            format::http::read_response(&mut pipes.stdout, max_response).await
+            format::http::read_response(&mut pipes.stdout, &request.id, max_response).await
         }
         Format::Cold => unreachable!("cold calls have no hot pipes"),
     }
