@@ -1,13 +1,18 @@
 //! One call: through a hot container's pipes, or in a container of its own (cold).
+//!
+//! Every call is counted in `hotpool_calls_total` once, with its outcome, or as
+//! `cancelled` when its caller dropped it. A cold function's output is buffered up
+//! to the pool's response limit; the container is killed as soon as it writes more.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
@@ -16,7 +21,7 @@ use super::function::FunctionPool;
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::{Format, FunctionSpec};
 use crate::driver::{Cookie, Driver, RunResult};
-use crate::error::CallError;
+use crate::error::{CallError, ErrorKind};
 use crate::stats::{CallStats, Usage};
 
 /// How long a call whose container closed stdout waits for the engine to say why.
@@ -70,19 +75,21 @@ impl<D: Driver> Inner<D> {
             return Err(busy("the pool is shutting down"));
         };
         let pool = self.function_for(spec);
+        let mut count = CallCount {
+            function: pool.name.clone(),
+            outcome: ErrorKind::Cancelled.as_str(),
+        };
         let started = Instant::now();
         let result = match spec.format {
             Format::Cold => self.call_cold(&pool, &request, started).await,
             Format::Line | Format::Http => self.call_hot(&pool, &request, started).await,
         };
-        let function = pool.name.clone();
-        let outcome = match &result {
+        count.outcome = match &result {
             Ok(_) => "success",
             Err(error) => error.kind().as_str(),
         };
-        metrics::counter!(crate::metrics::CALLS_TOTAL, "function" => function.clone(), "outcome" => outcome).increment(1);
         if let Ok(response) = &result {
-            metrics::histogram!(crate::metrics::CALL_DURATION_SECONDS, "function" => function, "start" => response.start.as_str())
+            metrics::histogram!(crate::metrics::CALL_DURATION_SECONDS, "function" => pool.name.clone(), "start" => response.start.as_str())
                 .record(started.elapsed().as_secs_f64());
         }
         result
@@ -110,12 +117,11 @@ impl<D: Driver> Inner<D> {
         let cpu_before = container.cookie.cpu_time();
         let call_started = Instant::now();
         let timeout = pool.spec.timeout;
-        let deadline = SystemTime::now() + timeout;
         let max = self.config.max_response_bytes;
         let exchange = async {
             tokio::select! {
                 biased;
-                answer = exchange(pool.spec.format, &mut slot.pipes, request, deadline, max) => answer,
+                answer = exchange(pool.spec.format, &mut slot.pipes, request, timeout, max) => answer,
                 () = container.died().cancelled() => Err(FrameError::Closed),
             }
         };
@@ -190,7 +196,9 @@ impl<D: Driver> Inner<D> {
         let memory = self.reserve(pool).await?;
         record_queue(pool, started);
 
-        let output = ResponseBuffer::new(self.config.max_response_bytes);
+        // Cancelled by shutdown's abort, or by the output crossing the limit.
+        let stop = self.abort.child_token();
+        let output = ResponseBuffer::new(self.config.max_response_bytes, stop.clone());
         let stats_key = self.collector.next_id();
         let call_tag = Arc::new(CallTag::default());
         call_tag.begin(stats_key);
@@ -212,7 +220,7 @@ impl<D: Driver> Inner<D> {
         let ran = cookie.run().await;
         record_start(&pool.name, starting, ran.as_ref().err());
         let result = match ran {
-            Ok(_) => cookie.wait(&self.abort).await,
+            Ok(_) => cookie.wait(&stop).await,
             Err(error) => RunResult::failed(error),
         };
         cookie.close().await;
@@ -223,10 +231,15 @@ impl<D: Driver> Inner<D> {
             .collector
             .finish(&pool.name, stats_key, stats_key, None, sampled)
             .await;
-        result.into_result()?;
-        let body = output
+        let output = output
             .into_body()
-            .map_err(|detail| CallError::ProtocolError { detail })?;
+            .map_err(|detail| CallError::ProtocolError { detail });
+        let body = match (result.into_result(), output) {
+            // Killed for writing past the limit: the limit is the reason.
+            (Err(CallError::Cancelled), Err(too_large)) => return Err(too_large),
+            (Err(error), _) => return Err(error),
+            (Ok(()), output) => output?,
+        };
         Ok(Response {
             call_id: request.id.clone(),
             start: Start::Cold,
@@ -242,7 +255,7 @@ async fn exchange(
     format: Format,
     pipes: &mut Pipes,
     request: &Request,
-    deadline: SystemTime,
+    timeout: Duration,
     max_response: usize,
 ) -> Result<FunctionResponse, FrameError> {
     match format {
@@ -256,8 +269,9 @@ async fn exchange(
             })
         }
         Format::Http => {
+            let deadline = format::http::deadline_after(timeout);
             format::http::write_request(&mut pipes.stdin, &request.id, deadline, request).await?;
-            format::http::read_response(&mut pipes.stdout, max_response).await
+            format::http::read_response(&mut pipes.stdout, &request.id, max_response).await
         }
         Format::Cold => unreachable!("cold calls have no hot pipes"),
     }
@@ -302,18 +316,35 @@ fn set_call(current: &Mutex<Option<String>>, call_id: &str) {
     *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(call_id.to_owned());
 }
 
-/// Collects a cold container's stdout, up to a limit.
+/// Counts one call in `hotpool_calls_total` when dropped: with its outcome, or as
+/// `cancelled` if the caller dropped the call before it had one.
+struct CallCount {
+    function: Arc<str>,
+    outcome: &'static str,
+}
+
+impl Drop for CallCount {
+    fn drop(&mut self) {
+        metrics::counter!(crate::metrics::CALLS_TOTAL, "function" => self.function.clone(), "outcome" => self.outcome)
+            .increment(1);
+    }
+}
+
+/// Collects a cold container's stdout, up to a limit; past it, keeps nothing more
+/// and cancels `overflow` so the call can kill the container at once.
 #[derive(Clone)]
 struct ResponseBuffer {
     state: Arc<Mutex<(Vec<u8>, bool)>>,
     limit: usize,
+    overflow: CancellationToken,
 }
 
 impl ResponseBuffer {
-    fn new(limit: usize) -> ResponseBuffer {
+    fn new(limit: usize, overflow: CancellationToken) -> ResponseBuffer {
         ResponseBuffer {
             state: Arc::default(),
             limit,
+            overflow,
         }
     }
 
@@ -334,8 +365,9 @@ impl AsyncWrite for ResponseBuffer {
         bytes: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.0.len() + bytes.len() > self.limit {
+        if state.1 || state.0.len() + bytes.len() > self.limit {
             state.1 = true;
+            self.overflow.cancel();
         } else {
             state.0.extend_from_slice(bytes);
         }

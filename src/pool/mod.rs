@@ -59,7 +59,8 @@ impl Default for PoolConfig {
             name: "hotpool".into(),
             memory_budget: 2 << 30,
             shutdown_timeout: Duration::from_secs(30),
-            max_response_bytes: 64 << 20,
+            // Lambda's and fn's payload limit.
+            max_response_bytes: 6 << 20,
             stats_max_points: 240,
         }
     }

@@ -137,27 +137,38 @@ impl DockerCookie {
     }
 
     /// Turns an exit code into a result, asking the engine whether it was an OOM kill.
+    ///
+    /// The wait has returned, so the container did exit with `code`: if the engine
+    /// cannot be asked any more (the container was removed from outside, `docker rm
+    /// -f`), that is what the caller learns, never an engine error.
     async fn judge_exit(&self, code: i64) -> RunResult {
         if code == 0 {
             return RunResult::success();
         }
-        let state = timed(
+        let inspected = timed(
             "inspect",
             self.engine.docker.inspect_container(&self.id, None),
         )
-        .await
-        .map_err(|e| CallError::engine(format!("inspecting container {}: {e}", self.id)));
-        match state {
-            Ok(info) if info.state.as_ref().and_then(|s| s.oom_killed) == Some(true) => {
-                RunResult::failed(CallError::Oom {
-                    limit_bytes: self.memory,
-                })
+        .await;
+        let oom_killed = match inspected {
+            Ok(info) => info.state.and_then(|s| s.oom_killed) == Some(true),
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
+            Err(e) => {
+                tracing::warn!(container = %self.id, error = %e, code, "could not ask the engine whether an exit was an OOM kill");
+                false
             }
-            Ok(_) => RunResult::failed(CallError::Exited {
+        };
+        if oom_killed {
+            RunResult::failed(CallError::Oom {
+                limit_bytes: self.memory,
+            })
+        } else {
+            RunResult::failed(CallError::Exited {
                 code,
                 stderr_tail: self.stderr.tail(),
-            }),
-            Err(e) => RunResult::failed(e),
+            })
         }
     }
 }
@@ -250,7 +261,7 @@ impl Cookie for DockerCookie {
     }
 
     async fn wait(&self, cancel: &CancellationToken) -> RunResult {
-        let deadline = self.timeout.zip(self.started).map(|(t, s)| s + t);
+        let deadline = deadline(self.started, self.timeout);
         let exit = self.exit_code();
         tokio::pin!(exit);
         let interrupted = tokio::select! {
@@ -329,6 +340,12 @@ impl Cookie for DockerCookie {
     }
 }
 
+/// When a task started at `started` times out; `None` without a timeout, or when
+/// the timeout is too long to add up (it never comes).
+fn deadline(started: Option<Instant>, timeout: Option<Duration>) -> Option<Instant> {
+    started?.checked_add(timeout?)
+}
+
 async fn sleep_until_deadline(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -358,5 +375,22 @@ impl Drop for DockerCookie {
                 let _ = engine.remove_container(&id).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_too_long_to_add_up_is_no_deadline() {
+        let now = Instant::now();
+        assert_eq!(deadline(Some(now), Some(Duration::MAX)), None);
+        assert_eq!(
+            deadline(Some(now), Some(Duration::from_secs(5))),
+            Some(now + Duration::from_secs(5))
+        );
+        assert_eq!(deadline(Some(now), None), None);
+        assert_eq!(deadline(None, Some(Duration::from_secs(5))), None);
     }
 }

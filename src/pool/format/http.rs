@@ -2,16 +2,20 @@
 //!
 //! The pool writes `POST /` with a Content-Length body, its own `Hotpool-Call-Id` and
 //! `Hotpool-Deadline`, and the caller's end-to-end headers. The function answers with
-//! a status line, headers and a Content-Length body (no chunked encoding, no 1xx);
-//! bodies are binary-safe.
+//! a status line (200 to 599), headers that echo `Hotpool-Call-Id`, and a
+//! Content-Length body (no chunked encoding); bodies are binary-safe. The echoed id
+//! ties each answer to its call: a late or stray answer carries another id and is a
+//! protocol error, never another caller's response. Hop-by-hop headers and the
+//! function's `Hotpool-*` headers never reach the caller.
 //!
 //! As in `line`, stdout ending anywhere in a response (head or body, whether or not
 //! bytes came) is [`FrameError::Closed`]: the engine says why the container died.
-//! A head that cannot be HTTP, a missing or bad Content-Length, and bytes already
-//! received after the body are [`FrameError::Protocol`].
+//! A head that cannot be HTTP, a missing or bad Content-Length or call id, a status
+//! outside 200-599, and bytes already received after the body are
+//! [`FrameError::Protocol`].
 
 use std::io::Write as _;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,19 +34,25 @@ const MAX_HEAD_BYTES: usize = 64 << 10;
 /// Room for the request line and the pool's own headers.
 const POOL_HEAD_BYTES: usize = 160;
 
-/// Caller headers never forwarded: hop-by-hop, framing, and `Expect` (a `100
-/// Continue` would break the framing). `Proxy-*` and `Hotpool-*` go by prefix.
-const DROPPED_HEADERS: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "host",
-    "expect",
-];
+/// The latest deadline RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+const LATEST_DEADLINE: Duration = Duration::from_millis(253_402_300_799_999);
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), never passed on either way; `Proxy-*` too,
+/// by prefix.
+const HOP_BY_HOP_HEADERS: [&str; 5] = ["connection", "keep-alive", "te", "trailer", "upgrade"];
+
+/// Caller headers never forwarded besides hop-by-hop ones: framing, and `Expect`
+/// (a `100 Continue` would break the framing). `Hotpool-*` goes by prefix.
+const FRAMING_HEADERS: [&str; 4] = ["transfer-encoding", "content-length", "host", "expect"];
+
+/// When a call with `timeout` that starts now times out, for `Hotpool-Deadline`:
+/// at the latest [`LATEST_DEADLINE`], also when the sum does not fit a time.
+pub(crate) fn deadline_after(timeout: Duration) -> SystemTime {
+    let latest = UNIX_EPOCH + LATEST_DEADLINE;
+    SystemTime::now()
+        .checked_add(timeout)
+        .map_or(latest, |deadline| deadline.min(latest))
+}
 
 /// Writes the request message in one write, then flushes.
 pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
@@ -82,18 +92,34 @@ fn encode_request(call_id: &str, deadline: SystemTime, request: &Request) -> Vec
     message
 }
 
-/// Whether a caller header goes to the function: end-to-end, not the pool's, and
-/// unable to inject anything (a token name, a value without CR, LF or NUL).
+/// Whether a caller header goes to the function: end-to-end, not framing, not the
+/// pool's, and unable to inject anything (a token name, a value without CR, LF or
+/// NUL).
 fn forwards(name: &str, value: &str) -> bool {
-    let has_prefix = |prefix: &str| {
-        name.get(..prefix.len())
-            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
-    };
     is_token(name)
         && !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0'))
-        && !DROPPED_HEADERS.iter().any(|d| name.eq_ignore_ascii_case(d))
-        && !has_prefix("proxy-")
-        && !has_prefix("hotpool-")
+        && !is_hop_by_hop(name)
+        && !FRAMING_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f))
+        && !has_prefix(name, "hotpool-")
+}
+
+/// Whether a header of a function's response goes back to the caller: end-to-end
+/// and not claiming to be the pool's.
+fn passes_back(name: &str) -> bool {
+    !is_hop_by_hop(name) && !has_prefix(name, "hotpool-")
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP_HEADERS
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+        || has_prefix(name, "proxy-")
+}
+
+/// Whether `name` starts with `prefix`, ignoring ASCII case.
+fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// Whether `name` is an RFC 9110 token, the only thing a header name may be.
@@ -104,12 +130,13 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Reads one response whose body is at most `max_body` bytes.
+/// Reads the response to call `call_id`, whose body is at most `max_body` bytes.
 pub(crate) async fn read_response<R: AsyncBufRead + Unpin>(
     stdout: &mut R,
+    call_id: &str,
     max_body: usize,
 ) -> Result<FunctionResponse, FrameError> {
-    let (head, buffered_after) = read_head(stdout).await?;
+    let (head, buffered_after) = read_head(stdout, call_id).await?;
     if head.content_length > max_body {
         return Err(FrameError::Protocol(format!(
             "the function's response body of {} bytes is larger than {max_body} bytes",
@@ -132,7 +159,7 @@ pub(crate) async fn read_response<R: AsyncBufRead + Unpin>(
 #[derive(Debug)]
 struct Head {
     status: u16,
-    /// Every header but Content-Length, in order.
+    /// The headers that pass back to the caller, in order.
     headers: Vec<(String, String)>,
     content_length: usize,
 }
@@ -142,7 +169,10 @@ struct Head {
 ///
 /// Parses straight from the reader's buffer; only a head split over several reads
 /// is copied.
-async fn read_head<R: AsyncBufRead + Unpin>(stdout: &mut R) -> Result<(Head, usize), FrameError> {
+async fn read_head<R: AsyncBufRead + Unpin>(
+    stdout: &mut R,
+    call_id: &str,
+) -> Result<(Head, usize), FrameError> {
     let mut split_head = Vec::new();
     loop {
         let received = stdout.fill_buf().await?;
@@ -152,10 +182,10 @@ async fn read_head<R: AsyncBufRead + Unpin>(stdout: &mut R) -> Result<(Head, usi
         let before = split_head.len();
         let take = received.len().min(MAX_HEAD_BYTES - before);
         let parsed = if before == 0 {
-            parse_head(&received[..take])?
+            parse_head(&received[..take], call_id)?
         } else {
             split_head.extend_from_slice(&received[..take]);
-            parse_head(&split_head)?
+            parse_head(&split_head, call_id)?
         };
         if let Some((head_len, head)) = parsed {
             let used = head_len - before;
@@ -176,7 +206,8 @@ async fn read_head<R: AsyncBufRead + Unpin>(stdout: &mut R) -> Result<(Head, usi
 }
 
 /// The head at the start of `bytes` and its length, or `None` if it is incomplete.
-fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Head)>, FrameError> {
+/// It must answer call `call_id`.
+fn parse_head(bytes: &[u8], call_id: &str) -> Result<Option<(usize, Head)>, FrameError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut slots);
     let head_len = match response.parse(bytes) {
@@ -188,35 +219,70 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Head)>, FrameError> {
             )));
         }
     };
-    let status = response
-        .code
-        .expect("httparse sets the code of a complete response");
     let mut content_length = None;
+    let mut answers_the_call = false;
+    let mut has_connection = false;
     let mut headers = Vec::with_capacity(response.headers.len());
     for header in response.headers.iter() {
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(FrameError::Protocol(
                 "the function's response has Transfer-Encoding: only Content-Length bodies are supported".into(),
             ));
         }
-        if header.name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("content-length") {
             content_length = Some(merge_content_length(content_length, header.value)?);
-        } else {
+        } else if name.eq_ignore_ascii_case(CALL_ID_HEADER) {
+            if header.value != call_id.as_bytes() {
+                // Never quoted: the id (and the answer) belong to another call.
+                return Err(FrameError::Protocol(format!(
+                    "the function answered with another call's {CALL_ID_HEADER}: a late or stray response"
+                )));
+            }
+            answers_the_call = true;
+        } else if passes_back(name) {
             let value = String::from_utf8_lossy(header.value).into_owned();
-            headers.push((header.name.to_owned(), value));
+            headers.push((name.to_owned(), value));
+        } else {
+            has_connection |= name.eq_ignore_ascii_case("connection");
         }
+    }
+    if !answers_the_call {
+        return Err(FrameError::Protocol(format!(
+            "the function's response has no {CALL_ID_HEADER}: it must echo the request's"
+        )));
+    }
+    let status = response
+        .code
+        .expect("httparse sets the code of a complete response");
+    if !(200..=599).contains(&status) {
+        return Err(FrameError::Protocol(format!(
+            "the function answered with status {status}: a response's status is 200 to 599"
+        )));
     }
     let Some(content_length) = content_length else {
         return Err(FrameError::Protocol(
             "the function sent a response without Content-Length".into(),
         ));
     };
+    if has_connection {
+        headers.retain(|(name, _)| !listed_in_connection(response.headers, name));
+    }
     let head = Head {
         status,
         headers,
         content_length,
     };
     Ok(Some((head_len, head)))
+}
+
+/// Whether a `Connection` header among `headers` names `name` as hop-by-hop too.
+fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|listed| listed.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// The Content-Length `value` says, which must agree with one seen before.
@@ -286,9 +352,27 @@ mod tests {
         [head.as_bytes(), body].concat()
     }
 
+    /// The call id of the tests' responses.
+    const ID: &str = "call-1";
+
+    /// `bytes` with `Hotpool-Call-Id: ID` after the status line, if they start as
+    /// a response.
+    fn stamped(bytes: &[u8]) -> Vec<u8> {
+        let Some(end) = bytes.windows(2).position(|w| w == b"\r\n") else {
+            return bytes.to_vec();
+        };
+        if !bytes.starts_with(b"HTTP/") {
+            return bytes.to_vec();
+        }
+        let id_line = format!("{CALL_ID_HEADER}: {ID}\r\n");
+        [&bytes[..end + 2], id_line.as_bytes(), &bytes[end + 2..]].concat()
+    }
+
+    /// Reads `bytes`, stamped with the call id, as the response to call `ID`.
     async fn read_all(bytes: &[u8]) -> Result<FunctionResponse, FrameError> {
-        let mut stdout = bytes;
-        read_response(&mut stdout, MAX).await
+        let stamped = stamped(bytes);
+        let mut stdout = &stamped[..];
+        read_response(&mut stdout, ID, MAX).await
     }
 
     fn protocol_error(result: Result<FunctionResponse, FrameError>) -> String {
@@ -467,7 +551,8 @@ mod tests {
                 input.read_exact(&mut body).await.unwrap();
                 let call_id = header(&headers, CALL_ID_HEADER)[0];
                 let reply = format!(
-                    "HTTP/1.1 201 Created\r\nX-Call: {call_id}\r\nContent-Length: {len}\r\n\r\n"
+                    "HTTP/1.1 201 Created\r\nX-Call: {call_id}\r\n{CALL_ID_HEADER}: {call_id}\r\n\
+                     Content-Length: {len}\r\n\r\n"
                 );
                 function_in
                     .write_all(&[reply.as_bytes(), &body].concat())
@@ -484,7 +569,7 @@ mod tests {
             write_request(&mut stdin, &call_id, deadline(), &request)
                 .await
                 .unwrap();
-            let response = read_response(&mut stdout, MAX).await.unwrap();
+            let response = read_response(&mut stdout, &call_id, MAX).await.unwrap();
             assert_eq!(response.status, 201);
             assert_eq!(response.headers, [("X-Call".to_owned(), call_id)]);
             assert_eq!(response.body, body);
@@ -529,9 +614,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\nX-A: b\r\nContent-Length: {}\r\n\r\n",
             BINARY.len()
         );
-        let bytes = response_bytes(&head, BINARY);
+        let bytes = stamped(&response_bytes(&head, BINARY));
         let mut stdout = BufReader::with_capacity(3, &bytes[..]);
-        let response = read_response(&mut stdout, MAX).await.unwrap();
+        let response = read_response(&mut stdout, ID, MAX).await.unwrap();
         assert_eq!(response.headers, [("X-A".to_owned(), "b".to_owned())]);
         assert_eq!(response.body, BINARY);
     }
@@ -540,13 +625,13 @@ mod tests {
     async fn one_mib_body_is_read_from_a_pipe() {
         let body: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
         let (mut function, pool) = duplex(4096);
-        let sent = response_bytes(
+        let sent = stamped(&response_bytes(
             &format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()),
             &body,
-        );
+        ));
         tokio::spawn(async move { function.write_all(&sent).await.unwrap() });
         let mut stdout = BufReader::new(pool);
-        let response = read_response(&mut stdout, MAX).await.unwrap();
+        let response = read_response(&mut stdout, ID, MAX).await.unwrap();
         assert_eq!(response.body, body);
     }
 
@@ -623,8 +708,8 @@ mod tests {
 
     #[tokio::test]
     async fn body_larger_than_max_is_protocol() {
-        let mut stdout: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n123456";
-        let message = protocol_error(read_response(&mut stdout, 5).await);
+        let bytes = stamped(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n123456");
+        let message = protocol_error(read_response(&mut &bytes[..], ID, 5).await);
         assert!(message.contains("larger than 5 bytes"), "{message}");
     }
 
@@ -635,7 +720,7 @@ mod tests {
         let head = format!("HTTP/1.1 200 OK\r\nX-Big: {}", "a".repeat(MAX_HEAD_BYTES));
         function.write_all(head.as_bytes()).await.unwrap();
         let mut stdout = BufReader::new(pool);
-        let message = protocol_error(read_response(&mut stdout, MAX).await);
+        let message = protocol_error(read_response(&mut stdout, ID, MAX).await);
         assert!(
             message.contains("head is larger than 65536 bytes"),
             "{message}"
@@ -674,14 +759,115 @@ mod tests {
         let (mut function, pool) = duplex(1024);
         let mut stdout = BufReader::new(pool);
         function
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+            .write_all(b"HTTP/1.1 200 OK\r\nHotpool-Call-Id: a\r\nContent-Length: 1\r\n\r\na")
             .await
             .unwrap();
-        assert_eq!(read_response(&mut stdout, MAX).await.unwrap().body, "a");
+        let first = read_response(&mut stdout, "a", MAX).await.unwrap();
+        assert_eq!(first.body, "a");
         function
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+            .write_all(b"HTTP/1.1 200 OK\r\nHotpool-Call-Id: b\r\nContent-Length: 1\r\n\r\nb")
             .await
             .unwrap();
-        assert_eq!(read_response(&mut stdout, MAX).await.unwrap().body, "b");
+        assert_eq!(
+            read_response(&mut stdout, "b", MAX).await.unwrap().body,
+            "b"
+        );
+    }
+
+    #[tokio::test]
+    async fn response_without_the_call_id_is_protocol() {
+        let mut stdout: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let message = protocol_error(read_response(&mut stdout, ID, MAX).await);
+        assert!(message.contains("no Hotpool-Call-Id"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_to_an_earlier_call_is_protocol_and_never_quoted() {
+        // The function answered call `earlier` again while `later` was asked.
+        let (mut function, pool) = duplex(1024);
+        let mut stdout = BufReader::new(pool);
+        let answer =
+            b"HTTP/1.1 200 OK\r\nhotpool-call-id: earlier\r\nContent-Length: 6\r\n\r\nsecret";
+        function.write_all(answer).await.unwrap();
+        let message = protocol_error(read_response(&mut stdout, "later", MAX).await);
+        assert!(
+            message.contains("another call's Hotpool-Call-Id"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("earlier") && !message.contains("secret"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_call_id_that_differs_is_protocol() {
+        let bytes = b"HTTP/1.1 200 OK\r\nHotpool-Call-Id: call-0\r\nContent-Length: 0\r\n\r\n";
+        let message = protocol_error(read_all(bytes).await);
+        assert!(message.contains("another call's"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn the_call_id_is_not_passed_back_as_a_function_header() {
+        let response = read_all(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response.headers, [("X-A".to_owned(), "1".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn statuses_outside_200_to_599_are_protocol() {
+        for status in [
+            "100 Continue",
+            "101 Switching Protocols",
+            "199 X",
+            "600 X",
+            "999 X",
+        ] {
+            let head =
+                format!("HTTP/1.1 {status}\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n");
+            let message = protocol_error(read_all(head.as_bytes()).await);
+            assert!(message.contains("200 to 599"), "{status}: {message}");
+        }
+        for status in [200, 599] {
+            let head = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(read_all(head.as_bytes()).await.unwrap().status, status);
+        }
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_and_hotpool_response_headers_are_dropped() {
+        let bytes = b"HTTP/1.1 200 OK\r\nX-Kept: 1\r\nConnection: close, X-Private\r\n\
+                      Keep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-Sum\r\n\
+                      Upgrade: h2c\r\nProxy-Authenticate: Basic\r\nx-private: secret\r\n\
+                      Hotpool-Start: cold\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n";
+        let response = read_all(bytes).await.unwrap();
+        let names: Vec<&str> = response.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["X-Kept", "Content-Type"]);
+    }
+
+    #[test]
+    fn deadline_of_the_longest_timeout_is_the_latest_writable_time() {
+        let latest = deadline_after(Duration::MAX);
+        assert_eq!(
+            humantime::format_rfc3339_millis(latest).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        let soon = deadline_after(Duration::from_secs(5));
+        assert!(soon > SystemTime::now() && soon < latest);
+    }
+
+    #[tokio::test]
+    async fn request_with_the_longest_timeout_carries_a_deadline() {
+        let mut stdin = Vec::new();
+        let deadline = deadline_after(Duration::MAX);
+        write_request(&mut stdin, "id", deadline, &Request::new("x"))
+            .await
+            .unwrap();
+        let (headers, _) = parse_request(&stdin);
+        assert_eq!(
+            header(&headers, DEADLINE_HEADER),
+            ["9999-12-31T23:59:59.999Z"]
+        );
     }
 }

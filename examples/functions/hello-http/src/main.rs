@@ -4,8 +4,10 @@
 //! stdout with a JSON greeting: `{"greeting":"hello, <name>","call_id":"...",
 //! "calls_served":N}`. The name is the request body (trimmed), or `world` when the
 //! body is empty; `calls_served` counts the calls this container has answered, to
-//! show that it stays hot. A body that is not UTF-8 gets a 400 answer, which is an
-//! answer like any other: the function keeps serving. Logs go to stderr.
+//! show that it stays hot. Every answer echoes the request's `Hotpool-Call-Id`
+//! header, as the format requires: that is how hotpool knows the answer is this
+//! call's. A body that is not UTF-8 gets a 400 answer, which is an answer like any
+//! other: the function keeps serving. Logs go to stderr.
 //!
 //! It uses only the standard library, so it builds into a static binary that runs
 //! in an image `FROM scratch`.
@@ -39,7 +41,9 @@ fn main() {
         eprintln!("call {} answered {status}", request.call_id);
         write!(
             responses,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nHotpool-Call-Id: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            request.call_id,
             body.len()
         )
         .and_then(|()| responses.flush())

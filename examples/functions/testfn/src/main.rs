@@ -15,20 +15,26 @@
 //! stderr MSG       write MSG to stderr, then echo
 //! kill-self        send SIGKILL to itself
 //! spin SECS        burn one CPU and hold 32 MiB for SECS seconds, then echo
+//! flood            write to stdout without end
 //! ```
 //!
 //! Hot modes (many requests over one stdin/stdout):
 //!
 //! ```text
 //! line             one request line in, one response line out
-//! http             HTTP/1.1 requests in, HTTP/1.1 responses out (Content-Length bodies)
+//! http             HTTP/1.1 requests in, HTTP/1.1 responses out (Content-Length
+//!                  bodies, the request's Hotpool-Call-Id echoed, and also as
+//!                  X-Echo-Call-Id)
 //! ```
 //!
 //! In hot modes a request whose body starts with `!` is a command instead of data:
 //! `!exit N`, `!oom`, `!kill-self`, `!sleep MS`, `!stderr MSG` (then echo MSG),
 //! `!garbage` (write bytes that break the framing), `!spin MS`, `!whoami` (answer
-//! the container's hostname, which the engine sets to its id). Anything else is
-//! echoed.
+//! the container's hostname, which the engine sets to its id), `!flood` (write to
+//! stdout without end), `!late MS MSG` (answer MSG, then the same answer again MS
+//! milliseconds later, unasked). `http` only: `!upgrade` (answer `101 Switching
+//! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`).
+//! Anything else is echoed.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::time::{Duration, Instant};
@@ -62,6 +68,7 @@ fn main() {
             spin(Duration::from_secs_f64(arg(1).parse().unwrap_or(1.0)));
             echo();
         }
+        "flood" => flood(),
         "line" => serve_lines(),
         "http" => serve_http(),
         other => {
@@ -106,6 +113,41 @@ fn spin(how_long: Duration) {
     std::hint::black_box(x);
 }
 
+/// Writes to stdout without end, until the pipe breaks.
+fn flood() -> ! {
+    let chunk = vec![b'x'; 64 << 10];
+    let mut out = io::stdout().lock();
+    while out.write_all(&chunk).is_ok() {}
+    std::process::exit(1)
+}
+
+/// Writes `bytes` to stdout and flushes, holding the lock so that answers written
+/// by two threads never interleave.
+fn write_out(bytes: &[u8]) {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes).expect("write");
+    out.flush().expect("flush");
+}
+
+/// `late MS MSG`: the delay and the answer of a command that answers twice.
+fn late_answer(command: &[u8]) -> Option<(Duration, Vec<u8>)> {
+    let text = std::str::from_utf8(command.strip_prefix(b"late ")?).ok()?;
+    let (ms, answer) = text.split_once(' ').unwrap_or((text, ""));
+    Some((
+        Duration::from_millis(ms.parse().ok()?),
+        answer.as_bytes().to_vec(),
+    ))
+}
+
+/// Writes `message` again after `delay`, from another thread, as if a call were
+/// still answering while the next one runs.
+fn answer_again_later(delay: Duration, message: Vec<u8>) {
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        write_out(&message);
+    });
+}
+
 /// Runs a hot-mode command (the body after `!`); returns the bytes to answer with.
 fn command(body: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(body);
@@ -118,6 +160,7 @@ fn command(body: &[u8]) -> Vec<u8> {
         }
         "oom" => oom(),
         "kill-self" => kill_self(),
+        "flood" => flood(),
         "sleep" => {
             std::thread::sleep(Duration::from_millis(rest.trim().parse().unwrap_or(1000)));
             b"slept".to_vec()
@@ -141,7 +184,6 @@ fn command(body: &[u8]) -> Vec<u8> {
 
 fn serve_lines() {
     let mut input = BufReader::new(io::stdin().lock());
-    let mut out = io::stdout().lock();
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -149,24 +191,27 @@ fn serve_lines() {
             return;
         }
         let request = line.strip_suffix(b"\n").unwrap_or(&line);
-        let response = match request.strip_prefix(b"!") {
+        let mut response = match request.strip_prefix(b"!") {
             Some(b"garbage") => {
-                out.write_all(b"first line\nsecond line\n").expect("write");
-                out.flush().expect("flush");
+                write_out(b"first line\nsecond line\n");
                 continue;
             }
-            Some(body) => command(body),
+            Some(body) => match late_answer(body) {
+                Some((delay, answer)) => {
+                    answer_again_later(delay, [&answer[..], b"\n"].concat());
+                    answer
+                }
+                None => command(body),
+            },
             None => request.to_vec(),
         };
-        out.write_all(&response).expect("write");
-        out.write_all(b"\n").expect("write");
-        out.flush().expect("flush");
+        response.push(b'\n');
+        write_out(&response);
     }
 }
 
 fn serve_http() {
     let mut input = BufReader::new(io::stdin().lock());
-    let mut out = io::stdout().lock();
     let mut head = Vec::new();
     loop {
         head.clear();
@@ -181,37 +226,56 @@ fn serve_http() {
             }
         }
         let head_text = String::from_utf8_lossy(&head).into_owned();
-        let content_length = head_text
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        let header = |name: &str| {
+            head_text
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let content_length = header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0);
-        let call_id = head_text
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("hotpool-call-id"))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default();
+        let call_id = header("hotpool-call-id").unwrap_or_default();
         let mut body = vec![0; content_length];
         input.read_exact(&mut body).expect("read body");
-        let response = match body.strip_prefix(b"!") {
+        let (status, headers, response) = match body.strip_prefix(b"!") {
             Some(b"garbage") => {
-                out.write_all(b"this is not HTTP\r\n\r\n").expect("write");
-                out.flush().expect("flush");
+                write_out(b"this is not HTTP\r\n\r\n");
                 continue;
             }
-            Some(command_body) => command(command_body),
-            None => body,
+            Some(b"upgrade") => (
+                "101 Switching Protocols",
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+                Vec::new(),
+            ),
+            Some(b"hop-by-hop") => (
+                "200 OK",
+                "Connection: close, X-Private\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\n\
+                 Trailer: X-Sum\r\nProxy-Authenticate: Basic\r\nX-Private: secret\r\n\
+                 X-Kept: yes\r\n",
+                b"hop-by-hop".to_vec(),
+            ),
+            Some(command_body) => match late_answer(command_body) {
+                Some((delay, answer)) => {
+                    answer_again_later(delay, http_response(&call_id, "200 OK", "", &answer));
+                    ("200 OK", "", answer)
+                }
+                None => ("200 OK", "", command(command_body)),
+            },
+            None => ("200 OK", "", body),
         };
-        write!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
-             X-Echo-Call-Id: {call_id}\r\nContent-Length: {}\r\n\r\n",
-            response.len()
-        )
-        .expect("write");
-        out.write_all(&response).expect("write");
-        out.flush().expect("flush");
+        write_out(&http_response(&call_id, status, headers, &response));
     }
+}
+
+/// A whole response message to call `call_id`; `headers` are extra header lines.
+fn http_response(call_id: &str, status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\n\
+         Hotpool-Call-Id: {call_id}\r\nX-Echo-Call-Id: {call_id}\r\n{headers}\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    [head.as_bytes(), body].concat()
 }

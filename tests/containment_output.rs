@@ -1,0 +1,331 @@
+//! Containment of a function's output (issue #7): an answer reaches its own caller
+//! only, big outputs cannot grow hotpool's memory past the response limit, a
+//! container removed from outside mid-call is typed as an exit, calls dropped by
+//! their caller are counted, and the longest timeouts do not break the arithmetic.
+//!
+//! Each test on the real engine runs its own pool (its containers labelled
+//! `hotpool.pool=<test>-<pid>`) with hostile modes of the test function, and ends
+//! with none of its containers left.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+
+use hotpool::driver::docker::DockerDriver;
+use hotpool::driver::in_process::InProcessDriver;
+use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, PoolConfig, Request};
+use hotpool::{CallError, ErrorKind};
+
+use support::{driver, testfn_image};
+
+const MIB: u64 = 1 << 20;
+
+async fn pool(name: &str) -> Pool<DockerDriver> {
+    Pool::builder(driver().await)
+        .name(format!("{name}-{}", std::process::id()))
+        .memory_budget(1 << 30)
+        .shutdown_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .expect("pool")
+}
+
+fn spec(name: &str, format: Format) -> FunctionSpec {
+    let mut spec = FunctionSpec::new(name, testfn_image());
+    spec.format = format;
+    spec.cmd = vec![format.as_str().replace("cold", "echo")];
+    spec.memory = 32 * MIB;
+    spec.timeout = Duration::from_secs(20);
+    spec.queue_timeout = Duration::from_secs(60);
+    spec
+}
+
+/// The ids of the pool's containers on the engine; running ones only if `running`.
+async fn containers_of(pool: &Pool<DockerDriver>, running: bool) -> HashSet<String> {
+    let filters = HashMap::from([(
+        "label",
+        vec![format!("{POOL_LABEL}={}", pool.config().name)],
+    )]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(!running)
+        .filters(&filters)
+        .build();
+    let listed = pool
+        .driver()
+        .docker()
+        .list_containers(Some(options))
+        .await
+        .expect("list containers");
+    listed.into_iter().filter_map(|c| c.id).collect()
+}
+
+/// Polls a real condition until it holds.
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    for _ in 0..400 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Shuts the pool down, then checks that none of its containers is left.
+async fn shut(pool: Pool<DockerDriver>) {
+    pool.shutdown().await;
+    assert!(
+        containers_of(&pool, false).await.is_empty(),
+        "shutdown left containers"
+    );
+}
+
+/// Runs `test` with a pool, and shuts the pool down (removing its containers)
+/// whether or not the test panicked.
+async fn with_pool(name: &str, test: impl AsyncFnOnce(&Pool<DockerDriver>)) {
+    let pool = pool(name).await;
+    let outcome = AssertUnwindSafe(test(&pool)).catch_unwind().await;
+    shut(pool).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn late_http_answers_never_reach_the_next_caller() {
+    with_pool("test-late-http", async |pool| {
+        let function = spec("late-http", Format::Http);
+        let mut protocol_errors = 0;
+        for i in 0..20 {
+            // Every other call answers, then answers again 50 ms later. The late
+            // answer lands in the middle of a slow call, or while the container is
+            // idle before a quick one.
+            let own = format!("caller-{i}");
+            let (body, expected) = match i % 4 {
+                0 | 2 => (format!("!late 50 {own}"), own.clone()),
+                1 => ("!sleep 200".to_owned(), "slept".to_owned()),
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    (own.clone(), own.clone())
+                }
+            };
+            match pool.call(&function, Request::new(body)).await {
+                Ok(response) => assert_eq!(
+                    String::from_utf8_lossy(&response.body),
+                    expected,
+                    "call {i} got a body that is not its own"
+                ),
+                Err(error) => {
+                    assert_eq!(error.kind(), ErrorKind::ProtocolError, "call {i}: {error}");
+                    protocol_errors += 1;
+                }
+            }
+        }
+        eprintln!("{protocol_errors} of 20 calls met a late answer and got protocol_error");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_http_example_function_echoes_the_call_id_and_is_served() {
+    with_pool("test-hello", async |pool| {
+        let mut hello = FunctionSpec::new("hello", support::hello_image());
+        hello.format = Format::Http;
+        hello.memory = 32 * MIB;
+        for name in ["Ada", "Grace"] {
+            let request = Request::new(name);
+            let call_id = request.id.clone();
+            let response = pool.call(&hello, request).await.expect("a greeting");
+            assert_eq!(response.status, 200);
+            let greeting = String::from_utf8_lossy(&response.body);
+            assert!(
+                greeting.contains(&format!("\"call_id\":\"{call_id}\"")),
+                "{greeting}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped() {
+    with_pool("test-http-headers", async |pool| {
+        let function = spec("http-headers", Format::Http);
+        let upgrade = pool.call(&function, Request::new("!upgrade")).await;
+        assert!(
+            matches!(upgrade, Err(CallError::ProtocolError { ref detail }) if detail.contains("101")),
+            "{upgrade:?}"
+        );
+        let response = pool
+            .call(&function, Request::new("!hop-by-hop"))
+            .await
+            .expect("a 200 with hop-by-hop headers is a response");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, "hop-by-hop");
+        let names: Vec<String> = response
+            .headers
+            .iter()
+            .map(|(name, _)| name.to_ascii_lowercase())
+            .collect();
+        for kept in ["x-kept", "x-echo-call-id", "content-type"] {
+            assert!(names.iter().any(|n| n == kept), "{kept} missing: {names:?}");
+        }
+        for dropped in [
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "trailer",
+            "proxy-authenticate",
+            "x-private",
+            "hotpool-call-id",
+        ] {
+            assert!(
+                !names.iter().any(|n| n == dropped),
+                "{dropped} passed: {names:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cold_endless_writer_is_killed_as_a_protocol_error() {
+    with_pool("test-cold-flood", async |pool| {
+        let mut flood = spec("cold-flood", Format::Cold);
+        flood.cmd = vec!["flood".into()];
+        flood.timeout = Duration::from_secs(60);
+        let result = pool.call(&flood, Request::new("")).await;
+        let limit = PoolConfig::default().max_response_bytes;
+        assert!(
+            matches!(&result, Err(CallError::ProtocolError { detail })
+                if detail.contains(&format!("larger than {limit} bytes"))),
+            "{result:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hot_line_flood_is_a_protocol_error() {
+    with_pool("test-line-flood", async |pool| {
+        let function = spec("line-flood", Format::Line);
+        let result = pool.call(&function, Request::new("!flood")).await;
+        assert!(
+            matches!(&result, Err(CallError::ProtocolError { detail }) if detail.contains("longer than")),
+            "{result:?}"
+        );
+        let after = pool.call(&function, Request::new("next")).await.unwrap();
+        assert_eq!(after.body, "next", "a fresh container serves the next call");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn containers_removed_from_outside_mid_call_are_exited() {
+    with_pool("test-removed", async |pool| {
+        let mut function = spec("removed", Format::Line);
+        function.max_concurrency = 4;
+        for round in 0..5 {
+            // Four calls in four containers, all removed at once: the engine is
+            // busy removing while hotpool asks it how each one ended (before the
+            // fix, one call in 25 got engine_error: the container was gone).
+            let calls: Vec<_> = (0..4)
+                .map(|_| {
+                    let (pool, function) = (pool.clone(), function.clone());
+                    tokio::spawn(
+                        async move { pool.call(&function, Request::new("!sleep 5000")).await },
+                    )
+                })
+                .collect();
+            eventually("the calls are in running containers", async || {
+                pool.status().functions.iter().any(|f| f.busy == 4)
+                    && containers_of(pool, true).await.len() == 4
+            })
+            .await;
+            // Let the requests reach the functions before the containers go.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let docker = pool.driver().docker();
+            let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .build();
+            let removals = containers_of(pool, true).await.into_iter().map(|id| {
+                let options = options.clone();
+                async move { docker.remove_container(&id, Some(options)).await }
+            });
+            for removed in futures_util::future::join_all(removals).await {
+                removed.expect("docker rm -f");
+            }
+            for call in calls {
+                let result = call.await.expect("the call task");
+                assert!(
+                    matches!(result, Err(CallError::Exited { code: 137, .. })),
+                    "round {round}: {result:?}"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_longest_timeout_neither_panics_nor_times_out() {
+    with_pool("test-longest-timeout", async |pool| {
+        for format in [Format::Line, Format::Http, Format::Cold] {
+            let mut function = spec(&format!("forever-{}", format.as_str()), format);
+            function.timeout = Duration::MAX;
+            let response = pool.call(&function, Request::new("patient")).await;
+            assert_eq!(
+                response.map(|r| r.body),
+                Ok("patient".into()),
+                "{}",
+                format.as_str()
+            );
+        }
+    })
+    .await;
+}
+
+/// The value of `hotpool_calls_total{function, outcome}` in a Prometheus text.
+fn calls_total(metrics: &str, function: &str, outcome: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("hotpool_calls_total{"))
+        .filter(|line| line.contains(&format!("function=\"{function}\"")))
+        .filter(|line| line.contains(&format!("outcome=\"{outcome}\"")))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_dropped_by_their_caller_are_counted_as_cancelled() {
+    let metrics = hotpool::metrics::install().expect("the only recorder of this test binary");
+    let driver = InProcessDriver::new(Duration::from_millis(200));
+    let pool = Pool::builder(driver)
+        .name(format!("test-dropped-{}", std::process::id()))
+        .build()
+        .await
+        .expect("pool");
+    let mut function = FunctionSpec::new("dropped", "echo-image");
+    function.cmd = vec!["line".into()];
+    function.max_concurrency = 1;
+    function.timeout = Duration::from_secs(60);
+    // One call in the container, one waiting for it: the caller drops both.
+    let both = futures_util::future::join(
+        pool.call(&function, Request::new("!sleep 10000")),
+        pool.call(&function, Request::new("!sleep 10000")),
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), both)
+            .await
+            .is_err()
+    );
+    let finished = pool.call(&function, Request::new("done")).await.unwrap();
+    assert_eq!(finished.body, "done");
+    let text = metrics.render();
+    assert_eq!(calls_total(&text, "dropped", "cancelled"), 2, "{text}");
+    assert_eq!(calls_total(&text, "dropped", "success"), 1, "{text}");
+    pool.shutdown().await;
+}
