@@ -466,3 +466,30 @@ async fn a_caller_that_gives_up_waiting_costs_no_container() {
     assert_eq!((stats.created, stats.closed), (1, 0));
     pool.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_durations_neither_panic_nor_stop_the_reaper() {
+    let (pool, _driver) = pool(GIB).await;
+    let mut forever = spec("forever");
+    forever.timeout = Duration::MAX;
+    forever.queue_timeout = Duration::MAX;
+    forever.idle_timeout = Duration::MAX;
+    let mut brief = spec("brief");
+    brief.idle_timeout = Duration::from_secs(1);
+    assert_eq!(call(&pool, &forever, "a").await.unwrap(), "a");
+    assert_eq!(call(&pool, &brief, "b").await.unwrap(), "b");
+    // The reaper runs past the endless idle timeout and still removes the
+    // container whose timeout is short.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = pool.status();
+    let idle = |name: &str| {
+        status
+            .functions
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .idle
+    };
+    assert_eq!((idle("forever"), idle("brief")), (1, 0), "{status:?}");
+    pool.shutdown().await;
+}

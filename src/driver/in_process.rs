@@ -261,7 +261,11 @@ impl Cookie for InProcessCookie {
 
     async fn wait(&self, cancel: &CancellationToken) -> RunResult {
         let mut exit = self.exit.subscribe();
-        let deadline = self.timeout.zip(self.started).map(|(t, s)| s + t);
+        // A timeout too long to add is no deadline.
+        let deadline = self
+            .timeout
+            .zip(self.started)
+            .and_then(|(t, s)| s.checked_add(t));
         let sleep = async {
             match deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,

@@ -152,7 +152,7 @@ impl<D: Driver> Inner<D> {
         self: &Arc<Self>,
         pool: &Arc<FunctionPool<D>>,
     ) -> Result<CheckedOut<D>, CallError> {
-        let deadline = Instant::now() + pool.spec.queue_timeout;
+        let deadline = expiry(Instant::now(), pool.spec.queue_timeout);
         loop {
             let taken = {
                 let mut slots = pool.lock();
@@ -309,7 +309,7 @@ impl<D: Driver> Inner<D> {
     /// least recently used first, when the budget is full. Waits up to the
     /// function's queue timeout for memory to come back; then the pool is `busy`.
     pub(crate) async fn reserve(&self, pool: &FunctionPool<D>) -> Result<Reservation, CallError> {
-        let deadline = Instant::now() + pool.spec.queue_timeout;
+        let deadline = expiry(Instant::now(), pool.spec.queue_timeout);
         loop {
             // Listen before checking: memory freed or a container going idle between
             // the check and the wait would otherwise be missed.
@@ -617,12 +617,11 @@ const SWEEP_ATTEMPTS: u32 = 8;
 /// The first pause between tries; it doubles each time.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// When an idle container used last at `last_used` expires; never, for a timeout
-/// too long to add.
-fn expiry(last_used: Instant, idle_timeout: Duration) -> Instant {
-    last_used
-        .checked_add(idle_timeout)
-        .unwrap_or_else(|| last_used + Duration::from_secs(100 * 365 * 24 * 3600))
+/// `timeout` after `from`: when an idle container expires, when a waiting call
+/// gives up. A timeout too long to add is a century, which is never.
+fn expiry(from: Instant, timeout: Duration) -> Instant {
+    from.checked_add(timeout)
+        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Kills a container, trying again while the engine fails (an engine restarting
