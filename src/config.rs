@@ -24,7 +24,8 @@ use toml::{Table, Value};
 use crate::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
 use crate::pool::{Format, FunctionSpec};
 use crate::units::{
-    Cpus, parse_bytes, parse_duration, parse_duration_within, parse_timeout, parse_user,
+    Cpus, parse_bytes, parse_bytes_at_least, parse_duration, parse_duration_within, parse_timeout,
+    parse_user, show_bytes,
 };
 
 /// The longest a hot container may be kept idle: a year.
@@ -390,17 +391,6 @@ fn within_budget(section: &Section<'_>, memory: u64, budget: u64) -> Result<u64,
     Ok(memory)
 }
 
-/// A byte count in config syntax, in the largest unit that divides it: `64m`.
-fn show_bytes(bytes: u64) -> String {
-    let units = [(40, "t"), (30, "g"), (20, "m"), (10, "k")];
-    for (shift, unit) in units {
-        if bytes != 0 && bytes.trailing_zeros() >= shift {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
-}
-
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     text.parse()
         .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:8080"))
@@ -432,19 +422,12 @@ fn positive_bytes(text: &str) -> Result<u64, String> {
 
 /// A memory limit of at least the engine's minimum.
 fn memory_limit(text: &str) -> Result<u64, String> {
-    at_least(text, MIN_MEMORY, "the engine's minimum")
+    parse_bytes_at_least(text, MIN_MEMORY)
 }
 
 /// A `/tmp` size of at least [`MIN_TMP_SIZE`].
 fn tmp_size(text: &str) -> Result<u64, String> {
-    at_least(text, MIN_TMP_SIZE, "the minimum")
-}
-
-fn at_least(text: &str, min: u64, what: &str) -> Result<u64, String> {
-    match parse_bytes(text)? {
-        bytes if bytes < min => Err(format!("{text:?} is less than {what}, {}", show_bytes(min))),
-        bytes => Ok(bytes),
-    }
+    parse_bytes_at_least(text, MIN_TMP_SIZE)
 }
 
 /// A request body or response limit: more than 0, at most [`MAX_MESSAGE_SIZE`].
@@ -895,7 +878,7 @@ mod tests {
     fn memory_must_be_positive_and_within_the_budget() {
         assert_eq!(
             function_error("memory = \"0m\""),
-            "function[0].memory: \"0m\" is less than the engine's minimum, 6m"
+            "function[0].memory: \"0m\" is less than the minimum, 6m"
         );
         assert_eq!(
             function_error("memory = \"3g\""),
@@ -1206,7 +1189,7 @@ mod tests {
     fn memory_below_the_engine_minimum_is_rejected() {
         assert_eq!(
             function_error("memory = \"64\""),
-            "function[0].memory: \"64\" is less than the engine's minimum, 6m"
+            "function[0].memory: \"64\" is less than the minimum, 6m"
         );
         let config =
             ServeConfig::from_toml("[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"6m\"")
@@ -1316,16 +1299,5 @@ mod tests {
         let err = ServeConfig::load(&missing).unwrap_err().to_string();
         assert!(err.starts_with("cannot read config "), "{err}");
         assert!(err.contains(&missing.display().to_string()), "{err}");
-    }
-
-    #[test]
-    fn sizes_show_in_config_syntax() {
-        assert_eq!(show_bytes(0), "0");
-        assert_eq!(show_bytes(1000), "1000");
-        assert_eq!(show_bytes(1536), "1536");
-        assert_eq!(show_bytes(3 << 10), "3k");
-        assert_eq!(show_bytes(1536 << 20), "1536m");
-        assert_eq!(show_bytes(2 << 30), "2g");
-        assert_eq!(show_bytes(1 << 40), "1t");
     }
 }

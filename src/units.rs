@@ -44,6 +44,28 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{trimmed:?} is too large"))
 }
 
+/// A byte count in config syntax, in the largest unit that divides it: `64m`.
+pub fn show_bytes(bytes: u64) -> String {
+    let units = [(40, "t"), (30, "g"), (20, "m"), (10, "k")];
+    for (shift, unit) in units {
+        if bytes != 0 && bytes.trailing_zeros() >= shift {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Parses a byte size of at least `min`.
+pub fn parse_bytes_at_least(text: &str, min: u64) -> Result<u64, String> {
+    match parse_bytes(text)? {
+        bytes if bytes < min => Err(format!(
+            "{text:?} is less than the minimum, {}",
+            show_bytes(min)
+        )),
+        bytes => Ok(bytes),
+    }
+}
+
 /// Parses a duration like `5s`, `250ms`, `1m 30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
@@ -203,6 +225,26 @@ mod tests {
             parse_bytes("99999999999t")
                 .unwrap_err()
                 .contains("too large")
+        );
+    }
+
+    #[test]
+    fn sizes_show_in_config_syntax() {
+        assert_eq!(show_bytes(0), "0");
+        assert_eq!(show_bytes(1000), "1000");
+        assert_eq!(show_bytes(1536), "1536");
+        assert_eq!(show_bytes(3 << 10), "3k");
+        assert_eq!(show_bytes(1536 << 20), "1536m");
+        assert_eq!(show_bytes(2 << 30), "2g");
+        assert_eq!(show_bytes(1 << 40), "1t");
+    }
+
+    #[test]
+    fn sizes_with_a_minimum() {
+        assert_eq!(parse_bytes_at_least("6m", 6 << 20), Ok(6 << 20));
+        assert_eq!(
+            parse_bytes_at_least("64", 6 << 20),
+            Err(r#""64" is less than the minimum, 6m"#.to_owned())
         );
     }
 
