@@ -288,6 +288,36 @@ pub(crate) async fn timed<T>(
 mod tests {
     use super::*;
 
+    /// An engine whose client is never used: enough to build container configs.
+    fn offline_engine() -> Engine {
+        Engine {
+            docker: Docker::connect_with_http(
+                "http://127.0.0.1:9",
+                1,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .expect("a client"),
+            docker_config_dir: None,
+            pids_limit: 256,
+            nofile_limit: 1024,
+            pulls: DashMap::new(),
+            pull_count: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn a_tmp_size_of_zero_still_gets_a_bounded_tmp() {
+        // tmpfs reads size=0 and nr_inodes=0 as "no limit".
+        let mut task = Task::new("t", "f", "img");
+        task.tmp_size = 0;
+        let config = offline_engine().container_config(&task);
+        let tmpfs = config.host_config.unwrap().tmpfs.unwrap();
+        assert!(
+            tmpfs["/tmp"].ends_with(",size=1048576,nr_inodes=64"),
+            "{tmpfs:?}"
+        );
+    }
+
     #[test]
     fn container_names_are_sanitized() {
         assert_eq!(container_name("echo/1 a"), "hotpool-echo-1-a");
