@@ -6,18 +6,40 @@
 //! (`server.listen`, `pool.memory_budget`, `function[1].memory`) and the reason.
 //! Sizes (`"64m"`) and durations (`"5s"`) are strings in [`crate::units`] syntax.
 //! Unknown keys are errors in every table. See `examples/hotpool.toml`.
+//!
+//! Every value is bounded, so a config that loads never panics or fails later:
+//! timeouts up to 24 h (an idle timeout up to 365 days), memory of at least the
+//! engine's 6 MiB minimum, counts and request and response sizes within sane
+//! maxima.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
 use crate::pool::{Format, FunctionSpec};
-use crate::units::{parse_bytes, parse_duration};
+use crate::units::{
+    Cpus, parse_bytes, parse_bytes_at_least, parse_duration, parse_duration_within, parse_timeout,
+    parse_user, show_bytes,
+};
+
+/// The longest a hot container may be kept idle: a year.
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// The largest request body or response that may be allowed: 1 GiB.
+const MAX_MESSAGE_SIZE: u64 = 1 << 30;
+/// The most containers one function may run at once.
+const MAX_CONCURRENCY: usize = 10_000;
+/// The most calls that may wait for one function.
+const MAX_QUEUE: usize = 1_000_000;
+/// The most client connections the server may be allowed at once.
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// The most stats points that may be kept per call.
+const MAX_STATS_POINTS: usize = 100_000;
 
 /// Everything `hotpool serve` reads from its config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,24 +58,31 @@ pub struct ServeConfig {
 pub struct ServerConfig {
     /// The address to listen on (`listen`, default `127.0.0.1:8080`).
     pub listen: SocketAddr,
-    /// The largest request body accepted, in bytes (`max_body`, default `6m`).
+    /// The largest request body accepted, in bytes (`max_body`, default `6m`, at
+    /// most `1g`).
     pub max_body: u64,
-    /// The largest response a function may return, in bytes (`max_response`, default `6m`).
+    /// The largest response a function may return, in bytes (`max_response`,
+    /// default `6m`, at most `1g`).
     pub max_response: u64,
-    /// How long a client may take to send a request head (`header_timeout`, default `10s`).
+    /// How long a client may take to send a request head (`header_timeout`,
+    /// default `10s`).
     pub header_timeout: Duration,
-    /// How long a request body may take to arrive (`body_timeout`, default `30s`).
+    /// How long a client may take to send a request body (`body_timeout`, default
+    /// `30s`).
     pub body_timeout: Duration,
-    /// The most connections served at once (`max_connections`, default 512).
+    /// The most client connections open at once (`max_connections`, default 512).
     pub max_connections: usize,
-    /// Bearer tokens, one per line (`auth_tokens_file`, default none: no authentication).
-    pub auth_tokens_file: Option<std::path::PathBuf>,
-    /// Whether `/metrics` needs a token too (`metrics_auth`, default false).
+    /// A file of bearer tokens, one per line, that callers must present
+    /// (`auth_tokens_file`; absent: no authentication).
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Whether `/metrics` needs a token too (`metrics_auth`, default false; needs
+    /// `auth_tokens_file`).
     pub metrics_auth: bool,
 }
 
 impl Default for ServerConfig {
-    /// Listen on `127.0.0.1:8080`, accept bodies up to 6 MiB.
+    /// Listen on `127.0.0.1:8080`, bodies and responses up to 6 MiB, 10 s for a
+    /// request head and 30 s for its body, 512 connections, no authentication.
     fn default() -> ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -78,7 +107,7 @@ pub struct PoolSettings {
     /// (`memory_budget`, default `2g`).
     pub memory_budget: u64,
     /// How long in-flight calls get to finish on shutdown (`shutdown_timeout`,
-    /// default `30s`).
+    /// default `30s`, at most `24h`).
     pub shutdown_timeout: Duration,
     /// The most stats points kept per call (`stats_max_points`, default 240).
     pub stats_max_points: usize,
@@ -134,7 +163,7 @@ impl ServeConfig {
     pub fn from_toml(text: &str) -> Result<ServeConfig, ConfigError> {
         let table = text
             .parse::<Table>()
-            .map_err(|e| ConfigError::new("", e.to_string().trim_end()))?;
+            .map_err(|e| ConfigError::new("", syntax_error(text, &e)))?;
         let root = Section::open(String::new(), &table, ROOT_KEYS)?;
         let server = root.table("server", SERVER_KEYS)?;
         let pool = root.table("pool", POOL_KEYS)?;
@@ -190,39 +219,66 @@ const FUNCTION_KEYS: &[&str] = &[
     "queue_timeout",
     "env",
     "network",
+    "cpus",
+    "user",
+    "tmp_size",
+    "read_only",
+    "log_per_call",
+    "log_rate",
 ];
+
+/// A TOML syntax error on one line: `line L, column C: <reason>` (the caller
+/// names the file).
+fn syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let reason = error.message().lines().collect::<Vec<_>>().join("; ");
+    let Some(span) = error.span() else {
+        return reason;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    format!("line {line}, column {column}: {reason}")
+}
 
 fn server_config(section: Option<Section<'_>>) -> Result<ServerConfig, ConfigError> {
     let defaults = ServerConfig::default();
     let Some(section) = section else {
         return Ok(defaults);
     };
-    Ok(ServerConfig {
+    let config = ServerConfig {
         listen: section
             .parsed("listen", parse_listen)?
             .unwrap_or(defaults.listen),
         max_body: section
-            .parsed("max_body", parse_bytes)?
+            .parsed("max_body", message_size)?
             .unwrap_or(defaults.max_body),
         max_response: section
-            .parsed("max_response", parse_bytes)?
+            .parsed("max_response", message_size)?
             .unwrap_or(defaults.max_response),
         header_timeout: section
-            .parsed("header_timeout", parse_duration)?
+            .parsed("header_timeout", parse_timeout)?
             .unwrap_or(defaults.header_timeout),
         body_timeout: section
-            .parsed("body_timeout", parse_duration)?
+            .parsed("body_timeout", parse_timeout)?
             .unwrap_or(defaults.body_timeout),
         max_connections: section
-            .count("max_connections", 1)?
+            .count("max_connections", 1, MAX_CONNECTIONS)?
             .unwrap_or(defaults.max_connections),
         auth_tokens_file: section
-            .parsed("auth_tokens_file", |p| Ok(std::path::PathBuf::from(p)))?,
-        metrics_auth: matches!(
-            section.table.get("metrics_auth"),
-            Some(Value::Boolean(true))
-        ),
-    })
+            .parsed("auth_tokens_file", non_empty)?
+            .map(PathBuf::from),
+        metrics_auth: section
+            .boolean("metrics_auth")?
+            .unwrap_or(defaults.metrics_auth),
+    };
+    if config.metrics_auth && config.auth_tokens_file.is_none() {
+        return Err(section.error(
+            "metrics_auth",
+            "needs server.auth_tokens_file, the tokens to check",
+        ));
+    }
+    Ok(config)
 }
 
 fn pool_settings(section: Option<Section<'_>>) -> Result<PoolSettings, ConfigError> {
@@ -236,10 +292,10 @@ fn pool_settings(section: Option<Section<'_>>) -> Result<PoolSettings, ConfigErr
             .parsed("memory_budget", positive_bytes)?
             .unwrap_or(defaults.memory_budget),
         shutdown_timeout: section
-            .parsed("shutdown_timeout", parse_duration)?
+            .parsed("shutdown_timeout", shutdown_timeout)?
             .unwrap_or(defaults.shutdown_timeout),
         stats_max_points: section
-            .count("stats_max_points", 0)?
+            .count("stats_max_points", 0, MAX_STATS_POINTS)?
             .unwrap_or(defaults.stats_max_points),
     })
 }
@@ -277,7 +333,7 @@ fn function_spec(section: Section<'_>, pool: &PoolSettings) -> Result<FunctionSp
     let image = section.required("image", non_empty)?;
     let defaults = FunctionSpec::new(name, image);
     let memory = section
-        .parsed("memory", positive_bytes)?
+        .parsed("memory", memory_limit)?
         .unwrap_or(defaults.memory);
     Ok(FunctionSpec {
         cmd: section.strings("cmd")?.unwrap_or(defaults.cmd),
@@ -286,20 +342,36 @@ fn function_spec(section: Section<'_>, pool: &PoolSettings) -> Result<FunctionSp
             .unwrap_or(defaults.format),
         memory: within_budget(&section, memory, pool.memory_budget)?,
         timeout: section
-            .parsed("timeout", positive_duration)?
+            .parsed("timeout", parse_timeout)?
             .unwrap_or(defaults.timeout),
         idle_timeout: section
-            .parsed("idle_timeout", positive_duration)?
+            .parsed("idle_timeout", |text| {
+                parse_duration_within(text, MAX_IDLE_TIMEOUT)
+            })?
             .unwrap_or(defaults.idle_timeout),
         max_concurrency: section
-            .count("max_concurrency", 1)?
+            .count("max_concurrency", 1, MAX_CONCURRENCY)?
             .unwrap_or(defaults.max_concurrency),
-        max_queue: section.count("max_queue", 0)?.unwrap_or(defaults.max_queue),
+        max_queue: section
+            .count("max_queue", 0, MAX_QUEUE)?
+            .unwrap_or(defaults.max_queue),
         queue_timeout: section
-            .parsed("queue_timeout", positive_duration)?
+            .parsed("queue_timeout", parse_timeout)?
             .unwrap_or(defaults.queue_timeout),
         env: section.env("env")?.unwrap_or(defaults.env),
         network: section.parsed("network", non_empty)?,
+        cpus: section.cpus("cpus")?.unwrap_or(defaults.cpus),
+        user: section.parsed("user", parse_user)?.unwrap_or(defaults.user),
+        tmp_size: section
+            .parsed("tmp_size", tmp_size)?
+            .unwrap_or(defaults.tmp_size),
+        read_only: section.boolean("read_only")?.unwrap_or(defaults.read_only),
+        log_per_call: section
+            .parsed("log_per_call", positive_bytes)?
+            .unwrap_or(defaults.log_per_call),
+        log_rate: section
+            .parsed("log_rate", positive_bytes)?
+            .unwrap_or(defaults.log_rate),
         ..defaults
     })
 }
@@ -317,17 +389,6 @@ fn within_budget(section: &Section<'_>, memory: u64, budget: u64) -> Result<u64,
         ));
     }
     Ok(memory)
-}
-
-/// A byte count in config syntax, in the largest unit that divides it: `64m`.
-fn show_bytes(bytes: u64) -> String {
-    let units = [(40, "t"), (30, "g"), (20, "m"), (10, "k")];
-    for (shift, unit) in units {
-        if bytes != 0 && bytes.trailing_zeros() >= shift {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
@@ -359,10 +420,32 @@ fn positive_bytes(text: &str) -> Result<u64, String> {
     }
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
+/// A memory limit of at least the engine's minimum.
+fn memory_limit(text: &str) -> Result<u64, String> {
+    parse_bytes_at_least(text, MIN_MEMORY)
+}
+
+/// A `/tmp` size of at least [`MIN_TMP_SIZE`].
+fn tmp_size(text: &str) -> Result<u64, String> {
+    parse_bytes_at_least(text, MIN_TMP_SIZE)
+}
+
+/// A request body or response limit: more than 0, at most [`MAX_MESSAGE_SIZE`].
+fn message_size(text: &str) -> Result<u64, String> {
+    match positive_bytes(text)? {
+        bytes if bytes > MAX_MESSAGE_SIZE => Err(format!(
+            "{text:?} is more than {}",
+            show_bytes(MAX_MESSAGE_SIZE)
+        )),
+        bytes => Ok(bytes),
+    }
+}
+
+/// A shutdown grace period: 0 (none) up to [`crate::units::MAX_TIMEOUT`].
+fn shutdown_timeout(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
-        Duration::ZERO => Err(format!("{text:?} must be more than 0")),
-        duration => Ok(duration),
+        Duration::ZERO => Ok(Duration::ZERO),
+        _ => parse_timeout(text),
     }
 }
 
@@ -433,19 +516,41 @@ impl<'a> Section<'a> {
             .ok_or_else(|| self.error(key, "is required"))
     }
 
-    /// A whole number of at least `min`.
-    fn count(&self, key: &str, min: i64) -> Result<Option<usize>, ConfigError> {
+    /// A whole number from `min` to `max`.
+    fn count(&self, key: &str, min: usize, max: usize) -> Result<Option<usize>, ConfigError> {
         let number = match self.table.get(key) {
             None => return Ok(None),
             Some(Value::Integer(number)) => *number,
             Some(other) => return Err(self.expected(key, "a whole number", other)),
         };
-        if number < min {
-            return Err(self.error(key, format!("{number} is less than {min}")));
+        match usize::try_from(number) {
+            Ok(count) if count < min => {
+                Err(self.error(key, format!("{number} is less than {min}")))
+            }
+            Ok(count) if count <= max => Ok(Some(count)),
+            Err(_) if number < 0 => Err(self.error(key, format!("{number} is less than {min}"))),
+            _ => Err(self.error(key, format!("{number} is more than {max}"))),
         }
-        usize::try_from(number)
-            .map(Some)
-            .map_err(|_| self.error(key, format!("{number} is too large")))
+    }
+
+    /// `true` or `false`.
+    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(value)) => Ok(Some(*value)),
+            Some(other) => Err(self.expected(key, "true or false", other)),
+        }
+    }
+
+    /// A number of CPUs, whole or fractional: `1`, `0.5`.
+    fn cpus(&self, key: &str) -> Result<Option<Cpus>, ConfigError> {
+        let text = match self.table.get(key) {
+            None => return Ok(None),
+            Some(Value::Integer(number)) => number.to_string(),
+            Some(Value::Float(number)) => number.to_string(),
+            Some(other) => return Err(self.expected(key, "a number like 1 or 0.5", other)),
+        };
+        text.parse().map(Some).map_err(|e| self.error(key, e))
     }
 
     /// An array of strings.
@@ -554,6 +659,12 @@ mod tests {
             [server]
             listen = "0.0.0.0:9090"
             max_body = "1m"
+            max_response = "2m"
+            header_timeout = "3s"
+            body_timeout = "4s"
+            max_connections = 64
+            auth_tokens_file = "/etc/hotpool/tokens"
+            metrics_auth = true
 
             [pool]
             name = "edge-1"
@@ -574,6 +685,12 @@ mod tests {
             queue_timeout = "250ms"
             env = { KEY = "value", EMPTY = "" }
             network = "bridge"
+            cpus = 0.5
+            user = "nobody:nogroup"
+            tmp_size = "8m"
+            read_only = false
+            log_per_call = "64k"
+            log_rate = "1k"
             "#,
         )
         .unwrap();
@@ -581,7 +698,12 @@ mod tests {
             server: ServerConfig {
                 listen: "0.0.0.0:9090".parse().unwrap(),
                 max_body: 1 << 20,
-                ..ServerConfig::default()
+                max_response: 2 << 20,
+                header_timeout: Duration::from_secs(3),
+                body_timeout: Duration::from_secs(4),
+                max_connections: 64,
+                auth_tokens_file: Some(PathBuf::from("/etc/hotpool/tokens")),
+                metrics_auth: true,
             },
             pool: PoolSettings {
                 name: "edge-1".into(),
@@ -605,6 +727,12 @@ mod tests {
                     ("KEY".into(), "value".into()),
                 ]),
                 network: Some("bridge".into()),
+                cpus: "0.5".parse().unwrap(),
+                user: "nobody:nogroup".into(),
+                tmp_size: 8 << 20,
+                read_only: false,
+                log_per_call: 64 << 10,
+                log_rate: 1 << 10,
             }],
         };
         assert_eq!(config, expected);
@@ -616,6 +744,12 @@ mod tests {
             ServeConfig::from_toml("[[function]]\nname = \"echo\"\nimage = \"img\"\n").unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.server.max_body, 6 << 20);
+        assert_eq!(config.server.max_response, 6 << 20);
+        assert_eq!(config.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.server.max_connections, 512);
+        assert_eq!(config.server.auth_tokens_file, None);
+        assert!(!config.server.metrics_auth);
         assert_eq!(config.pool.name, "serve");
         assert_eq!(config.pool.memory_budget, 2 << 30);
         assert_eq!(config.pool.shutdown_timeout, Duration::from_secs(30));
@@ -630,6 +764,12 @@ mod tests {
         assert_eq!(spec.max_queue, 100);
         assert_eq!(spec.queue_timeout, Duration::from_secs(10));
         assert!(spec.cmd.is_empty() && spec.env.is_empty() && spec.network.is_none());
+        assert_eq!(spec.cpus, Cpus::ONE);
+        assert_eq!(spec.user, "1000:1000");
+        assert_eq!(spec.tmp_size, 64 << 20);
+        assert!(spec.read_only);
+        assert_eq!(spec.log_per_call, 1 << 20);
+        assert_eq!(spec.log_rate, 256 << 10);
     }
 
     #[test]
@@ -738,7 +878,7 @@ mod tests {
     fn memory_must_be_positive_and_within_the_budget() {
         assert_eq!(
             function_error("memory = \"0m\""),
-            "function[0].memory: \"0m\" must be more than 0"
+            "function[0].memory: \"0m\" is less than the minimum, 6m"
         );
         assert_eq!(
             function_error("memory = \"3g\""),
@@ -917,13 +1057,222 @@ mod tests {
     }
 
     #[test]
-    fn syntax_errors_carry_line_and_column() {
-        let text = "[server]\nlisten = 127.0.0.1:8080\n";
-        let err = ServeConfig::from_toml(text).unwrap_err();
+    fn syntax_errors_are_one_line_with_line_and_column() {
+        let err = ServeConfig::from_toml("[server]\nlisten = 127.0.0.1:8080\n").unwrap_err();
         assert_eq!(err.key(), "");
-        let toml_message = text.parse::<Table>().unwrap_err().to_string();
-        assert_eq!(err.reason(), toml_message.trim_end());
-        assert!(err.to_string().contains("line 2, column"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "line 2, column 15: invalid float, expected nothing"
+        );
+        // Columns count characters, not bytes.
+        assert_eq!(
+            error("# é\nname = \"é\" x"),
+            "line 2, column 12: unexpected key or value, expected newline, `#`"
+        );
+        for text in ["a = \"x\nb = 1", "[a]\n[a]\n", "x = [1,\n", "= 1"] {
+            let message = error(text);
+            assert!(
+                message.starts_with("line ") && !message.contains('\n'),
+                "{message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_limits_and_authentication_keys() {
+        let server = |fields: &str| {
+            ServeConfig::from_toml(&format!(
+                "[server]\n{fields}\n[[function]]\nname = \"a\"\nimage = \"i\""
+            ))
+            .map(|config| config.server)
+        };
+        let config = server("max_response = \"1g\"\nmax_body = \"1g\"").unwrap();
+        assert_eq!((config.max_response, config.max_body), (1 << 30, 1 << 30));
+        let config = server("auth_tokens_file = \"tokens\"").unwrap();
+        assert_eq!(config.auth_tokens_file, Some(PathBuf::from("tokens")));
+        assert!(!config.metrics_auth);
+        for (fields, message) in [
+            (
+                "max_response = \"2g\"",
+                "server.max_response: \"2g\" is more than 1g",
+            ),
+            (
+                "max_body = \"1t\"",
+                "server.max_body: \"1t\" is more than 1g",
+            ),
+            (
+                "max_response = \"0\"",
+                "server.max_response: \"0\" must be more than 0",
+            ),
+            (
+                "header_timeout = \"0s\"",
+                "server.header_timeout: \"0s\" must be more than 0",
+            ),
+            (
+                "body_timeout = \"25h\"",
+                "server.body_timeout: \"25h\" is more than 24h",
+            ),
+            (
+                "max_connections = 0",
+                "server.max_connections: 0 is less than 1",
+            ),
+            (
+                "max_connections = 9223372036854775807",
+                "server.max_connections: 9223372036854775807 is more than 1000000",
+            ),
+            (
+                "auth_tokens_file = \"\"",
+                "server.auth_tokens_file: must not be empty",
+            ),
+            (
+                "metrics_auth = \"yes\"",
+                "server.metrics_auth: expected true or false, found string \"yes\"",
+            ),
+            (
+                "metrics_auth = true",
+                "server.metrics_auth: needs server.auth_tokens_file, the tokens to check",
+            ),
+        ] {
+            assert_eq!(server(fields).unwrap_err().to_string(), message);
+        }
+    }
+
+    #[test]
+    fn durations_that_would_overflow_clocks_are_rejected() {
+        for key in ["timeout", "queue_timeout"] {
+            assert_eq!(
+                function_error(&format!("{key} = \"10000000000000000000s\"")),
+                format!("function[0].{key}: \"10000000000000000000s\" is more than 24h")
+            );
+            assert_eq!(
+                ServeConfig::from_toml(&format!(
+                    "[[function]]\nname = \"a\"\nimage = \"i\"\n{key} = \"24h\""
+                ))
+                .map(|config| config.functions[0]
+                    .timeout
+                    .max(config.functions[0].queue_timeout)),
+                Ok(Duration::from_secs(24 * 3600))
+            );
+        }
+        assert_eq!(
+            function_error("idle_timeout = \"10000000000000000000s\""),
+            "function[0].idle_timeout: \"10000000000000000000s\" is more than 365d"
+        );
+        assert_eq!(
+            error("[pool]\nshutdown_timeout = \"2d\""),
+            "pool.shutdown_timeout: \"2d\" is more than 24h"
+        );
+        let config = ServeConfig::from_toml(
+            "[pool]\nshutdown_timeout = \"0s\"\n[[function]]\nname = \"a\"\nimage = \"i\"",
+        )
+        .unwrap();
+        assert_eq!(config.pool.shutdown_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn counts_that_would_panic_are_rejected() {
+        assert_eq!(
+            function_error("max_concurrency = 9223372036854775807"),
+            "function[0].max_concurrency: 9223372036854775807 is more than 10000"
+        );
+        assert_eq!(
+            function_error("max_queue = 1000001"),
+            "function[0].max_queue: 1000001 is more than 1000000"
+        );
+        assert_eq!(
+            error("[pool]\nstats_max_points = 100001"),
+            "pool.stats_max_points: 100001 is more than 100000"
+        );
+    }
+
+    #[test]
+    fn memory_below_the_engine_minimum_is_rejected() {
+        assert_eq!(
+            function_error("memory = \"64\""),
+            "function[0].memory: \"64\" is less than the minimum, 6m"
+        );
+        let config =
+            ServeConfig::from_toml("[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"6m\"")
+                .unwrap();
+        assert_eq!(config.functions[0].memory, 6 << 20);
+    }
+
+    #[test]
+    fn cpus_are_whole_or_fractional_and_sane() {
+        let cpus = |value: &str| {
+            ServeConfig::from_toml(&format!(
+                "[[function]]\nname = \"a\"\nimage = \"i\"\ncpus = {value}"
+            ))
+            .map(|config| config.functions[0].cpus.millis())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(cpus("2"), Ok(2000));
+        assert_eq!(cpus("0.25"), Ok(250));
+        assert_eq!(cpus("1.5e0"), Ok(1500));
+        for (value, message) in [
+            ("0", "function[0].cpus: \"0\" is less than 0.01"),
+            (
+                "-1",
+                "function[0].cpus: \"-1\" is not a number of CPUs, like 1 or 0.5",
+            ),
+            (
+                "0.0001",
+                "function[0].cpus: \"0.0001\" has more than 3 decimals",
+            ),
+            ("2000", "function[0].cpus: \"2000\" is more than 1024"),
+            (
+                "nan",
+                "function[0].cpus: \"NaN\" is not a number of CPUs, like 1 or 0.5",
+            ),
+            (
+                "\"1\"",
+                "function[0].cpus: expected a number like 1 or 0.5, found string \"1\"",
+            ),
+        ] {
+            assert_eq!(cpus(value), Err(message.to_owned()), "{value}");
+        }
+    }
+
+    #[test]
+    fn users_tmp_and_read_only_are_checked() {
+        assert_eq!(
+            function_error("user = \"1000:\""),
+            "function[0].user: \"1000:\" is not a user: use uid[:gid] (like 1000:1000) or a \
+             name from the image"
+        );
+        assert_eq!(
+            function_error("tmp_size = \"512k\""),
+            "function[0].tmp_size: \"512k\" is less than the minimum, 1m"
+        );
+        assert_eq!(
+            function_error("read_only = \"false\""),
+            "function[0].read_only: expected true or false, found string \"false\""
+        );
+        let config = ServeConfig::from_toml(
+            "[[function]]\nname = \"a\"\nimage = \"i\"\nuser = \"0\"\ntmp_size = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                config.functions[0].user.as_str(),
+                config.functions[0].tmp_size
+            ),
+            ("0", 1 << 20)
+        );
+    }
+
+    #[test]
+    fn log_limits_are_positive_sizes() {
+        for key in ["log_per_call", "log_rate"] {
+            assert_eq!(
+                function_error(&format!("{key} = \"0\"")),
+                format!("function[0].{key}: \"0\" must be more than 0")
+            );
+            assert_eq!(
+                function_error(&format!("{key} = 100")),
+                format!("function[0].{key}: expected a string in quotes, found integer 100")
+            );
+        }
     }
 
     #[test]
@@ -950,16 +1299,5 @@ mod tests {
         let err = ServeConfig::load(&missing).unwrap_err().to_string();
         assert!(err.starts_with("cannot read config "), "{err}");
         assert!(err.contains(&missing.display().to_string()), "{err}");
-    }
-
-    #[test]
-    fn sizes_show_in_config_syntax() {
-        assert_eq!(show_bytes(0), "0");
-        assert_eq!(show_bytes(1000), "1000");
-        assert_eq!(show_bytes(1536), "1536");
-        assert_eq!(show_bytes(3 << 10), "3k");
-        assert_eq!(show_bytes(1536 << 20), "1536m");
-        assert_eq!(show_bytes(2 << 30), "2g");
-        assert_eq!(show_bytes(1 << 40), "1t");
     }
 }

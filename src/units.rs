@@ -1,6 +1,13 @@
-//! Human units in flags and config: byte sizes (`64m`, `2g`) and durations (`5s`).
+//! The values flags and config share: byte sizes (`64m`, `2g`), durations (`5s`),
+//! CPU quotas (`0.5`) and users (`1000:1000`).
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
+
+/// The longest a call, a queue wait, a shutdown or a client's request may be
+/// given: a day. Longer would be a mistake, and far longer overflows clocks.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Parses a byte size the way `docker run --memory` does: a whole number with an
 /// optional binary suffix `b`, `k`, `m`, `g`, `t` (case-insensitive, an optional
@@ -37,10 +44,156 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{trimmed:?} is too large"))
 }
 
+/// A byte count in config syntax, in the largest unit that divides it: `64m`.
+pub fn show_bytes(bytes: u64) -> String {
+    let units = [(40, "t"), (30, "g"), (20, "m"), (10, "k")];
+    for (shift, unit) in units {
+        if bytes != 0 && bytes.trailing_zeros() >= shift {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Parses a byte size of at least `min`.
+pub fn parse_bytes_at_least(text: &str, min: u64) -> Result<u64, String> {
+    match parse_bytes(text)? {
+        bytes if bytes < min => Err(format!(
+            "{text:?} is less than the minimum, {}",
+            show_bytes(min)
+        )),
+        bytes => Ok(bytes),
+    }
+}
+
 /// Parses a duration like `5s`, `250ms`, `1m 30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration ({e}); use a unit, like 5s or 250ms"))
+}
+
+/// Parses a duration of more than zero and at most `max`.
+pub fn parse_duration_within(text: &str, max: Duration) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{text:?} must be more than 0")),
+        duration if duration > max => Err(format!("{text:?} is more than {}", show_limit(max))),
+        duration => Ok(duration),
+    }
+}
+
+/// Parses a timeout: more than zero and at most [`MAX_TIMEOUT`].
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, MAX_TIMEOUT)
+}
+
+/// A limit of whole hours in duration syntax: `24h`, or `365d` from two days on.
+fn show_limit(limit: Duration) -> String {
+    let hours = limit.as_secs() / 3600;
+    if hours >= 48 && hours.is_multiple_of(24) {
+        format!("{}d", hours / 24)
+    } else {
+        format!("{hours}h")
+    }
+}
+
+/// A CPU quota in thousandths of a core (`0.5` is 500 millicores), from 0.01 (the
+/// engine's minimum) to 1024 cores. An integer, so the specs that carry it stay
+/// `Eq` and `Hash`. Parses and displays as a decimal number of cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cpus(u32);
+
+impl Cpus {
+    /// One core.
+    pub const ONE: Cpus = Cpus(1000);
+    /// The smallest quota the engine takes: a hundredth of a core.
+    pub const MIN: Cpus = Cpus(10);
+    /// The largest quota accepted: 1024 cores.
+    pub const MAX: Cpus = Cpus(1024 * 1000);
+
+    /// The quota in thousandths of a core.
+    pub fn millis(self) -> u32 {
+        self.0
+    }
+
+    /// The quota in the engine's unit, billionths of a core (`NanoCpus`).
+    pub fn nano_cpus(self) -> i64 {
+        i64::from(self.0) * 1_000_000
+    }
+}
+
+impl fmt::Display for Cpus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (cores, millis) = (self.0 / 1000, self.0 % 1000);
+        if millis == 0 {
+            write!(f, "{cores}")
+        } else {
+            let decimals = format!("{millis:03}");
+            write!(f, "{cores}.{}", decimals.trim_end_matches('0'))
+        }
+    }
+}
+
+impl FromStr for Cpus {
+    type Err = String;
+
+    /// Parses a number of cores with at most three decimals: `1`, `0.5`, `2.25`.
+    fn from_str(text: &str) -> Result<Cpus, String> {
+        let text = text.trim();
+        let not_a_number = || format!("{text:?} is not a number of CPUs, like 1 or 0.5");
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+        if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
+            return Err(not_a_number());
+        }
+        if fraction.len() > 3 {
+            return Err(format!("{text:?} has more than 3 decimals"));
+        }
+        let too_many = || format!("{text:?} is more than {}", Cpus::MAX);
+        let whole: u32 = match whole {
+            "" => 0,
+            whole => whole.parse().map_err(|_| too_many())?,
+        };
+        let fraction: u32 = format!("{fraction:0<3}")
+            .parse()
+            .map_err(|_| not_a_number())?;
+        let millis = whole
+            .checked_mul(1000)
+            .and_then(|m| m.checked_add(fraction))
+            .ok_or_else(too_many)?;
+        match Cpus(millis) {
+            cpus if cpus < Cpus::MIN => Err(format!("{text:?} is less than {}", Cpus::MIN)),
+            cpus if cpus > Cpus::MAX => Err(too_many()),
+            cpus => Ok(cpus),
+        }
+    }
+}
+
+/// Checks a user as the engine takes it: `user` or `user:group`, each a number
+/// (`1000`) or a name (`nobody`, looked up in the image's `/etc/passwd` and
+/// `/etc/group` when the container starts).
+pub fn parse_user(text: &str) -> Result<String, String> {
+    let valid = |part: &str| {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            return part.parse::<u32>().is_ok();
+        }
+        let mut bytes = part.bytes();
+        bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            && part.len() <= 32
+    };
+    let (user, group) = match text.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (text, None),
+    };
+    if valid(user) && group.is_none_or(valid) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a user: use uid[:gid] (like 1000:1000) or a name from the image"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -76,9 +229,114 @@ mod tests {
     }
 
     #[test]
+    fn sizes_show_in_config_syntax() {
+        assert_eq!(show_bytes(0), "0");
+        assert_eq!(show_bytes(1000), "1000");
+        assert_eq!(show_bytes(1536), "1536");
+        assert_eq!(show_bytes(3 << 10), "3k");
+        assert_eq!(show_bytes(1536 << 20), "1536m");
+        assert_eq!(show_bytes(2 << 30), "2g");
+        assert_eq!(show_bytes(1 << 40), "1t");
+    }
+
+    #[test]
+    fn sizes_with_a_minimum() {
+        assert_eq!(parse_bytes_at_least("6m", 6 << 20), Ok(6 << 20));
+        assert_eq!(
+            parse_bytes_at_least("64", 6 << 20),
+            Err(r#""64" is less than the minimum, 6m"#.to_owned())
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("5").unwrap_err().contains("use a unit"));
+    }
+
+    #[test]
+    fn durations_within_a_limit() {
+        assert_eq!(parse_timeout("24h"), Ok(MAX_TIMEOUT));
+        assert_eq!(
+            parse_timeout("10000000000000000000s"),
+            Err(r#""10000000000000000000s" is more than 24h"#.to_owned())
+        );
+        assert_eq!(
+            parse_timeout("0ms"),
+            Err(r#""0ms" must be more than 0"#.to_owned())
+        );
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert_eq!(
+            parse_duration_within("366d", year),
+            Err(r#""366d" is more than 365d"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn cpus() {
+        for (text, millis, shown) in [
+            ("1", 1000, "1"),
+            ("0.5", 500, "0.5"),
+            (".25", 250, "0.25"),
+            ("2.", 2000, "2"),
+            ("1.005", 1005, "1.005"),
+            ("0.01", 10, "0.01"),
+            ("1024", 1_024_000, "1024"),
+        ] {
+            let cpus: Cpus = text.parse().unwrap();
+            assert_eq!((cpus.millis(), cpus.to_string().as_str()), (millis, shown));
+        }
+        assert_eq!(Cpus::ONE.nano_cpus(), 1_000_000_000);
+        assert_eq!("0.5".parse::<Cpus>().unwrap().nano_cpus(), 500_000_000);
+    }
+
+    #[test]
+    fn bad_cpus_say_why() {
+        for (text, reason) in [
+            ("", "not a number of CPUs"),
+            (".", "not a number of CPUs"),
+            ("-1", "not a number of CPUs"),
+            ("1e3", "not a number of CPUs"),
+            ("half", "not a number of CPUs"),
+            ("0.0001", "more than 3 decimals"),
+            ("0", "less than 0.01"),
+            ("0.009", "less than 0.01"),
+            ("1025", "more than 1024"),
+            ("99999999999", "more than 1024"),
+        ] {
+            let error = text.parse::<Cpus>().unwrap_err();
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn users() {
+        for user in [
+            "1000",
+            "1000:1000",
+            "0:0",
+            "nobody",
+            "www-data:www-data",
+            "_x:1",
+        ] {
+            assert_eq!(parse_user(user), Ok(user.to_owned()));
+        }
+        for user in [
+            "",
+            ":",
+            "1000:",
+            ":1000",
+            "a b",
+            "-x",
+            "1:2:3",
+            "99999999999",
+            "x;rm",
+        ] {
+            assert!(
+                parse_user(user).unwrap_err().contains("is not a user"),
+                "{user:?}"
+            );
+        }
     }
 }

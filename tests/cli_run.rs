@@ -136,9 +136,162 @@ fn bad_flags_are_named() {
         "{stderr}"
     );
 
-    let output = hotpool_run(&["--env", "NOEQUALS", "x"], b"", |_| {});
+    let output = hotpool_run(&["--env", "=x", "x"], b"", |_| {});
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not KEY=VALUE"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a variable name"));
+}
+
+#[test]
+fn bad_containment_flags_are_named_before_any_container_runs() {
+    for (flag, value, reason) in [
+        ("--cpus", "0", "less than 0.01"),
+        ("--cpus", "lots", "not a number of CPUs"),
+        ("--user", "a b", "is not a user"),
+        ("--tmp-size", "512k", "less than the minimum, 1m"),
+        ("--memory", "64", "less than the minimum, 6m"),
+        ("--timeout", "10000000000000000000s", "more than 24h"),
+    ] {
+        // An unreachable engine: a bad flag must be caught before it is needed.
+        let output = hotpool_run(&[&format!("{flag}={value}"), "x"], b"", |c| {
+            c.env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+        });
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(reason),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}
+
+/// The answers of the test function's line mode to `requests`, one per line.
+fn answers(flags: &[&str], requests: &[&str], configure: impl FnOnce(&mut Command)) -> Vec<String> {
+    let mut args = flags.to_vec();
+    args.extend([testfn_image(), "line"]);
+    let input: String = requests.iter().map(|r| format!("{r}\n")).collect();
+    let output = hotpool_run(&args, input.as_bytes(), configure);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_container_is_contained_by_default() {
+    let answers = answers(
+        &[],
+        &[
+            "!id",
+            "!write-root",
+            "!nofile",
+            "!cpu-quota",
+            "!write-tmp 1048576",
+        ],
+        |_| {},
+    );
+    assert_eq!(answers[0], "1000:1000");
+    assert!(
+        answers[1].contains("os error 30"),
+        "read-only root: {answers:?}"
+    );
+    assert_eq!(answers[2], "1024 1024");
+    assert_eq!(answers[3], "100000 100000", "one CPU");
+    assert_eq!(answers[4], "wrote 1048576: ok", "/tmp is writable");
+}
+
+#[test]
+fn containment_flags_reach_the_container() {
+    let answers_of = |flags: &[&str], requests: &[&str]| answers(flags, requests, |_| {});
+    let chosen = answers_of(
+        &["--cpus", "0.5", "--user", "123:456", "--tmp-size", "2m"],
+        &["!id", "!cpu-quota", "!write-tmp 4194304"],
+    );
+    assert_eq!(chosen[..2], ["123:456", "50000 100000"]);
+    let written: u64 = chosen[2]
+        .strip_prefix("wrote ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{chosen:?}"));
+    assert!(
+        written <= 2 << 20 && chosen[2].contains("os error 28"),
+        "a 2 MiB /tmp: {chosen:?}"
+    );
+
+    let writable = answers_of(&["--read-only=false", "--user", "0"], &["!write-root"]);
+    assert_eq!(writable, ["ok"]);
+    let read_only = answers_of(&["--read-only", "--user", "0"], &["!write-root"]);
+    assert!(read_only[0].contains("os error 30"), "{read_only:?}");
+}
+
+#[test]
+fn env_comes_from_flags_files_and_hotpools_own_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env");
+    std::fs::write(
+        &file,
+        "# comment\n\nFROM_FILE=file value\nOVERRIDDEN=file\n  SECRET\nEMPTY=\n",
+    )
+    .unwrap();
+    let answers = answers(
+        &[
+            "--env-file",
+            file.to_str().unwrap(),
+            "-e",
+            "OVERRIDDEN=flag",
+            "-e",
+            "TOKEN",
+            "-e",
+            "NOT_SET_ANYWHERE",
+        ],
+        &[
+            "!getenv FROM_FILE",
+            "!getenv OVERRIDDEN",
+            "!getenv SECRET",
+            "!getenv TOKEN",
+            "!getenv NOT_SET_ANYWHERE",
+            "!getenv EMPTY",
+        ],
+        |c| {
+            c.env("SECRET", "from hotpool's env")
+                .env("TOKEN", "t0ken")
+                .env_remove("NOT_SET_ANYWHERE");
+        },
+    );
+    assert_eq!(
+        answers,
+        [
+            "file value",
+            "flag",
+            "from hotpool's env",
+            "t0ken",
+            "<unset>",
+            ""
+        ]
+    );
+}
+
+#[test]
+fn a_bad_env_file_is_named_without_its_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env");
+    std::fs::write(&file, "GOOD=1\nBAD NAME=supersecret\n").unwrap();
+    let missing = dir.path().join("missing");
+    for (path, reason) in [(&file, "line 2"), (&missing, "No such file")] {
+        let output = hotpool_run(
+            &["--env-file", path.to_str().unwrap(), testfn_image(), "echo"],
+            b"",
+            |_| {},
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--env-file") && stderr.contains(reason),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("supersecret"), "{stderr}");
+    }
 }
 
 #[test]

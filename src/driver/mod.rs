@@ -10,6 +10,9 @@
 //! without them gets the container's stdin and stdout in [`Running`], so a pool can
 //! keep writing calls into one container (hot). stderr always goes to the task's
 //! sink, and its tail is kept for `exited` errors.
+//!
+//! A task is contained by default ([`Task::new`]): one CPU, an unprivileged user,
+//! a read-only root filesystem and a sized tmpfs at `/tmp`.
 
 pub mod docker;
 pub mod in_process;
@@ -27,6 +30,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::CallError;
 use crate::stats::Stat;
+use crate::units::Cpus;
+
+/// The user tasks run as unless they name another: unprivileged, as fn's were.
+pub const DEFAULT_USER: &str = "1000:1000";
+
+/// The size of a task's `/tmp` unless it names another: 64 MiB.
+pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 
 /// A reader the driver reads from or hands out.
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -57,6 +67,18 @@ pub struct Task {
     pub workdir: Option<String>,
     /// Network mode; `None` means no network at all.
     pub network: Option<String>,
+    /// CPU quota (default one core).
+    pub cpus: Cpus,
+    /// The user the function runs as: `uid[:gid]` or a name from the image
+    /// (default [`DEFAULT_USER`]).
+    pub user: String,
+    /// Size of the tmpfs mounted at `/tmp`, in bytes (default
+    /// [`DEFAULT_TMP_SIZE`]); its inode count scales with it. Its pages count
+    /// against the memory limit.
+    pub tmp_size: u64,
+    /// Whether the root filesystem is read-only (default yes), leaving `/tmp` the
+    /// only place to write.
+    pub read_only: bool,
     /// Labels besides `hotpool=1` and `hotpool.function` (a pool adds `hotpool.pool`).
     pub labels: BTreeMap<String, String>,
     /// Fed to the container's stdin, which is then closed. `None`: stdin is handed
@@ -76,7 +98,9 @@ pub struct Task {
 }
 
 impl Task {
-    /// A task with no limits, no pipes claimed and stderr discarded.
+    /// A contained task (one CPU, user [`DEFAULT_USER`], a read-only root and a
+    /// [`DEFAULT_TMP_SIZE`] `/tmp`) with no memory limit, no timeout, no pipes
+    /// claimed and stderr discarded.
     pub fn new(
         id: impl Into<String>,
         function: impl Into<String>,
@@ -93,6 +117,10 @@ impl Task {
             volumes: Vec::new(),
             workdir: None,
             network: None,
+            cpus: Cpus::ONE,
+            user: DEFAULT_USER.to_owned(),
+            tmp_size: DEFAULT_TMP_SIZE,
+            read_only: true,
             labels: BTreeMap::new(),
             input: None,
             stdout: None,
@@ -112,6 +140,8 @@ impl fmt::Debug for Task {
             .field("command", &self.command)
             .field("memory", &self.memory)
             .field("timeout", &self.timeout)
+            .field("cpus", &self.cpus)
+            .field("user", &self.user)
             .finish_non_exhaustive()
     }
 }

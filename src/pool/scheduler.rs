@@ -300,6 +300,10 @@ impl<D: Driver> Inner<D> {
         task.env = spec.env.clone();
         task.memory = spec.memory;
         task.network = spec.network.clone();
+        task.cpus = spec.cpus;
+        task.user = spec.user.clone();
+        task.tmp_size = spec.tmp_size;
+        task.read_only = spec.read_only;
         task.labels
             .insert(POOL_LABEL.to_owned(), self.config.name.clone());
         task

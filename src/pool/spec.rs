@@ -9,6 +9,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::driver::{DEFAULT_TMP_SIZE, DEFAULT_USER};
+use crate::units::Cpus;
+
 /// How requests and responses travel over a container's stdin and stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -84,11 +87,26 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     /// Network mode; `None`: no network.
     pub network: Option<String>,
+    /// CPU quota of each container.
+    pub cpus: Cpus,
+    /// The user its processes run as: `uid[:gid]` or a name from the image.
+    pub user: String,
+    /// Size of the tmpfs at `/tmp`, in bytes (it counts against `memory`).
+    pub tmp_size: u64,
+    /// Whether the root filesystem is read-only, leaving `/tmp` the only place to
+    /// write.
+    pub read_only: bool,
+    /// The most stderr bytes one call may log; more is dropped with one record saying how much.
+    pub log_per_call: u64,
+    /// The most stderr bytes per second a container may log (a token bucket); more is dropped.
+    pub log_rate: u64,
 }
 
 impl FunctionSpec {
     /// A spec with the defaults: `line` format, 128 MiB, 30 s timeout, 60 s idle
-    /// timeout, 4 containers, 100 queued calls waiting at most 10 s, no network.
+    /// timeout, 4 containers, 100 queued calls waiting at most 10 s, no network,
+    /// one CPU, user `1000:1000`, a read-only root with a 64 MiB `/tmp`, and logs
+    /// of at most 1 MiB per call and 256 KiB/s per container.
     pub fn new(name: impl Into<String>, image: impl Into<String>) -> FunctionSpec {
         FunctionSpec {
             name: name.into(),
@@ -103,6 +121,12 @@ impl FunctionSpec {
             queue_timeout: Duration::from_secs(10),
             env: BTreeMap::new(),
             network: None,
+            cpus: Cpus::ONE,
+            user: DEFAULT_USER.to_owned(),
+            tmp_size: DEFAULT_TMP_SIZE,
+            read_only: true,
+            log_per_call: 1 << 20,
+            log_rate: 256 << 10,
         }
     }
 
@@ -137,8 +161,16 @@ mod tests {
         memory.memory += 1;
         let mut format = base.clone();
         format.format = Format::Http;
+        let mut cpus = base.clone();
+        cpus.cpus = "0.5".parse().unwrap();
+        let mut user = base.clone();
+        user.user = "0".into();
+        let mut tmp_size = base.clone();
+        tmp_size.tmp_size += 1;
+        let mut read_only = base.clone();
+        read_only.read_only = false;
         assert_eq!(base.key(), base.clone().key());
-        for changed in [env, memory, format] {
+        for changed in [env, memory, format, cpus, user, tmp_size, read_only] {
             assert_ne!(base.key(), changed.key());
         }
     }

@@ -2,8 +2,11 @@
 //!
 //! Every container it creates carries the labels `hotpool=1` and
 //! `hotpool.function=<name>`, runs with an init process, no capabilities,
-//! `no-new-privileges`, a pids limit, the task's memory limit with swap disabled,
-//! and no network unless the task names one.
+//! `no-new-privileges`, pids and open-file limits, the task's memory limit with swap
+//! disabled, its CPU quota and user, a read-only root filesystem (unless the task
+//! opts out) with a sized tmpfs at `/tmp`, Docker's own logging off (`none`: the
+//! driver reads stderr through its attach stream), and no network unless the task
+//! names one.
 
 mod attach;
 mod cgroup;
@@ -20,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -35,6 +38,12 @@ use crate::error::CallError;
 pub const LABEL: &str = "hotpool";
 /// The label naming the function a container serves.
 pub const FUNCTION_LABEL: &str = "hotpool.function";
+/// The smallest memory limit the engine accepts: 6 MiB.
+pub const MIN_MEMORY: u64 = 6 << 20;
+/// The smallest `/tmp`: 1 MiB (a tmpfs of size 0 would be unlimited).
+pub const MIN_TMP_SIZE: u64 = 1 << 20;
+/// Bytes of `/tmp` per inode: a 64 MiB `/tmp` holds at most 4096 files.
+const TMP_BYTES_PER_INODE: u64 = 16 << 10;
 
 /// How the Docker driver sets up containers.
 #[derive(Debug, Clone)]
@@ -44,6 +53,8 @@ pub struct DockerOptions {
     pub docker_config_dir: Option<PathBuf>,
     /// The most processes a container may run.
     pub pids_limit: i64,
+    /// The most files a container's process may have open (`nofile`, soft and hard).
+    pub nofile_limit: i64,
 }
 
 impl Default for DockerOptions {
@@ -51,6 +62,7 @@ impl Default for DockerOptions {
         DockerOptions {
             docker_config_dir: None,
             pids_limit: 256,
+            nofile_limit: 1024,
         }
     }
 }
@@ -67,6 +79,7 @@ pub(crate) struct Engine {
     pub(crate) docker: Docker,
     docker_config_dir: Option<PathBuf>,
     pids_limit: i64,
+    nofile_limit: i64,
     pulls: DashMap<String, pull::PullFuture>,
     pull_count: AtomicU64,
 }
@@ -97,6 +110,7 @@ impl DockerDriver {
                 docker,
                 docker_config_dir: credentials::config_dir(options.docker_config_dir.as_deref()),
                 pids_limit: options.pids_limit,
+                nofile_limit: options.nofile_limit,
                 pulls: DashMap::new(),
                 pull_count: AtomicU64::new(0),
             }),
@@ -139,11 +153,17 @@ impl Engine {
     fn container_config(&self, task: &Task) -> ContainerCreateBody {
         let memory = i64::try_from(task.memory).unwrap_or(i64::MAX);
         let limit = (memory > 0).then_some(memory);
+        let tmp_size = task.tmp_size.max(MIN_TMP_SIZE);
+        let tmp_options = format!(
+            "rw,noexec,nosuid,nodev,mode=1777,size={tmp_size},nr_inodes={}",
+            tmp_size / TMP_BYTES_PER_INODE
+        );
         ContainerCreateBody {
             image: Some(task.image.clone()),
             cmd: (!task.command.is_empty()).then(|| task.command.clone()),
             env: Some(task.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: task.workdir.clone(),
+            user: Some(task.user.clone()),
             labels: Some(
                 task.labels
                     .iter()
@@ -165,11 +185,24 @@ impl Engine {
                 memory: limit,
                 // Swap limit equal to the memory limit: no swap at all.
                 memory_swap: limit,
+                nano_cpus: Some(task.cpus.nano_cpus()),
                 network_mode: Some(task.network.clone().unwrap_or_else(|| "none".to_owned())),
                 cap_drop: Some(vec!["ALL".to_owned()]),
                 security_opt: Some(vec!["no-new-privileges".to_owned()]),
                 pids_limit: Some(self.pids_limit),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".to_owned()),
+                    soft: Some(self.nofile_limit),
+                    hard: Some(self.nofile_limit),
+                }]),
                 init: Some(true),
+                readonly_rootfs: Some(task.read_only),
+                tmpfs: Some(HashMap::from([("/tmp".to_owned(), tmp_options)])),
+                // hotpool reads stderr through the attach stream and logs it itself.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".to_owned()),
+                    config: None,
+                }),
                 binds: (!task.volumes.is_empty()).then(|| {
                     task.volumes
                         .iter()
@@ -254,6 +287,36 @@ pub(crate) async fn timed<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine whose client is never used: enough to build container configs.
+    fn offline_engine() -> Engine {
+        Engine {
+            docker: Docker::connect_with_http(
+                "http://127.0.0.1:9",
+                1,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .expect("a client"),
+            docker_config_dir: None,
+            pids_limit: 256,
+            nofile_limit: 1024,
+            pulls: DashMap::new(),
+            pull_count: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn a_tmp_size_of_zero_still_gets_a_bounded_tmp() {
+        // tmpfs reads size=0 and nr_inodes=0 as "no limit".
+        let mut task = Task::new("t", "f", "img");
+        task.tmp_size = 0;
+        let config = offline_engine().container_config(&task);
+        let tmpfs = config.host_config.unwrap().tmpfs.unwrap();
+        assert!(
+            tmpfs["/tmp"].ends_with(",size=1048576,nr_inodes=64"),
+            "{tmpfs:?}"
+        );
+    }
 
     #[test]
     fn container_names_are_sanitized() {

@@ -36,6 +36,8 @@
 //! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`).
 //! Anything else is echoed.
 
+mod host;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -173,6 +175,7 @@ fn command(body: &[u8]) -> Vec<u8> {
             eprintln!("{rest}");
             rest.as_bytes().to_vec()
         }
+        name if host::handles(name) => host::run(name, rest),
         "whoami" => std::fs::read_to_string("/etc/hostname")
             .unwrap_or_default()
             .trim()

@@ -1,0 +1,122 @@
+//! Hot-mode commands that probe what the host lets a function do, so tests can
+//! check its containment from the inside:
+//!
+//! ```text
+//! !write-tmp BYTES  write BYTES into a file in /tmp: "wrote N: ok" or "wrote N: <error>"
+//! !write-root       write a file in /: "ok" or the error
+//! !files N          create N empty files in /tmp: "created N: ok" or "created N: <error>"
+//! !id               the process's "uid:gid"
+//! !nofile           the open-file limit, "soft hard"
+//! !cpu-quota        the cgroup's CPU quota and period in microseconds, "50000 100000"
+//! !getenv NAME      the variable's value, or "<unset>"
+//! ```
+//!
+//! What a command writes it removes again before answering, so the container stays
+//! usable for the next call.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+
+/// Whether `name` is one of these commands.
+pub fn handles(name: &str) -> bool {
+    matches!(
+        name,
+        "write-tmp" | "write-root" | "files" | "id" | "nofile" | "cpu-quota" | "getenv"
+    )
+}
+
+/// Runs the command `name` with its argument text `rest`; returns the answer.
+pub fn run(name: &str, rest: &str) -> Vec<u8> {
+    let rest = rest.trim();
+    let answer = match name {
+        "write-tmp" => write_tmp(rest.parse().unwrap_or(0)),
+        "write-root" => match write_file("/hotpool-write-root", b"x") {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        },
+        "files" => files(rest.parse().unwrap_or(0)),
+        // SAFETY: getuid and getgid have no preconditions.
+        "id" => unsafe { format!("{}:{}", libc::getuid(), libc::getgid()) },
+        "nofile" => nofile(),
+        "cpu-quota" => cpu_quota(),
+        "getenv" => std::env::var(rest).unwrap_or_else(|_| "<unset>".to_owned()),
+        other => format!("unknown host command {other:?}"),
+    };
+    answer.into_bytes()
+}
+
+/// Writes `bytes` into /tmp in 64 KiB chunks, stopping at the first error.
+fn write_tmp(bytes: u64) -> String {
+    const PATH: &str = "/tmp/hotpool-write-tmp";
+    let chunk = vec![0x5a_u8; 64 << 10];
+    let mut written = 0u64;
+    let outcome = File::create(PATH).and_then(|mut file| {
+        while written < bytes {
+            let len = chunk
+                .len()
+                .min(usize::try_from(bytes - written).unwrap_or(usize::MAX));
+            match file.write(&chunk[..len])? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => written += n as u64,
+            }
+        }
+        file.flush()
+    });
+    let _ = fs::remove_file(PATH);
+    format!("wrote {written}: {}", describe(outcome))
+}
+
+/// Creates `count` empty files in /tmp, stopping at the first error.
+fn files(count: u64) -> String {
+    let path = |index: u64| format!("/tmp/hotpool-file-{index}");
+    let mut created = 0u64;
+    let mut outcome = Ok(());
+    while created < count {
+        if let Err(e) = File::create(path(created)) {
+            outcome = Err(e);
+            break;
+        }
+        created += 1;
+    }
+    for index in 0..created {
+        let _ = fs::remove_file(path(index));
+    }
+    format!("created {created}: {}", describe(outcome))
+}
+
+fn write_file(path: &str, data: &[u8]) -> io::Result<()> {
+    fs::write(path, data)?;
+    fs::remove_file(path)
+}
+
+fn describe(outcome: io::Result<()>) -> String {
+    match outcome {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn nofile() -> String {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return io::Error::last_os_error().to_string();
+    }
+    format!("{} {}", limit.rlim_cur, limit.rlim_max)
+}
+
+/// The quota and period from cgroup v2's `cpu.max`, else v1's CFS files.
+fn cpu_quota() -> String {
+    if let Ok(max) = fs::read_to_string("/sys/fs/cgroup/cpu.max") {
+        return max.trim().to_owned();
+    }
+    let read = |file: &str| {
+        fs::read_to_string(format!("/sys/fs/cgroup/cpu/{file}"))
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_else(|e| e.to_string())
+    };
+    format!("{} {}", read("cpu.cfs_quota_us"), read("cpu.cfs_period_us"))
+}
