@@ -20,7 +20,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
@@ -33,6 +33,9 @@ pub use cookie::DockerCookie;
 
 use super::{Driver, Task};
 use crate::error::CallError;
+
+/// How often removing a container is tried while the engine fails.
+const REMOVE_ATTEMPTS: u32 = 5;
 
 /// The label every hotpool container carries, with the value `1`.
 pub const LABEL: &str = "hotpool";
@@ -132,21 +135,37 @@ impl DockerDriver {
 
 impl Engine {
     /// Force-removes a container; one that is already gone is fine.
+    /// Tries again while the engine fails (restarting, say), up to
+    /// [`REMOVE_ATTEMPTS`] times with a doubling pause.
     pub(crate) async fn remove_container(&self, id: &str) -> Result<(), CallError> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        match timed("remove", self.docker.remove_container(id, Some(options))).await {
-            Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            // 409: removal already in progress.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(CallError::engine(format!("removing container {id}: {e}"))),
+        let mut pause = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match timed(
+                "remove",
+                self.docker.remove_container(id, Some(options.clone())),
+            )
+            .await
+            {
+                Ok(()) => return Ok(()),
+                // 404: gone already; 409: its removal is in progress.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404 | 409,
+                    ..
+                }) => return Ok(()),
+                Err(e) if attempt >= REMOVE_ATTEMPTS => {
+                    return Err(CallError::engine(format!("removing container {id}: {e}")));
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+            }
         }
     }
 
