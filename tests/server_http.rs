@@ -339,6 +339,15 @@ fn functions_and_metrics_describe_the_pool() {
     assert_eq!(echo["image"], testfn_image(), "{echo}");
     assert_eq!(echo["max_concurrency"], 3, "{echo}");
     assert_eq!(echo["memory_bytes"], 32u64 << 20, "{echo}");
+    assert_eq!(
+        (
+            echo["cpus"].as_f64(),
+            echo["user"].as_str(),
+            echo["read_only"].as_bool()
+        ),
+        (Some(1.0), Some("1000:1000"), Some(true)),
+        "the containment defaults: {echo}"
+    );
 
     let called = server.invoke("echo", b"counted");
     assert_eq!(called.status, 200, "{called}");

@@ -333,6 +333,11 @@ async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
                 "timeout_ms": spec.timeout.as_millis(),
                 "idle_timeout_ms": spec.idle_timeout.as_millis(),
                 "max_concurrency": spec.max_concurrency,
+                "cpus": f64::from(spec.cpus.millis()) / 1000.0,
+                "user": spec.user,
+                "read_only": spec.read_only,
+                "tmp_size_bytes": spec.tmp_size,
+                "network": spec.network,
                 "containers": {
                     "idle": live.map_or(0, |f| f.idle),
                     "busy": live.map_or(0, |f| f.busy),
