@@ -439,3 +439,35 @@ async fn every_hot_call_gets_its_own_stats() {
     assert!(after.stats.expect("stats").sample_count <= 1);
     shut(pool).await;
 }
+
+#[tokio::test]
+async fn shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of() {
+    let pool = pool("test-sweep", 1 << 30).await;
+    let echo = spec("echo", Format::Line);
+    call(&pool, &echo, "warm").await.unwrap();
+    // A container with the pool's label that the pool never started: what a
+    // removal lost to an engine outage leaves behind.
+    let labels = HashMap::from([
+        ("hotpool".to_owned(), "1".to_owned()),
+        (POOL_LABEL.to_owned(), pool.config().name.clone()),
+    ]);
+    let stray = pool
+        .driver()
+        .docker()
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            bollard::models::ContainerCreateBody {
+                image: Some(testfn_image().to_owned()),
+                labels: Some(labels),
+                host_config: Some(bollard::models::HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create a stray container");
+    assert!(containers_of(&pool).await.contains(&stray.id));
+    shut(pool).await;
+}
