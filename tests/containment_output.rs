@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -17,78 +16,19 @@ use futures_util::FutureExt;
 
 use hotpool::driver::docker::DockerDriver;
 use hotpool::driver::in_process::InProcessDriver;
-use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, PoolConfig, Request};
+use hotpool::pool::{Format, FunctionSpec, Pool, PoolConfig, Request};
 use hotpool::{CallError, ErrorKind};
 
-use support::{driver, testfn_image};
+use support::pool::{containers_of, eventually, shut, spec, test_pool};
 
 const MIB: u64 = 1 << 20;
-
-async fn pool(name: &str) -> Pool<DockerDriver> {
-    Pool::builder(driver().await)
-        .name(format!("{name}-{}", std::process::id()))
-        .memory_budget(1 << 30)
-        .shutdown_timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .expect("pool")
-}
-
-fn spec(name: &str, format: Format) -> FunctionSpec {
-    let mut spec = FunctionSpec::new(name, testfn_image());
-    spec.format = format;
-    spec.cmd = vec![format.as_str().replace("cold", "echo")];
-    spec.memory = 32 * MIB;
-    spec.timeout = Duration::from_secs(20);
-    spec.queue_timeout = Duration::from_secs(60);
-    spec
-}
-
-/// The ids of the pool's containers on the engine; running ones only if `running`.
-async fn containers_of(pool: &Pool<DockerDriver>, running: bool) -> HashSet<String> {
-    let filters = HashMap::from([(
-        "label",
-        vec![format!("{POOL_LABEL}={}", pool.config().name)],
-    )]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(!running)
-        .filters(&filters)
-        .build();
-    let listed = pool
-        .driver()
-        .docker()
-        .list_containers(Some(options))
-        .await
-        .expect("list containers");
-    listed.into_iter().filter_map(|c| c.id).collect()
-}
-
-/// Polls a real condition until it holds.
-async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    for _ in 0..400 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-/// Shuts the pool down, then checks that none of its containers is left.
-async fn shut(pool: Pool<DockerDriver>) {
-    pool.shutdown().await;
-    assert!(
-        containers_of(&pool, false).await.is_empty(),
-        "shutdown left containers"
-    );
-}
 
 /// Runs `test` with a pool, and shuts the pool down (removing its containers)
 /// whether or not the test panicked.
 async fn with_pool(name: &str, test: impl AsyncFnOnce(&Pool<DockerDriver>)) {
-    let pool = pool(name).await;
+    let pool = test_pool(name, 1 << 30).await;
     let outcome = AssertUnwindSafe(test(&pool)).catch_unwind().await;
-    shut(pool).await;
+    shut(&pool).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

@@ -13,49 +13,10 @@ use hotpool::driver::docker::DockerDriver;
 use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, Request, Start};
 use hotpool::{CallError, ErrorKind};
 
-use support::{PoolGuard, driver, testfn_image};
+use support::pool::{containers_of, eventually, shut, spec, test_pool};
+use support::testfn_image;
 
 const MIB: u64 = 1 << 20;
-
-/// A pool on the real engine, with a guard that removes its containers even if
-/// the test fails half-way.
-struct TestPool {
-    pool: Pool<DockerDriver>,
-    _guard: PoolGuard,
-}
-
-impl std::ops::Deref for TestPool {
-    type Target = Pool<DockerDriver>;
-    fn deref(&self) -> &Pool<DockerDriver> {
-        &self.pool
-    }
-}
-
-async fn pool(name: &str, budget: u64) -> TestPool {
-    // The pid keeps two test runs on one engine from removing each other's containers.
-    let name = format!("{name}-{}", std::process::id());
-    let pool = Pool::builder(driver().await)
-        .name(name.clone())
-        .memory_budget(budget)
-        .shutdown_timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .expect("pool");
-    TestPool {
-        pool,
-        _guard: PoolGuard(name),
-    }
-}
-
-fn spec(name: &str, format: Format) -> FunctionSpec {
-    let mut spec = FunctionSpec::new(name, testfn_image());
-    spec.format = format;
-    spec.cmd = vec![format.as_str().replace("cold", "echo")];
-    spec.memory = 32 * MIB;
-    spec.timeout = Duration::from_secs(20);
-    spec.queue_timeout = Duration::from_secs(60);
-    spec
-}
 
 async fn call(
     pool: &Pool<DockerDriver>,
@@ -66,52 +27,14 @@ async fn call(
     Ok(String::from_utf8_lossy(&response.body).into_owned())
 }
 
-/// The ids of the pool's containers on the engine, whatever their state.
-async fn containers_of(pool: &Pool<DockerDriver>) -> HashSet<String> {
-    let filters = HashMap::from([(
-        "label",
-        vec![format!("{POOL_LABEL}={}", pool.config().name)],
-    )]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let listed = pool
-        .driver()
-        .docker()
-        .list_containers(Some(options))
-        .await
-        .unwrap();
-    listed.into_iter().filter_map(|c| c.id).collect()
-}
-
 /// Whether one of `ids` is the container whose hostname is `hostname`.
 fn has(ids: &HashSet<String>, hostname: &str) -> bool {
     ids.iter().any(|id| id.starts_with(hostname))
 }
 
-/// Polls a real condition (the engine's or the pool's view) until it holds.
-async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-async fn shut(pool: TestPool) {
-    pool.shutdown().await;
-    assert!(
-        containers_of(&pool).await.is_empty(),
-        "shutdown left containers"
-    );
-}
-
 #[tokio::test]
 async fn a_hundred_sequential_calls_use_one_container() {
-    let pool = pool("test-sequential", 1 << 30).await;
+    let pool = test_pool("test-sequential", 1 << 30).await;
     let echo = spec("echo", Format::Line);
     let mut hosts = HashSet::new();
     for i in 0..100 {
@@ -132,13 +55,17 @@ async fn a_hundred_sequential_calls_use_one_container() {
         }
     }
     assert_eq!(hosts.len(), 1);
-    assert_eq!(containers_of(&pool).await.len(), 1, "exactly one container");
-    shut(pool).await;
+    assert_eq!(
+        containers_of(&pool, false).await.len(),
+        1,
+        "exactly one container"
+    );
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn sixteen_callers_share_at_most_four_containers() {
-    let pool = pool("test-concurrency", 1 << 30).await;
+    let pool = test_pool("test-concurrency", 1 << 30).await;
     let mut echo = spec("echo", Format::Line);
     echo.max_concurrency = 4;
     let callers = (0..16).map(|_| {
@@ -148,7 +75,7 @@ async fn sixteen_callers_share_at_most_four_containers() {
             for _ in 0..8 {
                 seen.push(call(&pool, &echo, "!whoami").await.unwrap());
                 assert!(
-                    containers_of(&pool).await.len() <= 4,
+                    containers_of(&pool, false).await.len() <= 4,
                     "more than max_concurrency containers"
                 );
             }
@@ -165,12 +92,12 @@ async fn sixteen_callers_share_at_most_four_containers() {
         "every container is reused: {served:?}"
     );
     assert_eq!(served.values().sum::<usize>(), 128);
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container() {
-    let pool = pool("test-oom", 1 << 30).await;
+    let pool = test_pool("test-oom", 1 << 30).await;
     let echo = spec("echo", Format::Line);
     let before = call(&pool, &echo, "!whoami").await.unwrap();
     assert_eq!(
@@ -182,15 +109,15 @@ async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container() {
     let after = call(&pool, &echo, "!whoami").await.unwrap();
     assert_ne!(before, after, "a new container");
     assert!(
-        !has(&containers_of(&pool).await, &before),
+        !has(&containers_of(&pool, false).await, &before),
         "the OOM-killed container was removed"
     );
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn an_exit_in_a_call_is_exited_with_its_code() {
-    let pool = pool("test-exit", 1 << 30).await;
+    let pool = test_pool("test-exit", 1 << 30).await;
     let echo = spec("echo", Format::Line);
     match call(&pool, &echo, "!exit 42").await {
         Err(CallError::Exited { code, stderr_tail }) => {
@@ -200,12 +127,12 @@ async fn an_exit_in_a_call_is_exited_with_its_code() {
         other => panic!("expected exited, got {other:?}"),
     }
     assert_eq!(call(&pool, &echo, "next").await.unwrap(), "next");
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn a_container_killed_outside_while_idle_harms_no_call() {
-    let pool = pool("test-killed-idle", 1 << 30).await;
+    let pool = test_pool("test-killed-idle", 1 << 30).await;
     let echo = spec("echo", Format::Line);
     let victim = call(&pool, &echo, "!whoami").await.unwrap();
     let docker = pool.driver().docker().clone();
@@ -227,29 +154,29 @@ async fn a_container_killed_outside_while_idle_harms_no_call() {
         );
     }
     assert_ne!(call(&pool, &echo, "!whoami").await.unwrap(), victim);
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn garbage_on_stdout_is_a_protocol_error_and_evicts() {
-    let pool = pool("test-garbage", 1 << 30).await;
+    let pool = test_pool("test-garbage", 1 << 30).await;
     for format in [Format::Line, Format::Http] {
         let function = spec(&format!("garbage-{format}"), format);
         let victim = call(&pool, &function, "!whoami").await.unwrap();
         let error = call(&pool, &function, "!garbage").await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::ProtocolError, "{format}: {error}");
         eventually("the broken container is removed", async || {
-            !has(&containers_of(&pool).await, &victim)
+            !has(&containers_of(&pool, false).await, &victim)
         })
         .await;
         assert_eq!(call(&pool, &function, "fine").await.unwrap(), "fine");
     }
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn a_timeout_is_timeout_and_the_container_is_gone() {
-    let pool = pool("test-timeout", 1 << 30).await;
+    let pool = test_pool("test-timeout", 1 << 30).await;
     let mut echo = spec("echo", Format::Line);
     echo.timeout = Duration::from_millis(500);
     let victim = call(&pool, &echo, "!whoami").await.unwrap();
@@ -261,36 +188,36 @@ async fn a_timeout_is_timeout_and_the_container_is_gone() {
         }
     );
     eventually("the timed-out container is removed", async || {
-        !has(&containers_of(&pool).await, &victim)
+        !has(&containers_of(&pool, false).await, &victim)
     })
     .await;
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn idle_containers_are_removed_after_the_idle_timeout() {
-    let pool = pool("test-idle", 1 << 30).await;
+    let pool = test_pool("test-idle", 1 << 30).await;
     let mut echo = spec("echo", Format::Line);
     echo.idle_timeout = Duration::from_millis(500);
     call(&pool, &echo, "warm").await.unwrap();
-    assert_eq!(containers_of(&pool).await.len(), 1);
+    assert_eq!(containers_of(&pool, false).await.len(), 1);
     eventually("the idle container is removed", async || {
-        containers_of(&pool).await.is_empty()
+        containers_of(&pool, false).await.is_empty()
     })
     .await;
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn memory_pressure_evicts_another_functions_idle_container() {
     // Room for two 32 MiB containers.
-    let pool = pool("test-pressure", 64 * MIB).await;
+    let pool = test_pool("test-pressure", 64 * MIB).await;
     let (a, b) = (spec("a", Format::Line), spec("b", Format::Line));
     call(&pool, &a, "!whoami").await.unwrap();
     let (one, two) = tokio::join!(call(&pool, &a, "!sleep 300"), call(&pool, &a, "!whoami"));
     one.unwrap();
     two.unwrap();
-    assert_eq!(containers_of(&pool).await.len(), 2);
+    assert_eq!(containers_of(&pool, false).await.len(), 2);
     call(&pool, &b, "b").await.unwrap();
     let status = pool.status();
     let idle = |name: &str| {
@@ -304,15 +231,15 @@ async fn memory_pressure_evicts_another_functions_idle_container() {
     assert_eq!((idle("a"), idle("b")), (1, 1), "{status:?}");
     assert!(status.memory_reserved <= 64 * MIB);
     eventually("a's evicted container is removed", async || {
-        containers_of(&pool).await.len() == 2
+        containers_of(&pool, false).await.len() == 2
     })
     .await;
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn a_config_change_drains_the_old_containers() {
-    let pool = pool("test-drain", 1 << 30).await;
+    let pool = test_pool("test-drain", 1 << 30).await;
     let old = spec("echo", Format::Line);
     let old_host = call(&pool, &old, "!whoami").await.unwrap();
     let mut new = old.clone();
@@ -320,16 +247,16 @@ async fn a_config_change_drains_the_old_containers() {
     let new_host = call(&pool, &new, "!whoami").await.unwrap();
     assert_ne!(old_host, new_host);
     eventually("the old container drains", async || {
-        !has(&containers_of(&pool).await, &old_host)
+        !has(&containers_of(&pool, false).await, &old_host)
     })
     .await;
-    assert!(has(&containers_of(&pool).await, &new_host));
-    shut(pool).await;
+    assert!(has(&containers_of(&pool, false).await, &new_host));
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn http_functions_answer_with_status_headers_and_binary_bodies() {
-    let pool = pool("test-http", 1 << 30).await;
+    let pool = test_pool("test-http", 1 << 30).await;
     let echo = spec("echo-http", Format::Http);
     let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let request = Request::new(body.clone()).with_header("Content-Type", "application/x-test");
@@ -353,12 +280,12 @@ async fn http_functions_answer_with_status_headers_and_binary_bodies() {
         header("Content-Type").as_deref(),
         Some("application/octet-stream")
     );
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn cold_calls_run_a_container_each_and_remove_it() {
-    let pool = pool("test-cold", 1 << 30).await;
+    let pool = test_pool("test-cold", 1 << 30).await;
     let cold = spec("echo-cold", Format::Cold);
     for i in 0..3 {
         let response = pool
@@ -371,15 +298,15 @@ async fn cold_calls_run_a_container_each_and_remove_it() {
         );
     }
     assert!(
-        containers_of(&pool).await.is_empty(),
+        containers_of(&pool, false).await.is_empty(),
         "cold containers are removed after their call"
     );
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn shutdown_finishes_calls_in_flight_and_leaves_no_container() {
-    let pool = pool("test-shutdown", 1 << 30).await;
+    let pool = test_pool("test-shutdown", 1 << 30).await;
     let echo = spec("echo", Format::Line);
     join_all((0..3).map(|_| call(&pool, &echo, "!sleep 200"))).await;
     let in_flight = tokio::spawn({
@@ -403,12 +330,12 @@ async fn shutdown_finishes_calls_in_flight_and_leaves_no_container() {
     .await;
     assert_eq!(in_flight.await.unwrap().unwrap(), "slept");
     shutdown.await.unwrap();
-    assert!(containers_of(&pool).await.is_empty());
+    assert!(containers_of(&pool, false).await.is_empty());
 }
 
 #[tokio::test]
 async fn every_hot_call_gets_its_own_stats() {
-    let pool = pool("test-stats", 1 << 30).await;
+    let pool = test_pool("test-stats", 1 << 30).await;
     let mut echo = spec("echo", Format::Line);
     echo.memory = 128 * MIB;
     // A short call: far under the engine's sampling interval, counters only.
@@ -437,12 +364,12 @@ async fn every_hot_call_gets_its_own_stats() {
     // one of its own, if the engine's sample lands while it runs).
     let after = pool.call(&echo, Request::new("after")).await.unwrap();
     assert!(after.stats.expect("stats").sample_count <= 1);
-    shut(pool).await;
+    shut(&pool).await;
 }
 
 #[tokio::test]
 async fn shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of() {
-    let pool = pool("test-sweep", 1 << 30).await;
+    let pool = test_pool("test-sweep", 1 << 30).await;
     let echo = spec("echo", Format::Line);
     call(&pool, &echo, "warm").await.unwrap();
     // A container with the pool's label that the pool never started: what a
@@ -468,6 +395,6 @@ async fn shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_o
         )
         .await
         .expect("create a stray container");
-    assert!(containers_of(&pool).await.contains(&stray.id));
-    shut(pool).await;
+    assert!(containers_of(&pool, false).await.contains(&stray.id));
+    shut(&pool).await;
 }

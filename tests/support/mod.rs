@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod http;
+pub mod pool;
 pub mod registry;
 pub mod server;
 
