@@ -559,6 +559,8 @@ mod tests {
                     ("KEY".into(), "value".into()),
                 ]),
                 network: Some("bridge".into()),
+                log_per_call: 1 << 20,
+                log_rate: 256 << 10,
             }],
         };
         assert_eq!(config, expected);

@@ -84,6 +84,10 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     /// Network mode; `None`: no network.
     pub network: Option<String>,
+    /// The most stderr bytes one call may log; more is dropped with one record saying how much.
+    pub log_per_call: u64,
+    /// The most stderr bytes per second a container may log (a token bucket); more is dropped.
+    pub log_rate: u64,
 }
 
 impl FunctionSpec {
@@ -103,6 +107,8 @@ impl FunctionSpec {
             queue_timeout: Duration::from_secs(10),
             env: BTreeMap::new(),
             network: None,
+            log_per_call: 1 << 20,
+            log_rate: 256 << 10,
         }
     }
 
