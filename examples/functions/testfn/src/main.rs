@@ -30,6 +30,8 @@
 //! the container's hostname, which the engine sets to its id). Anything else is
 //! echoed.
 
+mod logs;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -135,6 +137,7 @@ fn command(body: &[u8]) -> Vec<u8> {
             .trim()
             .as_bytes()
             .to_vec(),
+        name if logs::handles(name) => logs::run(name, rest),
         _ => body.to_vec(),
     }
 }
