@@ -175,7 +175,7 @@ impl StderrLog {
     /// the end of what was written, to the line being read.
     fn take(&mut self, piece: &[u8], ends_line: bool, now: Instant) {
         if self.skipping {
-            self.drop(Cut::TooLong, piece.len() as u64, now);
+            self.discard(Cut::TooLong, piece.len() as u64, now);
             self.skipping = !ends_line;
             return;
         }
@@ -184,7 +184,7 @@ impl StderrLog {
             let mut line = std::mem::take(&mut self.partial);
             line.extend_from_slice(&piece[..room]);
             self.offer(&line, true, now);
-            self.drop(Cut::TooLong, (piece.len() - room) as u64, now);
+            self.discard(Cut::TooLong, (piece.len() - room) as u64, now);
             self.skipping = !ends_line;
             line.clear();
             self.partial = line;
@@ -208,17 +208,18 @@ impl StderrLog {
         if self.call_bytes.saturating_add(cost) > self.per_call {
             // The rest of the call is dropped, however short.
             self.call_bytes = self.per_call;
-            return self.drop(Cut::PerCall, cost, now);
+            return self.discard(Cut::PerCall, cost, now);
         }
         if !self.rate.admit(cost, now) {
-            return self.drop(Cut::Rate, cost, now);
+            return self.discard(Cut::Rate, cost, now);
         }
         self.call_bytes += cost;
         self.say_dropped();
         self.log(line, truncated);
     }
 
-    fn drop(&mut self, cut: Cut, bytes: u64, now: Instant) {
+    /// Counts `bytes` dropped for `cut`; says them if drops have gone unsaid too long.
+    fn discard(&mut self, cut: Cut, bytes: u64, now: Instant) {
         self.unsaid[cut as usize] += bytes;
         self.dropped[cut as usize].increment(bytes);
         let since = *self.unsaid_since.get_or_insert(now);
