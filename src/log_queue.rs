@@ -4,7 +4,8 @@
 //! stderr. A slow or stuck reader of stderr (a full pipe) then stalls that thread
 //! only, never a runtime worker: once [`MAX_QUEUED_BYTES`] wait, more records are
 //! dropped, counted in `hotpool_log_dropped_total`, and the thread says how many
-//! after the next records it writes.
+//! after the next records it writes. Each record is queued as one line: control
+//! characters inside it (a function's text in an error's message, say) are escaped.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -60,13 +61,15 @@ impl LogQueue {
 
     /// Queues `record`, or drops and counts it if the queue is full. Never blocks.
     fn push(&self, record: &[u8]) {
-        let before = self.counts.queued.fetch_add(record.len(), Ordering::AcqRel);
-        if before + record.len() > self.capacity {
-            self.counts.queued.fetch_sub(record.len(), Ordering::AcqRel);
+        let line = one_line(record);
+        let size = line.len();
+        let before = self.counts.queued.fetch_add(size, Ordering::AcqRel);
+        if before + size > self.capacity {
+            self.counts.queued.fetch_sub(size, Ordering::AcqRel);
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(hotpool::metrics::LOG_DROPPED_TOTAL).increment(1);
-        } else if self.sender.send(record.to_vec()).is_err() {
-            self.counts.queued.fetch_sub(record.len(), Ordering::AcqRel);
+        } else if self.sender.send(line).is_err() {
+            self.counts.queued.fetch_sub(size, Ordering::AcqRel);
         }
     }
 
@@ -97,6 +100,33 @@ impl Write for &LogQueue {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// `record` as one line: control characters before its final newline escaped
+/// (`\n`, `\r`, `\t`, `\x1b`), so that no text in a record can end it, forge the
+/// next one, or steer a terminal.
+fn one_line(record: &[u8]) -> Vec<u8> {
+    let (text, end) = match record.strip_suffix(b"\n") {
+        Some(text) => (text, &b"\n"[..]),
+        None => (record, &b""[..]),
+    };
+    if !text.iter().any(u8::is_ascii_control) {
+        return record.to_vec();
+    }
+    let mut line = Vec::with_capacity(record.len() + 16);
+    for &byte in text {
+        match byte {
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b'\r' => line.extend_from_slice(b"\\r"),
+            b'\t' => line.extend_from_slice(b"\\t"),
+            byte if byte.is_ascii_control() => {
+                let _ = write!(line, "\\x{byte:02x}");
+            }
+            byte => line.push(byte),
+        }
+    }
+    line.extend_from_slice(end);
+    line
 }
 
 /// The writer thread: writes queued records to `output` in batches, then says how
@@ -178,6 +208,17 @@ mod tests {
         queue.drain(Duration::from_secs(60));
         let expected: String = (0..100).map(|i| format!("record {i}\n")).collect();
         assert_eq!(output.text(), expected);
+    }
+
+    #[test]
+    fn a_record_is_queued_as_one_line_without_control_characters() {
+        assert_eq!(one_line(b"plain record\n"), b"plain record\n");
+        assert_eq!(
+            one_line(b"error: stderr: a\r\nforged INFO line\x1b[2J\tend\n"),
+            b"error: stderr: a\\r\\nforged INFO line\\x1b[2J\\tend\n"
+        );
+        assert_eq!(one_line(b"no newline\x07"), b"no newline\\x07");
+        assert_eq!(one_line("é ü\n".as_bytes()), "é ü\n".as_bytes());
     }
 
     #[test]

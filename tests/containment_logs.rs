@@ -352,7 +352,11 @@ fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped() {
 
 #[test]
 fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours() {
-    let server = Server::start("escape", &[function("ctrl", "line")], Reader::Fast);
+    let server = Server::start(
+        "escape",
+        &[function("ctrl", "line"), function("fail", "line")],
+        Reader::Fast,
+    );
     // stderr travels apart from stdout: a call's records are awaited before the
     // next call, or they could arrive during it and carry its id.
     let ctrl = server.call_ok("ctrl", "!log-ctrl", "wrote controls");
@@ -381,20 +385,33 @@ fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours() {
     assert!(truncated[0].contains(&"x".repeat(16 * 1024)));
     assert!(!truncated[0].contains(&"x".repeat(16 * 1024 + 1)));
 
-    // A failed call is logged by hotpool itself, and its error keeps the stderr tail.
-    let exited = server.invoke("ctrl", "!exit 3");
+    // A call that fails after writing control characters (in a container of its
+    // own: ctrl's stderr is inside a cut line until its next newline): its error
+    // keeps the raw stderr tail, and hotpool's record of the failure stays one line.
+    let again = server.call_ok("fail", "!log-ctrl", "wrote controls");
+    eventually("the second control line is logged", || {
+        records_of(&server.stderr.text(), &again)
+            .iter()
+            .any(|r| r.contains(escaped))
+    });
+    let exited = server.invoke("fail", "!exit 3");
     assert_eq!(exited.status, 502, "{exited}");
     let error = &exited.json()["error"];
     assert_eq!(error["kind"], "exited", "{exited}");
     let tail = error["stderr_tail"].as_str().expect("a stderr tail");
-    assert!(tail.ends_with("xxxxexiting with 3\n"), "{tail:?}");
+    assert!(
+        tail.contains("\x1b[31mred\x1b[0m \x1b[2J cr\rhidden"),
+        "{tail:?}"
+    );
+    assert!(tail.ends_with(" end\nexiting with 3\n"), "{tail:?}");
     assert!(tail.len() <= 4096, "the tail is {} bytes", tail.len());
 
     let log = String::from_utf8_lossy(&server.stop()).into_owned();
+    let failed: Vec<_> = log.lines().filter(|r| r.contains("call failed")).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(
-        log.lines()
-            .any(|r| r.contains("call failed") && r.contains("kind=\"exited\"")),
-        "hotpool's own record of the failed call is missing"
+        failed[0].contains("kind=\"exited\"") && failed[0].contains("end\\nexiting with 3"),
+        "hotpool's record of the failed call is not one line with its tail: {failed:?}"
     );
     // Not a terminal: no colour codes, and no function can put escapes or carriage
     // returns in the log.
