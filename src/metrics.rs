@@ -35,6 +35,11 @@ pub const TASK_MEMORY_BYTES: &str = "hotpool_task_memory_bytes";
 pub const DOCKER_API_SECONDS: &str = "hotpool_docker_api_seconds";
 /// Image pulls by result (`success` or an error kind).
 pub const IMAGE_PULLS_TOTAL: &str = "hotpool_image_pulls_total";
+/// Function stderr bytes not logged, by function and reason (`per_call`, `rate`,
+/// `too_long`).
+pub const FUNCTION_LOG_DROPPED_BYTES_TOTAL: &str = "hotpool_function_log_dropped_bytes_total";
+/// Records of hotpool's own log dropped because its stderr did not keep up.
+pub const LOG_DROPPED_TOTAL: &str = "hotpool_log_dropped_total";
 
 /// Buckets of latency histograms, in seconds: 100 µs to 60 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -66,6 +71,8 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(TASK_MEMORY_BYTES.into()), &MEMORY_BUCKETS)?
         .install_recorder()?;
     describe();
+    // Exported from the start, so a dashboard shows 0 rather than nothing.
+    metrics::counter!(LOG_DROPPED_TOTAL).absolute(0);
     Ok(handle)
 }
 
@@ -134,5 +141,15 @@ fn describe() {
         IMAGE_PULLS_TOTAL,
         Unit::Count,
         "Image pulls by result (success or an error kind)."
+    );
+    describe_counter!(
+        FUNCTION_LOG_DROPPED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Function stderr bytes not logged, by function and reason (per_call: over the call's log_per_call budget; rate: over the container's log_rate; too_long: past 16 KiB in one line)."
+    );
+    describe_counter!(
+        LOG_DROPPED_TOTAL,
+        Unit::Count,
+        "Records of hotpool's own log dropped because its stderr did not keep up."
     );
 }

@@ -208,7 +208,7 @@ impl<D: Driver> Inner<D> {
         task.input = Some(Box::new(std::io::Cursor::new(request.body.clone())));
         task.stdout = Some(Box::new(output.clone()));
         let current_call = Arc::new(Mutex::new(Some(request.id.clone())));
-        task.stderr = Box::new(StderrLog::new(pool.name.clone(), current_call));
+        task.stderr = Box::new(StderrLog::new(pool.name.clone(), current_call, &pool.spec));
         let starting = Instant::now();
         let mut cookie = match self.driver.prepare(task).await {
             Ok(cookie) => cookie,

@@ -1,6 +1,5 @@
 //! A hot container: its driver cookie, its pipes, how it ended, and why it left.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -12,6 +11,9 @@ use super::budget::Reservation;
 use super::collector::CallTag;
 use crate::driver::{BoxRead, BoxWrite, Cookie, Driver, RunResult};
 use crate::error::CallError;
+
+/// A container's stderr log, beside the rest of a container's parts.
+pub(crate) use super::function_log::StderrLog;
 
 /// Why a container left the pool; the `reason` label of `hotpool_evictions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,56 +151,4 @@ pub(crate) struct Slot<D: Driver> {
     pub(crate) last_used: Instant,
     /// It has served no call yet: its first call waited for it to start.
     pub(crate) fresh: bool,
-}
-
-/// A container's stderr, as log lines tagged with the function and the call.
-pub(crate) struct StderrLog {
-    function: Arc<str>,
-    current_call: Arc<Mutex<Option<String>>>,
-    partial: Vec<u8>,
-}
-
-impl StderrLog {
-    pub(crate) fn new(function: Arc<str>, current_call: Arc<Mutex<Option<String>>>) -> StderrLog {
-        StderrLog {
-            function,
-            current_call,
-            partial: Vec::new(),
-        }
-    }
-
-    fn log(&self, line: &[u8]) {
-        let call = self.current_call.lock().unwrap_or_else(|e| e.into_inner());
-        tracing::info!(
-            target: "hotpool::function",
-            function = %self.function,
-            call_id = call.as_deref().unwrap_or("-"),
-            "{}",
-            String::from_utf8_lossy(line).trim_end()
-        );
-    }
-}
-
-impl Write for StderrLog {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.partial.extend_from_slice(bytes);
-        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            self.log(&line);
-        }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for StderrLog {
-    fn drop(&mut self) {
-        if !self.partial.is_empty() {
-            let rest = std::mem::take(&mut self.partial);
-            self.log(&rest);
-        }
-    }
 }

@@ -20,6 +20,7 @@ mod collector;
 mod container;
 pub(crate) mod format;
 mod function;
+mod function_log;
 mod scheduler;
 mod spec;
 

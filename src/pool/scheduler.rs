@@ -241,7 +241,11 @@ impl<D: Driver> Inner<D> {
         let id = crate::id::new_id();
         let current_call = Arc::new(Mutex::new(None));
         let mut task = self.task(pool, &id);
-        task.stderr = Box::new(StderrLog::new(pool.name.clone(), current_call.clone()));
+        task.stderr = Box::new(StderrLog::new(
+            pool.name.clone(),
+            current_call.clone(),
+            &pool.spec,
+        ));
         let stats_key = self.collector.next_id();
         let call_tag = Arc::new(CallTag::default());
         task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));

@@ -5,13 +5,16 @@
 //! for stderr alone, drained all the time by [`pump_stderr`] into the
 //! [`StderrTap`], which passes it to the task's sink and keeps a tail for `exited`
 //! errors. So stderr flows while a hot container sits idle, and a log line is
-//! written when it is, not when the next call reads stdout.
+//! written when it is, not when the next call reads stdout. The sink is flushed
+//! once stderr has been quiet for [`QUIET`] and when it ends (a function log then
+//! says what it dropped), not after every write.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bytes::{Buf, Bytes};
@@ -21,59 +24,81 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// How many trailing stderr bytes an `exited` error carries.
 pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
 
+/// How long stderr stays quiet before the sink is flushed.
+const QUIET: Duration = Duration::from_secs(1);
+
 /// The attach stream as bollard gives it.
 pub(crate) type Frames =
     Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 
-/// Passes stderr to the task's sink and remembers its last bytes.
+/// Passes stderr to the task's sink and remembers its last bytes. The sink and
+/// the tail have locks of their own: reading the tail never waits for the sink.
 pub(crate) struct StderrTap {
-    state: Mutex<TapState>,
-}
-
-struct TapState {
-    sink: Box<dyn Write + Send>,
-    tail: VecDeque<u8>,
+    sink: Mutex<Box<dyn Write + Send>>,
+    tail: Mutex<VecDeque<u8>>,
 }
 
 impl StderrTap {
     pub(crate) fn new(sink: Box<dyn Write + Send>) -> StderrTap {
         StderrTap {
-            state: Mutex::new(TapState {
-                sink,
-                tail: VecDeque::with_capacity(STDERR_TAIL_BYTES),
-            }),
+            sink: Mutex::new(sink),
+            tail: Mutex::new(VecDeque::with_capacity(STDERR_TAIL_BYTES)),
         }
     }
 
     fn write(&self, bytes: &[u8]) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // A failing log sink must not fail the call.
-        let _ = state
+        let _ = self
             .sink
-            .write_all(bytes)
-            .and_then(|()| state.sink.flush());
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(bytes);
         let keep = &bytes[bytes.len().saturating_sub(STDERR_TAIL_BYTES)..];
-        let overflow = (state.tail.len() + keep.len()).saturating_sub(STDERR_TAIL_BYTES);
-        state.tail.drain(..overflow);
-        state.tail.extend(keep);
+        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let overflow = (tail.len() + keep.len()).saturating_sub(STDERR_TAIL_BYTES);
+        tail.drain(..overflow);
+        tail.extend(keep);
+    }
+
+    fn flush(&self) {
+        let _ = self.sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
     }
 
     /// The last [`STDERR_TAIL_BYTES`] of stderr, lossily decoded.
     pub(crate) fn tail(&self) -> String {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (front, back) = state.tail.as_slices();
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let (front, back) = tail.as_slices();
         String::from_utf8_lossy(&[front, back].concat()).into_owned()
     }
 }
 
 /// Passes every stderr frame of `frames` to `tap` until the stream ends (the
-/// container stopped).
+/// container stopped), flushing the tap when stderr goes quiet and at the end.
 pub(crate) async fn pump_stderr(mut frames: Frames, tap: Arc<StderrTap>) {
-    while let Some(Ok(frame)) = frames.next().await {
-        if let LogOutput::StdErr { message } = frame {
-            tap.write(&message);
+    let mut unflushed = false;
+    loop {
+        let next = if unflushed {
+            match tokio::time::timeout(QUIET, frames.next()).await {
+                Ok(next) => next,
+                Err(_quiet) => {
+                    tap.flush();
+                    unflushed = false;
+                    continue;
+                }
+            }
+        } else {
+            frames.next().await
+        };
+        match next {
+            Some(Ok(LogOutput::StdErr { message })) => {
+                tap.write(&message);
+                unflushed = true;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
         }
     }
+    tap.flush();
 }
 
 /// The stdout bytes of an attach stream.
@@ -121,8 +146,15 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    /// A sink that keeps what it gets and counts its flushes.
     #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    struct Shared(Arc<Mutex<Vec<u8>>>, Arc<Mutex<usize>>);
+
+    impl Shared {
+        fn flushes(&self) -> usize {
+            *self.1.lock().unwrap()
+        }
+    }
 
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -130,6 +162,7 @@ mod tests {
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
+            *self.1.lock().unwrap() += 1;
             Ok(())
         }
     }
@@ -165,6 +198,36 @@ mod tests {
         pump_stderr(frames(), tap.clone()).await;
         assert_eq!(*log.0.lock().unwrap(), b"warn\n");
         assert_eq!(tap.tail(), "warn\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pump_flushes_the_sink_when_stderr_goes_quiet_and_at_the_end() {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let frames: Frames = Box::pin(futures_util::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|frame| (Ok(frame), receiver)) },
+        ));
+        let sink = Shared::default();
+        let pump = tokio::spawn(pump_stderr(
+            frames,
+            Arc::new(StderrTap::new(Box::new(sink.clone()))),
+        ));
+        let line = || LogOutput::StdErr {
+            message: Bytes::from_static(b"line\n"),
+        };
+        sender.send(line()).unwrap();
+        tokio::time::sleep(QUIET / 2).await;
+        sender.send(line()).unwrap();
+        tokio::time::sleep(QUIET / 2).await;
+        assert_eq!(sink.flushes(), 0, "stderr is not quiet yet");
+        tokio::time::sleep(QUIET).await;
+        assert_eq!(sink.flushes(), 1);
+        tokio::time::sleep(QUIET * 10).await;
+        assert_eq!(sink.flushes(), 1, "nothing new, no flush");
+        drop(sender);
+        pump.await.unwrap();
+        assert_eq!(sink.flushes(), 2);
+        assert_eq!(*sink.0.lock().unwrap(), b"line\nline\n");
     }
 
     #[test]

@@ -38,6 +38,8 @@
 
 mod host;
 
+mod logs;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -181,6 +183,7 @@ fn command(body: &[u8]) -> Vec<u8> {
             .trim()
             .as_bytes()
             .to_vec(),
+        name if logs::handles(name) => logs::run(name, rest),
         _ => body.to_vec(),
     }
 }
