@@ -22,7 +22,7 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use crate::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
-use crate::pool::{Format, FunctionSpec};
+use crate::pool::{Format, FunctionSpec, KeepAlive};
 use crate::units::{
     Cpus, parse_bytes, parse_bytes_at_least, parse_duration, parse_duration_within, parse_timeout,
     parse_user, show_bytes,
@@ -344,11 +344,12 @@ fn function_spec(section: Section<'_>, pool: &PoolSettings) -> Result<FunctionSp
         timeout: section
             .parsed("timeout", parse_timeout)?
             .unwrap_or(defaults.timeout),
-        idle_timeout: section
+        keep_alive: section
             .parsed("idle_timeout", |text| {
                 parse_duration_within(text, MAX_IDLE_TIMEOUT)
             })?
-            .unwrap_or(defaults.idle_timeout),
+            .map_or(defaults.keep_alive, KeepAlive::fixed),
+        eviction: defaults.eviction,
         max_concurrency: section
             .count("max_concurrency", 1, MAX_CONCURRENCY)?
             .unwrap_or(defaults.max_concurrency),
@@ -718,7 +719,8 @@ mod tests {
                 format: Format::Http,
                 memory: 64 << 20,
                 timeout: Duration::from_millis(1500),
-                idle_timeout: Duration::from_secs(120),
+                keep_alive: KeepAlive::fixed(Duration::from_secs(120)),
+                eviction: Default::default(),
                 max_concurrency: 8,
                 max_queue: 0,
                 queue_timeout: Duration::from_millis(250),
@@ -759,7 +761,7 @@ mod tests {
         assert_eq!(spec.format, Format::Line);
         assert_eq!(spec.memory, 128 << 20);
         assert_eq!(spec.timeout, Duration::from_secs(30));
-        assert_eq!(spec.idle_timeout, Duration::from_secs(60));
+        assert_eq!(spec.keep_alive, KeepAlive::fixed(Duration::from_secs(60)));
         assert_eq!(spec.max_concurrency, 4);
         assert_eq!(spec.max_queue, 100);
         assert_eq!(spec.queue_timeout, Duration::from_secs(10));
@@ -804,7 +806,7 @@ mod tests {
         assert_eq!(echo.image, "hotpool-testfn:dev");
         assert_eq!(echo.memory, 64 << 20);
         assert_eq!(echo.timeout, Duration::from_secs(5));
-        assert_eq!(echo.idle_timeout, Duration::from_secs(60));
+        assert_eq!(echo.keep_alive, KeepAlive::fixed(Duration::from_secs(60)));
         assert_eq!(echo.max_concurrency, 4);
     }
 

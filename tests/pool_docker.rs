@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use hotpool::driver::docker::DockerDriver;
-use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, Request, Start};
+use hotpool::pool::{Format, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request, Start};
 use hotpool::{CallError, ErrorKind};
 
 use support::pool::{containers_of, eventually, shut, spec, test_pool};
@@ -198,7 +198,7 @@ async fn a_timeout_is_timeout_and_the_container_is_gone() {
 async fn idle_containers_are_removed_after_the_idle_timeout() {
     let pool = test_pool("test-idle", 1 << 30).await;
     let mut echo = spec("echo", Format::Line);
-    echo.idle_timeout = Duration::from_millis(500);
+    echo.keep_alive = KeepAlive::fixed(Duration::from_millis(500));
     call(&pool, &echo, "warm").await.unwrap();
     assert_eq!(containers_of(&pool, false).await.len(), 1);
     eventually("the idle container is removed", async || {

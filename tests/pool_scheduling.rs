@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
-use hotpool::pool::{Format, FunctionSpec, Pool, Request, Start};
+use hotpool::pool::{Format, FunctionSpec, KeepAlive, Pool, Request, Start};
 use hotpool::{CallError, ErrorKind};
 
 const MIB: u64 = 1 << 20;
@@ -30,7 +30,7 @@ fn spec(name: &str) -> FunctionSpec {
     spec.cmd = vec!["line".into()];
     spec.memory = 64 * MIB;
     spec.timeout = Duration::from_secs(5);
-    spec.idle_timeout = Duration::from_secs(60);
+    spec.keep_alive = KeepAlive::fixed(Duration::from_secs(60));
     spec
 }
 
@@ -109,7 +109,7 @@ async fn concurrency_is_capped_and_every_container_is_reused() {
 async fn the_newest_idle_is_reused_so_extras_age_out() {
     let (pool, driver) = pool(GIB).await;
     let mut echo = spec("echo");
-    echo.idle_timeout = Duration::from_secs(30);
+    echo.keep_alive = KeepAlive::fixed(Duration::from_secs(30));
     // A burst of two makes two containers.
     join_all([call(&pool, &echo, "a"), call(&pool, &echo, "b")]).await;
     assert_eq!(driver.statistics().created, 2);
@@ -285,7 +285,7 @@ async fn a_container_killed_while_idle_never_reaches_a_call() {
 async fn idle_containers_leave_after_the_idle_timeout() {
     let (pool, driver) = pool(GIB).await;
     let mut echo = spec("echo");
-    echo.idle_timeout = Duration::from_secs(5);
+    echo.keep_alive = KeepAlive::fixed(Duration::from_secs(5));
     call(&pool, &echo, "once").await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(driver.statistics().closed, 0, "not yet");
@@ -473,9 +473,9 @@ async fn the_longest_durations_neither_panic_nor_stop_the_reaper() {
     let mut forever = spec("forever");
     forever.timeout = Duration::MAX;
     forever.queue_timeout = Duration::MAX;
-    forever.idle_timeout = Duration::MAX;
+    forever.keep_alive = KeepAlive::fixed(Duration::MAX);
     let mut brief = spec("brief");
-    brief.idle_timeout = Duration::from_secs(1);
+    brief.keep_alive = KeepAlive::fixed(Duration::from_secs(1));
     assert_eq!(call(&pool, &forever, "a").await.unwrap(), "a");
     assert_eq!(call(&pool, &brief, "b").await.unwrap(), "b");
     // The reaper runs past the endless idle timeout and still removes the

@@ -30,7 +30,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use hotpool::driver::Driver;
 use hotpool::driver::docker::{DockerDriver, DockerOptions, LABEL};
-use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, Request};
+use hotpool::pool::{Format, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request};
 
 /// The pool name of the bench's containers (pool and floor alike).
 const BENCH_POOL: &str = "bench";
@@ -295,7 +295,7 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
     spec.max_queue = args.concurrency * 4;
     spec.queue_timeout = Duration::from_secs(60);
     spec.timeout = Duration::from_secs(60);
-    spec.idle_timeout = Duration::from_secs(600);
+    spec.keep_alive = KeepAlive::fixed(Duration::from_secs(600));
     spec
 }
 

@@ -32,7 +32,7 @@ pub use container::EvictionReason;
 pub use format::{FunctionResponse, Request};
 pub use function::FunctionStatus;
 pub use scheduler::POOL_LABEL;
-pub use spec::{Format, FunctionKey, FunctionSpec};
+pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
 
 use crate::driver::Driver;
 use crate::error::CallError;

@@ -507,7 +507,7 @@ impl<D: Driver> Inner<D> {
         let mut next = now + REAP_INTERVAL;
         let pools: Vec<_> = self.functions.iter().map(|e| e.value().clone()).collect();
         for pool in pools {
-            let idle_timeout = pool.spec.idle_timeout;
+            let super::KeepAlive::Fixed { idle_timeout } = pool.spec.keep_alive;
             let (expired, empty_and_drained) = {
                 let mut slots = pool.lock();
                 let fresh_from = slots

@@ -1,7 +1,11 @@
-//! What a function is: its spec, the format it speaks, and the key pools use.
+//! What a function is: its spec, the format it speaks, and what of it makes two
+//! containers interchangeable.
 //!
-//! Pools are keyed by the hash of the whole spec: change any field and new calls
-//! go to new containers while the old ones drain.
+//! A spec splits in two ([`FunctionSpec::split`]): the [`ContainerSpec`] (image,
+//! command, environment, format, memory, ...) is hashed into the version's
+//! [`FunctionKey`], and a change to it starts new containers while the old ones
+//! drain; the [`Limits`] (timeouts, keep-alive, concurrency, queue, logs) apply to
+//! the running containers in place.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,9 +62,10 @@ impl FromStr for Format {
     }
 }
 
-/// Everything that defines a function. Two specs that differ in any field are two
-/// pools.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Everything that defines a function. Build one with [`FunctionSpec::new`] and set
+/// the fields to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FunctionSpec {
     /// The function's name (what `/invoke/{name}` uses).
     pub name: String,
@@ -74,8 +79,11 @@ pub struct FunctionSpec {
     pub memory: u64,
     /// How long one call may run.
     pub timeout: Duration,
-    /// How long a hot container may sit idle before it is removed.
-    pub idle_timeout: Duration,
+    /// When an idle hot container goes (and whether one is started before a call
+    /// asks).
+    pub keep_alive: KeepAlive,
+    /// Which idle container goes first when another needs its memory.
+    pub eviction: Eviction,
     /// The most containers (hot or cold) the function runs at once.
     pub max_concurrency: usize,
     /// The most calls that may wait for a busy container (calls waiting for a
@@ -115,7 +123,8 @@ impl FunctionSpec {
             format: Format::Line,
             memory: 128 << 20,
             timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
+            keep_alive: KeepAlive::default(),
+            eviction: Eviction::default(),
             max_concurrency: 4,
             max_queue: 100,
             queue_timeout: Duration::from_secs(10),
@@ -130,17 +139,134 @@ impl FunctionSpec {
         }
     }
 
-    /// The key of this exact spec.
+    /// The key of its container spec: equal keys, interchangeable containers.
     pub fn key(&self) -> FunctionKey {
+        self.clone().split().1.key()
+    }
+
+    /// Its name, what makes its containers (hashed into its key), and its limits.
+    /// Every field is named here, so a new one must be sorted into one of the two.
+    pub(crate) fn split(self) -> (String, ContainerSpec, Limits) {
+        let FunctionSpec {
+            name,
+            image,
+            cmd,
+            format,
+            memory,
+            timeout,
+            keep_alive,
+            eviction,
+            max_concurrency,
+            max_queue,
+            queue_timeout,
+            env,
+            network,
+            cpus,
+            user,
+            tmp_size,
+            read_only,
+            log_per_call,
+            log_rate,
+        } = self;
+        let container = ContainerSpec {
+            image,
+            cmd,
+            format,
+            memory,
+            env,
+            network,
+            cpus,
+            user,
+            tmp_size,
+            read_only,
+        };
+        let limits = Limits {
+            timeout,
+            keep_alive,
+            eviction,
+            max_concurrency,
+            max_queue,
+            queue_timeout,
+            log_per_call,
+            log_rate,
+        };
+        (name, container, limits)
+    }
+}
+
+/// What makes a function's containers: two versions with equal container specs
+/// share their containers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ContainerSpec {
+    pub(crate) image: String,
+    pub(crate) cmd: Vec<String>,
+    pub(crate) format: Format,
+    pub(crate) memory: u64,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) network: Option<String>,
+    pub(crate) cpus: Cpus,
+    pub(crate) user: String,
+    pub(crate) tmp_size: u64,
+    pub(crate) read_only: bool,
+}
+
+impl ContainerSpec {
+    pub(crate) fn key(&self) -> FunctionKey {
         let mut hasher = DefaultHasher::new();
         self.hash(&mut hasher);
         FunctionKey(hasher.finish())
     }
 }
 
-/// The hash of a whole [`FunctionSpec`].
+/// What applies to a function's running containers without replacing them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) timeout: Duration,
+    pub(crate) keep_alive: KeepAlive,
+    pub(crate) eviction: Eviction,
+    pub(crate) max_concurrency: usize,
+    pub(crate) max_queue: usize,
+    pub(crate) queue_timeout: Duration,
+    pub(crate) log_per_call: u64,
+    pub(crate) log_rate: u64,
+}
+
+/// The key of a function's container spec, shown by [`super::Pool::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FunctionKey(pub u64);
+pub struct FunctionKey(u64);
+
+/// The keep-alive policy of a function: when an idle container goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeepAlive {
+    /// An idle container goes after this long idle (the default: 60 s).
+    Fixed {
+        /// How long a hot container may sit idle.
+        idle_timeout: Duration,
+    },
+}
+
+impl KeepAlive {
+    /// [`KeepAlive::Fixed`] with `idle_timeout`.
+    pub fn fixed(idle_timeout: Duration) -> KeepAlive {
+        KeepAlive::Fixed { idle_timeout }
+    }
+}
+
+impl Default for KeepAlive {
+    fn default() -> Self {
+        KeepAlive::fixed(Duration::from_secs(60))
+    }
+}
+
+/// Which idle container goes first when another container needs its memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Eviction {
+    /// The least recently used, over every function of the pool.
+    #[default]
+    LeastRecentlyUsed,
+}
 
 impl fmt::Display for FunctionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,7 +279,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn any_field_changes_the_key() {
+    fn any_container_field_changes_the_key() {
         let base = FunctionSpec::new("echo", "img");
         let mut env = base.clone();
         env.env.insert("A".into(), "1".into());
@@ -173,6 +299,21 @@ mod tests {
         for changed in [env, memory, format, cpus, user, tmp_size, read_only] {
             assert_ne!(base.key(), changed.key());
         }
+    }
+
+    #[test]
+    fn limits_and_the_name_leave_the_key_alone() {
+        let base = FunctionSpec::new("echo", "img");
+        let mut limits = base.clone();
+        limits.name = "other".into();
+        limits.timeout = Duration::from_secs(1);
+        limits.keep_alive = KeepAlive::fixed(Duration::from_secs(1));
+        limits.max_concurrency = 99;
+        limits.max_queue = 0;
+        limits.queue_timeout = Duration::from_secs(1);
+        limits.log_per_call = 1;
+        limits.log_rate = 1;
+        assert_eq!(base.key(), limits.key());
     }
 
     #[test]

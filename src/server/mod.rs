@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 
 use crate::driver::Driver;
 use crate::error::CallError;
-use crate::pool::{Format, FunctionSpec, Pool, Request};
+use crate::pool::{Format, FunctionSpec, KeepAlive, Pool, Request};
 use auth::Tokens;
 
 /// What every request handler shares.
@@ -331,7 +331,7 @@ async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
                 "format": spec.format.as_str(),
                 "memory_bytes": spec.memory,
                 "timeout_ms": spec.timeout.as_millis(),
-                "idle_timeout_ms": spec.idle_timeout.as_millis(),
+                "keep_alive": keep_alive_json(spec.keep_alive),
                 "max_concurrency": spec.max_concurrency,
                 "cpus": f64::from(spec.cpus.millis()) / 1000.0,
                 "user": spec.user,
@@ -361,4 +361,13 @@ async fn metrics<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Response {
         .map(|m| m.render())
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// A keep-alive policy in `/functions`.
+fn keep_alive_json(keep_alive: KeepAlive) -> Value {
+    match keep_alive {
+        KeepAlive::Fixed { idle_timeout } => {
+            json!({"policy": "fixed", "idle_timeout_ms": idle_timeout.as_millis()})
+        }
+    }
 }
