@@ -294,20 +294,7 @@ impl<D: Driver> Inner<D> {
 
     /// The driver task for a container of `pool`.
     pub(crate) fn task(&self, pool: &FunctionPool<D>, id: &str) -> Task {
-        let spec = &pool.spec;
-        let mut task = Task::new(
-            format!("{}-{id}", spec.name),
-            spec.name.clone(),
-            spec.image.clone(),
-        );
-        task.command = spec.cmd.clone();
-        task.env = spec.env.clone();
-        task.memory = spec.memory;
-        task.network = spec.network.clone();
-        task.cpus = spec.cpus;
-        task.user = spec.user.clone();
-        task.tmp_size = spec.tmp_size;
-        task.read_only = spec.read_only;
+        let mut task = pool.spec.clone().split().1.task(&pool.spec.name, id);
         task.labels
             .insert(POOL_LABEL.to_owned(), self.config.name.clone());
         task

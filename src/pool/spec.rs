@@ -13,7 +13,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::driver::{DEFAULT_TMP_SIZE, DEFAULT_USER};
+use crate::driver::{DEFAULT_TMP_SIZE, DEFAULT_USER, Task};
 use crate::units::Cpus;
 
 /// How requests and responses travel over a container's stdin and stdout.
@@ -144,6 +144,12 @@ impl FunctionSpec {
         self.clone().split().1.key()
     }
 
+    /// The driver task for one of its containers, named `<name>-<id>`, with every
+    /// setting the pool gives its own (the pool adds its label).
+    pub fn task(&self, id: &str) -> Task {
+        self.clone().split().1.task(&self.name, id)
+    }
+
     /// Its name, what makes its containers (hashed into its key), and its limits.
     /// Every field is named here, so a new one must be sorted into one of the two.
     pub(crate) fn split(self) -> (String, ContainerSpec, Limits) {
@@ -211,6 +217,21 @@ pub(crate) struct ContainerSpec {
 }
 
 impl ContainerSpec {
+    /// The driver task for one container of function `name`, known to the driver
+    /// as `id`: the same for hot containers, cold calls and the bench's floors.
+    pub(crate) fn task(&self, name: &str, id: &str) -> Task {
+        let mut task = Task::new(format!("{name}-{id}"), name, self.image.clone());
+        task.command = self.cmd.clone();
+        task.env = self.env.clone();
+        task.memory = self.memory;
+        task.network = self.network.clone();
+        task.cpus = self.cpus;
+        task.user = self.user.clone();
+        task.tmp_size = self.tmp_size;
+        task.read_only = self.read_only;
+        task
+    }
+
     pub(crate) fn key(&self) -> FunctionKey {
         let mut hasher = DefaultHasher::new();
         self.hash(&mut hasher);
