@@ -294,7 +294,7 @@ impl<D: Driver> Inner<D> {
 
     /// The driver task for a container of `pool`.
     pub(crate) fn task(&self, pool: &FunctionPool<D>, id: &str) -> Task {
-        let mut task = pool.spec.clone().split().1.task(&pool.spec.name, id);
+        let mut task = pool.spec.task(id);
         task.labels
             .insert(POOL_LABEL.to_owned(), self.config.name.clone());
         task
