@@ -139,9 +139,10 @@ impl FunctionSpec {
         }
     }
 
-    /// The key of its container spec: equal keys, interchangeable containers.
+    /// The key of its version: its name and its container spec. Equal keys,
+    /// interchangeable containers.
     pub fn key(&self) -> FunctionKey {
-        self.clone().split().1.key()
+        self.clone().split().1.key(&self.name)
     }
 
     /// The driver task for one of its containers, named `<name>-<id>`, with every
@@ -232,8 +233,10 @@ impl ContainerSpec {
         task
     }
 
-    pub(crate) fn key(&self) -> FunctionKey {
+    /// The key of function `name`'s version with this container spec.
+    pub(crate) fn key(&self, name: &str) -> FunctionKey {
         let mut hasher = DefaultHasher::new();
+        name.hash(&mut hasher);
         self.hash(&mut hasher);
         FunctionKey(hasher.finish())
     }
@@ -252,7 +255,7 @@ pub(crate) struct Limits {
     pub(crate) log_rate: u64,
 }
 
-/// The key of a function's container spec, shown by [`super::Pool::status`].
+/// The key of a function version (its name and container spec), shown by [`super::Pool::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionKey(u64);
 
@@ -323,10 +326,12 @@ mod tests {
     }
 
     #[test]
-    fn limits_and_the_name_leave_the_key_alone() {
+    fn limits_leave_the_key_alone_and_the_name_does_not() {
         let base = FunctionSpec::new("echo", "img");
+        let mut renamed = base.clone();
+        renamed.name = "other".into();
+        assert_ne!(base.key(), renamed.key());
         let mut limits = base.clone();
-        limits.name = "other".into();
         limits.timeout = Duration::from_secs(1);
         limits.keep_alive = KeepAlive::fixed(Duration::from_secs(1));
         limits.max_concurrency = 99;
