@@ -27,12 +27,11 @@ fn bench(c: &mut Criterion) {
     let driver = InProcessDriver::new(Duration::ZERO);
     let mut spec = FunctionSpec::new("echo", "in-process");
     spec.cmd = vec!["line".into()];
-    let pool = runtime.block_on(async {
+    let (pool, echo) = runtime.block_on(async {
         let pool = Pool::builder(driver.clone()).build().await.expect("pool");
-        pool.call(&spec, Request::new("warm"))
-            .await
-            .expect("warm call");
-        pool
+        let echo = pool.register(spec);
+        echo.call(Request::new("warm")).await.expect("warm call");
+        (pool, echo)
     });
     // The floor: one container of the same driver, driven by hand.
     let (mut stdin, mut stdout, _cookie) = runtime.block_on(async {
@@ -53,7 +52,7 @@ fn bench(c: &mut Criterion) {
             runtime.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let response = pool.call(&spec, Request::new("hello")).await.expect("call");
+                    let response = echo.call(Request::new("hello")).await.expect("call");
                     black_box(response);
                 }
                 start.elapsed()

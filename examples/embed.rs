@@ -1,5 +1,6 @@
 //! Embedding the pool in a program: build a pool on the real Docker engine,
-//! describe a function, call it hot, and read each call's stats.
+//! register a function, call it hot, read each call's stats, and change its
+//! limits in place.
 //!
 //! Needs the example images (`scripts/build-images`); run it with
 //! `cargo run --example embed`. It calls the example http-format function
@@ -20,16 +21,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
 
-    // A function is its whole spec: change any field and it gets new containers.
-    let mut hello = FunctionSpec::new("hello", "hotpool-hello-http:dev");
-    hello.format = Format::Http;
-    hello.memory = 32 << 20;
-    hello.timeout = Duration::from_secs(5);
-    hello.max_concurrency = 2;
+    // Register a function by name; the handle calls its current version.
+    let mut spec = FunctionSpec::new("hello", "hotpool-hello-http:dev");
+    spec.format = Format::Http;
+    spec.memory = 32 << 20;
+    spec.timeout = Duration::from_secs(5);
+    spec.max_concurrency = 2;
+    let hello = pool.register(spec.clone());
 
     for name in ["Ada", "Grace", "Barbara"] {
         let request = Request::new(name).with_header("Content-Type", "text/plain");
-        match pool.call(&hello, request).await {
+        match hello.call(request).await {
             Ok(response) => {
                 println!(
                     "{} {} {}",
@@ -44,6 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(error) => println!("failed: {} ({})", error, error.kind()),
         }
     }
+    // New limits apply to the running containers; a new image, command,
+    // environment or memory would start new ones while these drain.
+    spec.timeout = Duration::from_secs(10);
+    pool.register(spec);
+
     let status = pool.status();
     println!(
         "containers of hello: {} idle; memory reserved {} of {} bytes",

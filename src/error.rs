@@ -31,11 +31,13 @@ pub enum ErrorKind {
     PullFailed,
     /// The container engine failed or is unreachable.
     EngineError,
+    /// No function of that name is registered.
+    UnknownFunction,
 }
 
 impl ErrorKind {
     /// Every kind, in the order of DESIGN.md.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Oom,
         ErrorKind::Exited,
         ErrorKind::ProtocolError,
@@ -46,6 +48,7 @@ impl ErrorKind {
         ErrorKind::ImageUnauthorized,
         ErrorKind::PullFailed,
         ErrorKind::EngineError,
+        ErrorKind::UnknownFunction,
     ];
 
     /// The stable string: `oom`, `exited`, `protocol_error`, ...
@@ -61,6 +64,7 @@ impl ErrorKind {
             ErrorKind::ImageUnauthorized => "image_unauthorized",
             ErrorKind::PullFailed => "pull_failed",
             ErrorKind::EngineError => "engine_error",
+            ErrorKind::UnknownFunction => "unknown_function",
         }
     }
 
@@ -77,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Cancelled => 499,
             ErrorKind::Busy => 503,
             ErrorKind::EngineError => 500,
+            ErrorKind::UnknownFunction => 404,
         }
     }
 }
@@ -157,6 +162,12 @@ pub enum CallError {
         /// What failed.
         message: String,
     },
+    /// No function of that name is registered (or it was removed).
+    #[error("no function is named {name:?}")]
+    UnknownFunction {
+        /// The name called.
+        name: String,
+    },
 }
 
 /// Says which signal an exit code above 128 stands for; a SIGKILL is not an OOM
@@ -198,6 +209,7 @@ impl CallError {
             CallError::ImageNotFound { .. } => ErrorKind::ImageNotFound,
             CallError::ImageUnauthorized { .. } => ErrorKind::ImageUnauthorized,
             CallError::PullFailed { .. } => ErrorKind::PullFailed,
+            CallError::UnknownFunction { .. } => ErrorKind::UnknownFunction,
             CallError::Engine { .. } => ErrorKind::EngineError,
         }
     }

@@ -43,7 +43,11 @@ impl TestPool {
     }
 
     async fn try_ask(&self, spec: &FunctionSpec, body: &str) -> Result<String, CallError> {
-        let response = self.pool.call(spec, Request::new(body.to_owned())).await?;
+        let response = self
+            .pool
+            .register(spec.clone())
+            .call(Request::new(body.to_owned()))
+            .await?;
         Ok(String::from_utf8_lossy(&response.body).into_owned())
     }
 

@@ -52,7 +52,11 @@ async fn late_http_answers_never_reach_the_next_caller() {
                     (own.clone(), own.clone())
                 }
             };
-            match pool.call(&function, Request::new(body)).await {
+            match pool
+                .register(function.clone())
+                .call(Request::new(body))
+                .await
+            {
                 Ok(response) => assert_eq!(
                     String::from_utf8_lossy(&response.body),
                     expected,
@@ -78,7 +82,11 @@ async fn the_http_example_function_echoes_the_call_id_and_is_served() {
         for name in ["Ada", "Grace"] {
             let request = Request::new(name);
             let call_id = request.id.clone();
-            let response = pool.call(&hello, request).await.expect("a greeting");
+            let response = pool
+                .register(hello.clone())
+                .call(request)
+                .await
+                .expect("a greeting");
             assert_eq!(response.status, 200);
             let greeting = String::from_utf8_lossy(&response.body);
             assert!(
@@ -94,13 +102,13 @@ async fn the_http_example_function_echoes_the_call_id_and_is_served() {
 async fn http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped() {
     with_pool("test-http-headers", async |pool| {
         let function = spec("http-headers", Format::Http);
-        let upgrade = pool.call(&function, Request::new("!upgrade")).await;
+        let upgrade = pool.register(function.clone()).call( Request::new("!upgrade")).await;
         assert!(
             matches!(upgrade, Err(CallError::ProtocolError { ref detail }) if detail.contains("101")),
             "{upgrade:?}"
         );
         let response = pool
-            .call(&function, Request::new("!hop-by-hop"))
+            .register(function.clone()).call( Request::new("!hop-by-hop"))
             .await
             .expect("a 200 with hop-by-hop headers is a response");
         assert_eq!(response.status, 200);
@@ -137,7 +145,7 @@ async fn a_cold_endless_writer_is_killed_as_a_protocol_error() {
         let mut flood = spec("cold-flood", Format::Cold);
         flood.cmd = vec!["flood".into()];
         flood.timeout = Duration::from_secs(60);
-        let result = pool.call(&flood, Request::new("")).await;
+        let result = pool.register(flood.clone()).call(Request::new("")).await;
         let limit = PoolConfig::default().max_response_bytes;
         assert!(
             matches!(&result, Err(CallError::ProtocolError { detail })
@@ -152,12 +160,12 @@ async fn a_cold_endless_writer_is_killed_as_a_protocol_error() {
 async fn a_hot_line_flood_is_a_protocol_error() {
     with_pool("test-line-flood", async |pool| {
         let function = spec("line-flood", Format::Line);
-        let result = pool.call(&function, Request::new("!flood")).await;
+        let result = pool.register(function.clone()).call( Request::new("!flood")).await;
         assert!(
             matches!(&result, Err(CallError::ProtocolError { detail }) if detail.contains("longer than")),
             "{result:?}"
         );
-        let after = pool.call(&function, Request::new("next")).await.unwrap();
+        let after = pool.register(function.clone()).call( Request::new("next")).await.unwrap();
         assert_eq!(after.body, "next", "a fresh container serves the next call");
     })
     .await;
@@ -175,9 +183,11 @@ async fn containers_removed_from_outside_mid_call_are_exited() {
             let calls: Vec<_> = (0..4)
                 .map(|_| {
                     let (pool, function) = (pool.clone(), function.clone());
-                    tokio::spawn(
-                        async move { pool.call(&function, Request::new("!sleep 5000")).await },
-                    )
+                    tokio::spawn(async move {
+                        pool.register(function.clone())
+                            .call(Request::new("!sleep 5000"))
+                            .await
+                    })
                 })
                 .collect();
             eventually("the calls are in running containers", async || {
@@ -216,7 +226,10 @@ async fn the_longest_timeout_neither_panics_nor_times_out() {
         for format in [Format::Line, Format::Http, Format::Cold] {
             let mut function = spec(&format!("forever-{}", format.as_str()), format);
             function.timeout = Duration::MAX;
-            let response = pool.call(&function, Request::new("patient")).await;
+            let response = pool
+                .register(function.clone())
+                .call(Request::new("patient"))
+                .await;
             assert_eq!(
                 response.map(|r| r.body),
                 Ok("patient".into()),
@@ -254,15 +267,21 @@ async fn calls_dropped_by_their_caller_are_counted_as_cancelled() {
     function.timeout = Duration::from_secs(60);
     // One call in the container, one waiting for it: the caller drops both.
     let both = futures_util::future::join(
-        pool.call(&function, Request::new("!sleep 10000")),
-        pool.call(&function, Request::new("!sleep 10000")),
+        pool.register(function.clone())
+            .call(Request::new("!sleep 10000")),
+        pool.register(function.clone())
+            .call(Request::new("!sleep 10000")),
     );
     assert!(
         tokio::time::timeout(Duration::from_secs(1), both)
             .await
             .is_err()
     );
-    let finished = pool.call(&function, Request::new("done")).await.unwrap();
+    let finished = pool
+        .register(function.clone())
+        .call(Request::new("done"))
+        .await
+        .unwrap();
     assert_eq!(finished.body, "done");
     let text = metrics.render();
     assert_eq!(calls_total(&text, "dropped", "cancelled"), 2, "{text}");

@@ -117,7 +117,8 @@ async fn calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabota
     // Warm every function before the saboteur starts.
     for function in functions.iter() {
         let warm = pool
-            .call(function, Request::new("warm"))
+            .register(function.clone())
+            .call(Request::new("warm"))
             .await
             .expect("warm call");
         assert_eq!(warm.body, "warm");
@@ -138,7 +139,8 @@ async fn calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabota
             for i in 0..CALLS_PER_WORKER {
                 let function = &functions[(worker + i) % functions.len()];
                 let body = format!("{}:{worker}:{i}", function.name);
-                let call = pool.call(function, Request::new(body.clone()));
+                let function = pool.register(function.clone());
+                let call = function.call(Request::new(body.clone()));
                 let outcome = match tokio::time::timeout(HANG, call).await {
                     Err(_) => panic!("call {body} hung for {HANG:?}"),
                     Ok(Ok(response)) => {

@@ -23,7 +23,10 @@ async fn call(
     spec: &FunctionSpec,
     body: &str,
 ) -> Result<String, CallError> {
-    let response = pool.call(spec, Request::new(body.to_owned())).await?;
+    let response = pool
+        .register(spec.clone())
+        .call(Request::new(body.to_owned()))
+        .await?;
     Ok(String::from_utf8_lossy(&response.body).into_owned())
 }
 
@@ -43,7 +46,11 @@ async fn a_hundred_sequential_calls_use_one_container() {
         } else {
             format!("call {i}")
         };
-        let response = pool.call(&echo, Request::new(body.clone())).await.unwrap();
+        let response = pool
+            .register(echo.clone())
+            .call(Request::new(body.clone()))
+            .await
+            .unwrap();
         assert_eq!(
             response.start,
             if i == 0 { Start::Cold } else { Start::Hot }
@@ -261,7 +268,7 @@ async fn http_functions_answer_with_status_headers_and_binary_bodies() {
     let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let request = Request::new(body.clone()).with_header("Content-Type", "application/x-test");
     let call_id = request.id.clone();
-    let response = pool.call(&echo, request).await.unwrap();
+    let response = pool.register(echo.clone()).call(request).await.unwrap();
     assert_eq!(response.status, 200);
     assert!(response.body == body, "the binary body came back changed");
     let header = |name: &str| {
@@ -289,7 +296,8 @@ async fn cold_calls_run_a_container_each_and_remove_it() {
     let cold = spec("echo-cold", Format::Cold);
     for i in 0..3 {
         let response = pool
-            .call(&cold, Request::new(format!("cold {i}")))
+            .register(cold.clone())
+            .call(Request::new(format!("cold {i}")))
             .await
             .unwrap();
         assert_eq!(
@@ -340,7 +348,11 @@ async fn every_hot_call_gets_its_own_stats() {
     echo.memory = 128 * MIB;
     // A short call: far under the engine's sampling interval, counters only.
     call(&pool, &echo, "warm").await.unwrap();
-    let short = pool.call(&echo, Request::new("short")).await.unwrap();
+    let short = pool
+        .register(echo.clone())
+        .call(Request::new("short"))
+        .await
+        .unwrap();
     let stats = short.stats.expect("stats on a hot call");
     let usage = stats
         .usage
@@ -350,7 +362,11 @@ async fn every_hot_call_gets_its_own_stats() {
         "{usage:?}"
     );
     // A call that spins for 2.5 s: engine samples belong to it, and it used a core.
-    let long = pool.call(&echo, Request::new("!spin 2500")).await.unwrap();
+    let long = pool
+        .register(echo.clone())
+        .call(Request::new("!spin 2500"))
+        .await
+        .unwrap();
     let stats = long.stats.expect("stats on a hot call");
     assert!(stats.sample_count >= 1, "{stats:?}");
     assert!(stats.samples.len() <= stats.sample_count);
@@ -362,7 +378,11 @@ async fn every_hot_call_gets_its_own_stats() {
     );
     // The next short call does not inherit the long call's samples (it may catch
     // one of its own, if the engine's sample lands while it runs).
-    let after = pool.call(&echo, Request::new("after")).await.unwrap();
+    let after = pool
+        .register(echo.clone())
+        .call(Request::new("after"))
+        .await
+        .unwrap();
     assert!(after.stats.expect("stats").sample_count <= 1);
     shut(&pool).await;
 }

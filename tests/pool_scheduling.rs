@@ -39,7 +39,10 @@ async fn call(
     spec: &FunctionSpec,
     body: &str,
 ) -> Result<String, CallError> {
-    let response = pool.call(spec, Request::new(body.to_owned())).await?;
+    let response = pool
+        .register(spec.clone())
+        .call(Request::new(body.to_owned()))
+        .await?;
     Ok(String::from_utf8(response.body.to_vec()).unwrap())
 }
 
@@ -47,14 +50,19 @@ async fn call(
 async fn sequential_calls_reuse_one_container() {
     let (pool, driver) = pool(GIB).await;
     let echo = spec("echo");
-    let first = pool.call(&echo, Request::new("call 0")).await.unwrap();
+    let first = pool
+        .register(echo.clone())
+        .call(Request::new("call 0"))
+        .await
+        .unwrap();
     assert_eq!(
         (first.start, &first.body[..]),
         (Start::Cold, &b"call 0"[..])
     );
     for i in 1..100 {
         let response = pool
-            .call(&echo, Request::new(format!("call {i}")))
+            .register(echo.clone())
+            .call(Request::new(format!("call {i}")))
             .await
             .unwrap();
         assert_eq!(response.start, Start::Hot, "call {i}");
@@ -78,7 +86,11 @@ async fn concurrency_is_capped_and_every_container_is_reused() {
             let mut starts = Vec::new();
             for i in 0..10 {
                 let body = format!("{caller}-{i}");
-                let response = pool.call(&echo, Request::new(body.clone())).await.unwrap();
+                let response = pool
+                    .register(echo.clone())
+                    .call(Request::new(body.clone()))
+                    .await
+                    .unwrap();
                 assert_eq!(response.body, body);
                 assert!(pool.status().functions[0].busy <= 4);
                 starts.push(response.start);
@@ -331,7 +343,11 @@ async fn a_changed_spec_gets_new_containers_and_the_old_drain() {
     let mut new = old.clone();
     new.env.insert("VERSION".into(), "2".into());
     call(&pool, &old, "v1").await.unwrap();
-    let response = pool.call(&new, Request::new("v2")).await.unwrap();
+    let response = pool
+        .register(new.clone())
+        .call(Request::new("v2"))
+        .await
+        .unwrap();
     assert_eq!(
         response.start,
         Start::Cold,
@@ -381,7 +397,8 @@ async fn cold_calls_get_a_container_each() {
     cold.cmd = vec!["echo".into()];
     for i in 0..3 {
         let response = pool
-            .call(&cold, Request::new(format!("body {i}")))
+            .register(cold.clone())
+            .call(Request::new(format!("body {i}")))
             .await
             .unwrap();
         assert_eq!(
@@ -460,7 +477,11 @@ async fn a_caller_that_gives_up_waiting_costs_no_container() {
         tokio::time::timeout(Duration::from_millis(100), call(&pool, &solo, "impatient")).await;
     assert!(gave_up.is_err(), "the caller gave up while waiting");
     assert_eq!(occupant.await.unwrap().unwrap(), "slept");
-    let next = pool.call(&solo, Request::new("next")).await.unwrap();
+    let next = pool
+        .register(solo.clone())
+        .call(Request::new("next"))
+        .await
+        .unwrap();
     assert_eq!((next.start, next.body), (Start::Hot, "next".into()));
     let stats = driver.statistics();
     assert_eq!((stats.created, stats.closed), (1, 0));

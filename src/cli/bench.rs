@@ -30,7 +30,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use hotpool::driver::Driver;
 use hotpool::driver::docker::{DockerDriver, DockerOptions, LABEL};
-use hotpool::pool::{Format, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request};
+use hotpool::pool::{Format, Function, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request};
 
 /// The pool name of the bench's containers (pool and floor alike).
 const BENCH_POOL: &str = "bench";
@@ -152,19 +152,18 @@ async fn measure(
 ) -> Result<HashMap<&'static str, Samples>, String> {
     let body = vec![b'x'; args.payload];
     let hot = spec(args, args.format, args.command.clone());
-    let cold = spec(
-        args,
-        Format::Cold,
-        args.cold_cmd
-            .clone()
-            .unwrap_or_else(|| args.command.clone()),
-    );
+    let cold_cmd = args
+        .cold_cmd
+        .clone()
+        .unwrap_or_else(|| args.command.clone());
+    let cold = spec(args, Format::Cold, cold_cmd.clone());
     let request = floor_request(args.format, &body);
+    let (hot, cold) = (pool.register(hot), pool.register(cold));
 
     // Warm up: the pool's containers and the floor's, and the image's pages.
     let mut raw =
         try_join_all((0..args.concurrency).map(|_| RawContainer::start(docker, args))).await?;
-    let warm = (0..args.concurrency).map(|_| pool.call(&hot, Request::new(body.clone())));
+    let warm = (0..args.concurrency).map(|_| hot.call(Request::new(body.clone())));
     try_join_all(warm)
         .await
         .map_err(|e| format!("a hot call failed: {e}"))?;
@@ -197,22 +196,18 @@ async fn measure(
         .await?;
         timed(
             modes.entry("hot").or_default(),
-            workers(args.concurrency, hot_calls, || {
-                through_pool(pool, &hot, &body)
-            }),
+            workers(args.concurrency, hot_calls, || through_pool(&hot, &body)),
         )
         .await?;
         timed(
             modes.entry("cold").or_default(),
-            workers(args.concurrency, cold_calls, || {
-                through_pool(pool, &cold, &body)
-            }),
+            workers(args.concurrency, cold_calls, || through_pool(&cold, &body)),
         )
         .await?;
         timed(
             modes.entry("floor_cold").or_default(),
             workers(args.concurrency, cold_calls, || {
-                raw_cold_call(docker, args, &cold.cmd, &body)
+                raw_cold_call(docker, args, &cold_cmd, &body)
             }),
         )
         .await?;
@@ -224,15 +219,11 @@ async fn measure(
 }
 
 /// One call through the pool.
-async fn through_pool(
-    pool: &Pool<DockerDriver>,
-    spec: &FunctionSpec,
-    body: &[u8],
-) -> Result<(), String> {
+async fn through_pool(function: &Function<DockerDriver>, body: &[u8]) -> Result<(), String> {
     let request = Request::new(body.to_vec());
-    match pool.call(spec, request).await {
+    match function.call(request).await {
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("a {} call failed: {e}", spec.format)),
+        Err(e) => Err(format!("a {} call failed: {e}", function.name())),
     }
 }
 

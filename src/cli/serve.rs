@@ -6,7 +6,6 @@
 //! (a client that never finishes its request is cut then), and remove every
 //! container before exiting.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -64,13 +63,13 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
-    let pool_config = PoolConfig {
-        name: config.pool.name.clone(),
-        memory_budget: config.pool.memory_budget,
-        shutdown_timeout: config.pool.shutdown_timeout,
-        stats_max_points: config.pool.stats_max_points,
-        max_response_bytes: usize::try_from(config.server.max_response).unwrap_or(usize::MAX),
-    };
+    let mut pool_config = PoolConfig::default();
+    pool_config.name = config.pool.name.clone();
+    pool_config.memory_budget = config.pool.memory_budget;
+    pool_config.shutdown_timeout = config.pool.shutdown_timeout;
+    pool_config.stats_max_points = config.pool.stats_max_points;
+    pool_config.max_response_bytes =
+        usize::try_from(config.server.max_response).unwrap_or(usize::MAX);
     let pool = match Pool::builder(driver).config(pool_config).build().await {
         Ok(pool) => pool,
         Err(error) => {
@@ -93,13 +92,11 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
     let names: Vec<&str> = config.functions.iter().map(|f| f.name.as_str()).collect();
     println!("hotpool serving {} on http://{address}", names.join(", "));
 
+    for spec in &config.functions {
+        pool.register(spec.clone());
+    }
     let state = Arc::new(AppState {
         pool: pool.clone(),
-        functions: config
-            .functions
-            .iter()
-            .map(|spec| (spec.name.clone(), spec.clone()))
-            .collect::<BTreeMap<_, _>>(),
         max_body: usize::try_from(config.server.max_body).unwrap_or(usize::MAX),
         body_timeout: config.server.body_timeout,
         metrics: Some(metrics),

@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
 use super::format::{self, FrameError, FunctionResponse, Request};
-use super::function::FunctionPool;
+use super::function::{ColdRefusal, FunctionPool};
 use super::scheduler::{Inner, busy, record_start};
-use super::spec::{Format, FunctionSpec};
+use super::spec::Format;
 use crate::driver::{Cookie, Driver, RunResult};
 use crate::error::{CallError, ErrorKind};
 use crate::stats::{CallStats, Usage};
@@ -65,24 +65,20 @@ pub struct Response {
 }
 
 impl<D: Driver> Inner<D> {
-    /// Runs one call of `spec` and records it in the metrics.
-    pub(crate) async fn call(
-        self: &Arc<Self>,
-        spec: &FunctionSpec,
-        request: Request,
-    ) -> Result<Response, CallError> {
+    /// Runs one call of function `name` and records it in the metrics.
+    pub(crate) async fn call(&self, name: &str, request: Request) -> Result<Response, CallError> {
         let Some(_in_flight) = self.enter() else {
             return Err(busy("the pool is shutting down"));
         };
-        let pool = self.function_for(spec);
+        let pool = self.current(name)?;
         let mut count = CallCount {
             function: pool.name.clone(),
             outcome: ErrorKind::Cancelled.as_str(),
         };
         let started = Instant::now();
-        let result = match spec.format {
+        let result = match pool.format() {
             Format::Cold => self.call_cold(&pool, &request, started).await,
-            Format::Line | Format::Http => self.call_hot(&pool, &request, started).await,
+            Format::Line | Format::Http => self.call_hot(pool.clone(), &request, started).await,
         };
         count.outcome = match &result {
             Ok(_) => "success",
@@ -96,12 +92,13 @@ impl<D: Driver> Inner<D> {
     }
 
     async fn call_hot(
-        self: &Arc<Self>,
-        pool: &Arc<FunctionPool<D>>,
+        &self,
+        pool: Arc<FunctionPool<D>>,
         request: &Request,
         started: Instant,
     ) -> Result<Response, CallError> {
-        let mut checked = self.checkout(pool).await?;
+        let (pool, mut checked) = self.checkout(pool).await?;
+        let pool = &pool;
         record_queue(pool, started);
         let slot = checked.begin_call();
         let start = if std::mem::replace(&mut slot.fresh, false) {
@@ -116,12 +113,12 @@ impl<D: Driver> Inner<D> {
         container.call_tag.begin(call_key);
         let cpu_before = container.cookie.cpu_time();
         let call_started = Instant::now();
-        let timeout = pool.spec.timeout;
+        let timeout = pool.limits().timeout;
         let max = self.config.max_response_bytes;
         let exchange = async {
             tokio::select! {
                 biased;
-                answer = exchange(pool.spec.format, &mut slot.pipes, request, timeout, max) => answer,
+                answer = exchange(pool.format(), &mut slot.pipes, request, timeout, max) => answer,
                 () = container.died().cancelled() => Err(FrameError::Closed),
             }
         };
@@ -158,41 +155,29 @@ impl<D: Driver> Inner<D> {
     }
 
     async fn call_cold(
-        self: &Arc<Self>,
+        &self,
         pool: &Arc<FunctionPool<D>>,
         request: &Request,
         started: Instant,
     ) -> Result<Response, CallError> {
-        let spec = &pool.spec;
-        if pool.cold_permits.available_permits() == 0
-            && pool.cold_waiting.load(std::sync::atomic::Ordering::Relaxed) >= spec.max_queue
-        {
-            return Err(busy(format!(
-                "{} calls of {} are already waiting",
-                spec.max_queue, spec.name
-            )));
-        }
-        pool.cold_waiting
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let permit = tokio::time::timeout(
-            spec.queue_timeout,
-            pool.cold_permits.clone().acquire_owned(),
-        )
-        .await;
-        pool.cold_waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let permit = match permit {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(busy("the pool is shutting down")),
-            Err(_) => {
+        let limits = pool.limits();
+        let slot = match pool.cold_slot(limits.max_queue, limits.queue_timeout).await {
+            Ok(slot) => slot,
+            Err(ColdRefusal::QueueFull) => {
+                return Err(busy(format!(
+                    "{} calls of {} are already waiting",
+                    limits.max_queue, pool.name
+                )));
+            }
+            Err(ColdRefusal::TimedOut) => {
                 return Err(busy(format!(
                     "no slot for {} came free within {}",
-                    spec.name,
-                    humantime::format_duration(spec.queue_timeout)
+                    pool.name,
+                    humantime::format_duration(limits.queue_timeout)
                 )));
             }
         };
-        pool.publish(&pool.lock());
+        pool.publish(&mut pool.lock());
         let memory = self.reserve(pool).await?;
         record_queue(pool, started);
 
@@ -204,11 +189,15 @@ impl<D: Driver> Inner<D> {
         call_tag.begin(stats_key);
         let mut task = self.task(pool, &request.id);
         task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
-        task.timeout = Some(spec.timeout);
+        task.timeout = Some(limits.timeout);
         task.input = Some(Box::new(std::io::Cursor::new(request.body.clone())));
         task.stdout = Some(Box::new(output.clone()));
         let current_call = Arc::new(Mutex::new(Some(request.id.clone())));
-        task.stderr = Box::new(StderrLog::new(pool.name.clone(), current_call, &pool.spec));
+        task.stderr = Box::new(StderrLog::new(
+            pool.name.clone(),
+            current_call,
+            pool.log_limits.clone(),
+        ));
         let starting = Instant::now();
         let mut cookie = match self.driver.prepare(task).await {
             Ok(cookie) => cookie,
@@ -224,8 +213,8 @@ impl<D: Driver> Inner<D> {
             Err(error) => RunResult::failed(error),
         };
         cookie.close().await;
-        drop((permit, memory));
-        pool.publish(&pool.lock());
+        drop((slot, memory));
+        pool.publish(&mut pool.lock());
         let sampled = call_tag.end();
         let stats = self
             .collector

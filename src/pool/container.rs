@@ -4,11 +4,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::BufReader;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Reservation;
 use super::collector::CallTag;
+use super::spec::FunctionKey;
 use crate::driver::{BoxRead, BoxWrite, Cookie, Driver, RunResult};
 use crate::error::CallError;
 
@@ -17,7 +17,7 @@ pub(crate) use super::function_log::StderrLog;
 
 /// Why a container left the pool; the `reason` label of `hotpool_evictions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvictionReason {
+pub(crate) enum EvictionReason {
     /// Idle past its function's idle timeout.
     IdleTimeout,
     /// Its memory was needed by another function's container.
@@ -40,7 +40,7 @@ pub enum EvictionReason {
 
 impl EvictionReason {
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EvictionReason::IdleTimeout => "idle_timeout",
             EvictionReason::MemoryPressure => "memory_pressure",
@@ -69,6 +69,8 @@ impl EvictionReason {
 pub(crate) struct HotContainer<D: Driver> {
     /// The task id the pool gave it (unique; also in its container name).
     pub(crate) id: String,
+    /// The function version it belongs to.
+    pub(crate) key: FunctionKey,
     pub(crate) cookie: D::Cookie,
     /// The call in it now (or last), for its stderr lines.
     pub(crate) current_call: Arc<Mutex<Option<String>>>,
@@ -85,6 +87,7 @@ pub(crate) struct HotContainer<D: Driver> {
 impl<D: Driver> HotContainer<D> {
     pub(crate) fn new(
         id: String,
+        key: FunctionKey,
         cookie: D::Cookie,
         current_call: Arc<Mutex<Option<String>>>,
         (stats_key, call_tag): (u64, Arc<CallTag>),
@@ -92,6 +95,7 @@ impl<D: Driver> HotContainer<D> {
     ) -> HotContainer<D> {
         HotContainer {
             id,
+            key,
             cookie,
             current_call,
             stats_key,
@@ -147,8 +151,6 @@ pub(crate) struct Pipes {
 pub(crate) struct Slot<D: Driver> {
     pub(crate) container: Arc<HotContainer<D>>,
     pub(crate) pipes: Pipes,
-    /// When its last call ended (or it started).
-    pub(crate) last_used: Instant,
     /// It has served no call yet: its first call waited for it to start.
     pub(crate) fresh: bool,
 }

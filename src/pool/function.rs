@@ -1,153 +1,272 @@
-//! One function's share of the pool: its idle stack, its waiting calls, and the
-//! counts the launcher decides by. Everything here runs under one short lock and
-//! never awaits; the scheduler does the slow parts outside it.
+//! One version of a function: its container spec, its current limits, its
+//! scheduling state behind one short lock, and the gate of its cold calls.
+//!
+//! The state machine ([`FunctionState`]) decides; this type only holds it, keeps
+//! the spec it was registered with, and publishes its counts.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use super::checked_out::CheckedOut;
 use super::container::Slot;
-use super::scheduler::CheckedOut;
-use super::spec::{FunctionKey, FunctionSpec};
+use super::function_log::LogLimits;
+use super::spec::{ContainerSpec, Format, FunctionKey, FunctionSpec, Limits};
+use super::state::{Counts, FunctionState, Waiter};
 use crate::driver::Driver;
 use crate::error::CallError;
 
-/// What a waiting call is handed: a container, or why none will come.
-pub(crate) type Grant<D> = Result<CheckedOut<D>, CallError>;
+/// What a waiting call is handed: a container, or why none will come from this
+/// version.
+pub(crate) type Grant<D> = Result<CheckedOut<D>, Refusal>;
 
-/// The pool of one function spec.
+/// Why a waiting call gets no container from the version it waited on.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The start meant for it failed.
+    Failed(CallError),
+    /// The version drains: the call goes to the function's current version.
+    Moved,
+}
+
+/// A waiting call's end of the channel its container comes through.
+pub(crate) type WaitingCall<D> = oneshot::Sender<Grant<D>>;
+
+impl<D: Driver> Waiter for WaitingCall<D> {
+    fn is_gone(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// The state machine of one version, over the pool's containers and callers.
+pub(crate) type State<D> = FunctionState<Slot<D>, WaitingCall<D>>;
+
+/// One version of a function.
 pub(crate) struct FunctionPool<D: Driver> {
-    pub(crate) spec: Arc<FunctionSpec>,
-    pub(crate) key: FunctionKey,
     pub(crate) name: Arc<str>,
-    slots: Mutex<Slots<D>>,
+    pub(crate) key: FunctionKey,
+    pub(crate) container: ContainerSpec,
+    /// The whole spec, limits as last registered.
+    spec: Mutex<Arc<FunctionSpec>>,
+    limits: Mutex<Arc<Limits>>,
+    state: Mutex<State<D>>,
+    /// Shared with its containers' stderr logs.
+    pub(crate) log_limits: Arc<LogLimits>,
     /// Cold calls run at most `max_concurrency` at once.
-    pub(crate) cold_permits: Arc<Semaphore>,
-    /// Cold calls waiting for a permit.
-    pub(crate) cold_waiting: AtomicUsize,
-}
-
-/// The mutable state of a function pool.
-pub(crate) struct Slots<D: Driver> {
-    /// Idle hot containers, least recently used first: the newest is popped first,
-    /// so extras age out at the bottom.
-    pub(crate) idle: Vec<Slot<D>>,
-    /// Calls waiting for a container, first come first served.
-    pub(crate) waiting: VecDeque<oneshot::Sender<Grant<D>>>,
-    /// Containers being started.
-    pub(crate) starting: usize,
-    /// Containers serving a call.
-    pub(crate) busy: usize,
-    /// The spec was replaced: serve no new calls, remove containers as they free up.
-    pub(crate) draining: bool,
-}
-
-impl<D: Driver> Slots<D> {
-    /// Waiting calls whose caller is still there (the others are dropped).
-    pub(crate) fn live_waiters(&mut self) -> usize {
-        self.waiting.retain(|waiter| !waiter.is_closed());
-        self.waiting.len()
-    }
-
-    /// Containers alive or coming.
-    pub(crate) fn live(&self) -> usize {
-        self.idle.len() + self.busy + self.starting
-    }
-
-    /// Whether nothing is left in it.
-    pub(crate) fn is_empty(&mut self) -> bool {
-        self.live() == 0 && self.live_waiters() == 0
-    }
+    cold: ColdGate,
 }
 
 impl<D: Driver> FunctionPool<D> {
     pub(crate) fn new(spec: FunctionSpec) -> FunctionPool<D> {
-        let name: Arc<str> = spec.name.as_str().into();
+        let (name, container, limits) = spec.clone().split();
         FunctionPool {
-            key: spec.key(),
-            cold_permits: Arc::new(Semaphore::new(spec.max_concurrency)),
-            spec: Arc::new(spec),
-            name,
-            slots: Mutex::new(Slots {
-                idle: Vec::new(),
-                waiting: VecDeque::new(),
-                starting: 0,
-                busy: 0,
-                draining: false,
-            }),
-            cold_waiting: AtomicUsize::new(0),
+            key: container.key(&name),
+            name: name.into(),
+            container,
+            state: Mutex::new(FunctionState::new(&limits)),
+            log_limits: LogLimits::new(limits.log_per_call, limits.log_rate),
+            cold: ColdGate::new(limits.max_concurrency),
+            limits: Mutex::new(Arc::new(limits)),
+            spec: Mutex::new(Arc::new(spec)),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Slots<D>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<D>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many containers to start now: one per waiting call that no idle or
-    /// starting container will serve, within the function's max concurrency.
-    /// Counts them as starting.
-    pub(crate) fn claim_launches(&self) -> usize {
-        let mut slots = self.lock();
-        if slots.draining {
-            return 0;
-        }
-        let demand = slots.live_waiters();
-        let supply = slots.idle.len() + slots.starting;
-        let room = self.spec.max_concurrency.saturating_sub(slots.live());
-        let launches = demand.saturating_sub(supply).min(room);
-        slots.starting += launches;
-        self.publish(&slots);
-        launches
+    /// The spec as last registered.
+    pub(crate) fn spec(&self) -> Arc<FunctionSpec> {
+        self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// How many calls may wait: one per container starting or still startable,
-    /// plus the queue (`max_queue` counts only calls that wait for a busy one).
-    pub(crate) fn capacity_for_waiters(&self, slots: &Slots<D>) -> usize {
-        let startable = self.spec.max_concurrency.saturating_sub(slots.live());
-        slots.starting + startable + self.spec.max_queue
+    /// The limits a call runs under now.
+    pub(crate) fn limits(&self) -> Arc<Limits> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes `spec`'s limits (its container spec is this version's); the state
+    /// machine's answer is for the caller to carry out.
+    pub(crate) fn set_limits(&self, spec: FunctionSpec, state: &mut State<D>) -> Actions<D> {
+        let limits = spec.clone().split().2;
+        self.log_limits.set(limits.log_per_call, limits.log_rate);
+        self.cold.resize(limits.max_concurrency);
+        *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(spec);
+        let actions = state.set_limits(&limits);
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
+        actions
+    }
+
+    pub(crate) fn format(&self) -> Format {
+        self.container.format
+    }
+
+    /// Waits for a cold slot, within the queue limits; `None` past `wait`.
+    pub(crate) async fn cold_slot(
+        &self,
+        max_queue: usize,
+        wait: Duration,
+    ) -> Result<ColdSlot<'_>, ColdRefusal> {
+        self.cold.enter(max_queue, wait).await
     }
 
     /// Publishes `hotpool_containers{function,state}`.
-    pub(crate) fn publish(&self, slots: &Slots<D>) {
-        let cold_busy = self.spec.max_concurrency - self.cold_permits.available_permits();
-        for (state, count) in [
-            ("idle", slots.idle.len()),
-            ("busy", slots.busy + cold_busy),
-            ("starting", slots.starting),
+    pub(crate) fn publish(&self, state: &mut State<D>) {
+        let counts = state.counts();
+        for (label, count) in [
+            ("idle", counts.idle),
+            ("busy", counts.busy + self.cold.running()),
+            ("starting", counts.starting),
         ] {
-            metrics::gauge!(crate::metrics::CONTAINERS, "function" => self.name.clone(), "state" => state)
+            metrics::gauge!(crate::metrics::CONTAINERS, "function" => self.name.clone(), "state" => label)
                 .set(count as f64);
         }
     }
 
     /// A snapshot for [`super::Pool::status`].
     pub(crate) fn status(&self) -> FunctionStatus {
-        let mut slots = self.lock();
-        let cold_busy = self.spec.max_concurrency - self.cold_permits.available_permits();
+        let mut state = self.lock();
+        let Counts {
+            idle,
+            busy,
+            starting,
+            waiting,
+        } = state.counts();
         FunctionStatus {
-            name: self.spec.name.clone(),
+            name: self.name.to_string(),
             key: self.key,
-            format: self.spec.format,
-            idle: slots.idle.len(),
-            busy: slots.busy + cold_busy,
-            starting: slots.starting,
-            waiting: slots.live_waiters() + self.cold_waiting.load(Ordering::Relaxed),
-            draining: slots.draining,
+            format: self.container.format,
+            idle,
+            busy: busy + self.cold.running(),
+            starting,
+            waiting: waiting + self.cold.waiting(),
+            draining: state.is_draining(),
         }
     }
 }
 
-/// One function pool, as [`super::Pool::status`] reports it.
+/// The actions of one version's state machine.
+pub(crate) type Actions<D> = super::state::Actions<Slot<D>, WaitingCall<D>>;
+
+/// At most `max_concurrency` cold calls at once; a lowered limit takes effect as
+/// running calls end.
+struct ColdGate {
+    permits: Arc<Semaphore>,
+    limit: Mutex<usize>,
+    /// Permits to forget as they come back, after the limit was lowered.
+    owed: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+/// Why a cold call got no slot.
+pub(crate) enum ColdRefusal {
+    /// `max_queue` calls already wait.
+    QueueFull,
+    /// None came free within the wait.
+    TimedOut,
+}
+
+/// A running cold call's slot; given back on drop.
+pub(crate) struct ColdSlot<'a> {
+    gate: &'a ColdGate,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ColdSlot<'_> {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let owed = self
+            .gate
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                owed.checked_sub(1)
+            });
+        if owed.is_ok() {
+            permit.forget();
+        }
+    }
+}
+
+impl ColdGate {
+    fn new(limit: usize) -> ColdGate {
+        ColdGate {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit: Mutex::new(limit),
+            owed: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    async fn enter(&self, max_queue: usize, wait: Duration) -> Result<ColdSlot<'_>, ColdRefusal> {
+        if self.permits.available_permits() == 0 && self.waiting() >= max_queue {
+            return Err(ColdRefusal::QueueFull);
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match permit {
+            Ok(Ok(permit)) => Ok(ColdSlot {
+                gate: self,
+                permit: Some(permit),
+            }),
+            // The semaphore is never closed; a timeout is the only refusal.
+            Ok(Err(_)) | Err(_) => Err(ColdRefusal::TimedOut),
+        }
+    }
+
+    fn resize(&self, new_limit: usize) {
+        let mut limit = self.limit.lock().unwrap_or_else(|e| e.into_inner());
+        if new_limit > *limit {
+            let mut grow = new_limit - *limit;
+            // Cancel debts first, then add permits.
+            while grow > 0 {
+                let paid = self
+                    .owed
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                        owed.checked_sub(1)
+                    });
+                if paid.is_err() {
+                    break;
+                }
+                grow -= 1;
+            }
+            self.permits.add_permits(grow);
+        } else {
+            let shrink = *limit - new_limit;
+            let forgotten = self.permits.forget_permits(shrink);
+            self.owed.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        *limit = new_limit;
+    }
+
+    /// Cold calls running now.
+    fn running(&self) -> usize {
+        let limit = *self.limit.lock().unwrap_or_else(|e| e.into_inner());
+        (limit + self.owed.load(Ordering::Acquire)).saturating_sub(self.permits.available_permits())
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// One function version, as [`super::Pool::status`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FunctionStatus {
     /// The function's name.
     pub name: String,
-    /// The key of its spec.
+    /// The key of this version (its name and container spec).
     pub key: FunctionKey,
     /// Its format.
-    pub format: super::Format,
+    pub format: Format,
     /// Hot containers waiting for a call.
     pub idle: usize,
     /// Containers serving a call (hot or cold).
@@ -156,6 +275,36 @@ pub struct FunctionStatus {
     pub starting: usize,
     /// Calls waiting for a container.
     pub waiting: usize,
-    /// Whether a newer spec replaced it.
+    /// Whether a newer version replaced it (or it was removed) and it drains.
     pub draining: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lowered_cold_limit_applies_as_running_calls_end() {
+        let gate = ColdGate::new(2);
+        let wait = Duration::from_millis(10);
+        let first = gate.enter(0, wait).await.ok().expect("a slot");
+        let second = gate.enter(0, wait).await.ok().expect("a slot");
+        gate.resize(1);
+        assert_eq!(gate.running(), 2);
+        drop(first);
+        assert_eq!(gate.running(), 1);
+        assert!(
+            gate.enter(0, wait).await.is_err(),
+            "one runs, the limit is one"
+        );
+        drop(second);
+        assert!(gate.enter(0, wait).await.is_ok());
+        gate.resize(3);
+        let held: Vec<_> = futures_util::future::join_all((0..3).map(|_| gate.enter(0, wait)))
+            .await
+            .into_iter()
+            .map(|slot| slot.ok().expect("a slot under the raised limit"))
+            .collect();
+        assert_eq!(gate.running(), held.len());
+    }
 }

@@ -13,10 +13,9 @@
 //! stderr goes quiet (the driver flushes the log then), or the container is gone.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use super::spec::FunctionSpec;
 
 /// The longest record: a longer line is cut here and the rest of it dropped.
 pub(crate) const MAX_RECORD_BYTES: usize = 16 * 1024;
@@ -85,6 +84,28 @@ impl RateLimit {
     }
 }
 
+/// A function's log limits, shared by its containers' logs so that a change
+/// applies to running containers.
+#[derive(Debug)]
+pub(crate) struct LogLimits {
+    per_call: AtomicU64,
+    rate: AtomicU64,
+}
+
+impl LogLimits {
+    pub(crate) fn new(per_call: u64, rate: u64) -> Arc<LogLimits> {
+        Arc::new(LogLimits {
+            per_call: AtomicU64::new(per_call),
+            rate: AtomicU64::new(rate),
+        })
+    }
+
+    pub(crate) fn set(&self, per_call: u64, rate: u64) {
+        self.per_call.store(per_call, Ordering::Relaxed);
+        self.rate.store(rate, Ordering::Relaxed);
+    }
+}
+
 /// A container's stderr, as log records tagged with the function and the call.
 pub(crate) struct StderrLog {
     function: Arc<str>,
@@ -94,6 +115,7 @@ pub(crate) struct StderrLog {
     call: Option<String>,
     /// Bytes logged for `call`.
     call_bytes: u64,
+    limits: Arc<LogLimits>,
     per_call: u64,
     rate: RateLimit,
     /// The line read so far, at most [`MAX_RECORD_BYTES`].
@@ -112,7 +134,7 @@ impl StderrLog {
     pub(crate) fn new(
         function: Arc<str>,
         current_call: Arc<Mutex<Option<String>>>,
-        spec: &FunctionSpec,
+        limits: Arc<LogLimits>,
     ) -> StderrLog {
         let dropped = Cut::ALL.map(|cut| {
             metrics::counter!(
@@ -130,8 +152,9 @@ impl StderrLog {
             current_call,
             call: None,
             call_bytes: 0,
-            per_call: spec.log_per_call,
-            rate: RateLimit::new(spec.log_rate, Instant::now()),
+            per_call: limits.per_call.load(Ordering::Relaxed),
+            rate: RateLimit::new(limits.rate.load(Ordering::Relaxed), Instant::now()),
+            limits,
             partial: Vec::new(),
             skipping: false,
             unsaid: [0; 3],
@@ -143,6 +166,8 @@ impl StderrLog {
 
     /// Takes stderr bytes written at `now`.
     fn feed(&mut self, mut bytes: &[u8], now: Instant) {
+        self.per_call = self.limits.per_call.load(Ordering::Relaxed);
+        self.rate.rate = self.limits.rate.load(Ordering::Relaxed) as f64;
         self.follow_call();
         while !bytes.is_empty() {
             match memchr::memchr(b'\n', bytes) {
@@ -336,11 +361,8 @@ mod tests {
     /// A log of function `f` with these limits, in call `call-1`, and the instant
     /// its rate limit starts from.
     fn stderr_log(per_call: u64, rate: u64) -> (StderrLog, Arc<Mutex<Option<String>>>, Instant) {
-        let mut spec = FunctionSpec::new("f", "img");
-        spec.log_per_call = per_call;
-        spec.log_rate = rate;
         let call = Arc::new(Mutex::new(Some("call-1".to_owned())));
-        let log = StderrLog::new("f".into(), call.clone(), &spec);
+        let log = StderrLog::new("f".into(), call.clone(), LogLimits::new(per_call, rate));
         let start = log.rate.refilled;
         (log, call, start)
     }

@@ -1,35 +1,41 @@
 //! The hot pool: hot containers per function, handed out one call at a time.
 //!
 //! ```text
-//! caller ──call(spec, request)──► Pool ── DashMap<FunctionKey, FunctionPool>
-//!                                           idle: LIFO stack · waiting: bounded FIFO
-//!                                           launcher: waiting > idle + starting
-//!                                 ▼
-//!                            HotContainer ── driver cookie, stdin/stdout pipes, watcher
+//! caller ──Function::call(request)──► Pool ── current version of each name
+//!                                             └ FunctionState: idle stack, waiting
+//!                                               calls, starts (a state machine)
+//!                                    ▼
+//!                               HotContainer ── driver cookie, stdin/stdout, watcher
 //! ```
 //!
-//! Build one with [`Pool::builder`], call functions with [`Pool::call`], look at
-//! it with [`Pool::status`], and end it with [`Pool::shutdown`], which removes
-//! every container. A function's containers are keyed by its whole
-//! [`FunctionSpec`]: change any field and new calls go to new containers while the
-//! old ones drain.
+//! Build one with [`Pool::builder`], register functions with [`Pool::register`]
+//! (which gives a [`Function`] handle to call), look at it with [`Pool::status`],
+//! and end it with [`Pool::shutdown`], which removes every container.
+//!
+//! A name has one current version. Registering a spec again with the same
+//! container spec (image, command, environment, format, memory, ...) applies its
+//! limits (timeouts, keep-alive, concurrency, queue, logs) to the running
+//! containers; a different container spec makes a new version, and the old one
+//! drains: its idle containers go at once, its busy ones when their call ends.
 
 mod budget;
 mod call;
+mod checked_out;
 mod collector;
 mod container;
 pub(crate) mod format;
 mod function;
 mod function_log;
+mod policy;
 mod scheduler;
 mod spec;
+mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use call::{Response, Start};
-pub use container::EvictionReason;
-pub use format::{FunctionResponse, Request};
+pub use format::Request;
 pub use function::FunctionStatus;
 pub use scheduler::POOL_LABEL;
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
@@ -40,6 +46,7 @@ use scheduler::Inner;
 
 /// Settings of a whole pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// Labels its containers `hotpool.pool=<name>`; on start, containers left with
     /// that label by an earlier run are removed.
@@ -108,7 +115,7 @@ impl<D: Driver> PoolBuilder<D> {
         if leftovers > 0 {
             tracing::info!(count = leftovers, pool = %self.config.name, "removed containers left by an earlier run");
         }
-        let inner = Arc::new(Inner::new(self.driver, self.config));
+        let inner = Inner::new(self.driver, self.config);
         tokio::spawn(inner.clone().reaper());
         Ok(Pool { inner })
     }
@@ -130,12 +137,13 @@ impl<D: Driver> Clone for Pool<D> {
 
 /// A snapshot of a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolStatus {
     /// [`PoolConfig::memory_budget`].
     pub memory_budget: u64,
     /// The memory limits of live containers, added up.
     pub memory_reserved: u64,
-    /// Every function pool, current and draining, by name.
+    /// Every function version, current and draining, by name.
     pub functions: Vec<FunctionStatus>,
 }
 
@@ -148,21 +156,50 @@ impl<D: Driver> Pool<D> {
         }
     }
 
-    /// Calls `function` with `request`: in a hot container of its own spec (started
-    /// if none is free), or in a new container for `cold` functions.
-    pub async fn call(
-        &self,
-        function: &FunctionSpec,
-        request: Request,
-    ) -> Result<Response, CallError> {
-        self.inner.call(function, request).await
+    /// Makes `spec` the current version of its name and returns its handle. A
+    /// spec with the running version's container spec changes its limits in
+    /// place; any other makes a new version, and the old one drains.
+    pub fn register(&self, spec: FunctionSpec) -> Function<D> {
+        let name: Arc<str> = spec.name.as_str().into();
+        self.inner.register(spec);
+        Function {
+            inner: self.inner.clone(),
+            name,
+        }
+    }
+
+    /// The handle of function `name`, if it is registered.
+    pub fn function(&self, name: &str) -> Option<Function<D>> {
+        let pool = self.inner.current(name).ok()?;
+        Some(Function {
+            inner: self.inner.clone(),
+            name: pool.name.clone(),
+        })
+    }
+
+    /// Removes function `name`: its containers drain and go, and calls to it get
+    /// `unknown_function`. Says whether it was registered.
+    pub fn remove(&self, name: &str) -> bool {
+        self.inner.remove(name)
+    }
+
+    /// The current spec of every registered function, by name.
+    pub fn specs(&self) -> Vec<FunctionSpec> {
+        let mut specs: Vec<_> = self
+            .inner
+            .specs()
+            .into_iter()
+            .map(|spec| (*spec).clone())
+            .collect();
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs
     }
 
     /// A snapshot of every function pool.
     pub fn status(&self) -> PoolStatus {
         let mut functions: Vec<_> = self
             .inner
-            .functions
+            .versions
             .iter()
             .map(|entry| entry.value().clone())
             .collect::<Vec<_>>()
@@ -192,5 +229,50 @@ impl<D: Driver> Pool<D> {
     /// once they are gone.
     pub async fn shutdown(&self) {
         self.inner.shutdown().await
+    }
+}
+
+/// A registered function. Cheap to clone; calls go to the current version of its
+/// name.
+pub struct Function<D: Driver> {
+    inner: Arc<Inner<D>>,
+    name: Arc<str>,
+}
+
+impl<D: Driver> Clone for Function<D> {
+    fn clone(&self) -> Self {
+        Function {
+            inner: self.inner.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl<D: Driver> Function<D> {
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Calls the function with `request`: in a hot container (started if none is
+    /// free), or in a new container for `cold` functions. A function removed since
+    /// gives `unknown_function`. The call does not borrow the handle.
+    pub fn call(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Response, CallError>> + 'static {
+        let (inner, name) = (self.inner.clone(), self.name.clone());
+        async move { inner.call(&name, request).await }
+    }
+
+    /// The format of its current version; `None` once it was removed.
+    pub fn format(&self) -> Option<Format> {
+        Some(self.inner.current(&self.name).ok()?.format())
+    }
+
+    /// Its current spec; `None` once it was removed.
+    pub fn spec(&self) -> Option<FunctionSpec> {
+        let pool = self.inner.current(&self.name).ok()?;
+        Some((*pool.spec()).clone())
     }
 }

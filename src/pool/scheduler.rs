@@ -1,19 +1,19 @@
-//! The scheduler: hands hot containers to calls, starts and removes them.
+//! The scheduler: carries out what each function version's state machine
+//! decides (hands containers to calls, starts and removes containers), keeps the
+//! pool-wide parts (the memory budget, the registry of versions, shutdown), and
+//! lends containers to calls.
 //!
-//! Rules, per function: idle containers are a LIFO stack (the newest idle is
-//! reused first, so extras age out); calls that find none wait in a bounded FIFO
-//! queue; a container is started only while waiting calls outnumber idle plus
-//! starting containers, within the function's max concurrency and the pool's
-//! memory budget (idle containers of other functions are evicted for it, least
-//! recently used first). A container serves one call at a time. A start failure
-//! reaches every waiting call that no other container will serve. A container
-//! that dies while idle leaves the stack before anyone gets it.
+//! The rules themselves live in [`super::state`]; the choices a user can swap in
+//! [`super::policy`]. Under memory pressure a start evicts the idle container of
+//! another function that the eviction policies rank lowest. A container that dies
+//! while idle leaves its stack before anyone gets it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tokio::io::BufReader;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -22,11 +22,14 @@ use tokio_util::task::TaskTracker;
 
 use super::PoolConfig;
 use super::budget::{MemoryBudget, Reservation};
+use super::checked_out::{CheckedOut, Lender};
 use super::collector::{CallTag, StatsCollector};
 use super::container::{EvictionReason, HotContainer, Pipes, Slot, StderrLog};
 use super::format::{self, FrameError};
-use super::function::FunctionPool;
+use super::function::{Actions, FunctionPool, Grant, Refusal};
+use super::policy::after;
 use super::spec::{FunctionKey, FunctionSpec};
+use super::state::Arrival;
 use crate::driver::{Cookie, Driver, Task};
 use crate::error::CallError;
 
@@ -41,11 +44,14 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The state every call and background task of one pool shares.
 pub(crate) struct Inner<D: Driver> {
+    /// Itself, for the tasks it spawns and the containers it lends.
+    this: Weak<Inner<D>>,
     pub(crate) driver: D,
     pub(crate) config: PoolConfig,
-    pub(crate) functions: DashMap<FunctionKey, Arc<FunctionPool<D>>>,
-    /// The newest spec of each function name.
-    current: DashMap<String, FunctionKey>,
+    /// Every version, current and draining, by key.
+    pub(crate) versions: DashMap<FunctionKey, Arc<FunctionPool<D>>>,
+    /// The current version of each registered function.
+    current: DashMap<Arc<str>, Arc<FunctionPool<D>>>,
     /// Every live hot container, by id, so shutdown can reach busy ones.
     containers: DashMap<String, Arc<HotContainer<D>>>,
     pub(crate) budget: Arc<MemoryBudget>,
@@ -59,15 +65,12 @@ pub(crate) struct Inner<D: Driver> {
     pub(crate) abort: CancellationToken,
     /// An idle container appeared somewhere (a parked start may evict it).
     idle_appeared: Notify,
+    /// Limits changed: idle deadlines may be sooner than the reaper thinks.
+    limits_changed: Notify,
+    /// What eviction priorities count from.
+    epoch: std::time::Instant,
     in_flight: AtomicUsize,
     calls_done: Notify,
-}
-
-/// Where a slot comes from when it is offered to waiting calls.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Started,
-    Returned,
 }
 
 pub(crate) fn busy(reason: impl Into<String>) -> CallError {
@@ -77,149 +80,256 @@ pub(crate) fn busy(reason: impl Into<String>) -> CallError {
     }
 }
 
+/// The state machines' clock: tokio's, so paused-time tests drive it too.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
 impl<D: Driver> Inner<D> {
-    pub(crate) fn new(driver: D, config: PoolConfig) -> Inner<D> {
-        Inner {
+    pub(crate) fn new(driver: D, config: PoolConfig) -> Arc<Inner<D>> {
+        Arc::new_cyclic(|this| Inner {
+            this: this.clone(),
             driver,
             budget: MemoryBudget::new(config.memory_budget),
             collector: StatsCollector::start(config.stats_max_points),
             config,
-            functions: DashMap::new(),
+            versions: DashMap::new(),
             current: DashMap::new(),
             containers: DashMap::new(),
             tracker: TaskTracker::new(),
             closing: CancellationToken::new(),
             abort: CancellationToken::new(),
             idle_appeared: Notify::new(),
+            limits_changed: Notify::new(),
+            epoch: now(),
             in_flight: AtomicUsize::new(0),
             calls_done: Notify::new(),
-        }
+        })
+    }
+
+    /// Itself as an `Arc`; it is only ever reached through one.
+    fn arc(&self) -> Arc<Inner<D>> {
+        self.this
+            .upgrade()
+            .expect("the pool is alive while it is used")
     }
 
     /// Counts a call in until the guard drops; `None` once shutdown began.
-    pub(crate) fn enter(self: &Arc<Self>) -> Option<InFlight<D>> {
+    pub(crate) fn enter(&self) -> Option<InFlight<D>> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight {
-            inner: self.clone(),
-        };
+        let guard = InFlight { inner: self.arc() };
         (!self.closing.is_cancelled()).then_some(guard)
     }
 
-    /// The pool of this exact spec, made current for its name.
-    pub(crate) fn function_for(&self, spec: &FunctionSpec) -> Arc<FunctionPool<D>> {
+    /// Makes `spec` its name's current version. The same container spec keeps its
+    /// containers and takes the new limits in place (a draining version with it
+    /// is taken back); another one is a new version, and the old one drains.
+    pub(crate) fn register(&self, spec: FunctionSpec) {
         let key = spec.key();
-        if let Some(pool) = self.functions.get(&key) {
-            return pool.clone();
-        }
+        let name: Arc<str> = spec.name.as_str().into();
+        let replaced = match self.current.entry(name) {
+            Entry::Occupied(entry) if entry.get().key == key => None,
+            Entry::Occupied(mut entry) => Some(entry.insert(self.version(key, &spec))),
+            Entry::Vacant(entry) => {
+                entry.insert(self.version(key, &spec));
+                None
+            }
+        };
         let pool = self
-            .functions
-            .entry(key)
-            .or_insert_with(|| Arc::new(FunctionPool::new(spec.clone())))
-            .clone();
-        self.make_current(&pool);
-        pool
-    }
-
-    /// Records `pool` as its name's current spec; the previous one drains.
-    fn make_current(&self, pool: &FunctionPool<D>) {
-        let previous = self.current.insert(pool.spec.name.clone(), pool.key);
-        pool.lock().draining = false;
-        if let Some(old) = previous.filter(|old| *old != pool.key) {
-            self.drain(old);
+            .versions
+            .get(&key)
+            .map(|p| p.clone())
+            .expect("a current version is registered");
+        let actions = {
+            let mut state = pool.lock();
+            let actions = pool.set_limits(spec, &mut state);
+            pool.publish(&mut state);
+            actions
+        };
+        self.carry_out(&pool, actions, None);
+        if let Some(old) = replaced {
+            self.drain(&old, EvictionReason::Replaced);
         }
+        self.limits_changed.notify_one();
     }
 
-    /// Stops reusing the containers of spec `key`: idle ones go now, busy ones when
-    /// their call ends.
-    fn drain(&self, key: FunctionKey) {
-        let Some(pool) = self.functions.get(&key).map(|p| p.clone()) else {
+    /// The version of `key`: a draining one taken back, or a new one.
+    fn version(&self, key: FunctionKey, spec: &FunctionSpec) -> Arc<FunctionPool<D>> {
+        // Under the map's lock, so the reaper cannot remove it as it comes back.
+        self.versions
+            .entry(key)
+            .and_modify(|pool| pool.lock().resume())
+            .or_insert_with(|| Arc::new(FunctionPool::new(spec.clone())))
+            .clone()
+    }
+
+    /// Removes function `name`: its version drains. Says whether it was there.
+    pub(crate) fn remove(&self, name: &str) -> bool {
+        let Some((_, pool)) = self.current.remove(name) else {
+            return false;
+        };
+        self.drain(&pool, EvictionReason::Replaced);
+        true
+    }
+
+    /// The current version of `name`.
+    pub(crate) fn current(&self, name: &str) -> Result<Arc<FunctionPool<D>>, CallError> {
+        self.current
+            .get(name)
+            .map(|p| p.clone())
+            .ok_or_else(|| CallError::UnknownFunction { name: name.into() })
+    }
+
+    /// The current spec of every registered function.
+    pub(crate) fn specs(&self) -> Vec<Arc<FunctionSpec>> {
+        self.current.iter().map(|entry| entry.spec()).collect()
+    }
+
+    /// Stops giving out the containers of `pool`: idle ones go now, busy ones
+    /// when their call ends, and its waiting calls go to the current version.
+    fn drain(&self, pool: &Arc<FunctionPool<D>>, reason: EvictionReason) {
+        let actions = {
+            let mut state = pool.lock();
+            let actions = state.drain(reason);
+            pool.publish(&mut state);
+            actions
+        };
+        self.carry_out(pool, actions, None);
+    }
+
+    /// Does what a state machine decided. Refused waiters get `failed`, or are
+    /// sent to the current version when it is `None`.
+    fn carry_out(
+        &self,
+        pool: &Arc<FunctionPool<D>>,
+        actions: Actions<D>,
+        failed: Option<&CallError>,
+    ) {
+        let Actions {
+            grant,
+            start,
+            retire,
+            refuse,
+        } = actions;
+        for (slot, reason) in retire {
+            self.retire(pool, slot.container, reason);
+        }
+        for waiter in refuse {
+            let refusal = failed.map_or(Refusal::Moved, |error| Refusal::Failed(error.clone()));
+            let _ = waiter.send(Err(refusal));
+        }
+        self.start_containers(pool, start);
+        let Some((waiter, slot)) = grant else {
             return;
         };
-        let idle = {
-            let mut slots = pool.lock();
-            slots.draining = true;
-            let idle = std::mem::take(&mut slots.idle);
-            pool.publish(&slots);
-            idle
-        };
-        for slot in idle {
-            self.retire(&pool, slot.container, EvictionReason::Replaced);
+        // A caller who left just now hands the container straight back.
+        if let Err(Ok(refused)) = waiter.send(Ok(CheckedOut::new(self.arc(), slot))) {
+            let actions = {
+                let mut state = pool.lock();
+                let actions = state.grant_refused(refused.into_slot(), now());
+                pool.publish(&mut state);
+                actions
+            };
+            self.settle(pool, actions);
         }
     }
 
-    /// A hot container for one call: an idle one, or one started for it.
+    fn start_containers(&self, pool: &Arc<FunctionPool<D>>, count: usize) {
+        for _ in 0..count {
+            self.tracker.spawn(self.arc().start(pool.clone()));
+        }
+    }
+
+    /// A hot container of function `name` for one call: an idle one, or one
+    /// started for it. Returns the version it came from.
     pub(crate) async fn checkout(
-        self: &Arc<Self>,
-        pool: &Arc<FunctionPool<D>>,
-    ) -> Result<CheckedOut<D>, CallError> {
-        let deadline = expiry(Instant::now(), pool.spec.queue_timeout);
+        &self,
+        first: Arc<FunctionPool<D>>,
+    ) -> Result<(Arc<FunctionPool<D>>, CheckedOut<D>), CallError> {
+        let name = first.name.clone();
+        let mut next = Some(first);
+        let mut deadline = None;
+        let mut drained: Option<Arc<FunctionPool<D>>> = None;
         loop {
-            let taken = {
-                let mut slots = pool.lock();
-                if slots.draining {
-                    drop(slots);
-                    self.make_current(pool);
+            let pool = match next.take() {
+                Some(pool) => pool,
+                None => self.current(&name)?,
+            };
+            if drained.as_ref().is_some_and(|d| Arc::ptr_eq(d, &pool)) {
+                // The current version itself drains: the pool is shutting down.
+                return Err(busy("the pool is shutting down"));
+            }
+            let limits = pool.limits();
+            let deadline =
+                *deadline.get_or_insert_with(|| expiry(Instant::now(), limits.queue_timeout));
+            let mut receiver = None;
+            let arrival = {
+                let mut state = pool.lock();
+                let arrival = state.call_arrives(now(), || {
+                    let (sender, waiting) = oneshot::channel();
+                    receiver = Some(waiting);
+                    sender
+                });
+                pool.publish(&mut state);
+                arrival
+            };
+            let mut checked = match arrival {
+                Arrival::Ready(slot) => CheckedOut::new(self.arc(), slot),
+                Arrival::Full => {
+                    return Err(busy(format!(
+                        "{name} runs {} containers, all busy, and {} calls already wait",
+                        limits.max_concurrency, limits.max_queue
+                    )));
+                }
+                Arrival::Draining => {
+                    drained = Some(pool);
                     continue;
                 }
-                match slots.idle.pop() {
-                    Some(slot) => {
-                        slots.busy += 1;
-                        pool.publish(&slots);
-                        Ok(CheckedOut::new(self.clone(), pool.clone(), slot))
-                    }
-                    None if slots.live_waiters() >= pool.capacity_for_waiters(&slots) => {
-                        return Err(busy(format!(
-                            "{} runs {} containers, all busy, and {} calls already wait",
-                            pool.spec.name, pool.spec.max_concurrency, pool.spec.max_queue
-                        )));
-                    }
-                    None => {
-                        let (sender, receiver) = oneshot::channel();
-                        slots.waiting.push_back(sender);
-                        Err(receiver)
+                Arrival::Queued { start } => {
+                    self.start_containers(&pool, start);
+                    let receiver = receiver.expect("a queued call has its receiver");
+                    match self
+                        .wait_for_grant(&name, receiver, deadline, limits.queue_timeout)
+                        .await?
+                    {
+                        Some(checked) => checked,
+                        None => {
+                            drained = Some(pool);
+                            continue;
+                        }
                     }
                 }
             };
-            let mut checked = match taken {
-                Ok(checked) => checked,
-                Err(receiver) => self.wait_for_grant(pool, receiver, deadline).await?,
-            };
             match usable(checked.slot()) {
-                Ok(()) => return Ok(checked),
+                Ok(()) => return Ok((pool, checked)),
                 Err(reason) => checked.evict(reason),
             }
         }
     }
 
+    /// A container for a waiting call; `None` if its version drained meanwhile.
     async fn wait_for_grant(
-        self: &Arc<Self>,
-        pool: &Arc<FunctionPool<D>>,
-        mut receiver: oneshot::Receiver<super::function::Grant<D>>,
+        &self,
+        name: &str,
+        mut receiver: oneshot::Receiver<Grant<D>>,
         deadline: Instant,
-    ) -> Result<CheckedOut<D>, CallError> {
-        self.launch(pool);
+        queue_timeout: Duration,
+    ) -> Result<Option<CheckedOut<D>>, CallError> {
         match tokio::time::timeout_at(deadline, &mut receiver).await {
-            Ok(Ok(grant)) => grant,
+            Ok(Ok(Ok(checked))) => Ok(Some(checked)),
+            Ok(Ok(Err(Refusal::Failed(error)))) => Err(error),
+            Ok(Ok(Err(Refusal::Moved))) => Ok(None),
             Ok(Err(_)) => Err(busy("the pool is shutting down")),
             Err(_) => {
                 receiver.close();
-                // A container may have been handed over just as time ran out.
-                if let Ok(Ok(checked)) = receiver.try_recv() {
-                    checked.check_in();
-                }
+                // A container may have been handed over just as time ran out;
+                // dropping it gives it back.
+                drop(receiver.try_recv());
                 Err(busy(format!(
-                    "no container of {} came free within {}",
-                    pool.spec.name,
-                    humantime::format_duration(pool.spec.queue_timeout)
+                    "no container of {name} came free within {}",
+                    humantime::format_duration(queue_timeout)
                 )))
             }
-        }
-    }
-
-    /// Starts the containers that waiting calls need.
-    fn launch(self: &Arc<Self>, pool: &Arc<FunctionPool<D>>) {
-        for _ in 0..pool.claim_launches() {
-            self.tracker.spawn(self.clone().start(pool.clone()));
         }
     }
 
@@ -228,15 +338,39 @@ impl<D: Driver> Inner<D> {
         let result = self.start_hot(&pool).await;
         record_start(&pool.name, started, result.as_ref().err());
         match result {
-            Ok(slot) => self.offer(&pool, slot, Origin::Started),
-            Err(error) => self.start_failed(&pool, error),
+            Ok(slot) => {
+                let actions = {
+                    let mut state = pool.lock();
+                    let actions = state.started(slot, now());
+                    pool.publish(&mut state);
+                    actions
+                };
+                self.settle(&pool, actions);
+            }
+            Err(error) => {
+                tracing::warn!(function = %pool.name, error = %error, "a container failed to start");
+                let actions = {
+                    let mut state = pool.lock();
+                    let actions = state.start_failed();
+                    pool.publish(&mut state);
+                    actions
+                };
+                self.carry_out(&pool, actions, Some(&error));
+            }
         }
     }
 
-    async fn start_hot(
-        self: &Arc<Self>,
-        pool: &Arc<FunctionPool<D>>,
-    ) -> Result<Slot<D>, CallError> {
+    /// Carries out the actions of a container coming free, and says so if it went
+    /// idle.
+    fn settle(&self, pool: &Arc<FunctionPool<D>>, actions: Actions<D>) {
+        let went_idle = actions.grant.is_none() && actions.retire.is_empty();
+        self.carry_out(pool, actions, None);
+        if went_idle {
+            self.idle_appeared.notify_waiters();
+        }
+    }
+
+    async fn start_hot(&self, pool: &Arc<FunctionPool<D>>) -> Result<Slot<D>, CallError> {
         let memory = self.reserve(pool).await?;
         let id = crate::id::new_id();
         let current_call = Arc::new(Mutex::new(None));
@@ -244,7 +378,7 @@ impl<D: Driver> Inner<D> {
         task.stderr = Box::new(StderrLog::new(
             pool.name.clone(),
             current_call.clone(),
-            &pool.spec,
+            pool.log_limits.clone(),
         ));
         let stats_key = self.collector.next_id();
         let call_tag = Arc::new(CallTag::default());
@@ -266,6 +400,7 @@ impl<D: Driver> Inner<D> {
         };
         let container = Arc::new(HotContainer::new(
             id.clone(),
+            pool.key,
             cookie,
             current_call,
             (stats_key, call_tag),
@@ -273,12 +408,11 @@ impl<D: Driver> Inner<D> {
         ));
         self.containers.insert(id, container.clone());
         let watched = container.clone();
-        let pool_ref = Arc::downgrade(self);
-        let key = pool.key;
+        let pool_ref = self.this.clone();
         self.tracker.spawn(async move {
             watched.watch().await;
             if let Some(inner) = pool_ref.upgrade() {
-                inner.died_while_idle(key, &watched.id);
+                inner.died_while_idle(&watched);
             }
         });
         Ok(Slot {
@@ -287,24 +421,23 @@ impl<D: Driver> Inner<D> {
                 stdin,
                 stdout: BufReader::with_capacity(STDOUT_BUFFER_BYTES, stdout),
             },
-            last_used: Instant::now(),
             fresh: true,
         })
     }
 
     /// The driver task for a container of `pool`.
     pub(crate) fn task(&self, pool: &FunctionPool<D>, id: &str) -> Task {
-        let mut task = pool.spec.task(id);
+        let mut task = pool.container.task(&pool.name, id);
         task.labels
             .insert(POOL_LABEL.to_owned(), self.config.name.clone());
         task
     }
 
-    /// Reserves a container's memory, evicting idle containers of other functions,
-    /// least recently used first, when the budget is full. Waits up to the
+    /// Reserves a container's memory, evicting idle containers of other functions
+    /// (lowest eviction priority first) when the budget is full. Waits up to the
     /// function's queue timeout for memory to come back; then the pool is `busy`.
     pub(crate) async fn reserve(&self, pool: &FunctionPool<D>) -> Result<Reservation, CallError> {
-        let deadline = expiry(Instant::now(), pool.spec.queue_timeout);
+        let deadline = expiry(Instant::now(), pool.limits().queue_timeout);
         loop {
             // Listen before checking: memory freed or a container going idle between
             // the check and the wait would otherwise be missed.
@@ -313,12 +446,12 @@ impl<D: Driver> Inner<D> {
             tokio::pin!(freed, idle_appeared);
             freed.as_mut().enable();
             idle_appeared.as_mut().enable();
-            if let Some(reservation) = self.budget.try_reserve(pool.spec.memory) {
+            if let Some(reservation) = self.budget.try_reserve(pool.container.memory) {
                 return Ok(reservation);
             }
             // After an eviction, wait for its memory: a container going idle in
             // the meantime must not be evicted too for the same reservation.
-            let evicted = self.evict_least_recently_used(pool.key);
+            let evicted = self.evict_for_memory(pool.key);
             let wake = async {
                 if evicted {
                     return freed.await;
@@ -337,112 +470,38 @@ impl<D: Driver> Inner<D> {
         }
     }
 
-    /// Evicts the least recently used idle container of any function but `except`,
-    /// if there is one; says whether there was.
-    fn evict_least_recently_used(&self, except: FunctionKey) -> bool {
+    /// Evicts the idle container of any version but `except` that the eviction
+    /// policies rank lowest, if there is one; says whether there was.
+    fn evict_for_memory(&self, except: FunctionKey) -> bool {
         let pools: Vec<_> = self
-            .functions
+            .versions
             .iter()
             .filter(|entry| *entry.key() != except)
             .map(|entry| entry.value().clone())
             .collect();
         loop {
-            let oldest = pools
+            let lowest = pools
                 .iter()
-                .filter_map(|pool| pool.lock().idle.first().map(|s| (s.last_used, pool)))
-                .min_by_key(|(last_used, _)| *last_used);
-            let Some((last_used, pool)) = oldest else {
+                .filter_map(|pool| {
+                    let (priority, ticket) = pool.lock().eviction_candidate(self.epoch)?;
+                    Some((priority, ticket, pool))
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            let Some((_, ticket, pool)) = lowest else {
                 return false;
             };
             let victim = {
-                let mut slots = pool.lock();
-                // Still the oldest of its stack? Another call may have taken it.
-                let still_there = slots.idle.first().is_some_and(|s| s.last_used == last_used);
-                let victim = still_there.then(|| slots.idle.remove(0));
-                pool.publish(&slots);
+                let mut state = pool.lock();
+                let victim = state.evict_idle(ticket);
+                pool.publish(&mut state);
                 victim
             };
+            // Gone meanwhile (a call took it)? Look again.
             if let Some(slot) = victim {
                 self.retire(pool, slot.container, EvictionReason::MemoryPressure);
                 return true;
             }
         }
-    }
-
-    /// Gives a container to the first waiting call, else puts it on the idle stack.
-    fn offer(self: &Arc<Self>, pool: &Arc<FunctionPool<D>>, mut slot: Slot<D>, origin: Origin) {
-        let mut slots = pool.lock();
-        match origin {
-            Origin::Started => slots.starting -= 1,
-            Origin::Returned => slots.busy -= 1,
-        }
-        while let Some(waiter) = slots.waiting.pop_front() {
-            if waiter.is_closed() {
-                continue;
-            }
-            slots.busy += 1;
-            match waiter.send(Ok(CheckedOut::new(self.clone(), pool.clone(), slot))) {
-                Ok(()) => {
-                    pool.publish(&slots);
-                    return;
-                }
-                Err(returned) => {
-                    slots.busy -= 1;
-                    let Ok(back) = returned else {
-                        unreachable!("the grant comes back as it was sent")
-                    };
-                    slot = back.take_slot();
-                }
-            }
-        }
-        if slots.draining || self.closing.is_cancelled() {
-            pool.publish(&slots);
-            drop(slots);
-            let reason = if self.closing.is_cancelled() {
-                EvictionReason::Shutdown
-            } else {
-                EvictionReason::Replaced
-            };
-            self.retire(pool, slot.container, reason);
-            return;
-        }
-        slot.last_used = Instant::now();
-        slots.idle.push(slot);
-        pool.publish(&slots);
-        drop(slots);
-        self.idle_appeared.notify_waiters();
-    }
-
-    /// A start failed: the calls that no idle or starting container will serve get
-    /// its error.
-    fn start_failed(&self, pool: &FunctionPool<D>, error: CallError) {
-        tracing::warn!(function = %pool.name, error = %error, "a container failed to start");
-        let mut slots = pool.lock();
-        slots.starting -= 1;
-        let served = slots.idle.len() + slots.starting;
-        let unserved = slots.live_waiters().saturating_sub(served);
-        for _ in 0..unserved {
-            if let Some(waiter) = slots.waiting.pop_back() {
-                let _ = waiter.send(Err(error.clone()));
-            }
-        }
-        pool.publish(&slots);
-    }
-
-    /// A call's container must go: count it out and remove it.
-    fn evict_busy(
-        self: &Arc<Self>,
-        pool: &Arc<FunctionPool<D>>,
-        slot: Slot<D>,
-        reason: EvictionReason,
-    ) {
-        {
-            let mut slots = pool.lock();
-            slots.busy -= 1;
-            pool.publish(&slots);
-        }
-        self.retire(pool, slot.container, reason);
-        self.launch(pool);
     }
 
     /// Kills and removes a container that has left its function's accounting.
@@ -468,17 +527,16 @@ impl<D: Driver> Inner<D> {
         });
     }
 
-    /// The watcher saw container `id` of spec `key` die: if it was idle, it leaves
-    /// the stack now, before any call gets it.
-    fn died_while_idle(&self, key: FunctionKey, id: &str) {
-        let Some(pool) = self.functions.get(&key).map(|p| p.clone()) else {
+    /// The watcher saw `container` die: if it was idle, it leaves the stack now,
+    /// before any call gets it.
+    fn died_while_idle(&self, container: &Arc<HotContainer<D>>) {
+        let Some(pool) = self.versions.get(&container.key).map(|p| p.clone()) else {
             return;
         };
         let dead = {
-            let mut slots = pool.lock();
-            let position = slots.idle.iter().position(|s| s.container.id == id);
-            let dead = position.map(|p| slots.idle.remove(p));
-            pool.publish(&slots);
+            let mut state = pool.lock();
+            let dead = state.remove_idle(|slot| Arc::ptr_eq(&slot.container, container));
+            pool.publish(&mut state);
             dead
         };
         if let Some(slot) = dead {
@@ -487,37 +545,26 @@ impl<D: Driver> Inner<D> {
         }
     }
 
-    /// Removes idle containers past their idle timeout and empty drained pools;
-    /// returns when to look again.
+    /// Ticks every version: idle containers past their keep-alive go, prewarms
+    /// start, finished drained versions leave. Returns when to look again.
     fn reap(&self) -> Instant {
-        let now = Instant::now();
-        let mut next = now + REAP_INTERVAL;
-        let pools: Vec<_> = self.functions.iter().map(|e| e.value().clone()).collect();
+        let now = now();
+        let mut next = Instant::from_std(now) + REAP_INTERVAL;
+        let pools: Vec<_> = self.versions.iter().map(|e| e.value().clone()).collect();
         for pool in pools {
-            let super::KeepAlive::Fixed { idle_timeout } = pool.spec.keep_alive;
-            let (expired, empty_and_drained) = {
-                let mut slots = pool.lock();
-                let fresh_from = slots
-                    .idle
-                    .iter()
-                    .position(|s| expiry(s.last_used, idle_timeout) > now)
-                    .unwrap_or(slots.idle.len());
-                let expired: Vec<_> = slots.idle.drain(..fresh_from).collect();
-                if let Some(oldest) = slots.idle.first() {
-                    next = next.min(expiry(oldest.last_used, idle_timeout));
-                }
-                pool.publish(&slots);
-                let empty_and_drained = slots.draining && slots.is_empty();
-                (expired, empty_and_drained)
+            let (actions, wake, finished) = {
+                let mut state = pool.lock();
+                let (actions, wake) = state.tick(now);
+                pool.publish(&mut state);
+                (actions, wake, state.is_finished())
             };
-            for slot in expired {
-                self.retire(&pool, slot.container, EvictionReason::IdleTimeout);
+            if let Some(wake) = wake {
+                next = next.min(Instant::from_std(wake));
             }
-            if empty_and_drained {
-                self.functions.remove_if(&pool.key, |_, p| {
-                    let mut slots = p.lock();
-                    slots.draining && slots.is_empty()
-                });
+            self.carry_out(&pool, actions, None);
+            if finished {
+                self.versions
+                    .remove_if(&pool.key, |_, p| p.lock().is_finished());
             }
         }
         next
@@ -530,6 +577,7 @@ impl<D: Driver> Inner<D> {
             tokio::select! {
                 () = self.closing.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {},
+                () = self.limits_changed.notified() => {},
             }
         }
     }
@@ -554,18 +602,9 @@ impl<D: Driver> Inner<D> {
             tracing::warn!("calls still running at the shutdown deadline are cut");
         }
         self.abort.cancel();
-        let pools: Vec<_> = self.functions.iter().map(|e| e.value().clone()).collect();
+        let pools: Vec<_> = self.versions.iter().map(|e| e.value().clone()).collect();
         for pool in &pools {
-            let idle = {
-                let mut slots = pool.lock();
-                slots.waiting.clear();
-                let idle = std::mem::take(&mut slots.idle);
-                pool.publish(&slots);
-                idle
-            };
-            for slot in idle {
-                self.retire(pool, slot.container, EvictionReason::Shutdown);
-            }
+            self.drain(pool, EvictionReason::Shutdown);
         }
         // Containers still busy: killing them ends their calls, which evict them.
         let busy: Vec<_> = self.containers.iter().map(|c| c.value().clone()).collect();
@@ -606,17 +645,62 @@ impl<D: Driver> Inner<D> {
     }
 }
 
+impl<D: Driver> Lender<D> for Inner<D> {
+    fn check_in(&self, slot: Slot<D>) {
+        let Some(pool) = self.version_of(&slot) else {
+            return;
+        };
+        let actions = {
+            let mut state = pool.lock();
+            let actions = state.returned(slot, now());
+            pool.publish(&mut state);
+            actions
+        };
+        self.settle(&pool, actions);
+    }
+
+    fn evict(&self, slot: Slot<D>, reason: EvictionReason) {
+        let Some(pool) = self.version_of(&slot) else {
+            return;
+        };
+        let actions = {
+            let mut state = pool.lock();
+            let actions = state.evicted_busy();
+            pool.publish(&mut state);
+            actions
+        };
+        self.retire(&pool, slot.container, reason);
+        self.carry_out(&pool, actions, None);
+    }
+}
+
+impl<D: Driver> Inner<D> {
+    /// The version a lent container belongs to. A version leaves the registry
+    /// only once nothing of it is lent, so this always finds it; if it did not,
+    /// the container would still be removed.
+    fn version_of(&self, slot: &Slot<D>) -> Option<Arc<FunctionPool<D>>> {
+        let pool = self.versions.get(&slot.container.key).map(|p| p.clone());
+        if pool.is_none() {
+            tracing::error!(container = %slot.container.id, "a container came back to a version that is gone; removing it");
+            let container = slot.container.clone();
+            self.tracker.spawn(async move {
+                kill_with_retries(&container).await;
+                container.cookie.close().await;
+            });
+        }
+        pool
+    }
+}
+
 /// How often a failed kill is tried, and shutdown's final sweep.
 const KILL_ATTEMPTS: u32 = 5;
 const SWEEP_ATTEMPTS: u32 = 8;
 /// The first pause between tries; it doubles each time.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// `timeout` after `from`: when an idle container expires, when a waiting call
-/// gives up. A timeout too long to add is a century, which is never.
+/// `timeout` after `from`: when a waiting call gives up.
 fn expiry(from: Instant, timeout: Duration) -> Instant {
-    from.checked_add(timeout)
-        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
+    Instant::from_std(after(from.into_std(), timeout))
 }
 
 /// Kills a container, trying again while the engine fails (an engine restarting
@@ -671,77 +755,6 @@ impl<D: Driver> Drop for InFlight<D> {
     fn drop(&mut self) {
         if self.inner.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.inner.calls_done.notify_waiters();
-        }
-    }
-}
-
-/// A hot container lent to one call. Give it back with [`CheckedOut::check_in`]
-/// or [`CheckedOut::evict`]. Dropped otherwise (the caller went away), it goes back
-/// to the stack if no call began in it, and is evicted if one did, since its pipes
-/// may hold half a call.
-pub(crate) struct CheckedOut<D: Driver> {
-    inner: Arc<Inner<D>>,
-    pool: Arc<FunctionPool<D>>,
-    slot: Option<Slot<D>>,
-    in_call: bool,
-}
-
-impl<D: Driver> CheckedOut<D> {
-    fn new(inner: Arc<Inner<D>>, pool: Arc<FunctionPool<D>>, slot: Slot<D>) -> CheckedOut<D> {
-        CheckedOut {
-            inner,
-            pool,
-            slot: Some(slot),
-            in_call: false,
-        }
-    }
-
-    pub(crate) fn slot(&mut self) -> &mut Slot<D> {
-        self.slot
-            .as_mut()
-            .expect("a checked-out container has its slot")
-    }
-
-    /// The slot, for a call that begins writing into it now.
-    pub(crate) fn begin_call(&mut self) -> &mut Slot<D> {
-        self.in_call = true;
-        self.slot()
-    }
-
-    fn take_slot(mut self) -> Slot<D> {
-        self.slot
-            .take()
-            .expect("a checked-out container has its slot")
-    }
-
-    /// The call ended cleanly: the container serves the next one.
-    pub(crate) fn check_in(mut self) {
-        let slot = self
-            .slot
-            .take()
-            .expect("a checked-out container has its slot");
-        self.inner.offer(&self.pool, slot, Origin::Returned);
-    }
-
-    /// The container must go, for `reason`.
-    pub(crate) fn evict(mut self, reason: EvictionReason) {
-        let slot = self
-            .slot
-            .take()
-            .expect("a checked-out container has its slot");
-        self.inner.evict_busy(&self.pool, slot, reason);
-    }
-}
-
-impl<D: Driver> Drop for CheckedOut<D> {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            if self.in_call {
-                self.inner
-                    .evict_busy(&self.pool, slot, EvictionReason::Cancelled);
-            } else {
-                self.inner.offer(&self.pool, slot, Origin::Returned);
-            }
         }
     }
 }

@@ -19,7 +19,6 @@
 pub mod auth;
 pub mod connections;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,15 +35,13 @@ use serde_json::{Value, json};
 
 use crate::driver::Driver;
 use crate::error::CallError;
-use crate::pool::{Format, FunctionSpec, KeepAlive, Pool, Request};
+use crate::pool::{Format, KeepAlive, Pool, Request};
 use auth::Tokens;
 
 /// What every request handler shares.
 pub struct AppState<D: Driver> {
-    /// The pool calls run in.
+    /// The pool calls run in; the functions registered in it may be invoked.
     pub pool: Pool<D>,
-    /// The functions that may be invoked, by name.
-    pub functions: BTreeMap<String, FunctionSpec>,
     /// The largest request body accepted, in bytes.
     pub max_body: usize,
     /// How long a request body may take to arrive.
@@ -245,7 +242,11 @@ async fn invoke<D: Driver>(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let Some(spec) = state.functions.get(&name) else {
+    let found = state.pool.function(&name).and_then(|f| {
+        let format = f.format()?;
+        Some((f, format))
+    });
+    let Some((function, format)) = found else {
         return api_error(
             StatusCode::NOT_FOUND,
             "unknown_function",
@@ -253,7 +254,7 @@ async fn invoke<D: Driver>(
             &call_id,
         );
     };
-    if spec.format == Format::Line && body.contains(&b'\n') {
+    if format == Format::Line && body.contains(&b'\n') {
         return api_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -274,7 +275,7 @@ async fn invoke<D: Driver>(
         call_id: &call_id,
         finished: false,
     };
-    let result = state.pool.call(spec, request).await;
+    let result = function.call(request).await;
     abandoned.finished = true;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     match result {
@@ -292,7 +293,7 @@ async fn invoke<D: Driver>(
                     out.append(key, value);
                 }
             }
-            if spec.format != Format::Http {
+            if format != Format::Http {
                 out.insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/octet-stream"),
@@ -320,8 +321,9 @@ async fn invoke<D: Driver>(
 async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
     let status = state.pool.status();
     let list: Vec<Value> = state
-        .functions
-        .values()
+        .pool
+        .specs()
+        .iter()
         .map(|spec| {
             let live = status.functions.iter().find(|f| f.key == spec.key());
             json!({

@@ -52,7 +52,7 @@ impl Request {
 
 /// What came back from the function.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FunctionResponse {
+pub(crate) struct FunctionResponse {
     /// The status the function answered with (`line` responses are 200).
     pub status: u16,
     /// The function's headers in order, without `Content-Length`.

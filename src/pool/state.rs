@@ -1,0 +1,603 @@
+//! One function version's scheduling state, as a synchronous state machine.
+//!
+//! Every event (a call arrives, a container comes back, a start ends or fails, a
+//! busy container is evicted, a tick) is one method that takes `now` and returns
+//! what the scheduler must do: hand this container to that waiter, start n
+//! containers, retire these with reasons, refuse these waiters, look again then.
+//! Nothing here awaits, locks or talks to an engine, so every rule is tested
+//! without tokio; the scheduler carries the actions out.
+//!
+//! The rules: idle containers form a stack and the most recently returned is
+//! reused first, so surplus ones stay idle long enough to go; calls that find none
+//! wait first come first served, within `max_queue` beyond what starting and
+//! startable containers will serve; a container is started only while live
+//! waiters outnumber idle plus starting containers, within `max_concurrency`; a
+//! failed start refuses the waiters no other container will serve. When an idle
+//! container goes is the keep-alive policy's call, and which goes first under
+//! memory pressure the eviction policy's.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::container::EvictionReason;
+use super::policy::{self, EvictionPolicy, IdleContainer, KeepAlivePolicy};
+use super::spec::{Eviction, KeepAlive, Limits};
+
+/// A call waiting for a container; gone once its caller stopped waiting.
+pub(crate) trait Waiter {
+    /// Whether nobody waits on it any more.
+    fn is_gone(&self) -> bool;
+}
+
+/// What a call finds when it arrives.
+#[derive(Debug)]
+pub(crate) enum Arrival<C> {
+    /// An idle container, now counted busy.
+    Ready(C),
+    /// It waits; `start` containers must be started.
+    Queued { start: usize },
+    /// Every container is busy and the queue is full.
+    Full,
+    /// The version drains: the call belongs to the function's current version.
+    Draining,
+}
+
+/// What the scheduler must do after an event.
+#[must_use]
+#[derive(Debug)]
+pub(crate) struct Actions<C, W> {
+    /// Hand this container, counted busy, to this waiter. If the waiter is gone by
+    /// then, give the container back with [`FunctionState::returned`].
+    pub(crate) grant: Option<(W, C)>,
+    /// Start this many containers; each ends in [`FunctionState::started`] or
+    /// [`FunctionState::start_failed`].
+    pub(crate) start: usize,
+    /// Kill and remove these containers, which have left the accounting.
+    pub(crate) retire: Vec<(C, EvictionReason)>,
+    /// These waiters get no container from this version: the start error, or (a
+    /// draining version) a turn at the current one.
+    pub(crate) refuse: Vec<W>,
+}
+
+impl<C, W> Default for Actions<C, W> {
+    fn default() -> Self {
+        Actions {
+            grant: None,
+            start: 0,
+            retire: Vec::new(),
+            refuse: Vec::new(),
+        }
+    }
+}
+
+/// How many containers are in each state, and how many calls wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) idle: usize,
+    pub(crate) busy: usize,
+    pub(crate) starting: usize,
+    pub(crate) waiting: usize,
+}
+
+struct Idle<C> {
+    container: C,
+    since: Instant,
+    /// Names this idle spell, so an eviction picked outside the lock takes the
+    /// container it picked or nothing.
+    ticket: u64,
+}
+
+/// The state of one function version. `C` is a container, `W` a waiting call.
+pub(crate) struct FunctionState<C, W> {
+    /// Least recently returned first; the last is reused first.
+    idle: Vec<Idle<C>>,
+    waiting: VecDeque<W>,
+    starting: usize,
+    busy: usize,
+    /// Set once the version takes no more calls, with the reason its containers
+    /// go as they come back.
+    draining: Option<EvictionReason>,
+    max_concurrency: usize,
+    max_queue: usize,
+    keep_alive_choice: KeepAlive,
+    keep_alive: Box<dyn KeepAlivePolicy>,
+    eviction_choice: Eviction,
+    eviction: Box<dyn EvictionPolicy>,
+    next_ticket: u64,
+}
+
+impl<C, W: Waiter> FunctionState<C, W> {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        FunctionState {
+            idle: Vec::new(),
+            waiting: VecDeque::new(),
+            starting: 0,
+            busy: 0,
+            draining: None,
+            max_concurrency: limits.max_concurrency,
+            max_queue: limits.max_queue,
+            keep_alive_choice: limits.keep_alive,
+            keep_alive: policy::keep_alive(limits.keep_alive),
+            eviction_choice: limits.eviction,
+            eviction: policy::eviction(limits.eviction),
+            next_ticket: 0,
+        }
+    }
+
+    /// New limits for the running containers. A policy that is chosen again keeps
+    /// what it learned; surplus idle containers over a lowered concurrency go.
+    pub(crate) fn set_limits(&mut self, limits: &Limits) -> Actions<C, W> {
+        self.max_concurrency = limits.max_concurrency;
+        self.max_queue = limits.max_queue;
+        if self.keep_alive_choice != limits.keep_alive {
+            self.keep_alive_choice = limits.keep_alive;
+            self.keep_alive = policy::keep_alive(limits.keep_alive);
+        }
+        if self.eviction_choice != limits.eviction {
+            self.eviction_choice = limits.eviction;
+            self.eviction = policy::eviction(limits.eviction);
+        }
+        let mut actions = Actions::default();
+        while self.live() > self.max_concurrency && !self.idle.is_empty() {
+            let surplus = self.idle.remove(0).container;
+            actions.retire.push((surplus, EvictionReason::Replaced));
+        }
+        actions.start = self.launches();
+        actions
+    }
+
+    /// A call arrives: it takes the newest idle container, or waits (`waiter()`
+    /// is queued) while the containers starting, startable and the queue leave
+    /// room for it.
+    pub(crate) fn call_arrives(&mut self, now: Instant, waiter: impl FnOnce() -> W) -> Arrival<C> {
+        if self.draining.is_some() {
+            return Arrival::Draining;
+        }
+        self.keep_alive.call_arrived(now);
+        if let Some(idle) = self.idle.pop() {
+            self.busy += 1;
+            return Arrival::Ready(idle.container);
+        }
+        let startable = self.max_concurrency.saturating_sub(self.live());
+        if self.live_waiters() >= self.starting + startable + self.max_queue {
+            return Arrival::Full;
+        }
+        self.waiting.push_back(waiter());
+        Arrival::Queued {
+            start: self.launches(),
+        }
+    }
+
+    /// A busy container finished its call cleanly at `now`.
+    pub(crate) fn returned(&mut self, container: C, now: Instant) -> Actions<C, W> {
+        self.busy -= 1;
+        self.keep_alive.call_returned(now);
+        self.offer(container, now)
+    }
+
+    /// A granted container came back unused: its caller had left.
+    pub(crate) fn grant_refused(&mut self, container: C, now: Instant) -> Actions<C, W> {
+        self.busy -= 1;
+        self.offer(container, now)
+    }
+
+    /// A container started at `now`.
+    pub(crate) fn started(&mut self, container: C, now: Instant) -> Actions<C, W> {
+        self.starting -= 1;
+        self.offer(container, now)
+    }
+
+    /// A start failed: the waiters that no idle or starting container will serve
+    /// are refused, the latest first.
+    pub(crate) fn start_failed(&mut self) -> Actions<C, W> {
+        self.starting -= 1;
+        let served = self.idle.len() + self.starting;
+        let unserved = self.live_waiters().saturating_sub(served);
+        let mut actions = Actions::default();
+        for _ in 0..unserved {
+            actions.refuse.extend(self.waiting.pop_back());
+        }
+        actions
+    }
+
+    /// A busy container was evicted by its call; waiters may need another.
+    pub(crate) fn evicted_busy(&mut self) -> Actions<C, W> {
+        self.busy -= 1;
+        Actions {
+            start: self.launches(),
+            ..Actions::default()
+        }
+    }
+
+    /// Takes out the idle container `is_it` picks (one that died while idle).
+    pub(crate) fn remove_idle(&mut self, is_it: impl Fn(&C) -> bool) -> Option<C> {
+        let position = self.idle.iter().position(|idle| is_it(&idle.container))?;
+        Some(self.idle.remove(position).container)
+    }
+
+    /// Time passed: idle containers past their keep-alive go, the keep-alive
+    /// policy's prewarm is started. Returns when to tick again (`None`: no idle
+    /// container waits for a deadline).
+    pub(crate) fn tick(&mut self, now: Instant) -> (Actions<C, W>, Option<Instant>) {
+        let mut actions = Actions::default();
+        let mut next: Option<Instant> = None;
+        let keep_alive = &self.keep_alive;
+        let mut kept = Vec::with_capacity(self.idle.len());
+        for idle in self.idle.drain(..) {
+            let until = keep_alive.idle_until(idle.since);
+            if until <= now {
+                actions
+                    .retire
+                    .push((idle.container, EvictionReason::IdleTimeout));
+            } else {
+                next = Some(next.map_or(until, |next| next.min(until)));
+                kept.push(idle);
+            }
+        }
+        self.idle = kept;
+        if self.draining.is_none() {
+            let wanted = self.keep_alive.prewarm(now);
+            let room = self.max_concurrency.saturating_sub(self.live());
+            let prewarm = wanted.saturating_sub(self.live()).min(room);
+            self.starting += prewarm;
+            actions.start = prewarm + self.launches();
+        }
+        (actions, next)
+    }
+
+    /// Takes no more calls: idle containers go now, busy and starting ones as they
+    /// come back, all for `reason`; waiters are refused.
+    pub(crate) fn drain(&mut self, reason: EvictionReason) -> Actions<C, W> {
+        self.draining = Some(reason);
+        Actions {
+            retire: self
+                .idle
+                .drain(..)
+                .map(|idle| (idle.container, reason))
+                .collect(),
+            refuse: self.waiting.drain(..).collect(),
+            ..Actions::default()
+        }
+    }
+
+    /// Takes calls again (a draining version made current once more).
+    pub(crate) fn resume(&mut self) {
+        self.draining = None;
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    /// The idle container the eviction policy would give up first, with its
+    /// priority (priorities of one pool count from `epoch`) and its ticket.
+    pub(crate) fn eviction_candidate(&self, epoch: Instant) -> Option<(f64, u64)> {
+        self.idle
+            .iter()
+            .map(|idle| {
+                let view = IdleContainer {
+                    idle_since: idle.since,
+                    epoch,
+                };
+                (self.eviction.priority(&view), idle.ticket)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    /// Takes out the idle container of `ticket`, if no call took it meanwhile.
+    pub(crate) fn evict_idle(&mut self, ticket: u64) -> Option<C> {
+        let position = self.idle.iter().position(|idle| idle.ticket == ticket)?;
+        Some(self.idle.remove(position).container)
+    }
+
+    /// Containers and waiting calls now; calls whose caller left are dropped.
+    pub(crate) fn counts(&mut self) -> Counts {
+        Counts {
+            idle: self.idle.len(),
+            busy: self.busy,
+            starting: self.starting,
+            waiting: self.live_waiters(),
+        }
+    }
+
+    /// Whether a draining version has nothing left.
+    pub(crate) fn is_finished(&mut self) -> bool {
+        self.draining.is_some() && self.live() == 0 && self.live_waiters() == 0
+    }
+
+    /// Gives a free container to the first live waiter; else it goes idle, or
+    /// goes for good if the version drains or has more containers than allowed.
+    fn offer(&mut self, container: C, now: Instant) -> Actions<C, W> {
+        let mut actions = Actions::default();
+        while let Some(waiter) = self.waiting.pop_front() {
+            if !waiter.is_gone() {
+                self.busy += 1;
+                actions.grant = Some((waiter, container));
+                return actions;
+            }
+        }
+        if let Some(reason) = self.draining {
+            actions.retire.push((container, reason));
+        } else if self.live() >= self.max_concurrency {
+            actions.retire.push((container, EvictionReason::Replaced));
+        } else {
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            self.idle.push(Idle {
+                container,
+                since: now,
+                ticket,
+            });
+        }
+        actions
+    }
+
+    /// How many containers to start now: one per live waiter that no idle or
+    /// starting container will serve, within the concurrency. Counts them
+    /// starting.
+    fn launches(&mut self) -> usize {
+        if self.draining.is_some() {
+            return 0;
+        }
+        let demand = self.live_waiters();
+        let supply = self.idle.len() + self.starting;
+        let room = self.max_concurrency.saturating_sub(self.live());
+        let launches = demand.saturating_sub(supply).min(room);
+        self.starting += launches;
+        launches
+    }
+
+    fn live(&self) -> usize {
+        self.idle.len() + self.busy + self.starting
+    }
+
+    fn live_waiters(&mut self) -> usize {
+        self.waiting.retain(|waiter| !waiter.is_gone());
+        self.waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pool::FunctionSpec;
+
+    /// A waiting call whose caller can leave.
+    #[derive(Debug, Clone)]
+    struct Call {
+        id: u32,
+        left: Rc<Cell<bool>>,
+    }
+
+    impl Waiter for Call {
+        fn is_gone(&self) -> bool {
+            self.left.get()
+        }
+    }
+
+    fn call(id: u32) -> Call {
+        Call {
+            id,
+            left: Rc::new(Cell::new(false)),
+        }
+    }
+
+    type State = FunctionState<&'static str, Call>;
+
+    fn limits(max_concurrency: usize, max_queue: usize, idle_secs: u64) -> Limits {
+        let mut spec = FunctionSpec::new("f", "img");
+        spec.max_concurrency = max_concurrency;
+        spec.max_queue = max_queue;
+        spec.keep_alive = KeepAlive::fixed(Duration::from_secs(idle_secs));
+        spec.split().2
+    }
+
+    fn state(max_concurrency: usize, max_queue: usize) -> State {
+        FunctionState::new(&limits(max_concurrency, max_queue, 60))
+    }
+
+    fn secs(start: Instant, s: u64) -> Instant {
+        start + Duration::from_secs(s)
+    }
+
+    /// Puts containers on the idle stack as started with no call waiting (as a
+    /// prewarm would).
+    fn with_idle(state: &mut State, now: Instant, containers: &[&'static str]) {
+        for container in containers {
+            state.starting += 1;
+            let actions = state.started(container, now);
+            assert!(actions.grant.is_none() && actions.retire.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_call_waits_for_one_start_and_gets_the_container() {
+        let now = Instant::now();
+        let mut state = state(2, 0);
+        let Arrival::Queued { start: 1 } = state.call_arrives(now, || call(1)) else {
+            panic!("the first call starts one container")
+        };
+        let actions = state.started("c1", now);
+        let (waiter, container) = actions.grant.expect("the waiter gets it");
+        assert_eq!((waiter.id, container), (1, "c1"));
+        assert_eq!(
+            state.counts(),
+            Counts {
+                idle: 0,
+                busy: 1,
+                starting: 0,
+                waiting: 0
+            }
+        );
+        let back = state.returned(container, now);
+        assert!(back.grant.is_none() && back.retire.is_empty());
+        assert_eq!(state.counts().idle, 1);
+    }
+
+    #[test]
+    fn the_newest_idle_container_is_reused_first() {
+        let now = Instant::now();
+        let mut state = state(3, 0);
+        with_idle(&mut state, now, &["old", "mid", "new"]);
+        let Arrival::Ready(container) = state.call_arrives(now, || call(9)) else {
+            panic!("an idle container is ready")
+        };
+        assert_eq!(container, "new");
+    }
+
+    #[test]
+    fn starts_stay_within_concurrency_and_the_queue_bounds_waiters() {
+        let now = Instant::now();
+        let mut state = state(2, 1);
+        let starts: Vec<_> = (0..3)
+            .map(|i| match state.call_arrives(now, || call(i)) {
+                Arrival::Queued { start } => start,
+                other => panic!("call {i} should wait: {other:?}"),
+            })
+            .collect();
+        assert_eq!(starts, [1, 1, 0], "two starts, then one queued call");
+        assert!(matches!(state.call_arrives(now, || call(3)), Arrival::Full));
+    }
+
+    #[test]
+    fn waiters_who_left_neither_start_containers_nor_take_them() {
+        let now = Instant::now();
+        let mut state = state(2, 5);
+        let gone = call(1);
+        let Arrival::Queued { start: 1 } = state.call_arrives(now, || gone.clone()) else {
+            panic!("one start")
+        };
+        gone.left.set(true);
+        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+            panic!("the starting container serves the live waiter")
+        };
+        let (waiter, _) = state.started("c", now).grant.expect("granted");
+        assert_eq!(waiter.id, 2, "the caller who left is skipped");
+    }
+
+    #[test]
+    fn a_failed_start_refuses_only_the_waiters_nobody_else_serves() {
+        let now = Instant::now();
+        let mut state = state(2, 5);
+        for i in 0..3 {
+            let _ = state.call_arrives(now, || call(i));
+        }
+        assert_eq!(state.counts().starting, 2);
+        let failed = state.start_failed();
+        let refused: Vec<_> = failed.refuse.iter().map(|w| w.id).collect();
+        assert_eq!(refused, [2, 1], "one start left serves the first caller");
+        assert_eq!(state.counts().waiting, 1);
+    }
+
+    #[test]
+    fn an_evicted_busy_container_is_replaced_for_the_waiters() {
+        let now = Instant::now();
+        let mut state = state(1, 5);
+        with_idle(&mut state, now, &["c"]);
+        let Arrival::Ready(_) = state.call_arrives(now, || call(1)) else {
+            panic!("ready")
+        };
+        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+            panic!("no room to start while c is busy")
+        };
+        assert_eq!(state.evicted_busy().start, 1);
+    }
+
+    #[test]
+    fn idle_containers_go_at_their_keep_alive_deadline() {
+        let start = Instant::now();
+        let mut state = FunctionState::new(&limits(3, 0, 10));
+        with_idle(&mut state, start, &["a"]);
+        with_idle(&mut state, secs(start, 5), &["b"]);
+        let (actions, next) = state.tick(secs(start, 9));
+        assert!(actions.retire.is_empty());
+        assert_eq!(next, Some(secs(start, 10)));
+        let (actions, next) = state.tick(secs(start, 10));
+        assert_eq!(actions.retire, [("a", EvictionReason::IdleTimeout)]);
+        assert_eq!(next, Some(secs(start, 15)));
+    }
+
+    #[test]
+    fn the_deadline_does_not_depend_on_the_stack_order() {
+        let start = Instant::now();
+        let mut state = FunctionState::new(&limits(3, 0, 10));
+        with_idle(&mut state, secs(start, 5), &["late"]);
+        with_idle(&mut state, start, &["early"]);
+        let (actions, _) = state.tick(secs(start, 11));
+        assert_eq!(actions.retire, [("early", EvictionReason::IdleTimeout)]);
+    }
+
+    #[test]
+    fn draining_retires_idle_refuses_waiters_and_retires_what_comes_back() {
+        let now = Instant::now();
+        let mut state = state(2, 5);
+        with_idle(&mut state, now, &["idle"]);
+        let Arrival::Ready(busy) = state.call_arrives(now, || call(1)) else {
+            panic!("ready")
+        };
+        let _ = state.call_arrives(now, || call(2));
+        let drained = state.drain(EvictionReason::Replaced);
+        assert!(drained.retire.is_empty(), "the idle one was taken");
+        assert_eq!(drained.refuse.len(), 1);
+        assert!(matches!(
+            state.call_arrives(now, || call(3)),
+            Arrival::Draining
+        ));
+        let back = state.returned(busy, now);
+        assert_eq!(back.retire, [("idle", EvictionReason::Replaced)]);
+        let started = state.started("late", now);
+        assert_eq!(started.retire, [("late", EvictionReason::Replaced)]);
+        assert!(state.is_finished());
+    }
+
+    #[test]
+    fn lowered_concurrency_retires_the_surplus_and_raised_starts_for_waiters() {
+        let now = Instant::now();
+        let mut state = state(3, 5);
+        with_idle(&mut state, now, &["a", "b", "c"]);
+        let lowered = state.set_limits(&limits(1, 5, 60));
+        let retired: Vec<_> = lowered.retire.iter().map(|r| r.0).collect();
+        assert_eq!(retired, ["a", "b"], "the least recently used go");
+        let Arrival::Ready(_) = state.call_arrives(now, || call(1)) else {
+            panic!("c stays")
+        };
+        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+            panic!("no room")
+        };
+        assert_eq!(state.set_limits(&limits(2, 5, 60)).start, 1);
+    }
+
+    #[test]
+    fn a_lowered_keep_alive_applies_to_containers_already_idle() {
+        let start = Instant::now();
+        let mut state = FunctionState::new(&limits(2, 0, 600));
+        with_idle(&mut state, start, &["a"]);
+        let _ = state.set_limits(&limits(2, 0, 5));
+        let (actions, _) = state.tick(secs(start, 6));
+        assert_eq!(actions.retire.len(), 1);
+    }
+
+    #[test]
+    fn eviction_picks_the_least_recently_used_and_tickets_go_stale() {
+        let start = Instant::now();
+        let mut state = state(3, 0);
+        with_idle(&mut state, secs(start, 2), &["new"]);
+        with_idle(&mut state, secs(start, 1), &["old"]);
+        let (_, ticket) = state.eviction_candidate(start).expect("a candidate");
+        assert_eq!(state.evict_idle(ticket), Some("old"));
+        assert_eq!(
+            state.evict_idle(ticket),
+            None,
+            "a ticket takes one container"
+        );
+        let (_, ticket) = state.eviction_candidate(start).expect("another");
+        let Arrival::Ready("new") = state.call_arrives(start, || call(1)) else {
+            panic!("a call takes it first")
+        };
+        assert_eq!(state.evict_idle(ticket), None);
+    }
+}
