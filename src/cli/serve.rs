@@ -4,7 +4,8 @@
 //! earlier run of the same pool left behind. SIGINT or SIGTERM stop taking calls
 //! and connections, let calls in flight finish within the pool's shutdown timeout
 //! (a client that never finishes its request is cut then), and remove every
-//! container before exiting.
+//! container before exiting. SIGHUP reloads the functions of the config
+//! ([`super::reload`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,6 +110,12 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         drain_timeout: config.pool.shutdown_timeout,
     };
     let stopping = CancellationToken::new();
+    tokio::spawn(super::reload::on_hangup(
+        args.config.clone(),
+        pool.clone(),
+        config,
+        stopping.clone(),
+    ));
     let shutdown = tokio::spawn({
         let (pool, stopping) = (pool.clone(), stopping.clone());
         async move {

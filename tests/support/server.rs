@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -108,6 +109,8 @@ pub struct Server {
     pub stderr: Captured,
     readers: Vec<JoinHandle<()>>,
     exited: Option<ExitStatus>,
+    /// The config file, and its `[server]` and `[pool]` tables.
+    config: (PathBuf, String),
     _dir: tempfile::TempDir,
 }
 
@@ -128,14 +131,13 @@ impl Server {
     ) -> Server {
         let pool = format!("server-test-{test}-{}", std::process::id());
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
-        let config = format!(
+        let head = format!(
             "[server]\nlisten = \"{addr}\"\n{server_extra}\n\n\
-             [pool]\nname = \"{pool}\"\nmemory_budget = \"1g\"\n{pool_extra}\n\n{}",
-            functions.join("\n")
+             [pool]\nname = \"{pool}\"\nmemory_budget = \"1g\"\n{pool_extra}\n\n"
         );
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("hotpool.toml");
-        std::fs::write(&path, config).expect("write the config");
+        std::fs::write(&path, format!("{head}{}", functions.join("\n"))).expect("write the config");
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_hotpool"))
             .arg("serve")
@@ -161,10 +163,24 @@ impl Server {
             stderr,
             readers,
             exited: None,
+            config: (path, head),
             _dir: dir,
         };
         server.wait_until_healthy();
         server
+    }
+
+    /// Rewrites the config file: the same `[server]` and `[pool]`, then `rest`.
+    pub fn rewrite_config(&self, rest: &str) {
+        let (path, head) = &self.config;
+        std::fs::write(path, format!("{head}{rest}")).expect("rewrite the config");
+    }
+
+    /// Sends SIGHUP: the server reloads its config.
+    pub fn hang_up(&self) {
+        // SAFETY: kill only sends a signal to the server's process.
+        let sent = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(sent, 0, "send SIGHUP to the server");
     }
 
     pub fn wait_until_healthy(&mut self) {

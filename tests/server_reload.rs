@@ -1,0 +1,117 @@
+//! `hotpool serve` reloads its config on SIGHUP, on the real engine: changed
+//! limits keep the running containers, a changed container spec replaces them,
+//! removed functions go, new ones appear, and a bad config keeps the running one.
+
+mod support;
+
+use std::process::Command;
+
+use support::server::{Server, error_of, eventually, function};
+
+/// The ids of function `name`'s containers in `pool`, running or not.
+fn containers(pool: &str, name: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=hotpool.pool={pool}"))
+        .arg("--filter")
+        .arg(format!("label=hotpool.function={name}"))
+        .output()
+        .expect("run docker ps");
+    assert!(output.status.success(), "docker ps failed");
+    let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn sighup_changes_limits_in_place_replaces_removes_and_adds_functions() {
+    let server = Server::start(
+        "reload",
+        "",
+        &[
+            function("keep", "line", "line", "timeout = \"30s\""),
+            function("swap", "line", "line", ""),
+            function("gone", "line", "line", ""),
+        ],
+    );
+    for name in ["keep", "swap", "gone"] {
+        assert_eq!(server.invoke(name, b"warm").status, 200);
+    }
+    let keep_before = containers(&server.pool, "keep");
+    let swap_before = containers(&server.pool, "swap");
+    assert_eq!((keep_before.len(), swap_before.len()), (1, 1));
+
+    server.rewrite_config(
+        &[
+            function("keep", "line", "line", "timeout = \"2s\""),
+            function("swap", "line", "line", "env = { VERSION = \"2\" }"),
+            function("fresh", "line", "line", ""),
+        ]
+        .join("\n"),
+    );
+    server.hang_up();
+    eventually("the reload adds fresh", || {
+        server.get("/functions").text().contains("\"fresh\"")
+    });
+
+    let keep = server.invoke("keep", b"again");
+    assert_eq!(keep.status, 200);
+    assert_eq!(
+        keep.header("hotpool-start"),
+        Some("hot"),
+        "the container stayed"
+    );
+    assert_eq!(containers(&server.pool, "keep"), keep_before);
+    assert_eq!(server.function_status("keep")["timeout_ms"], 2000);
+    let slow = server.invoke("keep", b"!sleep 10000");
+    assert_eq!(slow.status, 504, "the new timeout applies: {}", slow.text());
+
+    let swap = server.invoke("swap", b"new");
+    assert_eq!(
+        swap.header("hotpool-start"),
+        Some("cold"),
+        "a new container"
+    );
+    eventually("the old container of swap is removed", || {
+        let now = containers(&server.pool, "swap");
+        now.len() == 1 && now != swap_before
+    });
+
+    let gone = server.invoke("gone", b"x");
+    assert_eq!(gone.status, 404);
+    assert_eq!(error_of(&gone)["kind"], "unknown_function");
+    eventually("gone's container is removed", || {
+        containers(&server.pool, "gone").is_empty()
+    });
+    assert_eq!(server.invoke("fresh", b"hi").text(), "hi");
+    assert!(
+        server.stderr.text().contains("config reloaded"),
+        "{}",
+        server.stderr.text()
+    );
+    server.stop();
+}
+
+#[test]
+fn a_bad_config_on_sighup_keeps_the_running_one_and_names_the_key() {
+    let server = Server::start("reload-bad", "", &[function("echo", "line", "line", "")]);
+    assert_eq!(server.invoke("echo", b"warm").status, 200);
+    server.rewrite_config(&function("echo", "line", "line", "timeout = \"soon\""));
+    server.hang_up();
+    eventually("the failed reload is logged", || {
+        server.stderr.text().contains("config not reloaded")
+    });
+    let logged = server.stderr.text();
+    let line = logged
+        .lines()
+        .find(|line| line.contains("config not reloaded"))
+        .expect("one line says so");
+    assert!(line.contains("function[0].timeout"), "{line}");
+    let after = server.invoke("echo", b"still");
+    assert_eq!((after.status, after.text()), (200, "still".to_owned()));
+    assert_eq!(after.header("hotpool-start"), Some("hot"));
+    server.stop();
+}
