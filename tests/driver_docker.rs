@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hotpool::driver::docker::DockerDriver;
-use hotpool::driver::{Cookie, Driver, RunResult, Status, Task};
+use hotpool::driver::{Cookie, Driver, RunResult, Task};
 use hotpool::error::CallError;
 use hotpool::stats::{CallStats, Stat, names};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -76,7 +76,7 @@ async fn ten_mib_of_binary_round_trips() {
         CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.result, RunResult::success());
+    assert_eq!(outcome.result, Ok(()));
     assert_eq!(outcome.stdout.len(), payload.len());
     assert!(outcome.stdout == payload, "the payload came back changed");
 }
@@ -91,8 +91,7 @@ async fn exit_code_comes_with_the_stderr_tail() {
         CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.result.status, Status::Error);
-    match outcome.result.error {
+    match outcome.result.clone().err() {
         Some(CallError::Exited { code, stderr_tail }) => {
             assert_eq!(code, 3);
             assert_eq!(stderr_tail, "cannot open the frobnicator\n");
@@ -111,9 +110,8 @@ async fn running_out_of_memory_is_oom() {
     let mut task = task(&["oom"]);
     task.memory = 32 * MIB;
     let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
-    assert_eq!(outcome.result.status, Status::Killed);
     assert_eq!(
-        outcome.result.error,
+        outcome.result.clone().err(),
         Some(CallError::Oom {
             limit_bytes: 32 * MIB
         })
@@ -130,8 +128,7 @@ async fn a_self_sigkill_is_not_oom() {
         CancellationToken::new(),
     )
     .await;
-    assert_eq!(outcome.result.status, Status::Killed);
-    match outcome.result.error {
+    match outcome.result.clone().err() {
         Some(CallError::Exited { code: 137, .. }) => {}
         other => panic!("expected exited with 137, got {other:?}"),
     }
@@ -143,9 +140,8 @@ async fn a_timeout_kills_the_container() {
     let mut task = task(&["sleep", "300"]);
     task.timeout = Some(Duration::from_millis(500));
     let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
-    assert_eq!(outcome.result.status, Status::Timeout);
     assert_eq!(
-        outcome.result.error,
+        outcome.result.clone().err(),
         Some(CallError::Timeout {
             timeout: Duration::from_millis(500)
         })
@@ -167,8 +163,7 @@ async fn cancelling_kills_the_container() {
         canceller.cancel();
     });
     let outcome = cold(&driver, task, Vec::new(), cancel).await;
-    assert_eq!(outcome.result.status, Status::Cancelled);
-    assert_eq!(outcome.result.error, Some(CallError::Cancelled));
+    assert_eq!(outcome.result.clone().err(), Some(CallError::Cancelled));
 }
 
 #[tokio::test]
@@ -190,10 +185,7 @@ async fn unclaimed_pipes_are_handed_out_for_hot_use() {
     }
     // Closing stdin ends the function: the container exits cleanly.
     stdin.shutdown().await.unwrap();
-    assert_eq!(
-        cookie.wait(&CancellationToken::new()).await,
-        RunResult::success()
-    );
+    assert_eq!(cookie.wait(&CancellationToken::new()).await, Ok(()));
     cookie.close().await;
     assert!(!container_exists(driver.docker(), cookie.container_id()).await);
 }
@@ -206,7 +198,7 @@ async fn a_three_second_task_yields_stats_and_a_summary() {
     let mut task = task(&["spin", "3"]);
     task.stats = Some(Arc::new(move |stat| sink.lock().unwrap().push(stat)));
     let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
-    assert_eq!(outcome.result, RunResult::success());
+    assert_eq!(outcome.result, Ok(()));
     let samples = samples.lock().unwrap().clone();
     assert!(
         samples.len() >= 2,

@@ -18,7 +18,7 @@ use clap::{ArgAction, Args};
 use tokio_util::sync::CancellationToken;
 
 use hotpool::driver::docker::{DockerDriver, DockerOptions, MIN_MEMORY, MIN_TMP_SIZE};
-use hotpool::driver::{Cookie, DEFAULT_USER, Driver, RunResult, Task};
+use hotpool::driver::{Cookie, DEFAULT_USER, Driver, Task};
 use hotpool::error::CallError;
 use hotpool::image::parse_image;
 use hotpool::stats::{CallStats, Stat};
@@ -178,12 +178,12 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
             });
             let result = match cookie.run().await {
                 Ok(_) => cookie.wait(&cancel).await,
-                Err(error) => RunResult::failed(error),
+                Err(error) => Err(error),
             };
             cookie.close().await;
             result
         }
-        Err(error) => RunResult::failed(error),
+        Err(error) => Err(error),
     };
 
     if let Some(path) = &args.stats_json {
@@ -194,9 +194,9 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
             eprintln!("hotpool: cannot write {}: {e}", path.display());
         }
     }
-    match result.error {
-        None => 0,
-        Some(error) => report(&error),
+    match result {
+        Ok(()) => 0,
+        Err(error) => report(&error),
     }
 }
 

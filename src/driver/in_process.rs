@@ -148,7 +148,7 @@ fn set_exit(exit: &watch::Sender<Option<RunResult>>, result: RunResult) {
 }
 
 fn exited(code: i64, stderr_tail: &str) -> RunResult {
-    RunResult::failed(CallError::Exited {
+    Err(CallError::Exited {
         code,
         stderr_tail: stderr_tail.into(),
     })
@@ -165,7 +165,7 @@ async fn serve_lines(
     loop {
         line.clear();
         match lines.read_line(&mut line).await {
-            Ok(0) | Err(_) => return set_exit(&exit, RunResult::success()),
+            Ok(0) | Err(_) => return set_exit(&exit, Ok(())),
             Ok(_) => {}
         }
         let request = line.trim_end_matches('\n');
@@ -177,7 +177,7 @@ async fn serve_lines(
             ("!oom", _) => {
                 return set_exit(
                     &exit,
-                    RunResult::failed(CallError::Oom {
+                    Err(CallError::Oom {
                         limit_bytes: memory,
                     }),
                 );
@@ -191,7 +191,7 @@ async fn serve_lines(
             _ => line.clone(),
         };
         if stdout.write_all(reply.as_bytes()).await.is_err() {
-            return set_exit(&exit, RunResult::success());
+            return set_exit(&exit, Ok(()));
         }
     }
 }
@@ -203,7 +203,7 @@ async fn serve_echo(
 ) {
     let _ = copy(&mut stdin, &mut stdout).await;
     let _ = stdout.shutdown().await;
-    set_exit(&exit, RunResult::success());
+    set_exit(&exit, Ok(()));
 }
 
 impl Cookie for InProcessCookie {
@@ -284,13 +284,13 @@ impl Cookie for InProcessCookie {
                 if let Some(output) = output {
                     let _ = output.await;
                 }
-                return result.unwrap_or_else(|| RunResult::failed(CallError::engine("the function vanished")));
+                return result.unwrap_or_else(|| Err(CallError::engine("the function vanished")));
             }
             () = sleep => CallError::Timeout { timeout: self.timeout.unwrap_or_default() },
             () = cancel.cancelled() => CallError::Cancelled,
         };
         let _ = self.kill().await;
-        RunResult::failed(interrupted)
+        Err(interrupted)
     }
 
     async fn kill(&self) -> Result<(), CallError> {
@@ -348,7 +348,7 @@ mod tests {
         assert!(rest.is_empty(), "stdout ends when the function dies");
         let result = cookie.wait(&CancellationToken::new()).await;
         assert_eq!(
-            result.error,
+            result.err(),
             Some(CallError::Oom {
                 limit_bytes: 1 << 20
             })
@@ -372,10 +372,7 @@ mod tests {
         echo.stdout = Some(Box::new(sink));
         let mut cookie = driver.prepare(echo).await.unwrap();
         cookie.run().await.unwrap();
-        assert_eq!(
-            cookie.wait(&CancellationToken::new()).await,
-            RunResult::success()
-        );
+        assert_eq!(cookie.wait(&CancellationToken::new()).await, Ok(()));
         let mut out = Vec::new();
         read_back.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"payload");
@@ -386,7 +383,7 @@ mod tests {
         let _running = cookie.run().await.unwrap();
         let result = cookie.wait(&CancellationToken::new()).await;
         assert_eq!(
-            result.error,
+            result.err(),
             Some(CallError::Timeout {
                 timeout: Duration::from_secs(2)
             })

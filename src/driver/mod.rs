@@ -2,8 +2,8 @@
 //!
 //! A [`Driver`] prepares a [`Task`] (pulling its image, creating its container) and
 //! returns a [`Cookie`]. [`Cookie::run`] starts the container with its pipes
-//! attached; [`Cookie::wait`] yields the [`RunResult`]: a [`Status`] and, unless it
-//! succeeded, the typed [`CallError`]. [`Cookie::close`] removes the container.
+//! attached; [`Cookie::wait`] yields the [`RunResult`]: `Ok`, or the typed
+//! [`CallError`]. [`Cookie::close`] removes the container.
 //!
 //! The same contract serves cold and hot use. A task that brings its own `input`
 //! and `stdout` sink is driven by the driver like `docker run -i` (cold). A task
@@ -146,74 +146,8 @@ impl fmt::Debug for Task {
     }
 }
 
-/// The final state of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Exited with code 0.
-    Success,
-    /// Exited with another code, or failed to run.
-    Error,
-    /// Ran past its timeout and was killed.
-    Timeout,
-    /// Killed by a signal it did not ask for: the OOM killer, or a kill from outside.
-    Killed,
-    /// Cancelled by the caller and killed.
-    Cancelled,
-}
-
-impl Status {
-    /// fn's status string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Success => "success",
-            Status::Error => "error",
-            Status::Timeout => "timeout",
-            Status::Killed => "killed",
-            Status::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// How a task ended: a status, and the error unless it succeeded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunResult {
-    /// The final state.
-    pub status: Status,
-    /// `None` exactly when `status` is [`Status::Success`].
-    pub error: Option<CallError>,
-}
-
-impl RunResult {
-    /// A successful run.
-    pub fn success() -> RunResult {
-        RunResult {
-            status: Status::Success,
-            error: None,
-        }
-    }
-
-    /// A failed run; the status follows from the error.
-    pub fn failed(error: CallError) -> RunResult {
-        let status = match &error {
-            CallError::Timeout { .. } => Status::Timeout,
-            CallError::Cancelled => Status::Cancelled,
-            CallError::Oom { .. } | CallError::Exited { code: 137, .. } => Status::Killed,
-            _ => Status::Error,
-        };
-        RunResult {
-            status,
-            error: Some(error),
-        }
-    }
-
-    /// `Ok(())` on success, else the error.
-    pub fn into_result(self) -> Result<(), CallError> {
-        match self.error {
-            None => Ok(()),
-            Some(error) => Err(error),
-        }
-    }
-}
+/// How a task ended: `Ok` when it exited with code 0, else why not.
+pub type RunResult = Result<(), CallError>;
 
 /// The pipes of a started container that the task did not claim.
 pub struct Running {

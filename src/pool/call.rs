@@ -20,7 +20,7 @@ use super::format::{self, FrameError, FunctionResponse, Request};
 use super::function::{ColdRefusal, FunctionPool};
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::Format;
-use crate::driver::{Cookie, Driver, RunResult};
+use crate::driver::{Cookie, Driver};
 use crate::error::{CallError, ErrorKind};
 use crate::stats::{CallStats, Usage};
 
@@ -210,7 +210,7 @@ impl<D: Driver> Inner<D> {
         record_start(&pool.name, starting, ran.as_ref().err());
         let result = match ran {
             Ok(_) => cookie.wait(&stop).await,
-            Err(error) => RunResult::failed(error),
+            Err(error) => Err(error),
         };
         cookie.close().await;
         drop((slot, memory));
@@ -223,7 +223,7 @@ impl<D: Driver> Inner<D> {
         let output = output
             .into_body()
             .map_err(|detail| CallError::ProtocolError { detail });
-        let body = match (result.into_result(), output) {
+        let body = match (result, output) {
             // Killed for writing past the limit: the limit is the reason.
             (Err(CallError::Cancelled), Err(too_large)) => return Err(too_large),
             (Err(error), _) => return Err(error),

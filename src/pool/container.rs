@@ -121,7 +121,7 @@ impl<D: Driver> HotContainer<D> {
     pub(crate) fn exit_reason(&self) -> EvictionReason {
         self.exit
             .get()
-            .and_then(|result| result.error.as_ref())
+            .and_then(|result| result.as_ref().err())
             .map_or(EvictionReason::Exited, EvictionReason::of_death)
     }
 
@@ -134,7 +134,7 @@ impl<D: Driver> HotContainer<D> {
     pub(crate) async fn death(&self, grace: Duration) -> Option<CallError> {
         let _ = tokio::time::timeout(grace, self.died.cancelled()).await;
         let result = self.exit.get()?;
-        Some(result.error.clone().unwrap_or(CallError::Exited {
+        Some(result.clone().err().unwrap_or(CallError::Exited {
             code: 0,
             stderr_tail: String::new(),
         }))

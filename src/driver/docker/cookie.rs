@@ -143,7 +143,7 @@ impl DockerCookie {
     /// -f`), that is what the caller learns, never an engine error.
     async fn judge_exit(&self, code: i64) -> RunResult {
         if code == 0 {
-            return RunResult::success();
+            return Ok(());
         }
         let inspected = timed(
             "inspect",
@@ -161,11 +161,11 @@ impl DockerCookie {
             }
         };
         if oom_killed {
-            RunResult::failed(CallError::Oom {
+            Err(CallError::Oom {
                 limit_bytes: self.memory,
             })
         } else {
-            RunResult::failed(CallError::Exited {
+            Err(CallError::Exited {
                 code,
                 stderr_tail: self.stderr.tail(),
             })
@@ -271,7 +271,7 @@ impl Cookie for DockerCookie {
                         self.drain_output().await;
                         self.judge_exit(code).await
                     }
-                    Err(e) => RunResult::failed(e),
+                    Err(e) => Err(e),
                 };
             }
             () = sleep_until_deadline(deadline) => CallError::Timeout {
@@ -280,11 +280,11 @@ impl Cookie for DockerCookie {
             () = cancel.cancelled() => CallError::Cancelled,
         };
         if let Err(e) = self.kill().await {
-            return RunResult::failed(e);
+            return Err(e);
         }
         let _ = exit.await;
         self.drain_output().await;
-        RunResult::failed(interrupted)
+        Err(interrupted)
     }
 
     async fn kill(&self) -> Result<(), CallError> {
