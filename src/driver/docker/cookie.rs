@@ -279,9 +279,7 @@ impl Cookie for DockerCookie {
             },
             () = cancel.cancelled() => CallError::Cancelled,
         };
-        if let Err(e) = self.kill().await {
-            return Err(e);
-        }
+        self.kill().await?;
         let _ = exit.await;
         self.drain_output().await;
         Err(interrupted)
