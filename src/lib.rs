@@ -13,6 +13,11 @@
 pub mod config;
 pub mod driver;
 pub mod error;
+/// The framing of the hot formats, for code that speaks to a container's pipes
+/// without the pool (`hotpool bench`'s floors): the pool's own functions.
+pub mod format {
+    pub use crate::pool::format::{FrameError, http, line};
+}
 pub mod id;
 pub mod image;
 pub mod metrics;
