@@ -6,9 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
-/// The stable kind of a [`CallError`]: one string and one HTTP status each.
+/// The stable kind of a [`CallError`]: one string each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The engine says the container was OOM-killed.
@@ -65,23 +63,6 @@ impl ErrorKind {
             ErrorKind::PullFailed => "pull_failed",
             ErrorKind::EngineError => "engine_error",
             ErrorKind::UnknownFunction => "unknown_function",
-        }
-    }
-
-    /// The HTTP status `hotpool serve` answers with (499 is only ever logged).
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorKind::Oom
-            | ErrorKind::Exited
-            | ErrorKind::ProtocolError
-            | ErrorKind::ImageNotFound
-            | ErrorKind::ImageUnauthorized
-            | ErrorKind::PullFailed => 502,
-            ErrorKind::Timeout => 504,
-            ErrorKind::Cancelled => 499,
-            ErrorKind::Busy => 503,
-            ErrorKind::EngineError => 500,
-            ErrorKind::UnknownFunction => 404,
         }
     }
 }
@@ -213,26 +194,6 @@ impl CallError {
             CallError::Engine { .. } => ErrorKind::EngineError,
         }
     }
-
-    /// The error as the JSON object callers see:
-    /// `{"error":{"kind":"...","message":"...", ...}}`, with `exit_code` and
-    /// `stderr_tail` for `exited`, `memory_limit_bytes` for `oom`.
-    pub fn to_json(&self) -> Value {
-        let mut error = json!({ "kind": self.kind().as_str(), "message": self.to_string() });
-        match self {
-            CallError::Exited { code, stderr_tail } => {
-                error["exit_code"] = json!(code);
-                error["stderr_tail"] = json!(stderr_tail);
-            }
-            CallError::Oom { limit_bytes } => error["memory_limit_bytes"] = json!(limit_bytes),
-            CallError::Timeout { timeout } => error["timeout_ms"] = json!(timeout.as_millis()),
-            CallError::Busy { retry_after, .. } => {
-                error["retry_after_s"] = json!(retry_after.as_secs().max(1))
-            }
-            _ => {}
-        }
-        json!({ "error": error })
-    }
 }
 
 #[cfg(test)]
@@ -248,27 +209,49 @@ mod tests {
     }
 
     #[test]
-    fn exited_json_carries_code_and_tail() {
+    fn every_error_has_its_kind() {
+        let errors = [
+            (CallError::Oom { limit_bytes: 1 }, ErrorKind::Oom),
+            (
+                CallError::Timeout {
+                    timeout: Duration::from_secs(1),
+                },
+                ErrorKind::Timeout,
+            ),
+            (CallError::Cancelled, ErrorKind::Cancelled),
+            (CallError::engine("down"), ErrorKind::EngineError),
+        ];
+        for (error, kind) in errors {
+            assert_eq!(error.kind(), kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn exited_message_carries_code_and_tail() {
         let error = CallError::Exited {
             code: 3,
             stderr_tail: "boom\n".into(),
         };
-        let json = error.to_json();
-        assert_eq!(json["error"]["kind"], "exited");
-        assert_eq!(json["error"]["exit_code"], 3);
-        assert_eq!(json["error"]["stderr_tail"], "boom\n");
+        assert_eq!(error.kind(), ErrorKind::Exited);
         assert_eq!(
-            json["error"]["message"],
+            error.to_string(),
             "the container exited with code 3; stderr: boom"
         );
-        assert_eq!(error.kind().http_status(), 502);
     }
 
     #[test]
-    fn statuses_follow_the_design_table() {
-        assert_eq!(ErrorKind::Timeout.http_status(), 504);
-        assert_eq!(ErrorKind::Busy.http_status(), 503);
-        assert_eq!(ErrorKind::EngineError.http_status(), 500);
-        assert_eq!(ErrorKind::Cancelled.http_status(), 499);
+    fn exit_codes_over_128_name_their_signal() {
+        let exited = |code| CallError::Exited {
+            code,
+            stderr_tail: String::new(),
+        };
+        assert_eq!(
+            exited(137).to_string(),
+            "the container exited with code 137 (SIGKILL, and the engine reports no OOM kill)"
+        );
+        assert_eq!(
+            exited(143).to_string(),
+            "the container exited with code 143 (signal 15)"
+        );
     }
 }

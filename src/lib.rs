@@ -13,6 +13,7 @@
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod format;
 pub mod id;
 pub mod image;
 pub mod metrics;

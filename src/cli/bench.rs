@@ -3,39 +3,38 @@
 //! Four modes, measured side by side in alternating rounds so that drift on a
 //! shared machine hits them alike:
 //!
-//! - `floor_hot`: raw round trips through the engine's attach pipes to plain
-//!   containers of the image (bollard, no pool);
+//! - `floor_hot`: round trips over the pipes of hot containers, no pool;
 //! - `hot`: calls through the pool to hot containers;
 //! - `cold`: calls through the pool in the `cold` format (a container per call);
-//! - `floor_cold`: create + attach + start + write + wait + remove by hand.
+//! - `floor_cold`: a container per call, run to its end, no pool.
+//!
+//! The floors' containers are the pool's: the same driver task
+//! ([`FunctionSpec::task`], hardening included) run by the same [`DockerDriver`],
+//! and their calls are framed by the pool's own format code. What the pool adds
+//! over them (scheduling, the check for unsolicited output, per-call stats) is
+//! what the ratios measure.
 //!
 //! It prints p50, p99 and calls per second for each, and the ratios hot/floor_hot
 //! and cold/floor_cold; `--json` prints one JSON object instead.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use bollard::Docker;
-use bollard::container::{AttachContainerResults, LogOutput};
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
-};
-use bytes::{Buf, BytesMut};
 use clap::Args;
 use futures_util::future::try_join_all;
-use futures_util::{Stream, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::BufReader;
+use tokio_util::sync::CancellationToken;
 
-use hotpool::driver::Driver;
-use hotpool::driver::docker::{DockerDriver, DockerOptions, LABEL};
+use hotpool::driver::docker::{DockerCookie, DockerDriver, DockerOptions};
+use hotpool::driver::{BoxRead, BoxWrite, Cookie, Driver, Task};
+use hotpool::format::{FrameError, http, line};
 use hotpool::pool::{Format, Function, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request};
 
 /// The pool name of the bench's containers (pool and floor alike).
 const BENCH_POOL: &str = "bench";
 /// Memory limit of every bench container.
-const MEMORY: i64 = 64 << 20;
+const MEMORY: u64 = 64 << 20;
 /// Hot calls per mode in one round: rounds alternate the modes, so short ones
 /// spread the machine's noise evenly over them.
 const HOT_CALLS_PER_ROUND: usize = 50;
@@ -129,14 +128,13 @@ async fn run(args: &BenchArgs) -> Result<(), String> {
     let driver = DockerDriver::connect(DockerOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    let docker = driver.docker().clone();
     let pool = Pool::builder(driver.clone())
         .name(BENCH_POOL)
-        .memory_budget(MEMORY as u64 * (2 * args.concurrency as u64 + 2))
+        .memory_budget(MEMORY * (2 * args.concurrency as u64 + 2))
         .build()
         .await
         .map_err(|e| e.to_string())?;
-    let result = measure(args, &docker, &pool).await;
+    let result = measure(args, &pool).await;
     pool.shutdown().await;
     let leftovers = driver.remove_labelled(POOL_LABEL, BENCH_POOL).await;
     let modes = result?;
@@ -147,28 +145,33 @@ async fn run(args: &BenchArgs) -> Result<(), String> {
 
 async fn measure(
     args: &BenchArgs,
-    docker: &Docker,
     pool: &Pool<DockerDriver>,
 ) -> Result<HashMap<&'static str, Samples>, String> {
     let body = vec![b'x'; args.payload];
+    let max_response = pool.config().max_response_bytes;
     let hot = spec(args, args.format, args.command.clone());
-    let cold_cmd = args
-        .cold_cmd
-        .clone()
-        .unwrap_or_else(|| args.command.clone());
-    let cold = spec(args, Format::Cold, cold_cmd.clone());
-    let request = floor_request(args.format, &body);
-    let (hot, cold) = (pool.register(hot), pool.register(cold));
+    let cold = spec(
+        args,
+        Format::Cold,
+        args.cold_cmd
+            .clone()
+            .unwrap_or_else(|| args.command.clone()),
+    );
+    let request = Request::new(body.clone());
 
-    // Warm up: the pool's containers and the floor's, and the image's pages.
-    let mut raw =
-        try_join_all((0..args.concurrency).map(|_| RawContainer::start(docker, args))).await?;
-    let warm = (0..args.concurrency).map(|_| hot.call(Request::new(body.clone())));
+    // Warm up: the pool's containers and the floor's, and the image's pages. On
+    // an error, the floor's containers go with their cookies and the label sweep.
+    let mut floor = try_join_all(
+        (0..args.concurrency).map(|_| FloorContainer::start(pool.driver(), &hot, max_response)),
+    )
+    .await?;
+    let (hot_function, cold_function) = (pool.register(hot.clone()), pool.register(cold.clone()));
+    let warm = (0..args.concurrency).map(|_| hot_function.call(Request::new(body.clone())));
     try_join_all(warm)
         .await
         .map_err(|e| format!("a hot call failed: {e}"))?;
-    for container in &mut raw {
-        container.round_trip(&request, args.format).await?;
+    for container in &mut floor {
+        container.round_trip(&request).await?;
     }
 
     let mut modes: HashMap<&'static str, Samples> = HashMap::new();
@@ -177,16 +180,16 @@ async fn measure(
         let hot_calls = share(args.calls, round, rounds);
         let cold_calls = share(args.cold_calls, round, rounds);
         timed(modes.entry("floor_hot").or_default(), async {
-            let per_worker = split(hot_calls, raw.len());
-            let (request, format) = (&request, args.format);
-            let workers = raw
+            let per_worker = split(hot_calls, floor.len());
+            let request = &request;
+            let workers = floor
                 .iter_mut()
                 .zip(per_worker)
                 .map(|(container, calls)| async move {
                     let mut latencies = Vec::with_capacity(calls);
                     for _ in 0..calls {
                         let start = Instant::now();
-                        container.round_trip(request, format).await?;
+                        container.round_trip(request).await?;
                         latencies.push(start.elapsed());
                     }
                     Ok::<_, String>(latencies)
@@ -196,24 +199,28 @@ async fn measure(
         .await?;
         timed(
             modes.entry("hot").or_default(),
-            workers(args.concurrency, hot_calls, || through_pool(&hot, &body)),
+            workers(args.concurrency, hot_calls, || {
+                through_pool(&hot_function, &body)
+            }),
         )
         .await?;
         timed(
             modes.entry("cold").or_default(),
-            workers(args.concurrency, cold_calls, || through_pool(&cold, &body)),
+            workers(args.concurrency, cold_calls, || {
+                through_pool(&cold_function, &body)
+            }),
         )
         .await?;
         timed(
             modes.entry("floor_cold").or_default(),
             workers(args.concurrency, cold_calls, || {
-                raw_cold_call(docker, args, &cold_cmd, &body)
+                floor_cold_call(pool.driver(), &cold, &body)
             }),
         )
         .await?;
     }
-    for container in raw {
-        container.remove(docker).await;
+    for container in floor {
+        container.close().await;
     }
     Ok(modes)
 }
@@ -281,7 +288,7 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
     let mut spec = FunctionSpec::new(format!("bench-{format}"), args.image.clone());
     spec.format = format;
     spec.cmd = cmd;
-    spec.memory = MEMORY as u64;
+    spec.memory = MEMORY;
     spec.max_concurrency = args.concurrency;
     spec.max_queue = args.concurrency * 4;
     spec.queue_timeout = Duration::from_secs(60);
@@ -290,186 +297,107 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
     spec
 }
 
-/// The bytes the pool would write for one call.
-fn floor_request(format: Format, body: &[u8]) -> Vec<u8> {
-    let mut request = match format {
-        Format::Http => format!(
-            "POST / HTTP/1.1\r\nHost: hotpool\r\nContent-Length: {}\r\nHotpool-Call-Id: 0123456789abcdef\r\nHotpool-Deadline: {}\r\n\r\n",
-            body.len(),
-            humantime::format_rfc3339_millis(SystemTime::now())
-        )
-        .into_bytes(),
-        _ => Vec::new(),
-    };
-    request.extend_from_slice(body);
-    if format == Format::Line {
-        request.push(b'\n');
-    }
-    request
+/// The driver task of a floor container: the pool's own for `spec`, labelled
+/// as the bench's pool labels its containers.
+fn floor_task(spec: &FunctionSpec) -> Task {
+    let mut task = spec.task(&format!("floor-{}", hotpool::id::new_id()));
+    task.labels
+        .insert(POOL_LABEL.to_owned(), BENCH_POOL.to_owned());
+    task
 }
 
-fn container_config(args: &BenchArgs, cmd: &[String]) -> ContainerCreateBody {
-    ContainerCreateBody {
-        image: Some(args.image.clone()),
-        cmd: (!cmd.is_empty()).then(|| cmd.to_vec()),
-        labels: Some(HashMap::from([
-            (LABEL.to_owned(), "1".to_owned()),
-            (POOL_LABEL.to_owned(), BENCH_POOL.to_owned()),
-            ("hotpool.function".to_owned(), "bench-floor".to_owned()),
-        ])),
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        open_stdin: Some(true),
-        stdin_once: Some(true),
-        host_config: Some(HostConfig {
-            memory: Some(MEMORY),
-            memory_swap: Some(MEMORY),
-            network_mode: Some("none".into()),
-            init: Some(true),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+/// A hot container of the bench's function spoken to without the pool.
+struct FloorContainer {
+    cookie: DockerCookie,
+    stdin: BoxWrite,
+    stdout: BufReader<BoxRead>,
+    format: Format,
+    timeout: Duration,
+    max_response: usize,
 }
 
-type Frames =
-    std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
-
-/// A plain container spoken to through the raw attach stream.
-struct RawContainer {
-    id: String,
-    input: std::pin::Pin<Box<dyn AsyncWrite + Send>>,
-    output: Frames,
-    received: BytesMut,
-}
-
-impl RawContainer {
-    async fn start(docker: &Docker, args: &BenchArgs) -> Result<RawContainer, String> {
-        let (id, attached) = create_attached(docker, args, &args.command).await?;
-        Ok(RawContainer {
-            id,
-            input: attached.input,
-            output: attached.output,
-            received: BytesMut::new(),
+impl FloorContainer {
+    /// Starts a container of `spec` and takes its pipes.
+    async fn start(
+        driver: &DockerDriver,
+        spec: &FunctionSpec,
+        max_response: usize,
+    ) -> Result<FloorContainer, String> {
+        let failed = |e| format!("a floor_hot container did not start: {e}");
+        let mut cookie = driver.prepare(floor_task(spec)).await.map_err(failed)?;
+        let running = match cookie.run().await {
+            Ok(running) => running,
+            Err(error) => {
+                cookie.close().await;
+                return Err(failed(error));
+            }
+        };
+        let (Some(stdin), Some(stdout)) = (running.stdin, running.stdout) else {
+            cookie.close().await;
+            return Err("the driver did not hand out a floor_hot container's pipes".into());
+        };
+        Ok(FloorContainer {
+            cookie,
+            stdin,
+            stdout: BufReader::new(stdout),
+            format: spec.format,
+            timeout: spec.timeout,
+            max_response,
         })
     }
 
-    /// Writes one request and reads frames until one whole response is in.
-    async fn round_trip(&mut self, request: &[u8], format: Format) -> Result<(), String> {
-        self.input
-            .write_all(request)
+    /// Writes one request and reads its response, framed as the pool frames them.
+    async fn round_trip(&mut self, request: &Request) -> Result<(), String> {
+        self.exchange(request)
             .await
-            .map_err(|e| e.to_string())?;
-        self.input.flush().await.map_err(|e| e.to_string())?;
-        loop {
-            if let Some(length) = complete_response(&self.received, format)? {
-                self.received.advance(length);
-                return Ok(());
+            .map_err(|e| format!("a floor_hot call failed: {e}"))
+    }
+
+    async fn exchange(&mut self, request: &Request) -> Result<(), FrameError> {
+        match self.format {
+            Format::Line => {
+                line::write_request(&mut self.stdin, &request.body).await?;
+                line::read_response(&mut self.stdout, self.max_response).await?;
             }
-            match self.output.next().await {
-                Some(Ok(LogOutput::StdOut { message })) => {
-                    self.received.extend_from_slice(&message)
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(format!("the attach stream failed: {e}")),
-                None => return Err("the floor container's stdout ended".into()),
+            Format::Http => {
+                let deadline = http::deadline_after(self.timeout);
+                http::write_request(&mut self.stdin, &request.id, deadline, request).await?;
+                http::read_response(&mut self.stdout, &request.id, self.max_response).await?;
             }
+            Format::Cold => unreachable!("the bench's hot format is line or http"),
         }
+        Ok(())
     }
 
-    async fn remove(self, docker: &Docker) {
-        let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        let _ = docker.remove_container(&self.id, Some(options)).await;
-    }
-}
-
-/// The length of the first whole response in `received`, if there is one.
-fn complete_response(received: &[u8], format: Format) -> Result<Option<usize>, String> {
-    if format == Format::Line {
-        return Ok(received.iter().position(|b| *b == b'\n').map(|end| end + 1));
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(received) {
-        Ok(httparse::Status::Complete(head)) => {
-            let length = response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| {
-                    std::str::from_utf8(h.value)
-                        .ok()?
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                })
-                .ok_or("the floor response has no Content-Length")?;
-            Ok((received.len() >= head + length).then_some(head + length))
-        }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(e) => Err(format!("the floor response is not HTTP: {e}")),
+    /// Removes the container.
+    async fn close(self) {
+        self.cookie.close().await;
     }
 }
 
-/// Creates a plain container running `cmd`, attaches to all its pipes and starts
-/// it: what the driver does, by hand.
-async fn create_attached(
-    docker: &Docker,
-    args: &BenchArgs,
-    cmd: &[String],
-) -> Result<(String, AttachContainerResults), String> {
-    let engine = |e: bollard::errors::Error| format!("the engine failed: {e}");
-    let created = docker
-        .create_container(None, container_config(args, cmd))
-        .await
-        .map_err(engine)?;
-    let attach = AttachContainerOptionsBuilder::default()
-        .stream(true)
-        .stdin(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let attached = docker
-        .attach_container(&created.id, Some(attach))
-        .await
-        .map_err(engine)?;
-    docker
-        .start_container(&created.id, None)
-        .await
-        .map_err(engine)?;
-    Ok((created.id, attached))
-}
-
-/// One cold call by hand: create, attach, start, write, read to EOF, wait, remove.
-async fn raw_cold_call(
-    docker: &Docker,
-    args: &BenchArgs,
-    cmd: &[String],
+/// One cold call without the pool: a container of `spec` with `body` on its
+/// stdin, run to its end by the driver, its stdout discarded.
+async fn floor_cold_call(
+    driver: &DockerDriver,
+    spec: &FunctionSpec,
     body: &[u8],
 ) -> Result<(), String> {
-    let engine = |e: bollard::errors::Error| format!("the engine failed: {e}");
-    let (id, mut attached) = create_attached(docker, args, cmd).await?;
-    let mut input = body.to_vec();
-    input.push(b'\n');
-    attached
-        .input
-        .write_all(&input)
-        .await
-        .map_err(|e| e.to_string())?;
-    attached.input.shutdown().await.map_err(|e| e.to_string())?;
-    while let Some(frame) = attached.output.next().await {
-        frame.map_err(engine)?;
-    }
-    let wait = WaitContainerOptionsBuilder::default()
-        .condition("not-running")
-        .build();
-    let _ = docker.wait_container(&id, Some(wait)).next().await;
-    let options = RemoveContainerOptionsBuilder::default().force(true).build();
-    docker
-        .remove_container(&id, Some(options))
-        .await
-        .map_err(engine)
+    let mut task = floor_task(spec);
+    task.timeout = Some(spec.timeout);
+    task.input = Some(Box::new(std::io::Cursor::new(body.to_vec())));
+    task.stdout = Some(Box::new(tokio::io::sink()));
+    let result = match driver.prepare(task).await {
+        Ok(mut cookie) => {
+            let result = match cookie.run().await {
+                Ok(_) => cookie.wait(&CancellationToken::new()).await,
+                Err(error) => Err(error),
+            };
+            cookie.close().await;
+            result
+        }
+        Err(error) => Err(error),
+    };
+    result.map_err(|e| format!("a floor_cold call failed: {e}"))
 }
 
 fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {

@@ -21,6 +21,7 @@ use hotpool::driver::docker::{DockerDriver, DockerOptions, MIN_MEMORY, MIN_TMP_S
 use hotpool::driver::{Cookie, DEFAULT_USER, Driver, Task};
 use hotpool::error::CallError;
 use hotpool::image::parse_image;
+use hotpool::server::error::call_error_json;
 use hotpool::stats::{CallStats, Stat};
 use hotpool::units::{Cpus, parse_bytes, parse_bytes_at_least, parse_timeout, parse_user};
 
@@ -202,7 +203,7 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
 
 /// Prints the error as one JSON line on stderr; returns the exit status for it.
 fn report(error: &CallError) -> i32 {
-    eprintln!("{}", error.to_json());
+    eprintln!("{}", call_error_json(error));
     match error {
         CallError::Exited { code, .. } => i32::try_from(*code)
             .ok()

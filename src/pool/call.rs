@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
-use super::format::{self, FrameError, FunctionResponse, Request};
 use super::function::{ColdRefusal, FunctionPool};
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::Format;
 use crate::driver::{Cookie, Driver};
 use crate::error::{CallError, ErrorKind};
+use crate::format::{self, FrameError, FunctionResponse, Request};
 use crate::stats::{CallStats, Usage};
 
 /// How long a call whose container closed stdout waits for the engine to say why.

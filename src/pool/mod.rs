@@ -23,7 +23,6 @@ mod call;
 mod checked_out;
 mod collector;
 mod container;
-pub(crate) mod format;
 mod function;
 mod function_log;
 mod policy;
@@ -34,8 +33,8 @@ mod state;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::format::Request;
 pub use call::{Response, Start};
-pub use format::Request;
 pub use function::FunctionStatus;
 pub use scheduler::POOL_LABEL;
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};

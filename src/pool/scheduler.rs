@@ -25,13 +25,13 @@ use super::budget::{MemoryBudget, Reservation};
 use super::checked_out::{CheckedOut, Lender};
 use super::collector::{CallTag, StatsCollector};
 use super::container::{EvictionReason, HotContainer, Pipes, Slot, StderrLog};
-use super::format::{self, FrameError};
 use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
 use super::spec::{FunctionKey, FunctionSpec};
 use super::state::Arrival;
 use crate::driver::{Cookie, Driver, Task};
 use crate::error::CallError;
+use crate::format::{self, FrameError};
 
 /// The label that ties a container to the pool that started it.
 pub const POOL_LABEL: &str = "hotpool.pool";

@@ -9,15 +9,17 @@
 //! - `GET /healthz`: 200 while the server runs.
 //! - `GET /metrics`: Prometheus text.
 //!
-//! Every error the API sends, unknown routes and wrong methods included, is JSON.
-//! A request body is always read to its end (within the size limit and the body
-//! timeout) before the answer, so a keep-alive connection stays usable; an answer
-//! sent with the body unread says `Connection: close`. With [`auth::Tokens`], every
-//! route but `/healthz` (and `/metrics`, unless configured) needs a bearer token.
+//! Every error the API sends, unknown routes and wrong methods included, is one
+//! [`error::ApiError`], in JSON. A request body is always read to its end (within
+//! the size limit and the body timeout) before the answer, so a keep-alive
+//! connection stays usable; an answer sent with the body unread says
+//! `Connection: close`. With [`auth::Tokens`], every route but `/healthz` (and
+//! `/metrics`, unless configured) needs a bearer token.
 //! [`connections`] is the listener: connection cap, head timeout, drain on stop.
 
 pub mod auth;
 pub mod connections;
+pub mod error;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +39,7 @@ use crate::driver::Driver;
 use crate::error::CallError;
 use crate::pool::{Format, KeepAlive, Pool, Request};
 use auth::Tokens;
+use error::{ApiError, CALL_ID, Reason};
 
 /// What every request handler shares.
 pub struct AppState<D: Driver> {
@@ -83,45 +86,18 @@ impl IntoResponse for Json {
     }
 }
 
-/// An error of the API itself (not of a call): a status and a JSON body.
-fn api_error(status: StatusCode, kind: &str, message: String, call_id: &str) -> Response {
-    let body = json!({"error": {"kind": kind, "message": message, "call_id": call_id}});
-    (status, Json(body)).into_response()
+async fn not_found(request: HttpRequest) -> ApiError {
+    ApiError::from(Reason::NoRoute {
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+    })
 }
 
-/// `response`, telling the client this connection ends after it: the request
-/// body was not read to its end, so the connection cannot carry another request.
-fn closing(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-async fn not_found(request: HttpRequest) -> Response {
-    closing(api_error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!(
-            "no route {} {}; the API has POST /invoke/{{name}}, GET /functions, GET /healthz, GET /metrics",
-            request.method(),
-            request.uri().path()
-        ),
-        "-",
-    ))
-}
-
-async fn method_not_allowed(request: HttpRequest) -> Response {
-    closing(api_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!(
-            "{} is not allowed on {}",
-            request.method(),
-            request.uri().path()
-        ),
-        "-",
-    ))
+async fn method_not_allowed(request: HttpRequest) -> ApiError {
+    ApiError::from(Reason::MethodNotAllowed {
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+    })
 }
 
 /// Lets a request through if it needs no token or carries a good one.
@@ -137,77 +113,24 @@ async fn authenticate<D: Driver>(
     };
     match &state.tokens {
         Some(tokens) if !open && !tokens.admits(request.headers()) => {
-            let mut response = closing(api_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this server needs `Authorization: Bearer <token>` with a configured token".into(),
-                "-",
-            ));
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
+            ApiError::from(Reason::Unauthorized).into_response()
         }
         _ => next.run(request).await,
     }
 }
 
-/// Reads a request body of at most `max` bytes within `timeout`; an error
-/// answer otherwise (the connection closes after it).
-async fn read_body(
-    body: Body,
-    max: usize,
-    timeout: Duration,
-    call_id: &str,
-) -> Result<Bytes, Response> {
-    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect()).await;
-    let error = match collected {
-        Ok(Ok(collected)) => return Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => api_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {max} bytes"),
-            call_id,
-        ),
-        Ok(Err(error)) => api_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the request body is malformed: {error}"),
-            call_id,
-        ),
-        Err(_) => api_error(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the request body did not arrive within {}",
-                humantime::format_duration(timeout)
-            ),
-            call_id,
-        ),
-    };
-    Err(closing(error))
-}
-
-fn call_error(error: &CallError, call_id: &str) -> Response {
-    let mut body = error.to_json();
-    body["error"]["call_id"] = json!(call_id);
-    let status = StatusCode::from_u16(error.kind().http_status())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Json(body)).into_response();
-    if let CallError::Busy { retry_after, .. } = error {
-        let seconds = retry_after.as_secs().max(1).to_string();
-        if let Ok(value) = HeaderValue::from_str(&seconds) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
+/// Reads a request body of at most `max` bytes within `timeout`.
+async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, Reason> {
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(Reason::BodyTooLarge { max }),
+        Ok(Err(error)) => Err(Reason::MalformedBody {
+            detail: error.to_string(),
+        }),
+        Err(_) => Err(Reason::BodyTimeout { timeout }),
     }
-    response.headers_mut().insert(
-        CALL_ID,
-        HeaderValue::from_str(call_id).unwrap_or(HeaderValue::from_static("-")),
-    );
-    response
 }
 
-const CALL_ID: HeaderName = HeaderName::from_static("hotpool-call-id");
 const START: HeaderName = HeaderName::from_static("hotpool-start");
 const STATS: HeaderName = HeaderName::from_static("hotpool-stats");
 
@@ -236,31 +159,21 @@ async fn invoke<D: Driver>(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
+) -> Result<Response, ApiError> {
     let call_id = crate::id::new_id();
-    let body = match read_body(body, state.max_body, state.body_timeout, &call_id).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+    let refused = |reason: Reason| ApiError::from(reason).in_call(&call_id);
+    let body = read_body(body, state.max_body, state.body_timeout)
+        .await
+        .map_err(refused)?;
     let found = state.pool.function(&name).and_then(|f| {
         let format = f.format()?;
         Some((f, format))
     });
     let Some((function, format)) = found else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "unknown_function",
-            format!("no function is named {name:?}; GET /functions lists them"),
-            &call_id,
-        );
+        return Err(refused(Reason::Call(CallError::UnknownFunction { name })));
     };
     if format == Format::Line && body.contains(&b'\n') {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("{name} speaks the line format: the body must be one line, without a newline"),
-            &call_id,
-        );
+        return Err(refused(Reason::NotOneLine { function: name }));
     }
     let mut request = Request::new(body);
     request.id = call_id.clone();
@@ -309,11 +222,11 @@ async fn invoke<D: Driver>(
             {
                 out.insert(STATS, value);
             }
-            response
+            Ok(response)
         }
         Err(error) => {
             tracing::info!(function = %name, %call_id, kind = error.kind().as_str(), elapsed_ms, error = %error, "call failed");
-            call_error(&error, &call_id)
+            Err(ApiError::from(error).in_call(&call_id))
         }
     }
 }

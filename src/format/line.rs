@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use super::{FrameError, unsolicited};
 
 /// Writes `body` and `\n` in one write, then flushes.
-pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
+pub async fn write_request<W: AsyncWrite + Unpin>(
     stdin: &mut W,
     body: &[u8],
 ) -> Result<(), FrameError> {
@@ -31,7 +31,7 @@ pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
 ///
 /// Never waits past the `\n`: bytes behind it count only if they came in the same
 /// read, and then they are unsolicited output.
-pub(crate) async fn read_response<R: AsyncBufRead + Unpin>(
+pub async fn read_response<R: AsyncBufRead + Unpin>(
     stdout: &mut R,
     max_bytes: usize,
 ) -> Result<Bytes, FrameError> {

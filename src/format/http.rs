@@ -46,8 +46,9 @@ const HOP_BY_HOP_HEADERS: [&str; 5] = ["connection", "keep-alive", "te", "traile
 const FRAMING_HEADERS: [&str; 4] = ["transfer-encoding", "content-length", "host", "expect"];
 
 /// When a call with `timeout` that starts now times out, for `Hotpool-Deadline`:
-/// at the latest [`LATEST_DEADLINE`], also when the sum does not fit a time.
-pub(crate) fn deadline_after(timeout: Duration) -> SystemTime {
+/// at the latest 9999-12-31T23:59:59.999Z, the latest RFC 3339 can write, also
+/// when the sum does not fit a time.
+pub fn deadline_after(timeout: Duration) -> SystemTime {
     let latest = UNIX_EPOCH + LATEST_DEADLINE;
     SystemTime::now()
         .checked_add(timeout)
@@ -55,7 +56,7 @@ pub(crate) fn deadline_after(timeout: Duration) -> SystemTime {
 }
 
 /// Writes the request message in one write, then flushes.
-pub(crate) async fn write_request<W: AsyncWrite + Unpin>(
+pub async fn write_request<W: AsyncWrite + Unpin>(
     stdin: &mut W,
     call_id: &str,
     deadline: SystemTime,
@@ -131,7 +132,7 @@ fn is_token(name: &str) -> bool {
 }
 
 /// Reads the response to call `call_id`, whose body is at most `max_body` bytes.
-pub(crate) async fn read_response<R: AsyncBufRead + Unpin>(
+pub async fn read_response<R: AsyncBufRead + Unpin>(
     stdout: &mut R,
     call_id: &str,
     max_body: usize,

@@ -1,8 +1,8 @@
 //! The hot formats: how one call travels over a hot container's stdin and stdout.
 //!
-//! A hot container serves many calls over the same pipes, one at a time. [`line`]
-//! frames a call as one line each way; [`http`] as one HTTP/1.1 message each way with
-//! a Content-Length body. Both report failures as a [`FrameError`]: the pipe ended
+//! A hot container serves many calls over the same pipes, one at a time.
+//! [`line`](mod@line) frames a call as one line each way; [`http`] as one HTTP/1.1
+//! message each way with a Content-Length body. Both report failures as a [`FrameError`]: the pipe ended
 //! ([`FrameError::Closed`], the caller asks the engine why), the function broke the
 //! framing ([`FrameError::Protocol`]), or the pipe itself failed ([`FrameError::Io`]).
 //!
@@ -10,9 +10,13 @@
 //! after a response count as unsolicited output only when they were already received
 //! in the same buffer; nothing waits for more. [`check_quiet`] catches what arrives
 //! between calls.
+//!
+//! The framing functions of [`line`](mod@line) and [`http`] are public (as
+//! `hotpool::format`) so that code speaking to a container's pipes without the pool,
+//! like `hotpool bench`'s floors, frames calls byte for byte as the pool does.
 
-pub(crate) mod http;
-pub(crate) mod line;
+pub mod http;
+pub mod line;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -52,7 +56,8 @@ impl Request {
 
 /// What came back from the function.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FunctionResponse {
+#[non_exhaustive]
+pub struct FunctionResponse {
     /// The status the function answered with (`line` responses are 200).
     pub status: u16,
     /// The function's headers in order, without `Content-Length`.
@@ -63,7 +68,7 @@ pub(crate) struct FunctionResponse {
 
 /// Why a call could not be framed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// stdout ended: the container died or closed it.
     #[error("the function's stdout ended")]
     Closed,
