@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use hotpool::config::ServeConfig;
 use hotpool::driver::docker::{DockerDriver, DockerOptions};
-use hotpool::pool::{Pool, PoolConfig};
+use hotpool::pool::Pool;
 use hotpool::server::auth::Tokens;
 use hotpool::server::connections::{self, ConnectionLimits};
 use hotpool::server::{AppState, router};
@@ -64,14 +64,11 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
-    let pool_config = PoolConfig {
-        name: config.pool.name.clone(),
-        memory_budget: config.pool.memory_budget,
-        shutdown_timeout: config.pool.shutdown_timeout,
-        stats_max_points: config.pool.stats_max_points,
-        max_response_bytes: usize::try_from(config.server.max_response).unwrap_or(usize::MAX),
-    };
-    let pool = match Pool::builder(driver).config(pool_config).build().await {
+    let pool = match Pool::builder(driver)
+        .config(config.pool.clone())
+        .build()
+        .await
+    {
         Ok(pool) => pool,
         Err(error) => {
             eprintln!("hotpool: {error}");
