@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
-use crate::pool::{FunctionSpec, KeepAlive, PoolConfig};
+use crate::pool::{Format, FunctionSpec, KeepAlive, PoolConfig};
 use crate::units::{
     Cpus, MAX_TIMEOUT, bytes_at_least, duration_within, parse_bytes, parse_duration, parse_user,
     show_bytes,
@@ -209,21 +209,12 @@ fn read_error(error: serde_path_to_error::Error<toml::de::Error>) -> ConfigError
 /// `a table`, `an array`.
 fn toml_name(found: &str) -> String {
     match found {
-        "map" => return "a table".to_owned(),
-        "sequence" => return "an array".to_owned(),
-        found if found.starts_with("string ") => return found.to_owned(),
-        _ => {}
-    }
-    match found.split_once(" `") {
-        Some((kind, value)) => {
-            let kind = if kind == "floating point" {
-                "float"
-            } else {
-                kind
-            };
-            format!("{kind} {}", value.trim_end_matches('`'))
-        }
-        None => found.to_owned(),
+        "map" => "a table".to_owned(),
+        "sequence" => "an array".to_owned(),
+        found if found.starts_with("string ") => found.to_owned(),
+        scalar => scalar
+            .replacen("floating point", "float", 1)
+            .replace('`', ""),
     }
 }
 
@@ -243,13 +234,13 @@ struct ConfigFile {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table ([server])")]
 struct ServerTable {
-    listen: Option<Quoted>,
-    max_body: Option<Size>,
-    max_response: Option<Size>,
-    header_timeout: Option<Span>,
-    body_timeout: Option<Span>,
-    max_connections: Option<Count>,
-    auth_tokens_file: Option<Quoted>,
+    listen: Option<Listen>,
+    max_body: Option<Size<1, MAX_MESSAGE_SIZE>>,
+    max_response: Option<Size<1, MAX_MESSAGE_SIZE>>,
+    header_timeout: Option<Timeout>,
+    body_timeout: Option<Timeout>,
+    max_connections: Option<Count<1, MAX_CONNECTIONS>>,
+    auth_tokens_file: Option<NonEmpty>,
     metrics_auth: Option<Flag>,
 }
 
@@ -257,43 +248,43 @@ struct ServerTable {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table ([pool])")]
 struct PoolTable {
-    name: Option<Quoted>,
-    memory_budget: Option<Size>,
-    shutdown_timeout: Option<Span>,
-    stats_max_points: Option<Count>,
+    name: Option<Name>,
+    memory_budget: Option<Size<1>>,
+    shutdown_timeout: Option<GracePeriod>,
+    stats_max_points: Option<Count<0, MAX_STATS_POINTS>>,
 }
 
 /// One `[[function]]` as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct FunctionTable {
-    name: Option<Quoted>,
-    image: Option<Quoted>,
+    name: Option<Name>,
+    image: Option<NonEmpty>,
     cmd: Option<Command>,
-    format: Option<Quoted>,
-    memory: Option<Size>,
-    timeout: Option<Span>,
-    idle_timeout: Option<Span>,
-    max_concurrency: Option<Count>,
-    max_queue: Option<Count>,
-    queue_timeout: Option<Span>,
+    format: Option<FormatName>,
+    memory: Option<Size<MIN_MEMORY>>,
+    timeout: Option<Timeout>,
+    idle_timeout: Option<IdleTimeout>,
+    max_concurrency: Option<Count<1, MAX_CONCURRENCY>>,
+    max_queue: Option<Count<0, MAX_QUEUE>>,
+    queue_timeout: Option<Timeout>,
     env: Option<Env>,
-    network: Option<Quoted>,
+    network: Option<NonEmpty>,
     cpus: Option<CpuQuota>,
-    user: Option<Quoted>,
-    tmp_size: Option<Size>,
+    user: Option<User>,
+    tmp_size: Option<Size<MIN_TMP_SIZE>>,
     read_only: Option<Flag>,
-    log_per_call: Option<Size>,
-    log_rate: Option<Size>,
+    log_per_call: Option<Size<1>>,
+    log_rate: Option<Size<1>>,
 }
 
 impl ConfigFile {
-    /// The validation pass: the config the file describes, with the defaults, or
-    /// the first value that fails a check.
+    /// The validation pass: the defaults filled in, then what one value cannot
+    /// say alone (required keys, memory within the budget, unique names, at least
+    /// one function, the tokens `metrics_auth` needs).
     fn validate(self) -> Result<ServeConfig, ConfigError> {
-        let server = self.server.validate().map_err(|e| e.within("server"))?;
-        let mut pool = self.pool.validate().map_err(|e| e.within("pool"))?;
-        pool.max_response_bytes = usize::try_from(server.max_response).unwrap_or(usize::MAX);
+        let server = self.server.validate()?;
+        let pool = self.pool.validate(&server);
         if self.function.0.is_empty() {
             return Err(ConfigError::new(
                 "function",
@@ -301,10 +292,7 @@ impl ConfigFile {
             ));
         }
         let functions = (self.function.0.into_iter().enumerate())
-            .map(|(index, table)| {
-                (table.validate(pool.memory_budget))
-                    .map_err(|e| e.within(&format!("function[{index}]")))
-            })
+            .map(|(index, table)| table.validate(index, pool.memory_budget))
             .collect::<Result<Vec<_>, _>>()?;
         let mut first_index = HashMap::new();
         for (index, spec) in functions.iter().enumerate() {
@@ -324,209 +312,101 @@ impl ConfigFile {
 }
 
 impl ServerTable {
-    fn validate(self) -> Result<ServerConfig, Invalid> {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
         let defaults = ServerConfig::default();
         let config = ServerConfig {
-            listen: checked("listen", self.listen, defaults.listen, Quoted::address)?,
-            max_body: checked("max_body", self.max_body, defaults.max_body, Size::message)?,
-            max_response: checked(
-                "max_response",
-                self.max_response,
-                defaults.max_response,
-                Size::message,
-            )?,
-            header_timeout: checked(
-                "header_timeout",
-                self.header_timeout,
-                defaults.header_timeout,
-                Span::timeout,
-            )?,
-            body_timeout: checked(
-                "body_timeout",
-                self.body_timeout,
-                defaults.body_timeout,
-                Span::timeout,
-            )?,
-            max_connections: checked(
-                "max_connections",
-                self.max_connections,
-                defaults.max_connections,
-                |count| count.within(1, MAX_CONNECTIONS),
-            )?,
-            auth_tokens_file: checked("auth_tokens_file", self.auth_tokens_file, None, |path| {
-                path.non_empty().map(|path| Some(PathBuf::from(path)))
-            })?,
+            listen: self.listen.map_or(defaults.listen, |listen| listen.0),
+            max_body: self.max_body.map_or(defaults.max_body, |size| size.0),
+            max_response: self
+                .max_response
+                .map_or(defaults.max_response, |size| size.0),
+            header_timeout: self
+                .header_timeout
+                .map_or(defaults.header_timeout, |span| span.0),
+            body_timeout: self
+                .body_timeout
+                .map_or(defaults.body_timeout, |span| span.0),
+            max_connections: self
+                .max_connections
+                .map_or(defaults.max_connections, |n| n.0),
+            auth_tokens_file: (self.auth_tokens_file).map_or(defaults.auth_tokens_file, |path| {
+                Some(PathBuf::from(path.0))
+            }),
             metrics_auth: self
                 .metrics_auth
                 .map_or(defaults.metrics_auth, |flag| flag.0),
         };
         if config.metrics_auth && config.auth_tokens_file.is_none() {
-            return Err(Invalid {
-                key: "metrics_auth",
-                reason: "needs server.auth_tokens_file, the tokens to check".to_owned(),
-            });
+            return Err(ConfigError::new(
+                "server.metrics_auth",
+                "needs server.auth_tokens_file, the tokens to check",
+            ));
         }
         Ok(config)
     }
 }
 
 impl PoolTable {
-    /// The pool's settings but `max_response_bytes`, which `[server]` gives.
-    fn validate(self) -> Result<PoolConfig, Invalid> {
+    /// The pool's settings, its largest response the server's.
+    fn validate(self, server: &ServerConfig) -> PoolConfig {
         let mut pool = PoolConfig::default();
-        pool.name = checked(
-            "name",
-            self.name,
-            DEFAULT_POOL_NAME.to_owned(),
-            Quoted::name,
-        )?;
-        pool.memory_budget = checked(
-            "memory_budget",
-            self.memory_budget,
-            pool.memory_budget,
-            Size::positive,
-        )?;
-        pool.shutdown_timeout = checked(
-            "shutdown_timeout",
-            self.shutdown_timeout,
-            pool.shutdown_timeout,
-            Span::grace_period,
-        )?;
-        pool.stats_max_points = checked(
-            "stats_max_points",
-            self.stats_max_points,
-            pool.stats_max_points,
-            |count| count.within(0, MAX_STATS_POINTS),
-        )?;
-        Ok(pool)
+        pool.name = self
+            .name
+            .map_or(DEFAULT_POOL_NAME.to_owned(), |name| name.0);
+        pool.memory_budget = self.memory_budget.map_or(pool.memory_budget, |size| size.0);
+        pool.shutdown_timeout = self
+            .shutdown_timeout
+            .map_or(pool.shutdown_timeout, |span| span.0);
+        pool.stats_max_points = self.stats_max_points.map_or(pool.stats_max_points, |n| n.0);
+        pool.max_response_bytes = usize::try_from(server.max_response).unwrap_or(usize::MAX);
+        pool
     }
 }
 
 impl FunctionTable {
-    /// The function's spec; its memory must fit in `memory_budget`.
-    fn validate(self, memory_budget: u64) -> Result<FunctionSpec, Invalid> {
-        let name = (self.name.ok_or_else(|| "is required".to_owned()))
-            .and_then(Quoted::name)
-            .map_err(at("name"))?;
-        let image = (self.image.ok_or_else(|| "is required".to_owned()))
-            .and_then(Quoted::non_empty)
-            .map_err(at("image"))?;
+    /// The spec of `function[index]`, whose memory must fit in `memory_budget`.
+    fn validate(self, index: usize, memory_budget: u64) -> Result<FunctionSpec, ConfigError> {
+        let error = |key: &str, reason: String| {
+            ConfigError::new(format!("function[{index}].{key}"), reason)
+        };
+        let required = |key| error(key, "is required".to_owned());
+        let name = self.name.ok_or_else(|| required("name"))?.0;
+        let image = self.image.ok_or_else(|| required("image"))?.0;
         let mut spec = FunctionSpec::new(name, image);
         spec.cmd = self.cmd.map_or(spec.cmd, |cmd| cmd.0);
-        spec.format = checked("format", self.format, spec.format, |format| {
-            format.0.parse()
-        })?;
-        spec.memory = checked("memory", self.memory, spec.memory, |size| {
-            size.at_least(MIN_MEMORY)
-        })?;
+        spec.format = self.format.map_or(spec.format, |format| format.0);
+        spec.memory = self.memory.map_or(spec.memory, |size| size.0);
+        spec.timeout = self.timeout.map_or(spec.timeout, |span| span.0);
+        spec.keep_alive = self
+            .idle_timeout
+            .map_or(spec.keep_alive, |span| KeepAlive::fixed(span.0));
+        spec.max_concurrency = self.max_concurrency.map_or(spec.max_concurrency, |n| n.0);
+        spec.max_queue = self.max_queue.map_or(spec.max_queue, |n| n.0);
+        spec.queue_timeout = self.queue_timeout.map_or(spec.queue_timeout, |span| span.0);
+        spec.env = self.env.map_or(spec.env, |env| env.0);
+        spec.network = self.network.map_or(spec.network, |network| Some(network.0));
+        spec.cpus = self.cpus.map_or(spec.cpus, |cpus| cpus.0);
+        spec.user = self.user.map_or(spec.user, |user| user.0);
+        spec.tmp_size = self.tmp_size.map_or(spec.tmp_size, |size| size.0);
+        spec.read_only = self.read_only.map_or(spec.read_only, |flag| flag.0);
+        spec.log_per_call = self.log_per_call.map_or(spec.log_per_call, |size| size.0);
+        spec.log_rate = self.log_rate.map_or(spec.log_rate, |size| size.0);
         if spec.memory > memory_budget {
-            return Err(Invalid {
-                key: "memory",
-                reason: format!(
+            return Err(error(
+                "memory",
+                format!(
                     "{} is more than pool.memory_budget ({})",
                     show_bytes(spec.memory),
                     show_bytes(memory_budget)
                 ),
-            });
+            ));
         }
-        spec.timeout = checked("timeout", self.timeout, spec.timeout, Span::timeout)?;
-        spec.keep_alive = checked("idle_timeout", self.idle_timeout, spec.keep_alive, |span| {
-            span.within(MAX_IDLE_TIMEOUT).map(KeepAlive::fixed)
-        })?;
-        spec.max_concurrency = checked(
-            "max_concurrency",
-            self.max_concurrency,
-            spec.max_concurrency,
-            |count| count.within(1, MAX_CONCURRENCY),
-        )?;
-        spec.max_queue = checked("max_queue", self.max_queue, spec.max_queue, |count| {
-            count.within(0, MAX_QUEUE)
-        })?;
-        spec.queue_timeout = checked(
-            "queue_timeout",
-            self.queue_timeout,
-            spec.queue_timeout,
-            Span::timeout,
-        )?;
-        spec.env = self.env.map_or(spec.env, |env| env.0);
-        spec.network = checked("network", self.network, spec.network, |network| {
-            network.non_empty().map(Some)
-        })?;
-        spec.cpus = self.cpus.map_or(spec.cpus, |cpus| cpus.0);
-        spec.user = checked("user", self.user, spec.user, |user| parse_user(&user.0))?;
-        spec.tmp_size = checked("tmp_size", self.tmp_size, spec.tmp_size, |size| {
-            size.at_least(MIN_TMP_SIZE)
-        })?;
-        spec.read_only = self.read_only.map_or(spec.read_only, |flag| flag.0);
-        spec.log_per_call = checked(
-            "log_per_call",
-            self.log_per_call,
-            spec.log_per_call,
-            Size::positive,
-        )?;
-        spec.log_rate = checked("log_rate", self.log_rate, spec.log_rate, Size::positive)?;
         Ok(spec)
     }
 }
 
-/// A value that fails validation: its key in its table, and why.
-struct Invalid {
-    key: &'static str,
-    reason: String,
-}
-
-impl Invalid {
-    /// The error, naming the key under the table at `table` (`server`,
-    /// `function[1]`).
-    fn within(self, table: &str) -> ConfigError {
-        ConfigError::new(format!("{table}.{}", self.key), self.reason)
-    }
-}
-
-/// Makes a failed check of `key` an [`Invalid`].
-fn at(key: &'static str) -> impl FnOnce(String) -> Invalid {
-    move |reason| Invalid { key, reason }
-}
-
-/// The value of `key` passed through `check`, or `default` when the key is absent.
-fn checked<T, U>(
-    key: &'static str,
-    value: Option<T>,
-    default: U,
-    check: impl FnOnce(T) -> Result<U, String>,
-) -> Result<U, Invalid> {
-    value.map_or(Ok(default), check).map_err(at(key))
-}
-
-/// A string value: names, paths, addresses, formats, users.
+/// A string value, read as written; the types below check what it says.
 struct Quoted(String);
-
-impl Quoted {
-    fn address(self) -> Result<SocketAddr, String> {
-        let text = self.0;
-        text.parse()
-            .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:8080"))
-    }
-
-    /// A function's or pool's name: letters, digits, `.`, `_` and `-`.
-    fn name(self) -> Result<String, String> {
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if !self.0.chars().all(allowed) {
-            return Err(format!(
-                "{:?} may contain only letters, digits, '.', '_' and '-'",
-                self.0
-            ));
-        }
-        self.non_empty()
-    }
-
-    fn non_empty(self) -> Result<String, String> {
-        if self.0.is_empty() {
-            return Err("must not be empty".to_owned());
-        }
-        Ok(self.0)
-    }
-}
 
 impl<'de> Deserialize<'de> for Quoted {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Quoted, D::Error> {
@@ -544,118 +424,164 @@ impl<'de> Deserialize<'de> for Quoted {
     }
 }
 
-/// A byte size in [`crate::units`] syntax (`"64m"`), with its text for messages.
+/// The name of a function or a pool: letters, digits, `.`, `_` and `-`.
 #[derive(Deserialize)]
 #[serde(try_from = "Quoted")]
-struct Size {
-    bytes: u64,
-    text: String,
-}
+struct Name(String);
 
-impl TryFrom<Quoted> for Size {
+impl TryFrom<Quoted> for Name {
     type Error = String;
 
-    fn try_from(Quoted(text): Quoted) -> Result<Size, String> {
-        let bytes = parse_bytes(&text)?;
-        Ok(Size { bytes, text })
-    }
-}
-
-impl Size {
-    fn positive(self) -> Result<u64, String> {
-        match self.bytes {
-            0 => Err(format!("{:?} must be more than 0", self.text)),
-            bytes => Ok(bytes),
-        }
-    }
-
-    /// At least `min`: the engine's minimum for a memory limit or a `/tmp`.
-    fn at_least(self, min: u64) -> Result<u64, String> {
-        bytes_at_least(&self.text, self.bytes, min)
-    }
-
-    /// A request body or response limit: more than 0, at most [`MAX_MESSAGE_SIZE`].
-    fn message(self) -> Result<u64, String> {
-        if self.bytes > MAX_MESSAGE_SIZE {
+    fn try_from(Quoted(text): Quoted) -> Result<Name, String> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if !text.chars().all(allowed) {
             return Err(format!(
-                "{:?} is more than {}",
-                self.text,
-                show_bytes(MAX_MESSAGE_SIZE)
+                "{text:?} may contain only letters, digits, '.', '_' and '-'"
             ));
         }
-        self.positive()
+        NonEmpty::try_from(Quoted(text)).map(|text| Name(text.0))
     }
 }
 
-/// A duration in [`crate::units`] syntax (`"5s"`), with its text for messages.
+/// A string that is not empty: an image, a network, a path.
 #[derive(Deserialize)]
 #[serde(try_from = "Quoted")]
-struct Span {
-    duration: Duration,
-    text: String,
-}
+struct NonEmpty(String);
 
-impl TryFrom<Quoted> for Span {
+impl TryFrom<Quoted> for NonEmpty {
     type Error = String;
 
-    fn try_from(Quoted(text): Quoted) -> Result<Span, String> {
-        let duration = parse_duration(&text)?;
-        Ok(Span { duration, text })
+    fn try_from(Quoted(text): Quoted) -> Result<NonEmpty, String> {
+        if text.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        Ok(NonEmpty(text))
     }
 }
 
-impl Span {
-    /// More than 0 and at most `max`.
-    fn within(self, max: Duration) -> Result<Duration, String> {
-        duration_within(&self.text, self.duration, max)
-    }
+/// The address to listen on.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct Listen(SocketAddr);
 
-    /// More than 0 and at most [`MAX_TIMEOUT`].
-    fn timeout(self) -> Result<Duration, String> {
-        self.within(MAX_TIMEOUT)
-    }
+impl TryFrom<Quoted> for Listen {
+    type Error = String;
 
-    /// A shutdown grace period: 0 (none) up to [`MAX_TIMEOUT`].
-    fn grace_period(self) -> Result<Duration, String> {
-        match self.duration {
-            Duration::ZERO => Ok(Duration::ZERO),
-            _ => self.timeout(),
+    fn try_from(Quoted(text): Quoted) -> Result<Listen, String> {
+        text.parse()
+            .map(Listen)
+            .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:8080"))
+    }
+}
+
+/// `cold`, `line` or `http`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct FormatName(Format);
+
+impl TryFrom<Quoted> for FormatName {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<FormatName, String> {
+        text.parse().map(FormatName)
+    }
+}
+
+/// A user as the engine takes it: `uid[:gid]` or a name from the image.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct User(String);
+
+impl TryFrom<Quoted> for User {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<User, String> {
+        parse_user(&text).map(User)
+    }
+}
+
+/// A byte size in [`crate::units`] syntax (`"64m"`), from `MIN` to `MAX` bytes.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct Size<const MIN: u64, const MAX: u64 = { u64::MAX }>(u64);
+
+impl<const MIN: u64, const MAX: u64> TryFrom<Quoted> for Size<MIN, MAX> {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<Self, String> {
+        match parse_bytes(&text)? {
+            0 if MIN == 1 => Err(format!("{text:?} must be more than 0")),
+            bytes if bytes > MAX => Err(format!("{text:?} is more than {}", show_bytes(MAX))),
+            bytes => bytes_at_least(&text, bytes, MIN).map(Size),
         }
     }
 }
 
-/// A whole number, kept as written until validation bounds it.
-struct Count(i128);
+/// A duration in [`crate::units`] syntax (`"5s"`): more than 0, at most
+/// `MAX_SECONDS`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct Span<const MAX_SECONDS: u64>(Duration);
 
-impl Count {
-    /// The count, if it is from `min` to `max`.
-    fn within(self, min: usize, max: usize) -> Result<usize, String> {
-        let Count(number) = self;
-        match usize::try_from(number) {
-            Ok(count) if (min..=max).contains(&count) => Ok(count),
-            Ok(count) if count > max => Err(format!("{number} is more than {max}")),
-            Err(_) if number > 0 => Err(format!("{number} is more than {max}")),
-            _ => Err(format!("{number} is less than {min}")),
+impl<const MAX_SECONDS: u64> TryFrom<Quoted> for Span<MAX_SECONDS> {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<Self, String> {
+        let max = Duration::from_secs(MAX_SECONDS);
+        duration_within(&text, parse_duration(&text)?, max).map(Span)
+    }
+}
+
+/// A call's, a queue wait's or a client's time limit.
+type Timeout = Span<{ MAX_TIMEOUT.as_secs() }>;
+/// How long a hot container may sit idle.
+type IdleTimeout = Span<{ MAX_IDLE_TIMEOUT.as_secs() }>;
+
+/// How long calls in flight get to finish on shutdown: 0 (none) up to
+/// [`MAX_TIMEOUT`].
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct GracePeriod(Duration);
+
+impl TryFrom<Quoted> for GracePeriod {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<GracePeriod, String> {
+        match parse_duration(&text)? {
+            Duration::ZERO => Ok(GracePeriod(Duration::ZERO)),
+            duration => duration_within(&text, duration, MAX_TIMEOUT).map(GracePeriod),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Count, D::Error> {
-        struct Expect;
-        impl Visitor<'_> for Expect {
-            type Value = Count;
+/// A whole number from `MIN` to `MAX`.
+struct Count<const MIN: usize, const MAX: usize>(usize);
+
+impl<'de, const MIN: usize, const MAX: usize> Deserialize<'de> for Count<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Expect<const MIN: usize, const MAX: usize>;
+        impl<const MIN: usize, const MAX: usize> Visitor<'_> for Expect<MIN, MAX> {
+            type Value = Count<MIN, MAX>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a whole number")
             }
-            fn visit_i64<E: de::Error>(self, number: i64) -> Result<Count, E> {
-                Ok(Count(number.into()))
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<Self::Value, E> {
+                match u64::try_from(number) {
+                    Ok(number) => self.visit_u64(number),
+                    Err(_) => Err(E::custom(format!("{number} is less than {MIN}"))),
+                }
             }
-            fn visit_u64<E: de::Error>(self, number: u64) -> Result<Count, E> {
-                Ok(Count(number.into()))
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<Self::Value, E> {
+                match usize::try_from(number) {
+                    Ok(count) if count < MIN => {
+                        Err(E::custom(format!("{count} is less than {MIN}")))
+                    }
+                    Ok(count) if count <= MAX => Ok(Count(count)),
+                    _ => Err(E::custom(format!("{number} is more than {MAX}"))),
+                }
             }
         }
-        deserializer.deserialize_i64(Expect)
+        deserializer.deserialize_u64(Expect)
     }
 }
 
@@ -791,7 +717,6 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::pool::Format;
 
     /// The message of the error `text` gives.
     fn error(text: &str) -> String {
