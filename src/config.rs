@@ -3,12 +3,13 @@
 //!
 //! Reading takes two steps. serde reads the text into the tables as written
 //! (`[server]`, `[pool]`, `[[function]]`; every key optional, unknown keys denied),
-//! checking each value's type and syntax: sizes (`"64m"`) and durations (`"5s"`)
-//! are strings in [`crate::units`] syntax. Then one validation pass fills in the
-//! defaults and checks the rest: bounds, required keys, and what involves more
-//! than one key (memory within the budget, unique names). Either way the error
-//! names the key path (`server.listen`, `pool.memory_budget`, `function[1].memory`)
-//! and the reason, on one line. See `examples/hotpool.toml`.
+//! each value into a small type that checks it alone, bounds included: sizes
+//! (`"64m"`) and durations (`"5s"`) are strings in [`crate::units`] syntax,
+//! `Size<MIN, MAX>` and `Count<MIN, MAX>` carry their bounds. Then one validation
+//! pass fills in the defaults and checks what one value cannot say alone: required
+//! keys, memory within the budget, unique names, at least one function. Either way
+//! the error names the key path (`server.listen`, `pool.memory_budget`,
+//! `function[1].memory`) and the reason, on one line. See `examples/hotpool.toml`.
 //!
 //! The defaults are the library's, `PoolConfig::default()` and
 //! `FunctionSpec::new`, but for the pool's name, `serve` (`DEFAULT_POOL_NAME`
@@ -500,7 +501,8 @@ impl TryFrom<Quoted> for User {
     }
 }
 
-/// A byte size in [`crate::units`] syntax (`"64m"`), from `MIN` to `MAX` bytes.
+/// A byte size in [`crate::units`] syntax (`"64m"`), from `MIN` to `MAX` bytes;
+/// `Size<1>` is any size but 0.
 #[derive(Deserialize)]
 #[serde(try_from = "Quoted")]
 struct Size<const MIN: u64, const MAX: u64 = { u64::MAX }>(u64);
