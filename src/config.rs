@@ -1,11 +1,19 @@
 //! The TOML config of `hotpool serve`: where to listen, the pool's limits, and the
 //! functions it serves.
 //!
-//! The text is parsed into a plain TOML table first, then read section by section:
-//! every value is checked on its own, so an error names the exact key path
-//! (`server.listen`, `pool.memory_budget`, `function[1].memory`) and the reason.
-//! Sizes (`"64m"`) and durations (`"5s"`) are strings in [`crate::units`] syntax.
-//! Unknown keys are errors in every table. See `examples/hotpool.toml`.
+//! Reading takes two steps. serde reads the text into the tables as written
+//! (`[server]`, `[pool]`, `[[function]]`; every key optional, unknown keys denied),
+//! each value into a small type that checks it alone, bounds included: sizes
+//! (`"64m"`) and durations (`"5s"`) are strings in [`crate::units`] syntax,
+//! `Size<MIN, MAX>` and `Count<MIN, MAX>` carry their bounds. Then one validation
+//! pass fills in the defaults and checks what one value cannot say alone: required
+//! keys, memory within the budget, unique names, at least one function. Either way
+//! the error names the key path (`server.listen`, `pool.memory_budget`,
+//! `function[1].memory`) and the reason, on one line. See `examples/hotpool.toml`.
+//!
+//! The defaults are the library's, `PoolConfig::default()` and
+//! `FunctionSpec::new`, but for the pool's name, `serve` (`DEFAULT_POOL_NAME`
+//! says why); the server's are [`ServerConfig::default`].
 //!
 //! Every value is bounded, so a config that loads never panics or fails later:
 //! timeouts up to 24 h (an idle timeout up to 365 days), memory of at least the
@@ -13,21 +21,28 @@
 //! maxima.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use toml::{Table, Value};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
-use crate::pool::{Format, FunctionSpec, KeepAlive};
+use crate::pool::{Format, FunctionSpec, KeepAlive, PoolConfig};
 use crate::units::{
-    Cpus, parse_bytes, parse_bytes_at_least, parse_duration, parse_duration_within, parse_timeout,
-    parse_user, show_bytes,
+    Cpus, MAX_TIMEOUT, bytes_at_least, duration_within, parse_bytes, parse_duration, parse_user,
+    show_bytes,
 };
 
+/// The pool's name when `[pool]` gives none, so its containers are labelled
+/// `hotpool.pool=serve`. The one default that is not the library's
+/// (`PoolConfig::default()` names a pool `hotpool`): a server and an embedder
+/// on one engine, each with its default, do not remove each other's containers
+/// as leftovers.
+const DEFAULT_POOL_NAME: &str = "serve";
 /// The longest a hot container may be kept idle: a year.
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// The largest request body or response that may be allowed: 1 GiB.
@@ -46,8 +61,9 @@ const MAX_STATS_POINTS: usize = 100_000;
 pub struct ServeConfig {
     /// The HTTP server (`[server]`).
     pub server: ServerConfig,
-    /// The pool's limits (`[pool]`).
-    pub pool: PoolSettings,
+    /// The pool's settings (`[pool]`, and `server.max_response` as
+    /// `max_response_bytes`).
+    pub pool: PoolConfig,
     /// The functions served (`[[function]]`), in the order written; at least one,
     /// with unique names.
     pub functions: Vec<FunctionSpec>,
@@ -62,7 +78,7 @@ pub struct ServerConfig {
     /// most `1g`).
     pub max_body: u64,
     /// The largest response a function may return, in bytes (`max_response`,
-    /// default `6m`, at most `1g`).
+    /// default the pool's `max_response_bytes`, `6m`; at most `1g`).
     pub max_response: u64,
     /// How long a client may take to send a request head (`header_timeout`,
     /// default `10s`).
@@ -81,46 +97,19 @@ pub struct ServerConfig {
 }
 
 impl Default for ServerConfig {
-    /// Listen on `127.0.0.1:8080`, bodies and responses up to 6 MiB, 10 s for a
-    /// request head and 30 s for its body, 512 connections, no authentication.
+    /// Listen on `127.0.0.1:8080`, bodies up to 6 MiB, responses up to the pool's
+    /// default, 10 s for a request head and 30 s for its body, 512 connections, no
+    /// authentication.
     fn default() -> ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body: 6 << 20,
-            max_response: 6 << 20,
+            max_response: PoolConfig::default().max_response_bytes as u64,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 512,
             auth_tokens_file: None,
             metrics_auth: false,
-        }
-    }
-}
-
-/// The `[pool]` table: limits shared by all functions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolSettings {
-    /// The pool's name, labelled on its containers as `hotpool.pool=<name>`
-    /// (`name`, default `serve`).
-    pub name: String,
-    /// The most the memory limits of all live containers may add up to, in bytes
-    /// (`memory_budget`, default `2g`).
-    pub memory_budget: u64,
-    /// How long in-flight calls get to finish on shutdown (`shutdown_timeout`,
-    /// default `30s`, at most `24h`).
-    pub shutdown_timeout: Duration,
-    /// The most stats points kept per call (`stats_max_points`, default 240).
-    pub stats_max_points: usize,
-}
-
-impl Default for PoolSettings {
-    /// Named `serve`, a 2 GiB memory budget, 30 s to shut down, 240 stats points.
-    fn default() -> PoolSettings {
-        PoolSettings {
-            name: "serve".to_owned(),
-            memory_budget: 2 << 30,
-            shutdown_timeout: Duration::from_secs(30),
-            stats_max_points: 240,
         }
     }
 }
@@ -161,19 +150,10 @@ impl ConfigError {
 impl ServeConfig {
     /// Parses and checks a config.
     pub fn from_toml(text: &str) -> Result<ServeConfig, ConfigError> {
-        let table = text
-            .parse::<Table>()
+        let document = toml::Deserializer::parse(text)
             .map_err(|e| ConfigError::new("", syntax_error(text, &e)))?;
-        let root = Section::open(String::new(), &table, ROOT_KEYS)?;
-        let server = root.table("server", SERVER_KEYS)?;
-        let pool = root.table("pool", POOL_KEYS)?;
-        let functions = root.tables("function", FUNCTION_KEYS)?;
-        let pool = pool_settings(pool)?;
-        Ok(ServeConfig {
-            server: server_config(server)?,
-            functions: function_specs(functions, &pool)?,
-            pool,
-        })
+        let file: ConfigFile = serde_path_to_error::deserialize(document).map_err(read_error)?;
+        file.validate()
     }
 
     /// Reads and parses the config file at `path`; an unreadable file is an error
@@ -185,47 +165,6 @@ impl ServeConfig {
         ServeConfig::from_toml(&text)
     }
 }
-
-const ROOT_KEYS: &[&str] = &["server", "pool", "function"];
-
-const SERVER_KEYS: &[&str] = &[
-    "listen",
-    "max_body",
-    "max_response",
-    "header_timeout",
-    "body_timeout",
-    "max_connections",
-    "auth_tokens_file",
-    "metrics_auth",
-];
-
-const POOL_KEYS: &[&str] = &[
-    "name",
-    "memory_budget",
-    "shutdown_timeout",
-    "stats_max_points",
-];
-
-const FUNCTION_KEYS: &[&str] = &[
-    "name",
-    "image",
-    "cmd",
-    "format",
-    "memory",
-    "timeout",
-    "idle_timeout",
-    "max_concurrency",
-    "max_queue",
-    "queue_timeout",
-    "env",
-    "network",
-    "cpus",
-    "user",
-    "tmp_size",
-    "read_only",
-    "log_per_call",
-    "log_rate",
-];
 
 /// A TOML syntax error on one line: `line L, column C: <reason>` (the caller
 /// names the file).
@@ -241,396 +180,537 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> String {
     format!("line {line}, column {column}: {reason}")
 }
 
-fn server_config(section: Option<Section<'_>>) -> Result<ServerConfig, ConfigError> {
-    let defaults = ServerConfig::default();
-    let Some(section) = section else {
-        return Ok(defaults);
+/// A value serde could not read: its path, and the reason in the config's words.
+/// serde says `invalid type: integer `64`, expected a string in quotes`; the
+/// config says `expected a string in quotes, found integer 64`, in TOML's names
+/// for what was found. An unknown field is an `unknown key` (the path names it),
+/// and `invalid length` means an array where a table belongs (serde's derived
+/// structs read arrays too, field by field).
+fn read_error(error: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path = error.path().to_string();
+    let key = if path == "." { "" } else { &path };
+    let message = error.inner().message();
+    let found_expected = |prefix: &str| {
+        let rest = message.strip_prefix(prefix)?;
+        rest.rsplit_once(", expected ")
     };
-    let config = ServerConfig {
-        listen: section
-            .parsed("listen", parse_listen)?
-            .unwrap_or(defaults.listen),
-        max_body: section
-            .parsed("max_body", message_size)?
-            .unwrap_or(defaults.max_body),
-        max_response: section
-            .parsed("max_response", message_size)?
-            .unwrap_or(defaults.max_response),
-        header_timeout: section
-            .parsed("header_timeout", parse_timeout)?
-            .unwrap_or(defaults.header_timeout),
-        body_timeout: section
-            .parsed("body_timeout", parse_timeout)?
-            .unwrap_or(defaults.body_timeout),
-        max_connections: section
-            .count("max_connections", 1, MAX_CONNECTIONS)?
-            .unwrap_or(defaults.max_connections),
-        auth_tokens_file: section
-            .parsed("auth_tokens_file", non_empty)?
-            .map(PathBuf::from),
-        metrics_auth: section
-            .boolean("metrics_auth")?
-            .unwrap_or(defaults.metrics_auth),
+    let reason = if message.starts_with("unknown field") {
+        "unknown key".to_owned()
+    } else if let Some((found, expected)) = found_expected("invalid type: ") {
+        format!("expected {expected}, found {}", toml_name(found))
+    } else if let Some((_, expected)) = found_expected("invalid length ") {
+        format!("expected {expected}, found an array")
+    } else {
+        message.to_owned()
     };
-    if config.metrics_auth && config.auth_tokens_file.is_none() {
-        return Err(section.error(
-            "metrics_auth",
-            "needs server.auth_tokens_file, the tokens to check",
-        ));
-    }
-    Ok(config)
+    ConfigError::new(key, reason)
 }
 
-fn pool_settings(section: Option<Section<'_>>) -> Result<PoolSettings, ConfigError> {
-    let defaults = PoolSettings::default();
-    let Some(section) = section else {
-        return Ok(defaults);
-    };
-    Ok(PoolSettings {
-        name: section.parsed("name", valid_name)?.unwrap_or(defaults.name),
-        memory_budget: section
-            .parsed("memory_budget", positive_bytes)?
-            .unwrap_or(defaults.memory_budget),
-        shutdown_timeout: section
-            .parsed("shutdown_timeout", shutdown_timeout)?
-            .unwrap_or(defaults.shutdown_timeout),
-        stats_max_points: section
-            .count("stats_max_points", 0, MAX_STATS_POINTS)?
-            .unwrap_or(defaults.stats_max_points),
-    })
+/// What serde found, as TOML names it: `integer 64`, `float 1.5`, `string "x"`,
+/// `a table`, `an array`.
+fn toml_name(found: &str) -> String {
+    match found {
+        "map" => "a table".to_owned(),
+        "sequence" => "an array".to_owned(),
+        found if found.starts_with("string ") => found.to_owned(),
+        scalar => scalar
+            .replacen("floating point", "float", 1)
+            .replace('`', ""),
+    }
 }
 
-/// Reads every `[[function]]` and checks that there is at least one and that
-/// their names are unique.
-fn function_specs(
-    sections: Vec<Section<'_>>,
-    pool: &PoolSettings,
-) -> Result<Vec<FunctionSpec>, ConfigError> {
-    if sections.is_empty() {
-        return Err(ConfigError::new(
-            "function",
-            "at least one [[function]] is required",
-        ));
-    }
-    let specs = sections
-        .into_iter()
-        .map(|section| function_spec(section, pool))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut first_index = HashMap::new();
-    for (index, spec) in specs.iter().enumerate() {
-        if let Some(first) = first_index.insert(spec.name.as_str(), index) {
+/// The file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerTable,
+    #[serde(default)]
+    pool: PoolTable,
+    #[serde(default)]
+    function: Functions,
+}
+
+/// `[server]` as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([server])")]
+struct ServerTable {
+    listen: Option<Listen>,
+    max_body: Option<Size<1, MAX_MESSAGE_SIZE>>,
+    max_response: Option<Size<1, MAX_MESSAGE_SIZE>>,
+    header_timeout: Option<Timeout>,
+    body_timeout: Option<Timeout>,
+    max_connections: Option<Count<1, MAX_CONNECTIONS>>,
+    auth_tokens_file: Option<NonEmpty>,
+    metrics_auth: Option<Flag>,
+}
+
+/// `[pool]` as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([pool])")]
+struct PoolTable {
+    name: Option<Name>,
+    memory_budget: Option<Size<1>>,
+    shutdown_timeout: Option<GracePeriod>,
+    stats_max_points: Option<Count<0, MAX_STATS_POINTS>>,
+}
+
+/// One `[[function]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct FunctionTable {
+    name: Option<Name>,
+    image: Option<NonEmpty>,
+    cmd: Option<Command>,
+    format: Option<FormatName>,
+    memory: Option<Size<MIN_MEMORY>>,
+    timeout: Option<Timeout>,
+    idle_timeout: Option<IdleTimeout>,
+    max_concurrency: Option<Count<1, MAX_CONCURRENCY>>,
+    max_queue: Option<Count<0, MAX_QUEUE>>,
+    queue_timeout: Option<Timeout>,
+    env: Option<Env>,
+    network: Option<NonEmpty>,
+    cpus: Option<CpuQuota>,
+    user: Option<User>,
+    tmp_size: Option<Size<MIN_TMP_SIZE>>,
+    read_only: Option<Flag>,
+    log_per_call: Option<Size<1>>,
+    log_rate: Option<Size<1>>,
+}
+
+impl ConfigFile {
+    /// The validation pass: the defaults filled in, then what one value cannot
+    /// say alone (required keys, memory within the budget, unique names, at least
+    /// one function, the tokens `metrics_auth` needs).
+    fn validate(self) -> Result<ServeConfig, ConfigError> {
+        let server = self.server.validate()?;
+        let pool = self.pool.validate(&server);
+        if self.function.0.is_empty() {
             return Err(ConfigError::new(
-                format!("function[{index}].name"),
-                format!("{:?} is defined twice (also function[{first}])", spec.name),
+                "function",
+                "at least one [[function]] is required",
             ));
         }
-    }
-    Ok(specs)
-}
-
-fn function_spec(section: Section<'_>, pool: &PoolSettings) -> Result<FunctionSpec, ConfigError> {
-    let name = section.required("name", valid_name)?;
-    let image = section.required("image", non_empty)?;
-    let defaults = FunctionSpec::new(name, image);
-    let memory = section
-        .parsed("memory", memory_limit)?
-        .unwrap_or(defaults.memory);
-    Ok(FunctionSpec {
-        cmd: section.strings("cmd")?.unwrap_or(defaults.cmd),
-        format: section
-            .parsed("format", Format::from_str)?
-            .unwrap_or(defaults.format),
-        memory: within_budget(&section, memory, pool.memory_budget)?,
-        timeout: section
-            .parsed("timeout", parse_timeout)?
-            .unwrap_or(defaults.timeout),
-        keep_alive: section
-            .parsed("idle_timeout", |text| {
-                parse_duration_within(text, MAX_IDLE_TIMEOUT)
-            })?
-            .map_or(defaults.keep_alive, KeepAlive::fixed),
-        eviction: defaults.eviction,
-        max_concurrency: section
-            .count("max_concurrency", 1, MAX_CONCURRENCY)?
-            .unwrap_or(defaults.max_concurrency),
-        max_queue: section
-            .count("max_queue", 0, MAX_QUEUE)?
-            .unwrap_or(defaults.max_queue),
-        queue_timeout: section
-            .parsed("queue_timeout", parse_timeout)?
-            .unwrap_or(defaults.queue_timeout),
-        env: section.env("env")?.unwrap_or(defaults.env),
-        network: section.parsed("network", non_empty)?,
-        cpus: section.cpus("cpus")?.unwrap_or(defaults.cpus),
-        user: section.parsed("user", parse_user)?.unwrap_or(defaults.user),
-        tmp_size: section
-            .parsed("tmp_size", tmp_size)?
-            .unwrap_or(defaults.tmp_size),
-        read_only: section.boolean("read_only")?.unwrap_or(defaults.read_only),
-        log_per_call: section
-            .parsed("log_per_call", positive_bytes)?
-            .unwrap_or(defaults.log_per_call),
-        log_rate: section
-            .parsed("log_rate", positive_bytes)?
-            .unwrap_or(defaults.log_rate),
-        ..defaults
-    })
-}
-
-/// Checks a function's memory limit (written or the default) against the budget.
-fn within_budget(section: &Section<'_>, memory: u64, budget: u64) -> Result<u64, ConfigError> {
-    if memory > budget {
-        return Err(section.error(
-            "memory",
-            format!(
-                "{} is more than pool.memory_budget ({})",
-                show_bytes(memory),
-                show_bytes(budget)
-            ),
-        ));
-    }
-    Ok(memory)
-}
-
-fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:8080"))
-}
-
-fn valid_name(text: &str) -> Result<String, String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if !text.chars().all(allowed) {
-        return Err(format!(
-            "{text:?} may contain only letters, digits, '.', '_' and '-'"
-        ));
-    }
-    non_empty(text)
-}
-
-fn non_empty(text: &str) -> Result<String, String> {
-    if text.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    Ok(text.to_owned())
-}
-
-fn positive_bytes(text: &str) -> Result<u64, String> {
-    match parse_bytes(text)? {
-        0 => Err(format!("{text:?} must be more than 0")),
-        bytes => Ok(bytes),
-    }
-}
-
-/// A memory limit of at least the engine's minimum.
-fn memory_limit(text: &str) -> Result<u64, String> {
-    parse_bytes_at_least(text, MIN_MEMORY)
-}
-
-/// A `/tmp` size of at least [`MIN_TMP_SIZE`].
-fn tmp_size(text: &str) -> Result<u64, String> {
-    parse_bytes_at_least(text, MIN_TMP_SIZE)
-}
-
-/// A request body or response limit: more than 0, at most [`MAX_MESSAGE_SIZE`].
-fn message_size(text: &str) -> Result<u64, String> {
-    match positive_bytes(text)? {
-        bytes if bytes > MAX_MESSAGE_SIZE => Err(format!(
-            "{text:?} is more than {}",
-            show_bytes(MAX_MESSAGE_SIZE)
-        )),
-        bytes => Ok(bytes),
-    }
-}
-
-/// A shutdown grace period: 0 (none) up to [`crate::units::MAX_TIMEOUT`].
-fn shutdown_timeout(text: &str) -> Result<Duration, String> {
-    match parse_duration(text)? {
-        Duration::ZERO => Ok(Duration::ZERO),
-        _ => parse_timeout(text),
-    }
-}
-
-fn env_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("variable names must not be empty".to_owned());
-    }
-    if name.contains('=') {
-        return Err(format!("variable name {name:?} must not contain '='"));
-    }
-    Ok(())
-}
-
-/// One TOML table of the config and its key path (`""`, `server`, `function[0]`),
-/// read one typed value at a time; every error names the value's full key path.
-struct Section<'a> {
-    path: String,
-    table: &'a Table,
-}
-
-impl<'a> Section<'a> {
-    /// Wraps `table`, failing on the first key not in `known`.
-    fn open(path: String, table: &'a Table, known: &[&str]) -> Result<Section<'a>, ConfigError> {
-        let section = Section { path, table };
-        match table.keys().find(|key| !known.contains(&key.as_str())) {
-            Some(unknown) => Err(section.error(unknown, "unknown key")),
-            None => Ok(section),
-        }
-    }
-
-    fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    fn error(&self, key: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError::new(self.key_path(key), reason)
-    }
-
-    fn expected(&self, key: &str, what: &str, found: &Value) -> ConfigError {
-        self.error(key, format!("expected {what}, found {}", describe(found)))
-    }
-
-    /// A string value, parsed by `parse` (whose error is the reason); `None` if
-    /// the key is absent.
-    fn parsed<T>(
-        &self,
-        key: &str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<Option<T>, ConfigError> {
-        match self.table.get(key) {
-            None => Ok(None),
-            Some(Value::String(text)) => parse(text).map(Some).map_err(|e| self.error(key, e)),
-            Some(other) => Err(self.expected(key, "a string in quotes", other)),
-        }
-    }
-
-    /// Like [`Section::parsed`], but the key must be present.
-    fn required<T>(
-        &self,
-        key: &str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        self.parsed(key, parse)?
-            .ok_or_else(|| self.error(key, "is required"))
-    }
-
-    /// A whole number from `min` to `max`.
-    fn count(&self, key: &str, min: usize, max: usize) -> Result<Option<usize>, ConfigError> {
-        let number = match self.table.get(key) {
-            None => return Ok(None),
-            Some(Value::Integer(number)) => *number,
-            Some(other) => return Err(self.expected(key, "a whole number", other)),
-        };
-        match usize::try_from(number) {
-            Ok(count) if count < min => {
-                Err(self.error(key, format!("{number} is less than {min}")))
+        let functions = (self.function.0.into_iter().enumerate())
+            .map(|(index, table)| table.validate(index, pool.memory_budget))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut first_index = HashMap::new();
+        for (index, spec) in functions.iter().enumerate() {
+            if let Some(first) = first_index.insert(spec.name.as_str(), index) {
+                return Err(ConfigError::new(
+                    format!("function[{index}].name"),
+                    format!("{:?} is defined twice (also function[{first}])", spec.name),
+                ));
             }
-            Ok(count) if count <= max => Ok(Some(count)),
-            Err(_) if number < 0 => Err(self.error(key, format!("{number} is less than {min}"))),
-            _ => Err(self.error(key, format!("{number} is more than {max}"))),
         }
-    }
-
-    /// `true` or `false`.
-    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        match self.table.get(key) {
-            None => Ok(None),
-            Some(Value::Boolean(value)) => Ok(Some(*value)),
-            Some(other) => Err(self.expected(key, "true or false", other)),
-        }
-    }
-
-    /// A number of CPUs, whole or fractional: `1`, `0.5`.
-    fn cpus(&self, key: &str) -> Result<Option<Cpus>, ConfigError> {
-        let text = match self.table.get(key) {
-            None => return Ok(None),
-            Some(Value::Integer(number)) => number.to_string(),
-            Some(Value::Float(number)) => number.to_string(),
-            Some(other) => return Err(self.expected(key, "a number like 1 or 0.5", other)),
-        };
-        text.parse().map(Some).map_err(|e| self.error(key, e))
-    }
-
-    /// An array of strings.
-    fn strings(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
-        let items = match self.table.get(key) {
-            None => return Ok(None),
-            Some(Value::Array(items)) => items,
-            Some(other) => return Err(self.expected(key, "an array of strings", other)),
-        };
-        let string = |(index, item): (usize, &Value)| match item {
-            Value::String(text) => Ok(text.clone()),
-            other => Err(self.expected(&format!("{key}[{index}]"), "a string", other)),
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(string)
-            .collect::<Result<_, _>>()
-            .map(Some)
-    }
-
-    /// A table of environment variables: names non-empty and without `=`, values
-    /// strings.
-    fn env(&self, key: &str) -> Result<Option<BTreeMap<String, String>>, ConfigError> {
-        let table = match self.table.get(key) {
-            None => return Ok(None),
-            Some(Value::Table(table)) => table,
-            Some(other) => {
-                return Err(self.expected(key, "a table like { KEY = \"value\" }", other));
-            }
-        };
-        let variable = |(name, value): (&String, &Value)| {
-            env_name(name).map_err(|e| self.error(key, e))?;
-            match value {
-                Value::String(text) => Ok((name.clone(), text.clone())),
-                other => Err(self.expected(&format!("{key}.{name}"), "a string", other)),
-            }
-        };
-        table
-            .iter()
-            .map(variable)
-            .collect::<Result<_, _>>()
-            .map(Some)
-    }
-
-    /// A sub-table such as `[server]`; `None` if absent.
-    fn table(&self, key: &str, known: &[&str]) -> Result<Option<Section<'a>>, ConfigError> {
-        match self.table.get(key) {
-            None => Ok(None),
-            Some(Value::Table(table)) => Section::open(self.key_path(key), table, known).map(Some),
-            Some(other) => Err(self.expected(key, &format!("a table ([{key}])"), other)),
-        }
-    }
-
-    /// An array of tables such as `[[function]]`; empty if absent.
-    fn tables(&self, key: &str, known: &[&str]) -> Result<Vec<Section<'a>>, ConfigError> {
-        let what = format!("an array of tables ([[{key}]])");
-        let items = match self.table.get(key) {
-            None => return Ok(Vec::new()),
-            Some(Value::Array(items)) => items,
-            Some(other) => return Err(self.expected(key, &what, other)),
-        };
-        let section = |(index, item): (usize, &'a Value)| {
-            let path = format!("{}[{index}]", self.key_path(key));
-            match item {
-                Value::Table(table) => Section::open(path, table, known),
-                other => Err(self.expected(&format!("{key}[{index}]"), "a table", other)),
-            }
-        };
-        items.iter().enumerate().map(section).collect()
+        Ok(ServeConfig {
+            server,
+            pool,
+            functions,
+        })
     }
 }
 
-/// A value as an error message names it: `integer 64`, `an array`, `a table`.
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Array(_) => "an array".to_owned(),
-        Value::Table(_) => "a table".to_owned(),
-        scalar => format!("{} {scalar}", scalar.type_str()),
+impl ServerTable {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let defaults = ServerConfig::default();
+        let config = ServerConfig {
+            listen: self.listen.map_or(defaults.listen, |listen| listen.0),
+            max_body: self.max_body.map_or(defaults.max_body, |size| size.0),
+            max_response: self
+                .max_response
+                .map_or(defaults.max_response, |size| size.0),
+            header_timeout: self
+                .header_timeout
+                .map_or(defaults.header_timeout, |span| span.0),
+            body_timeout: self
+                .body_timeout
+                .map_or(defaults.body_timeout, |span| span.0),
+            max_connections: self
+                .max_connections
+                .map_or(defaults.max_connections, |n| n.0),
+            auth_tokens_file: (self.auth_tokens_file).map_or(defaults.auth_tokens_file, |path| {
+                Some(PathBuf::from(path.0))
+            }),
+            metrics_auth: self
+                .metrics_auth
+                .map_or(defaults.metrics_auth, |flag| flag.0),
+        };
+        if config.metrics_auth && config.auth_tokens_file.is_none() {
+            return Err(ConfigError::new(
+                "server.metrics_auth",
+                "needs server.auth_tokens_file, the tokens to check",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+impl PoolTable {
+    /// The pool's settings, its largest response the server's.
+    fn validate(self, server: &ServerConfig) -> PoolConfig {
+        let mut pool = PoolConfig::default();
+        pool.name = self
+            .name
+            .map_or(DEFAULT_POOL_NAME.to_owned(), |name| name.0);
+        pool.memory_budget = self.memory_budget.map_or(pool.memory_budget, |size| size.0);
+        pool.shutdown_timeout = self
+            .shutdown_timeout
+            .map_or(pool.shutdown_timeout, |span| span.0);
+        pool.stats_max_points = self.stats_max_points.map_or(pool.stats_max_points, |n| n.0);
+        pool.max_response_bytes = usize::try_from(server.max_response).unwrap_or(usize::MAX);
+        pool
+    }
+}
+
+impl FunctionTable {
+    /// The spec of `function[index]`, whose memory must fit in `memory_budget`.
+    fn validate(self, index: usize, memory_budget: u64) -> Result<FunctionSpec, ConfigError> {
+        let error = |key: &str, reason: String| {
+            ConfigError::new(format!("function[{index}].{key}"), reason)
+        };
+        let required = |key| error(key, "is required".to_owned());
+        let name = self.name.ok_or_else(|| required("name"))?.0;
+        let image = self.image.ok_or_else(|| required("image"))?.0;
+        let mut spec = FunctionSpec::new(name, image);
+        spec.cmd = self.cmd.map_or(spec.cmd, |cmd| cmd.0);
+        spec.format = self.format.map_or(spec.format, |format| format.0);
+        spec.memory = self.memory.map_or(spec.memory, |size| size.0);
+        spec.timeout = self.timeout.map_or(spec.timeout, |span| span.0);
+        spec.keep_alive = self
+            .idle_timeout
+            .map_or(spec.keep_alive, |span| KeepAlive::fixed(span.0));
+        spec.max_concurrency = self.max_concurrency.map_or(spec.max_concurrency, |n| n.0);
+        spec.max_queue = self.max_queue.map_or(spec.max_queue, |n| n.0);
+        spec.queue_timeout = self.queue_timeout.map_or(spec.queue_timeout, |span| span.0);
+        spec.env = self.env.map_or(spec.env, |env| env.0);
+        spec.network = self.network.map_or(spec.network, |network| Some(network.0));
+        spec.cpus = self.cpus.map_or(spec.cpus, |cpus| cpus.0);
+        spec.user = self.user.map_or(spec.user, |user| user.0);
+        spec.tmp_size = self.tmp_size.map_or(spec.tmp_size, |size| size.0);
+        spec.read_only = self.read_only.map_or(spec.read_only, |flag| flag.0);
+        spec.log_per_call = self.log_per_call.map_or(spec.log_per_call, |size| size.0);
+        spec.log_rate = self.log_rate.map_or(spec.log_rate, |size| size.0);
+        if spec.memory > memory_budget {
+            return Err(error(
+                "memory",
+                format!(
+                    "{} is more than pool.memory_budget ({})",
+                    show_bytes(spec.memory),
+                    show_bytes(memory_budget)
+                ),
+            ));
+        }
+        Ok(spec)
+    }
+}
+
+/// A string value, read as written; the types below check what it says.
+struct Quoted(String);
+
+impl<'de> Deserialize<'de> for Quoted {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Quoted, D::Error> {
+        struct Expect;
+        impl Visitor<'_> for Expect {
+            type Value = Quoted;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string in quotes")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Quoted, E> {
+                Ok(Quoted(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(Expect)
+    }
+}
+
+/// The name of a function or a pool: letters, digits, `.`, `_` and `-`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct Name(String);
+
+impl TryFrom<Quoted> for Name {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<Name, String> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if !text.chars().all(allowed) {
+            return Err(format!(
+                "{text:?} may contain only letters, digits, '.', '_' and '-'"
+            ));
+        }
+        NonEmpty::try_from(Quoted(text)).map(|text| Name(text.0))
+    }
+}
+
+/// A string that is not empty: an image, a network, a path.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct NonEmpty(String);
+
+impl TryFrom<Quoted> for NonEmpty {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<NonEmpty, String> {
+        if text.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        Ok(NonEmpty(text))
+    }
+}
+
+/// The address to listen on.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct Listen(SocketAddr);
+
+impl TryFrom<Quoted> for Listen {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<Listen, String> {
+        text.parse()
+            .map(Listen)
+            .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:8080"))
+    }
+}
+
+/// `cold`, `line` or `http`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct FormatName(Format);
+
+impl TryFrom<Quoted> for FormatName {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<FormatName, String> {
+        text.parse().map(FormatName)
+    }
+}
+
+/// A user as the engine takes it: `uid[:gid]` or a name from the image.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct User(String);
+
+impl TryFrom<Quoted> for User {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<User, String> {
+        parse_user(&text).map(User)
+    }
+}
+
+/// A byte size in [`crate::units`] syntax (`"64m"`), from `MIN` to `MAX` bytes;
+/// `Size<1>` is any size but 0.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct Size<const MIN: u64, const MAX: u64 = { u64::MAX }>(u64);
+
+impl<const MIN: u64, const MAX: u64> TryFrom<Quoted> for Size<MIN, MAX> {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<Self, String> {
+        match parse_bytes(&text)? {
+            0 if MIN == 1 => Err(format!("{text:?} must be more than 0")),
+            bytes if bytes > MAX => Err(format!("{text:?} is more than {}", show_bytes(MAX))),
+            bytes => bytes_at_least(&text, bytes, MIN).map(Size),
+        }
+    }
+}
+
+/// A duration in [`crate::units`] syntax (`"5s"`): more than 0, at most
+/// `MAX_SECONDS`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct Span<const MAX_SECONDS: u64>(Duration);
+
+impl<const MAX_SECONDS: u64> TryFrom<Quoted> for Span<MAX_SECONDS> {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<Self, String> {
+        let max = Duration::from_secs(MAX_SECONDS);
+        duration_within(&text, parse_duration(&text)?, max).map(Span)
+    }
+}
+
+/// A call's, a queue wait's or a client's time limit.
+type Timeout = Span<{ MAX_TIMEOUT.as_secs() }>;
+/// How long a hot container may sit idle.
+type IdleTimeout = Span<{ MAX_IDLE_TIMEOUT.as_secs() }>;
+
+/// How long calls in flight get to finish on shutdown: 0 (none) up to
+/// [`MAX_TIMEOUT`].
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct GracePeriod(Duration);
+
+impl TryFrom<Quoted> for GracePeriod {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<GracePeriod, String> {
+        match parse_duration(&text)? {
+            Duration::ZERO => Ok(GracePeriod(Duration::ZERO)),
+            duration => duration_within(&text, duration, MAX_TIMEOUT).map(GracePeriod),
+        }
+    }
+}
+
+/// A whole number from `MIN` to `MAX`.
+struct Count<const MIN: usize, const MAX: usize>(usize);
+
+impl<'de, const MIN: usize, const MAX: usize> Deserialize<'de> for Count<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Expect<const MIN: usize, const MAX: usize>;
+        impl<const MIN: usize, const MAX: usize> Visitor<'_> for Expect<MIN, MAX> {
+            type Value = Count<MIN, MAX>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<Self::Value, E> {
+                match u64::try_from(number) {
+                    Ok(number) => self.visit_u64(number),
+                    Err(_) => Err(E::custom(format!("{number} is less than {MIN}"))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<Self::Value, E> {
+                match usize::try_from(number) {
+                    Ok(count) if count < MIN => {
+                        Err(E::custom(format!("{count} is less than {MIN}")))
+                    }
+                    Ok(count) if count <= MAX => Ok(Count(count)),
+                    _ => Err(E::custom(format!("{number} is more than {MAX}"))),
+                }
+            }
+        }
+        deserializer.deserialize_u64(Expect)
+    }
+}
+
+/// `true` or `false`.
+struct Flag(bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Flag, D::Error> {
+        struct Expect;
+        impl Visitor<'_> for Expect {
+            type Value = Flag;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, flag: bool) -> Result<Flag, E> {
+                Ok(Flag(flag))
+            }
+        }
+        deserializer.deserialize_bool(Expect)
+    }
+}
+
+/// A number of CPUs, whole or fractional: `1`, `0.5`.
+struct CpuQuota(Cpus);
+
+impl<'de> Deserialize<'de> for CpuQuota {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<CpuQuota, D::Error> {
+        struct Expect;
+        impl Expect {
+            fn parse<E: de::Error>(number: impl ToString) -> Result<CpuQuota, E> {
+                number.to_string().parse().map(CpuQuota).map_err(E::custom)
+            }
+        }
+        impl Visitor<'_> for Expect {
+            type Value = CpuQuota;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number like 1 or 0.5")
+            }
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<CpuQuota, E> {
+                Expect::parse(number)
+            }
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<CpuQuota, E> {
+                Expect::parse(number)
+            }
+            fn visit_f64<E: de::Error>(self, number: f64) -> Result<CpuQuota, E> {
+                Expect::parse(number)
+            }
+        }
+        deserializer.deserialize_f64(Expect)
+    }
+}
+
+/// A command and its arguments: an array of strings.
+struct Command(Vec<String>);
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Command, D::Error> {
+        struct Expect;
+        impl<'de> Visitor<'de> for Expect {
+            type Value = Command;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Command, A::Error> {
+                let mut command = Vec::new();
+                while let Some(item) = items.next_element()? {
+                    command.push(item);
+                }
+                Ok(Command(command))
+            }
+        }
+        deserializer.deserialize_seq(Expect)
+    }
+}
+
+/// Environment variables: a table of strings, the names non-empty and without `=`.
+struct Env(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Env {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Env, D::Error> {
+        struct Expect;
+        impl<'de> Visitor<'de> for Expect {
+            type Value = Env;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table like { KEY = \"value\" }")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut table: A) -> Result<Env, A::Error> {
+                let mut env = BTreeMap::new();
+                while let Some(name) = table.next_key::<String>()? {
+                    if name.is_empty() {
+                        return Err(de::Error::custom("variable names must not be empty"));
+                    }
+                    if name.contains('=') {
+                        return Err(de::Error::custom(format!(
+                            "variable name {name:?} must not contain '='"
+                        )));
+                    }
+                    env.insert(name, table.next_value()?);
+                }
+                Ok(Env(env))
+            }
+        }
+        deserializer.deserialize_map(Expect)
+    }
+}
+
+/// The `[[function]]` tables.
+#[derive(Default)]
+struct Functions(Vec<FunctionTable>);
+
+impl<'de> Deserialize<'de> for Functions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Functions, D::Error> {
+        struct Expect;
+        impl<'de> Visitor<'de> for Expect {
+            type Value = Functions;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of tables ([[function]])")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut tables: A) -> Result<Functions, A::Error> {
+                let mut functions = Vec::new();
+                while let Some(table) = tables.next_element()? {
+                    functions.push(table);
+                }
+                Ok(Functions(functions))
+            }
+        }
+        deserializer.deserialize_seq(Expect)
     }
 }
 
@@ -654,6 +734,8 @@ mod tests {
     }
 
     #[test]
+    // Fields set one by one: the library's config types are to be #[non_exhaustive].
+    #[allow(clippy::field_reassign_with_default)]
     fn full_config_parses_to_exactly_what_is_written() {
         let config = ServeConfig::from_toml(
             r#"
@@ -695,6 +777,32 @@ mod tests {
             "#,
         )
         .unwrap();
+        let mut pool = PoolConfig::default();
+        pool.name = "edge-1".into();
+        pool.memory_budget = 4 << 30;
+        pool.shutdown_timeout = Duration::from_secs(5);
+        pool.stats_max_points = 60;
+        pool.max_response_bytes = 2 << 20;
+        let mut echo = FunctionSpec::new("echo", "hotpool-testfn:dev");
+        echo.cmd = vec!["line".into(), "--verbose".into()];
+        echo.format = Format::Http;
+        echo.memory = 64 << 20;
+        echo.timeout = Duration::from_millis(1500);
+        echo.keep_alive = KeepAlive::fixed(Duration::from_secs(120));
+        echo.max_concurrency = 8;
+        echo.max_queue = 0;
+        echo.queue_timeout = Duration::from_millis(250);
+        echo.env = BTreeMap::from([
+            ("EMPTY".into(), String::new()),
+            ("KEY".into(), "value".into()),
+        ]);
+        echo.network = Some("bridge".into());
+        echo.cpus = "0.5".parse().unwrap();
+        echo.user = "nobody:nogroup".into();
+        echo.tmp_size = 8 << 20;
+        echo.read_only = false;
+        echo.log_per_call = 64 << 10;
+        echo.log_rate = 1 << 10;
         let expected = ServeConfig {
             server: ServerConfig {
                 listen: "0.0.0.0:9090".parse().unwrap(),
@@ -706,36 +814,8 @@ mod tests {
                 auth_tokens_file: Some(PathBuf::from("/etc/hotpool/tokens")),
                 metrics_auth: true,
             },
-            pool: PoolSettings {
-                name: "edge-1".into(),
-                memory_budget: 4 << 30,
-                shutdown_timeout: Duration::from_secs(5),
-                stats_max_points: 60,
-            },
-            functions: vec![FunctionSpec {
-                name: "echo".into(),
-                image: "hotpool-testfn:dev".into(),
-                cmd: vec!["line".into(), "--verbose".into()],
-                format: Format::Http,
-                memory: 64 << 20,
-                timeout: Duration::from_millis(1500),
-                keep_alive: KeepAlive::fixed(Duration::from_secs(120)),
-                eviction: Default::default(),
-                max_concurrency: 8,
-                max_queue: 0,
-                queue_timeout: Duration::from_millis(250),
-                env: BTreeMap::from([
-                    ("EMPTY".into(), String::new()),
-                    ("KEY".into(), "value".into()),
-                ]),
-                network: Some("bridge".into()),
-                cpus: "0.5".parse().unwrap(),
-                user: "nobody:nogroup".into(),
-                tmp_size: 8 << 20,
-                read_only: false,
-                log_per_call: 64 << 10,
-                log_rate: 1 << 10,
-            }],
+            pool,
+            functions: vec![echo],
         };
         assert_eq!(config, expected);
     }
@@ -775,12 +855,16 @@ mod tests {
     }
 
     #[test]
+    // Fields set one by one: the library's config types are to be #[non_exhaustive].
+    #[allow(clippy::field_reassign_with_default)]
     fn empty_tables_get_the_defaults() {
         let config =
             ServeConfig::from_toml("[server]\n[pool]\n[[function]]\nname = \"a\"\nimage = \"i\"")
                 .unwrap();
         assert_eq!(config.server, ServerConfig::default());
-        assert_eq!(config.pool, PoolSettings::default());
+        let mut pool = PoolConfig::default();
+        pool.name = "serve".into();
+        assert_eq!(config.pool, pool, "the library's defaults but the name");
     }
 
     #[test]
@@ -1047,6 +1131,32 @@ mod tests {
     }
 
     #[test]
+    fn arrays_where_tables_belong_are_errors() {
+        assert_eq!(
+            error("server = []"),
+            "server: expected a table ([server]), found an array"
+        );
+        assert_eq!(
+            error("function = [[\"a\", \"i\"]]"),
+            "function[0]: expected a table, found an array"
+        );
+    }
+
+    #[test]
+    fn max_response_is_the_pools_max_response_bytes() {
+        let config = ServeConfig::from_toml(
+            "[server]\nmax_response = \"1m\"\n[[function]]\nname = \"a\"\nimage = \"i\"",
+        )
+        .unwrap();
+        assert_eq!(config.pool.max_response_bytes, 1 << 20);
+        let config = ServeConfig::from_toml("[[function]]\nname = \"a\"\nimage = \"i\"").unwrap();
+        assert_eq!(
+            config.pool.max_response_bytes,
+            PoolConfig::default().max_response_bytes
+        );
+    }
+
+    #[test]
     fn at_least_one_function_is_required() {
         assert_eq!(
             error("[server]\nlisten = \"127.0.0.1:1\""),
@@ -1180,6 +1290,10 @@ mod tests {
         assert_eq!(
             function_error("max_queue = 1000001"),
             "function[0].max_queue: 1000001 is more than 1000000"
+        );
+        assert_eq!(
+            function_error("max_queue = 18446744073709551615"),
+            "function[0].max_queue: 18446744073709551615 is more than 1000000"
         );
         assert_eq!(
             error("[pool]\nstats_max_points = 100001"),

@@ -57,13 +57,19 @@ pub fn show_bytes(bytes: u64) -> String {
 
 /// Parses a byte size of at least `min`.
 pub fn parse_bytes_at_least(text: &str, min: u64) -> Result<u64, String> {
-    match parse_bytes(text)? {
-        bytes if bytes < min => Err(format!(
+    bytes_at_least(text, parse_bytes(text)?, min)
+}
+
+/// Checks that `bytes`, parsed from `text`, is at least `min`; the error quotes
+/// `text`.
+pub fn bytes_at_least(text: &str, bytes: u64, min: u64) -> Result<u64, String> {
+    if bytes < min {
+        return Err(format!(
             "{text:?} is less than the minimum, {}",
             show_bytes(min)
-        )),
-        bytes => Ok(bytes),
+        ));
     }
+    Ok(bytes)
 }
 
 /// Parses a duration like `5s`, `250ms`, `1m 30s`.
@@ -74,7 +80,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses a duration of more than zero and at most `max`.
 pub fn parse_duration_within(text: &str, max: Duration) -> Result<Duration, String> {
-    match parse_duration(text)? {
+    duration_within(text, parse_duration(text)?, max)
+}
+
+/// Checks that `duration`, parsed from `text`, is more than zero and at most
+/// `max`; the error quotes `text`.
+pub fn duration_within(text: &str, duration: Duration, max: Duration) -> Result<Duration, String> {
+    match duration {
         Duration::ZERO => Err(format!("{text:?} must be more than 0")),
         duration if duration > max => Err(format!("{text:?} is more than {}", show_limit(max))),
         duration => Ok(duration),

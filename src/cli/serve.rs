@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use hotpool::config::ServeConfig;
 use hotpool::driver::docker::{DockerDriver, DockerOptions};
-use hotpool::pool::{Pool, PoolConfig};
+use hotpool::pool::Pool;
 use hotpool::server::auth::Tokens;
 use hotpool::server::connections::{self, ConnectionLimits};
 use hotpool::server::{AppState, router};
@@ -64,14 +64,11 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
-    let mut pool_config = PoolConfig::default();
-    pool_config.name = config.pool.name.clone();
-    pool_config.memory_budget = config.pool.memory_budget;
-    pool_config.shutdown_timeout = config.pool.shutdown_timeout;
-    pool_config.stats_max_points = config.pool.stats_max_points;
-    pool_config.max_response_bytes =
-        usize::try_from(config.server.max_response).unwrap_or(usize::MAX);
-    let pool = match Pool::builder(driver).config(pool_config).build().await {
+    let pool = match Pool::builder(driver)
+        .config(config.pool.clone())
+        .build()
+        .await
+    {
         Ok(pool) => pool,
         Err(error) => {
             eprintln!("hotpool: {error}");
