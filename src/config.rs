@@ -30,12 +30,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
-use crate::pool::{Format, FunctionSpec, KeepAlive, PoolConfig};
 use crate::units::{
-    Cpus, MAX_TIMEOUT, bytes_at_least, duration_within, parse_bytes, parse_duration, parse_user,
+    MAX_TIMEOUT, bytes_at_least, duration_within, parse_bytes, parse_duration, parse_user,
     show_bytes,
 };
+use hotpool::driver::Cpus;
+use hotpool::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
+use hotpool::pool::{Format, FunctionSpec, KeepAlive, PoolConfig};
 
 /// The pool's name when `[pool]` gives none, so its containers are labelled
 /// `hotpool.pool=serve`. The one default that is not the library's

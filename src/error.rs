@@ -8,6 +8,7 @@ use std::time::Duration;
 
 /// The stable kind of a [`CallError`]: one string each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The engine says the container was OOM-killed.
     Oom,
@@ -75,6 +76,7 @@ impl fmt::Display for ErrorKind {
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The engine reported an OOM kill.
     #[error("the container ran out of memory (limit {limit_bytes} bytes)")]

@@ -13,6 +13,7 @@ pub const DOCKER_HUB: &str = "docker.io";
 
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct ImageRef {
     /// The registry host (with port), or `None` for Docker Hub.
     pub registry: Option<String>,

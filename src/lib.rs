@@ -1,25 +1,27 @@
-//! hotpool: a hot-container pool scheduler.
+//! hotpool: a hot-container pool scheduler, as a library.
 //!
 //! Functions ship as container images. A cold call starts a container, feeds the
 //! request on stdin, reads the response from stdout and removes the container; a
 //! hot call reuses a container that is already running. The [`pool`] keeps hot
 //! containers per function and hands one out per call; the [`driver`] module holds
 //! the contract every runtime implements and the Docker driver that talks to a real
-//! engine; [`stats`] down-samples the engine's resource samples; [`error`] names
-//! every way a call can fail; [`server`] and [`config`] are `hotpool serve`.
+//! engine; [`format`](mod@format) frames calls over a container's pipes; [`stats`]
+//! down-samples the engine's resource samples; [`error`] names every way a call
+//! can fail; [`metrics`] names what the pool measures.
+//!
+//! `hotpool serve` (the HTTP server, its config and the CLI) is the binary of this
+//! package, behind the default `server` feature; an embedder turns it off with
+//! `default-features = false`. The `test-util` feature adds the in-process driver.
 
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod config;
 pub mod driver;
 pub mod error;
 pub mod format;
-pub mod id;
+mod id;
 pub mod image;
 pub mod metrics;
 pub mod pool;
-pub mod server;
 pub mod stats;
-pub mod units;
 
 pub use error::{CallError, ErrorKind};

@@ -133,6 +133,7 @@ fn windows(max: usize, samples: &[Stat]) -> Vec<Range<usize>> {
 /// What a call used, measured from the container's own counters (cgroup) at the
 /// call's start and end: exact however short the call.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Usage {
     /// CPU time over wall time, in cores.
     pub cpu_ratio: f64,
@@ -145,6 +146,7 @@ pub struct Usage {
 /// The stats of one call: the engine's samples taken while it ran, decimated and
 /// averaged, and what the container's counters say it used.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct CallStats {
     /// How many samples the engine delivered during the call, before decimation.
     pub sample_count: usize,

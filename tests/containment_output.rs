@@ -254,7 +254,9 @@ fn calls_total(metrics: &str, function: &str, outcome: &str) -> u64 {
 
 #[tokio::test(start_paused = true)]
 async fn calls_dropped_by_their_caller_are_counted_as_cancelled() {
-    let metrics = hotpool::metrics::install().expect("the only recorder of this test binary");
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this test binary");
     let driver = InProcessDriver::new(Duration::from_millis(200));
     let pool = Pool::builder(driver)
         .name(format!("test-dropped-{}", std::process::id()))

@@ -25,7 +25,7 @@ struct Outcome {
 }
 
 fn task(args: &[&str]) -> Task {
-    let mut task = Task::new(hotpool::id::new_id(), "driver-test", testfn_image());
+    let mut task = Task::new(hotpool::driver::new_id(), "driver-test", testfn_image());
     task.command = args.iter().map(|a| a.to_string()).collect();
     task.memory = 64 * MIB;
     task.timeout = Some(Duration::from_secs(60));

@@ -13,15 +13,13 @@ use support::registry::{PASSWORD, Registry, USER, remove_image};
 use support::{driver, driver_with};
 
 async fn driver_using(config: &TempDir) -> DockerDriver {
-    driver_with(DockerOptions {
-        docker_config_dir: Some(config.path().to_owned()),
-        ..DockerOptions::default()
-    })
-    .await
+    let mut options = DockerOptions::default();
+    options.docker_config_dir = Some(config.path().to_owned());
+    driver_with(options).await
 }
 
 fn task(image: &str) -> Task {
-    Task::new(hotpool::id::new_id(), "pull-test", image)
+    Task::new(hotpool::driver::new_id(), "pull-test", image)
 }
 
 /// Prepares `image` and returns the error kind, or `None` when it worked.

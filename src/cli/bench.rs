@@ -300,7 +300,7 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
 /// The driver task of a floor container: the pool's own for `spec`, labelled
 /// as the bench's pool labels its containers.
 fn floor_task(spec: &FunctionSpec) -> Task {
-    let mut task = spec.task(&format!("floor-{}", hotpool::id::new_id()));
+    let mut task = spec.task(&format!("floor-{}", hotpool::driver::new_id()));
     task.labels
         .insert(POOL_LABEL.to_owned(), BENCH_POOL.to_owned());
     task

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use hotpool::config::ServeConfig;
+use crate::config::ServeConfig;
 use hotpool::driver::Driver;
 use hotpool::pool::Pool;
 
@@ -49,8 +49,10 @@ fn reload<D: Driver>(path: &Path, pool: &Pool<D>, running: &mut ServeConfig) {
         Ok(new) => new,
         Err(error) => {
             tracing::error!(
-                "config not reloaded, the running one stays: {}: {error}",
-                path.display()
+                file = %path.display(),
+                key = error.key(),
+                "config not reloaded, the running one stays: {}",
+                error.reason()
             );
             return;
         }

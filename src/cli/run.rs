@@ -17,13 +17,14 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 use tokio_util::sync::CancellationToken;
 
+use crate::server::error::call_error_json;
+use crate::units::{parse_bytes, parse_bytes_at_least, parse_timeout, parse_user};
+use hotpool::driver::Cpus;
 use hotpool::driver::docker::{DockerDriver, DockerOptions, MIN_MEMORY, MIN_TMP_SIZE};
 use hotpool::driver::{Cookie, DEFAULT_USER, Driver, Task};
 use hotpool::error::CallError;
 use hotpool::image::parse_image;
-use hotpool::server::error::call_error_json;
 use hotpool::stats::{CallStats, Stat};
-use hotpool::units::{Cpus, parse_bytes, parse_bytes_at_least, parse_timeout, parse_user};
 
 /// The most points `--stats-json` keeps, as fn did.
 const STATS_MAX_POINTS: usize = 240;
@@ -148,7 +149,7 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
     };
     let samples: Arc<Mutex<Vec<Stat>>> = Arc::default();
     let function = parse_image(&args.image).repository;
-    let mut task = Task::new(hotpool::id::new_id(), function, args.image.clone());
+    let mut task = Task::new(hotpool::driver::new_id(), function, args.image.clone());
     task.command = args.command;
     task.env = env;
     task.memory = args.memory;

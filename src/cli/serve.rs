@@ -13,12 +13,12 @@ use std::sync::Arc;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use hotpool::config::ServeConfig;
+use crate::config::ServeConfig;
+use crate::server::auth::Tokens;
+use crate::server::connections::{self, ConnectionLimits};
+use crate::server::{AppState, router};
 use hotpool::driver::docker::{DockerDriver, DockerOptions};
 use hotpool::pool::Pool;
-use hotpool::server::auth::Tokens;
-use hotpool::server::connections::{self, ConnectionLimits};
-use hotpool::server::{AppState, router};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -50,7 +50,7 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         None => None,
     };
     raise_open_file_limit();
-    let metrics = match hotpool::metrics::install() {
+    let metrics = match crate::exporter::install() {
         Ok(handle) => handle,
         Err(error) => {
             eprintln!("hotpool: cannot set up metrics: {error}");

@@ -30,6 +30,7 @@ type ExitSender = Arc<watch::Sender<Option<RunResult>>>;
 
 /// Counts of what an [`InProcessDriver`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InProcessStatistics {
     /// Containers prepared.
     pub created: usize,

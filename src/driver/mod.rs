@@ -14,8 +14,13 @@
 //! A task is contained by default ([`Task::new`]): one CPU, an unprivileged user,
 //! a read-only root filesystem and a sized tmpfs at `/tmp`.
 
+mod cpus;
 pub mod docker;
+#[cfg(any(test, feature = "test-util"))]
 pub mod in_process;
+
+pub use crate::id::new_id;
+pub use cpus::Cpus;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::CallError;
 use crate::stats::Stat;
-use crate::units::Cpus;
 
 /// The user tasks run as unless they name another: unprivileged, as fn's were.
 pub const DEFAULT_USER: &str = "1000:1000";
@@ -46,6 +50,7 @@ pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 pub type StatSink = Arc<dyn Fn(Stat) + Send + Sync>;
 
 /// Everything a driver needs to run one container.
+#[non_exhaustive]
 pub struct Task {
     /// Unique id of the task; also names the container.
     pub id: String,

@@ -8,8 +8,8 @@
 //!
 //! Readers take any [`AsyncBufRead`] (the pool holds a `tokio::io::BufReader`). Bytes
 //! after a response count as unsolicited output only when they were already received
-//! in the same buffer; nothing waits for more. [`check_quiet`] catches what arrives
-//! between calls.
+//! in the same buffer; nothing waits for more. The pool looks for output that
+//! arrived between calls before it hands a container out.
 //!
 //! The framing functions of [`line`](mod@line) and [`http`] are public (as
 //! `hotpool::format`) so that code speaking to a container's pipes without the pool,
@@ -27,6 +27,7 @@ const QUOTED_BYTES: usize = 32;
 
 /// What the pool sends: the body, and for `http` the caller's headers to forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Request {
     /// The call's id: in logs, in `Hotpool-Call-Id`, and sent to `http` functions.
     pub id: String,
@@ -68,6 +69,7 @@ pub struct FunctionResponse {
 
 /// Why a call could not be framed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// stdout ended: the container died or closed it.
     #[error("the function's stdout ended")]

@@ -29,6 +29,7 @@ const DEATH_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether a call found its container running, or waited for one to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Start {
     /// Served by a container that was already running.
     Hot,
@@ -48,6 +49,7 @@ impl Start {
 
 /// What a call returns.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Response {
     /// The call's id (`Hotpool-Call-Id`).
     pub call_id: String,

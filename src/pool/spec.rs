@@ -13,8 +13,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::driver::Cpus;
 use crate::driver::{DEFAULT_TMP_SIZE, DEFAULT_USER, Task};
-use crate::units::Cpus;
 
 /// How requests and responses travel over a container's stdin and stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -274,6 +274,17 @@ impl KeepAlive {
     /// [`KeepAlive::Fixed`] with `idle_timeout`.
     pub fn fixed(idle_timeout: Duration) -> KeepAlive {
         KeepAlive::Fixed { idle_timeout }
+    }
+}
+
+impl fmt::Display for KeepAlive {
+    /// `fixed:60s`: the policy, and its parameters after a colon.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeepAlive::Fixed { idle_timeout } => {
+                write!(f, "fixed:{}", humantime::format_duration(*idle_timeout))
+            }
+        }
     }
 }
 

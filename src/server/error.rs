@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Json;
-use crate::error::{CallError, ErrorKind};
+use hotpool::error::{CallError, ErrorKind};
 
 /// The header carrying the id of the call an answer belongs to.
 pub(super) const CALL_ID: HeaderName = HeaderName::from_static("hotpool-call-id");
@@ -135,8 +135,9 @@ fn call_status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Cancelled => StatusCode::from_u16(499).expect("499 is a status code"),
         ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::EngineError => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorKind::UnknownFunction => StatusCode::NOT_FOUND,
+        // `engine_error`, and any kind a newer library adds before this table knows it.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

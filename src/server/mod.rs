@@ -35,11 +35,11 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
-use crate::driver::Driver;
-use crate::error::CallError;
-use crate::pool::{Format, KeepAlive, Pool, Request};
 use auth::Tokens;
 use error::{ApiError, CALL_ID, Reason};
+use hotpool::driver::Driver;
+use hotpool::error::CallError;
+use hotpool::pool::{Format, Pool, Request};
 
 /// What every request handler shares.
 pub struct AppState<D: Driver> {
@@ -160,7 +160,7 @@ async fn invoke<D: Driver>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let call_id = crate::id::new_id();
+    let call_id = hotpool::driver::new_id();
     let refused = |reason: Reason| ApiError::from(reason).in_call(&call_id);
     let body = read_body(body, state.max_body, state.body_timeout)
         .await
@@ -246,7 +246,7 @@ async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
                 "format": spec.format.as_str(),
                 "memory_bytes": spec.memory,
                 "timeout_ms": spec.timeout.as_millis(),
-                "keep_alive": keep_alive_json(spec.keep_alive),
+                "keep_alive": spec.keep_alive.to_string(),
                 "max_concurrency": spec.max_concurrency,
                 "cpus": f64::from(spec.cpus.millis()) / 1000.0,
                 "user": spec.user,
@@ -276,13 +276,4 @@ async fn metrics<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Response {
         .map(|m| m.render())
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-/// A keep-alive policy in `/functions`.
-fn keep_alive_json(keep_alive: KeepAlive) -> Value {
-    match keep_alive {
-        KeepAlive::Fixed { idle_timeout } => {
-            json!({"policy": "fixed", "idle_timeout_ms": idle_timeout.as_millis()})
-        }
-    }
 }

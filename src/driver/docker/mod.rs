@@ -50,6 +50,7 @@ const TMP_BYTES_PER_INODE: u64 = 16 << 10;
 
 /// How the Docker driver sets up containers.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DockerOptions {
     /// Where `config.json` with registry credentials lives; `None`: `$DOCKER_CONFIG`,
     /// else `~/.docker`.
@@ -72,6 +73,7 @@ impl Default for DockerOptions {
 
 /// What the driver has done so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DriverStatistics {
     /// Image pulls started (concurrent prepares of one image share one).
     pub image_pulls: u64,
