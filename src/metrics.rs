@@ -34,6 +34,9 @@ pub const TASK_MEMORY_BYTES: &str = "hotpool_task_memory_bytes";
 pub const DOCKER_API_SECONDS: &str = "hotpool_docker_api_seconds";
 /// Image pulls by result (`success` or an error kind).
 pub const IMAGE_PULLS_TOTAL: &str = "hotpool_image_pulls_total";
+/// Prewarmed containers (started before any call asked) by function and outcome:
+/// `used` by a call, or `wasted` (removed unused).
+pub const PREWARMS_TOTAL: &str = "hotpool_prewarms_total";
 /// Function stderr bytes not logged, by function and reason (`per_call`, `rate`,
 /// `too_long`).
 pub const FUNCTION_LOG_DROPPED_BYTES_TOTAL: &str = "hotpool_function_log_dropped_bytes_total";
@@ -43,6 +46,11 @@ pub const LOG_DROPPED_TOTAL: &str = "hotpool_log_dropped_total";
 /// Gives every metric its help text and unit, for whichever recorder is
 /// installed (`hotpool serve` installs a Prometheus one).
 pub fn describe() {
+    describe_counter!(
+        PREWARMS_TOTAL,
+        Unit::Count,
+        "Containers started before any call asked, by function and outcome (used by a call, or wasted: removed unused)."
+    );
     describe_counter!(
         CALLS_TOTAL,
         Unit::Count,

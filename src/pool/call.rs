@@ -103,6 +103,7 @@ impl<D: Driver> Inner<D> {
         let pool = &pool;
         record_queue(pool, started);
         let slot = checked.begin_call();
+        slot.calls += 1;
         let start = if std::mem::replace(&mut slot.fresh, false) {
             Start::Cold
         } else {

@@ -153,4 +153,6 @@ pub(crate) struct Slot<D: Driver> {
     pub(crate) pipes: Pipes,
     /// It has served no call yet: its first call waited for it to start.
     pub(crate) fresh: bool,
+    /// The calls it served.
+    pub(crate) calls: u64,
 }

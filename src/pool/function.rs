@@ -13,8 +13,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use super::checked_out::CheckedOut;
 use super::container::Slot;
 use super::function_log::LogLimits;
-use super::spec::{ContainerSpec, Format, FunctionKey, FunctionSpec, Limits};
-use super::state::{Counts, FunctionState, Waiter};
+use super::spec::{ContainerSpec, Format, FunctionKey, FunctionSpec, KeepAlive, Limits};
+use super::state::{Counts, FunctionState, Served, Waiter};
 use crate::driver::Driver;
 use crate::error::CallError;
 
@@ -40,6 +40,15 @@ impl<D: Driver> Waiter for WaitingCall<D> {
     }
 }
 
+impl<D: Driver> Served for Slot<D> {
+    fn calls_served(&self) -> u64 {
+        self.calls
+    }
+}
+
+/// What a start is taken to cost until one was measured.
+const FIRST_START_COST: Duration = Duration::from_millis(250);
+
 /// The state machine of one version, over the pool's containers and callers.
 pub(crate) type State<D> = FunctionState<Slot<D>, WaitingCall<D>>;
 
@@ -56,6 +65,8 @@ pub(crate) struct FunctionPool<D: Driver> {
     pub(crate) log_limits: Arc<LogLimits>,
     /// Cold calls run at most `max_concurrency` at once.
     cold: ColdGate,
+    /// How long its last start took.
+    start_cost: Mutex<Duration>,
 }
 
 impl<D: Driver> FunctionPool<D> {
@@ -64,8 +75,9 @@ impl<D: Driver> FunctionPool<D> {
         FunctionPool {
             key: container.key(&name),
             name: name.into(),
+            state: Mutex::new(FunctionState::new(&limits, container.memory)),
             container,
-            state: Mutex::new(FunctionState::new(&limits)),
+            start_cost: Mutex::new(FIRST_START_COST),
             log_limits: LogLimits::new(limits.log_per_call, limits.log_rate),
             cold: ColdGate::new(limits.max_concurrency),
             limits: Mutex::new(Arc::new(limits)),
@@ -100,6 +112,15 @@ impl<D: Driver> FunctionPool<D> {
         let actions = state.set_limits(&limits);
         *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
         actions
+    }
+
+    /// What its next start is expected to cost: what the last one took.
+    pub(crate) fn start_cost(&self) -> Duration {
+        *self.start_cost.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn record_start_cost(&self, took: Duration) {
+        *self.start_cost.lock().unwrap_or_else(|e| e.into_inner()) = took;
     }
 
     pub(crate) fn format(&self) -> Format {
@@ -146,6 +167,10 @@ impl<D: Driver> FunctionPool<D> {
             starting,
             waiting: waiting + self.cold.waiting(),
             draining: state.is_draining(),
+            idle_deadline: state
+                .idle_deadline()
+                .map(|at| at.saturating_duration_since(tokio::time::Instant::now().into_std())),
+            keep_alive: self.limits().keep_alive,
         }
     }
 }
@@ -277,6 +302,10 @@ pub struct FunctionStatus {
     pub waiting: usize,
     /// Whether a newer version replaced it (or it was removed) and it drains.
     pub draining: bool,
+    /// How long until its next idle container goes, if no call takes it.
+    pub idle_deadline: Option<Duration>,
+    /// Its keep-alive policy.
+    pub keep_alive: KeepAlive,
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
 
     /// How many containers should be up at `now` even with no call asking.
     fn prewarm(&self, now: Instant) -> usize;
+
+    /// The next time after `now` that [`KeepAlivePolicy::prewarm`] may change.
+    fn next_change(&self, now: Instant) -> Option<Instant>;
 }
 
 /// Which idle container goes when another container needs its memory: the one
@@ -42,12 +45,24 @@ pub(crate) struct IdleContainer {
     pub(crate) idle_since: Instant,
     /// A fixed point in time that every priority of the pool counts from.
     pub(crate) epoch: Instant,
+    /// The priority of the last container the pool evicted.
+    pub(crate) clock: f64,
+    /// The calls it served.
+    pub(crate) calls: u64,
+    /// Its memory limit, in bytes.
+    pub(crate) memory: u64,
+    /// What starting another costs.
+    pub(crate) start_cost: Duration,
 }
 
 /// The policy a [`KeepAlive`] names.
 pub(crate) fn keep_alive(choice: KeepAlive) -> Box<dyn KeepAlivePolicy> {
     match choice {
         KeepAlive::Fixed { idle_timeout } => Box::new(FixedKeepAlive { idle_timeout }),
+        // Replaced by their own policies in the next commits.
+        KeepAlive::Histogram | KeepAlive::Adaptive => Box::new(FixedKeepAlive {
+            idle_timeout: Duration::from_secs(600),
+        }),
     }
 }
 
@@ -55,6 +70,7 @@ pub(crate) fn keep_alive(choice: KeepAlive) -> Box<dyn KeepAlivePolicy> {
 pub(crate) fn eviction(choice: Eviction) -> Box<dyn EvictionPolicy> {
     match choice {
         Eviction::LeastRecentlyUsed => Box::new(LeastRecentlyUsed),
+        Eviction::GreedyDual => Box::new(GreedyDual),
     }
 }
 
@@ -76,6 +92,10 @@ impl KeepAlivePolicy for FixedKeepAlive {
     fn prewarm(&self, _: Instant) -> usize {
         0
     }
+
+    fn next_change(&self, _: Instant) -> Option<Instant> {
+        None
+    }
 }
 
 /// The container idle the longest goes first.
@@ -87,6 +107,21 @@ impl EvictionPolicy for LeastRecentlyUsed {
         idle.idle_since
             .saturating_duration_since(idle.epoch)
             .as_secs_f64()
+    }
+}
+
+/// GreedyDual (as FaasCache uses it): priority = clock + calls x start cost /
+/// size. A container that served many calls, is costly to start again, or is
+/// small stays; the clock (the priority of the last eviction) ages out the rest.
+/// Calls are counted per container, so one busy function cannot crowd out all
+/// others.
+#[derive(Debug)]
+pub(crate) struct GreedyDual;
+
+impl EvictionPolicy for GreedyDual {
+    fn priority(&self, idle: &IdleContainer) -> f64 {
+        let mib = (idle.memory as f64 / f64::from(1 << 20)).max(1.0);
+        idle.clock + idle.calls.max(1) as f64 * idle.start_cost.as_secs_f64() / mib
     }
 }
 
@@ -122,14 +157,40 @@ mod tests {
     fn least_recently_used_ranks_the_longest_idle_lowest() {
         let epoch = Instant::now();
         let policy = eviction(Eviction::LeastRecentlyUsed);
-        let older = IdleContainer {
-            idle_since: epoch + Duration::from_secs(1),
-            epoch,
-        };
-        let newer = IdleContainer {
-            idle_since: epoch + Duration::from_secs(2),
-            epoch,
-        };
+        let older = idle(epoch, 1, 1, 64);
+        let newer = idle(epoch, 2, 1, 64);
         assert!(policy.priority(&older) < policy.priority(&newer));
+    }
+
+    fn idle(epoch: Instant, since_secs: u64, calls: u64, memory_mib: u64) -> IdleContainer {
+        IdleContainer {
+            idle_since: epoch + Duration::from_secs(since_secs),
+            epoch,
+            clock: 0.0,
+            calls,
+            memory: memory_mib << 20,
+            start_cost: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn greedy_dual_keeps_busy_and_small_containers_and_ages_by_its_clock() {
+        let epoch = Instant::now();
+        let policy = eviction(Eviction::GreedyDual);
+        let rank = |idle: IdleContainer| policy.priority(&idle);
+        assert!(
+            rank(idle(epoch, 0, 1, 64)) < rank(idle(epoch, 0, 10, 64)),
+            "more calls stay"
+        );
+        assert!(
+            rank(idle(epoch, 0, 1, 512)) < rank(idle(epoch, 0, 1, 64)),
+            "larger goes"
+        );
+        let mut later = idle(epoch, 0, 10, 64);
+        later.clock = rank(idle(epoch, 0, 10, 64));
+        assert!(
+            rank(idle(epoch, 0, 10, 64)) < rank(later),
+            "the clock ages old priorities"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! another function that the eviction policies rank lowest. A container that dies
 //! while idle leaves its stack before anyone gets it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use super::container::{EvictionReason, HotContainer, Pipes, Slot, StderrLog};
 use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
 use super::spec::{FunctionKey, FunctionSpec};
-use super::state::Arrival;
+use super::state::{Arrival, EvictionClock};
 use crate::driver::{Cookie, Driver, Task};
 use crate::error::CallError;
 use crate::format::{self, FrameError};
@@ -65,10 +65,15 @@ pub(crate) struct Inner<D: Driver> {
     pub(crate) abort: CancellationToken,
     /// An idle container appeared somewhere (a parked start may evict it).
     idle_appeared: Notify,
-    /// Limits changed: idle deadlines may be sooner than the reaper thinks.
-    limits_changed: Notify,
+    /// A deadline sooner than the reaper's next look appeared (limits changed, a
+    /// prewarm is due).
+    wake_reaper: Notify,
+    /// The reaper's next look, in nanoseconds since `epoch`.
+    reaper_next: AtomicU64,
     /// What eviction priorities count from.
     epoch: std::time::Instant,
+    /// GreedyDual's clock: the priority of the last container evicted (f64 bits).
+    eviction_clock: AtomicU64,
     in_flight: AtomicUsize,
     calls_done: Notify,
 }
@@ -100,8 +105,10 @@ impl<D: Driver> Inner<D> {
             closing: CancellationToken::new(),
             abort: CancellationToken::new(),
             idle_appeared: Notify::new(),
-            limits_changed: Notify::new(),
+            wake_reaper: Notify::new(),
+            reaper_next: AtomicU64::new(0),
             epoch: now(),
+            eviction_clock: AtomicU64::new(0f64.to_bits()),
             in_flight: AtomicUsize::new(0),
             calls_done: Notify::new(),
         })
@@ -150,7 +157,7 @@ impl<D: Driver> Inner<D> {
         if let Some(old) = replaced {
             self.drain(&old, EvictionReason::Replaced);
         }
-        self.limits_changed.notify_one();
+        self.wake_reaper.notify_one();
     }
 
     /// The version of `key`: a draining one taken back, or a new one.
@@ -210,7 +217,15 @@ impl<D: Driver> Inner<D> {
             start,
             retire,
             refuse,
+            wake,
+            prewarms_wasted,
         } = actions;
+        if prewarms_wasted > 0 {
+            count_prewarms(pool, "wasted", prewarms_wasted);
+        }
+        if let Some(wake) = wake {
+            self.wake_reaper_by(wake);
+        }
         for (slot, reason) in retire {
             self.retire(pool, slot.container, reason);
         }
@@ -274,7 +289,15 @@ impl<D: Driver> Inner<D> {
                 arrival
             };
             let mut checked = match arrival {
-                Arrival::Ready(slot) => CheckedOut::new(self.arc(), slot),
+                Arrival::Ready {
+                    container,
+                    prewarmed,
+                } => {
+                    if prewarmed {
+                        count_prewarms(&pool, "used", 1);
+                    }
+                    CheckedOut::new(self.arc(), container)
+                }
                 Arrival::Full => {
                     return Err(busy(format!(
                         "{name} runs {} containers, all busy, and {} calls already wait",
@@ -337,6 +360,9 @@ impl<D: Driver> Inner<D> {
         let started = Instant::now();
         let result = self.start_hot(&pool).await;
         record_start(&pool.name, started, result.as_ref().err());
+        if result.is_ok() {
+            pool.record_start_cost(started.elapsed());
+        }
         match result {
             Ok(slot) => {
                 let actions = {
@@ -422,6 +448,7 @@ impl<D: Driver> Inner<D> {
                 stdout: BufReader::with_capacity(STDOUT_BUFFER_BYTES, stdout),
             },
             fresh: true,
+            calls: 0,
         })
     }
 
@@ -480,14 +507,20 @@ impl<D: Driver> Inner<D> {
             .map(|entry| entry.value().clone())
             .collect();
         loop {
+            let clock = f64::from_bits(self.eviction_clock.load(Ordering::Acquire));
             let lowest = pools
                 .iter()
                 .filter_map(|pool| {
-                    let (priority, ticket) = pool.lock().eviction_candidate(self.epoch)?;
+                    let shared = EvictionClock {
+                        epoch: self.epoch,
+                        clock,
+                        start_cost: pool.start_cost(),
+                    };
+                    let (priority, ticket) = pool.lock().eviction_candidate(shared)?;
                     Some((priority, ticket, pool))
                 })
                 .min_by(|a, b| a.0.total_cmp(&b.0));
-            let Some((_, ticket, pool)) = lowest else {
+            let Some((priority, ticket, pool)) = lowest else {
                 return false;
             };
             let victim = {
@@ -497,7 +530,12 @@ impl<D: Driver> Inner<D> {
                 victim
             };
             // Gone meanwhile (a call took it)? Look again.
-            if let Some(slot) = victim {
+            if let Some((slot, prewarmed)) = victim {
+                self.eviction_clock
+                    .store(priority.to_bits(), Ordering::Release);
+                if prewarmed {
+                    count_prewarms(pool, "wasted", 1);
+                }
                 self.retire(pool, slot.container, EvictionReason::MemoryPressure);
                 return true;
             }
@@ -552,13 +590,13 @@ impl<D: Driver> Inner<D> {
         let mut next = Instant::from_std(now) + REAP_INTERVAL;
         let pools: Vec<_> = self.versions.iter().map(|e| e.value().clone()).collect();
         for pool in pools {
-            let (actions, wake, finished) = {
+            let (mut actions, finished) = {
                 let mut state = pool.lock();
-                let (actions, wake) = state.tick(now);
+                let actions = state.tick(now);
                 pool.publish(&mut state);
-                (actions, wake, state.is_finished())
+                (actions, state.is_finished())
             };
-            if let Some(wake) = wake {
+            if let Some(wake) = actions.wake.take() {
                 next = next.min(Instant::from_std(wake));
             }
             self.carry_out(&pool, actions, None);
@@ -570,14 +608,25 @@ impl<D: Driver> Inner<D> {
         next
     }
 
+    /// Wakes the reaper if `wake` comes before its next look.
+    fn wake_reaper_by(&self, wake: std::time::Instant) {
+        let at = nanos_since(self.epoch, wake);
+        if at < self.reaper_next.load(Ordering::Acquire) {
+            self.reaper_next.store(at, Ordering::Release);
+            self.wake_reaper.notify_one();
+        }
+    }
+
     /// Runs [`Inner::reap`] until shutdown.
     pub(crate) async fn reaper(self: Arc<Self>) {
         loop {
             let next = self.reap();
+            self.reaper_next
+                .store(nanos_since(self.epoch, next.into_std()), Ordering::Release);
             tokio::select! {
                 () = self.closing.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {},
-                () = self.limits_changed.notified() => {},
+                () = self.wake_reaper.notified() => {},
             }
         }
     }
@@ -720,6 +769,18 @@ async fn kill_with_retries<D: Driver>(container: &HotContainer<D>) {
             }
         }
     }
+}
+
+/// `at` in nanoseconds since `epoch` (0 before it).
+fn nanos_since(epoch: std::time::Instant, at: std::time::Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Counts prewarmed containers by what became of them: `used` by a call, or
+/// `wasted` (removed before any call).
+fn count_prewarms<D: Driver>(pool: &FunctionPool<D>, outcome: &'static str, count: usize) {
+    metrics::counter!(crate::metrics::PREWARMS_TOTAL, "function" => pool.name.clone(), "outcome" => outcome)
+        .increment(count as u64);
 }
 
 /// Records a container start (hot, or a cold call's) that took since `started`.

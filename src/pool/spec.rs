@@ -259,7 +259,9 @@ pub(crate) struct Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionKey(u64);
 
-/// The keep-alive policy of a function: when an idle container goes.
+/// The keep-alive policy of a function: when an idle container goes, and
+/// whether one is started before a call asks (a prewarm). Written `fixed:10m`,
+/// `histogram` or `adaptive`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeepAlive {
@@ -268,6 +270,15 @@ pub enum KeepAlive {
         /// How long a hot container may sit idle.
         idle_timeout: Duration,
     },
+    /// The hybrid histogram policy of "Serverless in the Wild" (ATC 2020): from
+    /// the histogram of the function's idle times, unload after a call, prewarm
+    /// at the 5th percentile and keep until the 99th; a fixed 10 minutes while
+    /// the histogram is not representative.
+    Histogram,
+    /// hotpool's own: learns when each idle container is likely to be used again
+    /// and keeps it while that is worth its memory; prewarms before calls that
+    /// come at regular intervals.
+    Adaptive,
 }
 
 impl KeepAlive {
@@ -278,12 +289,36 @@ impl KeepAlive {
 }
 
 impl fmt::Display for KeepAlive {
-    /// `fixed:60s`: the policy, and its parameters after a colon.
+    /// `fixed:60s`, `histogram`, `adaptive`: the policy, and its parameters after
+    /// a colon.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeepAlive::Fixed { idle_timeout } => {
                 write!(f, "fixed:{}", humantime::format_duration(*idle_timeout))
             }
+            KeepAlive::Histogram => f.write_str("histogram"),
+            KeepAlive::Adaptive => f.write_str("adaptive"),
+        }
+    }
+}
+
+impl FromStr for KeepAlive {
+    type Err = String;
+
+    /// Parses what [`fmt::Display`] writes; the duration of `fixed:` as in
+    /// `humantime` (`90s`, `10m`, `1h 30m`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "histogram" => Ok(KeepAlive::Histogram),
+            "adaptive" => Ok(KeepAlive::Adaptive),
+            other => match other.strip_prefix("fixed:") {
+                Some(duration) => humantime::parse_duration(duration)
+                    .map(KeepAlive::fixed)
+                    .map_err(|e| format!("{duration:?} is not a duration: {e}")),
+                None => Err(format!(
+                    "{other:?} is not a keep-alive policy: use fixed:DURATION, histogram or adaptive"
+                )),
+            },
         }
     }
 }
@@ -295,17 +330,44 @@ impl Default for KeepAlive {
 }
 
 /// Which idle container goes first when another container needs its memory.
+/// Written `lru` or `greedy-dual`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Eviction {
     /// The least recently used, over every function of the pool.
     #[default]
     LeastRecentlyUsed,
+    /// GreedyDual: the one whose calls served, times its start cost, per byte, is
+    /// lowest, aged by a clock (FaasCache, ASPLOS 2021).
+    GreedyDual,
 }
 
 impl fmt::Display for FunctionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Display for Eviction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Eviction::LeastRecentlyUsed => "lru",
+            Eviction::GreedyDual => "greedy-dual",
+        })
+    }
+}
+
+impl FromStr for Eviction {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "lru" => Ok(Eviction::LeastRecentlyUsed),
+            "greedy-dual" => Ok(Eviction::GreedyDual),
+            other => Err(format!(
+                "{other:?} is not an eviction policy: use lru or greedy-dual"
+            )),
+        }
     }
 }
 
@@ -351,6 +413,34 @@ mod tests {
         limits.log_per_call = 1;
         limits.log_rate = 1;
         assert_eq!(base.key(), limits.key());
+    }
+
+    #[test]
+    fn policies_parse_what_they_display() {
+        for text in ["fixed:10m", "fixed:1h 30m", "histogram", "adaptive"] {
+            let policy: KeepAlive = text.parse().unwrap();
+            assert_eq!(policy.to_string().parse::<KeepAlive>(), Ok(policy));
+        }
+        assert_eq!(
+            "fixed:90s".parse(),
+            Ok(KeepAlive::fixed(Duration::from_secs(90)))
+        );
+        assert!(
+            "fixed:soon"
+                .parse::<KeepAlive>()
+                .unwrap_err()
+                .contains("duration")
+        );
+        assert!(
+            "lazy"
+                .parse::<KeepAlive>()
+                .unwrap_err()
+                .contains("adaptive")
+        );
+        for text in ["lru", "greedy-dual"] {
+            assert_eq!(text.parse::<Eviction>().unwrap().to_string(), text);
+        }
+        assert!("fifo".parse::<Eviction>().is_err());
     }
 
     #[test]

@@ -23,6 +23,12 @@ use super::container::EvictionReason;
 use super::policy::{self, EvictionPolicy, IdleContainer, KeepAlivePolicy};
 use super::spec::{Eviction, KeepAlive, Limits};
 
+/// A container as the state machine sees it: how many calls it served, which the
+/// eviction policy may weigh.
+pub(crate) trait Served {
+    fn calls_served(&self) -> u64;
+}
+
 /// A call waiting for a container; gone once its caller stopped waiting.
 pub(crate) trait Waiter {
     /// Whether nobody waits on it any more.
@@ -32,8 +38,9 @@ pub(crate) trait Waiter {
 /// What a call finds when it arrives.
 #[derive(Debug)]
 pub(crate) enum Arrival<C> {
-    /// An idle container, now counted busy.
-    Ready(C),
+    /// An idle container, now counted busy; `prewarmed` if it was started before
+    /// any call asked and this is its first call.
+    Ready { container: C, prewarmed: bool },
     /// It waits; `start` containers must be started.
     Queued { start: usize },
     /// Every container is busy and the queue is full.
@@ -57,6 +64,11 @@ pub(crate) struct Actions<C, W> {
     /// These waiters get no container from this version: the start error, or (a
     /// draining version) a turn at the current one.
     pub(crate) refuse: Vec<W>,
+    /// Tick again by then: an idle container's keep-alive ends, or the keep-alive
+    /// policy wants a prewarm.
+    pub(crate) wake: Option<Instant>,
+    /// Prewarmed containers among `retire` that never served a call.
+    pub(crate) prewarms_wasted: usize,
 }
 
 impl<C, W> Default for Actions<C, W> {
@@ -66,6 +78,8 @@ impl<C, W> Default for Actions<C, W> {
             start: 0,
             retire: Vec::new(),
             refuse: Vec::new(),
+            wake: None,
+            prewarms_wasted: 0,
         }
     }
 }
@@ -82,6 +96,8 @@ pub(crate) struct Counts {
 struct Idle<C> {
     container: C,
     since: Instant,
+    /// Started by a prewarm and not used yet.
+    prewarmed: bool,
     /// Names this idle spell, so an eviction picked outside the lock takes the
     /// container it picked or nothing.
     ticket: u64,
@@ -93,7 +109,11 @@ pub(crate) struct FunctionState<C, W> {
     idle: Vec<Idle<C>>,
     waiting: VecDeque<W>,
     starting: usize,
+    /// Starts of `starting` that a prewarm asked for.
+    prewarming: usize,
     busy: usize,
+    /// Each container's memory limit, for the eviction policy.
+    memory: u64,
     /// Set once the version takes no more calls, with the reason its containers
     /// go as they come back.
     draining: Option<EvictionReason>,
@@ -106,13 +126,16 @@ pub(crate) struct FunctionState<C, W> {
     next_ticket: u64,
 }
 
-impl<C, W: Waiter> FunctionState<C, W> {
-    pub(crate) fn new(limits: &Limits) -> Self {
+impl<C: Served, W: Waiter> FunctionState<C, W> {
+    /// The state of a version whose containers have `memory` bytes each.
+    pub(crate) fn new(limits: &Limits, memory: u64) -> Self {
         FunctionState {
             idle: Vec::new(),
             waiting: VecDeque::new(),
             starting: 0,
+            prewarming: 0,
             busy: 0,
+            memory,
             draining: None,
             max_concurrency: limits.max_concurrency,
             max_queue: limits.max_queue,
@@ -139,8 +162,11 @@ impl<C, W: Waiter> FunctionState<C, W> {
         }
         let mut actions = Actions::default();
         while self.live() > self.max_concurrency && !self.idle.is_empty() {
-            let surplus = self.idle.remove(0).container;
-            actions.retire.push((surplus, EvictionReason::Replaced));
+            let surplus = self.idle.remove(0);
+            actions.prewarms_wasted += usize::from(surplus.prewarmed);
+            actions
+                .retire
+                .push((surplus.container, EvictionReason::Replaced));
         }
         actions.start = self.launches();
         actions
@@ -156,7 +182,10 @@ impl<C, W: Waiter> FunctionState<C, W> {
         self.keep_alive.call_arrived(now);
         if let Some(idle) = self.idle.pop() {
             self.busy += 1;
-            return Arrival::Ready(idle.container);
+            return Arrival::Ready {
+                container: idle.container,
+                prewarmed: idle.prewarmed,
+            };
         }
         let startable = self.max_concurrency.saturating_sub(self.live());
         if self.live_waiters() >= self.starting + startable + self.max_queue {
@@ -172,25 +201,28 @@ impl<C, W: Waiter> FunctionState<C, W> {
     pub(crate) fn returned(&mut self, container: C, now: Instant) -> Actions<C, W> {
         self.busy -= 1;
         self.keep_alive.call_returned(now);
-        self.offer(container, now)
+        self.offer(container, now, false)
     }
 
     /// A granted container came back unused: its caller had left.
     pub(crate) fn grant_refused(&mut self, container: C, now: Instant) -> Actions<C, W> {
         self.busy -= 1;
-        self.offer(container, now)
+        self.offer(container, now, false)
     }
 
     /// A container started at `now`.
     pub(crate) fn started(&mut self, container: C, now: Instant) -> Actions<C, W> {
         self.starting -= 1;
-        self.offer(container, now)
+        let prewarm = self.prewarming > 0;
+        self.prewarming = self.prewarming.saturating_sub(1);
+        self.offer(container, now, prewarm)
     }
 
     /// A start failed: the waiters that no idle or starting container will serve
     /// are refused, the latest first.
     pub(crate) fn start_failed(&mut self) -> Actions<C, W> {
         self.starting -= 1;
+        self.prewarming = self.prewarming.saturating_sub(1);
         let served = self.idle.len() + self.starting;
         let unserved = self.live_waiters().saturating_sub(served);
         let mut actions = Actions::default();
@@ -211,26 +243,27 @@ impl<C, W: Waiter> FunctionState<C, W> {
 
     /// Takes out the idle container `is_it` picks (one that died while idle).
     pub(crate) fn remove_idle(&mut self, is_it: impl Fn(&C) -> bool) -> Option<C> {
+        // A prewarmed container that died is not counted wasted: it was not let go.
         let position = self.idle.iter().position(|idle| is_it(&idle.container))?;
         Some(self.idle.remove(position).container)
     }
 
-    /// Time passed: idle containers past their keep-alive go, the keep-alive
-    /// policy's prewarm is started. Returns when to tick again (`None`: no idle
-    /// container waits for a deadline).
-    pub(crate) fn tick(&mut self, now: Instant) -> (Actions<C, W>, Option<Instant>) {
+    /// Time passed: idle containers past their keep-alive go, and the prewarms
+    /// the keep-alive policy wants start. Its `wake` says when to tick again
+    /// (`None`: nothing waits for a deadline).
+    pub(crate) fn tick(&mut self, now: Instant) -> Actions<C, W> {
         let mut actions = Actions::default();
-        let mut next: Option<Instant> = None;
         let keep_alive = &self.keep_alive;
         let mut kept = Vec::with_capacity(self.idle.len());
         for idle in self.idle.drain(..) {
             let until = keep_alive.idle_until(idle.since);
             if until <= now {
+                actions.prewarms_wasted += usize::from(idle.prewarmed);
                 actions
                     .retire
                     .push((idle.container, EvictionReason::IdleTimeout));
             } else {
-                next = Some(next.map_or(until, |next| next.min(until)));
+                actions.wake = earliest(actions.wake, Some(until));
                 kept.push(idle);
             }
         }
@@ -240,9 +273,11 @@ impl<C, W: Waiter> FunctionState<C, W> {
             let room = self.max_concurrency.saturating_sub(self.live());
             let prewarm = wanted.saturating_sub(self.live()).min(room);
             self.starting += prewarm;
+            self.prewarming += prewarm;
             actions.start = prewarm + self.launches();
+            actions.wake = earliest(actions.wake, self.keep_alive.next_change(now));
         }
-        (actions, next)
+        actions
     }
 
     /// Takes no more calls: idle containers go now, busy and starting ones as they
@@ -270,24 +305,32 @@ impl<C, W: Waiter> FunctionState<C, W> {
     }
 
     /// The idle container the eviction policy would give up first, with its
-    /// priority (priorities of one pool count from `epoch`) and its ticket.
-    pub(crate) fn eviction_candidate(&self, epoch: Instant) -> Option<(f64, u64)> {
+    /// priority and its ticket. `pool` is what every priority of the pool shares:
+    /// the epoch they count from, the clock of the last eviction, and what a start
+    /// of this version costs.
+    pub(crate) fn eviction_candidate(&self, pool: EvictionClock) -> Option<(f64, u64)> {
         self.idle
             .iter()
             .map(|idle| {
                 let view = IdleContainer {
                     idle_since: idle.since,
-                    epoch,
+                    epoch: pool.epoch,
+                    clock: pool.clock,
+                    calls: idle.container.calls_served(),
+                    memory: self.memory,
+                    start_cost: pool.start_cost,
                 };
                 (self.eviction.priority(&view), idle.ticket)
             })
             .min_by(|a, b| a.0.total_cmp(&b.0))
     }
 
-    /// Takes out the idle container of `ticket`, if no call took it meanwhile.
-    pub(crate) fn evict_idle(&mut self, ticket: u64) -> Option<C> {
+    /// Takes out the idle container of `ticket`, if no call took it meanwhile; a
+    /// prewarmed one that never served counts as wasted.
+    pub(crate) fn evict_idle(&mut self, ticket: u64) -> Option<(C, bool)> {
         let position = self.idle.iter().position(|idle| idle.ticket == ticket)?;
-        Some(self.idle.remove(position).container)
+        let idle = self.idle.remove(position);
+        Some((idle.container, idle.prewarmed))
     }
 
     /// Containers and waiting calls now; calls whose caller left are dropped.
@@ -300,6 +343,14 @@ impl<C, W: Waiter> FunctionState<C, W> {
         }
     }
 
+    /// When the next idle container goes, if none is taken before.
+    pub(crate) fn idle_deadline(&self) -> Option<Instant> {
+        self.idle
+            .iter()
+            .map(|idle| self.keep_alive.idle_until(idle.since))
+            .min()
+    }
+
     /// Whether a draining version has nothing left.
     pub(crate) fn is_finished(&mut self) -> bool {
         self.draining.is_some() && self.live() == 0 && self.live_waiters() == 0
@@ -307,7 +358,7 @@ impl<C, W: Waiter> FunctionState<C, W> {
 
     /// Gives a free container to the first live waiter; else it goes idle, or
     /// goes for good if the version drains or has more containers than allowed.
-    fn offer(&mut self, container: C, now: Instant) -> Actions<C, W> {
+    fn offer(&mut self, container: C, now: Instant, prewarmed: bool) -> Actions<C, W> {
         let mut actions = Actions::default();
         while let Some(waiter) = self.waiting.pop_front() {
             if !waiter.is_gone() {
@@ -326,9 +377,15 @@ impl<C, W: Waiter> FunctionState<C, W> {
             self.idle.push(Idle {
                 container,
                 since: now,
+                prewarmed,
                 ticket,
             });
+            actions.wake = earliest(
+                Some(self.keep_alive.idle_until(now)),
+                self.keep_alive.next_change(now),
+            );
         }
+        actions.prewarms_wasted = usize::from(prewarmed && actions.retire.len() == 1);
         actions
     }
 
@@ -354,6 +411,25 @@ impl<C, W: Waiter> FunctionState<C, W> {
     fn live_waiters(&mut self) -> usize {
         self.waiting.retain(|waiter| !waiter.is_gone());
         self.waiting.len()
+    }
+}
+
+/// What the eviction priorities of one pool share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EvictionClock {
+    /// What idle times count from.
+    pub(crate) epoch: Instant,
+    /// The priority of the last container evicted (GreedyDual's inflation).
+    pub(crate) clock: f64,
+    /// What a start of the version costs.
+    pub(crate) start_cost: std::time::Duration,
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -386,6 +462,12 @@ mod tests {
         }
     }
 
+    impl Served for &'static str {
+        fn calls_served(&self) -> u64 {
+            0
+        }
+    }
+
     type State = FunctionState<&'static str, Call>;
 
     fn limits(max_concurrency: usize, max_queue: usize, idle_secs: u64) -> Limits {
@@ -397,7 +479,7 @@ mod tests {
     }
 
     fn state(max_concurrency: usize, max_queue: usize) -> State {
-        FunctionState::new(&limits(max_concurrency, max_queue, 60))
+        FunctionState::new(&limits(max_concurrency, max_queue, 60), 64 << 20)
     }
 
     fn secs(start: Instant, s: u64) -> Instant {
@@ -443,7 +525,7 @@ mod tests {
         let now = Instant::now();
         let mut state = state(3, 0);
         with_idle(&mut state, now, &["old", "mid", "new"]);
-        let Arrival::Ready(container) = state.call_arrives(now, || call(9)) else {
+        let Arrival::Ready { container, .. } = state.call_arrives(now, || call(9)) else {
             panic!("an idle container is ready")
         };
         assert_eq!(container, "new");
@@ -498,7 +580,7 @@ mod tests {
         let now = Instant::now();
         let mut state = state(1, 5);
         with_idle(&mut state, now, &["c"]);
-        let Arrival::Ready(_) = state.call_arrives(now, || call(1)) else {
+        let Arrival::Ready { .. } = state.call_arrives(now, || call(1)) else {
             panic!("ready")
         };
         let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
@@ -510,24 +592,24 @@ mod tests {
     #[test]
     fn idle_containers_go_at_their_keep_alive_deadline() {
         let start = Instant::now();
-        let mut state = FunctionState::new(&limits(3, 0, 10));
+        let mut state = FunctionState::new(&limits(3, 0, 10), 64 << 20);
         with_idle(&mut state, start, &["a"]);
         with_idle(&mut state, secs(start, 5), &["b"]);
-        let (actions, next) = state.tick(secs(start, 9));
+        let actions = state.tick(secs(start, 9));
         assert!(actions.retire.is_empty());
-        assert_eq!(next, Some(secs(start, 10)));
-        let (actions, next) = state.tick(secs(start, 10));
+        assert_eq!(actions.wake, Some(secs(start, 10)));
+        let actions = state.tick(secs(start, 10));
         assert_eq!(actions.retire, [("a", EvictionReason::IdleTimeout)]);
-        assert_eq!(next, Some(secs(start, 15)));
+        assert_eq!(actions.wake, Some(secs(start, 15)));
     }
 
     #[test]
     fn the_deadline_does_not_depend_on_the_stack_order() {
         let start = Instant::now();
-        let mut state = FunctionState::new(&limits(3, 0, 10));
+        let mut state = FunctionState::new(&limits(3, 0, 10), 64 << 20);
         with_idle(&mut state, secs(start, 5), &["late"]);
         with_idle(&mut state, start, &["early"]);
-        let (actions, _) = state.tick(secs(start, 11));
+        let actions = state.tick(secs(start, 11));
         assert_eq!(actions.retire, [("early", EvictionReason::IdleTimeout)]);
     }
 
@@ -536,7 +618,10 @@ mod tests {
         let now = Instant::now();
         let mut state = state(2, 5);
         with_idle(&mut state, now, &["idle"]);
-        let Arrival::Ready(busy) = state.call_arrives(now, || call(1)) else {
+        let Arrival::Ready {
+            container: busy, ..
+        } = state.call_arrives(now, || call(1))
+        else {
             panic!("ready")
         };
         let _ = state.call_arrives(now, || call(2));
@@ -562,7 +647,7 @@ mod tests {
         let lowered = state.set_limits(&limits(1, 5, 60));
         let retired: Vec<_> = lowered.retire.iter().map(|r| r.0).collect();
         assert_eq!(retired, ["a", "b"], "the least recently used go");
-        let Arrival::Ready(_) = state.call_arrives(now, || call(1)) else {
+        let Arrival::Ready { .. } = state.call_arrives(now, || call(1)) else {
             panic!("c stays")
         };
         let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
@@ -574,10 +659,10 @@ mod tests {
     #[test]
     fn a_lowered_keep_alive_applies_to_containers_already_idle() {
         let start = Instant::now();
-        let mut state = FunctionState::new(&limits(2, 0, 600));
+        let mut state = FunctionState::new(&limits(2, 0, 600), 64 << 20);
         with_idle(&mut state, start, &["a"]);
         let _ = state.set_limits(&limits(2, 0, 5));
-        let (actions, _) = state.tick(secs(start, 6));
+        let actions = state.tick(secs(start, 6));
         assert_eq!(actions.retire.len(), 1);
     }
 
@@ -587,15 +672,23 @@ mod tests {
         let mut state = state(3, 0);
         with_idle(&mut state, secs(start, 2), &["new"]);
         with_idle(&mut state, secs(start, 1), &["old"]);
-        let (_, ticket) = state.eviction_candidate(start).expect("a candidate");
-        assert_eq!(state.evict_idle(ticket), Some("old"));
+        let clock = EvictionClock {
+            epoch: start,
+            clock: 0.0,
+            start_cost: Duration::from_millis(250),
+        };
+        let (_, ticket) = state.eviction_candidate(clock).expect("a candidate");
+        assert_eq!(state.evict_idle(ticket), Some(("old", false)));
         assert_eq!(
             state.evict_idle(ticket),
             None,
             "a ticket takes one container"
         );
-        let (_, ticket) = state.eviction_candidate(start).expect("another");
-        let Arrival::Ready("new") = state.call_arrives(start, || call(1)) else {
+        let (_, ticket) = state.eviction_candidate(clock).expect("another");
+        let Arrival::Ready {
+            container: "new", ..
+        } = state.call_arrives(start, || call(1))
+        else {
             panic!("a call takes it first")
         };
         assert_eq!(state.evict_idle(ticket), None);
