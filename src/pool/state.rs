@@ -140,7 +140,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
             max_concurrency: limits.max_concurrency,
             max_queue: limits.max_queue,
             keep_alive_choice: limits.keep_alive,
-            keep_alive: policy::keep_alive(limits.keep_alive),
+            keep_alive: policy::keep_alive(limits.keep_alive, memory),
             eviction_choice: limits.eviction,
             eviction: policy::eviction(limits.eviction),
             next_ticket: 0,
@@ -154,7 +154,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         self.max_queue = limits.max_queue;
         if self.keep_alive_choice != limits.keep_alive {
             self.keep_alive_choice = limits.keep_alive;
-            self.keep_alive = policy::keep_alive(limits.keep_alive);
+            self.keep_alive = policy::keep_alive(limits.keep_alive, self.memory);
         }
         if self.eviction_choice != limits.eviction {
             self.eviction_choice = limits.eviction;
@@ -163,6 +163,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         let mut actions = Actions::default();
         while self.live() > self.max_concurrency && !self.idle.is_empty() {
             let surplus = self.idle.remove(0);
+            self.keep_alive.idle_removed(surplus.since);
             actions.prewarms_wasted += usize::from(surplus.prewarmed);
             actions
                 .retire
@@ -179,14 +180,15 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         if self.draining.is_some() {
             return Arrival::Draining;
         }
-        self.keep_alive.call_arrived(now);
         if let Some(idle) = self.idle.pop() {
+            self.keep_alive.call_arrived(now, Some(idle.since));
             self.busy += 1;
             return Arrival::Ready {
                 container: idle.container,
                 prewarmed: idle.prewarmed,
             };
         }
+        self.keep_alive.call_arrived(now, None);
         let startable = self.max_concurrency.saturating_sub(self.live());
         if self.live_waiters() >= self.starting + startable + self.max_queue {
             return Arrival::Full;
@@ -253,11 +255,12 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
     /// (`None`: nothing waits for a deadline).
     pub(crate) fn tick(&mut self, now: Instant) -> Actions<C, W> {
         let mut actions = Actions::default();
-        let keep_alive = &self.keep_alive;
+        let keep_alive = &mut self.keep_alive;
         let mut kept = Vec::with_capacity(self.idle.len());
         for idle in self.idle.drain(..) {
             let until = keep_alive.idle_until(idle.since);
             if until <= now {
+                keep_alive.idle_removed(idle.since);
                 actions.prewarms_wasted += usize::from(idle.prewarmed);
                 actions
                     .retire
@@ -330,6 +333,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
     pub(crate) fn evict_idle(&mut self, ticket: u64) -> Option<(C, bool)> {
         let position = self.idle.iter().position(|idle| idle.ticket == ticket)?;
         let idle = self.idle.remove(position);
+        self.keep_alive.idle_removed(idle.since);
         Some((idle.container, idle.prewarmed))
     }
 
@@ -692,5 +696,53 @@ mod tests {
             panic!("a call takes it first")
         };
         assert_eq!(state.evict_idle(ticket), None);
+    }
+
+    #[test]
+    fn a_prewarm_starts_on_tick_and_its_first_call_is_counted_warm_or_wasted() {
+        let mut spec = FunctionSpec::new("f", "img");
+        spec.keep_alive = KeepAlive::Adaptive;
+        let mut state: State = FunctionState::new(&spec.split().2, 64 << 20);
+        let mut now = Instant::now();
+        // Calls every 10 s, each served by the one container: regular gaps.
+        let container = {
+            let _ = state.call_arrives(now, || call(0));
+            state.started("c", now).grant.expect("granted").1
+        };
+        let mut container = Some(container);
+        for i in 1..10 {
+            now += Duration::from_millis(100);
+            let back = state.returned(container.take().unwrap(), now);
+            assert!(back.grant.is_none());
+            // Let go at the end once the gaps are regular; tick retires it.
+            let _ = state.tick(now);
+            now += Duration::from_secs(10);
+            let prewarm_due = state.tick(now - Duration::from_secs(1));
+            for _ in 0..prewarm_due.start {
+                let _ = state.started("prewarmed", now - Duration::from_millis(900));
+            }
+            container = Some(match state.call_arrives(now, || call(i)) {
+                Arrival::Ready {
+                    container,
+                    prewarmed,
+                } => {
+                    if i >= 8 {
+                        assert!(prewarmed, "call {i} is served by a prewarm");
+                    }
+                    container
+                }
+                Arrival::Queued { start: 1 } => state.started("c", now).grant.expect("granted").1,
+                other => panic!("{other:?}"),
+            });
+        }
+        // The next call never comes: the prewarmed container is wasted.
+        now += Duration::from_millis(100);
+        let _ = state.returned(container.take().unwrap(), now);
+        let _ = state.tick(now);
+        let due = state.tick(now + Duration::from_secs(9));
+        assert_eq!(due.start, 1);
+        let _ = state.started("unused", now + Duration::from_secs(9));
+        let late = state.tick(now + Duration::from_secs(60));
+        assert_eq!((late.retire.len(), late.prewarms_wasted), (1, 1));
     }
 }

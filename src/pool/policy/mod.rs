@@ -9,17 +9,27 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+mod adaptive;
+mod histogram;
+
 use super::spec::{Eviction, KeepAlive};
+use adaptive::Adaptive;
+use histogram::HybridHistogram;
 
 /// When a function's idle containers go, and how many it keeps started with no
 /// call asking. One instance per function; it sees every call arrive and every
 /// container come back, and may learn from them.
 pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
-    /// A call arrived at `now`.
-    fn call_arrived(&mut self, now: Instant);
+    /// A call arrived at `now`; it took the idle container that went idle at
+    /// `reused`, or found none (`None`: it waits for a start).
+    fn call_arrived(&mut self, now: Instant, reused: Option<Instant>);
 
-    /// A container came back idle at `now` after a call.
+    /// A call ended at `now`; its container came back.
     fn call_returned(&mut self, now: Instant);
+
+    /// An idle container that went idle at `idle_since` was removed without
+    /// serving another call.
+    fn idle_removed(&mut self, idle_since: Instant);
 
     /// When a container that went idle at `idle_since` goes.
     fn idle_until(&self, idle_since: Instant) -> Instant;
@@ -55,14 +65,13 @@ pub(crate) struct IdleContainer {
     pub(crate) start_cost: Duration,
 }
 
-/// The policy a [`KeepAlive`] names.
-pub(crate) fn keep_alive(choice: KeepAlive) -> Box<dyn KeepAlivePolicy> {
+/// The policy a [`KeepAlive`] names, for a function whose containers have
+/// `memory` bytes each.
+pub(crate) fn keep_alive(choice: KeepAlive, memory: u64) -> Box<dyn KeepAlivePolicy> {
     match choice {
         KeepAlive::Fixed { idle_timeout } => Box::new(FixedKeepAlive { idle_timeout }),
-        // Replaced by their own policies in the next commits.
-        KeepAlive::Histogram | KeepAlive::Adaptive => Box::new(FixedKeepAlive {
-            idle_timeout: Duration::from_secs(600),
-        }),
+        KeepAlive::Histogram => Box::new(HybridHistogram::new()),
+        KeepAlive::Adaptive => Box::new(Adaptive::new(memory)),
     }
 }
 
@@ -81,9 +90,11 @@ pub(crate) struct FixedKeepAlive {
 }
 
 impl KeepAlivePolicy for FixedKeepAlive {
-    fn call_arrived(&mut self, _: Instant) {}
+    fn call_arrived(&mut self, _: Instant, _: Option<Instant>) {}
 
     fn call_returned(&mut self, _: Instant) {}
+
+    fn idle_removed(&mut self, _: Instant) {}
 
     fn idle_until(&self, idle_since: Instant) -> Instant {
         after(idle_since, self.idle_timeout)
@@ -139,8 +150,8 @@ mod tests {
     #[test]
     fn fixed_keeps_each_container_its_idle_timeout_and_prewarms_none() {
         let now = Instant::now();
-        let mut policy = keep_alive(KeepAlive::fixed(Duration::from_secs(60)));
-        policy.call_arrived(now);
+        let mut policy = keep_alive(KeepAlive::fixed(Duration::from_secs(60)), 1 << 20);
+        policy.call_arrived(now, None);
         policy.call_returned(now);
         assert_eq!(policy.idle_until(now), now + Duration::from_secs(60));
         assert_eq!(policy.prewarm(now), 0);
@@ -149,7 +160,7 @@ mod tests {
     #[test]
     fn an_endless_idle_timeout_does_not_overflow() {
         let now = Instant::now();
-        let policy = keep_alive(KeepAlive::fixed(Duration::MAX));
+        let policy = keep_alive(KeepAlive::fixed(Duration::MAX), 1 << 20);
         assert!(policy.idle_until(now) > now + Duration::from_secs(365 * 24 * 3600));
     }
 

@@ -1,0 +1,359 @@
+//! hotpool's own keep-alive: keep an idle container while the chance that a call
+//! takes it soon is worth its memory, learned online per function; prewarm
+//! before calls that come like clockwork.
+//!
+//! **Keep-alive.** Every idle spell of a container ends one of two ways: a call
+//! takes the container (its length is observed), or the container is removed.
+//! A call that then finds no idle container would have taken the most recently
+//! removed one, so that spell's length is observed too ("it would have been
+//! reused after I"). Spells never followed by a call count as never reused. From
+//! these (in log-spaced bins, older ones fading), the policy picks the idle
+//! timeout T that minimises, per idle spell,
+//!
+//! ```text
+//! memory x E[min(I, T)] x price  +  P(I > T)
+//! ```
+//!
+//! in units of one cold start, where `price` says what a second of idle memory
+//! costs: one cold start is worth [`BREAK_EVEN_GB_S`] of it. Until it has seen
+//! enough, T is the break-even time itself (a rent-or-buy rule). Nothing is
+//! fitted to a trace: the only constant with a meaning is the price.
+//!
+//! **Prewarm.** When the function's own idle gaps (from the end of its last
+//! running call to its next call) have been nearly equal several times, the
+//! container is let go at the call's end and one is started [`PREWARM_LEAD`]
+//! before the next call is due, kept until a quarter past the longest gap.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::{KeepAlivePolicy, after};
+
+/// What one cold start is worth in idle memory, in GB-seconds: ten minutes of a
+/// 256 MiB container.
+const BREAK_EVEN_GB_S: f64 = 150.0;
+/// The shortest and longest idle timeouts chosen.
+const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+/// The lower edge of the first bin; each bin is √2 times wider than the last.
+const FIRST_EDGE_S: f64 = 0.25;
+const BINS: usize = 40;
+/// Observations before the learned timeout replaces the break-even one.
+const MIN_OBSERVATIONS: f64 = 8.0;
+/// How fast old observations fade: each new idle spell weighs this much more
+/// than the one before (half-life about 700 spells).
+const GROWTH: f64 = 1.001;
+/// Removed spells remembered for a later call to match.
+const REMOVED_REMEMBERED: usize = 64;
+/// Idle gaps that must be nearly equal before the policy prewarms, how equal
+/// (longest at most this times the shortest), and the shortest gap worth it.
+const REGULAR_GAPS: usize = 6;
+const REGULAR_SPREAD: f64 = 1.25;
+const MIN_PREWARM_GAP: Duration = Duration::from_secs(4);
+/// How long before a due call a prewarm starts.
+const PREWARM_LEAD: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(crate) struct Adaptive {
+    /// What a second of one container idle costs, in cold starts.
+    price_per_second: f64,
+    /// Observed idle spell lengths by bin, and all spells, each weighted by
+    /// `weight` at the time it was added (so older ones fade).
+    reused: [f64; BINS],
+    spells: f64,
+    weight: f64,
+    /// When the idle spells of removed containers began, newest last.
+    removed: VecDeque<Instant>,
+    timeout: Duration,
+    /// The function's calls running, when it last became idle, and its last
+    /// idle gaps.
+    running: usize,
+    idle_since: Option<Instant>,
+    gaps: VecDeque<Duration>,
+}
+
+impl Adaptive {
+    pub(crate) fn new(memory: u64) -> Adaptive {
+        let gigabytes = memory as f64 / f64::from(1 << 30);
+        let price_per_second = gigabytes / BREAK_EVEN_GB_S;
+        Adaptive {
+            price_per_second,
+            reused: [0.0; BINS],
+            spells: 0.0,
+            weight: 1.0,
+            removed: VecDeque::new(),
+            timeout: break_even(price_per_second),
+            running: 0,
+            idle_since: None,
+            gaps: VecDeque::new(),
+        }
+    }
+
+    fn observe(&mut self, spell: Duration) {
+        let bin = bin_of(spell);
+        self.reused[bin] += self.weight;
+        self.timeout = self.choose_timeout();
+    }
+
+    /// The bin edge that minimises the expected cost of an idle spell.
+    fn choose_timeout(&self) -> Duration {
+        let observed: f64 = self.reused.iter().sum();
+        if observed < MIN_OBSERVATIONS * self.weight {
+            return break_even(self.price_per_second);
+        }
+        let never = (self.spells - observed).max(0.0);
+        let mut below_time = 0.0; // sum of spell lengths below the candidate edge
+        let mut above = observed; // observed spells at or above it
+        let mut best = (f64::INFINITY, MIN_TIMEOUT);
+        for bin in 0..=BINS {
+            let edge = edge_s(bin);
+            let idle = below_time + edge * (above + never);
+            let cost = self.price_per_second * idle + above;
+            if cost < best.0 {
+                best = (cost, Duration::from_secs_f64(edge));
+            }
+            if bin < BINS {
+                below_time += self.reused[bin] * middle_s(bin);
+                above -= self.reused[bin];
+            }
+        }
+        best.1.clamp(MIN_TIMEOUT, MAX_TIMEOUT)
+    }
+
+    /// The prewarm window after the function became idle at `since`: when to
+    /// start one, and until when to keep it. `None` unless its gaps are regular.
+    fn prewarm_window(&self) -> Option<(Instant, Instant)> {
+        let since = self.idle_since.filter(|_| self.running == 0)?;
+        if self.gaps.len() < REGULAR_GAPS {
+            return None;
+        }
+        let shortest = *self.gaps.iter().min()?;
+        let longest = *self.gaps.iter().max()?;
+        let regular = longest.as_secs_f64() <= shortest.as_secs_f64() * REGULAR_SPREAD;
+        if !regular || shortest < MIN_PREWARM_GAP {
+            return None;
+        }
+        let start = after(since, shortest.saturating_sub(PREWARM_LEAD));
+        let end = after(since, longest.mul_f64(REGULAR_SPREAD));
+        Some((start, end))
+    }
+}
+
+impl KeepAlivePolicy for Adaptive {
+    fn call_arrived(&mut self, now: Instant, reused: Option<Instant>) {
+        if let Some(began) = reused.or_else(|| self.removed.pop_back()) {
+            self.observe(now.saturating_duration_since(began));
+        }
+        if self.running == 0
+            && let Some(since) = self.idle_since
+        {
+            if self.gaps.len() == REGULAR_GAPS {
+                self.gaps.pop_front();
+            }
+            self.gaps.push_back(now.saturating_duration_since(since));
+        }
+        self.running += 1;
+    }
+
+    fn call_returned(&mut self, now: Instant) {
+        self.running = self.running.saturating_sub(1);
+        if self.running == 0 {
+            self.idle_since = Some(now);
+        }
+        self.weight *= GROWTH;
+        self.spells += self.weight;
+        if self.weight > 1e200 {
+            self.rescale();
+        }
+    }
+
+    fn idle_removed(&mut self, idle_since: Instant) {
+        if self.removed.len() == REMOVED_REMEMBERED {
+            self.removed.pop_front();
+        }
+        self.removed.push_back(idle_since);
+    }
+
+    fn idle_until(&self, idle_since: Instant) -> Instant {
+        match self.prewarm_window() {
+            // Let go at the call's end; the prewarmed one stays its window.
+            Some((start, end)) => {
+                if idle_since >= start {
+                    end
+                } else {
+                    idle_since
+                }
+            }
+            None => after(idle_since, self.timeout),
+        }
+    }
+
+    fn prewarm(&self, now: Instant) -> usize {
+        self.prewarm_window()
+            .map_or(0, |(start, end)| usize::from(start <= now && now < end))
+    }
+
+    fn next_change(&self, now: Instant) -> Option<Instant> {
+        let (start, end) = self.prewarm_window()?;
+        [start, end].into_iter().find(|at| *at > now)
+    }
+}
+
+impl Adaptive {
+    /// Scales every weight down, keeping their ratios, before they overflow.
+    fn rescale(&mut self) {
+        let scale = 1.0 / self.weight;
+        self.reused.iter_mut().for_each(|count| *count *= scale);
+        self.spells *= scale;
+        self.weight = 1.0;
+    }
+}
+
+/// The rent-or-buy timeout: idle this long costs one cold start.
+fn break_even(price_per_second: f64) -> Duration {
+    if price_per_second <= 0.0 {
+        return MAX_TIMEOUT;
+    }
+    Duration::from_secs_f64((1.0 / price_per_second).min(MAX_TIMEOUT.as_secs_f64()))
+        .clamp(MIN_TIMEOUT, MAX_TIMEOUT)
+}
+
+/// The lower edge of `bin`, in seconds; `edge_s(0)` is 0.
+fn edge_s(bin: usize) -> f64 {
+    if bin == 0 {
+        0.0
+    } else {
+        FIRST_EDGE_S * 2f64.powf((bin - 1) as f64 / 2.0)
+    }
+}
+
+/// A length inside `bin` that stands for it.
+fn middle_s(bin: usize) -> f64 {
+    (edge_s(bin) + edge_s(bin + 1)) / 2.0
+}
+
+fn bin_of(spell: Duration) -> usize {
+    let seconds = spell.as_secs_f64();
+    if seconds < FIRST_EDGE_S {
+        return 0;
+    }
+    let bin = 1 + (2.0 * (seconds / FIRST_EDGE_S).log2()).floor() as usize;
+    bin.min(BINS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn before_it_has_seen_enough_the_timeout_is_the_break_even_time() {
+        let small = Adaptive::new(256 * MIB);
+        assert_eq!(small.timeout, Duration::from_secs(600));
+        let large = Adaptive::new(1024 * MIB);
+        assert_eq!(large.timeout, Duration::from_secs(150), "larger costs more");
+    }
+
+    #[test]
+    fn bins_hold_their_edges() {
+        for bin in 1..BINS - 1 {
+            let inside = Duration::from_secs_f64(edge_s(bin) * 1.01);
+            assert_eq!(bin_of(inside), bin);
+            assert!(middle_s(bin) > edge_s(bin) && middle_s(bin) < edge_s(bin + 1));
+        }
+        assert_eq!(bin_of(Duration::ZERO), 0);
+        assert_eq!(bin_of(Duration::from_secs(365 * 86400)), BINS - 1);
+    }
+
+    /// Idle spells that all end in reuse after `spell`, `count` times.
+    fn reused_after(policy: &mut Adaptive, start: Instant, spell: Duration, count: u32) {
+        let mut now = start;
+        for _ in 0..count {
+            policy.call_returned(now);
+            let began = now;
+            now += spell;
+            policy.call_arrived(now, Some(began));
+        }
+    }
+
+    #[test]
+    fn spells_that_end_in_reuse_are_kept_a_little_past_their_length() {
+        let mut policy = Adaptive::new(256 * MIB);
+        reused_after(&mut policy, Instant::now(), Duration::from_secs(30), 50);
+        assert!(
+            policy.timeout > Duration::from_secs(30) && policy.timeout < Duration::from_secs(60),
+            "{:?}",
+            policy.timeout
+        );
+    }
+
+    #[test]
+    fn spells_that_never_end_in_reuse_are_cut_short() {
+        let mut policy = Adaptive::new(256 * MIB);
+        let start = Instant::now();
+        // A few quick reuses, then many spells that nobody reuses.
+        reused_after(&mut policy, start, Duration::from_secs(2), 10);
+        for _ in 0..200 {
+            policy.call_returned(start);
+        }
+        assert!(
+            policy.timeout <= Duration::from_secs(4),
+            "{:?}",
+            policy.timeout
+        );
+    }
+
+    #[test]
+    fn a_call_after_a_removal_counts_as_a_reuse_of_the_removed_container() {
+        let mut policy = Adaptive::new(256 * MIB);
+        let start = Instant::now();
+        for round in 0..50u32 {
+            let began = start + Duration::from_secs(u64::from(round) * 1000);
+            policy.call_returned(began);
+            policy.idle_removed(began);
+            policy.call_arrived(began + Duration::from_secs(300), None);
+        }
+        assert!(
+            policy.timeout >= Duration::from_secs(300),
+            "worth keeping five minutes at this price: {:?}",
+            policy.timeout
+        );
+    }
+
+    #[test]
+    fn clockwork_calls_are_prewarmed_just_before_they_are_due() {
+        let mut policy = Adaptive::new(256 * MIB);
+        let mut now = Instant::now();
+        let gap = Duration::from_secs(10);
+        for _ in 0..=REGULAR_GAPS {
+            policy.call_arrived(now, None);
+            now += Duration::from_millis(100);
+            policy.call_returned(now);
+            now += gap;
+        }
+        let ended = now - gap;
+        assert_eq!(policy.idle_until(ended), ended, "let go at the end");
+        let due = ended + gap;
+        let start = due - PREWARM_LEAD;
+        assert_eq!(policy.next_change(ended), Some(start));
+        assert_eq!(policy.prewarm(start - Duration::from_millis(1)), 0);
+        assert_eq!(policy.prewarm(start), 1);
+        assert!(
+            policy.idle_until(start) > due,
+            "the prewarmed one waits for the call"
+        );
+    }
+
+    #[test]
+    fn irregular_calls_are_not_prewarmed() {
+        let mut policy = Adaptive::new(256 * MIB);
+        let mut now = Instant::now();
+        for i in 0..20u64 {
+            policy.call_arrived(now, None);
+            policy.call_returned(now);
+            now += Duration::from_secs(5 + (i % 3) * 10);
+        }
+        assert_eq!(policy.prewarm_window(), None);
+    }
+}
