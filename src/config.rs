@@ -13,10 +13,14 @@
 //!
 //! The defaults are the library's, `PoolConfig::default()` and
 //! `FunctionSpec::new`, but for the pool's name, `serve` (`DEFAULT_POOL_NAME`
-//! says why); the server's are [`ServerConfig::default`].
+//! says why), and the keep-alive policy, `adaptive` (`DEFAULT_KEEP_ALIVE`); the
+//! server's are [`ServerConfig::default`]. `[pool]`'s `keep_alive` and `eviction`
+//! are not the pool's settings but every function's: they are written into each
+//! spec, so a reload applies them like any other limit.
 //!
 //! Every value is bounded, so a config that loads never panics or fails later:
-//! timeouts up to 24 h (an idle timeout up to 365 days), memory of at least the
+//! timeouts up to 24 h (an idle timeout, `fixed:` keep-alive included, up to 365
+//! days), memory of at least the
 //! engine's 6 MiB minimum, counts and request and response sizes within sane
 //! maxima.
 
@@ -36,7 +40,7 @@ use crate::units::{
 };
 use hotpool::driver::Cpus;
 use hotpool::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
-use hotpool::pool::{Format, FunctionSpec, KeepAlive, PoolConfig};
+use hotpool::pool::{Eviction, Format, FunctionSpec, KeepAlive, PoolConfig};
 
 /// The pool's name when `[pool]` gives none, so its containers are labelled
 /// `hotpool.pool=serve`. The one default that is not the library's
@@ -44,6 +48,10 @@ use hotpool::pool::{Format, FunctionSpec, KeepAlive, PoolConfig};
 /// on one engine, each with its default, do not remove each other's containers
 /// as leftovers.
 const DEFAULT_POOL_NAME: &str = "serve";
+/// The keep-alive policy of a function that names none, when `[pool]` names
+/// none either. Not the library's (`FunctionSpec::new` keeps a fixed 60 s): a
+/// server learns each function's calls and keeps containers by what it learned.
+const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::Adaptive;
 /// The longest a hot container may be kept idle: a year.
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// The largest request body or response that may be allowed: 1 GiB.
@@ -254,6 +262,8 @@ struct PoolTable {
     memory_budget: Option<Size<1>>,
     shutdown_timeout: Option<GracePeriod>,
     stats_max_points: Option<Count<0, MAX_STATS_POINTS>>,
+    keep_alive: Option<KeepAlivePolicy>,
+    eviction: Option<EvictionPolicy>,
 }
 
 /// One `[[function]]` as written.
@@ -267,6 +277,7 @@ struct FunctionTable {
     memory: Option<Size<MIN_MEMORY>>,
     timeout: Option<Timeout>,
     idle_timeout: Option<IdleTimeout>,
+    keep_alive: Option<KeepAlivePolicy>,
     max_concurrency: Option<Count<1, MAX_CONCURRENCY>>,
     max_queue: Option<Count<0, MAX_QUEUE>>,
     queue_timeout: Option<Timeout>,
@@ -286,7 +297,7 @@ impl ConfigFile {
     /// one function, the tokens `metrics_auth` needs).
     fn validate(self) -> Result<ServeConfig, ConfigError> {
         let server = self.server.validate()?;
-        let pool = self.pool.validate(&server);
+        let (pool, defaults) = self.pool.validate(&server);
         if self.function.0.is_empty() {
             return Err(ConfigError::new(
                 "function",
@@ -294,7 +305,7 @@ impl ConfigFile {
             ));
         }
         let functions = (self.function.0.into_iter().enumerate())
-            .map(|(index, table)| table.validate(index, pool.memory_budget))
+            .map(|(index, table)| table.validate(index, &defaults))
             .collect::<Result<Vec<_>, _>>()?;
         let mut first_index = HashMap::new();
         for (index, spec) in functions.iter().enumerate() {
@@ -348,9 +359,21 @@ impl ServerTable {
     }
 }
 
+/// What `[pool]` gives every function.
+struct FunctionDefaults {
+    /// The most memory a function's container may have (`pool.memory_budget`).
+    memory_budget: u64,
+    /// The keep-alive of a function that sets neither `keep_alive` nor
+    /// `idle_timeout` (`pool.keep_alive`).
+    keep_alive: KeepAlive,
+    /// Every function's eviction policy (`pool.eviction`).
+    eviction: Eviction,
+}
+
 impl PoolTable {
-    /// The pool's settings, its largest response the server's.
-    fn validate(self, server: &ServerConfig) -> PoolConfig {
+    /// The pool's settings, its largest response the server's, and what it
+    /// gives every function.
+    fn validate(self, server: &ServerConfig) -> (PoolConfig, FunctionDefaults) {
         let mut pool = PoolConfig::default();
         pool.name = self
             .name
@@ -361,13 +384,24 @@ impl PoolTable {
             .map_or(pool.shutdown_timeout, |span| span.0);
         pool.stats_max_points = self.stats_max_points.map_or(pool.stats_max_points, |n| n.0);
         pool.max_response_bytes = usize::try_from(server.max_response).unwrap_or(usize::MAX);
-        pool
+        let defaults = FunctionDefaults {
+            memory_budget: pool.memory_budget,
+            keep_alive: self
+                .keep_alive
+                .map_or(DEFAULT_KEEP_ALIVE, |policy| policy.0),
+            eviction: self.eviction.map_or(Eviction::default(), |policy| policy.0),
+        };
+        (pool, defaults)
     }
 }
 
 impl FunctionTable {
-    /// The spec of `function[index]`, whose memory must fit in `memory_budget`.
-    fn validate(self, index: usize, memory_budget: u64) -> Result<FunctionSpec, ConfigError> {
+    /// The spec of `function[index]`, with `[pool]`'s `defaults`.
+    fn validate(
+        self,
+        index: usize,
+        defaults: &FunctionDefaults,
+    ) -> Result<FunctionSpec, ConfigError> {
         let error = |key: &str, reason: String| {
             ConfigError::new(format!("function[{index}].{key}"), reason)
         };
@@ -379,9 +413,20 @@ impl FunctionTable {
         spec.format = self.format.map_or(spec.format, |format| format.0);
         spec.memory = self.memory.map_or(spec.memory, |size| size.0);
         spec.timeout = self.timeout.map_or(spec.timeout, |span| span.0);
-        spec.keep_alive = self
-            .idle_timeout
-            .map_or(spec.keep_alive, |span| KeepAlive::fixed(span.0));
+        spec.keep_alive = match (self.keep_alive, self.idle_timeout) {
+            (Some(_), Some(_)) => {
+                return Err(error(
+                    "keep_alive",
+                    "is set together with idle_timeout, its shorthand (idle_timeout = \"60s\" \
+                     is keep_alive = \"fixed:60s\"): keep one"
+                        .to_owned(),
+                ));
+            }
+            (Some(policy), None) => policy.0,
+            (None, Some(span)) => KeepAlive::fixed(span.0),
+            (None, None) => defaults.keep_alive,
+        };
+        spec.eviction = defaults.eviction;
         spec.max_concurrency = self.max_concurrency.map_or(spec.max_concurrency, |n| n.0);
         spec.max_queue = self.max_queue.map_or(spec.max_queue, |n| n.0);
         spec.queue_timeout = self.queue_timeout.map_or(spec.queue_timeout, |span| span.0);
@@ -393,13 +438,13 @@ impl FunctionTable {
         spec.read_only = self.read_only.map_or(spec.read_only, |flag| flag.0);
         spec.log_per_call = self.log_per_call.map_or(spec.log_per_call, |size| size.0);
         spec.log_rate = self.log_rate.map_or(spec.log_rate, |size| size.0);
-        if spec.memory > memory_budget {
+        if spec.memory > defaults.memory_budget {
             return Err(error(
                 "memory",
                 format!(
                     "{} is more than pool.memory_budget ({})",
                     show_bytes(spec.memory),
-                    show_bytes(memory_budget)
+                    show_bytes(defaults.memory_budget)
                 ),
             ));
         }
@@ -539,6 +584,37 @@ impl<const MAX_SECONDS: u64> TryFrom<Quoted> for Span<MAX_SECONDS> {
 type Timeout = Span<{ MAX_TIMEOUT.as_secs() }>;
 /// How long a hot container may sit idle.
 type IdleTimeout = Span<{ MAX_IDLE_TIMEOUT.as_secs() }>;
+
+/// A keep-alive policy: `adaptive`, `histogram` or `fixed:DURATION`, the
+/// duration bounded like `idle_timeout`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct KeepAlivePolicy(KeepAlive);
+
+impl TryFrom<Quoted> for KeepAlivePolicy {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<KeepAlivePolicy, String> {
+        let policy: KeepAlive = text.parse()?;
+        if let KeepAlive::Fixed { idle_timeout } = policy {
+            duration_within(&text, idle_timeout, MAX_IDLE_TIMEOUT)?;
+        }
+        Ok(KeepAlivePolicy(policy))
+    }
+}
+
+/// `lru` or `greedy-dual`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct EvictionPolicy(Eviction);
+
+impl TryFrom<Quoted> for EvictionPolicy {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<EvictionPolicy, String> {
+        text.parse().map(EvictionPolicy)
+    }
+}
 
 /// How long calls in flight get to finish on shutdown: 0 (none) up to
 /// [`MAX_TIMEOUT`].
@@ -755,6 +831,8 @@ mod tests {
             memory_budget = "4g"
             shutdown_timeout = "5s"
             stats_max_points = 60
+            keep_alive = "histogram"
+            eviction = "greedy-dual"
 
             [[function]]
             name = "echo"
@@ -790,6 +868,7 @@ mod tests {
         echo.memory = 64 << 20;
         echo.timeout = Duration::from_millis(1500);
         echo.keep_alive = KeepAlive::fixed(Duration::from_secs(120));
+        echo.eviction = Eviction::GreedyDual;
         echo.max_concurrency = 8;
         echo.max_queue = 0;
         echo.queue_timeout = Duration::from_millis(250);
@@ -837,12 +916,19 @@ mod tests {
         assert_eq!(config.pool.memory_budget, 2 << 30);
         assert_eq!(config.pool.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(config.pool.stats_max_points, 240);
-        assert_eq!(config.functions, [FunctionSpec::new("echo", "img")]);
+        let mut library_defaults = FunctionSpec::new("echo", "img");
+        library_defaults.keep_alive = KeepAlive::Adaptive;
+        assert_eq!(
+            config.functions,
+            [library_defaults],
+            "the library's defaults but the keep-alive"
+        );
         let spec = &config.functions[0];
         assert_eq!(spec.format, Format::Line);
         assert_eq!(spec.memory, 128 << 20);
         assert_eq!(spec.timeout, Duration::from_secs(30));
-        assert_eq!(spec.keep_alive, KeepAlive::fixed(Duration::from_secs(60)));
+        assert_eq!(spec.keep_alive, KeepAlive::Adaptive);
+        assert_eq!(spec.eviction, Eviction::LeastRecentlyUsed);
         assert_eq!(spec.max_concurrency, 4);
         assert_eq!(spec.max_queue, 100);
         assert_eq!(spec.queue_timeout, Duration::from_secs(10));
@@ -893,6 +979,112 @@ mod tests {
         assert_eq!(echo.timeout, Duration::from_secs(5));
         assert_eq!(echo.keep_alive, KeepAlive::fixed(Duration::from_secs(60)));
         assert_eq!(echo.max_concurrency, 4);
+        assert_eq!(
+            config.functions[1].keep_alive,
+            KeepAlive::Adaptive,
+            "the pool's"
+        );
+        assert!((config.functions.iter()).all(|spec| spec.eviction == Eviction::LeastRecentlyUsed));
+    }
+
+    #[test]
+    fn keep_alive_is_the_functions_or_else_the_pools_or_else_adaptive() {
+        let keep_alive = |text: &str| {
+            let config = ServeConfig::from_toml(text).unwrap();
+            (config.functions.iter())
+                .map(|spec| spec.keep_alive.to_string())
+                .collect::<Vec<_>>()
+        };
+        let functions = "[[function]]\nname = \"a\"\nimage = \"i\"\nkeep_alive = \"fixed:10m\"\n\
+                         [[function]]\nname = \"b\"\nimage = \"i\"\nidle_timeout = \"90s\"\n\
+                         [[function]]\nname = \"c\"\nimage = \"i\"\n";
+        assert_eq!(
+            keep_alive(functions),
+            ["fixed:10m", "fixed:1m 30s", "adaptive"]
+        );
+        assert_eq!(
+            keep_alive(&format!("[pool]\nkeep_alive = \"histogram\"\n{functions}")),
+            ["fixed:10m", "fixed:1m 30s", "histogram"]
+        );
+        assert_eq!(
+            keep_alive(&format!("[pool]\nkeep_alive = \"fixed:5m\"\n{functions}")),
+            ["fixed:10m", "fixed:1m 30s", "fixed:5m"]
+        );
+        let config = ServeConfig::from_toml(
+            "[[function]]\nname = \"a\"\nimage = \"i\"\nkeep_alive = \"fixed:60s\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.functions[0].keep_alive,
+            KeepAlive::fixed(Duration::from_secs(60)),
+            "keep_alive = \"fixed:60s\" is idle_timeout = \"60s\""
+        );
+    }
+
+    #[test]
+    fn keep_alive_and_idle_timeout_together_are_an_error_naming_both() {
+        assert_eq!(
+            function_error("idle_timeout = \"60s\"\nkeep_alive = \"adaptive\""),
+            "function[0].keep_alive: is set together with idle_timeout, its shorthand \
+             (idle_timeout = \"60s\" is keep_alive = \"fixed:60s\"): keep one"
+        );
+    }
+
+    #[test]
+    fn bad_keep_alive_policies_name_the_key() {
+        assert_eq!(
+            function_error("keep_alive = \"lazy\""),
+            "function[0].keep_alive: \"lazy\" is not a keep-alive policy: use fixed:DURATION, \
+             histogram or adaptive"
+        );
+        assert!(
+            error("[pool]\nkeep_alive = \"fixed:soon\"\n[[function]]\nname = \"a\"\nimage = \"i\"")
+                .starts_with("pool.keep_alive: \"soon\" is not a duration")
+        );
+        assert_eq!(
+            function_error("keep_alive = \"fixed:0s\""),
+            "function[0].keep_alive: \"fixed:0s\" must be more than 0"
+        );
+        assert_eq!(
+            function_error("keep_alive = \"fixed:366d\""),
+            "function[0].keep_alive: \"fixed:366d\" is more than 365d"
+        );
+        assert_eq!(
+            function_error("keep_alive = 60"),
+            "function[0].keep_alive: expected a string in quotes, found integer 60"
+        );
+        let config = ServeConfig::from_toml(
+            "[[function]]\nname = \"a\"\nimage = \"i\"\nkeep_alive = \"fixed:365d\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.functions[0].keep_alive,
+            KeepAlive::fixed(Duration::from_secs(365 * 24 * 3600))
+        );
+    }
+
+    #[test]
+    fn eviction_is_the_pools_for_every_function() {
+        let config = ServeConfig::from_toml(
+            "[pool]\neviction = \"greedy-dual\"\n\
+             [[function]]\nname = \"a\"\nimage = \"i\"\n\
+             [[function]]\nname = \"b\"\nimage = \"i\"",
+        )
+        .unwrap();
+        assert!(
+            (config.functions.iter()).all(|spec| spec.eviction == Eviction::GreedyDual),
+            "{:?}",
+            config.functions
+        );
+        assert_eq!(
+            error("[pool]\neviction = \"fifo\"\n[[function]]\nname = \"a\"\nimage = \"i\""),
+            "pool.eviction: \"fifo\" is not an eviction policy: use lru or greedy-dual"
+        );
+        assert_eq!(
+            function_error("eviction = \"lru\""),
+            "function[0].eviction: unknown key",
+            "eviction is the pool's"
+        );
     }
 
     #[test]

@@ -369,8 +369,13 @@ fn functions_and_metrics_describe_the_pool() {
         "{text}"
     );
     assert!(
-        !text.contains("function=\"web\",outcome"),
+        !text.contains("hotpool_calls_total{function=\"web\""),
         "functions never called are not counted:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "hotpool_prewarms_total{function=\"web\",outcome=\"used\"} 0"),
+        "prewarms are exported at 0 for every hot function:\n{text}"
     );
     server.stop();
 }

@@ -1,6 +1,7 @@
 //! `hotpool serve` reloads its config on SIGHUP, on the real engine: changed
-//! limits keep the running containers, a changed container spec replaces them,
-//! removed functions go, new ones appear, and a bad config keeps the running one.
+//! limits (a keep-alive policy among them) keep the running containers, a changed
+//! container spec replaces them, removed functions go, new ones appear, and a bad
+//! config keeps the running one.
 
 mod support;
 
@@ -113,5 +114,76 @@ fn a_bad_config_on_sighup_keeps_the_running_one_and_names_the_key() {
     let after = server.invoke("echo", b"still");
     assert_eq!((after.status, after.text()), (200, "still".to_owned()));
     assert_eq!(after.header("hotpool-start"), Some("hot"));
+    server.stop();
+}
+
+/// `hotpool_evictions_total{function="<name>",reason="<reason>"}` on `/metrics`.
+fn evictions(server: &Server, name: &str, reason: &str) -> f64 {
+    let wanted = format!("hotpool_evictions_total{{function=\"{name}\",reason=\"{reason}\"}} ");
+    server
+        .get("/metrics")
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(&wanted))
+        .map_or(0.0, |value| value.trim().parse().expect("a sample value"))
+}
+
+#[test]
+fn sighup_applies_a_changed_keep_alive_to_the_running_containers() {
+    let server = Server::start(
+        "reload-keep-alive",
+        "",
+        &[function(
+            "idle",
+            "line",
+            "line",
+            "keep_alive = \"fixed:10m\"",
+        )],
+    );
+    assert_eq!(server.invoke("idle", b"warm").status, 200);
+    let before = containers(&server.pool, "idle");
+    assert_eq!(before.len(), 1);
+
+    server.rewrite_config(&function(
+        "idle",
+        "line",
+        "line",
+        "keep_alive = \"fixed:2h\"",
+    ));
+    server.hang_up();
+    eventually("the reload applies fixed:2h", || {
+        server.function_status("idle")["keep_alive"] == "fixed:2h"
+    });
+    let status = server.function_status("idle");
+    assert!(
+        status["idle_deadline_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 10 * 60 * 1000),
+        "the idle container is kept past the old 10 minutes: {status}"
+    );
+    let again = server.invoke("idle", b"again");
+    assert_eq!(
+        again.header("hotpool-start"),
+        Some("hot"),
+        "the container stayed: {again}"
+    );
+    assert_eq!(containers(&server.pool, "idle"), before);
+
+    server.rewrite_config(&function(
+        "idle",
+        "line",
+        "line",
+        "keep_alive = \"fixed:1s\"",
+    ));
+    server.hang_up();
+    eventually("the idle container goes after its new keep-alive", || {
+        containers(&server.pool, "idle").is_empty()
+    });
+    assert_eq!(
+        evictions(&server, "idle", "idle_timeout"),
+        1.0,
+        "removed by its keep-alive, not replaced"
+    );
+    assert_eq!(evictions(&server, "idle", "replaced"), 0.0);
     server.stop();
 }

@@ -4,7 +4,9 @@
 //!
 //! A config that does not load keeps the running one, with one log line naming
 //! the key. `[server]` and `[pool]` are read at start only; a change to them is
-//! said once and waits for the next start.
+//! said once and waits for the next start. `[pool]`'s `keep_alive` and
+//! `eviction` are the exception: the config writes them into every function's
+//! spec, so they reload with the functions, as limits.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -86,6 +88,7 @@ fn reload<D: Driver>(path: &Path, pool: &Pool<D>, running: &mut ServeConfig) {
             Some(old) if old.key() == spec.key() => changed.push(spec.name.clone()),
             Some(_) => replaced.push(spec.name.clone()),
         }
+        crate::exporter::export_function(spec);
         pool.register(spec.clone());
     }
     let kept: BTreeSet<&str> = new.functions.iter().map(|s| s.name.as_str()).collect();

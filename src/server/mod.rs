@@ -5,7 +5,9 @@
 //!   `Hotpool-Stats: cpu_ratio=...; memory_bytes=...; samples=N`). Errors are JSON
 //!   `{"error":{"kind":"...","message":"...","call_id":"..."}}` with the status of
 //!   their kind; `busy` adds `Retry-After`.
-//! - `GET /functions`: the configured functions and their containers.
+//! - `GET /functions`: the configured functions, their limits and keep-alive
+//!   policy, their containers, and when the next idle one goes
+//!   (`idle_deadline_ms`, null when none is idle).
 //! - `GET /healthz`: 200 while the server runs.
 //! - `GET /metrics`: Prometheus text.
 //!
@@ -247,6 +249,7 @@ async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
                 "memory_bytes": spec.memory,
                 "timeout_ms": spec.timeout.as_millis(),
                 "keep_alive": spec.keep_alive.to_string(),
+                "eviction": spec.eviction.to_string(),
                 "max_concurrency": spec.max_concurrency,
                 "cpus": f64::from(spec.cpus.millis()) / 1000.0,
                 "user": spec.user,
@@ -259,6 +262,9 @@ async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
                     "starting": live.map_or(0, |f| f.starting),
                 },
                 "waiting": live.map_or(0, |f| f.waiting),
+                "idle_deadline_ms": live
+                    .and_then(|f| f.idle_deadline)
+                    .map(|deadline| deadline.as_millis()),
             })
         })
         .collect();

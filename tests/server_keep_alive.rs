@@ -1,0 +1,136 @@
+//! Keep-alive policies in `hotpool serve`, on the real engine: `/functions` shows
+//! each function's policy and when its next idle container goes, and `adaptive`
+//! prewarms a container before calls that come like clockwork, so they are served
+//! warm and counted in `hotpool_prewarms_total`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::server::{Server, function};
+
+/// A hot function's pause between calls: long enough for a prewarm to be worth
+/// it, short enough to keep the test under a minute.
+const CLOCKWORK_GAP: Duration = Duration::from_secs(5);
+/// Calls of the clockwork test: enough gaps for the pattern to be learned, then
+/// calls for prewarmed containers to serve.
+const CLOCKWORK_CALLS: usize = 11;
+
+/// `hotpool_prewarms_total{function,outcome}` as `/metrics` shows it now; `None`
+/// when it has no such series.
+fn prewarms(server: &Server, function: &str, outcome: &str) -> Option<f64> {
+    let page = server.get("/metrics").text();
+    let labels = [
+        format!("function=\"{function}\""),
+        format!("outcome=\"{outcome}\""),
+    ];
+    page.lines()
+        .filter_map(|line| line.strip_prefix("hotpool_prewarms_total{"))
+        .filter_map(|rest| rest.split_once("} "))
+        .find(|(found, _)| {
+            labels
+                .iter()
+                .all(|label| found.split(',').any(|l| l == label))
+        })
+        .map(|(_, value)| value.trim().parse().expect("a sample value"))
+}
+
+#[test]
+fn functions_show_each_keep_alive_and_when_the_next_idle_container_goes() {
+    let server = Server::start_with(
+        "keep-alive-listing",
+        "",
+        "eviction = \"greedy-dual\"",
+        &[
+            function("fixed", "line", "line", "keep_alive = \"fixed:30s\""),
+            function("shorthand", "line", "line", "idle_timeout = \"45s\""),
+            function("learning", "line", "line", ""),
+            function("once", "echo", "cold", ""),
+        ],
+    );
+    for (name, keep_alive) in [
+        ("fixed", "fixed:30s"),
+        ("shorthand", "fixed:45s"),
+        ("learning", "adaptive"),
+        ("once", "adaptive"),
+    ] {
+        let status = server.function_status(name);
+        assert_eq!(status["keep_alive"], keep_alive, "{status}");
+        assert_eq!(status["eviction"], "greedy-dual", "the pool's: {status}");
+        assert_eq!(
+            status["idle_deadline_ms"],
+            Value::Null,
+            "no container is idle yet: {status}"
+        );
+    }
+
+    for name in ["fixed", "once"] {
+        let called = server.invoke(name, b"hello");
+        assert_eq!((called.status, called.text()), (200, "hello".to_owned()));
+    }
+    let fixed = server.function_status("fixed");
+    assert_eq!(fixed["containers"]["idle"], 1, "{fixed}");
+    let deadline = fixed["idle_deadline_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a number once a container is idle: {fixed}"));
+    assert!(
+        deadline > 0 && deadline <= 30_000,
+        "the idle container goes within its 30 s: {fixed}"
+    );
+    let once = server.function_status("once");
+    assert_eq!(
+        once["idle_deadline_ms"],
+        Value::Null,
+        "a cold function keeps no container: {once}"
+    );
+    assert_eq!(
+        prewarms(&server, "fixed", "used"),
+        Some(0.0),
+        "a hot function's prewarms are exported from the start"
+    );
+    assert_eq!(
+        prewarms(&server, "once", "used"),
+        None,
+        "a cold function never prewarms"
+    );
+    server.stop();
+}
+
+#[test]
+fn adaptive_prewarms_before_clockwork_calls_and_they_are_served_warm() {
+    let server = Server::start(
+        "keep-alive-clockwork",
+        "",
+        &[function(
+            "tick",
+            "line",
+            "line",
+            "keep_alive = \"adaptive\"",
+        )],
+    );
+    assert_eq!(server.function_status("tick")["keep_alive"], "adaptive");
+    let mut starts = Vec::new();
+    for call in 0..CLOCKWORK_CALLS {
+        if call > 0 {
+            std::thread::sleep(CLOCKWORK_GAP);
+        }
+        let body = format!("tick {call}");
+        let answer = server.invoke("tick", body.as_bytes());
+        assert_eq!((answer.status, answer.text()), (200, body), "{answer}");
+        starts.push(answer.header("hotpool-start").unwrap_or("none").to_owned());
+    }
+    let used = prewarms(&server, "tick", "used").expect("tick's prewarms are exported");
+    assert!(
+        used > 0.0,
+        "a prewarmed container served a call (starts {starts:?}); stderr:\n{}",
+        server.stderr.text()
+    );
+    assert_eq!(starts[0], "cold", "the first call starts a container");
+    assert!(
+        starts[1..].iter().all(|start| start == "hot"),
+        "every later call is served warm, {used} of them by prewarmed containers: {starts:?}"
+    );
+    server.stop();
+}
