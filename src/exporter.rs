@@ -1,10 +1,7 @@
 //! The Prometheus recorder of `hotpool serve`: histograms with explicit buckets
-//! (never summaries), every metric described, rendered for `/metrics`; and the
-//! counters exported at 0 before anything counts them, so a dashboard shows 0
-//! rather than nothing.
+//! (never summaries), every metric described, rendered for `/metrics`.
 
-use hotpool::metrics::{LOG_DROPPED_TOTAL, PREWARMS_TOTAL, TASK_CPU_RATIO, TASK_MEMORY_BYTES};
-use hotpool::pool::FunctionSpec;
+use hotpool::metrics::{LOG_DROPPED_TOTAL, TASK_CPU_RATIO, TASK_MEMORY_BYTES};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Buckets of latency histograms, in seconds: 100 µs to 60 s.
@@ -40,17 +37,4 @@ pub(crate) fn install() -> Result<PrometheusHandle, BuildError> {
     // Exported from the start, so a dashboard shows 0 rather than nothing.
     metrics::counter!(LOG_DROPPED_TOTAL).absolute(0);
     Ok(handle)
-}
-
-/// Exports the prewarm counts of a hot function at 0 (a counter already counting
-/// keeps its count): its keep-alive policy may never prewarm, and the dashboards
-/// show 0 for it then.
-pub(crate) fn export_function(spec: &FunctionSpec) {
-    if !spec.format.is_hot() {
-        return;
-    }
-    for outcome in ["used", "wasted"] {
-        metrics::counter!(PREWARMS_TOTAL, "function" => spec.name.clone(), "outcome" => outcome)
-            .increment(0);
-    }
 }

@@ -88,7 +88,6 @@ fn reload<D: Driver>(path: &Path, pool: &Pool<D>, running: &mut ServeConfig) {
             Some(old) if old.key() == spec.key() => changed.push(spec.name.clone()),
             Some(_) => replaced.push(spec.name.clone()),
         }
-        crate::exporter::export_function(spec);
         pool.register(spec.clone());
     }
     let kept: BTreeSet<&str> = new.functions.iter().map(|s| s.name.as_str()).collect();

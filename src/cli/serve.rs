@@ -91,7 +91,6 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
     println!("hotpool serving {} on http://{address}", names.join(", "));
 
     for spec in &config.functions {
-        crate::exporter::export_function(spec);
         pool.register(spec.clone());
     }
     let state = Arc::new(AppState {

@@ -72,6 +72,13 @@ pub(crate) struct FunctionPool<D: Driver> {
 impl<D: Driver> FunctionPool<D> {
     pub(crate) fn new(spec: FunctionSpec) -> FunctionPool<D> {
         let (name, container, limits) = spec.clone().split();
+        if container.format.is_hot() {
+            // At 0 from the start, so a dashboard shows the function before any prewarm.
+            for outcome in ["used", "wasted"] {
+                metrics::counter!(crate::metrics::PREWARMS_TOTAL, "function" => name.clone(), "outcome" => outcome)
+                    .increment(0);
+            }
+        }
         FunctionPool {
             key: container.key(&name),
             name: name.into(),

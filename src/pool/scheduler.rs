@@ -290,9 +290,11 @@ impl<D: Driver> Inner<D> {
             };
             let mut checked = match arrival {
                 Arrival::Ready {
-                    container,
+                    mut container,
                     prewarmed,
                 } => {
+                    // Idle before the call came: the call is hot, whoever started it.
+                    container.fresh = false;
                     if prewarmed {
                         count_prewarms(&pool, "used", 1);
                     }
