@@ -112,7 +112,6 @@ fn print_table(args: &ReplayArgs, options: &Options, trace: &Trace, report: &Rep
         options.arrivals,
     );
     let percent = |part: u64| 100.0 * part as f64 / report.invocations.max(1) as f64;
-    let waited = report.cold_starts + report.warm_after_wait;
     let rows = [
         ("invocations", report.invocations.to_string()),
         (
@@ -122,13 +121,26 @@ fn print_table(args: &ReplayArgs, options: &Options, trace: &Trace, report: &Rep
         (
             "warm after a wait",
             format!(
-                "{} ({:.2}%): counted cold, as a simulator giving each call its own start does, {waited} ({:.2}%)",
+                "{} ({:.2}%): handed a container another call freed while they waited for a start",
                 report.warm_after_wait,
                 percent(report.warm_after_wait),
-                percent(waited)
             ),
         ),
-        ("container starts", report.container_starts.to_string()),
+        (
+            "container starts",
+            format!(
+                "{} ({:.2}% of calls: the cold ratio of a simulator that counts a cold call per start)",
+                report.container_starts,
+                percent(report.container_starts),
+            ),
+        ),
+        (
+            "waits for memory",
+            format!(
+                "{} starts, the longest {:.1} s",
+                report.memory_waits, report.longest_memory_wait_s
+            ),
+        ),
         ("idle GB-s", format!("{:.0}", report.idle_gb_s)),
         ("total GB-s", format!("{:.0}", report.total_gb_s)),
         (

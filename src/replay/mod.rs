@@ -175,6 +175,13 @@ pub struct Report {
     /// call the container started for it counts them cold.
     #[serde(skip)]
     pub warm_after_wait: u64,
+    /// Starts that waited for memory: the memory budget was full of busy
+    /// containers. Their calls waited too, which no other figure shows.
+    #[serde(skip)]
+    pub memory_waits: u64,
+    /// The longest a start waited for memory, in seconds.
+    #[serde(skip)]
+    pub longest_memory_wait_s: f64,
 }
 
 /// How far a replay is, after each simulated minute.

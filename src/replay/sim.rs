@@ -115,6 +115,17 @@ impl Waiter for Call {
 
 type Changes = Actions<Container, Call>;
 
+/// What made a state machine decide.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    /// A container finished starting.
+    Started,
+    /// A container finished its call.
+    Returned,
+    /// A tick.
+    Tick,
+}
+
 #[derive(Debug)]
 enum Event {
     /// A container of the function finished starting.
@@ -162,6 +173,10 @@ struct Function {
     cold: u64,
     /// The pending tick: when, and which request it is (earlier ones are stale).
     tick: Option<(u64, u64)>,
+    /// Its idle containers (as its state machine counts them).
+    idle: usize,
+    /// Its starts waiting for memory: since when each waits.
+    parked: VecDeque<u64>,
 }
 
 struct Simulation {
@@ -173,8 +188,13 @@ struct Simulation {
     budget: Option<u64>,
     /// Memory held by live containers, in bytes.
     held: u64,
-    /// Starts waiting for memory, by function, first come first served.
-    parked: VecDeque<usize>,
+    /// Idle containers of every function.
+    idle: usize,
+    /// The functions with starts waiting for memory, in the order they began to.
+    parked: Vec<usize>,
+    /// Memory was freed or a container went idle since parked starts last
+    /// looked for room.
+    room_changed: bool,
     /// GreedyDual's clock: the priority of the last container evicted.
     eviction_clock: f64,
     /// Where the integral of `held` has got to.
@@ -189,6 +209,8 @@ struct Simulation {
     container_starts: u64,
     prewarms_used: u64,
     prewarms_wasted: u64,
+    memory_waits: u64,
+    longest_memory_wait: u64,
 }
 
 /// Nanoseconds of `[from, to)` within the day.
@@ -216,6 +238,8 @@ impl Simulation {
                     calls: 0,
                     cold: 0,
                     tick: None,
+                    idle: 0,
+                    parked: VecDeque::new(),
                 }
             })
             .collect();
@@ -227,7 +251,9 @@ impl Simulation {
             cold_start: u64::try_from(options.cold_start.as_nanos()).unwrap_or(u64::MAX),
             budget: options.memory_budget,
             held: 0,
-            parked: VecDeque::new(),
+            idle: 0,
+            parked: Vec::new(),
+            room_changed: false,
             eviction_clock: 0.0,
             now: 0,
             held_integral: 0,
@@ -238,6 +264,8 @@ impl Simulation {
             container_starts: 0,
             prewarms_used: 0,
             prewarms_wasted: 0,
+            memory_waits: 0,
+            longest_memory_wait: 0,
         };
         // As the pool's reaper looks at a function once it is registered.
         for function in 0..sim.functions.len() {
@@ -279,11 +307,11 @@ impl Simulation {
                     let changes = self.functions[function]
                         .state
                         .started(Container { calls: 0 }, now);
-                    self.carry_out(function, changes, at, true);
+                    self.carry_out(function, changes, at, Cause::Started);
                 }
                 Event::Returned(function, container) => {
                     let changes = self.functions[function].state.returned(container, now);
-                    self.carry_out(function, changes, at, false);
+                    self.carry_out(function, changes, at, Cause::Returned);
                 }
                 Event::Tick(function, request) => {
                     if self.functions[function].tick.map(|(_, r)| r) != Some(request) {
@@ -291,7 +319,7 @@ impl Simulation {
                     }
                     self.functions[function].tick = None;
                     let changes = self.functions[function].state.tick(now);
-                    self.carry_out(function, changes, at, false);
+                    self.carry_out(function, changes, at, Cause::Tick);
                 }
             }
             self.unpark(at);
@@ -313,6 +341,7 @@ impl Simulation {
                 prewarmed,
             } => {
                 self.prewarms_used += u64::from(prewarmed);
+                self.idle_change(function, -1);
                 self.serve(function, container, duration, at);
             }
             Arrival::Queued { start } => self.start(function, start, at),
@@ -323,9 +352,9 @@ impl Simulation {
         self.unpark(at);
     }
 
-    /// Does what a state machine decided, as the pool's scheduler does. A
-    /// container granted right after its start (`fresh`) serves a cold call.
-    fn carry_out(&mut self, function: usize, changes: Changes, at: u64, fresh: bool) {
+    /// Does what a state machine decided after `cause`, as the pool's scheduler
+    /// does. A container granted right after its start serves a cold call.
+    fn carry_out(&mut self, function: usize, changes: Changes, at: u64, cause: Cause) {
         let Actions {
             grant,
             start,
@@ -340,12 +369,23 @@ impl Simulation {
             let wake = wake.saturating_duration_since(self.base).as_nanos();
             self.schedule_tick(function, u64::try_from(wake).unwrap_or(u64::MAX));
         }
-        for _ in retire {
-            self.held -= self.functions[function].memory;
+        let freed = matches!(cause, Cause::Started | Cause::Returned);
+        if freed && grant.is_none() && retire.is_empty() {
+            // It went idle: a parked start of another function may evict it.
+            self.idle_change(function, 1);
+            self.room_changed = true;
+        }
+        if !retire.is_empty() {
+            if matches!(cause, Cause::Tick) {
+                // A tick retires idle containers; others retire the one freed.
+                self.idle_change(function, -(retire.len() as isize));
+            }
+            self.held -= retire.len() as u64 * self.functions[function].memory;
+            self.room_changed = true;
         }
         self.start(function, start, at);
         if let Some((call, container)) = grant {
-            if fresh {
+            if matches!(cause, Cause::Started) {
                 self.cold_starts += 1;
                 self.functions[function].cold += 1;
             } else {
@@ -381,26 +421,57 @@ impl Simulation {
         let _ = self.push(end, Event::Returned(function, container));
     }
 
-    /// Starts `count` containers of `function`, each when its memory fits.
+    /// `function` has `change` more idle containers.
+    fn idle_change(&mut self, function: usize, change: isize) {
+        let idle = &mut self.functions[function].idle;
+        *idle = idle.checked_add_signed(change).expect("idle counts match");
+        self.idle = self
+            .idle
+            .checked_add_signed(change)
+            .expect("idle counts match");
+        if cfg!(debug_assertions) {
+            let counted = self.functions[function].state.counts().idle;
+            assert_eq!(self.functions[function].idle, counted, "idle counts match");
+        }
+    }
+
+    /// Starts `count` containers of `function`, each when its memory fits; the
+    /// others wait for memory.
     fn start(&mut self, function: usize, count: usize, at: u64) {
         for _ in 0..count {
-            if self.parked.is_empty() && self.make_room(function) {
+            if self.make_room(function) {
                 self.begin_start(function, at);
             } else {
-                self.parked.push_back(function);
+                let parked = &mut self.functions[function].parked;
+                if parked.is_empty() {
+                    self.parked.push(function);
+                }
+                parked.push_back(at);
             }
         }
     }
 
-    /// Starts what waits for memory, first come first served, while it fits.
+    /// Starts what waits for memory and now fits (each function's oldest first),
+    /// as the pool's parked starts look again when memory is freed or a container
+    /// goes idle.
     fn unpark(&mut self, at: u64) {
-        while let Some(&function) = self.parked.front() {
-            if !self.make_room(function) {
-                return;
-            }
-            self.parked.pop_front();
-            self.begin_start(function, at);
+        if !std::mem::take(&mut self.room_changed) {
+            return;
         }
+        let mut parked = std::mem::take(&mut self.parked);
+        parked.retain(|&function| {
+            while let Some(&since) = self.functions[function].parked.front() {
+                if !self.make_room(function) {
+                    return true;
+                }
+                self.functions[function].parked.pop_front();
+                self.memory_waits += 1;
+                self.longest_memory_wait = self.longest_memory_wait.max(at - since);
+                self.begin_start(function, at);
+            }
+            false
+        });
+        self.parked = parked;
     }
 
     fn begin_start(&mut self, function: usize, at: u64) {
@@ -420,7 +491,8 @@ impl Simulation {
         };
         let memory = self.functions[function].memory;
         while self.held + memory > budget {
-            if !self.evict_one(function) {
+            // Only other functions' idle containers can go.
+            if self.idle == self.functions[function].idle || !self.evict_one(function) {
                 return false;
             }
         }
@@ -439,7 +511,7 @@ impl Simulation {
             .functions
             .iter()
             .enumerate()
-            .filter(|(index, _)| *index != except)
+            .filter(|(index, f)| *index != except && f.idle > 0)
             .filter_map(|(index, f)| {
                 let (priority, ticket) = f.state.eviction_candidate(clock)?;
                 Some((priority, ticket, index))
@@ -454,6 +526,8 @@ impl Simulation {
             .expect("the candidate is idle: nothing ran in between");
         self.eviction_clock = priority;
         self.prewarms_wasted += u64::from(prewarmed);
+        self.idle_change(victim, -1);
+        self.room_changed = true;
         self.held -= self.functions[victim].memory;
         true
     }
@@ -480,6 +554,8 @@ impl Simulation {
             prewarms_wasted: self.prewarms_wasted,
             wall_s: wall.as_secs_f64(),
             warm_after_wait: self.warm_after_wait,
+            memory_waits: self.memory_waits,
+            longest_memory_wait_s: self.longest_memory_wait as f64 / 1e9,
         }
     }
 }
@@ -645,6 +721,8 @@ mod tests {
         // be evicted; b's container then lives until 10 min after its call.
         assert_gb_s(report.total_gb_s, 90.25 + 601.25);
         assert_gb_s(report.idle_gb_s, 600.0);
+        assert_eq!(report.memory_waits, 1);
+        assert!((report.longest_memory_wait_s - 30.25).abs() < 1e-9);
     }
 
     #[test]
