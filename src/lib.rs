@@ -7,7 +7,8 @@
 //! the contract every runtime implements and the Docker driver that talks to a real
 //! engine; [`format`](mod@format) frames calls over a container's pipes; [`stats`]
 //! down-samples the engine's resource samples; [`error`] names every way a call
-//! can fail; [`metrics`] names what the pool measures.
+//! can fail; [`metrics`] names what the pool measures; [`replay`] runs the pool's
+//! scheduling core through a day of a real trace on a virtual clock.
 //!
 //! `hotpool serve` (the HTTP server, its config and the CLI) is the binary of this
 //! package, behind the default `server` feature; an embedder turns it off with
@@ -22,6 +23,7 @@ mod id;
 pub mod image;
 pub mod metrics;
 pub mod pool;
+pub mod replay;
 pub mod stats;
 
 pub use error::{CallError, ErrorKind};

@@ -2,6 +2,7 @@
 
 mod bench;
 mod reload;
+mod replay;
 mod run;
 mod serve;
 
@@ -23,6 +24,8 @@ enum Subcommands {
     Serve(serve::ServeArgs),
     /// Measure the pool against the engine's own floor, hot and cold.
     Bench(bench::BenchArgs),
+    /// Replay a day of a real trace through the scheduling core on a virtual clock.
+    Replay(replay::ReplayArgs),
 }
 
 impl Command {
@@ -31,7 +34,7 @@ impl Command {
     pub(crate) fn default_log_level(&self) -> &'static str {
         match self.subcommand {
             Subcommands::Serve(_) => "info",
-            Subcommands::Run(_) | Subcommands::Bench(_) => "warn",
+            Subcommands::Run(_) | Subcommands::Bench(_) | Subcommands::Replay(_) => "warn",
         }
     }
 
@@ -41,6 +44,7 @@ impl Command {
             Subcommands::Run(args) => run::run(args).await,
             Subcommands::Serve(args) => serve::serve(args).await,
             Subcommands::Bench(args) => bench::bench(args).await,
+            Subcommands::Replay(args) => replay::replay(args).await,
         }
     }
 }

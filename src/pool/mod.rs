@@ -28,7 +28,7 @@ mod function_log;
 mod policy;
 mod scheduler;
 mod spec;
-mod state;
+pub(crate) mod state;
 
 use std::sync::Arc;
 use std::time::Duration;

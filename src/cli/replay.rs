@@ -1,0 +1,162 @@
+//! `hotpool replay`: a day of a real trace (Azure Functions 2019 schema) through
+//! the pool's scheduling core and policies on a virtual clock
+//! ([`hotpool::replay`]). Progress on stderr when it is a terminal; a table on
+//! stdout, or with `--json` one JSON object.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use hotpool::replay::{self, Arrivals, Options, Policy, Progress, Report, Trace};
+
+use crate::units;
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// The trace: PREFIX_inv.csv, PREFIX_run.csv and PREFIX_mem.csv.
+    prefix: PathBuf,
+    /// Every function's policy: fixed:DURATION, histogram, adaptive (the default),
+    /// or lru / greedy-dual (idle containers go only for the memory budget).
+    #[arg(long)]
+    policy: Option<Policy>,
+    /// The most memory live containers may hold (64m, 16g); none by default.
+    #[arg(long, value_parser = units::parse_bytes)]
+    memory_budget: Option<u64>,
+    /// How long a container takes to start (default 250ms).
+    #[arg(long, value_parser = units::parse_duration)]
+    cold_start: Option<Duration>,
+    /// Seeds arrival times and durations (default 1).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How each minute's calls spread over it: uniform (the default) or equidistant.
+    #[arg(long)]
+    arrivals: Option<Arrivals>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ReplayArgs {
+    fn options(&self) -> Options {
+        let mut options = Options::default();
+        options.policy = self.policy.unwrap_or(options.policy);
+        options.memory_budget = self.memory_budget;
+        options.cold_start = self.cold_start.unwrap_or(options.cold_start);
+        options.seed = self.seed.unwrap_or(options.seed);
+        options.arrivals = self.arrivals.unwrap_or(options.arrivals);
+        options
+    }
+}
+
+/// Runs the replay; returns the exit status.
+pub(crate) async fn replay(args: ReplayArgs) -> i32 {
+    let work = tokio::task::spawn_blocking(move || run(&args));
+    match work.await.expect("the replay does not panic") {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("hotpool replay: {message}");
+            1
+        }
+    }
+}
+
+fn run(args: &ReplayArgs) -> Result<(), String> {
+    let wall = Instant::now();
+    let options = args.options();
+    let trace = Trace::load(&args.prefix).map_err(|e| e.to_string())?;
+    let terminal = std::io::stderr().is_terminal();
+    let mut report = replay::simulate(&trace, &options, |progress| {
+        if terminal {
+            show_progress(progress);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    report.wall_s = wall.elapsed().as_secs_f64();
+    if args.json {
+        let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        print_table(args, &options, &trace, &report);
+    }
+    Ok(())
+}
+
+/// One line on stderr, rewritten in place; cleared after the last minute.
+fn show_progress(progress: Progress) {
+    let mut stderr = std::io::stderr().lock();
+    if progress.minute == progress.minutes {
+        let _ = write!(stderr, "\r\x1b[2K");
+    } else {
+        let _ = write!(
+            stderr,
+            "\rreplaying minute {}/{}, {} calls",
+            progress.minute, progress.minutes, progress.invocations
+        );
+    }
+    let _ = stderr.flush();
+}
+
+fn print_table(args: &ReplayArgs, options: &Options, trace: &Trace, report: &Report) {
+    let budget = options
+        .memory_budget
+        .map_or_else(|| "none".to_owned(), units::show_bytes);
+    println!(
+        "hotpool replay {}: {} functions, policy {}, memory budget {budget}, cold start {}, seed {}, {} arrivals",
+        args.prefix.display(),
+        trace.function_count(),
+        options.policy,
+        humantime::format_duration(options.cold_start),
+        options.seed,
+        options.arrivals,
+    );
+    let percent = |part: u64| 100.0 * part as f64 / report.invocations.max(1) as f64;
+    let rows = [
+        ("invocations", report.invocations.to_string()),
+        (
+            "cold starts",
+            format!("{} ({:.2}%)", report.cold_starts, 100.0 * report.cold_ratio),
+        ),
+        (
+            "warm after a wait",
+            format!(
+                "{} ({:.2}%): handed a container another call freed while they waited for a start",
+                report.warm_after_wait,
+                percent(report.warm_after_wait),
+            ),
+        ),
+        (
+            "container starts",
+            format!(
+                "{} ({:.2}% of calls: the cold ratio of a simulator that counts a cold call per start)",
+                report.container_starts,
+                percent(report.container_starts),
+            ),
+        ),
+        (
+            "waits for memory",
+            format!(
+                "{} starts, the longest {:.1} s",
+                report.memory_waits, report.longest_memory_wait_s
+            ),
+        ),
+        ("idle GB-s", format!("{:.0}", report.idle_gb_s)),
+        ("total GB-s", format!("{:.0}", report.total_gb_s)),
+        (
+            "p75 function cold",
+            format!("{:.2}%", report.p75_function_cold_pct),
+        ),
+        (
+            "prewarms",
+            format!(
+                "{} used, {} wasted",
+                report.prewarms_used, report.prewarms_wasted
+            ),
+        ),
+        ("wall", format!("{:.2} s", report.wall_s)),
+    ];
+    for (name, value) in rows {
+        println!("{name:<18} {value}");
+    }
+}

@@ -1,0 +1,92 @@
+//! `hotpool replay` as a user runs it, on the N=10 sample of the Azure Functions
+//! 2019 trace: the JSON keys the issue names and invariants that hold whatever
+//! the machine (no timing or exact figure is asserted).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The N=10 sample trace, next to the repository.
+fn sample() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/traces/azure2019-sample/10")
+}
+
+fn replay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hotpool"))
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("run hotpool replay")
+}
+
+/// The JSON report of a replay of the sample with `policy`.
+fn report(policy: &str) -> Value {
+    let sample = sample();
+    let output = replay(&[sample.to_str().unwrap(), "--policy", policy, "--json"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stderr.is_empty(), "no progress off a terminal");
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+#[test]
+fn replay_reports_the_issues_keys_and_a_longer_keep_alive_saves_cold_starts() {
+    let short = report("fixed:30s");
+    let mut keys: Vec<&str> = short
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "cold_ratio",
+            "cold_starts",
+            "container_starts",
+            "idle_gb_s",
+            "invocations",
+            "p75_function_cold_pct",
+            "prewarms_used",
+            "prewarms_wasted",
+            "total_gb_s",
+            "wall_s"
+        ]
+    );
+    let long = report("fixed:20m");
+    for report in [&short, &long] {
+        let number = |key: &str| report[key].as_f64().expect(key);
+        assert_eq!(number("invocations"), 28432.0, "every call of the trace");
+        assert!(number("cold_starts") > 0.0);
+        assert!(number("cold_starts") <= number("container_starts"));
+        assert!(number("container_starts") <= number("invocations"));
+        assert!(number("cold_ratio") <= 1.0);
+        assert!(number("idle_gb_s") > 0.0 && number("idle_gb_s") <= number("total_gb_s"));
+        assert!((0.0..=100.0).contains(&number("p75_function_cold_pct")));
+    }
+    let cold = |report: &Value| report["cold_starts"].as_u64().unwrap();
+    let idle = |report: &Value| report["idle_gb_s"].as_f64().unwrap();
+    assert!(cold(&long) < cold(&short), "{long} vs {short}");
+    assert!(idle(&long) > idle(&short), "{long} vs {short}");
+}
+
+#[test]
+fn replay_names_a_missing_trace_and_a_bad_policy() {
+    let missing = replay(&["/nonexistent/trace"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.starts_with("hotpool replay: /nonexistent/trace_inv.csv: "),
+        "{stderr}"
+    );
+    let sample = sample();
+    let policy = replay(&[sample.to_str().unwrap(), "--policy", "sometimes"]);
+    assert_eq!(policy.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&policy.stderr).contains("greedy-dual"));
+}
