@@ -16,8 +16,9 @@
 //!
 //! in units of one cold start, where `price` says what a second of idle memory
 //! costs: one cold start is worth [`BREAK_EVEN_GB_S`] of it. Until it has seen
-//! enough, T is the break-even time itself (a rent-or-buy rule). Nothing is
-//! fitted to a trace: the only constant with a meaning is the price.
+//! a few spells, T is the break-even time itself (a rent-or-buy rule), at most
+//! ten minutes. Nothing is fitted to a trace: the constant that matters is the
+//! price, and it moves the policy along its curve of cold starts against memory.
 //!
 //! **Prewarm.** When the function's own idle gaps (from the end of its last
 //! running call to its next call) have been nearly equal several times, the
@@ -29,9 +30,12 @@ use std::time::{Duration, Instant};
 
 use super::{KeepAlivePolicy, after};
 
-/// What one cold start is worth in idle memory, in GB-seconds: ten minutes of a
-/// 256 MiB container.
-const BREAK_EVEN_GB_S: f64 = 150.0;
+/// What one cold start is worth in idle memory, in GB-seconds: fifty minutes of
+/// a 1 GiB container. A start costs the caller a quarter of a second or more, and
+/// often several calls wait behind it.
+const BREAK_EVEN_GB_S: f64 = 3000.0;
+/// The idle timeout before anything is learned, if the break-even time is longer.
+const PRIOR_TIMEOUT: Duration = Duration::from_secs(600);
 /// The shortest and longest idle timeouts chosen.
 const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
@@ -39,7 +43,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 const FIRST_EDGE_S: f64 = 0.25;
 const BINS: usize = 40;
 /// Observations before the learned timeout replaces the break-even one.
-const MIN_OBSERVATIONS: f64 = 8.0;
+const MIN_OBSERVATIONS: f64 = 3.0;
 /// How fast old observations fade: each new idle spell weighs this much more
 /// than the one before (half-life about 700 spells).
 const GROWTH: f64 = 1.001;
@@ -82,7 +86,7 @@ impl Adaptive {
             spells: 0.0,
             weight: 1.0,
             removed: VecDeque::new(),
-            timeout: break_even(price_per_second),
+            timeout: break_even(price_per_second).min(PRIOR_TIMEOUT),
             running: 0,
             idle_since: None,
             gaps: VecDeque::new(),
@@ -99,7 +103,7 @@ impl Adaptive {
     fn choose_timeout(&self) -> Duration {
         let observed: f64 = self.reused.iter().sum();
         if observed < MIN_OBSERVATIONS * self.weight {
-            return break_even(self.price_per_second);
+            return break_even(self.price_per_second).min(PRIOR_TIMEOUT);
         }
         let never = (self.spells - observed).max(0.0);
         let mut below_time = 0.0; // sum of spell lengths below the candidate edge
@@ -250,9 +254,9 @@ mod tests {
     #[test]
     fn before_it_has_seen_enough_the_timeout_is_the_break_even_time() {
         let small = Adaptive::new(256 * MIB);
-        assert_eq!(small.timeout, Duration::from_secs(600));
-        let large = Adaptive::new(1024 * MIB);
-        assert_eq!(large.timeout, Duration::from_secs(150), "larger costs more");
+        assert_eq!(small.timeout, PRIOR_TIMEOUT, "at most the prior");
+        let large = Adaptive::new(10 * 1024 * MIB);
+        assert_eq!(large.timeout, Duration::from_secs(300), "larger costs more");
     }
 
     #[test]
