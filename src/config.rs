@@ -51,7 +51,7 @@ const DEFAULT_POOL_NAME: &str = "serve";
 /// The keep-alive policy of a function that names none, when `[pool]` names
 /// none either. Not the library's (`FunctionSpec::new` keeps a fixed 60 s): a
 /// server learns each function's calls and keeps containers by what it learned.
-const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::Adaptive;
+const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::ADAPTIVE;
 /// The longest a hot container may be kept idle: a year.
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// The largest request body or response that may be allowed: 1 GiB.
@@ -917,7 +917,7 @@ mod tests {
         assert_eq!(config.pool.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(config.pool.stats_max_points, 240);
         let mut library_defaults = FunctionSpec::new("echo", "img");
-        library_defaults.keep_alive = KeepAlive::Adaptive;
+        library_defaults.keep_alive = KeepAlive::ADAPTIVE;
         assert_eq!(
             config.functions,
             [library_defaults],
@@ -927,7 +927,7 @@ mod tests {
         assert_eq!(spec.format, Format::Line);
         assert_eq!(spec.memory, 128 << 20);
         assert_eq!(spec.timeout, Duration::from_secs(30));
-        assert_eq!(spec.keep_alive, KeepAlive::Adaptive);
+        assert_eq!(spec.keep_alive, KeepAlive::ADAPTIVE);
         assert_eq!(spec.eviction, Eviction::LeastRecentlyUsed);
         assert_eq!(spec.max_concurrency, 4);
         assert_eq!(spec.max_queue, 100);
@@ -981,7 +981,7 @@ mod tests {
         assert_eq!(echo.max_concurrency, 4);
         assert_eq!(
             config.functions[1].keep_alive,
-            KeepAlive::Adaptive,
+            KeepAlive::ADAPTIVE,
             "the pool's"
         );
         assert!((config.functions.iter()).all(|spec| spec.eviction == Eviction::LeastRecentlyUsed));

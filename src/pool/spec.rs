@@ -277,11 +277,23 @@ pub enum KeepAlive {
     Histogram,
     /// hotpool's own: learns when each idle container is likely to be used again
     /// and keeps it while that is worth its memory; prewarms before calls that
-    /// come at regular intervals.
-    Adaptive,
+    /// come at regular intervals once their container was let go. Written
+    /// `adaptive`, or `adaptive:GB_S` with what one cold start is worth in idle
+    /// memory (GB-seconds; default 3000).
+    Adaptive {
+        /// What one cold start is worth in idle memory, in thousandths of a
+        /// GB-second.
+        cold_start_mgb_s: u64,
+    },
 }
 
 impl KeepAlive {
+    /// [`KeepAlive::Adaptive`] with a cold start worth 3000 GB-seconds of idle
+    /// memory (fifty minutes of a 1 GiB container).
+    pub const ADAPTIVE: KeepAlive = KeepAlive::Adaptive {
+        cold_start_mgb_s: 3_000_000,
+    };
+
     /// [`KeepAlive::Fixed`] with `idle_timeout`.
     pub fn fixed(idle_timeout: Duration) -> KeepAlive {
         KeepAlive::Fixed { idle_timeout }
@@ -289,15 +301,26 @@ impl KeepAlive {
 }
 
 impl fmt::Display for KeepAlive {
-    /// `fixed:60s`, `histogram`, `adaptive`: the policy, and its parameters after
-    /// a colon.
+    /// `fixed:60s`, `histogram`, `adaptive`, `adaptive:0.5`: the policy, and its
+    /// parameters after a colon.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeepAlive::Fixed { idle_timeout } => {
                 write!(f, "fixed:{}", humantime::format_duration(*idle_timeout))
             }
             KeepAlive::Histogram => f.write_str("histogram"),
-            KeepAlive::Adaptive => f.write_str("adaptive"),
+            KeepAlive::Adaptive { cold_start_mgb_s } if *self == KeepAlive::ADAPTIVE => {
+                let _ = cold_start_mgb_s;
+                f.write_str("adaptive")
+            }
+            KeepAlive::Adaptive { cold_start_mgb_s } => {
+                let whole = cold_start_mgb_s / 1000;
+                let thousandths = format!("{:03}", cold_start_mgb_s % 1000);
+                match thousandths.trim_end_matches('0') {
+                    "" => write!(f, "adaptive:{whole}"),
+                    fraction => write!(f, "adaptive:{whole}.{fraction}"),
+                }
+            }
         }
     }
 }
@@ -310,7 +333,20 @@ impl FromStr for KeepAlive {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "histogram" => Ok(KeepAlive::Histogram),
-            "adaptive" => Ok(KeepAlive::Adaptive),
+            "adaptive" => Ok(KeepAlive::ADAPTIVE),
+            other if other.starts_with("adaptive:") => {
+                let worth = &other["adaptive:".len()..];
+                let gb_s: f64 = worth
+                    .parse()
+                    .ok()
+                    .filter(|gb_s: &f64| gb_s.is_finite() && *gb_s >= 0.001 && *gb_s <= 1e9)
+                    .ok_or_else(|| {
+                        format!("{worth:?} is not a number of GB-seconds from 0.001 to 1e9")
+                    })?;
+                Ok(KeepAlive::Adaptive {
+                    cold_start_mgb_s: (gb_s * 1000.0).round() as u64,
+                })
+            }
             other => match other.strip_prefix("fixed:") {
                 Some(duration) => humantime::parse_duration(duration)
                     .map(KeepAlive::fixed)
@@ -417,7 +453,13 @@ mod tests {
 
     #[test]
     fn policies_parse_what_they_display() {
-        for text in ["fixed:10m", "fixed:1h 30m", "histogram", "adaptive"] {
+        for text in [
+            "fixed:10m",
+            "fixed:1h 30m",
+            "histogram",
+            "adaptive",
+            "adaptive:0.5",
+        ] {
             let policy: KeepAlive = text.parse().unwrap();
             assert_eq!(policy.to_string().parse::<KeepAlive>(), Ok(policy));
         }

@@ -701,7 +701,8 @@ mod tests {
     #[test]
     fn a_prewarm_starts_on_tick_and_its_first_call_is_counted_warm_or_wasted() {
         let mut spec = FunctionSpec::new("f", "img");
-        spec.keep_alive = KeepAlive::Adaptive;
+        // A cold start worth little: the container goes a second after each call.
+        spec.keep_alive = "adaptive:0.001".parse().unwrap();
         let mut state: State = FunctionState::new(&spec.split().2, 64 << 20);
         let mut now = Instant::now();
         // Calls every 10 s, each served by the one container: regular gaps.
@@ -710,7 +711,7 @@ mod tests {
             state.started("c", now).grant.expect("granted").1
         };
         let mut container = Some(container);
-        for i in 1..10 {
+        for i in 1..12 {
             now += Duration::from_millis(100);
             let back = state.returned(container.take().unwrap(), now);
             assert!(back.grant.is_none());
@@ -726,7 +727,7 @@ mod tests {
                     container,
                     prewarmed,
                 } => {
-                    if i >= 8 {
+                    if i >= 9 {
                         assert!(prewarmed, "call {i} is served by a prewarm");
                     }
                     container

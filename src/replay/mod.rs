@@ -55,7 +55,7 @@ impl Default for Options {
     /// uniform arrivals.
     fn default() -> Self {
         Options {
-            policy: Policy::KeepAlive(KeepAlive::Adaptive),
+            policy: Policy::KeepAlive(KeepAlive::ADAPTIVE),
             memory_budget: None,
             cold_start: Duration::from_millis(250),
             seed: 1,

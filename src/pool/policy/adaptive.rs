@@ -15,25 +15,23 @@
 //! ```
 //!
 //! in units of one cold start, where `price` says what a second of idle memory
-//! costs: one cold start is worth [`BREAK_EVEN_GB_S`] of it. Until it has seen
+//! costs: one cold start is worth `cold_start_gb_s` of it (by default 3000
+//! GB-seconds, fifty minutes of a 1 GiB container). Until it has seen
 //! a few spells, T is the break-even time itself (a rent-or-buy rule), at most
 //! ten minutes. Nothing is fitted to a trace: the constant that matters is the
 //! price, and it moves the policy along its curve of cold starts against memory.
 //!
 //! **Prewarm.** When the function's own idle gaps (from the end of its last
-//! running call to its next call) have been nearly equal several times, the
-//! container is let go at the call's end and one is started [`PREWARM_LEAD`]
-//! before the next call is due, kept until a quarter past the longest gap.
+//! running call to its next call) have been nearly equal several times and its
+//! idle timeout lets the container go before the next call is due, one is
+//! started [`PREWARM_LEAD`] before then and kept until a tenth past the longest
+//! gap. A prewarm never lets a container go early: it only brings one back.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{KeepAlivePolicy, after};
 
-/// What one cold start is worth in idle memory, in GB-seconds: fifty minutes of
-/// a 1 GiB container. A start costs the caller a quarter of a second or more, and
-/// often several calls wait behind it.
-const BREAK_EVEN_GB_S: f64 = 3000.0;
 /// The idle timeout before anything is learned, if the break-even time is longer.
 const PRIOR_TIMEOUT: Duration = Duration::from_secs(600);
 /// The shortest and longest idle timeouts chosen.
@@ -51,8 +49,8 @@ const GROWTH: f64 = 1.001;
 const REMOVED_REMEMBERED: usize = 64;
 /// Idle gaps that must be nearly equal before the policy prewarms, how equal
 /// (longest at most this times the shortest), and the shortest gap worth it.
-const REGULAR_GAPS: usize = 6;
-const REGULAR_SPREAD: f64 = 1.25;
+const REGULAR_GAPS: usize = 8;
+const REGULAR_SPREAD: f64 = 1.1;
 const MIN_PREWARM_GAP: Duration = Duration::from_secs(4);
 /// How long before a due call a prewarm starts.
 const PREWARM_LEAD: Duration = Duration::from_secs(1);
@@ -77,9 +75,11 @@ pub(crate) struct Adaptive {
 }
 
 impl Adaptive {
-    pub(crate) fn new(memory: u64) -> Adaptive {
+    /// The policy of a function whose containers have `memory` bytes, where a
+    /// cold start is worth `cold_start_gb_s` of idle memory.
+    pub(crate) fn new(memory: u64, cold_start_gb_s: f64) -> Adaptive {
         let gigabytes = memory as f64 / f64::from(1 << 30);
-        let price_per_second = gigabytes / BREAK_EVEN_GB_S;
+        let price_per_second = gigabytes / cold_start_gb_s;
         Adaptive {
             price_per_second,
             reused: [0.0; BINS],
@@ -134,7 +134,8 @@ impl Adaptive {
         let shortest = *self.gaps.iter().min()?;
         let longest = *self.gaps.iter().max()?;
         let regular = longest.as_secs_f64() <= shortest.as_secs_f64() * REGULAR_SPREAD;
-        if !regular || shortest < MIN_PREWARM_GAP {
+        let let_go_before_due = self.timeout + PREWARM_LEAD < shortest;
+        if !regular || shortest < MIN_PREWARM_GAP || !let_go_before_due {
             return None;
         }
         let start = after(since, shortest.saturating_sub(PREWARM_LEAD));
@@ -180,15 +181,9 @@ impl KeepAlivePolicy for Adaptive {
 
     fn idle_until(&self, idle_since: Instant) -> Instant {
         match self.prewarm_window() {
-            // Let go at the call's end; the prewarmed one stays its window.
-            Some((start, end)) => {
-                if idle_since >= start {
-                    end
-                } else {
-                    idle_since
-                }
-            }
-            None => after(idle_since, self.timeout),
+            // The prewarmed one stays its window.
+            Some((start, end)) if idle_since >= start => end,
+            _ => after(idle_since, self.timeout),
         }
     }
 
@@ -253,9 +248,9 @@ mod tests {
 
     #[test]
     fn before_it_has_seen_enough_the_timeout_is_the_break_even_time() {
-        let small = Adaptive::new(256 * MIB);
+        let small = Adaptive::new(256 * MIB, 3000.0);
         assert_eq!(small.timeout, PRIOR_TIMEOUT, "at most the prior");
-        let large = Adaptive::new(10 * 1024 * MIB);
+        let large = Adaptive::new(10 * 1024 * MIB, 3000.0);
         assert_eq!(large.timeout, Duration::from_secs(300), "larger costs more");
     }
 
@@ -283,7 +278,7 @@ mod tests {
 
     #[test]
     fn spells_that_end_in_reuse_are_kept_a_little_past_their_length() {
-        let mut policy = Adaptive::new(256 * MIB);
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
         reused_after(&mut policy, Instant::now(), Duration::from_secs(30), 50);
         assert!(
             policy.timeout > Duration::from_secs(30) && policy.timeout < Duration::from_secs(60),
@@ -294,7 +289,7 @@ mod tests {
 
     #[test]
     fn spells_that_never_end_in_reuse_are_cut_short() {
-        let mut policy = Adaptive::new(256 * MIB);
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
         let start = Instant::now();
         // A few quick reuses, then many spells that nobody reuses.
         reused_after(&mut policy, start, Duration::from_secs(2), 10);
@@ -310,7 +305,7 @@ mod tests {
 
     #[test]
     fn a_call_after_a_removal_counts_as_a_reuse_of_the_removed_container() {
-        let mut policy = Adaptive::new(256 * MIB);
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
         let start = Instant::now();
         for round in 0..50u32 {
             let began = start + Duration::from_secs(u64::from(round) * 1000);
@@ -326,8 +321,9 @@ mod tests {
     }
 
     #[test]
-    fn clockwork_calls_are_prewarmed_just_before_they_are_due() {
-        let mut policy = Adaptive::new(256 * MIB);
+    fn clockwork_calls_are_prewarmed_once_their_container_was_let_go() {
+        // A cold start worth little: containers go after a second idle.
+        let mut policy = Adaptive::new(256 * MIB, 0.001);
         let mut now = Instant::now();
         let gap = Duration::from_secs(10);
         for _ in 0..=REGULAR_GAPS {
@@ -337,7 +333,12 @@ mod tests {
             now += gap;
         }
         let ended = now - gap;
-        assert_eq!(policy.idle_until(ended), ended, "let go at the end");
+        assert_eq!(policy.timeout, MIN_TIMEOUT);
+        assert_eq!(
+            policy.idle_until(ended),
+            ended + MIN_TIMEOUT,
+            "let go, not early"
+        );
         let due = ended + gap;
         let start = due - PREWARM_LEAD;
         assert_eq!(policy.next_change(ended), Some(start));
@@ -350,8 +351,8 @@ mod tests {
     }
 
     #[test]
-    fn irregular_calls_are_not_prewarmed() {
-        let mut policy = Adaptive::new(256 * MIB);
+    fn irregular_calls_and_kept_containers_are_not_prewarmed() {
+        let mut policy = Adaptive::new(256 * MIB, 0.001);
         let mut now = Instant::now();
         for i in 0..20u64 {
             policy.call_arrived(now, None);
@@ -359,5 +360,16 @@ mod tests {
             now += Duration::from_secs(5 + (i % 3) * 10);
         }
         assert_eq!(policy.prewarm_window(), None);
+        let mut kept = Adaptive::new(256 * MIB, 3000.0);
+        for _ in 0..20 {
+            kept.call_arrived(now, None);
+            kept.call_returned(now);
+            now += Duration::from_secs(10);
+        }
+        assert_eq!(
+            kept.prewarm_window(),
+            None,
+            "its container is still there when due"
+        );
     }
 }

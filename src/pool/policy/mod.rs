@@ -71,7 +71,9 @@ pub(crate) fn keep_alive(choice: KeepAlive, memory: u64) -> Box<dyn KeepAlivePol
     match choice {
         KeepAlive::Fixed { idle_timeout } => Box::new(FixedKeepAlive { idle_timeout }),
         KeepAlive::Histogram => Box::new(HybridHistogram::new()),
-        KeepAlive::Adaptive => Box::new(Adaptive::new(memory)),
+        KeepAlive::Adaptive { cold_start_mgb_s } => {
+            Box::new(Adaptive::new(memory, cold_start_mgb_s as f64 / 1000.0))
+        }
     }
 }
 
