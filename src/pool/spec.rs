@@ -309,10 +309,7 @@ impl fmt::Display for KeepAlive {
                 write!(f, "fixed:{}", humantime::format_duration(*idle_timeout))
             }
             KeepAlive::Histogram => f.write_str("histogram"),
-            KeepAlive::Adaptive { cold_start_mgb_s } if *self == KeepAlive::ADAPTIVE => {
-                let _ = cold_start_mgb_s;
-                f.write_str("adaptive")
-            }
+            KeepAlive::Adaptive { .. } if *self == KeepAlive::ADAPTIVE => f.write_str("adaptive"),
             KeepAlive::Adaptive { cold_start_mgb_s } => {
                 let whole = cold_start_mgb_s / 1000;
                 let thousandths = format!("{:03}", cold_start_mgb_s % 1000);
