@@ -43,8 +43,8 @@ const BINS: usize = 40;
 /// Observations before the learned timeout replaces the break-even one.
 const MIN_OBSERVATIONS: f64 = 3.0;
 /// How fast old observations fade: each new idle spell weighs this much more
-/// than the one before (half-life about 700 spells).
-const GROWTH: f64 = 1.001;
+/// than the one before (half-life about 7000 spells).
+const GROWTH: f64 = 1.0001;
 /// Removed spells remembered for a later call to match.
 const REMOVED_REMEMBERED: usize = 64;
 /// Idle gaps that must be nearly equal before the policy prewarms, how equal
