@@ -99,7 +99,7 @@ impl<D: Driver> Inner<D> {
         request: &Request,
         started: Instant,
     ) -> Result<Response, CallError> {
-        let (pool, mut checked) = self.checkout(pool).await?;
+        let (pool, limits, mut checked) = self.checkout(pool).await?;
         let pool = &pool;
         record_queue(pool, started);
         let slot = checked.begin_call();
@@ -116,7 +116,7 @@ impl<D: Driver> Inner<D> {
         container.call_tag.begin(call_key);
         let cpu_before = container.cookie.cpu_time();
         let call_started = Instant::now();
-        let timeout = pool.limits().timeout;
+        let timeout = limits.timeout;
         let max = self.config.max_response_bytes;
         let exchange = async {
             tokio::select! {

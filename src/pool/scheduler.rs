@@ -27,7 +27,7 @@ use super::collector::{CallTag, StatsCollector};
 use super::container::{EvictionReason, HotContainer, Pipes, Slot, StderrLog};
 use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
-use super::spec::{FunctionKey, FunctionSpec};
+use super::spec::{FunctionKey, FunctionSpec, Limits};
 use super::state::{Arrival, EvictionClock};
 use crate::driver::{Cookie, Driver, Task};
 use crate::error::CallError;
@@ -256,11 +256,12 @@ impl<D: Driver> Inner<D> {
     }
 
     /// A hot container of function `name` for one call: an idle one, or one
-    /// started for it. Returns the version it came from.
+    /// started for it. Returns the version it came from and the limits the call
+    /// runs under.
     pub(crate) async fn checkout(
         &self,
         first: Arc<FunctionPool<D>>,
-    ) -> Result<(Arc<FunctionPool<D>>, CheckedOut<D>), CallError> {
+    ) -> Result<(Arc<FunctionPool<D>>, Arc<Limits>, CheckedOut<D>), CallError> {
         let name = first.name.clone();
         let mut next = Some(first);
         let mut deadline = None;
@@ -326,7 +327,7 @@ impl<D: Driver> Inner<D> {
                 }
             };
             match usable(checked.slot()) {
-                Ok(()) => return Ok((pool, checked)),
+                Ok(()) => return Ok((pool, limits, checked)),
                 Err(reason) => checked.evict(reason),
             }
         }
