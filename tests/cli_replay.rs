@@ -76,6 +76,39 @@ fn replay_reports_the_issues_keys_and_a_longer_keep_alive_saves_cold_starts() {
     assert!(idle(&long) > idle(&short), "{long} vs {short}");
 }
 
+/// The issue's bar for `adaptive`: at the idle memory it uses, fewer cold
+/// starts than the fixed-timeout curve gives there (interpolated). The replay
+/// is seeded, so this holds or fails the same on every machine.
+#[test]
+fn adaptive_lies_below_the_fixed_timeout_curve() {
+    let point = |report: Value| {
+        let cold = report["cold_starts"].as_f64().unwrap();
+        (cold, report["idle_gb_s"].as_f64().unwrap())
+    };
+    let fixed: Vec<(f64, f64)> = [
+        "fixed:2m",
+        "fixed:5m",
+        "fixed:10m",
+        "fixed:20m",
+        "fixed:60m",
+    ]
+    .into_iter()
+    .map(|policy| point(report(policy)))
+    .collect();
+    let (cold, idle) = point(report("adaptive"));
+    let (below, above) = fixed
+        .windows(2)
+        .map(|pair| (pair[0], pair[1]))
+        .find(|(below, above)| below.1 <= idle && idle <= above.1)
+        .unwrap_or_else(|| panic!("adaptive's {idle} GB-s is within the curve {fixed:?}"));
+    let share = (idle - below.1) / (above.1 - below.1);
+    let fixed_cold = below.0 + share * (above.0 - below.0);
+    assert!(
+        cold < fixed_cold,
+        "adaptive: {cold} cold starts at {idle} GB-s; the fixed curve: {fixed_cold}"
+    );
+}
+
 #[test]
 fn replay_names_a_missing_trace_and_a_bad_policy() {
     let missing = replay(&["/nonexistent/trace"]);

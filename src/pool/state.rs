@@ -162,8 +162,9 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         }
         let mut actions = Actions::default();
         while self.live() > self.max_concurrency && !self.idle.is_empty() {
+            let level = self.busy + self.idle.len();
             let surplus = self.idle.remove(0);
-            self.keep_alive.idle_removed(surplus.since);
+            self.keep_alive.idle_removed(surplus.since, level);
             actions.prewarms_wasted += usize::from(surplus.prewarmed);
             actions
                 .retire
@@ -181,19 +182,21 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
             return Arrival::Draining;
         }
         if let Some(idle) = self.idle.pop() {
-            self.keep_alive.call_arrived(now, Some(idle.since));
             self.busy += 1;
+            let level = self.in_flight();
+            self.keep_alive.call_arrived(now, Some(idle.since), level);
             return Arrival::Ready {
                 container: idle.container,
                 prewarmed: idle.prewarmed,
             };
         }
-        self.keep_alive.call_arrived(now, None);
         let startable = self.max_concurrency.saturating_sub(self.live());
         if self.live_waiters() >= self.starting + startable + self.max_queue {
             return Arrival::Full;
         }
         self.waiting.push_back(waiter());
+        let level = self.in_flight();
+        self.keep_alive.call_arrived(now, None, level);
         Arrival::Queued {
             start: self.launches(),
         }
@@ -202,7 +205,8 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
     /// A busy container finished its call cleanly at `now`.
     pub(crate) fn returned(&mut self, container: C, now: Instant) -> Actions<C, W> {
         self.busy -= 1;
-        self.keep_alive.call_returned(now);
+        let in_flight = self.in_flight();
+        self.keep_alive.call_returned(now, in_flight);
         self.offer(container, now, false)
     }
 
@@ -257,10 +261,13 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         let mut actions = Actions::default();
         let keep_alive = &mut self.keep_alive;
         let mut kept = Vec::with_capacity(self.idle.len());
-        for idle in self.idle.drain(..) {
-            let until = keep_alive.idle_until(idle.since);
+        // Levels count from the top, so removing a deeper one changes none.
+        let top = self.busy + self.idle.len();
+        for (position, idle) in self.idle.drain(..).enumerate() {
+            let level = top - position;
+            let until = keep_alive.idle_until(idle.since, level);
             if until <= now {
-                keep_alive.idle_removed(idle.since);
+                keep_alive.idle_removed(idle.since, level);
                 actions.prewarms_wasted += usize::from(idle.prewarmed);
                 actions
                     .retire
@@ -332,8 +339,9 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
     /// prewarmed one that never served counts as wasted.
     pub(crate) fn evict_idle(&mut self, ticket: u64) -> Option<(C, bool)> {
         let position = self.idle.iter().position(|idle| idle.ticket == ticket)?;
+        let level = self.busy + self.idle.len() - position;
         let idle = self.idle.remove(position);
-        self.keep_alive.idle_removed(idle.since);
+        self.keep_alive.idle_removed(idle.since, level);
         Some((idle.container, idle.prewarmed))
     }
 
@@ -349,9 +357,11 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
 
     /// When the next idle container goes, if none is taken before.
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
+        let top = self.busy + self.idle.len();
         self.idle
             .iter()
-            .map(|idle| self.keep_alive.idle_until(idle.since))
+            .enumerate()
+            .map(|(position, idle)| self.keep_alive.idle_until(idle.since, top - position))
             .min()
     }
 
@@ -385,7 +395,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
                 ticket,
             });
             actions.wake = earliest(
-                Some(self.keep_alive.idle_until(now)),
+                Some(self.keep_alive.idle_until(now, self.busy + 1)),
                 self.keep_alive.next_change(now),
             );
         }
@@ -406,6 +416,11 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         let launches = demand.saturating_sub(supply).min(room);
         self.starting += launches;
         launches
+    }
+
+    /// Calls running or waiting for a container.
+    fn in_flight(&mut self) -> usize {
+        self.busy + self.live_waiters()
     }
 
     fn live(&self) -> usize {
@@ -522,6 +537,70 @@ mod tests {
         let back = state.returned(container, now);
         assert!(back.grant.is_none() && back.retire.is_empty());
         assert_eq!(state.counts().idle, 1);
+    }
+
+    /// A keep-alive policy that writes down what it is told.
+    #[derive(Debug, Default)]
+    struct Spy {
+        told: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, usize)>>>,
+    }
+
+    impl KeepAlivePolicy for Spy {
+        fn call_arrived(&mut self, _: Instant, _: Option<Instant>, level: usize) {
+            self.told.lock().unwrap().push(("arrived", level));
+        }
+        fn call_returned(&mut self, _: Instant, in_flight: usize) {
+            self.told.lock().unwrap().push(("returned", in_flight));
+        }
+        fn idle_removed(&mut self, _: Instant, level: usize) {
+            self.told.lock().unwrap().push(("removed", level));
+        }
+        fn idle_until(&self, idle_since: Instant, _: usize) -> Instant {
+            idle_since + Duration::from_secs(60)
+        }
+        fn prewarm(&self, _: Instant) -> usize {
+            0
+        }
+        fn next_change(&self, _: Instant) -> Option<Instant> {
+            None
+        }
+    }
+
+    #[test]
+    fn the_policy_is_told_levels_and_a_call_that_left_is_not_in_flight() {
+        let start = Instant::now();
+        let mut state = state(3, 3);
+        let spy = Spy::default();
+        let told = spy.told.clone();
+        state.keep_alive = Box::new(spy);
+        let first = call(1);
+        assert!(matches!(
+            state.call_arrives(start, || first.clone()),
+            Arrival::Queued { start: 1 }
+        ));
+        let (_, c1) = state.started("c1", start).grant.expect("granted");
+        let second = call(2);
+        assert!(matches!(
+            state.call_arrives(start, || second.clone()),
+            Arrival::Queued { start: 1 }
+        ));
+        second.left.set(true);
+        let back = state.returned(c1, secs(start, 1));
+        assert!(back.grant.is_none(), "the second caller left");
+        // The start made for the call that left comes up idle, on top.
+        let _ = state.started("c2", secs(start, 2));
+        let gone = state.tick(secs(start, 100));
+        assert_eq!(gone.retire.len(), 2);
+        assert_eq!(
+            *told.lock().unwrap(),
+            [
+                ("arrived", 1),
+                ("arrived", 2),
+                ("returned", 0),
+                ("removed", 2),
+                ("removed", 1)
+            ]
+        );
     }
 
     #[test]

@@ -4,11 +4,17 @@
 //!
 //! **Keep-alive.** Every idle spell of a container ends one of two ways: a call
 //! takes the container (its length is observed), or the container is removed.
-//! A call that then finds no idle container would have taken the most recently
-//! removed one, so that spell's length is observed too ("it would have been
-//! reused after I"). Spells never followed by a call count as never reused. From
-//! these (in log-spaced bins, older ones fading), the policy picks the idle
-//! timeout T that minimises, per idle spell,
+//! A call that then finds no idle container at its level (see
+//! [`KeepAlivePolicy`]) would have taken the container last removed at that
+//! level, so that spell's length is observed too ("it would have been reused
+//! after I"). Spells never followed by a call count as never reused.
+//!
+//! Spells are kept per class of level (1, 2, 3, 4-5, 6-7, 8-11, ...): the
+//! container a lone call reuses every few seconds and the hundredth container
+//! of a burst that comes back once an hour are different bets. From the spells
+//! of a class (in log-spaced bins, older ones fading; all levels pooled until
+//! the class has seen a few), the policy picks the idle timeout T that
+//! minimises, per idle spell,
 //!
 //! ```text
 //! memory x E[min(I, T)] x price  +  P(I > T)
@@ -41,12 +47,14 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 const FIRST_EDGE_S: f64 = 0.25;
 const BINS: usize = 40;
 /// Observations before the learned timeout replaces the break-even one.
-const MIN_OBSERVATIONS: f64 = 3.0;
+const MIN_OBSERVATIONS: f64 = 10.0;
 /// How fast old observations fade: each new idle spell weighs this much more
 /// than the one before (half-life about 7000 spells).
 const GROWTH: f64 = 1.0001;
-/// Removed spells remembered for a later call to match.
-const REMOVED_REMEMBERED: usize = 64;
+/// Levels whose last removed container is remembered for a later call to match.
+const REMOVED_REMEMBERED: usize = 4096;
+/// Classes of levels with spells of their own; the last holds every level above.
+const LEVEL_CLASSES: usize = 24;
 /// Idle gaps that must be nearly equal before the policy prewarms, how equal
 /// (longest at most this times the shortest), and the shortest gap worth it.
 const REGULAR_GAPS: usize = 8;
@@ -55,19 +63,39 @@ const MIN_PREWARM_GAP: Duration = Duration::from_secs(4);
 /// How long before a due call a prewarm starts.
 const PREWARM_LEAD: Duration = Duration::from_secs(1);
 
+/// The idle spells seen at some levels: lengths of those that ended in reuse,
+/// by bin, and the count of all, each weighted by the policy's `weight` at the
+/// time it was added (so older ones fade), and the timeout they call for
+/// (`None` while they are too few).
+#[derive(Debug, Clone)]
+struct Spells {
+    reused: [f64; BINS],
+    all: f64,
+    timeout: Option<Duration>,
+}
+
+impl Spells {
+    const NONE: Spells = Spells {
+        reused: [0.0; BINS],
+        all: 0.0,
+        timeout: None,
+    };
+}
+
 #[derive(Debug)]
 pub(crate) struct Adaptive {
     /// What a second of one container idle costs, in cold starts.
     price_per_second: f64,
-    /// Observed idle spell lengths by bin, and all spells, each weighted by
-    /// `weight` at the time it was added (so older ones fade).
-    reused: [f64; BINS],
-    spells: f64,
+    /// The timeout before anything is learned.
+    prior: Duration,
+    /// Spells at every level, and by class of level.
+    pooled: Spells,
+    by_level: Vec<Spells>,
+    /// The weight of the next observation.
     weight: f64,
-    /// When the idle spells of removed containers began, newest last.
-    removed: VecDeque<Instant>,
-    timeout: Duration,
-    /// The function's calls running, when it last became idle, and its last
+    /// When the idle spell of the container last removed at each level began.
+    removed: Vec<Option<Instant>>,
+    /// The function's calls in flight, when it last became idle, and its last
     /// idle gaps.
     running: usize,
     idle_since: Option<Instant>,
@@ -82,46 +110,42 @@ impl Adaptive {
         let price_per_second = gigabytes / cold_start_gb_s;
         Adaptive {
             price_per_second,
-            reused: [0.0; BINS],
-            spells: 0.0,
+            prior: break_even(price_per_second).min(PRIOR_TIMEOUT),
+            pooled: Spells::NONE,
+            by_level: Vec::new(),
             weight: 1.0,
-            removed: VecDeque::new(),
-            timeout: break_even(price_per_second).min(PRIOR_TIMEOUT),
+            removed: Vec::new(),
             running: 0,
             idle_since: None,
             gaps: VecDeque::new(),
         }
     }
 
-    fn observe(&mut self, spell: Duration) {
-        let bin = bin_of(spell);
-        self.reused[bin] += self.weight;
-        self.timeout = self.choose_timeout();
+    /// The timeout of an idle container at `level`.
+    fn timeout(&self, level: usize) -> Duration {
+        self.by_level
+            .get(class_of(level))
+            .and_then(|spells| spells.timeout)
+            .or(self.pooled.timeout)
+            .unwrap_or(self.prior)
     }
 
-    /// The bin edge that minimises the expected cost of an idle spell.
-    fn choose_timeout(&self) -> Duration {
-        let observed: f64 = self.reused.iter().sum();
-        if observed < MIN_OBSERVATIONS * self.weight {
-            return break_even(self.price_per_second).min(PRIOR_TIMEOUT);
+    fn observe(&mut self, level: usize, spell: Duration) {
+        let bin = bin_of(spell);
+        let (weight, price) = (self.weight, self.price_per_second);
+        let class = self.class_mut(level);
+        class.reused[bin] += weight;
+        class.timeout = choose_timeout(class, weight, price);
+        self.pooled.reused[bin] += weight;
+        self.pooled.timeout = choose_timeout(&self.pooled, weight, self.price_per_second);
+    }
+
+    fn class_mut(&mut self, level: usize) -> &mut Spells {
+        let class = class_of(level);
+        if self.by_level.len() <= class {
+            self.by_level.resize(class + 1, Spells::NONE);
         }
-        let never = (self.spells - observed).max(0.0);
-        let mut below_time = 0.0; // sum of spell lengths below the candidate edge
-        let mut above = observed; // observed spells at or above it
-        let mut best = (f64::INFINITY, MIN_TIMEOUT);
-        for bin in 0..=BINS {
-            let edge = edge_s(bin);
-            let idle = below_time + edge * (above + never);
-            let cost = self.price_per_second * idle + above;
-            if cost < best.0 {
-                best = (cost, Duration::from_secs_f64(edge));
-            }
-            if bin < BINS {
-                below_time += self.reused[bin] * middle_s(bin);
-                above -= self.reused[bin];
-            }
-        }
-        best.1.clamp(MIN_TIMEOUT, MAX_TIMEOUT)
+        &mut self.by_level[class]
     }
 
     /// The prewarm window after the function became idle at `since`: when to
@@ -134,7 +158,7 @@ impl Adaptive {
         let shortest = *self.gaps.iter().min()?;
         let longest = *self.gaps.iter().max()?;
         let regular = longest.as_secs_f64() <= shortest.as_secs_f64() * REGULAR_SPREAD;
-        let let_go_before_due = self.timeout + PREWARM_LEAD < shortest;
+        let let_go_before_due = self.timeout(1) + PREWARM_LEAD < shortest;
         if !regular || shortest < MIN_PREWARM_GAP || !let_go_before_due {
             return None;
         }
@@ -145,11 +169,12 @@ impl Adaptive {
 }
 
 impl KeepAlivePolicy for Adaptive {
-    fn call_arrived(&mut self, now: Instant, reused: Option<Instant>) {
-        if let Some(began) = reused.or_else(|| self.removed.pop_back()) {
-            self.observe(now.saturating_duration_since(began));
+    fn call_arrived(&mut self, now: Instant, reused: Option<Instant>, level: usize) {
+        let began = reused.or_else(|| self.removed.get_mut(level).and_then(Option::take));
+        if let Some(began) = began {
+            self.observe(level, now.saturating_duration_since(began));
         }
-        if self.running == 0
+        if level == 1
             && let Some(since) = self.idle_since
         {
             if self.gaps.len() == REGULAR_GAPS {
@@ -157,33 +182,37 @@ impl KeepAlivePolicy for Adaptive {
             }
             self.gaps.push_back(now.saturating_duration_since(since));
         }
-        self.running += 1;
+        self.running = level;
     }
 
-    fn call_returned(&mut self, now: Instant) {
-        self.running = self.running.saturating_sub(1);
-        if self.running == 0 {
+    fn call_returned(&mut self, now: Instant, in_flight: usize) {
+        self.running = in_flight;
+        if in_flight == 0 {
             self.idle_since = Some(now);
         }
         self.weight *= GROWTH;
-        self.spells += self.weight;
+        let weight = self.weight;
+        self.class_mut(in_flight + 1).all += weight;
+        self.pooled.all += weight;
         if self.weight > 1e200 {
             self.rescale();
         }
     }
 
-    fn idle_removed(&mut self, idle_since: Instant) {
-        if self.removed.len() == REMOVED_REMEMBERED {
-            self.removed.pop_front();
+    fn idle_removed(&mut self, idle_since: Instant, level: usize) {
+        if level < REMOVED_REMEMBERED {
+            if self.removed.len() <= level {
+                self.removed.resize(level + 1, None);
+            }
+            self.removed[level] = Some(idle_since);
         }
-        self.removed.push_back(idle_since);
     }
 
-    fn idle_until(&self, idle_since: Instant) -> Instant {
+    fn idle_until(&self, idle_since: Instant, level: usize) -> Instant {
         match self.prewarm_window() {
             // The prewarmed one stays its window.
             Some((start, end)) if idle_since >= start => end,
-            _ => after(idle_since, self.timeout),
+            _ => after(idle_since, self.timeout(level)),
         }
     }
 
@@ -202,10 +231,45 @@ impl Adaptive {
     /// Scales every weight down, keeping their ratios, before they overflow.
     fn rescale(&mut self) {
         let scale = 1.0 / self.weight;
-        self.reused.iter_mut().for_each(|count| *count *= scale);
-        self.spells *= scale;
+        for spells in self.by_level.iter_mut().chain([&mut self.pooled]) {
+            spells.reused.iter_mut().for_each(|count| *count *= scale);
+            spells.all *= scale;
+        }
         self.weight = 1.0;
     }
+}
+
+/// The bin edge that minimises the expected cost of an idle spell among
+/// `spells`, or `None` while they are too few (`weight` is what one new
+/// observation weighs).
+fn choose_timeout(spells: &Spells, weight: f64, price_per_second: f64) -> Option<Duration> {
+    let observed: f64 = spells.reused.iter().sum();
+    if observed < MIN_OBSERVATIONS * weight {
+        return None;
+    }
+    let never = (spells.all - observed).max(0.0);
+    let mut below_time = 0.0; // sum of spell lengths below the candidate edge
+    let mut above = observed; // observed spells at or above it
+    let mut best = (f64::INFINITY, MIN_TIMEOUT);
+    for bin in 0..=BINS {
+        let edge = edge_s(bin);
+        let idle = below_time + edge * (above + never);
+        let cost = price_per_second * idle + above;
+        if cost < best.0 {
+            best = (cost, Duration::from_secs_f64(edge));
+        }
+        if bin < BINS {
+            below_time += spells.reused[bin] * middle_s(bin);
+            above -= spells.reused[bin];
+        }
+    }
+    Some(best.1.clamp(MIN_TIMEOUT, MAX_TIMEOUT))
+}
+
+/// Levels are grouped in classes √2 times wider each: 1, 2, 3, 4-5, 6-7, 8-11...
+fn class_of(level: usize) -> usize {
+    let level = level.max(1) as f64;
+    ((2.0 * level.log2()).floor() as usize).min(LEVEL_CLASSES - 1)
 }
 
 /// The rent-or-buy timeout: idle this long costs one cold start.
@@ -249,9 +313,13 @@ mod tests {
     #[test]
     fn before_it_has_seen_enough_the_timeout_is_the_break_even_time() {
         let small = Adaptive::new(256 * MIB, 3000.0);
-        assert_eq!(small.timeout, PRIOR_TIMEOUT, "at most the prior");
+        assert_eq!(small.timeout(1), PRIOR_TIMEOUT, "at most the prior");
         let large = Adaptive::new(10 * 1024 * MIB, 3000.0);
-        assert_eq!(large.timeout, Duration::from_secs(300), "larger costs more");
+        assert_eq!(
+            large.timeout(1),
+            Duration::from_secs(300),
+            "larger costs more"
+        );
     }
 
     #[test]
@@ -265,25 +333,40 @@ mod tests {
         assert_eq!(bin_of(Duration::from_secs(365 * 86400)), BINS - 1);
     }
 
-    /// Idle spells that all end in reuse after `spell`, `count` times.
-    fn reused_after(policy: &mut Adaptive, start: Instant, spell: Duration, count: u32) {
+    #[test]
+    fn level_classes_grow_and_end_in_one_for_the_rest() {
+        let classes: Vec<usize> = [1, 2, 3, 4, 5, 6, 8, 11, 12].map(class_of).to_vec();
+        assert_eq!(classes, [0, 2, 3, 4, 4, 5, 6, 6, 7]);
+        assert_eq!(class_of(usize::MAX), LEVEL_CLASSES - 1);
+    }
+
+    /// Idle spells at `level` that all end in reuse after `spell`, `count`
+    /// times; returns when the last ended.
+    fn reused_after(
+        policy: &mut Adaptive,
+        start: Instant,
+        level: usize,
+        spell: Duration,
+        count: u32,
+    ) -> Instant {
         let mut now = start;
         for _ in 0..count {
-            policy.call_returned(now);
+            policy.call_returned(now, level - 1);
             let began = now;
             now += spell;
-            policy.call_arrived(now, Some(began));
+            policy.call_arrived(now, Some(began), level);
         }
+        now
     }
 
     #[test]
     fn spells_that_end_in_reuse_are_kept_a_little_past_their_length() {
         let mut policy = Adaptive::new(256 * MIB, 3000.0);
-        reused_after(&mut policy, Instant::now(), Duration::from_secs(30), 50);
+        reused_after(&mut policy, Instant::now(), 1, Duration::from_secs(30), 50);
+        let timeout = policy.timeout(1);
         assert!(
-            policy.timeout > Duration::from_secs(30) && policy.timeout < Duration::from_secs(60),
-            "{:?}",
-            policy.timeout
+            timeout > Duration::from_secs(30) && timeout < Duration::from_secs(60),
+            "{timeout:?}"
         );
     }
 
@@ -292,14 +375,44 @@ mod tests {
         let mut policy = Adaptive::new(256 * MIB, 3000.0);
         let start = Instant::now();
         // A few quick reuses, then many spells that nobody reuses.
-        reused_after(&mut policy, start, Duration::from_secs(2), 10);
+        reused_after(&mut policy, start, 1, Duration::from_secs(2), 20);
         for _ in 0..200 {
-            policy.call_returned(start);
+            policy.call_returned(start, 0);
         }
         assert!(
-            policy.timeout <= Duration::from_secs(4),
+            policy.timeout(1) <= Duration::from_secs(4),
             "{:?}",
-            policy.timeout
+            policy.timeout(1)
+        );
+    }
+
+    #[test]
+    fn each_class_of_levels_learns_its_own_timeout() {
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
+        let start = Instant::now();
+        // The first container is reused after a minute, every time; the
+        // sixth, brought out by rare bursts, mostly never again.
+        let now = reused_after(&mut policy, start, 1, Duration::from_secs(60), 50);
+        for _ in 0..200 {
+            policy.call_returned(now, 5);
+        }
+        reused_after(
+            &mut policy,
+            now,
+            6,
+            Duration::from_secs(7200),
+            2 * MIN_OBSERVATIONS as u32,
+        );
+        assert!(policy.timeout(1) > Duration::from_secs(60));
+        assert_eq!(
+            policy.timeout(6),
+            MIN_TIMEOUT,
+            "rarely reused: goes at once"
+        );
+        assert_eq!(
+            policy.timeout(3),
+            policy.pooled.timeout.expect("learned"),
+            "a class with nothing seen follows all levels"
         );
     }
 
@@ -309,14 +422,14 @@ mod tests {
         let start = Instant::now();
         for round in 0..50u32 {
             let began = start + Duration::from_secs(u64::from(round) * 1000);
-            policy.call_returned(began);
-            policy.idle_removed(began);
-            policy.call_arrived(began + Duration::from_secs(300), None);
+            policy.call_returned(began, 0);
+            policy.idle_removed(began, 1);
+            policy.call_arrived(began + Duration::from_secs(300), None, 1);
         }
         assert!(
-            policy.timeout >= Duration::from_secs(300),
+            policy.timeout(1) >= Duration::from_secs(300),
             "worth keeping five minutes at this price: {:?}",
-            policy.timeout
+            policy.timeout(1)
         );
     }
 
@@ -327,15 +440,15 @@ mod tests {
         let mut now = Instant::now();
         let gap = Duration::from_secs(10);
         for _ in 0..=REGULAR_GAPS {
-            policy.call_arrived(now, None);
+            policy.call_arrived(now, None, 1);
             now += Duration::from_millis(100);
-            policy.call_returned(now);
+            policy.call_returned(now, 0);
             now += gap;
         }
         let ended = now - gap;
-        assert_eq!(policy.timeout, MIN_TIMEOUT);
+        assert_eq!(policy.timeout(1), MIN_TIMEOUT);
         assert_eq!(
-            policy.idle_until(ended),
+            policy.idle_until(ended, 1),
             ended + MIN_TIMEOUT,
             "let go, not early"
         );
@@ -345,7 +458,7 @@ mod tests {
         assert_eq!(policy.prewarm(start - Duration::from_millis(1)), 0);
         assert_eq!(policy.prewarm(start), 1);
         assert!(
-            policy.idle_until(start) > due,
+            policy.idle_until(start, 1) > due,
             "the prewarmed one waits for the call"
         );
     }
@@ -355,15 +468,15 @@ mod tests {
         let mut policy = Adaptive::new(256 * MIB, 0.001);
         let mut now = Instant::now();
         for i in 0..20u64 {
-            policy.call_arrived(now, None);
-            policy.call_returned(now);
+            policy.call_arrived(now, None, 1);
+            policy.call_returned(now, 0);
             now += Duration::from_secs(5 + (i % 3) * 10);
         }
         assert_eq!(policy.prewarm_window(), None);
         let mut kept = Adaptive::new(256 * MIB, 3000.0);
         for _ in 0..20 {
-            kept.call_arrived(now, None);
-            kept.call_returned(now);
+            kept.call_arrived(now, None, 1);
+            kept.call_returned(now, 0);
             now += Duration::from_secs(10);
         }
         assert_eq!(

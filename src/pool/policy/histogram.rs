@@ -44,6 +44,7 @@ pub(crate) struct HybridHistogram {
     bins: Vec<u32>,
     out_of_bounds: u32,
     samples: u32,
+    /// Calls in flight, as last told.
     running: usize,
     /// When the function last became idle (no call running).
     idle_since: Option<Instant>,
@@ -117,26 +118,26 @@ impl HybridHistogram {
 }
 
 impl KeepAlivePolicy for HybridHistogram {
-    fn call_arrived(&mut self, now: Instant, _: Option<Instant>) {
-        match self.idle_since.filter(|_| self.running == 0) {
+    fn call_arrived(&mut self, now: Instant, _: Option<Instant>, level: usize) {
+        match self.idle_since.filter(|_| level == 1) {
             Some(since) => self.record(now.saturating_duration_since(since)),
             // Another call runs: the function was never idle.
-            None if self.running > 0 => self.record(Duration::ZERO),
+            None if level > 1 => self.record(Duration::ZERO),
             None => {}
         }
-        self.running += 1;
+        self.running = level;
     }
 
-    fn call_returned(&mut self, now: Instant) {
-        self.running = self.running.saturating_sub(1);
-        if self.running == 0 {
+    fn call_returned(&mut self, now: Instant, in_flight: usize) {
+        self.running = in_flight;
+        if in_flight == 0 {
             self.idle_since = Some(now);
         }
     }
 
-    fn idle_removed(&mut self, _: Instant) {}
+    fn idle_removed(&mut self, _: Instant, _: usize) {}
 
-    fn idle_until(&self, idle_since: Instant) -> Instant {
+    fn idle_until(&self, idle_since: Instant, _: usize) -> Instant {
         let Some(windows) = self.windows else {
             return after(idle_since, FALLBACK);
         };
@@ -193,9 +194,9 @@ mod tests {
     ) -> Instant {
         let mut now = start;
         for _ in 0..calls {
-            policy.call_arrived(now, None);
+            policy.call_arrived(now, None, 1);
             now += Duration::from_secs(1);
-            policy.call_returned(now);
+            policy.call_returned(now, 0);
             now += gap;
         }
         now - gap
@@ -210,7 +211,7 @@ mod tests {
         assert_eq!(windows.prewarm, (30 * MINUTE).mul_f64(0.9));
         assert_eq!(windows.keep_alive, (31 * MINUTE).mul_f64(1.1));
         assert_eq!(
-            policy.idle_until(ended),
+            policy.idle_until(ended, 1),
             ended,
             "unloaded at the call's end"
         );
@@ -219,7 +220,7 @@ mod tests {
         assert_eq!(policy.next_change(ended), Some(prewarm_at));
         assert_eq!(policy.prewarm(prewarm_at), 1);
         assert_eq!(
-            policy.idle_until(prewarm_at + Duration::from_secs(1)),
+            policy.idle_until(prewarm_at + Duration::from_secs(1), 1),
             ended + windows.keep_alive,
             "the prewarmed container stays to the end of the window"
         );
@@ -231,10 +232,10 @@ mod tests {
         let mut policy = HybridHistogram::new();
         for i in 0..20 {
             let now = start + Duration::from_secs(i);
-            policy.call_arrived(now, None);
-            policy.call_arrived(now, None);
-            policy.call_returned(now);
-            policy.call_returned(now);
+            policy.call_arrived(now, None, 1);
+            policy.call_arrived(now, None, 2);
+            policy.call_returned(now, 1);
+            policy.call_returned(now, 0);
         }
         let windows = policy.windows.expect("representative");
         assert_eq!(windows.prewarm, Duration::ZERO, "no prewarm");
@@ -246,7 +247,7 @@ mod tests {
         let start = Instant::now();
         let mut policy = HybridHistogram::new();
         let ended = periodic(&mut policy, start, 30 * MINUTE, 3);
-        assert_eq!(policy.idle_until(ended), ended + FALLBACK);
+        assert_eq!(policy.idle_until(ended, 1), ended + FALLBACK);
         assert_eq!(policy.prewarm(ended + 29 * MINUTE), 0);
     }
 }

@@ -19,20 +19,27 @@ use histogram::HybridHistogram;
 /// When a function's idle containers go, and how many it keeps started with no
 /// call asking. One instance per function; it sees every call arrive and every
 /// container come back, and may learn from them.
+///
+/// The newest idle container is reused first, so each container has a *level*:
+/// the number of calls in flight at which a call takes it. A container that
+/// goes idle with `n` calls still in flight is at level `n + 1`, the one below
+/// it in the idle stack at `n + 2`, and so on; levels stay put as calls come
+/// and go.
 pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
-    /// A call arrived at `now`; it took the idle container that went idle at
-    /// `reused`, or found none (`None`: it waits for a start).
-    fn call_arrived(&mut self, now: Instant, reused: Option<Instant>);
+    /// A call arrived at `now`, making `level` calls in flight; it took the
+    /// idle container that went idle at `reused`, or found none (`None`: it
+    /// waits for a start).
+    fn call_arrived(&mut self, now: Instant, reused: Option<Instant>, level: usize);
 
-    /// A call ended at `now`; its container came back.
-    fn call_returned(&mut self, now: Instant);
+    /// A call ended at `now`, leaving `in_flight` calls; its container came back.
+    fn call_returned(&mut self, now: Instant, in_flight: usize);
 
-    /// An idle container that went idle at `idle_since` was removed without
-    /// serving another call.
-    fn idle_removed(&mut self, idle_since: Instant);
+    /// An idle container at `level` that went idle at `idle_since` was removed
+    /// without serving another call.
+    fn idle_removed(&mut self, idle_since: Instant, level: usize);
 
-    /// When a container that went idle at `idle_since` goes.
-    fn idle_until(&self, idle_since: Instant) -> Instant;
+    /// When an idle container at `level` that went idle at `idle_since` goes.
+    fn idle_until(&self, idle_since: Instant, level: usize) -> Instant;
 
     /// How many containers should be up at `now` even with no call asking.
     fn prewarm(&self, now: Instant) -> usize;
@@ -92,13 +99,13 @@ pub(crate) struct FixedKeepAlive {
 }
 
 impl KeepAlivePolicy for FixedKeepAlive {
-    fn call_arrived(&mut self, _: Instant, _: Option<Instant>) {}
+    fn call_arrived(&mut self, _: Instant, _: Option<Instant>, _: usize) {}
 
-    fn call_returned(&mut self, _: Instant) {}
+    fn call_returned(&mut self, _: Instant, _: usize) {}
 
-    fn idle_removed(&mut self, _: Instant) {}
+    fn idle_removed(&mut self, _: Instant, _: usize) {}
 
-    fn idle_until(&self, idle_since: Instant) -> Instant {
+    fn idle_until(&self, idle_since: Instant, _: usize) -> Instant {
         after(idle_since, self.idle_timeout)
     }
 
@@ -153,9 +160,9 @@ mod tests {
     fn fixed_keeps_each_container_its_idle_timeout_and_prewarms_none() {
         let now = Instant::now();
         let mut policy = keep_alive(KeepAlive::fixed(Duration::from_secs(60)), 1 << 20);
-        policy.call_arrived(now, None);
-        policy.call_returned(now);
-        assert_eq!(policy.idle_until(now), now + Duration::from_secs(60));
+        policy.call_arrived(now, None, 1);
+        policy.call_returned(now, 0);
+        assert_eq!(policy.idle_until(now, 1), now + Duration::from_secs(60));
         assert_eq!(policy.prewarm(now), 0);
     }
 
@@ -163,7 +170,7 @@ mod tests {
     fn an_endless_idle_timeout_does_not_overflow() {
         let now = Instant::now();
         let policy = keep_alive(KeepAlive::fixed(Duration::MAX), 1 << 20);
-        assert!(policy.idle_until(now) > now + Duration::from_secs(365 * 24 * 3600));
+        assert!(policy.idle_until(now, 1) > now + Duration::from_secs(365 * 24 * 3600));
     }
 
     #[test]
