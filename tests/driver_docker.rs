@@ -1,5 +1,6 @@
 //! The Docker driver against the real engine: cold calls, every way they end,
-//! the hot shape of the pipes, stats, and the container's lock-down.
+//! the hot shape of the pipes, stats, and the container's lock-down; each on
+//! both transports.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hotpool::driver::docker::DockerDriver;
-use hotpool::driver::{Cookie, Driver, RunResult, Task};
+use hotpool::driver::{Cookie, Driver, RunResult, Task, Transport};
 use hotpool::error::CallError;
 use hotpool::stats::{CallStats, Stat, names};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -24,8 +25,9 @@ struct Outcome {
     stderr: String,
 }
 
-fn task(args: &[&str]) -> Task {
+fn task(transport: Transport, args: &[&str]) -> Task {
     let mut task = Task::new(hotpool::driver::new_id(), "driver-test", testfn_image());
+    task.transport = transport;
     task.command = args.iter().map(|a| a.to_string()).collect();
     task.memory = 64 * MIB;
     task.timeout = Some(Duration::from_secs(60));
@@ -44,6 +46,7 @@ async fn cold(
     task.input = Some(Box::new(Cursor::new(input)));
     task.stdout = Some(Box::new(stdout.clone()));
     task.stderr = Box::new(stderr.clone());
+    let task_id = task.id.clone();
     let mut cookie = driver.prepare(task).await.expect("prepare");
     let running = cookie.run().await.expect("run");
     assert!(
@@ -56,6 +59,11 @@ async fn cold(
         !container_exists(driver.docker(), cookie.container_id()).await,
         "close left the container behind"
     );
+    assert_eq!(
+        support::direct_dirs_of(&task_id),
+        Vec::<std::path::PathBuf>::new(),
+        "close left the container's pipes behind"
+    );
     Outcome {
         result,
         stdout: stdout.bytes(),
@@ -63,15 +71,15 @@ async fn cold(
     }
 }
 
-#[tokio::test]
-async fn ten_mib_of_binary_round_trips() {
+per_transport!(ten_mib_of_binary_round_trips);
+async fn ten_mib_of_binary_round_trips(transport: Transport) {
     let driver = driver().await;
     let payload: Vec<u8> = (0..10 * MIB as usize)
         .map(|i| (i * 7 + i / 251) as u8)
         .collect();
     let outcome = cold(
         &driver,
-        task(&["echo"]),
+        task(transport, &["echo"]),
         payload.clone(),
         CancellationToken::new(),
     )
@@ -81,12 +89,12 @@ async fn ten_mib_of_binary_round_trips() {
     assert!(outcome.stdout == payload, "the payload came back changed");
 }
 
-#[tokio::test]
-async fn exit_code_comes_with_the_stderr_tail() {
+per_transport!(exit_code_comes_with_the_stderr_tail);
+async fn exit_code_comes_with_the_stderr_tail(transport: Transport) {
     let driver = driver().await;
     let outcome = cold(
         &driver,
-        task(&["exit", "3", "cannot open the frobnicator"]),
+        task(transport, &["exit", "3", "cannot open the frobnicator"]),
         Vec::new(),
         CancellationToken::new(),
     )
@@ -104,10 +112,10 @@ async fn exit_code_comes_with_the_stderr_tail() {
     );
 }
 
-#[tokio::test]
-async fn running_out_of_memory_is_oom() {
+per_transport!(running_out_of_memory_is_oom);
+async fn running_out_of_memory_is_oom(transport: Transport) {
     let driver = driver().await;
-    let mut task = task(&["oom"]);
+    let mut task = task(transport, &["oom"]);
     task.memory = 32 * MIB;
     let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
     assert_eq!(
@@ -118,12 +126,12 @@ async fn running_out_of_memory_is_oom() {
     );
 }
 
-#[tokio::test]
-async fn a_self_sigkill_is_not_oom() {
+per_transport!(a_self_sigkill_is_not_oom);
+async fn a_self_sigkill_is_not_oom(transport: Transport) {
     let driver = driver().await;
     let outcome = cold(
         &driver,
-        task(&["kill-self"]),
+        task(transport, &["kill-self"]),
         Vec::new(),
         CancellationToken::new(),
     )
@@ -134,10 +142,10 @@ async fn a_self_sigkill_is_not_oom() {
     }
 }
 
-#[tokio::test]
-async fn a_timeout_kills_the_container() {
+per_transport!(a_timeout_kills_the_container);
+async fn a_timeout_kills_the_container(transport: Transport) {
     let driver = driver().await;
-    let mut task = task(&["sleep", "300"]);
+    let mut task = task(transport, &["sleep", "300"]);
     task.timeout = Some(Duration::from_millis(500));
     let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
     assert_eq!(
@@ -148,11 +156,11 @@ async fn a_timeout_kills_the_container() {
     );
 }
 
-#[tokio::test]
-async fn cancelling_kills_the_container() {
+per_transport!(cancelling_kills_the_container);
+async fn cancelling_kills_the_container(transport: Transport) {
     let driver = driver().await;
     let cancel = CancellationToken::new();
-    let mut task = task(&["sleep", "300"]);
+    let mut task = task(transport, &["sleep", "300"]);
     let started = Arc::new(tokio::sync::Notify::new());
     let on_start = started.clone();
     // The first stats sample proves the container runs; then the caller goes away.
@@ -166,10 +174,13 @@ async fn cancelling_kills_the_container() {
     assert_eq!(outcome.result.clone().err(), Some(CallError::Cancelled));
 }
 
-#[tokio::test]
-async fn unclaimed_pipes_are_handed_out_for_hot_use() {
+per_transport!(unclaimed_pipes_are_handed_out_for_hot_use);
+async fn unclaimed_pipes_are_handed_out_for_hot_use(transport: Transport) {
     let driver = driver().await;
-    let mut cookie = driver.prepare(task(&["line"])).await.expect("prepare");
+    let mut cookie = driver
+        .prepare(task(transport, &["line"]))
+        .await
+        .expect("prepare");
     let running = cookie.run().await.expect("run");
     let mut stdin = running.stdin.expect("stdin handed out");
     let mut stdout = BufReader::new(running.stdout.expect("stdout handed out"));
@@ -190,12 +201,12 @@ async fn unclaimed_pipes_are_handed_out_for_hot_use() {
     assert!(!container_exists(driver.docker(), cookie.container_id()).await);
 }
 
-#[tokio::test]
-async fn a_three_second_task_yields_stats_and_a_summary() {
+per_transport!(a_three_second_task_yields_stats_and_a_summary);
+async fn a_three_second_task_yields_stats_and_a_summary(transport: Transport) {
     let driver = driver().await;
     let samples: Arc<Mutex<Vec<Stat>>> = Arc::default();
     let sink = samples.clone();
-    let mut task = task(&["spin", "3"]);
+    let mut task = task(transport, &["spin", "3"]);
     task.stats = Some(Arc::new(move |stat| sink.lock().unwrap().push(stat)));
     let outcome = cold(&driver, task, Vec::new(), CancellationToken::new()).await;
     assert_eq!(outcome.result, Ok(()));
@@ -222,10 +233,10 @@ async fn a_three_second_task_yields_stats_and_a_summary() {
     );
 }
 
-#[tokio::test]
-async fn containers_are_labelled_and_locked_down() {
+per_transport!(containers_are_labelled_and_locked_down);
+async fn containers_are_labelled_and_locked_down(transport: Transport) {
     let driver = driver().await;
-    let mut task = task(&["echo"]);
+    let mut task = task(transport, &["echo"]);
     task.function = "locked".into();
     task.env.insert("GREETING".into(), "hi".into());
     let cookie = driver.prepare(task).await.expect("prepare");
@@ -250,5 +261,14 @@ async fn containers_are_labelled_and_locked_down() {
     assert_eq!(host.memory, Some(64 * MIB as i64));
     assert_eq!(host.memory_swap, Some(64 * MIB as i64), "swap disabled");
     assert!(host.pids_limit.is_some_and(|p| p > 0));
-    assert_eq!(host.init, Some(true));
+    assert_eq!(host.init, Some(true), "Docker's init stays PID 1");
+    if transport == Transport::Direct {
+        let binds = host.binds.unwrap_or_default();
+        assert!(
+            binds
+                .iter()
+                .any(|bind| bind.ends_with(":/.hotpool/init:ro")),
+            "the init program is mounted read-only: {binds:?}"
+        );
+    }
 }

@@ -100,6 +100,52 @@ pub struct Task {
     /// [`Cookie::memory_bytes`] can read them
     /// (one more engine call at start; worth it for long-lived hot containers).
     pub counters: bool,
+    /// How the bytes of stdin, stdout and stderr travel (default
+    /// [`Transport::Attach`]).
+    pub transport: Transport,
+}
+
+/// How a container's stdin, stdout and stderr reach hotpool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Through the engine's attach streams: works with any engine, local or not.
+    #[default]
+    Attach,
+    /// Through named pipes in a directory shared with the container, with
+    /// hotpool's init program starting the function: the engine is not on the
+    /// path. Needs the engine on this host.
+    Direct,
+}
+
+impl Transport {
+    /// `attach` or `direct`, as configs and flags spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Attach => "attach",
+            Transport::Direct => "direct",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Transport, String> {
+        match text {
+            "attach" => Ok(Transport::Attach),
+            "direct" => Ok(Transport::Direct),
+            other => Err(format!(
+                "{other:?} is not a transport: use direct or attach"
+            )),
+        }
+    }
 }
 
 impl Task {
@@ -132,6 +178,7 @@ impl Task {
             stderr: Box::new(std::io::sink()),
             stats: None,
             counters: false,
+            transport: Transport::Attach,
         }
     }
 }
@@ -147,6 +194,7 @@ impl fmt::Debug for Task {
             .field("timeout", &self.timeout)
             .field("cpus", &self.cpus)
             .field("user", &self.user)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }

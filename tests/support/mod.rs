@@ -31,6 +31,47 @@ fn image_tag(repository: &str) -> &'static str {
     format!("{repository}:{tag}").leak()
 }
 
+/// Runs an async test once per transport: `per_transport!(name);` beside
+/// `async fn name(transport: Transport)` makes the tests `name::attach` and
+/// `name::direct`.
+#[macro_export]
+macro_rules! per_transport {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn attach() {
+                super::$name(hotpool::driver::Transport::Attach).await
+            }
+
+            #[tokio::test]
+            async fn direct() {
+                super::$name(hotpool::driver::Transport::Direct).await
+            }
+        }
+    };
+}
+
+/// The pipe directories of the task `task_id` that the direct transport left
+/// under the default runtime directory (by this process's drivers).
+pub fn direct_dirs_of(task_id: &str) -> Vec<PathBuf> {
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let root = match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(runtime) => PathBuf::from(runtime).join("hotpool"),
+        None if uid == 0 => PathBuf::from("/run/hotpool"),
+        None => std::env::temp_dir().join(format!("hotpool-{uid}")),
+    };
+    let mine = format!("{}.", std::process::id());
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&mine))
+        .map(|entry| entry.path().join(task_id))
+        .filter(|dir| dir.exists())
+        .collect()
+}
+
 /// Connects to the real engine, or fails the test saying how to get one.
 pub async fn driver_with(options: DockerOptions) -> DockerDriver {
     match DockerDriver::connect(options).await {

@@ -22,6 +22,9 @@ pub(crate) struct CgroupCounters {
     /// cgroup v2 reports CPU in `cpu.stat` (`usage_usec`); v1 in nanoseconds alone.
     cpu_stat: bool,
     memory: File,
+    /// `memory.events` (v2) or `memory.oom_control` (v1): both count OOM kills
+    /// on an `oom_kill` line (v1 since Linux 4.13).
+    oom: Option<File>,
 }
 
 impl CgroupCounters {
@@ -36,12 +39,14 @@ impl CgroupCounters {
                 cpu: open(&cpu_path, "cpu.stat")?,
                 cpu_stat: true,
                 memory: open(&memory_path, "memory.current")?,
+                oom: open(&memory_path, "memory.events"),
             })
         } else {
             Some(CgroupCounters {
                 cpu: open(&cpu_path, "cpuacct.usage")?,
                 cpu_stat: false,
                 memory: open(&memory_path, "memory.usage_in_bytes")?,
+                oom: open(&memory_path, "memory.oom_control"),
             })
         }
     }
@@ -65,6 +70,12 @@ impl CgroupCounters {
     /// Memory the cgroup uses now, in bytes.
     pub(crate) fn memory_bytes(&self) -> Option<u64> {
         read_all(&self.memory)?.trim().parse().ok()
+    }
+
+    /// How many processes of the cgroup the kernel killed for memory, where
+    /// the kernel counts them.
+    pub(crate) fn oom_kills(&self) -> Option<u64> {
+        oom_kills(&read_all(self.oom.as_ref()?)?)
     }
 }
 
@@ -97,6 +108,15 @@ fn locate(membership: &str) -> Option<(PathBuf, PathBuf, bool)> {
     }
 }
 
+/// The `oom_kill` count of a `memory.events` or `memory.oom_control` text.
+fn oom_kills(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn read_all(file: &File) -> Option<String> {
     let mut buffer = [0u8; 512];
     let length = file.read_at(&mut buffer, 0).ok()?;
@@ -106,6 +126,19 @@ fn read_all(file: &File) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_v1_and_v2_texts() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n";
+        assert_eq!(oom_kills(v1), Some(2));
+        assert_eq!(oom_kills(v2), Some(1));
+        assert_eq!(
+            oom_kills("oom_kill_disable 0\nunder_oom 0\n"),
+            None,
+            "before 4.13"
+        );
+    }
 
     #[test]
     fn finds_v1_controllers() {

@@ -1,4 +1,5 @@
-//! One prepared container: start it attached, wait for it, kill it, remove it.
+//! One prepared container: start it with its pipes (attached, or direct), wait
+//! for it, kill it, remove it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,14 +16,30 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::attach::{StderrTap, StdoutReader, pump_stderr};
+use bollard::container::LogOutput;
+use tokio::io::BufReader;
+use tokio::net::unix::pipe;
+use tokio_util::io::ReaderStream;
+
+use super::attach::{Frames, StderrTap, StdoutReader, pump_stderr};
 use super::cgroup::CgroupCounters;
-use super::{Engine, engine_stats, timed};
+use super::direct::{self, Ended, IoDir};
+use super::{Direct, Engine, engine_stats, timed};
 use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task};
 use crate::error::CallError;
 
 /// How long `wait` lets the output streams run dry after the exit.
 const STREAM_DRAIN: Duration = Duration::from_secs(5);
+/// How long a direct container's init has to open its pipes once started.
+const INIT_READY: Duration = Duration::from_secs(30);
+
+/// A direct container's pipes: the directory, hotpool's first ends until the
+/// init is ready, then the status pipe its verdict comes on.
+struct DirectPipes {
+    dir: Mutex<Option<IoDir>>,
+    early: Mutex<Option<direct::Ends>>,
+    status: tokio::sync::Mutex<Option<BufReader<pipe::Receiver>>>,
+}
 
 /// The task's own pipes and sinks, until `run` takes them.
 struct Plumbing {
@@ -51,11 +68,18 @@ pub struct DockerCookie {
     stderr_pump: Mutex<Option<JoinHandle<()>>>,
     /// Tasks that must stop when the cookie closes: the stdin feeder, the stats reader.
     helpers: Mutex<Vec<JoinHandle<()>>>,
+    /// The pipes of a direct task.
+    direct: Option<DirectPipes>,
     closed: AtomicBool,
 }
 
 impl DockerCookie {
-    pub(super) fn new(engine: Arc<Engine>, id: String, task: Task) -> DockerCookie {
+    pub(super) fn new(
+        engine: Arc<Engine>,
+        id: String,
+        task: Task,
+        direct: Option<Direct>,
+    ) -> DockerCookie {
         DockerCookie {
             engine,
             id,
@@ -73,6 +97,11 @@ impl DockerCookie {
             output: Mutex::new(None),
             stderr_pump: Mutex::new(None),
             helpers: Mutex::new(Vec::new()),
+            direct: direct.map(|direct| DirectPipes {
+                dir: Mutex::new(Some(direct.dir)),
+                early: Mutex::new(Some(direct.early)),
+                status: tokio::sync::Mutex::new(None),
+            }),
             closed: AtomicBool::new(false),
         }
     }
@@ -171,10 +200,9 @@ impl DockerCookie {
             })
         }
     }
-}
 
-impl Cookie for DockerCookie {
-    async fn run(&mut self) -> Result<Running, CallError> {
+    /// Attaches to the container's pipes and starts it.
+    async fn start_attached(&mut self) -> Result<(BoxWrite, BoxRead), CallError> {
         let engine_error = |what: &str, e: EngineError| CallError::engine(format!("{what}: {e}"));
         let pipes = AttachContainerOptionsBuilder::default()
             .stream(true)
@@ -213,9 +241,106 @@ impl Cookie for DockerCookie {
         if self.counters_wanted {
             self.counters = self.open_counters().await;
         }
+        let stdout = Box::new(StdoutReader::new(attached.output)) as BoxRead;
+        Ok((Box::new(attached.input), stdout))
+    }
 
-        let mut stdin = Box::new(attached.input) as BoxWrite;
-        let mut stdout = StdoutReader::new(attached.output);
+    /// Starts a direct container, waits for its init to open the pipes, and
+    /// takes hotpool's one-way ends.
+    async fn start_direct(&mut self) -> Result<(BoxWrite, BoxRead), CallError> {
+        let engine_error = |what: &str, e: EngineError| CallError::engine(format!("{what}: {e}"));
+        let pipes = self.direct.as_ref().expect("a direct task");
+        let early = pipes
+            .early
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| CallError::engine("the container was started before"))?;
+        timed("start", self.engine.docker.start_container(&self.id, None))
+            .await
+            .map_err(|e| engine_error("starting the container", e))?;
+        self.started = Some(Instant::now());
+        // Direct containers always get their counters: their OOM kills come from there.
+        self.counters = self.open_counters().await;
+        tokio::select! {
+            ready = early.ready() => ready.map_err(|e| {
+                CallError::engine(format!("hotpool-init in container {}: {e}", self.id))
+            })?,
+            code = self.exit_code() => {
+                self.judge_exit(code?).await?;
+                return Err(CallError::engine(format!(
+                    "container {} ended before hotpool-init opened its pipes", self.id
+                )));
+            }
+            () = tokio::time::sleep(INIT_READY) => {
+                return Err(CallError::engine(format!(
+                    "hotpool-init in container {} did not open its pipes in {INIT_READY:?}",
+                    self.id
+                )));
+            }
+        }
+        let one_way = {
+            let dir = pipes.dir.lock().unwrap_or_else(|e| e.into_inner());
+            dir.as_ref()
+                .ok_or_else(|| CallError::engine("the container was closed"))?
+                .open_one_way()
+                .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?
+        };
+        drop(early);
+        *pipes.status.lock().await = Some(one_way.status);
+        let stderr: Frames = Box::pin(ReaderStream::new(one_way.stderr).map(|chunk| {
+            chunk
+                .map(|message| LogOutput::StdErr { message })
+                .map_err(|err| EngineError::IOError { err })
+        }));
+        *self
+            .stderr_pump
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::spawn(pump_stderr(stderr, self.stderr.clone())));
+        Ok((Box::new(one_way.stdin), Box::new(one_way.stdout)))
+    }
+
+    /// What the init of a direct container reports; `None` for an attached one,
+    /// or if the container went down whole before it could say.
+    async fn direct_verdict(&self) -> Option<Ended> {
+        let mut status = self.direct.as_ref()?.status.lock().await;
+        direct::verdict(status.as_mut()?).await
+    }
+
+    /// Turns a direct container's verdict into a result. A SIGKILL is an OOM
+    /// kill if the cgroup counted one; where it cannot be read, the engine says.
+    async fn judge_direct(&self, ended: Ended) -> RunResult {
+        const SIGKILL: i64 = 9;
+        match ended {
+            Ended::Exit(0) => Ok(()),
+            Ended::Signal(SIGKILL) => {
+                match self.counters.as_ref().and_then(CgroupCounters::oom_kills) {
+                    Some(0) => Err(CallError::Exited {
+                        code: ended.code(),
+                        stderr_tail: self.stderr.tail(),
+                    }),
+                    Some(_) => Err(CallError::Oom {
+                        limit_bytes: self.memory,
+                    }),
+                    None => self.judge_exit(ended.code()).await,
+                }
+            }
+            _ => Err(CallError::Exited {
+                code: ended.code(),
+                stderr_tail: self.stderr.tail(),
+            }),
+        }
+    }
+}
+
+impl Cookie for DockerCookie {
+    async fn run(&mut self) -> Result<Running, CallError> {
+        let (mut stdin, mut stdout) = if self.direct.is_some() {
+            self.start_direct().await?
+        } else {
+            self.start_attached().await?
+        };
         let mut running = Running {
             stdin: None,
             stdout: None,
@@ -242,7 +367,7 @@ impl Cookie for DockerCookie {
                 });
                 *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
             }
-            None => running.stdout = Some(Box::new(stdout)),
+            None => running.stdout = Some(stdout),
         }
         if let Some(sink) = stats_sink {
             let docker = self.engine.docker.clone();
@@ -265,6 +390,10 @@ impl Cookie for DockerCookie {
         let exit = self.exit_code();
         tokio::pin!(exit);
         let interrupted = tokio::select! {
+            Some(ended) = self.direct_verdict() => {
+                self.drain_output().await;
+                return self.judge_direct(ended).await;
+            }
             code = &mut exit => {
                 return match code {
                     Ok(code) => {
@@ -334,6 +463,9 @@ impl Cookie for DockerCookie {
         }
         if let Err(e) = self.engine.remove_container(&self.id).await {
             tracing::warn!(container = %self.id, error = %e, "could not remove a container");
+        }
+        if let Some(pipes) = &self.direct {
+            drop(pipes.dir.lock().unwrap_or_else(|e| e.into_inner()).take());
         }
     }
 }

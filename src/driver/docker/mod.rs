@@ -5,13 +5,16 @@
 //! `no-new-privileges`, pids and open-file limits, the task's memory limit with swap
 //! disabled, its CPU quota and user, a read-only root filesystem (unless the task
 //! opts out) with a sized tmpfs at `/tmp`, Docker's own logging off (`none`: the
-//! driver reads stderr through its attach stream), and no network unless the task
-//! names one.
+//! driver reads stderr itself), and no network unless the task names one.
+//!
+//! A task's bytes travel by its [`Transport`]: the engine's attach streams, or
+//! named pipes shared with the container (`direct`, see [`direct`]).
 
 mod attach;
 mod cgroup;
 mod cookie;
 mod credentials;
+mod direct;
 mod engine_stats;
 mod pull;
 
@@ -31,8 +34,10 @@ use dashmap::DashMap;
 
 pub use cookie::DockerCookie;
 
-use super::{Driver, Task};
+use super::{Driver, Task, Transport};
 use crate::error::CallError;
+use direct::{IoDir, RuntimeDir};
+use pull::ImageCommand;
 
 /// How often removing a container is tried while the engine fails.
 const REMOVE_ATTEMPTS: u32 = 5;
@@ -59,6 +64,10 @@ pub struct DockerOptions {
     pub pids_limit: i64,
     /// The most files a container's process may have open (`nofile`, soft and hard).
     pub nofile_limit: i64,
+    /// Where the `direct` transport keeps its init program and the pipes of each
+    /// container; `None`: `$XDG_RUNTIME_DIR/hotpool`, else `/run/hotpool` for
+    /// root, else `hotpool-UID` in the temporary directory.
+    pub runtime_dir: Option<PathBuf>,
 }
 
 impl Default for DockerOptions {
@@ -67,6 +76,7 @@ impl Default for DockerOptions {
             docker_config_dir: None,
             pids_limit: 256,
             nofile_limit: 1024,
+            runtime_dir: None,
         }
     }
 }
@@ -87,6 +97,10 @@ pub(crate) struct Engine {
     nofile_limit: i64,
     pulls: DashMap<String, pull::PullFuture>,
     pull_count: AtomicU64,
+    /// Where the runtime directory goes, and once a direct task needed it, the
+    /// directory (or why it could not be made).
+    runtime_path: PathBuf,
+    runtime: tokio::sync::OnceCell<Result<RuntimeDir, String>>,
 }
 
 /// Runs tasks as Docker containers. Cheap to clone.
@@ -118,8 +132,16 @@ impl DockerDriver {
                 nofile_limit: options.nofile_limit,
                 pulls: DashMap::new(),
                 pull_count: AtomicU64::new(0),
+                runtime_path: options.runtime_dir.unwrap_or_else(RuntimeDir::default_path),
+                runtime: tokio::sync::OnceCell::new(),
             }),
         })
+    }
+
+    /// Installs the init program of the `direct` transport (once; a task that
+    /// needs it does so too) and says where.
+    pub async fn install_runtime(&self) -> Result<PathBuf, CallError> {
+        Ok(self.engine.runtime().await?.init())
     }
 
     /// The engine client, for callers that need the raw API.
@@ -136,6 +158,59 @@ impl DockerDriver {
 }
 
 impl Engine {
+    /// The runtime directory, installed on first use.
+    async fn runtime(&self) -> Result<&RuntimeDir, CallError> {
+        let installed = self
+            .runtime
+            .get_or_init(|| async {
+                let path = self.runtime_path.clone();
+                tokio::task::spawn_blocking(move || RuntimeDir::install(&path))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|installed| installed.map_err(|e| e.to_string()))
+            })
+            .await;
+        installed.as_ref().map_err(|e| {
+            CallError::engine(format!(
+                "cannot install hotpool-init for the direct transport: {e}"
+            ))
+        })
+    }
+
+    /// The pipes and the command of a direct task's container.
+    fn direct_setup(
+        runtime: &RuntimeDir,
+        task: &Task,
+        image: ImageCommand,
+    ) -> Result<Direct, CallError> {
+        let command: Vec<String> = image
+            .entrypoint
+            .into_iter()
+            .chain(if task.command.is_empty() {
+                image.cmd
+            } else {
+                task.command.clone()
+            })
+            .collect();
+        if command.is_empty() {
+            return Err(CallError::engine(format!(
+                "{} has no entrypoint or command, and the function names none",
+                task.image
+            )));
+        }
+        let io = |e: std::io::Error| {
+            CallError::engine(format!("making the pipes of container {}: {e}", task.id))
+        };
+        let dir = runtime.container_dir(&task.id, &task.user).map_err(io)?;
+        let early = dir.open_early().map_err(io)?;
+        Ok(Direct {
+            init: runtime.init(),
+            dir,
+            early,
+            command,
+        })
+    }
+
     /// Force-removes a container; one that is already gone is fine.
     /// Tries again while the engine fails (restarting, say), up to
     /// [`REMOVE_ATTEMPTS`] times with a doubling pause.
@@ -171,7 +246,7 @@ impl Engine {
         }
     }
 
-    fn container_config(&self, task: &Task) -> ContainerCreateBody {
+    fn container_config(&self, task: &Task, direct: Option<&Direct>) -> ContainerCreateBody {
         let memory = i64::try_from(task.memory).unwrap_or(i64::MAX);
         let limit = (memory > 0).then_some(memory);
         let tmp_size = task.tmp_size.max(MIN_TMP_SIZE);
@@ -179,9 +254,23 @@ impl Engine {
             "rw,noexec,nosuid,nodev,mode=1777,size={tmp_size},nr_inodes={}",
             tmp_size / TMP_BYTES_PER_INODE
         );
+        let attach = direct.is_none();
+        let mut binds: Vec<String> = task
+            .volumes
+            .iter()
+            .map(|(host, container)| format!("{}:{}", host.display(), container.display()))
+            .collect();
+        if let Some(direct) = direct {
+            binds.push(format!("{}:{}:ro", direct.init.display(), direct::INIT));
+            binds.push(format!("{}:{}", direct.dir.path().display(), direct::IO));
+        }
         ContainerCreateBody {
             image: Some(task.image.clone()),
-            cmd: (!task.command.is_empty()).then(|| task.command.clone()),
+            entrypoint: direct.map(|_| vec![direct::INIT.to_owned(), direct::IO.to_owned()]),
+            cmd: match direct {
+                Some(direct) => Some(direct.command.clone()),
+                None => (!task.command.is_empty()).then(|| task.command.clone()),
+            },
             env: Some(task.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: task.workdir.clone(),
             user: Some(task.user.clone()),
@@ -195,12 +284,12 @@ impl Engine {
                     ])
                     .collect(),
             ),
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            open_stdin: Some(true),
+            attach_stdin: Some(attach),
+            attach_stdout: Some(attach),
+            attach_stderr: Some(attach),
+            open_stdin: Some(attach),
             // Closing our end of stdin closes the container's: the function sees EOF.
-            stdin_once: Some(true),
+            stdin_once: Some(attach),
             tty: Some(false),
             host_config: Some(HostConfig {
                 memory: limit,
@@ -219,19 +308,12 @@ impl Engine {
                 init: Some(true),
                 readonly_rootfs: Some(task.read_only),
                 tmpfs: Some(HashMap::from([("/tmp".to_owned(), tmp_options)])),
-                // hotpool reads stderr through the attach stream and logs it itself.
+                // hotpool reads stderr itself and logs it.
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("none".to_owned()),
                     config: None,
                 }),
-                binds: (!task.volumes.is_empty()).then(|| {
-                    task.volumes
-                        .iter()
-                        .map(|(host, container)| {
-                            format!("{}:{}", host.display(), container.display())
-                        })
-                        .collect()
-                }),
+                binds: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             ..Default::default()
@@ -243,18 +325,30 @@ impl Driver for DockerDriver {
     type Cookie = DockerCookie;
 
     async fn prepare(&self, task: Task) -> Result<DockerCookie, CallError> {
-        pull::ensure_image(&self.engine, &task.image).await?;
+        let image = pull::ensure_image(&self.engine, &task.image).await?;
+        let direct = match task.transport {
+            Transport::Attach => None,
+            Transport::Direct => {
+                let runtime = self.engine.runtime().await?;
+                Some(Engine::direct_setup(runtime, &task, image)?)
+            }
+        };
         let options = CreateContainerOptionsBuilder::default()
             .name(&container_name(&task.id))
             .build();
-        let config = self.engine.container_config(&task);
+        let config = self.engine.container_config(&task, direct.as_ref());
         let created = timed(
             "create",
             self.engine.docker.create_container(Some(options), config),
         )
         .await
         .map_err(|e| CallError::engine(format!("creating a container of {}: {e}", task.image)))?;
-        Ok(DockerCookie::new(self.engine.clone(), created.id, task))
+        Ok(DockerCookie::new(
+            self.engine.clone(),
+            created.id,
+            task,
+            direct,
+        ))
     }
 
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, CallError> {
@@ -274,6 +368,15 @@ impl Driver for DockerDriver {
         }
         Ok(containers.len())
     }
+}
+
+/// What a container of a direct task needs: its pipes (hotpool's early ends
+/// already open), the installed init, and the function's command.
+pub(crate) struct Direct {
+    pub(crate) dir: IoDir,
+    pub(crate) early: direct::Ends,
+    pub(crate) init: PathBuf,
+    pub(crate) command: Vec<String>,
 }
 
 /// A container name from a task id: the characters Docker allows, `hotpool-` first.
@@ -323,6 +426,8 @@ mod tests {
             nofile_limit: 1024,
             pulls: DashMap::new(),
             pull_count: AtomicU64::new(0),
+            runtime_path: PathBuf::from("/nonexistent"),
+            runtime: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -331,7 +436,7 @@ mod tests {
         // tmpfs reads size=0 and nr_inodes=0 as "no limit".
         let mut task = Task::new("t", "f", "img");
         task.tmp_size = 0;
-        let config = offline_engine().container_config(&task);
+        let config = offline_engine().container_config(&task, None);
         let tmpfs = config.host_config.unwrap().tmpfs.unwrap();
         assert!(
             tmpfs["/tmp"].ends_with(",size=1048576,nr_inodes=64"),

@@ -20,10 +20,14 @@ use crate::image::parse_image;
 /// A pull in flight that several prepares may await.
 pub(super) type PullFuture = Shared<BoxFuture<'static, Result<(), CallError>>>;
 
-/// Returns once `image` is present, pulling it if needed.
-pub(super) async fn ensure_image(engine: &Arc<Engine>, image: &str) -> Result<(), CallError> {
-    if image_present(engine, image).await? {
-        return Ok(());
+/// Returns once `image` is present, pulling it if needed, with the command its
+/// containers run by default: its entrypoint, then its command.
+pub(super) async fn ensure_image(
+    engine: &Arc<Engine>,
+    image: &str,
+) -> Result<ImageCommand, CallError> {
+    if let Some(command) = inspect(engine, image).await? {
+        return Ok(command);
     }
     let pull = engine
         .pulls
@@ -34,15 +38,34 @@ pub(super) async fn ensure_image(engine: &Arc<Engine>, image: &str) -> Result<()
     engine
         .pulls
         .remove_if(image, |_, pull| pull.peek().is_some());
-    result
+    result?;
+    inspect(engine, image).await?.ok_or_else(|| {
+        CallError::engine(format!(
+            "{image} was pulled but the engine does not have it"
+        ))
+    })
 }
 
-async fn image_present(engine: &Engine, image: &str) -> Result<bool, CallError> {
+/// What a container of an image runs unless told otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct ImageCommand {
+    pub(super) entrypoint: Vec<String>,
+    pub(super) cmd: Vec<String>,
+}
+
+/// The image's default command, or `None` if the engine does not have it.
+async fn inspect(engine: &Engine, image: &str) -> Result<Option<ImageCommand>, CallError> {
     match timed("inspect_image", engine.docker.inspect_image(image)).await {
-        Ok(_) => Ok(true),
+        Ok(inspected) => {
+            let config = inspected.config.unwrap_or_default();
+            Ok(Some(ImageCommand {
+                entrypoint: config.entrypoint.unwrap_or_default(),
+                cmd: config.cmd.unwrap_or_default(),
+            }))
+        }
         Err(EngineError::DockerResponseServerError {
             status_code: 404, ..
-        }) => Ok(false),
+        }) => Ok(None),
         Err(e) => Err(CallError::engine(format!("inspecting image {image}: {e}"))),
     }
 }

@@ -1,0 +1,377 @@
+//! The `direct` transport: a call's bytes go through named pipes in a directory
+//! shared with the container, not through the engine.
+//!
+//! At connect the driver installs `hotpool-init` (built static from
+//! `src/init/main.rs` and embedded here) into its runtime directory. Each
+//! container of a direct task gets it bind-mounted read-only at [`INIT`] as its
+//! command, under Docker's own init, and a directory of its own bind-mounted at
+//! [`IO`] holding four pipes: `stdin`, `stdout`, `stderr` and `status`. The init
+//! opens them, says `ready` on `status`, starts the function with the first
+//! three as its own, and reports `exit CODE` or `signal N` on `status` the
+//! moment the function ends.
+//!
+//! hotpool first opens its ends read-write, so neither side's open blocks and
+//! no early end-of-file is seen; once the init is ready it reopens them
+//! one-way, so the end of the container shows as end-of-file and a write to a
+//! dead function fails at once. The directory goes when the cookie is closed or
+//! dropped. Each driver keeps its containers' directories under one of its own,
+//! named after its process, removed when the driver goes; those of processes
+//! that are gone (a crash) are removed when the next driver installs.
+
+use std::ffi::CString;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncBufReadExt, AsyncWrite, BufReader};
+use tokio::net::unix::pipe;
+
+/// Where the init program appears inside a container.
+pub(crate) const INIT: &str = "/.hotpool/init";
+/// Where the container's pipe directory appears inside it.
+pub(crate) const IO: &str = "/.hotpool/io";
+
+/// `hotpool-init`, built static for this target by `build.rs`.
+static INIT_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hotpool-init"));
+
+/// The pipes of a container, by name in its directory.
+const PIPES: [&str; 4] = ["stdin", "stdout", "stderr", "status"];
+
+/// Tells apart the drivers of one process.
+static DRIVERS: AtomicU64 = AtomicU64::new(0);
+
+/// The driver's runtime directory: the init program, shared, and this driver's
+/// own directory (`PID.N`) holding one directory per container of a direct task.
+#[derive(Debug)]
+pub(crate) struct RuntimeDir {
+    root: PathBuf,
+    own: PathBuf,
+}
+
+impl RuntimeDir {
+    /// The default place: `$XDG_RUNTIME_DIR/hotpool`, else `/run/hotpool` for
+    /// root, else `hotpool-UID` in the temporary directory.
+    pub(crate) fn default_path() -> PathBuf {
+        if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+            return Path::new(&runtime).join("hotpool");
+        }
+        let uid = current_uid();
+        if uid == 0 {
+            PathBuf::from("/run/hotpool")
+        } else {
+            std::env::temp_dir().join(format!("hotpool-{uid}"))
+        }
+    }
+
+    /// Creates `root` if need be, installs the init program in it, makes this
+    /// driver's own directory, and removes those of processes that are gone.
+    pub(crate) fn install(root: &Path) -> io::Result<RuntimeDir> {
+        let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", root.display()));
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(root)
+            .map_err(with_path)?;
+        let init = root.join("init");
+        if fs::read(&init).ok().as_deref() != Some(INIT_PROGRAM) {
+            // Written aside and renamed: a container starting now sees the old
+            // program or the new one, never half of one.
+            let partial = root.join(format!(
+                "init.{}.{}",
+                std::process::id(),
+                DRIVERS.fetch_add(1, Ordering::Relaxed)
+            ));
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o755)
+                .open(&partial)
+                .map_err(with_path)?;
+            file.write_all(INIT_PROGRAM)?;
+            file.sync_all()?;
+            fs::rename(&partial, &init).map_err(with_path)?;
+        }
+        fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+        remove_orphans(root);
+        let own = root.join(format!(
+            "{}.{}",
+            std::process::id(),
+            DRIVERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Others may pass through to a container's directory, not list them.
+        DirBuilder::new()
+            .mode(0o711)
+            .create(&own)
+            .map_err(with_path)?;
+        fs::set_permissions(&own, fs::Permissions::from_mode(0o711))?;
+        Ok(RuntimeDir {
+            root: root.to_owned(),
+            own,
+        })
+    }
+
+    /// The installed init program.
+    pub(crate) fn init(&self) -> PathBuf {
+        self.root.join("init")
+    }
+
+    /// Makes the pipe directory of the container of task `id`, for the user
+    /// `user` runs as (`uid[:gid]`; a name leaves the pipes open to all, as the
+    /// host cannot tell its id).
+    pub(crate) fn container_dir(&self, id: &str, user: &str) -> io::Result<IoDir> {
+        let path = self.own.join(id);
+        DirBuilder::new().mode(0o700).create(&path)?;
+        let dir = IoDir { path };
+        let owner = numeric_user(user);
+        for name in PIPES {
+            let pipe = dir.path.join(name);
+            let c_path = CString::new(pipe.as_os_str().as_bytes())?;
+            // SAFETY: `c_path` is a valid NUL-terminated path.
+            if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if owner.is_none() {
+                fs::set_permissions(&pipe, fs::Permissions::from_mode(0o666))?;
+            }
+        }
+        match owner {
+            Some((uid, gid)) => {
+                for name in PIPES {
+                    std::os::unix::fs::chown(dir.path.join(name), Some(uid), Some(gid))?;
+                }
+                std::os::unix::fs::chown(&dir.path, Some(uid), Some(gid))?;
+            }
+            None => fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o755))?,
+        }
+        Ok(dir)
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.own);
+    }
+}
+
+/// Removes the directories (`PID.N`) of drivers whose process is gone.
+fn remove_orphans(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((pid, _)) = name.to_str().and_then(|name| name.split_once('.')) else {
+            continue;
+        };
+        let is_driver_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+        if is_driver_dir && pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// One container's pipe directory; removed when dropped.
+#[derive(Debug)]
+pub(crate) struct IoDir {
+    path: PathBuf,
+}
+
+impl IoDir {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// hotpool's ends, opened read-write so that nothing blocks or ends before
+    /// the init has opened its own.
+    pub(crate) fn open_early(&self) -> io::Result<Ends> {
+        let open = |name: &str| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(self.path.join(name))
+        };
+        Ok(Ends {
+            _held: [open("stdin")?, open("stdout")?, open("stderr")?],
+            status: open("status")?,
+        })
+    }
+
+    /// hotpool's ends, one-way, once the init holds its own.
+    pub(crate) fn open_one_way(&self) -> io::Result<OneWay> {
+        let receiver = |name: &str| pipe::OpenOptions::new().open_receiver(self.path.join(name));
+        Ok(OneWay {
+            stdin: Stdin(Some(
+                pipe::OpenOptions::new().open_sender(self.path.join("stdin"))?,
+            )),
+            stdout: receiver("stdout")?,
+            stderr: receiver("stderr")?,
+            status: BufReader::new(receiver("status")?),
+        })
+    }
+}
+
+impl Drop for IoDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// hotpool's first, read-write ends of a container's pipes: stdin, stdout and
+/// stderr only held open, and status, read for `ready`.
+pub(crate) struct Ends {
+    _held: [File; 3],
+    status: File,
+}
+
+impl Ends {
+    /// Waits for the init to say `ready` on its status pipe.
+    pub(crate) async fn ready(&self) -> io::Result<()> {
+        let status = pipe::Receiver::from_file_unchecked(self.status.try_clone()?)?;
+        let mut line = String::new();
+        BufReader::new(status).read_line(&mut line).await?;
+        if line.trim_end() == "ready" {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "hotpool-init said {line:?}, not ready"
+            )))
+        }
+    }
+}
+
+/// hotpool's one-way ends of a container's pipes.
+pub(crate) struct OneWay {
+    pub(crate) stdin: Stdin,
+    pub(crate) stdout: pipe::Receiver,
+    pub(crate) stderr: pipe::Receiver,
+    pub(crate) status: BufReader<pipe::Receiver>,
+}
+
+/// The writing end of a container's stdin. Shutting it down closes it, so the
+/// function reads end-of-file, as with the engine's attach stream.
+pub(crate) struct Stdin(Option<pipe::Sender>);
+
+impl AsyncWrite for Stdin {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(sender) => Pin::new(sender).poll_write(cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.as_mut() {
+            Some(sender) => Pin::new(sender).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0 = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// How the function ended, as the init reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Exit(i64),
+    Signal(i64),
+}
+
+impl Ended {
+    /// The exit code the engine would report: 128 + the signal for a signal.
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            Ended::Exit(code) => code,
+            Ended::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// Reads the init's verdict; `None` if the pipe ended without one (the
+/// container went down whole: killed, or its init died).
+pub(crate) async fn verdict(status: &mut BufReader<pipe::Receiver>) -> Option<Ended> {
+    let mut line = String::new();
+    status.read_line(&mut line).await.ok()?;
+    parse_verdict(&line)
+}
+
+fn parse_verdict(line: &str) -> Option<Ended> {
+    let (how, value) = line.trim_end().split_once(' ')?;
+    let value = value.parse().ok()?;
+    match how {
+        "exit" => Some(Ended::Exit(value)),
+        "signal" => Some(Ended::Signal(value)),
+        _ => None,
+    }
+}
+
+/// `uid[:gid]` as numbers (the gid defaults to the uid); `None` for a name.
+fn numeric_user(user: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+    Some((uid.parse().ok()?, gid.parse().ok()?))
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid cannot fail and touches no memory.
+    unsafe { libc::getuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_parse_and_signals_map_to_the_engines_exit_codes() {
+        assert_eq!(parse_verdict("exit 3\n"), Some(Ended::Exit(3)));
+        assert_eq!(parse_verdict("signal 9\n"), Some(Ended::Signal(9)));
+        assert_eq!(Ended::Signal(9).code(), 137);
+        assert_eq!(parse_verdict("ready\n"), None);
+        assert_eq!(parse_verdict(""), None);
+    }
+
+    #[test]
+    fn users_are_numeric_or_named() {
+        assert_eq!(numeric_user("1000:1000"), Some((1000, 1000)));
+        assert_eq!(numeric_user("1000"), Some((1000, 1000)));
+        assert_eq!(numeric_user("nobody"), None);
+    }
+
+    #[test]
+    fn install_puts_the_init_in_place_and_clears_what_dead_drivers_left() {
+        let root = tempfile::tempdir().unwrap();
+        // A driver of a process that is gone (no pid is this large) left a container.
+        let orphan = root.path().join(format!("{}.0", u32::MAX));
+        fs::create_dir_all(orphan.join("c0")).unwrap();
+        let first = RuntimeDir::install(root.path()).unwrap();
+        assert_eq!(fs::read(first.init()).unwrap(), INIT_PROGRAM);
+        assert!(!orphan.exists(), "a dead process's directory goes");
+        let running = first.container_dir("c1", "1000").unwrap();
+        let second = RuntimeDir::install(root.path()).unwrap();
+        assert!(running.path().exists(), "a live driver's containers stay");
+        let dir = second.container_dir("c2", "nobody").unwrap();
+        let path = dir.path().to_owned();
+        for name in PIPES {
+            assert!(path.join(name).exists(), "{name}");
+        }
+        drop(dir);
+        assert!(!path.exists(), "removed when dropped");
+        let own = first.own.clone();
+        drop(running);
+        drop(first);
+        assert!(!own.exists(), "a driver's directory goes with it");
+    }
+}
