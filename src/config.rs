@@ -38,7 +38,7 @@ use crate::units::{
     MAX_TIMEOUT, bytes_at_least, duration_within, parse_bytes, parse_duration, parse_user,
     show_bytes,
 };
-use hotpool::driver::Cpus;
+use hotpool::driver::{Cpus, Transport};
 use hotpool::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
 use hotpool::pool::{Eviction, Format, FunctionSpec, KeepAlive, PoolConfig};
 
@@ -287,6 +287,7 @@ struct FunctionTable {
     user: Option<User>,
     tmp_size: Option<Size<MIN_TMP_SIZE>>,
     read_only: Option<Flag>,
+    transport: Option<TransportName>,
     log_per_call: Option<Size<1>>,
     log_rate: Option<Size<1>>,
 }
@@ -436,6 +437,7 @@ impl FunctionTable {
         spec.user = self.user.map_or(spec.user, |user| user.0);
         spec.tmp_size = self.tmp_size.map_or(spec.tmp_size, |size| size.0);
         spec.read_only = self.read_only.map_or(spec.read_only, |flag| flag.0);
+        spec.transport = self.transport.map_or(spec.transport, |transport| transport.0);
         spec.log_per_call = self.log_per_call.map_or(spec.log_per_call, |size| size.0);
         spec.log_rate = self.log_rate.map_or(spec.log_rate, |size| size.0);
         if spec.memory > defaults.memory_budget {
@@ -600,6 +602,19 @@ impl TryFrom<Quoted> for KeepAlivePolicy {
             duration_within(&text, idle_timeout, MAX_IDLE_TIMEOUT)?;
         }
         Ok(KeepAlivePolicy(policy))
+    }
+}
+
+/// `direct` or `attach`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct TransportName(Transport);
+
+impl TryFrom<Quoted> for TransportName {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<TransportName, String> {
+        text.parse().map(TransportName)
     }
 }
 
@@ -851,6 +866,7 @@ mod tests {
             user = "nobody:nogroup"
             tmp_size = "8m"
             read_only = false
+            transport = "direct"
             log_per_call = "64k"
             log_rate = "1k"
             "#,
@@ -881,6 +897,7 @@ mod tests {
         echo.user = "nobody:nogroup".into();
         echo.tmp_size = 8 << 20;
         echo.read_only = false;
+        echo.transport = Transport::Direct;
         echo.log_per_call = 64 << 10;
         echo.log_rate = 1 << 10;
         let expected = ServeConfig {
@@ -1556,6 +1573,10 @@ mod tests {
         assert_eq!(
             function_error("read_only = \"false\""),
             "function[0].read_only: expected true or false, found string \"false\""
+        );
+        assert_eq!(
+            function_error("transport = \"pipes\""),
+            "function[0].transport: \"pipes\" is not a transport: use direct or attach"
         );
         let config = ServeConfig::from_toml(
             "[[function]]\nname = \"a\"\nimage = \"i\"\nuser = \"0\"\ntmp_size = \"1m\"",

@@ -8,6 +8,12 @@
 //! - `cold`: calls through the pool in the `cold` format (a container per call);
 //! - `floor_cold`: a container per call, run to its end, no pool.
 //!
+//! With `--transport direct`, four more: `floor_direct` and `direct`, the same
+//! as `floor_hot` and `hot` over the direct transport's pipes; and
+//! `exited_attach` and `exited_direct`, calls whose function exits on reading
+//! them (`--exit-body`), answered with the typed `exited` error: their latency
+//! less a hot call's is how long the death verdict takes.
+//!
 //! The floors' containers are the pool's: the same driver task
 //! ([`FunctionSpec::task`], hardening included) run by the same [`DockerDriver`],
 //! and their calls are framed by the pool's own format code. What the pool adds
@@ -27,7 +33,8 @@ use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 
 use hotpool::driver::docker::{DockerCookie, DockerDriver, DockerOptions};
-use hotpool::driver::{BoxRead, BoxWrite, Cookie, Driver, Task};
+use hotpool::driver::{BoxRead, BoxWrite, Cookie, Driver, Task, Transport};
+use hotpool::error::CallError;
 use hotpool::format::{FrameError, http, line};
 use hotpool::pool::{Format, Function, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request};
 
@@ -62,6 +69,13 @@ pub(crate) struct BenchArgs {
     /// Command of the cold containers; the hot command by default.
     #[arg(long, num_args = 1.., value_name = "ARG")]
     cold_cmd: Option<Vec<String>>,
+    /// Also measure the direct transport (`direct`), beside the engine's
+    /// attach streams.
+    #[arg(long, default_value = "attach")]
+    transport: Transport,
+    /// The body that makes the function exit, for the `exited` modes.
+    #[arg(long, default_value = "!exit 3")]
+    exit_body: String,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -130,7 +144,7 @@ async fn run(args: &BenchArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let pool = Pool::builder(driver.clone())
         .name(BENCH_POOL)
-        .memory_budget(MEMORY * (2 * args.concurrency as u64 + 2))
+        .memory_budget(MEMORY * (4 * args.concurrency as u64 + 4))
         .build()
         .await
         .map_err(|e| e.to_string())?;
@@ -158,52 +172,76 @@ async fn measure(
             .unwrap_or_else(|| args.command.clone()),
     );
     let request = Request::new(body.clone());
+    let direct = args.transport == Transport::Direct;
+    let mut hot_direct = hot.clone();
+    hot_direct.name = format!("{}-direct", hot.name);
+    hot_direct.transport = Transport::Direct;
 
     // Warm up: the pool's containers and the floor's, and the image's pages. On
     // an error, the floor's containers go with their cookies and the label sweep.
-    let mut floor = try_join_all(
-        (0..args.concurrency).map(|_| FloorContainer::start(pool.driver(), &hot, max_response)),
-    )
-    .await?;
+    let floor_specs = std::iter::once(&hot).chain(direct.then_some(&hot_direct));
+    let mut floors = Vec::new();
+    for spec in floor_specs {
+        let containers = try_join_all(
+            (0..args.concurrency).map(|_| FloorContainer::start(pool.driver(), spec, max_response)),
+        )
+        .await?;
+        floors.push(containers);
+    }
     let (hot_function, cold_function) = (pool.register(hot.clone()), pool.register(cold.clone()));
-    let warm = (0..args.concurrency).map(|_| hot_function.call(Request::new(body.clone())));
-    try_join_all(warm)
-        .await
-        .map_err(|e| format!("a hot call failed: {e}"))?;
-    for container in &mut floor {
+    let direct_function = direct.then(|| pool.register(hot_direct.clone()));
+    for function in std::iter::once(&hot_function).chain(&direct_function) {
+        let warm = (0..args.concurrency).map(|_| function.call(Request::new(body.clone())));
+        try_join_all(warm)
+            .await
+            .map_err(|e| format!("a hot call failed: {e}"))?;
+    }
+    for container in floors.iter_mut().flatten() {
         container.round_trip(&request).await?;
     }
+    let exiting: Vec<(&'static str, Function<DockerDriver>)> = if direct {
+        [("exited_attach", &hot), ("exited_direct", &hot_direct)]
+            .into_iter()
+            .map(|(mode, spec)| {
+                let mut exiting = spec.clone();
+                exiting.name = format!("{}-exits", spec.name);
+                exiting.max_concurrency = 1;
+                (mode, pool.register(exiting))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     let mut modes: HashMap<&'static str, Samples> = HashMap::new();
     let rounds = args.calls.div_ceil(HOT_CALLS_PER_ROUND);
     for round in 0..rounds {
         let hot_calls = share(args.calls, round, rounds);
         let cold_calls = share(args.cold_calls, round, rounds);
-        timed(modes.entry("floor_hot").or_default(), async {
-            let per_worker = split(hot_calls, floor.len());
-            let request = &request;
-            let workers = floor
-                .iter_mut()
-                .zip(per_worker)
-                .map(|(container, calls)| async move {
-                    let mut latencies = Vec::with_capacity(calls);
-                    for _ in 0..calls {
-                        let start = Instant::now();
-                        container.round_trip(request).await?;
-                        latencies.push(start.elapsed());
-                    }
-                    Ok::<_, String>(latencies)
-                });
-            try_join_all(workers).await
-        })
-        .await?;
-        timed(
-            modes.entry("hot").or_default(),
-            workers(args.concurrency, hot_calls, || {
-                through_pool(&hot_function, &body)
-            }),
-        )
-        .await?;
+        let floor_modes = ["floor_hot", "floor_direct"];
+        for (mode, floor) in floor_modes.into_iter().zip(&mut floors) {
+            timed(
+                modes.entry(mode).or_default(),
+                floor_round(floor, hot_calls, &request),
+            )
+            .await?;
+        }
+        let pool_modes = [("hot", Some(&hot_function)), ("direct", direct_function.as_ref())];
+        for (mode, function) in pool_modes {
+            let Some(function) = function else { continue };
+            timed(
+                modes.entry(mode).or_default(),
+                workers(args.concurrency, hot_calls, || through_pool(function, &body)),
+            )
+            .await?;
+        }
+        for (mode, function) in &exiting {
+            timed(
+                modes.entry(mode).or_default(),
+                exit_calls(function, cold_calls, &body, args.exit_body.as_bytes()),
+            )
+            .await?;
+        }
         timed(
             modes.entry("cold").or_default(),
             workers(args.concurrency, cold_calls, || {
@@ -219,10 +257,58 @@ async fn measure(
         )
         .await?;
     }
-    for container in floor {
+    for container in floors.into_iter().flatten() {
         container.close().await;
     }
     Ok(modes)
+}
+
+/// `calls` round trips spread over the floor's containers.
+async fn floor_round(
+    floor: &mut [FloorContainer],
+    calls: usize,
+    request: &Request,
+) -> Result<Vec<Vec<Duration>>, String> {
+    let per_worker = split(calls, floor.len());
+    let workers = floor
+        .iter_mut()
+        .zip(per_worker)
+        .map(|(container, calls)| async move {
+            let mut latencies = Vec::with_capacity(calls);
+            for _ in 0..calls {
+                let start = Instant::now();
+                container.round_trip(request).await?;
+                latencies.push(start.elapsed());
+            }
+            Ok::<_, String>(latencies)
+        });
+    try_join_all(workers).await
+}
+
+/// `calls` calls that make the function exit, each to a container that one
+/// untimed call started; their latencies until the `exited` answer.
+async fn exit_calls(
+    function: &Function<DockerDriver>,
+    calls: usize,
+    body: &[u8],
+    exit_body: &[u8],
+) -> Result<Vec<Vec<Duration>>, String> {
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        through_pool(function, body).await?;
+        let start = Instant::now();
+        match function.call(Request::new(exit_body.to_vec())).await {
+            Err(CallError::Exited { .. }) => latencies.push(start.elapsed()),
+            Ok(_) => {
+                return Err(format!(
+                    "the function answered {:?} instead of exiting: give --exit-body",
+                    String::from_utf8_lossy(exit_body)
+                ));
+            }
+            Err(e) => return Err(format!("an exiting call failed otherwise: {e}")),
+        }
+    }
+    Ok(vec![latencies])
 }
 
 /// One call through the pool.
@@ -401,7 +487,17 @@ async fn floor_cold_call(
 }
 
 fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
-    let order = ["floor_hot", "hot", "cold", "floor_cold"];
+    let all = [
+        "floor_hot",
+        "hot",
+        "floor_direct",
+        "direct",
+        "cold",
+        "floor_cold",
+        "exited_attach",
+        "exited_direct",
+    ];
+    let order: Vec<&str> = all.into_iter().filter(|m| modes.contains_key(m)).collect();
     if args.json {
         let object: serde_json::Map<String, serde_json::Value> = order
             .iter()
@@ -418,7 +514,7 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
         "{:<12} {:>12} {:>12} {:>12}",
         "mode", "p50", "p99", "calls/s"
     );
-    for mode in order {
+    for &mode in &order {
         let samples = &modes[mode];
         println!(
             "{mode:<12} {:>9} µs {:>9} µs {:>12.1}",
@@ -436,4 +532,18 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
         modes["hot"].calls_per_s() / modes["floor_hot"].calls_per_s(),
         ratio("cold", "floor_cold"),
     );
+    if modes.contains_key("direct") {
+        let us = |mode: &str| modes[mode].percentile(50).as_secs_f64() * 1e6;
+        println!(
+            "direct: direct/floor_direct p50 {:.3} (target <= 1.2), direct/floor_hot p50 {:.3} (target <= 0.5), direct/hot throughput {:.3} (target >= 2 at concurrency 4)",
+            ratio("direct", "floor_direct"),
+            ratio("direct", "floor_hot"),
+            modes["direct"].calls_per_s() / modes["hot"].calls_per_s(),
+        );
+        println!(
+            "the exited verdict, p50 from the exit to the answer (an exiting call less a hot call): attach {:.0} µs, direct {:.0} µs",
+            us("exited_attach") - us("hot"),
+            us("exited_direct") - us("direct"),
+        );
+    }
 }

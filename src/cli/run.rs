@@ -21,7 +21,7 @@ use crate::server::error::call_error_json;
 use crate::units::{parse_bytes, parse_bytes_at_least, parse_timeout, parse_user};
 use hotpool::driver::Cpus;
 use hotpool::driver::docker::{DockerDriver, DockerOptions, MIN_MEMORY, MIN_TMP_SIZE};
-use hotpool::driver::{Cookie, DEFAULT_USER, Driver, Task};
+use hotpool::driver::{Cookie, DEFAULT_USER, Driver, Task, Transport};
 use hotpool::error::CallError;
 use hotpool::image::parse_image;
 use hotpool::stats::{CallStats, Stat};
@@ -65,6 +65,10 @@ pub(crate) struct RunArgs {
     /// Network to join (a Docker network mode); none by default.
     #[arg(long)]
     network: Option<String>,
+    /// How stdin and stdout travel: `attach` (the engine's streams) or `direct`
+    /// (pipes shared with the container; the engine must run on this host).
+    #[arg(long, default_value = "attach")]
+    transport: Transport,
     /// Image to run.
     image: String,
     /// Command and arguments; the image's default when empty.
@@ -159,6 +163,7 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
     task.user = args.user;
     task.tmp_size = args.tmp_size;
     task.read_only = args.read_only;
+    task.transport = args.transport;
     task.input = Some(Box::new(tokio::io::stdin()));
     task.stdout = Some(Box::new(tokio::io::stdout()));
     task.stderr = Box::new(std::io::stderr());

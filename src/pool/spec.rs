@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::driver::Cpus;
-use crate::driver::{DEFAULT_TMP_SIZE, DEFAULT_USER, Task};
+use crate::driver::{DEFAULT_TMP_SIZE, DEFAULT_USER, Task, Transport};
 
 /// How requests and responses travel over a container's stdin and stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,6 +104,9 @@ pub struct FunctionSpec {
     /// Whether the root filesystem is read-only, leaving `/tmp` the only place to
     /// write.
     pub read_only: bool,
+    /// How call bytes reach its containers: the engine's attach streams, or
+    /// pipes shared with the container (`direct`, the engine off the path).
+    pub transport: Transport,
     /// The most stderr bytes one call may log; more is dropped with one record saying how much.
     pub log_per_call: u64,
     /// The most stderr bytes per second a container may log (a token bucket); more is dropped.
@@ -134,6 +137,7 @@ impl FunctionSpec {
             user: DEFAULT_USER.to_owned(),
             tmp_size: DEFAULT_TMP_SIZE,
             read_only: true,
+            transport: Transport::Attach,
             log_per_call: 1 << 20,
             log_rate: 256 << 10,
         }
@@ -172,6 +176,7 @@ impl FunctionSpec {
             user,
             tmp_size,
             read_only,
+            transport,
             log_per_call,
             log_rate,
         } = self;
@@ -186,6 +191,7 @@ impl FunctionSpec {
             user,
             tmp_size,
             read_only,
+            transport,
         };
         let limits = Limits {
             timeout,
@@ -215,6 +221,7 @@ pub(crate) struct ContainerSpec {
     pub(crate) user: String,
     pub(crate) tmp_size: u64,
     pub(crate) read_only: bool,
+    pub(crate) transport: Transport,
 }
 
 impl ContainerSpec {
@@ -230,6 +237,7 @@ impl ContainerSpec {
         task.user = self.user.clone();
         task.tmp_size = self.tmp_size;
         task.read_only = self.read_only;
+        task.transport = self.transport;
         task
     }
 
@@ -425,8 +433,10 @@ mod tests {
         tmp_size.tmp_size += 1;
         let mut read_only = base.clone();
         read_only.read_only = false;
+        let mut transport = base.clone();
+        transport.transport = Transport::Direct;
         assert_eq!(base.key(), base.clone().key());
-        for changed in [env, memory, format, cpus, user, tmp_size, read_only] {
+        for changed in [env, memory, format, cpus, user, tmp_size, read_only, transport] {
             assert_ne!(base.key(), changed.key());
         }
     }

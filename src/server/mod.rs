@@ -254,6 +254,7 @@ async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
                 "cpus": f64::from(spec.cpus.millis()) / 1000.0,
                 "user": spec.user,
                 "read_only": spec.read_only,
+                "transport": spec.transport.as_str(),
                 "tmp_size_bytes": spec.tmp_size,
                 "network": spec.network,
                 "containers": {
