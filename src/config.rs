@@ -38,8 +38,8 @@ use crate::units::{
     MAX_TIMEOUT, bytes_at_least, duration_within, parse_bytes, parse_duration, parse_user,
     show_bytes,
 };
-use hotpool::driver::{Cpus, Transport};
 use hotpool::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
+use hotpool::driver::{Cpus, Transport};
 use hotpool::pool::{Eviction, Format, FunctionSpec, KeepAlive, PoolConfig};
 
 /// The pool's name when `[pool]` gives none, so its containers are labelled
@@ -437,7 +437,9 @@ impl FunctionTable {
         spec.user = self.user.map_or(spec.user, |user| user.0);
         spec.tmp_size = self.tmp_size.map_or(spec.tmp_size, |size| size.0);
         spec.read_only = self.read_only.map_or(spec.read_only, |flag| flag.0);
-        spec.transport = self.transport.map_or(spec.transport, |transport| transport.0);
+        spec.transport = self
+            .transport
+            .map_or(spec.transport, |transport| transport.0);
         spec.log_per_call = self.log_per_call.map_or(spec.log_per_call, |size| size.0);
         spec.log_rate = self.log_rate.map_or(spec.log_rate, |size| size.0);
         if spec.memory > defaults.memory_budget {

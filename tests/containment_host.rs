@@ -13,6 +13,7 @@ use hotpool::CallError;
 use hotpool::driver::docker::DockerDriver;
 use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, Request};
 
+use hotpool::driver::Transport;
 use support::{driver, testfn_image};
 
 const MIB: u64 = 1 << 20;
@@ -95,8 +96,9 @@ async fn remove_containers(name: &str) -> usize {
 }
 
 /// A hot line function of the test image with the default containment.
-fn line_spec(name: &str) -> FunctionSpec {
+fn line_spec(transport: Transport, name: &str) -> FunctionSpec {
     let mut spec = FunctionSpec::new(name, testfn_image());
+    spec.transport = transport;
     spec.cmd = vec!["line".into()];
     spec.timeout = Duration::from_secs(60);
     spec.queue_timeout = Duration::from_secs(60);
@@ -112,10 +114,12 @@ fn count_and_outcome(answer: &str) -> (u64, String) {
     (count, outcome.to_owned())
 }
 
-#[tokio::test]
-async fn writing_past_the_tmp_size_fails_with_enospc_and_the_function_lives_on() {
-    let pool = TestPool::new("containment-tmp").await;
-    let default = line_spec("tmp-default");
+per_transport!(writing_past_the_tmp_size_fails_with_enospc_and_the_function_lives_on);
+async fn writing_past_the_tmp_size_fails_with_enospc_and_the_function_lives_on(
+    transport: Transport,
+) {
+    let pool = TestPool::new(&format!("containment-tmp-{transport}")).await;
+    let default = line_spec(transport, "tmp-default");
     let (written, outcome) = count_and_outcome(
         &pool
             .ask(&default, &format!("!write-tmp {}", 96 * MIB))
@@ -130,7 +134,7 @@ async fn writing_past_the_tmp_size_fails_with_enospc_and_the_function_lives_on()
         "the default /tmp holds 64 MiB; wrote {written}"
     );
 
-    let mut small = line_spec("tmp-small");
+    let mut small = line_spec(transport, "tmp-small");
     small.tmp_size = 4 * MIB;
     let (written, outcome) =
         count_and_outcome(&pool.ask(&small, &format!("!write-tmp {}", 16 * MIB)).await);
@@ -151,10 +155,10 @@ async fn writing_past_the_tmp_size_fails_with_enospc_and_the_function_lives_on()
     pool.shut().await;
 }
 
-#[tokio::test]
-async fn tmp_holds_a_bounded_number_of_files() {
-    let pool = TestPool::new("containment-files").await;
-    let spec = line_spec("files");
+per_transport!(tmp_holds_a_bounded_number_of_files);
+async fn tmp_holds_a_bounded_number_of_files(transport: Transport) {
+    let pool = TestPool::new(&format!("containment-files-{transport}")).await;
+    let spec = line_spec(transport, "files");
     let (created, outcome) = count_and_outcome(&pool.ask(&spec, "!files 20000").await);
     assert!(
         outcome.contains("os error 28"),
@@ -168,14 +172,14 @@ async fn tmp_holds_a_bounded_number_of_files() {
     pool.shut().await;
 }
 
-#[tokio::test]
-async fn the_root_filesystem_is_read_only_unless_the_function_opts_out() {
-    let pool = TestPool::new("containment-root").await;
-    let default = line_spec("root-default");
+per_transport!(the_root_filesystem_is_read_only_unless_the_function_opts_out);
+async fn the_root_filesystem_is_read_only_unless_the_function_opts_out(transport: Transport) {
+    let pool = TestPool::new(&format!("containment-root-{transport}")).await;
+    let default = line_spec(transport, "root-default");
     let answer = pool.ask(&default, "!write-root").await;
     assert!(answer.contains("os error 30"), "EROFS expected: {answer}");
 
-    let mut writable = line_spec("root-writable");
+    let mut writable = line_spec(transport, "root-writable");
     writable.read_only = false;
     let answer = pool.ask(&writable, "!write-root").await;
     assert!(
@@ -189,25 +193,25 @@ async fn the_root_filesystem_is_read_only_unless_the_function_opts_out() {
     pool.shut().await;
 }
 
-#[tokio::test]
-async fn functions_run_as_1000_by_default_or_as_the_chosen_user() {
-    let pool = TestPool::new("containment-user").await;
+per_transport!(functions_run_as_1000_by_default_or_as_the_chosen_user);
+async fn functions_run_as_1000_by_default_or_as_the_chosen_user(transport: Transport) {
+    let pool = TestPool::new(&format!("containment-user-{transport}")).await;
     assert_eq!(
-        pool.ask(&line_spec("user-default"), "!id").await,
+        pool.ask(&line_spec(transport, "user-default"), "!id").await,
         "1000:1000"
     );
     for (user, id) in [("4321:99", "4321:99"), ("0", "0:0"), ("7", "7:0")] {
-        let mut spec = line_spec("user-chosen");
+        let mut spec = line_spec(transport, "user-chosen");
         spec.user = user.into();
         assert_eq!(pool.ask(&spec, "!id").await, id, "user {user}");
     }
     pool.shut().await;
 }
 
-#[tokio::test]
-async fn the_engine_and_the_cgroup_hold_the_cpu_quota_ulimit_and_log_driver() {
-    let pool = TestPool::new("containment-inspect").await;
-    let mut spec = line_spec("inspect");
+per_transport!(the_engine_and_the_cgroup_hold_the_cpu_quota_ulimit_and_log_driver);
+async fn the_engine_and_the_cgroup_hold_the_cpu_quota_ulimit_and_log_driver(transport: Transport) {
+    let pool = TestPool::new(&format!("containment-inspect-{transport}")).await;
+    let mut spec = line_spec(transport, "inspect");
     spec.cpus = "0.5".parse().unwrap();
     let inspected = pool.inspect(&spec).await;
     let host = inspected.host_config.expect("host config");
@@ -234,15 +238,15 @@ async fn the_engine_and_the_cgroup_hold_the_cpu_quota_ulimit_and_log_driver() {
 
     assert_eq!(pool.ask(&spec, "!nofile").await, "1024 1024");
     assert_eq!(pool.ask(&spec, "!cpu-quota").await, "50000 100000");
-    let default = line_spec("inspect-default");
+    let default = line_spec(transport, "inspect-default");
     assert_eq!(pool.ask(&default, "!cpu-quota").await, "100000 100000");
     pool.shut().await;
 }
 
-#[tokio::test]
-async fn stderr_reaches_the_caller_with_the_engine_log_driver_off() {
-    let pool = TestPool::new("containment-stderr").await;
-    let spec = line_spec("stderr");
+per_transport!(stderr_reaches_the_caller_with_the_engine_log_driver_off);
+async fn stderr_reaches_the_caller_with_the_engine_log_driver_off(transport: Transport) {
+    let pool = TestPool::new(&format!("containment-stderr-{transport}")).await;
+    let spec = line_spec(transport, "stderr");
     assert_eq!(pool.ask(&spec, "!stderr logged").await, "logged");
     match pool.try_ask(&spec, "!exit 3").await {
         Err(CallError::Exited { code, stderr_tail }) => {
@@ -254,10 +258,10 @@ async fn stderr_reaches_the_caller_with_the_engine_log_driver_off() {
     pool.shut().await;
 }
 
-#[tokio::test]
-async fn cold_containers_are_contained_too() {
-    let pool = TestPool::new("containment-cold").await;
-    let mut spec = line_spec("cold");
+per_transport!(cold_containers_are_contained_too);
+async fn cold_containers_are_contained_too(transport: Transport) {
+    let pool = TestPool::new(&format!("containment-cold-{transport}")).await;
+    let mut spec = line_spec(transport, "cold");
     spec.format = Format::Cold;
     spec.tmp_size = 2 * MIB;
     // The line mode answers the one request of a cold call, then sees EOF and exits.

@@ -19,7 +19,8 @@ use hotpool::driver::in_process::InProcessDriver;
 use hotpool::pool::{Format, FunctionSpec, Pool, PoolConfig, Request};
 use hotpool::{CallError, ErrorKind};
 
-use support::pool::{containers_of, eventually, shut, spec, test_pool};
+use hotpool::driver::Transport;
+use support::pool::{containers_of, eventually, shut, spec_on, test_pool};
 
 const MIB: u64 = 1 << 20;
 
@@ -34,10 +35,10 @@ async fn with_pool(name: &str, test: impl AsyncFnOnce(&Pool<DockerDriver>)) {
     }
 }
 
-#[tokio::test]
-async fn late_http_answers_never_reach_the_next_caller() {
-    with_pool("test-late-http", async |pool| {
-        let function = spec("late-http", Format::Http);
+per_transport!(late_http_answers_never_reach_the_next_caller);
+async fn late_http_answers_never_reach_the_next_caller(transport: Transport) {
+    with_pool(&format!("test-late-http-{transport}"), async |pool| {
+        let function = spec_on(transport, "late-http", Format::Http);
         let mut protocol_errors = 0;
         for i in 0..20 {
             // Every other call answers, then answers again 50 ms later. The late
@@ -73,12 +74,13 @@ async fn late_http_answers_never_reach_the_next_caller() {
     .await;
 }
 
-#[tokio::test]
-async fn the_http_example_function_echoes_the_call_id_and_is_served() {
-    with_pool("test-hello", async |pool| {
+per_transport!(the_http_example_function_echoes_the_call_id_and_is_served);
+async fn the_http_example_function_echoes_the_call_id_and_is_served(transport: Transport) {
+    with_pool(&format!("test-hello-{transport}"), async |pool| {
         let mut hello = FunctionSpec::new("hello", support::hello_image());
         hello.format = Format::Http;
         hello.memory = 32 * MIB;
+        hello.transport = transport;
         for name in ["Ada", "Grace"] {
             let request = Request::new(name);
             let call_id = request.id.clone();
@@ -98,10 +100,12 @@ async fn the_http_example_function_echoes_the_call_id_and_is_served() {
     .await;
 }
 
-#[tokio::test]
-async fn http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped() {
-    with_pool("test-http-headers", async |pool| {
-        let function = spec("http-headers", Format::Http);
+per_transport!(http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped);
+async fn http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped(
+    transport: Transport,
+) {
+    with_pool(&format!("test-http-headers-{transport}"), async |pool| {
+        let function = spec_on(transport, "http-headers", Format::Http);
         let upgrade = pool.register(function.clone()).call( Request::new("!upgrade")).await;
         assert!(
             matches!(upgrade, Err(CallError::ProtocolError { ref detail }) if detail.contains("101")),
@@ -139,10 +143,10 @@ async fn http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_droppe
     .await;
 }
 
-#[tokio::test]
-async fn a_cold_endless_writer_is_killed_as_a_protocol_error() {
-    with_pool("test-cold-flood", async |pool| {
-        let mut flood = spec("cold-flood", Format::Cold);
+per_transport!(a_cold_endless_writer_is_killed_as_a_protocol_error);
+async fn a_cold_endless_writer_is_killed_as_a_protocol_error(transport: Transport) {
+    with_pool(&format!("test-cold-flood-{transport}"), async |pool| {
+        let mut flood = spec_on(transport, "cold-flood", Format::Cold);
         flood.cmd = vec!["flood".into()];
         flood.timeout = Duration::from_secs(60);
         let result = pool.register(flood.clone()).call(Request::new("")).await;
@@ -156,10 +160,10 @@ async fn a_cold_endless_writer_is_killed_as_a_protocol_error() {
     .await;
 }
 
-#[tokio::test]
-async fn a_hot_line_flood_is_a_protocol_error() {
-    with_pool("test-line-flood", async |pool| {
-        let function = spec("line-flood", Format::Line);
+per_transport!(a_hot_line_flood_is_a_protocol_error);
+async fn a_hot_line_flood_is_a_protocol_error(transport: Transport) {
+    with_pool(&format!("test-line-flood-{transport}"), async |pool| {
+        let function = spec_on(transport, "line-flood", Format::Line);
         let result = pool.register(function.clone()).call( Request::new("!flood")).await;
         assert!(
             matches!(&result, Err(CallError::ProtocolError { detail }) if detail.contains("longer than")),
@@ -171,10 +175,10 @@ async fn a_hot_line_flood_is_a_protocol_error() {
     .await;
 }
 
-#[tokio::test]
-async fn containers_removed_from_outside_mid_call_are_exited() {
-    with_pool("test-removed", async |pool| {
-        let mut function = spec("removed", Format::Line);
+per_transport!(containers_removed_from_outside_mid_call_are_exited);
+async fn containers_removed_from_outside_mid_call_are_exited(transport: Transport) {
+    with_pool(&format!("test-removed-{transport}"), async |pool| {
+        let mut function = spec_on(transport, "removed", Format::Line);
         function.max_concurrency = 4;
         for round in 0..5 {
             // Four calls in four containers, all removed at once: the engine is
@@ -220,11 +224,11 @@ async fn containers_removed_from_outside_mid_call_are_exited() {
     .await;
 }
 
-#[tokio::test]
-async fn the_longest_timeout_neither_panics_nor_times_out() {
-    with_pool("test-longest-timeout", async |pool| {
+per_transport!(the_longest_timeout_neither_panics_nor_times_out);
+async fn the_longest_timeout_neither_panics_nor_times_out(transport: Transport) {
+    with_pool(&format!("test-longest-timeout-{transport}"), async |pool| {
         for format in [Format::Line, Format::Http, Format::Cold] {
-            let mut function = spec(&format!("forever-{}", format.as_str()), format);
+            let mut function = spec_on(transport, &format!("forever-{}", format.as_str()), format);
             function.timeout = Duration::MAX;
             let response = pool
                 .register(function.clone())

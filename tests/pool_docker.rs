@@ -1,7 +1,7 @@
 //! The hot pool on the real engine: reuse, the concurrency cap, every way a
 //! container dies in a call or while idle, eviction, draining and shutdown. Each
 //! test runs its own pool (its containers labelled `hotpool.pool=<test>`), and ends
-//! with none of them left.
+//! with none of them left; each on both transports.
 
 mod support;
 
@@ -9,11 +9,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use hotpool::driver::Transport;
 use hotpool::driver::docker::DockerDriver;
 use hotpool::pool::{Format, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request, Start};
 use hotpool::{CallError, ErrorKind};
 
-use support::pool::{containers_of, eventually, shut, spec, test_pool};
+use support::pool::{containers_of, eventually, shut, spec_on, test_pool};
 use support::testfn_image;
 
 const MIB: u64 = 1 << 20;
@@ -35,10 +36,10 @@ fn has(ids: &HashSet<String>, hostname: &str) -> bool {
     ids.iter().any(|id| id.starts_with(hostname))
 }
 
-#[tokio::test]
-async fn a_hundred_sequential_calls_use_one_container() {
-    let pool = test_pool("test-sequential", 1 << 30).await;
-    let echo = spec("echo", Format::Line);
+per_transport!(a_hundred_sequential_calls_use_one_container);
+async fn a_hundred_sequential_calls_use_one_container(transport: Transport) {
+    let pool = test_pool(&format!("test-sequential-{transport}"), 1 << 30).await;
+    let echo = spec_on(transport, "echo", Format::Line);
     let mut hosts = HashSet::new();
     for i in 0..100 {
         let body = if i % 10 == 0 {
@@ -70,10 +71,10 @@ async fn a_hundred_sequential_calls_use_one_container() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn sixteen_callers_share_at_most_four_containers() {
-    let pool = test_pool("test-concurrency", 1 << 30).await;
-    let mut echo = spec("echo", Format::Line);
+per_transport!(sixteen_callers_share_at_most_four_containers);
+async fn sixteen_callers_share_at_most_four_containers(transport: Transport) {
+    let pool = test_pool(&format!("test-concurrency-{transport}"), 1 << 30).await;
+    let mut echo = spec_on(transport, "echo", Format::Line);
     echo.max_concurrency = 4;
     let callers = (0..16).map(|_| {
         let (pool, echo) = (pool.clone(), echo.clone());
@@ -102,10 +103,10 @@ async fn sixteen_callers_share_at_most_four_containers() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container() {
-    let pool = test_pool("test-oom", 1 << 30).await;
-    let echo = spec("echo", Format::Line);
+per_transport!(oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container);
+async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container(transport: Transport) {
+    let pool = test_pool(&format!("test-oom-{transport}"), 1 << 30).await;
+    let echo = spec_on(transport, "echo", Format::Line);
     let before = call(&pool, &echo, "!whoami").await.unwrap();
     assert_eq!(
         call(&pool, &echo, "!oom").await.unwrap_err(),
@@ -122,10 +123,10 @@ async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn an_exit_in_a_call_is_exited_with_its_code() {
-    let pool = test_pool("test-exit", 1 << 30).await;
-    let echo = spec("echo", Format::Line);
+per_transport!(an_exit_in_a_call_is_exited_with_its_code);
+async fn an_exit_in_a_call_is_exited_with_its_code(transport: Transport) {
+    let pool = test_pool(&format!("test-exit-{transport}"), 1 << 30).await;
+    let echo = spec_on(transport, "echo", Format::Line);
     match call(&pool, &echo, "!exit 42").await {
         Err(CallError::Exited { code, stderr_tail }) => {
             assert_eq!(code, 42);
@@ -137,10 +138,10 @@ async fn an_exit_in_a_call_is_exited_with_its_code() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn a_container_killed_outside_while_idle_harms_no_call() {
-    let pool = test_pool("test-killed-idle", 1 << 30).await;
-    let echo = spec("echo", Format::Line);
+per_transport!(a_container_killed_outside_while_idle_harms_no_call);
+async fn a_container_killed_outside_while_idle_harms_no_call(transport: Transport) {
+    let pool = test_pool(&format!("test-killed-idle-{transport}"), 1 << 30).await;
+    let echo = spec_on(transport, "echo", Format::Line);
     let victim = call(&pool, &echo, "!whoami").await.unwrap();
     let docker = pool.driver().docker().clone();
     docker
@@ -164,11 +165,11 @@ async fn a_container_killed_outside_while_idle_harms_no_call() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn garbage_on_stdout_is_a_protocol_error_and_evicts() {
-    let pool = test_pool("test-garbage", 1 << 30).await;
+per_transport!(garbage_on_stdout_is_a_protocol_error_and_evicts);
+async fn garbage_on_stdout_is_a_protocol_error_and_evicts(transport: Transport) {
+    let pool = test_pool(&format!("test-garbage-{transport}"), 1 << 30).await;
     for format in [Format::Line, Format::Http] {
-        let function = spec(&format!("garbage-{format}"), format);
+        let function = spec_on(transport, &format!("garbage-{format}"), format);
         let victim = call(&pool, &function, "!whoami").await.unwrap();
         let error = call(&pool, &function, "!garbage").await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::ProtocolError, "{format}: {error}");
@@ -181,10 +182,10 @@ async fn garbage_on_stdout_is_a_protocol_error_and_evicts() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn a_timeout_is_timeout_and_the_container_is_gone() {
-    let pool = test_pool("test-timeout", 1 << 30).await;
-    let mut echo = spec("echo", Format::Line);
+per_transport!(a_timeout_is_timeout_and_the_container_is_gone);
+async fn a_timeout_is_timeout_and_the_container_is_gone(transport: Transport) {
+    let pool = test_pool(&format!("test-timeout-{transport}"), 1 << 30).await;
+    let mut echo = spec_on(transport, "echo", Format::Line);
     echo.timeout = Duration::from_millis(500);
     let victim = call(&pool, &echo, "!whoami").await.unwrap();
     let error = call(&pool, &echo, "!sleep 30000").await.unwrap_err();
@@ -201,10 +202,10 @@ async fn a_timeout_is_timeout_and_the_container_is_gone() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn idle_containers_are_removed_after_the_idle_timeout() {
-    let pool = test_pool("test-idle", 1 << 30).await;
-    let mut echo = spec("echo", Format::Line);
+per_transport!(idle_containers_are_removed_after_the_idle_timeout);
+async fn idle_containers_are_removed_after_the_idle_timeout(transport: Transport) {
+    let pool = test_pool(&format!("test-idle-{transport}"), 1 << 30).await;
+    let mut echo = spec_on(transport, "echo", Format::Line);
     echo.keep_alive = KeepAlive::fixed(Duration::from_millis(500));
     call(&pool, &echo, "warm").await.unwrap();
     assert_eq!(containers_of(&pool, false).await.len(), 1);
@@ -215,11 +216,14 @@ async fn idle_containers_are_removed_after_the_idle_timeout() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn memory_pressure_evicts_another_functions_idle_container() {
+per_transport!(memory_pressure_evicts_another_functions_idle_container);
+async fn memory_pressure_evicts_another_functions_idle_container(transport: Transport) {
     // Room for two 32 MiB containers.
-    let pool = test_pool("test-pressure", 64 * MIB).await;
-    let (a, b) = (spec("a", Format::Line), spec("b", Format::Line));
+    let pool = test_pool(&format!("test-pressure-{transport}"), 64 * MIB).await;
+    let (a, b) = (
+        spec_on(transport, "a", Format::Line),
+        spec_on(transport, "b", Format::Line),
+    );
     call(&pool, &a, "!whoami").await.unwrap();
     let (one, two) = tokio::join!(call(&pool, &a, "!sleep 300"), call(&pool, &a, "!whoami"));
     one.unwrap();
@@ -244,10 +248,10 @@ async fn memory_pressure_evicts_another_functions_idle_container() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn a_config_change_drains_the_old_containers() {
-    let pool = test_pool("test-drain", 1 << 30).await;
-    let old = spec("echo", Format::Line);
+per_transport!(a_config_change_drains_the_old_containers);
+async fn a_config_change_drains_the_old_containers(transport: Transport) {
+    let pool = test_pool(&format!("test-drain-{transport}"), 1 << 30).await;
+    let old = spec_on(transport, "echo", Format::Line);
     let old_host = call(&pool, &old, "!whoami").await.unwrap();
     let mut new = old.clone();
     new.env.insert("VERSION".into(), "2".into());
@@ -261,10 +265,10 @@ async fn a_config_change_drains_the_old_containers() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn http_functions_answer_with_status_headers_and_binary_bodies() {
-    let pool = test_pool("test-http", 1 << 30).await;
-    let echo = spec("echo-http", Format::Http);
+per_transport!(http_functions_answer_with_status_headers_and_binary_bodies);
+async fn http_functions_answer_with_status_headers_and_binary_bodies(transport: Transport) {
+    let pool = test_pool(&format!("test-http-{transport}"), 1 << 30).await;
+    let echo = spec_on(transport, "echo-http", Format::Http);
     let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let request = Request::new(body.clone()).with_header("Content-Type", "application/x-test");
     let call_id = request.id.clone();
@@ -290,10 +294,10 @@ async fn http_functions_answer_with_status_headers_and_binary_bodies() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn cold_calls_run_a_container_each_and_remove_it() {
-    let pool = test_pool("test-cold", 1 << 30).await;
-    let cold = spec("echo-cold", Format::Cold);
+per_transport!(cold_calls_run_a_container_each_and_remove_it);
+async fn cold_calls_run_a_container_each_and_remove_it(transport: Transport) {
+    let pool = test_pool(&format!("test-cold-{transport}"), 1 << 30).await;
+    let cold = spec_on(transport, "echo-cold", Format::Cold);
     for i in 0..3 {
         let response = pool
             .register(cold.clone())
@@ -312,10 +316,10 @@ async fn cold_calls_run_a_container_each_and_remove_it() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn shutdown_finishes_calls_in_flight_and_leaves_no_container() {
-    let pool = test_pool("test-shutdown", 1 << 30).await;
-    let echo = spec("echo", Format::Line);
+per_transport!(shutdown_finishes_calls_in_flight_and_leaves_no_container);
+async fn shutdown_finishes_calls_in_flight_and_leaves_no_container(transport: Transport) {
+    let pool = test_pool(&format!("test-shutdown-{transport}"), 1 << 30).await;
+    let echo = spec_on(transport, "echo", Format::Line);
     join_all((0..3).map(|_| call(&pool, &echo, "!sleep 200"))).await;
     let in_flight = tokio::spawn({
         let (pool, echo) = (pool.clone(), echo.clone());
@@ -341,10 +345,10 @@ async fn shutdown_finishes_calls_in_flight_and_leaves_no_container() {
     assert!(containers_of(&pool, false).await.is_empty());
 }
 
-#[tokio::test]
-async fn every_hot_call_gets_its_own_stats() {
-    let pool = test_pool("test-stats", 1 << 30).await;
-    let mut echo = spec("echo", Format::Line);
+per_transport!(every_hot_call_gets_its_own_stats);
+async fn every_hot_call_gets_its_own_stats(transport: Transport) {
+    let pool = test_pool(&format!("test-stats-{transport}"), 1 << 30).await;
+    let mut echo = spec_on(transport, "echo", Format::Line);
     echo.memory = 128 * MIB;
     // A short call: far under the engine's sampling interval, counters only.
     call(&pool, &echo, "warm").await.unwrap();
@@ -387,10 +391,12 @@ async fn every_hot_call_gets_its_own_stats() {
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of() {
-    let pool = test_pool("test-sweep", 1 << 30).await;
-    let echo = spec("echo", Format::Line);
+per_transport!(shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of);
+async fn shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of(
+    transport: Transport,
+) {
+    let pool = test_pool(&format!("test-sweep-{transport}"), 1 << 30).await;
+    let echo = spec_on(transport, "echo", Format::Line);
     call(&pool, &echo, "warm").await.unwrap();
     // A container with the pool's label that the pool never started: what a
     // removal lost to an engine outage leaves behind.

@@ -226,12 +226,17 @@ async fn measure(
             )
             .await?;
         }
-        let pool_modes = [("hot", Some(&hot_function)), ("direct", direct_function.as_ref())];
+        let pool_modes = [
+            ("hot", Some(&hot_function)),
+            ("direct", direct_function.as_ref()),
+        ];
         for (mode, function) in pool_modes {
             let Some(function) = function else { continue };
             timed(
                 modes.entry(mode).or_default(),
-                workers(args.concurrency, hot_calls, || through_pool(function, &body)),
+                workers(args.concurrency, hot_calls, || {
+                    through_pool(function, &body)
+                }),
             )
             .await?;
         }

@@ -436,7 +436,9 @@ mod tests {
         let mut transport = base.clone();
         transport.transport = Transport::Direct;
         assert_eq!(base.key(), base.clone().key());
-        for changed in [env, memory, format, cpus, user, tmp_size, read_only, transport] {
+        for changed in [
+            env, memory, format, cpus, user, tmp_size, read_only, transport,
+        ] {
             assert_ne!(base.key(), changed.key());
         }
     }

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use hotpool::driver::Transport;
 use hotpool::driver::docker::DockerDriver;
 use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool};
 
@@ -50,6 +51,13 @@ pub fn spec(name: &str, format: Format) -> FunctionSpec {
     spec.memory = 32 * MIB;
     spec.timeout = Duration::from_secs(20);
     spec.queue_timeout = Duration::from_secs(60);
+    spec
+}
+
+/// [`spec`] over `transport`.
+pub fn spec_on(transport: Transport, name: &str, format: Format) -> FunctionSpec {
+    let mut spec = spec(name, format);
+    spec.transport = transport;
     spec
 }
 
