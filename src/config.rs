@@ -14,9 +14,9 @@
 //! The defaults are the library's, `PoolConfig::default()` and
 //! `FunctionSpec::new`, but for the pool's name, `serve` (`DEFAULT_POOL_NAME`
 //! says why), and the keep-alive policy, `adaptive` (`DEFAULT_KEEP_ALIVE`); the
-//! server's are [`ServerConfig::default`]. `[pool]`'s `keep_alive` and `eviction`
-//! are not the pool's settings but every function's: they are written into each
-//! spec, so a reload applies them like any other limit.
+//! server's are [`ServerConfig::default`]. `[pool]`'s `keep_alive`, `eviction`
+//! and `transport` are not the pool's settings but every function's: they are
+//! written into each spec, so a reload applies them like any other setting.
 //!
 //! Every value is bounded, so a config that loads never panics or fails later:
 //! timeouts up to 24 h (an idle timeout, `fixed:` keep-alive included, up to 365
@@ -264,6 +264,7 @@ struct PoolTable {
     stats_max_points: Option<Count<0, MAX_STATS_POINTS>>,
     keep_alive: Option<KeepAlivePolicy>,
     eviction: Option<EvictionPolicy>,
+    transport: Option<TransportName>,
 }
 
 /// One `[[function]]` as written.
@@ -369,6 +370,8 @@ struct FunctionDefaults {
     keep_alive: KeepAlive,
     /// Every function's eviction policy (`pool.eviction`).
     eviction: Eviction,
+    /// The transport of a function that sets none (`pool.transport`).
+    transport: Transport,
 }
 
 impl PoolTable {
@@ -391,6 +394,7 @@ impl PoolTable {
                 .keep_alive
                 .map_or(DEFAULT_KEEP_ALIVE, |policy| policy.0),
             eviction: self.eviction.map_or(Eviction::default(), |policy| policy.0),
+            transport: self.transport.map_or(Transport::default(), |name| name.0),
         };
         (pool, defaults)
     }
@@ -439,7 +443,7 @@ impl FunctionTable {
         spec.read_only = self.read_only.map_or(spec.read_only, |flag| flag.0);
         spec.transport = self
             .transport
-            .map_or(spec.transport, |transport| transport.0);
+            .map_or(defaults.transport, |transport| transport.0);
         spec.log_per_call = self.log_per_call.map_or(spec.log_per_call, |size| size.0);
         spec.log_rate = self.log_rate.map_or(spec.log_rate, |size| size.0);
         if spec.memory > defaults.memory_budget {
@@ -1004,6 +1008,23 @@ mod tests {
             "the pool's"
         );
         assert!((config.functions.iter()).all(|spec| spec.eviction == Eviction::LeastRecentlyUsed));
+    }
+
+    #[test]
+    fn transport_is_the_functions_or_else_the_pools_or_else_direct() {
+        let transports = |text: &str| {
+            let config = ServeConfig::from_toml(text).unwrap();
+            (config.functions.iter())
+                .map(|spec| spec.transport.as_str())
+                .collect::<Vec<_>>()
+        };
+        let functions = "[[function]]\nname = \"a\"\nimage = \"i\"\ntransport = \"direct\"\n\
+                         [[function]]\nname = \"b\"\nimage = \"i\"\n";
+        assert_eq!(transports(functions), ["direct", "direct"]);
+        assert_eq!(
+            transports(&format!("[pool]\ntransport = \"attach\"\n{functions}")),
+            ["direct", "attach"]
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use bollard::query_parameters::{
 use hotpool::driver::docker::DockerDriver;
 use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool, Request};
 
+use hotpool::driver::Transport;
 use support::{PoolGuard, driver, testfn_image};
 
 const WORKERS: usize = 12;
@@ -99,8 +100,21 @@ async fn sabotage(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabotaged() {
-    let name = format!("test-chaos-{}", std::process::id());
+async fn calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabotaged_attached() {
+    calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabotaged(Transport::Attach)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabotaged_direct() {
+    calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabotaged(Transport::Direct)
+        .await;
+}
+
+async fn calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabotaged(
+    transport: Transport,
+) {
+    let name = format!("test-chaos-{transport}-{}", std::process::id());
     let _guard = PoolGuard(name.clone());
     let pool: Pool<DockerDriver> = Pool::builder(driver().await)
         .name(name.clone())
@@ -109,11 +123,17 @@ async fn calls_get_their_own_answer_or_a_typed_error_while_containers_are_sabota
         .build()
         .await
         .expect("pool");
-    let functions = Arc::new([
-        spec("chaos-line", Format::Line),
-        spec("chaos-http", Format::Http),
-        spec("chaos-line-2", Format::Line),
-    ]);
+    let functions = Arc::new(
+        [
+            spec("chaos-line", Format::Line),
+            spec("chaos-http", Format::Http),
+            spec("chaos-line-2", Format::Line),
+        ]
+        .map(|mut spec| {
+            spec.transport = transport;
+            spec
+        }),
+    );
     // Warm every function before the saboteur starts.
     for function in functions.iter() {
         let warm = pool

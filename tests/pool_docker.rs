@@ -138,6 +138,50 @@ async fn an_exit_in_a_call_is_exited_with_its_code(transport: Transport) {
     shut(&pool).await;
 }
 
+per_transport!(a_function_that_forks_keeps_serving_and_its_exit_is_still_seen);
+async fn a_function_that_forks_keeps_serving_and_its_exit_is_still_seen(transport: Transport) {
+    let pool = test_pool(&format!("test-fork-{transport}"), 1 << 30).await;
+    let echo = spec_on(transport, "echo", Format::Line);
+    let before = call(&pool, &echo, "!whoami").await.unwrap();
+    // A child that holds stdout does not confuse the next calls.
+    assert_eq!(call(&pool, &echo, "!fork").await.unwrap(), "forked");
+    assert_eq!(call(&pool, &echo, "next").await.unwrap(), "next");
+    assert_eq!(call(&pool, &echo, "!whoami").await.unwrap(), before);
+    // Nor does it hide the function's own exit.
+    match call(&pool, &echo, "!fork-exit 5").await {
+        Err(CallError::Exited { code: 5, .. }) => {}
+        other => panic!("expected exited with 5, got {other:?}"),
+    }
+    assert_ne!(call(&pool, &echo, "!whoami").await.unwrap(), before);
+    shut(&pool).await;
+}
+
+per_transport!(a_function_that_closes_stdout_but_runs_on_is_evicted);
+async fn a_function_that_closes_stdout_but_runs_on_is_evicted(transport: Transport) {
+    let pool = test_pool(&format!("test-close-stdout-{transport}"), 1 << 30).await;
+    let mut echo = spec_on(transport, "echo", Format::Line);
+    echo.timeout = Duration::from_secs(5);
+    let before = call(&pool, &echo, "!whoami").await.unwrap();
+    let error = call(&pool, &echo, "!close-stdout").await.unwrap_err();
+    match transport {
+        // The pipe ends when the function closes it.
+        Transport::Direct => match &error {
+            CallError::ProtocolError { detail } => {
+                assert!(detail.contains("closed its stdout"), "{detail}")
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        },
+        // The engine keeps its attach stream open: the call times out.
+        _ => assert_eq!(error.kind(), ErrorKind::Timeout, "{error:?}"),
+    }
+    assert_ne!(
+        call(&pool, &echo, "!whoami").await.unwrap(),
+        before,
+        "the container was evicted"
+    );
+    shut(&pool).await;
+}
+
 per_transport!(a_container_killed_outside_while_idle_harms_no_call);
 async fn a_container_killed_outside_while_idle_harms_no_call(transport: Transport) {
     let pool = test_pool(&format!("test-killed-idle-{transport}"), 1 << 30).await;

@@ -7,6 +7,8 @@
 
 mod support;
 
+use hotpool::driver::Transport;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -44,9 +46,14 @@ fn closed_by_server(mut stream: &TcpStream) -> bool {
     matches!(stream.read(&mut byte), Ok(0) | Err(_))
 }
 
-#[test]
-fn unknown_routes_and_wrong_methods_answer_json() {
-    let server = Server::start("routes", "", &[function("echo", "line", "line", "")]);
+per_transport!(sync unknown_routes_and_wrong_methods_answer_json);
+fn unknown_routes_and_wrong_methods_answer_json(transport: Transport) {
+    let server = Server::start_on(
+        transport,
+        "routes",
+        "",
+        &[function("echo", "line", "line", "")],
+    );
     for (method, path, status, kind) in [
         ("GET", "/nope", 404, "not_found"),
         ("POST", "/invoke", 404, "not_found"),
@@ -64,9 +71,14 @@ fn unknown_routes_and_wrong_methods_answer_json() {
     server.stop();
 }
 
-#[test]
-fn a_refused_call_leaves_its_keep_alive_connection_usable() {
-    let server = Server::start("keepalive", "", &[function("echo", "line", "line", "")]);
+per_transport!(sync a_refused_call_leaves_its_keep_alive_connection_usable);
+fn a_refused_call_leaves_its_keep_alive_connection_usable(transport: Transport) {
+    let server = Server::start_on(
+        transport,
+        "keepalive",
+        "",
+        &[function("echo", "line", "line", "")],
+    );
     let mut stream = connect(&server);
     // The head first, the body later: the answer must wait for the body, or the
     // body would be read as the next request.
@@ -94,9 +106,10 @@ fn a_refused_call_leaves_its_keep_alive_connection_usable() {
     server.stop();
 }
 
-#[test]
-fn an_answer_before_the_body_ends_says_connection_close() {
-    let server = Server::start(
+per_transport!(sync an_answer_before_the_body_ends_says_connection_close);
+fn an_answer_before_the_body_ends_says_connection_close(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "closeafter",
         "max_body = \"1k\"",
         &[function("echo", "line", "line", "")],
@@ -113,9 +126,14 @@ fn an_answer_before_the_body_ends_says_connection_close() {
     server.stop();
 }
 
-#[test]
-fn malformed_bodies_are_bad_requests() {
-    let server = Server::start("malformed", "", &[function("echo", "line", "line", "")]);
+per_transport!(sync malformed_bodies_are_bad_requests);
+fn malformed_bodies_are_bad_requests(transport: Transport) {
+    let server = Server::start_on(
+        transport,
+        "malformed",
+        "",
+        &[function("echo", "line", "line", "")],
+    );
 
     let mut bad_chunk = connect(&server);
     bad_chunk
@@ -146,9 +164,10 @@ fn malformed_bodies_are_bad_requests() {
     server.stop();
 }
 
-#[test]
-fn a_body_that_stalls_gets_408() {
-    let server = Server::start(
+per_transport!(sync a_body_that_stalls_gets_408);
+fn a_body_that_stalls_gets_408(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "slowbody",
         "body_timeout = \"1s\"",
         &[function("echo", "line", "line", "")],
@@ -171,9 +190,10 @@ fn open_files(pid: u32) -> usize {
         .count()
 }
 
-#[test]
-fn idle_and_slow_clients_cannot_use_up_the_server() {
-    let server = Server::start(
+per_transport!(sync idle_and_slow_clients_cannot_use_up_the_server);
+fn idle_and_slow_clients_cannot_use_up_the_server(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "slowloris",
         "max_connections = 16\nheader_timeout = \"1s\"",
         &[function("echo", "line", "line", "")],
@@ -213,9 +233,10 @@ fn idle_and_slow_clients_cannot_use_up_the_server() {
     server.stop();
 }
 
-#[test]
-fn sigterm_ends_within_the_shutdown_timeout_whatever_clients_do() {
-    let mut server = Server::start_with(
+per_transport!(sync sigterm_ends_within_the_shutdown_timeout_whatever_clients_do);
+fn sigterm_ends_within_the_shutdown_timeout_whatever_clients_do(transport: Transport) {
+    let mut server = Server::start_with_on(
+        transport,
         "halfhead",
         "header_timeout = \"1h\"",
         "shutdown_timeout = \"2s\"",
@@ -243,12 +264,13 @@ fn wait_for_exit_of(server: &mut Server) -> Option<i32> {
     status.and_then(|s| s.code())
 }
 
-#[test]
-fn bearer_tokens_guard_every_route_but_healthz() {
+per_transport!(sync bearer_tokens_guard_every_route_but_healthz);
+fn bearer_tokens_guard_every_route_but_healthz(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "# callers\nsecret-one\nsecret-two\n").unwrap();
-    let server = Server::start(
+    let server = Server::start_on(
+        transport,
         "auth",
         &format!("auth_tokens_file = \"{}\"", tokens.display()),
         &[function("echo", "line", "line", "")],
@@ -286,12 +308,13 @@ fn bearer_tokens_guard_every_route_but_healthz() {
     server.stop();
 }
 
-#[test]
-fn metrics_can_need_a_token_too() {
+per_transport!(sync metrics_can_need_a_token_too);
+fn metrics_can_need_a_token_too(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "scrape-token\n").unwrap();
-    let server = Server::start(
+    let server = Server::start_on(
+        transport,
         "metricsauth",
         &format!(
             "auth_tokens_file = \"{}\"\nmetrics_auth = true",
@@ -342,9 +365,10 @@ fn an_unreadable_tokens_file_is_a_bad_config() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
-#[test]
-fn waiting_clients_are_served_once_a_connection_frees() {
-    let server = Server::start(
+per_transport!(sync waiting_clients_are_served_once_a_connection_frees);
+fn waiting_clients_are_served_once_a_connection_frees(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "cap",
         "max_connections = 2",
         &[function("echo", "line", "line", "")],

@@ -7,6 +7,8 @@
 
 mod support;
 
+use hotpool::driver::Transport;
+
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -19,9 +21,14 @@ use support::server::{
 };
 use support::testfn_image;
 
-#[test]
-fn line_function_is_cold_then_hot() {
-    let server = Server::start("line", "", &[function("echo", "line", "line", "")]);
+per_transport!(sync line_function_is_cold_then_hot);
+fn line_function_is_cold_then_hot(transport: Transport) {
+    let server = Server::start_on(
+        transport,
+        "line",
+        "",
+        &[function("echo", "line", "line", "")],
+    );
 
     let first = server.invoke("echo", b"hello there");
     assert_eq!(first.status, 200, "{first}");
@@ -58,9 +65,14 @@ fn line_function_is_cold_then_hot() {
     server.stop();
 }
 
-#[test]
-fn http_function_round_trips_binary_and_its_headers() {
-    let server = Server::start("http", "", &[function("web", "http", "http", "")]);
+per_transport!(sync http_function_round_trips_binary_and_its_headers);
+fn http_function_round_trips_binary_and_its_headers(transport: Transport) {
+    let server = Server::start_on(
+        transport,
+        "http",
+        "",
+        &[function("web", "http", "http", "")],
+    );
     let body: Vec<u8> = (0..=255u8).collect();
 
     for expected_start in ["cold", "hot"] {
@@ -83,9 +95,14 @@ fn http_function_round_trips_binary_and_its_headers() {
     server.stop();
 }
 
-#[test]
-fn cold_function_echoes_and_is_always_cold() {
-    let server = Server::start("cold", "", &[function("once", "echo", "cold", "")]);
+per_transport!(sync cold_function_echoes_and_is_always_cold);
+fn cold_function_echoes_and_is_always_cold(transport: Transport) {
+    let server = Server::start_on(
+        transport,
+        "cold",
+        "",
+        &[function("once", "echo", "cold", "")],
+    );
     let mut ids = Vec::new();
     for i in 0..3 {
         // Newlines and NULs are fine in a cold body.
@@ -107,9 +124,10 @@ fn cold_function_echoes_and_is_always_cold() {
     server.stop();
 }
 
-#[test]
-fn function_failures_are_502_and_504_with_their_kind() {
-    let server = Server::start(
+per_transport!(sync function_failures_are_502_and_504_with_their_kind);
+fn function_failures_are_502_and_504_with_their_kind(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "failures",
         "",
         &[
@@ -151,9 +169,10 @@ fn function_failures_are_502_and_504_with_their_kind() {
     server.stop();
 }
 
-#[test]
-fn bad_requests_are_refused_before_any_container_starts() {
-    let server = Server::start(
+per_transport!(sync bad_requests_are_refused_before_any_container_starts);
+fn bad_requests_are_refused_before_any_container_starts(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "refused",
         "max_body = \"1k\"",
         &[
@@ -213,9 +232,10 @@ fn assert_busy(refused: &HttpResponse) {
     assert_eq!(error["retry_after_s"].to_string(), retry_after, "{refused}");
 }
 
-#[test]
-fn a_full_function_is_busy_with_retry_after() {
-    let server = Server::start(
+per_transport!(sync a_full_function_is_busy_with_retry_after);
+fn a_full_function_is_busy_with_retry_after(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "busy",
         "",
         &[function(
@@ -242,10 +262,11 @@ fn a_full_function_is_busy_with_retry_after() {
     server.stop();
 }
 
+per_transport!(sync a_full_queue_is_busy_with_retry_after);
 /// The hot busy path with a queue: one call runs, one waits, the next is refused.
-#[test]
-fn a_full_queue_is_busy_with_retry_after() {
-    let server = Server::start(
+fn a_full_queue_is_busy_with_retry_after(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "busyqueue",
         "",
         &[function(
@@ -277,10 +298,11 @@ fn a_full_queue_is_busy_with_retry_after() {
     server.stop();
 }
 
+per_transport!(sync a_full_cold_function_is_busy_with_retry_after);
 /// `max_queue = 0` on a cold function: one call runs, the next is refused.
-#[test]
-fn a_full_cold_function_is_busy_with_retry_after() {
-    let server = Server::start(
+fn a_full_cold_function_is_busy_with_retry_after(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "busycold",
         "",
         &[format!(
@@ -301,9 +323,10 @@ fn a_full_cold_function_is_busy_with_retry_after() {
     server.stop();
 }
 
-#[test]
-fn functions_and_metrics_describe_the_pool() {
-    let server = Server::start(
+per_transport!(sync functions_and_metrics_describe_the_pool);
+fn functions_and_metrics_describe_the_pool(transport: Transport) {
+    let server = Server::start_on(
+        transport,
         "listing",
         "",
         &[
@@ -436,9 +459,10 @@ fn bad_configs_exit_2_naming_the_key_or_the_path() {
     assert!(containers_of(&pool).is_empty());
 }
 
-#[test]
-fn sigterm_finishes_the_call_in_flight_and_removes_every_container() {
-    let mut server = Server::start(
+per_transport!(sync sigterm_finishes_the_call_in_flight_and_removes_every_container);
+fn sigterm_finishes_the_call_in_flight_and_removes_every_container(transport: Transport) {
+    let mut server = Server::start_on(
+        transport,
         "shutdown",
         "",
         &[
@@ -479,9 +503,14 @@ fn sigterm_finishes_the_call_in_flight_and_removes_every_container() {
     );
 }
 
-#[test]
-fn function_stderr_goes_to_the_log_with_the_call_id_never_to_the_caller() {
-    let server = Server::start("stderr", "", &[function("echo", "line", "line", "")]);
+per_transport!(sync function_stderr_goes_to_the_log_with_the_call_id_never_to_the_caller);
+fn function_stderr_goes_to_the_log_with_the_call_id_never_to_the_caller(transport: Transport) {
+    let server = Server::start_on(
+        transport,
+        "stderr",
+        "",
+        &[function("echo", "line", "line", "")],
+    );
     let response = server.invoke("echo", b"!stderr a note from the function");
     assert_eq!(response.status, 200, "{response}");
     assert_eq!(

@@ -65,9 +65,9 @@ pub(crate) struct RunArgs {
     /// Network to join (a Docker network mode); none by default.
     #[arg(long)]
     network: Option<String>,
-    /// How stdin and stdout travel: `attach` (the engine's streams) or `direct`
-    /// (pipes shared with the container; the engine must run on this host).
-    #[arg(long, default_value = "attach")]
+    /// How stdin and stdout travel: `direct` (pipes shared with the container,
+    /// where the engine runs on this host) or `attach` (the engine's streams).
+    #[arg(long, default_value = "direct")]
     transport: Transport,
     /// Image to run.
     image: String,

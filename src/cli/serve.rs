@@ -17,6 +17,7 @@ use crate::config::ServeConfig;
 use crate::server::auth::Tokens;
 use crate::server::connections::{self, ConnectionLimits};
 use crate::server::{AppState, router};
+use hotpool::driver::Transport;
 use hotpool::driver::docker::{DockerDriver, DockerOptions};
 use hotpool::pool::Pool;
 
@@ -64,6 +65,17 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
+    let direct = config
+        .functions
+        .iter()
+        .any(|function| function.transport == Transport::Direct);
+    if direct {
+        // Now rather than at the first start: a problem shows at once.
+        match driver.install_runtime().await {
+            Ok(init) => tracing::debug!(init = %init.display(), "hotpool-init installed"),
+            Err(error) => tracing::warn!(%error, "direct functions will fail to start"),
+        }
+    }
     let pool = match Pool::builder(driver)
         .config(config.pool.clone())
         .build()

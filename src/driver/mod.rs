@@ -12,7 +12,9 @@
 //! sink, and its tail is kept for `exited` errors.
 //!
 //! A task is contained by default ([`Task::new`]): one CPU, an unprivileged user,
-//! a read-only root filesystem and a sized tmpfs at `/tmp`.
+//! a read-only root filesystem and a sized tmpfs at `/tmp`. Its bytes travel
+//! [`Transport::Direct`] by default: through pipes shared with the container,
+//! not through the engine.
 
 mod cpus;
 pub mod docker;
@@ -101,6 +103,7 @@ pub struct Task {
     /// (one more engine call at start; worth it for long-lived hot containers).
     pub counters: bool,
     /// How the bytes of stdin, stdout and stderr travel (default
+    /// [`Transport::Direct`], which a driver whose engine is elsewhere takes as
     /// [`Transport::Attach`]).
     pub transport: Transport,
 }
@@ -110,11 +113,11 @@ pub struct Task {
 #[non_exhaustive]
 pub enum Transport {
     /// Through the engine's attach streams: works with any engine, local or not.
-    #[default]
     Attach,
     /// Through named pipes in a directory shared with the container, with
     /// hotpool's init program starting the function: the engine is not on the
-    /// path. Needs the engine on this host.
+    /// path. Needs the engine on this host; elsewhere the driver attaches.
+    #[default]
     Direct,
 }
 
@@ -178,7 +181,7 @@ impl Task {
             stderr: Box::new(std::io::sink()),
             stats: None,
             counters: false,
-            transport: Transport::Attach,
+            transport: Transport::Direct,
         }
     }
 }

@@ -137,7 +137,7 @@ impl FunctionSpec {
             user: DEFAULT_USER.to_owned(),
             tmp_size: DEFAULT_TMP_SIZE,
             read_only: true,
-            transport: Transport::Attach,
+            transport: Transport::Direct,
             log_per_call: 1 << 20,
             log_rate: 256 << 10,
         }
@@ -434,7 +434,7 @@ mod tests {
         let mut read_only = base.clone();
         read_only.read_only = false;
         let mut transport = base.clone();
-        transport.transport = Transport::Direct;
+        transport.transport = Transport::Attach;
         assert_eq!(base.key(), base.clone().key());
         for changed in [
             env, memory, format, cpus, user, tmp_size, read_only, transport,

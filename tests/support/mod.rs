@@ -31,11 +31,24 @@ fn image_tag(repository: &str) -> &'static str {
     format!("{repository}:{tag}").leak()
 }
 
-/// Runs an async test once per transport: `per_transport!(name);` beside
+/// Runs a test once per transport: `per_transport!(name);` beside
 /// `async fn name(transport: Transport)` makes the tests `name::attach` and
-/// `name::direct`.
+/// `name::direct`; `per_transport!(sync name)` does the same for a plain `fn`.
 #[macro_export]
 macro_rules! per_transport {
+    (sync $name:ident) => {
+        mod $name {
+            #[test]
+            fn attach() {
+                super::$name(hotpool::driver::Transport::Attach)
+            }
+
+            #[test]
+            fn direct() {
+                super::$name(hotpool::driver::Transport::Direct)
+            }
+        }
+    };
     ($name:ident) => {
         mod $name {
             #[tokio::test]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hotpool::driver::Transport;
 use serde_json::Value;
 
 use super::http::{self, HttpResponse};
@@ -120,6 +121,39 @@ impl Server {
     /// answers.
     pub fn start(test: &str, server_extra: &str, functions: &[String]) -> Server {
         Server::start_with(test, server_extra, "shutdown_timeout = \"30s\"", functions)
+    }
+
+    /// [`Server::start`] with every function on `transport` (the pool's name
+    /// says which).
+    pub fn start_on(
+        transport: Transport,
+        test: &str,
+        server_extra: &str,
+        functions: &[String],
+    ) -> Server {
+        Server::start_with_on(
+            transport,
+            test,
+            server_extra,
+            "shutdown_timeout = \"30s\"",
+            functions,
+        )
+    }
+
+    /// [`Server::start_with`] with every function on `transport`.
+    pub fn start_with_on(
+        transport: Transport,
+        test: &str,
+        server_extra: &str,
+        pool_extra: &str,
+        functions: &[String],
+    ) -> Server {
+        Server::start_with(
+            &format!("{test}-{transport}"),
+            server_extra,
+            &format!("{pool_extra}\ntransport = \"{transport}\""),
+            functions,
+        )
     }
 
     /// [`Server::start`] with `[pool]` lines `pool_extra` besides its name and budget.

@@ -101,6 +101,10 @@ pub(crate) struct Engine {
     /// directory (or why it could not be made).
     runtime_path: PathBuf,
     runtime: tokio::sync::OnceCell<Result<RuntimeDir, String>>,
+    /// Where the engine is, if not on this host (then `direct` tasks attach).
+    remote: Option<String>,
+    /// Whether that was logged yet.
+    remote_logged: std::sync::atomic::AtomicBool,
 }
 
 /// Runs tasks as Docker containers. Cheap to clone.
@@ -134,6 +138,8 @@ impl DockerDriver {
                 pull_count: AtomicU64::new(0),
                 runtime_path: options.runtime_dir.unwrap_or_else(RuntimeDir::default_path),
                 runtime: tokio::sync::OnceCell::new(),
+                remote: remote_engine(std::env::var("DOCKER_HOST").ok().as_deref()),
+                remote_logged: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -158,6 +164,17 @@ impl DockerDriver {
 }
 
 impl Engine {
+    /// Whether direct tasks attach, the engine being elsewhere; says so once.
+    fn attaches_instead(&self) -> bool {
+        let Some(host) = &self.remote else {
+            return false;
+        };
+        if !self.remote_logged.swap(true, Ordering::Relaxed) {
+            tracing::info!(docker_host = %host, "the Docker engine is not on this host: functions use the attach transport, as no directory can be shared with their containers");
+        }
+        true
+    }
+
     /// The runtime directory, installed on first use.
     async fn runtime(&self) -> Result<&RuntimeDir, CallError> {
         let installed = self
@@ -328,6 +345,7 @@ impl Driver for DockerDriver {
         let image = pull::ensure_image(&self.engine, &task.image).await?;
         let direct = match task.transport {
             Transport::Attach => None,
+            Transport::Direct if self.engine.attaches_instead() => None,
             Transport::Direct => {
                 let runtime = self.engine.runtime().await?;
                 Some(Engine::direct_setup(runtime, &task, image)?)
@@ -379,6 +397,14 @@ pub(crate) struct Direct {
     pub(crate) command: Vec<String>,
 }
 
+/// The engine's address if it is not on this host: a `DOCKER_HOST` other than
+/// a unix socket.
+fn remote_engine(docker_host: Option<&str>) -> Option<String> {
+    docker_host
+        .filter(|host| !host.is_empty() && !host.starts_with("unix://"))
+        .map(str::to_owned)
+}
+
 /// A container name from a task id: the characters Docker allows, `hotpool-` first.
 fn container_name(task_id: &str) -> String {
     let clean: String = task_id
@@ -428,7 +454,20 @@ mod tests {
             pull_count: AtomicU64::new(0),
             runtime_path: PathBuf::from("/nonexistent"),
             runtime: tokio::sync::OnceCell::new(),
+            remote: None,
+            remote_logged: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    #[test]
+    fn only_an_engine_off_this_host_is_remote() {
+        assert_eq!(remote_engine(None), None);
+        assert_eq!(remote_engine(Some("")), None);
+        assert_eq!(remote_engine(Some("unix:///var/run/docker.sock")), None);
+        assert_eq!(
+            remote_engine(Some("tcp://10.0.0.2:2376")).as_deref(),
+            Some("tcp://10.0.0.2:2376")
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@
 //! `!garbage` (write bytes that break the framing), `!spin MS`, `!whoami` (answer
 //! the container's hostname, which the engine sets to its id), `!flood` (write to
 //! stdout without end), `!late MS MSG` (answer MSG, then the same answer again MS
-//! milliseconds later, unasked). `http` only: `!upgrade` (answer `101 Switching
+//! milliseconds later, unasked), `!fork` (start a child that holds stdout and
+//! sleeps, then answer `forked`), `!fork-exit N` (start that child, then exit
+//! with code N), `!close-stdout` (close stdout and sleep, never answering).
+//! `http` only: `!upgrade` (answer `101 Switching
 //! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`).
 //! Anything else is echoed.
 
@@ -165,6 +168,20 @@ fn command(body: &[u8]) -> Vec<u8> {
         "oom" => oom(),
         "kill-self" => kill_self(),
         "flood" => flood(),
+        "fork" => {
+            sleeping_child();
+            b"forked".to_vec()
+        }
+        "fork-exit" => {
+            sleeping_child();
+            std::process::exit(rest.trim().parse().unwrap_or(1));
+        }
+        "close-stdout" => {
+            // SAFETY: closing our own stdout; nothing else of this process uses it.
+            unsafe { libc::close(1) };
+            std::thread::sleep(Duration::from_secs(600));
+            Vec::new()
+        }
         "sleep" => {
             std::thread::sleep(Duration::from_millis(rest.trim().parse().unwrap_or(1000)));
             b"slept".to_vec()
@@ -186,6 +203,16 @@ fn command(body: &[u8]) -> Vec<u8> {
         name if logs::handles(name) => logs::run(name, rest),
         _ => body.to_vec(),
     }
+}
+
+/// Starts this program again as a child that sleeps ten minutes holding this
+/// process's stdout (and reading nothing).
+fn sleeping_child() {
+    std::process::Command::new("/proc/self/exe")
+        .args(["sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start a child");
 }
 
 fn serve_lines() {
