@@ -14,7 +14,8 @@
 //! them (`--exit-body`), answered with the typed `exited` error: their latency
 //! less a hot call's is how long the death verdict takes.
 //!
-//! The floors' containers are the pool's: the same driver task
+//! These four use the engine's attach streams. The floors' containers are the
+//! pool's: the same driver task
 //! ([`FunctionSpec::task`], hardening included) run by the same [`DockerDriver`],
 //! and their calls are framed by the pool's own format code. What the pool adds
 //! over them (scheduling, the check for unsolicited output, per-call stats) is
@@ -385,6 +386,8 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
     spec.queue_timeout = Duration::from_secs(60);
     spec.timeout = Duration::from_secs(60);
     spec.keep_alive = KeepAlive::fixed(Duration::from_secs(600));
+    // The engine's own path is the baseline; `--transport direct` adds the other.
+    spec.transport = Transport::Attach;
     spec
 }
 
