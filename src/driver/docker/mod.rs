@@ -8,7 +8,7 @@
 //! driver reads stderr itself), and no network unless the task names one.
 //!
 //! A task's bytes travel by its [`Transport`]: the engine's attach streams, or
-//! named pipes shared with the container (`direct`, see [`direct`]).
+//! named pipes shared with the container (`direct`: see `direct.rs`).
 
 mod attach;
 mod cgroup;
