@@ -276,3 +276,21 @@ async fn cold_containers_are_contained_too(transport: Transport) {
     );
     pool.shut().await;
 }
+
+/// The direct transport's pipes and init are in the container; the function can
+/// use its pipes but neither replace them nor change the init.
+#[tokio::test]
+async fn the_direct_transports_pipes_and_init_cannot_be_tampered_with() {
+    let pool = TestPool::new("containment-tamper").await;
+    let spec = line_spec(Transport::Direct, "tamper");
+    let answer = pool.ask(&spec, "!tamper").await;
+    let (unlink, init) = answer.split_once("; ").expect("two outcomes");
+    assert_eq!(
+        unlink, "unlink: Permission denied (os error 13)",
+        "{answer}"
+    );
+    // Not the function's file, and mounted read-only besides.
+    assert!(init.starts_with("init: ") && init != "init: ok", "{answer}");
+    assert_eq!(pool.ask(&spec, "still here").await, "still here");
+    pool.shut().await;
+}

@@ -182,6 +182,31 @@ async fn a_function_that_closes_stdout_but_runs_on_is_evicted(transport: Transpo
     shut(&pool).await;
 }
 
+/// The status pipe of the direct transport is the function's to write, too: a
+/// flood of it or a false verdict costs only that function's container.
+#[tokio::test]
+async fn a_function_writing_its_own_status_pipe_harms_only_itself() {
+    let transport = Transport::Direct;
+    let pool = test_pool("test-status-pipe", 1 << 30).await;
+    let mut liar = spec_on(transport, "liar", Format::Line);
+    liar.timeout = Duration::from_secs(3);
+    let bystander = spec_on(transport, "bystander", Format::Line);
+    let before = call(&pool, &liar, "!whoami").await.unwrap();
+    let flood = call(&pool, &liar, "!status-flood").await;
+    assert!(matches!(flood, Err(CallError::Timeout { .. })), "{flood:?}");
+    let after_flood = call(&pool, &liar, "!whoami").await.unwrap();
+    assert_ne!(after_flood, before, "the flooding container was evicted");
+    // A false `exit 0` ends the liar's container, however its call ends.
+    let _ = call(&pool, &liar, "!status-lie").await;
+    eventually("the lying container is gone", async || {
+        !has(&containers_of(&pool, true).await, &after_flood)
+    })
+    .await;
+    assert_eq!(call(&pool, &liar, "again").await.unwrap(), "again");
+    assert_eq!(call(&pool, &bystander, "fine").await.unwrap(), "fine");
+    shut(&pool).await;
+}
+
 per_transport!(a_container_killed_outside_while_idle_harms_no_call);
 async fn a_container_killed_outside_while_idle_harms_no_call(transport: Transport) {
     let pool = test_pool(&format!("test-killed-idle-{transport}"), 1 << 30).await;

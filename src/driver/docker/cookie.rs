@@ -279,13 +279,9 @@ impl DockerCookie {
                 )));
             }
         }
-        let one_way = {
-            let dir = pipes.dir.lock().unwrap_or_else(|e| e.into_inner());
-            dir.as_ref()
-                .ok_or_else(|| CallError::engine("the container was closed"))?
-                .open_one_way()
-                .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?
-        };
+        let one_way = early
+            .one_way()
+            .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?;
         drop(early);
         *pipes.status.lock().await = Some(one_way.status);
         let stderr: Frames = Box::pin(ReaderStream::new(one_way.stderr).map(|chunk| {

@@ -12,8 +12,11 @@
 //!
 //! hotpool first opens its ends read-write, so neither side's open blocks and
 //! no early end-of-file is seen; once the init is ready it reopens them
-//! one-way, so the end of the container shows as end-of-file and a write to a
-//! dead function fails at once. The directory goes when the cookie is closed or
+//! one-way (through `/proc/self/fd`, never by name again), so the end of the
+//! container shows as end-of-file and a write to a dead function fails at
+//! once. The function can open its own pipes but not replace them (the
+//! directory is hotpool's), and the status pipe is never read past a short
+//! line, whatever the function writes to it. The directory goes when the cookie is closed or
 //! dropped. Each driver keeps its containers' directories under one of its own,
 //! named after its process, removed when the driver goes; those of processes
 //! that are gone (a crash) are removed when the next driver installs.
@@ -21,6 +24,7 @@
 use std::ffi::CString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -29,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncBufReadExt, AsyncWrite, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::unix::pipe;
 
 /// Where the init program appears inside a container.
@@ -122,12 +126,14 @@ impl RuntimeDir {
         self.root.join("init")
     }
 
-    /// Makes the pipe directory of the container of task `id`, for the user
-    /// `user` runs as (`uid[:gid]`; a name leaves the pipes open to all, as the
-    /// host cannot tell its id).
+    /// Makes the pipe directory of the container of task `id`. The directory
+    /// stays hotpool's (the function can open its pipes, never replace them);
+    /// the pipes are the user's that `user` names (`uid[:gid]`), or open to all
+    /// where it is a name the host cannot resolve.
     pub(crate) fn container_dir(&self, id: &str, user: &str) -> io::Result<IoDir> {
         let path = self.own.join(id);
-        DirBuilder::new().mode(0o700).create(&path)?;
+        DirBuilder::new().mode(0o711).create(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o711))?;
         let dir = IoDir { path };
         let owner = numeric_user(user);
         for name in PIPES {
@@ -137,18 +143,10 @@ impl RuntimeDir {
             if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if owner.is_none() {
-                fs::set_permissions(&pipe, fs::Permissions::from_mode(0o666))?;
+            match owner {
+                Some((uid, gid)) => std::os::unix::fs::chown(&pipe, Some(uid), Some(gid))?,
+                None => fs::set_permissions(&pipe, fs::Permissions::from_mode(0o666))?,
             }
-        }
-        match owner {
-            Some((uid, gid)) => {
-                for name in PIPES {
-                    std::os::unix::fs::chown(dir.path.join(name), Some(uid), Some(gid))?;
-                }
-                std::os::unix::fs::chown(&dir.path, Some(uid), Some(gid))?;
-            }
-            None => fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o755))?,
         }
         Ok(dir)
     }
@@ -199,21 +197,8 @@ impl IoDir {
                 .open(self.path.join(name))
         };
         Ok(Ends {
-            _held: [open("stdin")?, open("stdout")?, open("stderr")?],
+            held: [open("stdin")?, open("stdout")?, open("stderr")?],
             status: open("status")?,
-        })
-    }
-
-    /// hotpool's ends, one-way, once the init holds its own.
-    pub(crate) fn open_one_way(&self) -> io::Result<OneWay> {
-        let receiver = |name: &str| pipe::OpenOptions::new().open_receiver(self.path.join(name));
-        Ok(OneWay {
-            stdin: Stdin(Some(
-                pipe::OpenOptions::new().open_sender(self.path.join("stdin"))?,
-            )),
-            stdout: receiver("stdout")?,
-            stderr: receiver("stderr")?,
-            status: BufReader::new(receiver("status")?),
         })
     }
 }
@@ -225,9 +210,9 @@ impl Drop for IoDir {
 }
 
 /// hotpool's first, read-write ends of a container's pipes: stdin, stdout and
-/// stderr only held open, and status, read for `ready`.
+/// stderr held open until [`Ends::one_way`], and status, read for `ready`.
 pub(crate) struct Ends {
-    _held: [File; 3],
+    held: [File; 3],
     status: File,
 }
 
@@ -235,9 +220,8 @@ impl Ends {
     /// Waits for the init to say `ready` on its status pipe.
     pub(crate) async fn ready(&self) -> io::Result<()> {
         let status = pipe::Receiver::from_file_unchecked(self.status.try_clone()?)?;
-        let mut line = String::new();
-        BufReader::new(status).read_line(&mut line).await?;
-        if line.trim_end() == "ready" {
+        let line = read_status_line(&mut BufReader::new(status)).await?;
+        if line == "ready" {
             Ok(())
         } else {
             Err(io::Error::other(format!(
@@ -245,6 +229,36 @@ impl Ends {
             )))
         }
     }
+
+    /// hotpool's ends, one-way, once the init holds its own. They are opened
+    /// anew from the pipes these ends hold, not by name: nothing in the
+    /// directory is looked up again.
+    pub(crate) fn one_way(&self) -> io::Result<OneWay> {
+        let [stdin, stdout, stderr] = &self.held;
+        let again = |file: &File| Path::new("/proc/self/fd").join(file.as_raw_fd().to_string());
+        let receiver = |file: &File| pipe::OpenOptions::new().open_receiver(again(file));
+        Ok(OneWay {
+            stdin: Stdin(Some(pipe::OpenOptions::new().open_sender(again(stdin))?)),
+            stdout: receiver(stdout)?,
+            stderr: receiver(stderr)?,
+            status: BufReader::new(receiver(&self.status)?),
+        })
+    }
+}
+
+/// The longest line the status pipe may carry; the function can write to it
+/// too, so no more is ever read.
+const STATUS_LINE_MAX: u64 = 64;
+
+/// One line of the status pipe, without its newline, read no further than
+/// [`STATUS_LINE_MAX`] bytes.
+async fn read_status_line(status: &mut BufReader<pipe::Receiver>) -> io::Result<String> {
+    let mut line = Vec::new();
+    (&mut *status)
+        .take(STATUS_LINE_MAX)
+        .read_until(b'\n', &mut line)
+        .await?;
+    Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
 }
 
 /// hotpool's one-way ends of a container's pipes.
@@ -304,13 +318,11 @@ impl Ended {
 /// Reads the init's verdict; `None` if the pipe ended without one (the
 /// container went down whole: killed, or its init died).
 pub(crate) async fn verdict(status: &mut BufReader<pipe::Receiver>) -> Option<Ended> {
-    let mut line = String::new();
-    status.read_line(&mut line).await.ok()?;
-    parse_verdict(&line)
+    parse_verdict(&read_status_line(status).await.ok()?)
 }
 
 fn parse_verdict(line: &str) -> Option<Ended> {
-    let (how, value) = line.trim_end().split_once(' ')?;
+    let (how, value) = line.split_once(' ')?;
     let value = value.parse().ok()?;
     match how {
         "exit" => Some(Ended::Exit(value)),
@@ -336,8 +348,8 @@ mod tests {
 
     #[test]
     fn verdicts_parse_and_signals_map_to_the_engines_exit_codes() {
-        assert_eq!(parse_verdict("exit 3\n"), Some(Ended::Exit(3)));
-        assert_eq!(parse_verdict("signal 9\n"), Some(Ended::Signal(9)));
+        assert_eq!(parse_verdict("exit 3"), Some(Ended::Exit(3)));
+        assert_eq!(parse_verdict("signal 9"), Some(Ended::Signal(9)));
         assert_eq!(Ended::Signal(9).code(), 137);
         assert_eq!(parse_verdict("ready\n"), None);
         assert_eq!(parse_verdict(""), None);

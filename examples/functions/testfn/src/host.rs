@@ -9,6 +9,8 @@
 //! !nofile           the open-file limit, "soft hard"
 //! !cpu-quota        the cgroup's CPU quota and period in microseconds, "50000 100000"
 //! !getenv NAME      the variable's value, or "<unset>"
+//! !tamper           try to replace the direct transport's stdout pipe and to
+//!                   overwrite its init: "unlink: <outcome>; init: <outcome>"
 //! ```
 //!
 //! What a command writes it removes again before answering, so the container stays
@@ -21,7 +23,7 @@ use std::io::{self, Write};
 pub fn handles(name: &str) -> bool {
     matches!(
         name,
-        "write-tmp" | "write-root" | "files" | "id" | "nofile" | "cpu-quota" | "getenv"
+        "write-tmp" | "write-root" | "files" | "id" | "nofile" | "cpu-quota" | "getenv" | "tamper"
     )
 }
 
@@ -38,6 +40,20 @@ pub fn run(name: &str, rest: &str) -> Vec<u8> {
         // SAFETY: getuid and getgid have no preconditions.
         "id" => unsafe { format!("{}:{}", libc::getuid(), libc::getgid()) },
         "nofile" => nofile(),
+        "tamper" => {
+            let outcome = |result: io::Result<()>| match result {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            let unlink = outcome(fs::remove_file("/.hotpool/io/stdout"));
+            let init = outcome(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open("/.hotpool/init")
+                    .map(drop),
+            );
+            format!("unlink: {unlink}; init: {init}")
+        }
         "cpu-quota" => cpu_quota(),
         "getenv" => std::env::var(rest).unwrap_or_else(|_| "<unset>".to_owned()),
         other => format!("unknown host command {other:?}"),

@@ -34,7 +34,9 @@
 //! stdout without end), `!late MS MSG` (answer MSG, then the same answer again MS
 //! milliseconds later, unasked), `!fork` (start a child that holds stdout and
 //! sleeps, then answer `forked`), `!fork-exit N` (start that child, then exit
-//! with code N), `!close-stdout` (close stdout and sleep, never answering).
+//! with code N), `!close-stdout` (close stdout and sleep, never answering),
+//! `!status-flood` and `!status-lie` (write endless bytes, or a false `exit 0`,
+//! to the direct transport's status pipe).
 //! `http` only: `!upgrade` (answer `101 Switching
 //! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`).
 //! Anything else is echoed.
@@ -175,6 +177,33 @@ fn command(body: &[u8]) -> Vec<u8> {
         "fork-exit" => {
             sleeping_child();
             std::process::exit(rest.trim().parse().unwrap_or(1));
+        }
+        "status-flood" => {
+            // The direct transport's status pipe, written without end.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .open("/.hotpool/io/status")
+            {
+                Ok(mut status) => loop {
+                    if status.write_all(&[b'x'; 4096]).is_err() {
+                        break b"the status pipe closed".to_vec();
+                    }
+                },
+                Err(e) => e.to_string().into_bytes(),
+            }
+        }
+        "status-lie" => {
+            // Claims on the status pipe that the function exited cleanly.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .open("/.hotpool/io/status")
+            {
+                Ok(mut status) => {
+                    let _ = status.write_all(b"exit 0\n");
+                    b"lied".to_vec()
+                }
+                Err(e) => e.to_string().into_bytes(),
+            }
         }
         "close-stdout" => {
             // SAFETY: closing our own stdout; nothing else of this process uses it.
