@@ -54,6 +54,44 @@ fn success_passes_stdout_through() {
     assert!(output.stderr.is_empty());
 }
 
+/// Forwards connections on a loopback port to the engine's unix socket, so the
+/// engine looks remote (`DOCKER_HOST=tcp://...`) while it is the same one.
+fn engine_over_tcp() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let engine = std::os::unix::net::UnixStream::connect("/var/run/docker.sock")
+                .expect("the engine's socket");
+            let (mut from_client, mut to_engine) =
+                (client.try_clone().unwrap(), engine.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_engine));
+            let (mut from_engine, mut to_client) = (engine, client);
+            std::thread::spawn(move || std::io::copy(&mut from_engine, &mut to_client));
+        }
+    });
+    port
+}
+
+#[test]
+fn a_remote_engine_gets_the_attach_transport_and_says_so_once() {
+    let port = engine_over_tcp();
+    let output = hotpool_run(&[testfn_image(), "echo"], b"over tcp", |command| {
+        command
+            .env("DOCKER_HOST", format!("tcp://127.0.0.1:{port}"))
+            .env("HOTPOOL_LOG", "info")
+            .env("NO_COLOR", "1");
+    });
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(output.stdout, b"over tcp");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("functions use the attach transport").count(),
+        1,
+        "{stderr}"
+    );
+}
+
 #[test]
 fn exited_gives_the_code_and_json() {
     let output = hotpool_run(&[testfn_image(), "exit", "7", "it broke"], b"", |_| {});
