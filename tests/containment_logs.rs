@@ -8,6 +8,8 @@
 
 mod support;
 
+use hotpool::driver::Transport;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -112,15 +114,16 @@ struct Server {
 }
 
 impl Server {
-    /// Starts a server whose pool is `logs-test-<test>-<pid>` serving `functions`,
-    /// its stderr read by `reader`, and waits until `/healthz` answers. Its stderr is
-    /// a pipe, not a terminal, and `NO_COLOR` is unset.
-    fn start(test: &str, functions: &[String], reader: Reader) -> Server {
-        let pool = format!("logs-test-{test}-{}", std::process::id());
+    /// Starts a server whose pool is `logs-test-<test>-<transport>-<pid>`
+    /// serving `functions` over `transport`, its stderr read by `reader`, and
+    /// waits until `/healthz` answers. Its stderr is a pipe, not a terminal, and
+    /// `NO_COLOR` is unset.
+    fn start(transport: Transport, test: &str, functions: &[String], reader: Reader) -> Server {
+        let pool = format!("logs-test-{test}-{transport}-{}", std::process::id());
         let addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let config = format!(
             "[server]\nlisten = \"{addr}\"\n\n[pool]\nname = \"{pool}\"\n\
-             memory_budget = \"1g\"\nshutdown_timeout = \"30s\"\n\n{}",
+             memory_budget = \"1g\"\nshutdown_timeout = \"30s\"\ntransport = \"{transport}\"\n\n{}",
             functions.join("\n")
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -278,9 +281,10 @@ fn dropped_bytes(record: &str) -> Option<u64> {
         .ok()
 }
 
-#[test]
-fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server() {
+per_transport!(sync a_slow_log_reader_and_two_log_floods_do_not_stall_the_server);
+fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server(transport: Transport) {
     let server = Server::start(
+        transport,
         "slow-reader",
         &[
             function("flood-a", "line"),
@@ -319,9 +323,14 @@ fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server() {
     server.stop();
 }
 
-#[test]
-fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped() {
-    let server = Server::start("flood", &[function("flood", "line")], Reader::Fast);
+per_transport!(sync a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped);
+fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(transport: Transport) {
+    let server = Server::start(
+        transport,
+        "flood",
+        &[function("flood", "line")],
+        Reader::Fast,
+    );
     const FLOOD: u64 = 8_000_000;
     let call_id = server.call_ok("flood", &format!("!log-flood {FLOOD}"), "flooded 8000000");
     // Every byte is logged or said dropped (once stderr is quiet for a moment).
@@ -350,9 +359,10 @@ fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped() {
     server.stop();
 }
 
-#[test]
-fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours() {
+per_transport!(sync function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours);
+fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(transport: Transport) {
     let server = Server::start(
+        transport,
         "escape",
         &[function("ctrl", "line"), function("fail", "line")],
         Reader::Fast,
