@@ -129,7 +129,8 @@ impl RuntimeDir {
     /// Makes the pipe directory of the container of task `id`. The directory
     /// stays hotpool's (the function can open its pipes, never replace them);
     /// the pipes are the user's that `user` names (`uid[:gid]`), or open to all
-    /// where it is a name the host cannot resolve.
+    /// where it is a name the host cannot resolve or hotpool may not give them
+    /// away. Others cannot list the directories to find them.
     pub(crate) fn container_dir(&self, id: &str, user: &str) -> io::Result<IoDir> {
         let path = self.own.join(id);
         DirBuilder::new().mode(0o711).create(&path)?;
@@ -143,8 +144,16 @@ impl RuntimeDir {
             if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            match owner {
-                Some((uid, gid)) => std::os::unix::fs::chown(&pipe, Some(uid), Some(gid))?,
+            let given =
+                owner.map(|(uid, gid)| std::os::unix::fs::chown(&pipe, Some(uid), Some(gid)));
+            match given {
+                Some(Ok(())) => {}
+                // Not root (rootless Docker, a user in the docker group): the
+                // pipes cannot be given away, so they are open to all.
+                Some(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    fs::set_permissions(&pipe, fs::Permissions::from_mode(0o666))?
+                }
+                Some(Err(e)) => return Err(e),
                 None => fs::set_permissions(&pipe, fs::Permissions::from_mode(0o666))?,
             }
         }
