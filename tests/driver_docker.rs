@@ -15,7 +15,8 @@ use hotpool::stats::{CallStats, Stat, names};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use support::{SharedBuf, container_exists, driver, testfn_image};
+use hotpool::pool::POOL_LABEL;
+use support::{PoolGuard, SharedBuf, container_exists, driver, testfn_image};
 
 const MIB: u64 = 1 << 20;
 
@@ -25,13 +26,22 @@ struct Outcome {
     stderr: String,
 }
 
+/// A task of the test function, labelled as a pool of its own so that
+/// [`guard`] can remove its container if the test fails half-way.
 fn task(transport: Transport, args: &[&str]) -> Task {
     let mut task = Task::new(hotpool::driver::new_id(), "driver-test", testfn_image());
+    task.labels
+        .insert(POOL_LABEL.to_owned(), format!("driver-test-{}", task.id));
     task.transport = transport;
     task.command = args.iter().map(|a| a.to_string()).collect();
     task.memory = 64 * MIB;
     task.timeout = Some(Duration::from_secs(60));
     task
+}
+
+/// Removes the container of `task` when dropped, however the test ends.
+fn guard(task: &Task) -> PoolGuard {
+    PoolGuard(task.labels[POOL_LABEL].clone())
 }
 
 /// Runs one cold call to the end and checks that closing removed the container.
@@ -47,6 +57,7 @@ async fn cold(
     task.stdout = Some(Box::new(stdout.clone()));
     task.stderr = Box::new(stderr.clone());
     let task_id = task.id.clone();
+    let _guard = guard(&task);
     let mut cookie = driver.prepare(task).await.expect("prepare");
     let running = cookie.run().await.expect("run");
     assert!(
@@ -177,10 +188,9 @@ async fn cancelling_kills_the_container(transport: Transport) {
 per_transport!(unclaimed_pipes_are_handed_out_for_hot_use);
 async fn unclaimed_pipes_are_handed_out_for_hot_use(transport: Transport) {
     let driver = driver().await;
-    let mut cookie = driver
-        .prepare(task(transport, &["line"]))
-        .await
-        .expect("prepare");
+    let task = task(transport, &["line"]);
+    let _guard = guard(&task);
+    let mut cookie = driver.prepare(task).await.expect("prepare");
     let running = cookie.run().await.expect("run");
     let mut stdin = running.stdin.expect("stdin handed out");
     let mut stdout = BufReader::new(running.stdout.expect("stdout handed out"));
@@ -239,6 +249,7 @@ async fn containers_are_labelled_and_locked_down(transport: Transport) {
     let mut task = task(transport, &["echo"]);
     task.function = "locked".into();
     task.env.insert("GREETING".into(), "hi".into());
+    let _guard = guard(&task);
     let cookie = driver.prepare(task).await.expect("prepare");
     let info = driver
         .docker()
