@@ -94,11 +94,10 @@ async fn sixteen_callers_share_at_most_four_containers(transport: Transport) {
     for host in join_all(callers).await.into_iter().flatten() {
         *served.entry(host).or_default() += 1;
     }
+    // 128 calls on at most four containers: they were shared and reused. How
+    // evenly depends on timing (with fast pipes one container may take nearly
+    // all), so that is not asserted.
     assert!(served.len() <= 4, "{served:?}");
-    assert!(
-        served.values().all(|calls| *calls > 1),
-        "every container is reused: {served:?}"
-    );
     assert_eq!(served.values().sum::<usize>(), 128);
     shut(&pool).await;
 }
