@@ -227,14 +227,19 @@ pub(crate) struct Ends {
 
 impl Ends {
     /// Waits for the init to say `ready` on its status pipe.
+    /// Reads exactly those bytes: the verdict may follow at once (a function
+    /// that exits right away), and it must stay in the pipe for
+    /// [`verdict`].
     pub(crate) async fn ready(&self) -> io::Result<()> {
-        let status = pipe::Receiver::from_file_unchecked(self.status.try_clone()?)?;
-        let line = read_status_line(&mut BufReader::new(status)).await?;
-        if line == "ready" {
+        let mut status = pipe::Receiver::from_file_unchecked(self.status.try_clone()?)?;
+        let mut said = [0u8; READY.len()];
+        status.read_exact(&mut said).await?;
+        if said == *READY {
             Ok(())
         } else {
             Err(io::Error::other(format!(
-                "hotpool-init said {line:?}, not ready"
+                "hotpool-init said {:?}, not ready",
+                String::from_utf8_lossy(&said)
             )))
         }
     }
@@ -254,6 +259,9 @@ impl Ends {
         })
     }
 }
+
+/// What the init says on the status pipe once its pipes are open.
+const READY: &[u8; 6] = b"ready\n";
 
 /// The longest line the status pipe may carry; the function can write to it
 /// too, so no more is ever read.
@@ -353,6 +361,8 @@ fn current_uid() -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -362,6 +372,26 @@ mod tests {
         assert_eq!(Ended::Signal(9).code(), 137);
         assert_eq!(parse_verdict("ready\n"), None);
         assert_eq!(parse_verdict(""), None);
+    }
+
+    #[tokio::test]
+    async fn a_verdict_right_behind_ready_is_kept_for_the_wait() {
+        let root = tempfile::tempdir().unwrap();
+        let runtime = RuntimeDir::install(root.path()).unwrap();
+        let dir = runtime.container_dir("quick", "nobody").unwrap();
+        let early = dir.open_early().unwrap();
+        // The init's side: ready, and the function already gone.
+        let mut init = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("status"))
+            .unwrap();
+        init.write_all(b"ready\nexit 3\n").unwrap();
+        early.ready().await.unwrap();
+        let mut one_way = early.one_way().unwrap();
+        drop(early);
+        // A verdict lost with the ready line would leave this waiting for good.
+        let heard = tokio::time::timeout(Duration::from_secs(10), verdict(&mut one_way.status));
+        assert_eq!(heard.await.ok().flatten(), Some(Ended::Exit(3)));
     }
 
     #[test]
