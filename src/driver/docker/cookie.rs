@@ -37,7 +37,7 @@ const INIT_READY: Duration = Duration::from_secs(30);
 /// init is ready, then the status pipe its verdict comes on.
 struct DirectPipes {
     dir: Mutex<Option<IoDir>>,
-    early: Mutex<Option<direct::Ends>>,
+    early: Option<direct::Ends>,
     status: tokio::sync::Mutex<Option<BufReader<pipe::Receiver>>>,
 }
 
@@ -99,7 +99,7 @@ impl DockerCookie {
             helpers: Mutex::new(Vec::new()),
             direct: direct.map(|direct| DirectPipes {
                 dir: Mutex::new(Some(direct.dir)),
-                early: Mutex::new(Some(direct.early)),
+                early: Some(direct.early),
                 status: tokio::sync::Mutex::new(None),
             }),
             closed: AtomicBool::new(false),
@@ -249,12 +249,10 @@ impl DockerCookie {
     /// takes hotpool's one-way ends.
     async fn start_direct(&mut self) -> Result<(BoxWrite, BoxRead), CallError> {
         let engine_error = |what: &str, e: EngineError| CallError::engine(format!("{what}: {e}"));
-        let pipes = self.direct.as_ref().expect("a direct task");
-        let early = pipes
-            .early
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        let early = self
+            .direct
+            .as_mut()
+            .and_then(|pipes| pipes.early.take())
             .ok_or_else(|| CallError::engine("the container was started before"))?;
         timed("start", self.engine.docker.start_container(&self.id, None))
             .await
@@ -283,7 +281,9 @@ impl DockerCookie {
             .one_way()
             .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?;
         drop(early);
-        *pipes.status.lock().await = Some(one_way.status);
+        if let Some(pipes) = self.direct.as_mut() {
+            *pipes.status.get_mut() = Some(one_way.status);
+        }
         let stderr: Frames = Box::pin(ReaderStream::new(one_way.stderr).map(|chunk| {
             chunk
                 .map(|message| LogOutput::StdErr { message })
