@@ -162,7 +162,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         }
         let mut actions = Actions::default();
         while self.live() > self.max_concurrency && !self.idle.is_empty() {
-            let level = self.busy + self.idle.len();
+            let level = self.level_at(0);
             let surplus = self.idle.remove(0);
             self.keep_alive.idle_removed(surplus.since, level);
             actions.prewarms_wasted += usize::from(surplus.prewarmed);
@@ -259,10 +259,10 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
     /// (`None`: nothing waits for a deadline).
     pub(crate) fn tick(&mut self, now: Instant) -> Actions<C, W> {
         let mut actions = Actions::default();
+        // Levels count from the top, so removing a deeper one changes none.
+        let top = self.level_at(0);
         let keep_alive = &mut self.keep_alive;
         let mut kept = Vec::with_capacity(self.idle.len());
-        // Levels count from the top, so removing a deeper one changes none.
-        let top = self.busy + self.idle.len();
         for (position, idle) in self.idle.drain(..).enumerate() {
             let level = top - position;
             let until = keep_alive.idle_until(idle.since, level);
@@ -339,7 +339,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
     /// prewarmed one that never served counts as wasted.
     pub(crate) fn evict_idle(&mut self, ticket: u64) -> Option<(C, bool)> {
         let position = self.idle.iter().position(|idle| idle.ticket == ticket)?;
-        let level = self.busy + self.idle.len() - position;
+        let level = self.level_at(position);
         let idle = self.idle.remove(position);
         self.keep_alive.idle_removed(idle.since, level);
         Some((idle.container, idle.prewarmed))
@@ -357,11 +357,13 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
 
     /// When the next idle container goes, if none is taken before.
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
-        let top = self.busy + self.idle.len();
         self.idle
             .iter()
             .enumerate()
-            .map(|(position, idle)| self.keep_alive.idle_until(idle.since, top - position))
+            .map(|(position, idle)| {
+                self.keep_alive
+                    .idle_until(idle.since, self.level_at(position))
+            })
             .min()
     }
 
@@ -416,6 +418,12 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         let launches = demand.saturating_sub(supply).min(room);
         self.starting += launches;
         launches
+    }
+
+    /// The level of the idle container at `position` (0: the oldest, reused
+    /// last): the calls in flight at which a call takes it.
+    fn level_at(&self, position: usize) -> usize {
+        self.busy + self.idle.len() - position
     }
 
     /// Calls running or waiting for a container.
