@@ -42,6 +42,11 @@ fn bench_measures_all_four_modes_and_cleans_up() {
             figures["calls_per_s"].as_f64().unwrap_or(0.0) > 0.0,
             "{mode}: {figures}"
         );
+        // Every call costs the process some CPU: a zero would mean the clock was not read.
+        assert!(
+            figures["cpu_us_per_call"].as_f64().unwrap_or(0.0) > 0.0,
+            "{mode}: {figures}"
+        );
     }
     let left = Command::new("docker")
         .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench"])

@@ -21,8 +21,9 @@
 //! over them (scheduling, the check for unsolicited output, per-call stats) is
 //! what the ratios measure.
 //!
-//! It prints p50, p99 and calls per second for each, and the ratios hot/floor_hot
-//! and cold/floor_cold; `--json` prints one JSON object instead.
+//! It prints p50, p99, calls per second and hotpool's CPU time per call for
+//! each, and the ratios hot/floor_hot and cold/floor_cold; `--json` prints one
+//! JSON object instead.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -94,11 +95,13 @@ fn parse_hot_format(text: &str) -> Result<Format, String> {
     }
 }
 
-/// Latencies of one mode and the time its calls took.
+/// Latencies of one mode, the time its calls took, and the CPU time hotpool's
+/// process spent meanwhile (all its threads).
 #[derive(Default)]
 struct Samples {
     latencies: Vec<Duration>,
     elapsed: Duration,
+    cpu: Duration,
 }
 
 impl Samples {
@@ -115,11 +118,18 @@ impl Samples {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 
+    /// hotpool's CPU time per call, in microseconds: unlike latency, it hardly
+    /// moves with the machine's load.
+    fn cpu_us_per_call(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
+    }
+
     fn json(&self) -> serde_json::Value {
         json!({
             "p50_us": self.percentile(50).as_micros(),
             "p99_us": self.percentile(99).as_micros(),
             "calls_per_s": (self.calls_per_s() * 10.0).round() / 10.0,
+            "cpu_us_per_call": (self.cpu_us_per_call() * 10.0).round() / 10.0,
         })
     }
 }
@@ -364,14 +374,30 @@ where
     .await
 }
 
+/// The CPU time of this process so far, over all its threads.
+fn process_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill in.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// Adds one mode's round to its samples.
 async fn timed(
     samples: &mut Samples,
     round: impl Future<Output = Result<Vec<Vec<Duration>>, String>>,
 ) -> Result<(), String> {
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), process_cpu_time());
+
     let latencies = round.await?;
     samples.elapsed += start.elapsed();
+    samples.cpu += process_cpu_time().saturating_sub(cpu_start);
     samples.latencies.extend(latencies.into_iter().flatten());
     Ok(())
 }
@@ -519,16 +545,17 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
         args.image, args.format, args.calls, args.cold_calls, args.concurrency, args.payload
     );
     println!(
-        "{:<12} {:>12} {:>12} {:>12}",
-        "mode", "p50", "p99", "calls/s"
+        "{:<12} {:>12} {:>12} {:>12} {:>14}",
+        "mode", "p50", "p99", "calls/s", "cpu/call"
     );
     for &mode in &order {
         let samples = &modes[mode];
         println!(
-            "{mode:<12} {:>9} µs {:>9} µs {:>12.1}",
+            "{mode:<12} {:>9} µs {:>9} µs {:>12.1} {:>11.1} µs",
             samples.percentile(50).as_micros(),
             samples.percentile(99).as_micros(),
-            samples.calls_per_s()
+            samples.calls_per_s(),
+            samples.cpu_us_per_call()
         );
     }
     let ratio = |a: &str, b: &str| {
