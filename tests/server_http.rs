@@ -392,8 +392,13 @@ fn functions_and_metrics_describe_the_pool(transport: Transport) {
         "{text}"
     );
     assert!(
-        !text.contains("hotpool_calls_total{function=\"web\""),
-        "functions never called are not counted:\n{text}"
+        text.lines()
+            .any(|l| l == "hotpool_calls_total{function=\"web\",outcome=\"success\"} 0"),
+        "a function never called is counted at 0 from its registration:\n{text}"
+    );
+    assert!(
+        !text.contains("hotpool_calls_total{function=\"web\",outcome=\"timeout\""),
+        "an outcome that never happened has no series:\n{text}"
     );
     assert!(
         text.lines()

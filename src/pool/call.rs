@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
 use super::function::{ColdRefusal, FunctionPool};
+use super::function_metrics::FunctionMetrics;
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::Format;
 use crate::driver::{Cookie, Driver};
@@ -74,7 +75,7 @@ impl<D: Driver> Inner<D> {
         };
         let pool = self.current(name)?;
         let mut count = CallCount {
-            function: pool.name.clone(),
+            metrics: &pool.metrics,
             outcome: ErrorKind::Cancelled.as_str(),
         };
         let started = Instant::now();
@@ -87,8 +88,8 @@ impl<D: Driver> Inner<D> {
             Err(error) => error.kind().as_str(),
         };
         if let Ok(response) = &result {
-            metrics::histogram!(crate::metrics::CALL_DURATION_SECONDS, "function" => pool.name.clone(), "start" => response.start.as_str())
-                .record(started.elapsed().as_secs_f64());
+            pool.metrics
+                .succeeded(response.start, started.elapsed().as_secs_f64());
         }
         result
     }
@@ -133,8 +134,9 @@ impl<D: Driver> Inner<D> {
                 checked.check_in();
                 let stats = self
                     .collector
-                    .finish(&pool.name, container.stats_key, call_key, usage, sampled)
+                    .finish(container.stats_key, call_key, usage, sampled)
                     .await;
+                pool.metrics.used(&stats);
                 Ok(respond(request, start, answer, stats))
             }
             Ok(Err(FrameError::Protocol(detail))) => {
@@ -221,8 +223,9 @@ impl<D: Driver> Inner<D> {
         let sampled = call_tag.end();
         let stats = self
             .collector
-            .finish(&pool.name, stats_key, stats_key, None, sampled)
+            .finish(stats_key, stats_key, None, sampled)
             .await;
+        pool.metrics.used(&stats);
         let output = output
             .into_body()
             .map_err(|detail| CallError::ProtocolError { detail });
@@ -300,8 +303,7 @@ fn usage_since(
 }
 
 fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
-    metrics::histogram!(crate::metrics::CALL_QUEUE_SECONDS, "function" => pool.name.clone())
-        .record(started.elapsed().as_secs_f64());
+    pool.metrics.queued(started.elapsed().as_secs_f64());
 }
 
 fn set_call(current: &Mutex<Option<String>>, call_id: &str) {
@@ -310,15 +312,14 @@ fn set_call(current: &Mutex<Option<String>>, call_id: &str) {
 
 /// Counts one call in `hotpool_calls_total` when dropped: with its outcome, or as
 /// `cancelled` if the caller dropped the call before it had one.
-struct CallCount {
-    function: Arc<str>,
+struct CallCount<'a> {
+    metrics: &'a FunctionMetrics,
     outcome: &'static str,
 }
 
-impl Drop for CallCount {
+impl Drop for CallCount<'_> {
     fn drop(&mut self) {
-        metrics::counter!(crate::metrics::CALLS_TOTAL, "function" => self.function.clone(), "outcome" => self.outcome)
-            .increment(1);
+        self.metrics.count_call(self.outcome);
     }
 }
 

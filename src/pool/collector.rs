@@ -3,11 +3,11 @@
 //! Each container's stats sink tags every sample with the call in flight (none
 //! while idle: those samples are dropped) and sends it over a crossbeam channel to
 //! one thread. At the end of a call the thread decimates the call's samples,
-//! averages them, joins the container's counter readings, records the
-//! `hotpool_task_*` metrics, and hands the [`CallStats`] back. A call that saw no
-//! sample (most calls are far shorter than the engine's one-second interval) has
-//! nothing to decimate: its stats are the counters alone, computed and recorded in
-//! place, so the hot path never waits for (or wakes) the thread.
+//! averages them, joins the container's counter readings, and hands the
+//! [`CallStats`] back (the call records them in its function's metrics). A call
+//! that saw no sample (most calls are far shorter than the engine's one-second
+//! interval) has nothing to decimate: its stats are the counters alone, computed
+//! in place, so the hot path never waits for (or wakes) the thread.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,7 +49,6 @@ enum Event {
         stat: Stat,
     },
     CallEnd {
-        function: Arc<str>,
         container: u64,
         call: u64,
         usage: Option<Usage>,
@@ -107,10 +106,9 @@ impl StatsCollector {
     }
 
     /// The stats of call `call` in `container`, which has ended (`sampled`: the
-    /// engine delivered samples during it); records them.
+    /// engine delivered samples during it).
     pub(crate) async fn finish(
         &self,
-        function: &Arc<str>,
         container: u64,
         call: u64,
         usage: Option<Usage>,
@@ -118,13 +116,10 @@ impl StatsCollector {
     ) -> CallStats {
         let counters_only = || CallStats::new(self.max_points, Vec::new(), usage);
         if !sampled {
-            let stats = counters_only();
-            record(function, &stats);
-            return stats;
+            return counters_only();
         }
         let (reply, answer) = oneshot::channel();
         let end = Event::CallEnd {
-            function: function.clone(),
             container,
             call,
             usage,
@@ -161,7 +156,6 @@ fn run(events: Receiver<Event>, max_points: usize) {
                 }
             }
             Event::CallEnd {
-                function,
                 container,
                 call,
                 usage,
@@ -175,25 +169,12 @@ fn run(events: Receiver<Event>, max_points: usize) {
                     }
                     _ => Vec::new(),
                 };
-                let stats = CallStats::new(max_points, samples, usage);
-                record(&function, &stats);
-                let _ = reply.send(stats);
+                let _ = reply.send(CallStats::new(max_points, samples, usage));
             }
             Event::Forget { container } => {
                 kept.remove(&container);
             }
         }
-    }
-}
-
-fn record(function: &Arc<str>, stats: &CallStats) {
-    if let Some(cpu) = stats.cpu_ratio() {
-        metrics::histogram!(crate::metrics::TASK_CPU_RATIO, "function" => function.clone())
-            .record(cpu);
-    }
-    if let Some(memory) = stats.memory_bytes() {
-        metrics::histogram!(crate::metrics::TASK_MEMORY_BYTES, "function" => function.clone())
-            .record(memory);
     }
 }
 
@@ -215,14 +196,13 @@ mod tests {
         let collector = StatsCollector::start(240);
         let tag = Arc::new(CallTag::default());
         let sink = collector.sink(7, tag.clone());
-        let function: Arc<str> = "f".into();
 
         sink(sample(9.0)); // idle: dropped
         tag.begin(1);
         sink(sample(1.0));
         sink(sample(3.0));
         assert!(tag.end(), "samples were sent");
-        let stats = collector.finish(&function, 7, 1, None, true).await;
+        let stats = collector.finish(7, 1, None, true).await;
         assert_eq!(stats.sample_count, 2);
         assert_eq!(stats.cpu_ratio(), Some(2.0));
 
@@ -233,7 +213,7 @@ mod tests {
             cpu_seconds: 0.001,
             memory_bytes: 10,
         };
-        let quiet = collector.finish(&function, 7, 2, Some(usage), false).await;
+        let quiet = collector.finish(7, 2, Some(usage), false).await;
         assert_eq!((quiet.sample_count, quiet.cpu_ratio()), (0, Some(0.25)));
     }
 }

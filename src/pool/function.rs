@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use super::checked_out::CheckedOut;
 use super::container::Slot;
 use super::function_log::LogLimits;
+use super::function_metrics::FunctionMetrics;
 use super::spec::{ContainerSpec, Format, FunctionKey, FunctionSpec, KeepAlive, Limits};
 use super::state::{Counts, FunctionState, Served, Waiter};
 use crate::driver::Driver;
@@ -67,6 +68,8 @@ pub(crate) struct FunctionPool<D: Driver> {
     cold: ColdGate,
     /// How long its last start took.
     start_cost: Mutex<Duration>,
+    /// The handles of its per-call series.
+    pub(crate) metrics: FunctionMetrics,
 }
 
 impl<D: Driver> FunctionPool<D> {
@@ -79,9 +82,11 @@ impl<D: Driver> FunctionPool<D> {
                     .increment(0);
             }
         }
+        let name: Arc<str> = name.into();
         FunctionPool {
             key: container.key(&name),
-            name: name.into(),
+            metrics: FunctionMetrics::new(&name),
+            name,
             state: Mutex::new(FunctionState::new(&limits, container.memory)),
             container,
             start_cost: Mutex::new(FIRST_START_COST),
@@ -146,14 +151,11 @@ impl<D: Driver> FunctionPool<D> {
     /// Publishes `hotpool_containers{function,state}`.
     pub(crate) fn publish(&self, state: &mut State<D>) {
         let counts = state.counts();
-        for (label, count) in [
-            ("idle", counts.idle),
-            ("busy", counts.busy + self.cold.running()),
-            ("starting", counts.starting),
-        ] {
-            metrics::gauge!(crate::metrics::CONTAINERS, "function" => self.name.clone(), "state" => label)
-                .set(count as f64);
-        }
+        self.metrics.containers(
+            counts.idle,
+            counts.busy + self.cold.running(),
+            counts.starting,
+        );
     }
 
     /// A snapshot for [`super::Pool::status`].

@@ -25,6 +25,7 @@ mod collector;
 mod container;
 mod function;
 mod function_log;
+mod function_metrics;
 mod policy;
 mod scheduler;
 mod spec;
