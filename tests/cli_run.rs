@@ -4,6 +4,7 @@
 mod support;
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
@@ -13,13 +14,17 @@ use support::{driver, testfn_image};
 
 fn hotpool_run(args: &[&str], stdin: &[u8], configure: impl FnOnce(&mut Command)) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hotpool"));
+    command.arg("run").args(args);
+    configure(&mut command);
+    run_with_input(command, stdin)
+}
+
+/// Runs `command` with `stdin` as its input; its output.
+fn run_with_input(mut command: Command, stdin: &[u8]) -> Output {
     command
-        .arg("run")
-        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    configure(&mut command);
     let mut child = command.spawn().expect("start hotpool");
     child
         .stdin
@@ -89,6 +94,42 @@ fn a_remote_engine_gets_the_attach_transport_and_says_so_once() {
         stderr.matches("functions use the attach transport").count(),
         1,
         "{stderr}"
+    );
+}
+
+/// A hotpool that is not root (a user of the docker group, as with rootless
+/// setups) cannot give a container's pipes to the function's user, so it opens
+/// them to all: the direct transport still works, and the pipes' directory stays
+/// hotpool's, out of the function's reach.
+#[test]
+fn a_hotpool_that_is_not_root_opens_the_pipes_to_the_function() {
+    // SAFETY: geteuid has no preconditions.
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        let engine = std::fs::metadata("/var/run/docker.sock")
+            .expect("the engine's socket at /var/run/docker.sock");
+        let mut command = Command::new("setpriv");
+        command
+            .arg("--reuid=65534")
+            .arg(format!("--regid={}", engine.gid()))
+            .arg("--clear-groups")
+            .arg(env!("CARGO_BIN_EXE_hotpool"))
+            // Its runtime directory is then its own, in the temporary directory.
+            .env_remove("XDG_RUNTIME_DIR");
+        command
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_hotpool"))
+    };
+    command.args(["run", "--transport", "direct", "--user", "1000:1000"]);
+    command.args([testfn_image(), "line"]);
+    let output = run_with_input(command, b"!id\n!tamper\n");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let answers: Vec<&str> = stdout.lines().collect();
+    assert_eq!(answers.len(), 2, "{stdout}");
+    assert_eq!(answers[0], "1000:1000", "the function runs as its own user");
+    assert!(
+        answers[1].starts_with("unlink: Permission denied"),
+        "the function reached its pipes but cannot replace them: {stdout}"
     );
 }
 
