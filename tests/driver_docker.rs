@@ -243,6 +243,39 @@ async fn a_three_second_task_yields_stats_and_a_summary(transport: Transport) {
     );
 }
 
+per_transport!(a_task_whose_counters_are_read_gets_no_engine_samples);
+/// The engine follows no stats stream for a task whose counters hotpool reads:
+/// sampling them is the caller's, so a hot container costs the engine nothing
+/// between calls.
+async fn a_task_whose_counters_are_read_gets_no_engine_samples(transport: Transport) {
+    let driver = driver().await;
+    let samples: Arc<Mutex<Vec<Stat>>> = Arc::default();
+    let sink = samples.clone();
+    let mut task = task(transport, &["spin", "3"]);
+    task.counters = true;
+    task.stats = Some(Arc::new(move |stat| sink.lock().unwrap().push(stat)));
+    let _guard = guard(&task);
+    let mut cookie = driver.prepare(task).await.expect("prepare");
+    let running = cookie.run().await.expect("run");
+    // The function spins, then echoes its stdin, which ends here.
+    let mut stdin = running.stdin.expect("stdin");
+    stdin.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cpu = cookie
+        .cpu_time()
+        .expect("the counters are readable on this host");
+    assert!(
+        cpu > Duration::from_millis(100),
+        "the counters see the spin: {cpu:?}"
+    );
+    assert_eq!(cookie.wait(&CancellationToken::new()).await, Ok(()));
+    cookie.close().await;
+    assert!(
+        samples.lock().unwrap().is_empty(),
+        "three seconds of a followed container would have brought engine samples"
+    );
+}
+
 per_transport!(containers_are_labelled_and_locked_down);
 async fn containers_are_labelled_and_locked_down(transport: Transport) {
     let driver = driver().await;

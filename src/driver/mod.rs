@@ -96,7 +96,9 @@ pub struct Task {
     pub stdout: Option<BoxWrite>,
     /// Receives the container's stderr.
     pub stderr: Box<dyn Write + Send>,
-    /// Receives engine stats samples while the container runs.
+    /// Receives engine stats samples while the container runs, unless the task
+    /// asked for [`Task::counters`] and got them: sampling those is then the
+    /// caller's, and the engine does no work for an idle container.
     pub stats: Option<StatSink>,
     /// Open the container's resource counters so [`Cookie::cpu_time`] and
     /// [`Cookie::memory_bytes`] can read them

@@ -18,6 +18,7 @@ use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
 use super::function::{ColdRefusal, FunctionPool};
 use super::function_metrics::FunctionMetrics;
+use super::sampler::sample_counters;
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::Format;
 use crate::driver::{Cookie, Driver};
@@ -119,11 +120,16 @@ impl<D: Driver> Inner<D> {
         let call_started = Instant::now();
         let timeout = limits.timeout;
         let max = self.config.max_response_bytes;
+        let sampling = sample_counters(&container.cookie, cpu_before, call_started, || {
+            self.collector
+                .sink(container.stats_key, container.call_tag.clone())
+        });
         let exchange = async {
             tokio::select! {
                 biased;
                 answer = exchange(pool.format(), &mut slot.pipes, request, timeout, max) => answer,
                 () = container.died().cancelled() => Err(FrameError::Closed),
+                never = sampling => match never {},
             }
         };
         let outcome = tokio::time::timeout(timeout, exchange).await;

@@ -27,6 +27,7 @@ mod function;
 mod function_log;
 mod function_metrics;
 mod policy;
+mod sampler;
 mod scheduler;
 mod spec;
 pub(crate) mod state;

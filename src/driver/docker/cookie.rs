@@ -365,7 +365,9 @@ impl Cookie for DockerCookie {
             }
             None => running.stdout = Some(stdout),
         }
-        if let Some(sink) = stats_sink {
+        // The engine's stream only where the caller cannot sample the counters.
+        let counters_read = self.counters_wanted && self.counters.is_some();
+        if let Some(sink) = stats_sink.filter(|_| !counters_read) {
             let docker = self.engine.docker.clone();
             let id = self.id.clone();
             self.keep_helper(tokio::spawn(async move {
