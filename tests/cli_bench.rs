@@ -70,3 +70,53 @@ fn bench_refuses_the_cold_format_and_zero_calls() {
     let zero = run(&["--calls", "0"]);
     assert_eq!(zero.status.code(), Some(2));
 }
+
+#[test]
+fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
+    let image = support::testfn_image();
+    let output = Command::new(env!("CARGO_BIN_EXE_hotpool"))
+        .args(["bench", "--image", image, "--transport", "direct"])
+        .args([
+            "--calls",
+            "20",
+            "--concurrency",
+            "2",
+            "--idle-containers",
+            "3",
+        ])
+        .args(["--json", "line"])
+        .output()
+        .expect("run hotpool bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["idle_containers"], 3, "{report}");
+    for key in [
+        "p50_us_without",
+        "p50_us_with",
+        "p99_us_without",
+        "p99_us_with",
+    ] {
+        assert!(report[key].as_u64().unwrap_or(0) > 0, "{key}: {report}");
+    }
+    for key in [
+        "rss_kib_per_container",
+        "engine_cpu_idle",
+        "hotpool_cpu_idle",
+    ] {
+        assert!(report[key].as_f64().is_some(), "{key}: {report}");
+    }
+    assert!(
+        report["starts_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench"])
+        .output()
+        .expect("docker ps");
+    assert!(left.stdout.is_empty(), "bench left containers behind");
+}

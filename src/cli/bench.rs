@@ -34,6 +34,7 @@ use serde_json::json;
 use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 
+use super::density;
 use hotpool::driver::docker::{DockerCookie, DockerDriver, DockerOptions};
 use hotpool::driver::{BoxRead, BoxWrite, Cookie, Driver, Task, Transport};
 use hotpool::error::CallError;
@@ -78,6 +79,11 @@ pub(crate) struct BenchArgs {
     /// The body that makes the function exit, for the `exited` modes.
     #[arg(long, default_value = "!exit 3")]
     exit_body: String,
+    /// Instead of the modes: the hot calls of one function without and with
+    /// this many idle hot containers of another held (started `--concurrency`
+    /// at a time), and what those cost while idle.
+    #[arg(long, value_name = "N")]
+    idle_containers: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -153,19 +159,52 @@ async fn run(args: &BenchArgs) -> Result<(), String> {
     let driver = DockerDriver::connect(DockerOptions::default())
         .await
         .map_err(|e| e.to_string())?;
+    let idle = args.idle_containers.unwrap_or(0) as u64;
     let pool = Pool::builder(driver.clone())
         .name(BENCH_POOL)
-        .memory_budget(MEMORY * (4 * args.concurrency as u64 + 4))
+        .memory_budget(MEMORY * (4 * args.concurrency as u64 + 4) + density::IDLE_MEMORY * idle)
         .build()
         .await
         .map_err(|e| e.to_string())?;
-    let result = measure(args, &pool).await;
+    let result = match args.idle_containers {
+        Some(count) => measure_density(args, &pool, count).await.map(Ok),
+        None => measure(args, &pool).await.map(Err),
+    };
     pool.shutdown().await;
     let leftovers = driver.remove_labelled(POOL_LABEL, BENCH_POOL).await;
-    let modes = result?;
+    let measured = result?;
     leftovers.map_err(|e| e.to_string())?;
-    report(args, &modes);
+    match measured {
+        Ok(density) if args.json => println!("{}", density.json()),
+        Ok(density) => density.print(),
+        Err(modes) => report(args, &modes),
+    }
     Ok(())
+}
+
+/// The hot calls of one function (at concurrency 1) without and with
+/// `count` idle containers of another.
+async fn measure_density(
+    args: &BenchArgs,
+    pool: &Pool<DockerDriver>,
+    count: usize,
+) -> Result<density::Density, String> {
+    let body = vec![b'x'; args.payload];
+    let mut hot = spec(args, args.format, args.command.clone());
+    hot.transport = args.transport;
+    let function = pool.register(hot.clone());
+    through_pool(&function, &body).await?;
+    let time = || async {
+        let mut samples = Samples::default();
+        timed(
+            &mut samples,
+            workers(1, args.calls, || through_pool(&function, &body)),
+        )
+        .await?;
+        Ok((samples.percentile(50), samples.percentile(99)))
+    };
+    let idle = density::idle_spec(&hot, count);
+    density::measure(pool, idle, count, args.concurrency, time).await
 }
 
 async fn measure(
@@ -375,7 +414,7 @@ where
 }
 
 /// The CPU time of this process so far, over all its threads.
-fn process_cpu_time() -> Duration {
+pub(crate) fn process_cpu_time() -> Duration {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
