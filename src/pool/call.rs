@@ -137,6 +137,7 @@ impl<D: Driver> Inner<D> {
         match outcome {
             Ok(Ok(answer)) => {
                 let usage = usage_since(&container.cookie, cpu_before, call_started.elapsed());
+                slot.pipes.stdout.release();
                 checked.check_in();
                 let stats = self
                     .collector

@@ -3,13 +3,13 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Reservation;
 use super::collector::CallTag;
 use super::spec::FunctionKey;
-use crate::driver::{BoxRead, BoxWrite, Cookie, Driver, RunResult};
+use super::stdout::Stdout;
+use crate::driver::{BoxWrite, Cookie, Driver, RunResult};
 use crate::error::CallError;
 
 /// A container's stderr log, beside the rest of a container's parts.
@@ -144,7 +144,7 @@ impl<D: Driver> HotContainer<D> {
 /// The ends of a hot container's pipes that the pool holds.
 pub(crate) struct Pipes {
     pub(crate) stdin: BoxWrite,
-    pub(crate) stdout: BufReader<BoxRead>,
+    pub(crate) stdout: Stdout,
 }
 
 /// A hot container with its pipes: what the idle stack holds and a call uses.

@@ -31,6 +31,7 @@ mod sampler;
 mod scheduler;
 mod spec;
 pub(crate) mod state;
+mod stdout;
 
 use std::sync::Arc;
 use std::time::Duration;

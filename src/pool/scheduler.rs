@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::io::BufReader;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,15 +28,13 @@ use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
 use super::spec::{FunctionKey, FunctionSpec, Limits};
 use super::state::{Arrival, EvictionClock};
+use super::stdout::Stdout;
 use crate::driver::{Cookie, Driver, Task};
 use crate::error::CallError;
 use crate::format::{self, FrameError};
 
 /// The label that ties a container to the pool that started it.
 pub const POOL_LABEL: &str = "hotpool.pool";
-
-/// Read and write buffer of a hot container's stdout.
-const STDOUT_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The longest the reaper sleeps between looks at idle containers.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -448,7 +445,7 @@ impl<D: Driver> Inner<D> {
             container,
             pipes: Pipes {
                 stdin,
-                stdout: BufReader::with_capacity(STDOUT_BUFFER_BYTES, stdout),
+                stdout: Stdout::new(stdout),
             },
             fresh: true,
             calls: 0,

@@ -42,7 +42,7 @@ impl StderrTap {
     pub(crate) fn new(sink: Box<dyn Write + Send>) -> StderrTap {
         StderrTap {
             sink: Mutex::new(sink),
-            tail: Mutex::new(VecDeque::with_capacity(STDERR_TAIL_BYTES)),
+            tail: Mutex::new(VecDeque::new()),
         }
     }
 

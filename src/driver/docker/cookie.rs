@@ -385,20 +385,23 @@ impl Cookie for DockerCookie {
 
     async fn wait(&self, cancel: &CancellationToken) -> RunResult {
         let deadline = deadline(self.started, self.timeout);
-        let exit = self.exit_code();
-        tokio::pin!(exit);
-        let interrupted = tokio::select! {
-            Some(ended) = self.direct_verdict() => {
-                self.drain_output().await;
-                return self.judge_direct(ended).await;
+        // A direct container's init says how its function ended; the engine is
+        // asked (one request held open until the exit) only where it cannot:
+        // an attached container, or one that went down whole.
+        let ended = async {
+            match self.direct_verdict().await {
+                Some(ended) => Ok(Ending::Reported(ended)),
+                None => self.exit_code().await.map(Ending::Exited),
             }
-            code = &mut exit => {
-                return match code {
-                    Ok(code) => {
-                        self.drain_output().await;
-                        self.judge_exit(code).await
-                    }
-                    Err(e) => Err(e),
+        };
+        tokio::pin!(ended);
+        let interrupted = tokio::select! {
+            ending = &mut ended => {
+                let ending = ending?;
+                self.drain_output().await;
+                return match ending {
+                    Ending::Reported(ended) => self.judge_direct(ended).await,
+                    Ending::Exited(code) => self.judge_exit(code).await,
                 };
             }
             () = sleep_until_deadline(deadline) => CallError::Timeout {
@@ -407,7 +410,7 @@ impl Cookie for DockerCookie {
             () = cancel.cancelled() => CallError::Cancelled,
         };
         self.kill().await?;
-        let _ = exit.await;
+        let _ = ended.await;
         self.drain_output().await;
         Err(interrupted)
     }
@@ -466,6 +469,12 @@ impl Cookie for DockerCookie {
             drop(pipes.dir.lock().unwrap_or_else(|e| e.into_inner()).take());
         }
     }
+}
+
+/// How a container ended: as its init reported, or the exit code the engine gave.
+enum Ending {
+    Reported(Ended),
+    Exited(i64),
 }
 
 /// When a task started at `started` times out; `None` without a timeout, or when

@@ -255,7 +255,7 @@ impl Ends {
             stdin: Stdin(Some(pipe::OpenOptions::new().open_sender(again(stdin))?)),
             stdout: receiver(stdout)?,
             stderr: receiver(stderr)?,
-            status: BufReader::new(receiver(&self.status)?),
+            status: BufReader::with_capacity(STATUS_LINE_MAX as usize, receiver(&self.status)?),
         })
     }
 }
