@@ -290,7 +290,9 @@ impl<D: Driver> Inner<D> {
                 Arrival::Ready {
                     mut container,
                     prewarmed,
+                    start,
                 } => {
+                    self.start_containers(&pool, start);
                     // Idle before the call came: the call is hot, whoever started it.
                     container.fresh = false;
                     if prewarmed {

@@ -284,8 +284,10 @@ pub enum KeepAlive {
     /// the histogram is not representative.
     Histogram,
     /// hotpool's own: learns when each idle container is likely to be used again
-    /// and keeps it while that is worth its memory; prewarms before calls that
-    /// come at regular intervals once their container was let go. Written
+    /// and keeps it while that is worth its memory; starts containers ahead of
+    /// a busy function's calls when its recent rates forecast more arrivals
+    /// than returns; prewarms before calls that come at regular intervals once
+    /// their container was let go. Written
     /// `adaptive`, or `adaptive:GB_S` with what one cold start is worth in idle
     /// memory (GB-seconds; default 3000).
     Adaptive {

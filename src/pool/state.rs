@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::container::EvictionReason;
-use super::policy::{self, EvictionPolicy, IdleContainer, KeepAlivePolicy};
+use super::policy::{self, EvictionPolicy, Found, IdleContainer, KeepAlivePolicy};
 use super::spec::{Eviction, KeepAlive, Limits};
 
 /// A container as the state machine sees it: how many calls it served, which the
@@ -39,8 +39,13 @@ pub(crate) trait Waiter {
 #[derive(Debug)]
 pub(crate) enum Arrival<C> {
     /// An idle container, now counted busy; `prewarmed` if it was started before
-    /// any call asked and this is its first call.
-    Ready { container: C, prewarmed: bool },
+    /// any call asked and this is its first call. `start` containers must be
+    /// started ahead of the calls the keep-alive policy expects next.
+    Ready {
+        container: C,
+        prewarmed: bool,
+        start: usize,
+    },
     /// It waits; `start` containers must be started.
     Queued { start: usize },
     /// Every container is busy and the queue is full.
@@ -184,10 +189,16 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         if let Some(idle) = self.idle.pop() {
             self.busy += 1;
             let level = self.in_flight();
-            self.keep_alive.call_arrived(now, Some(idle.since), level);
+            let found = if idle.prewarmed {
+                Found::Prewarmed
+            } else {
+                Found::Idle(idle.since)
+            };
+            self.keep_alive.call_arrived(now, found, level);
             return Arrival::Ready {
                 container: idle.container,
                 prewarmed: idle.prewarmed,
+                start: self.prewarms(now),
             };
         }
         let startable = self.max_concurrency.saturating_sub(self.live());
@@ -196,9 +207,10 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         }
         self.waiting.push_back(waiter());
         let level = self.in_flight();
-        self.keep_alive.call_arrived(now, None, level);
+        self.keep_alive.call_arrived(now, Found::Nothing, level);
+        let launches = self.launches();
         Arrival::Queued {
-            start: self.launches(),
+            start: launches + self.prewarms(now),
         }
     }
 
@@ -279,11 +291,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         }
         self.idle = kept;
         if self.draining.is_none() {
-            let wanted = self.keep_alive.prewarm(now);
-            let room = self.max_concurrency.saturating_sub(self.live());
-            let prewarm = wanted.saturating_sub(self.live()).min(room);
-            self.starting += prewarm;
-            self.prewarming += prewarm;
+            let prewarm = self.prewarms(now);
             actions.start = prewarm + self.launches();
             actions.wake = earliest(actions.wake, self.keep_alive.next_change(now));
         }
@@ -403,6 +411,20 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         }
         actions.prewarms_wasted = usize::from(prewarmed && actions.retire.len() == 1);
         actions
+    }
+
+    /// How many containers to start now for the keep-alive policy's prewarm,
+    /// within the concurrency. Counts them starting.
+    fn prewarms(&mut self, now: Instant) -> usize {
+        if self.draining.is_some() {
+            return 0;
+        }
+        let wanted = self.keep_alive.prewarm(now);
+        let room = self.max_concurrency.saturating_sub(self.live());
+        let prewarm = wanted.saturating_sub(self.live()).min(room);
+        self.starting += prewarm;
+        self.prewarming += prewarm;
+        prewarm
     }
 
     /// How many containers to start now: one per live waiter that no idle or
@@ -554,7 +576,7 @@ mod tests {
     }
 
     impl KeepAlivePolicy for Spy {
-        fn call_arrived(&mut self, _: Instant, _: Option<Instant>, level: usize) {
+        fn call_arrived(&mut self, _: Instant, _: Found, level: usize) {
             self.told.lock().unwrap().push(("arrived", level));
         }
         fn call_returned(&mut self, _: Instant, in_flight: usize) {
@@ -786,6 +808,28 @@ mod tests {
     }
 
     #[test]
+    fn a_call_that_finds_a_container_starts_those_the_policy_wants_ahead() {
+        let mut spec = FunctionSpec::new("f", "img");
+        spec.keep_alive = "adaptive".parse().unwrap();
+        spec.max_concurrency = 100;
+        let mut state: State = FunctionState::new(&spec.split().2, 64 << 20);
+        let mut now = Instant::now();
+        with_idle(&mut state, now, &["c"; 20]);
+        // Ten calls a second that all keep running: the policy wants starts
+        // ahead of the next ones while idle containers are left.
+        let mut started = 0;
+        for i in 0..18 {
+            let Arrival::Ready { start, .. } = state.call_arrives(now, || call(i)) else {
+                panic!("call {i} finds an idle container")
+            };
+            started += start;
+            now += Duration::from_millis(100);
+        }
+        assert!(started > 0);
+        assert_eq!(state.counts().starting, started);
+    }
+
+    #[test]
     fn a_prewarm_starts_on_tick_and_its_first_call_is_counted_warm_or_wasted() {
         let mut spec = FunctionSpec::new("f", "img");
         // A cold start worth little: the container goes a second after each call.
@@ -813,6 +857,7 @@ mod tests {
                 Arrival::Ready {
                     container,
                     prewarmed,
+                    start: 0,
                 } => {
                     if i >= 9 {
                         assert!(prewarmed, "call {i} is served by a prewarm");

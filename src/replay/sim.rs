@@ -339,10 +339,12 @@ impl Simulation {
             Arrival::Ready {
                 container,
                 prewarmed,
+                start,
             } => {
                 self.prewarms_used += u64::from(prewarmed);
                 self.idle_change(function, -1);
                 self.serve(function, container, duration, at);
+                self.start(function, start, at);
             }
             Arrival::Queued { start } => self.start(function, start, at),
             Arrival::Full | Arrival::Draining => {

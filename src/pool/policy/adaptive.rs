@@ -1,6 +1,7 @@
 //! hotpool's own keep-alive: keep an idle container while the chance that a call
 //! takes it soon is worth its memory, learned online per function; prewarm
-//! before calls that come like clockwork.
+//! ahead of the calls a busy function's recent rates forecast, and before calls
+//! that come like clockwork.
 //!
 //! **Keep-alive.** Every idle spell of a container ends one of two ways: a call
 //! takes the container (its length is observed), or the container is removed.
@@ -32,11 +33,23 @@
 //! idle timeout lets the container go before the next call is due, one is
 //! started [`PREWARM_LEAD`] before then and kept until a tenth past the longest
 //! gap. A prewarm never lets a container go early: it only brings one back.
+//!
+//! **Forecast.** A function busy enough to expect at least one call within
+//! [`FORECAST_HORIZON`] (a container start and then some) keeps ready, idle
+//! or starting, the containers the next horizon's calls need: arrivals less
+//! returns, each counted at its rate over the last [`RATE_EVENTS`], plus one
+//! standard deviation of the two as Poisson counts. It reckons again at every
+//! arrival and return, so when calls come faster than containers come back,
+//! starts run ahead of them instead of behind; and the containers it wants are
+//! not let go within the horizon after it last reckoned. A call served by such
+//! a prewarm did not miss the container last removed at its level, so the
+//! keep-alive learns that removing it cost no cold start: with the forecast
+//! covering rises, surplus containers go sooner.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{KeepAlivePolicy, after};
+use super::{Found, KeepAlivePolicy, after};
 
 /// The idle timeout before anything is learned, if the break-even time is longer.
 const PRIOR_TIMEOUT: Duration = Duration::from_secs(600);
@@ -62,6 +75,14 @@ const REGULAR_SPREAD: f64 = 1.1;
 const MIN_PREWARM_GAP: Duration = Duration::from_secs(4);
 /// How long before a due call a prewarm starts.
 const PREWARM_LEAD: Duration = Duration::from_secs(1);
+/// The demand forecast: the horizon it covers (a start and then some), the
+/// arrivals and returns its rates are measured over, the fewest arrivals in
+/// the horizon for it to act, and how many standard deviations above the
+/// expected deficit it provides for.
+const FORECAST_HORIZON: Duration = Duration::from_secs(1);
+const RATE_EVENTS: usize = 16;
+const FORECAST_MIN_ARRIVALS: f64 = 1.0;
+const FORECAST_DEVIATIONS: f64 = 1.0;
 
 /// The idle spells seen at some levels: lengths of those that ended in reuse,
 /// by bin, and the count of all, each weighted by the policy's `weight` at the
@@ -100,6 +121,42 @@ pub(crate) struct Adaptive {
     running: usize,
     idle_since: Option<Instant>,
     gaps: VecDeque<Duration>,
+    /// When its last calls arrived and returned.
+    arrivals: Recent,
+    returns: Recent,
+    /// At the last arrival or return: when, and the highest level the
+    /// forecast wanted up (the calls in flight and the deficit above them).
+    forecast: Option<(Instant, usize)>,
+}
+
+/// The times of the last [`RATE_EVENTS`] events of one kind.
+#[derive(Debug, Default)]
+struct Recent(VecDeque<Instant>);
+
+impl Recent {
+    fn push(&mut self, at: Instant) {
+        if self.0.len() == RATE_EVENTS {
+            self.0.pop_front();
+        }
+        self.0.push_back(at);
+    }
+
+    /// Events per second at `now`: the last ones over the time since the
+    /// oldest; 0 until there are enough, or if they all came at once (which
+    /// says nothing of a rate).
+    fn rate(&self, now: Instant) -> f64 {
+        match self.0.front() {
+            Some(oldest) if self.0.len() == RATE_EVENTS => {
+                let span = now.saturating_duration_since(*oldest).as_secs_f64();
+                if span > 0.0 {
+                    RATE_EVENTS as f64 / span
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        }
+    }
 }
 
 impl Adaptive {
@@ -118,7 +175,25 @@ impl Adaptive {
             running: 0,
             idle_since: None,
             gaps: VecDeque::new(),
+            arrivals: Recent::default(),
+            returns: Recent::default(),
+            forecast: None,
         }
+    }
+
+    /// Containers, idle or starting, that the calls expected over the next
+    /// [`FORECAST_HORIZON`] need at `now`: arrivals less returns, with a margin
+    /// for chance (both counted as Poisson at their recent rates); none while
+    /// fewer than [`FORECAST_MIN_ARRIVALS`] calls are expected.
+    fn forecast_deficit(&self, now: Instant) -> usize {
+        let horizon = FORECAST_HORIZON.as_secs_f64();
+        let arrivals = self.arrivals.rate(now) * horizon;
+        if arrivals < FORECAST_MIN_ARRIVALS {
+            return 0;
+        }
+        let returns = self.returns.rate(now) * horizon;
+        let deficit = arrivals - returns + FORECAST_DEVIATIONS * (arrivals + returns).sqrt();
+        deficit.max(0.0).ceil() as usize
     }
 
     /// The timeout of an idle container at `level`.
@@ -169,11 +244,22 @@ impl Adaptive {
 }
 
 impl KeepAlivePolicy for Adaptive {
-    fn call_arrived(&mut self, now: Instant, reused: Option<Instant>, level: usize) {
-        let began = reused.or_else(|| self.removed.get_mut(level).and_then(Option::take));
+    fn call_arrived(&mut self, now: Instant, found: Found, level: usize) {
+        let began = match found {
+            Found::Idle(since) => Some(since),
+            Found::Prewarmed => {
+                // The container removed at this level was not missed.
+                self.removed.get_mut(level).and_then(Option::take);
+                None
+            }
+            Found::Nothing => self.removed.get_mut(level).and_then(Option::take),
+        };
         if let Some(began) = began {
             self.observe(level, now.saturating_duration_since(began));
         }
+        self.arrivals.push(now);
+        self.running = level;
+        self.forecast = Some((now, level + self.forecast_deficit(now)));
         if level == 1
             && let Some(since) = self.idle_since
         {
@@ -182,11 +268,12 @@ impl KeepAlivePolicy for Adaptive {
             }
             self.gaps.push_back(now.saturating_duration_since(since));
         }
-        self.running = level;
     }
 
     fn call_returned(&mut self, now: Instant, in_flight: usize) {
+        self.returns.push(now);
         self.running = in_flight;
+        self.forecast = Some((now, in_flight + self.forecast_deficit(now)));
         if in_flight == 0 {
             self.idle_since = Some(now);
         }
@@ -212,13 +299,24 @@ impl KeepAlivePolicy for Adaptive {
         match self.prewarm_window() {
             // The prewarmed one stays its window.
             Some((start, end)) if idle_since >= start => end,
-            _ => after(idle_since, self.timeout(level)),
+            _ => {
+                let timeout = after(idle_since, self.timeout(level));
+                match self.forecast {
+                    // Wanted up: kept through the horizon after the forecast.
+                    Some((at, wanted)) if level <= wanted => {
+                        timeout.max(after(at, FORECAST_HORIZON))
+                    }
+                    _ => timeout,
+                }
+            }
         }
     }
 
     fn prewarm(&self, now: Instant) -> usize {
-        self.prewarm_window()
-            .map_or(0, |(start, end)| usize::from(start <= now && now < end))
+        let clockwork = self
+            .prewarm_window()
+            .map_or(0, |(start, end)| usize::from(start <= now && now < end));
+        clockwork.max(self.running + self.forecast_deficit(now))
     }
 
     fn next_change(&self, now: Instant) -> Option<Instant> {
@@ -354,7 +452,7 @@ mod tests {
             policy.call_returned(now, level - 1);
             let began = now;
             now += spell;
-            policy.call_arrived(now, Some(began), level);
+            policy.call_arrived(now, Found::Idle(began), level);
         }
         now
     }
@@ -424,7 +522,7 @@ mod tests {
             let began = start + Duration::from_secs(u64::from(round) * 1000);
             policy.call_returned(began, 0);
             policy.idle_removed(began, 1);
-            policy.call_arrived(began + Duration::from_secs(300), None, 1);
+            policy.call_arrived(began + Duration::from_secs(300), Found::Nothing, 1);
         }
         assert!(
             policy.timeout(1) >= Duration::from_secs(300),
@@ -440,7 +538,7 @@ mod tests {
         let mut now = Instant::now();
         let gap = Duration::from_secs(10);
         for _ in 0..=REGULAR_GAPS {
-            policy.call_arrived(now, None, 1);
+            policy.call_arrived(now, Found::Nothing, 1);
             now += Duration::from_millis(100);
             policy.call_returned(now, 0);
             now += gap;
@@ -463,19 +561,121 @@ mod tests {
         );
     }
 
+    /// Calls arriving every `gap` from `start`, each running `duration`, until
+    /// `until`; returns the calls in flight at the end.
+    fn steady_calls(
+        policy: &mut Adaptive,
+        start: Instant,
+        gap: Duration,
+        duration: Duration,
+        until: Instant,
+    ) -> usize {
+        let mut running: VecDeque<Instant> = VecDeque::new();
+        let mut now = start;
+        while now < until {
+            while running.front().is_some_and(|end| *end <= now) {
+                let end = running.pop_front().expect("front");
+                policy.call_returned(end, running.len());
+            }
+            running.push_back(now + duration);
+            policy.call_arrived(now, Found::Nothing, running.len());
+            now += gap;
+        }
+        running.len()
+    }
+
+    #[test]
+    fn a_rising_busy_function_gets_starts_ahead_of_its_calls() {
+        // A cold start worth little: idle containers go after a second.
+        let mut policy = Adaptive::new(256 * MIB, 0.001);
+        let start = Instant::now();
+        // Ten calls a second that each run a minute: nothing comes back yet.
+        let end = start + Duration::from_secs(5);
+        let in_flight = steady_calls(
+            &mut policy,
+            start,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+            end,
+        );
+        let now = end - Duration::from_millis(100);
+        let ahead = policy.prewarm(now) - in_flight;
+        // Ten calls due within the horizon, and a margin for chance.
+        assert!((10..=16).contains(&ahead), "{ahead} ahead");
+        let since = now - Duration::from_secs(10);
+        assert_eq!(
+            policy.idle_until(since, in_flight + ahead),
+            now + FORECAST_HORIZON,
+            "one it wants is kept through the horizon"
+        );
+        assert_eq!(
+            policy.idle_until(since, in_flight + ahead + 1),
+            since + MIN_TIMEOUT,
+            "one above goes at its timeout"
+        );
+    }
+
+    #[test]
+    fn a_steady_busy_function_keeps_only_a_margin_and_a_quiet_one_none() {
+        let mut busy = Adaptive::new(256 * MIB, 3000.0);
+        let start = Instant::now();
+        // Ten calls a second that each run half a second: as many come back.
+        let end = start + Duration::from_secs(30);
+        let in_flight = steady_calls(
+            &mut busy,
+            start,
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            end,
+        );
+        let ahead = busy.prewarm(end - Duration::from_millis(100)) - in_flight;
+        assert!((1..=5).contains(&ahead), "{ahead} ahead");
+        let mut quiet = Adaptive::new(256 * MIB, 3000.0);
+        steady_calls(
+            &mut quiet,
+            start,
+            Duration::from_secs(2),
+            Duration::from_millis(500),
+            start + Duration::from_secs(120),
+        );
+        assert_eq!(quiet.forecast_deficit(start + Duration::from_secs(120)), 0);
+    }
+
+    #[test]
+    fn a_call_served_by_a_prewarm_did_not_miss_the_removed_container() {
+        // Each round: a container goes idle, is removed, and five minutes
+        // later a call comes that finds either nothing or a prewarm.
+        let timeout_after = |found: Found| {
+            let mut policy = Adaptive::new(256 * MIB, 3000.0);
+            let start = Instant::now();
+            let now = reused_after(&mut policy, start, 1, Duration::from_secs(2), 20);
+            for round in 0..50u32 {
+                let began = now + Duration::from_secs(u64::from(round) * 1000);
+                policy.call_returned(began, 0);
+                policy.idle_removed(began, 1);
+                policy.call_arrived(began + Duration::from_secs(300), found, 1);
+            }
+            policy.timeout(1)
+        };
+        let missed = timeout_after(Found::Nothing);
+        let covered = timeout_after(Found::Prewarmed);
+        assert!(missed >= Duration::from_secs(300), "{missed:?}");
+        assert!(covered < Duration::from_secs(10), "{covered:?}");
+    }
+
     #[test]
     fn irregular_calls_and_kept_containers_are_not_prewarmed() {
         let mut policy = Adaptive::new(256 * MIB, 0.001);
         let mut now = Instant::now();
         for i in 0..20u64 {
-            policy.call_arrived(now, None, 1);
+            policy.call_arrived(now, Found::Nothing, 1);
             policy.call_returned(now, 0);
             now += Duration::from_secs(5 + (i % 3) * 10);
         }
         assert_eq!(policy.prewarm_window(), None);
         let mut kept = Adaptive::new(256 * MIB, 3000.0);
         for _ in 0..20 {
-            kept.call_arrived(now, None, 1);
+            kept.call_arrived(now, Found::Nothing, 1);
             kept.call_returned(now, 0);
             now += Duration::from_secs(10);
         }

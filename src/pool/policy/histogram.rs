@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{KeepAlivePolicy, after};
+use super::{Found, KeepAlivePolicy, after};
 
 /// The width of a bin.
 const BIN: Duration = Duration::from_secs(60);
@@ -118,7 +118,7 @@ impl HybridHistogram {
 }
 
 impl KeepAlivePolicy for HybridHistogram {
-    fn call_arrived(&mut self, now: Instant, _: Option<Instant>, level: usize) {
+    fn call_arrived(&mut self, now: Instant, _: Found, level: usize) {
         match self.idle_since.filter(|_| level == 1) {
             Some(since) => self.record(now.saturating_duration_since(since)),
             // Another call runs: the function was never idle.
@@ -194,7 +194,7 @@ mod tests {
     ) -> Instant {
         let mut now = start;
         for _ in 0..calls {
-            policy.call_arrived(now, None, 1);
+            policy.call_arrived(now, Found::Nothing, 1);
             now += Duration::from_secs(1);
             policy.call_returned(now, 0);
             now += gap;
@@ -232,8 +232,8 @@ mod tests {
         let mut policy = HybridHistogram::new();
         for i in 0..20 {
             let now = start + Duration::from_secs(i);
-            policy.call_arrived(now, None, 1);
-            policy.call_arrived(now, None, 2);
+            policy.call_arrived(now, Found::Nothing, 1);
+            policy.call_arrived(now, Found::Nothing, 2);
             policy.call_returned(now, 1);
             policy.call_returned(now, 0);
         }

@@ -26,10 +26,9 @@ use histogram::HybridHistogram;
 /// it in the idle stack at `n + 2`, and so on; levels stay put as calls come
 /// and go.
 pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
-    /// A call arrived at `now`, making `level` calls in flight; it took the
-    /// idle container that went idle at `reused`, or found none (`None`: it
-    /// waits for a start).
-    fn call_arrived(&mut self, now: Instant, reused: Option<Instant>, level: usize);
+    /// A call arrived at `now`, making `level` calls in flight; `found` says
+    /// what idle container it took, if any.
+    fn call_arrived(&mut self, now: Instant, found: Found, level: usize);
 
     /// A call ended at `now`, leaving `in_flight` calls; its container came back.
     fn call_returned(&mut self, now: Instant, in_flight: usize);
@@ -46,6 +45,17 @@ pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
 
     /// The next time after `now` that [`KeepAlivePolicy::prewarm`] may change.
     fn next_change(&self, now: Instant) -> Option<Instant>;
+}
+
+/// What a call found when it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A container that went idle at this instant when its last call ended.
+    Idle(Instant),
+    /// A container a prewarm started, serving its first call.
+    Prewarmed,
+    /// No idle container: the call waits for a start.
+    Nothing,
 }
 
 /// Which idle container goes when another container needs its memory: the one
@@ -99,7 +109,7 @@ pub(crate) struct FixedKeepAlive {
 }
 
 impl KeepAlivePolicy for FixedKeepAlive {
-    fn call_arrived(&mut self, _: Instant, _: Option<Instant>, _: usize) {}
+    fn call_arrived(&mut self, _: Instant, _: Found, _: usize) {}
 
     fn call_returned(&mut self, _: Instant, _: usize) {}
 
@@ -160,7 +170,7 @@ mod tests {
     fn fixed_keeps_each_container_its_idle_timeout_and_prewarms_none() {
         let now = Instant::now();
         let mut policy = keep_alive(KeepAlive::fixed(Duration::from_secs(60)), 1 << 20);
-        policy.call_arrived(now, None, 1);
+        policy.call_arrived(now, Found::Nothing, 1);
         policy.call_returned(now, 0);
         assert_eq!(policy.idle_until(now, 1), now + Duration::from_secs(60));
         assert_eq!(policy.prewarm(now), 0);
