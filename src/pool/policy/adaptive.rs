@@ -38,7 +38,8 @@
 //! [`FORECAST_HORIZON`] (a container start and then some) keeps ready, idle
 //! or starting, the containers the next horizon's calls need: arrivals less
 //! returns, each counted at its rate over the last [`RATE_EVENTS`], plus one
-//! standard deviation of the two as Poisson counts. It reckons again at every
+//! standard deviation of the two as Poisson counts, both over the time a call
+//! stays (the horizon at most: shorter calls come back within it). It reckons again at every
 //! arrival and return, so when calls come faster than containers come back,
 //! starts run ahead of them instead of behind; and the containers it wants are
 //! not let go within the horizon after it last reckoned. A call served by such
@@ -187,12 +188,19 @@ impl Adaptive {
     /// fewer than [`FORECAST_MIN_ARRIVALS`] calls are expected.
     fn forecast_deficit(&self, now: Instant) -> usize {
         let horizon = FORECAST_HORIZON.as_secs_f64();
-        let arrivals = self.arrivals.rate(now) * horizon;
-        if arrivals < FORECAST_MIN_ARRIVALS {
+        let (arrival_rate, return_rate) = (self.arrivals.rate(now), self.returns.rate(now));
+        if arrival_rate * horizon < FORECAST_MIN_ARRIVALS {
             return 0;
         }
-        let returns = self.returns.rate(now) * horizon;
-        let deficit = arrivals - returns + FORECAST_DEVIATIONS * (arrivals + returns).sqrt();
+        // Arrivals outrun returns, and chance moves them, only over the time a
+        // call stays (by Little's law, the calls in flight over the arrival
+        // rate), the horizon at most: calls far shorter than the horizon come
+        // back within it, so a thousand one-millisecond calls a second need a
+        // few spare containers, not the dozens their counts over a whole
+        // horizon would differ and vary by.
+        let stay = (self.running.max(1) as f64 / arrival_rate).min(horizon);
+        let chance = ((arrival_rate + return_rate) * stay).sqrt();
+        let deficit = (arrival_rate - return_rate) * stay + FORECAST_DEVIATIONS * chance;
         deficit.max(0.0).ceil() as usize
     }
 
@@ -639,6 +647,24 @@ mod tests {
             start + Duration::from_secs(120),
         );
         assert_eq!(quiet.forecast_deficit(start + Duration::from_secs(120)), 0);
+    }
+
+    #[test]
+    fn a_thousand_short_calls_a_second_keep_a_few_spares_not_dozens() {
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
+        let start = Instant::now();
+        let end = start + Duration::from_secs(5);
+        // A call a millisecond, each done in one and a half: one or two in flight.
+        let in_flight = steady_calls(
+            &mut policy,
+            start,
+            Duration::from_millis(1),
+            Duration::from_micros(1500),
+            end,
+        );
+        let ahead = policy.prewarm(end - Duration::from_millis(1)) - in_flight;
+        // Counted over the whole second, chance alone would ask for about 45.
+        assert!((1..=4).contains(&ahead), "{ahead} ahead");
     }
 
     #[test]
