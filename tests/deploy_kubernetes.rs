@@ -234,6 +234,7 @@ fn haproxy_on_kubernetes_is_the_shipped_config_with_its_nodes_from_dns() {
             .lines()
             .skip(1)
             .map(str::trim)
+            .filter(|line| !line.is_empty())
             .map(str::to_owned)
             .collect()
     };
