@@ -7,7 +7,8 @@
 //! keeps each function on one node through hashing where round robin spreads
 //! every one over all three (counted from the `Hotpool-Node` header HAProxy
 //! adds, and the warm calls from `Hotpool-Start`); one function driven past one
-//! node's `max_concurrency` spills to a second node and gets no `busy`; a node
+//! node's `max_concurrency` spills to a second node and gets no `busy`; a
+//! node's `503 busy` is tried once more on another node, a 502 never; a node
 //! killed mid-load costs only the calls that were on it, each a prompt 502,
 //! and once the health checks take it out every call lands on the others,
 //! the functions of the surviving nodes where they were; and nothing is left
@@ -42,12 +43,14 @@ fn functions() -> String {
             function(i)
         ));
     }
-    // No queue: a call that finds both containers busy gets `busy` at once.
-    toml.push_str(&format!(
-        "[[function]]\nname = \"hot\"\nimage = \"{image}\"\ncmd = [\"line\"]\n\
-         format = \"line\"\nmemory = \"16m\"\nkeep_alive = \"fixed:10m\"\n\
-         max_concurrency = {HOT_MAX_CONCURRENCY}\nmax_queue = 0\n"
-    ));
+    // No queue: a call that finds every container busy gets `busy` at once.
+    for (name, max_concurrency) in [("hot", HOT_MAX_CONCURRENCY), ("single", 1)] {
+        toml.push_str(&format!(
+            "[[function]]\nname = \"{name}\"\nimage = \"{image}\"\ncmd = [\"line\"]\n\
+             format = \"line\"\nmemory = \"16m\"\nkeep_alive = \"fixed:10m\"\n\
+             max_concurrency = {max_concurrency}\nmax_queue = 0\n\n"
+        ));
+    }
     toml
 }
 
@@ -58,6 +61,17 @@ fn function(i: usize) -> String {
 fn invoke(through: SocketAddr, function: &str, body: &str) -> HttpResponse {
     http::post(through, &format!("/invoke/{function}"), body.as_bytes())
         .unwrap_or_else(|e| panic!("POST /invoke/{function} through {through}: {e}"))
+}
+
+/// The busy containers of `function` on the node at `addr`.
+fn busy(addr: SocketAddr, function: &str) -> Option<u64> {
+    let listed = http::get(addr, "/functions").expect("the node's /functions");
+    listed.json()["functions"]
+        .as_array()
+        .expect("functions")
+        .iter()
+        .find(|f| f["name"] == function)
+        .and_then(|f| f["containers"]["busy"].as_u64())
 }
 
 fn node_of(response: &HttpResponse) -> String {
@@ -165,6 +179,45 @@ fn hashing_keeps_functions_on_their_node_spills_under_load_and_survives_a_lost_n
         "{hot_nodes:?}"
     );
 
+    // A busy node's 503 is tried once more on another node: `single` (one
+    // container at most, no queue) is kept busy on its node by a call sent to
+    // the node itself, which HAProxy does not count, so HAProxy sends the next
+    // call there.
+    cluster.wait_until_idle("hotpool");
+    let first = invoke(cluster.hash, "single", "first");
+    assert_eq!(first.status, 200, "{first}");
+    let home = cluster.node(&node_of(&first)).clone();
+    let occupied = {
+        let addr = home.addr;
+        std::thread::spawn(move || {
+            http::post(addr, "/invoke/single", b"!sleep 5000").expect("the call to the node")
+        })
+    };
+    eventually("single is busy on its node", || {
+        busy(home.addr, "single") == Some(1) && !occupied.is_finished()
+    });
+    let before = cluster.retries("hotpool");
+    let retried = invoke(cluster.hash, "single", "retried");
+    assert_eq!(retried.status, 200, "{retried}");
+    assert_eq!(retried.text(), "retried");
+    assert_ne!(node_of(&retried), home.name, "{retried}");
+    let after = cluster.retries("hotpool");
+    assert_eq!(
+        after.1,
+        before.1 + 1,
+        "one redispatch: {before:?} {after:?}"
+    );
+    assert_eq!(occupied.join().expect("the call to the node").status, 200);
+
+    // A call that ran and failed is not retried: its 502 comes from its node.
+    cluster.wait_until_idle("hotpool");
+    let before = cluster.retries("hotpool");
+    let failed = invoke(cluster.hash, "single", "!exit 3");
+    assert_eq!(failed.status, 502, "{failed}");
+    assert_eq!(failed.json()["error"]["kind"], "exited", "{failed}");
+    assert_eq!(node_of(&failed), home.name, "{failed}");
+    assert_eq!(cluster.retries("hotpool"), before, "not retried");
+
     // A node lost mid-load: the node of f00 is killed with a call in flight on
     // it and three callers streaming over every function.
     let victim = hashed.nodes[&function(0)]
@@ -173,14 +226,10 @@ fn hashing_keeps_functions_on_their_node_spills_under_load_and_survives_a_lost_n
         .clone();
     let victim_node = cluster.node(&victim).clone();
     let through = cluster.hash;
+    cluster.wait_until_idle("hotpool");
     let in_flight = std::thread::spawn(move || invoke(through, &function(0), "!sleep 600000"));
     eventually("the long call runs on its node", || {
-        let listed = http::get(victim_node.addr, "/functions").expect("the node's /functions");
-        listed.json()["functions"]
-            .as_array()
-            .expect("functions")
-            .iter()
-            .any(|f| f["name"] == "f00" && f["containers"]["busy"] == 1)
+        busy(victim_node.addr, "f00") == Some(1)
     });
 
     let stopping = Arc::new(AtomicBool::new(false));

@@ -164,6 +164,14 @@ impl Cluster {
             .unwrap_or_else(|| panic!("{backend}/{server} is not in HAProxy's stats"))
     }
 
+    /// How many times HAProxy has retried a call of `backend` (`wretr`) and
+    /// sent it to another node (`wredis`), from its stats.
+    pub fn retries(&self, backend: &str) -> (u64, u64) {
+        let row = self.stats_row(backend, "BACKEND");
+        let count = |column: usize| row[column].parse().unwrap_or(0);
+        (count(15), count(16))
+    }
+
     /// Waits until HAProxy's health checks put `server` in `status`.
     pub fn wait_for_status(&self, backend: &str, server: &str, status: &str) {
         eventually(&format!("HAProxy sees {server} {status}"), || {
