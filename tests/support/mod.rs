@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod http;
 pub mod pool;
 pub mod registry;
@@ -67,6 +68,16 @@ macro_rules! per_transport {
 /// The pipe directories of the task `task_id` that the direct transport left
 /// under the default runtime directory (by this process's drivers).
 pub fn direct_dirs_of(task_id: &str) -> Vec<PathBuf> {
+    runtime_dirs_of_process(std::process::id())
+        .into_iter()
+        .map(|dir| dir.join(task_id))
+        .filter(|dir| dir.exists())
+        .collect()
+}
+
+/// The directories (`PID.N`) that the drivers of process `pid` keep under the
+/// default runtime directory.
+pub fn runtime_dirs_of_process(pid: u32) -> Vec<PathBuf> {
     // SAFETY: getuid cannot fail and touches no memory.
     let uid = unsafe { libc::getuid() };
     let root = match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
@@ -74,14 +85,13 @@ pub fn direct_dirs_of(task_id: &str) -> Vec<PathBuf> {
         None if uid == 0 => PathBuf::from("/run/hotpool"),
         None => std::env::temp_dir().join(format!("hotpool-{uid}")),
     };
-    let mine = format!("{}.", std::process::id());
+    let prefix = format!("{pid}.");
     std::fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&mine))
-        .map(|entry| entry.path().join(task_id))
-        .filter(|dir| dir.exists())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
         .collect()
 }
 
