@@ -23,6 +23,6 @@
 # `docker stop -t 45 hotpool` (SIGTERM) drains it: give it more than its
 # [pool] shutdown_timeout.
 FROM scratch
-COPY target/image/x86_64-unknown-linux-gnu/release/hotpool /hotpool
+COPY target/image/hotpool /hotpool
 ENTRYPOINT ["/hotpool"]
 CMD ["serve", "--config", "/etc/hotpool/hotpool.toml"]
