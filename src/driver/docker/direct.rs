@@ -56,7 +56,12 @@ static DRIVERS: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct RuntimeDir {
     root: PathBuf,
     own: PathBuf,
+    /// Held while this driver lives: its directory is not an orphan.
+    _lock: File,
 }
+
+/// The file in a driver's directory that it holds locked while it lives.
+const LOCK: &str = "lock";
 
 impl RuntimeDir {
     /// The default place: `$XDG_RUNTIME_DIR/hotpool`, else `/run/hotpool` for
@@ -104,20 +109,28 @@ impl RuntimeDir {
         }
         fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
         remove_orphans(root);
-        let own = root.join(format!(
+        let name = format!(
             "{}.{}",
             std::process::id(),
             DRIVERS.fetch_add(1, Ordering::Relaxed)
-        ));
-        // Others may pass through to a container's directory, not list them.
+        );
+        // Made under a hidden name with its lock held, then renamed, so no
+        // other hotpool ever sees it unlocked. Others may pass through to a
+        // container's directory, not list them.
+        let hidden = root.join(format!(".{name}"));
         DirBuilder::new()
             .mode(0o711)
-            .create(&own)
+            .create(&hidden)
             .map_err(with_path)?;
-        fs::set_permissions(&own, fs::Permissions::from_mode(0o711))?;
+        fs::set_permissions(&hidden, fs::Permissions::from_mode(0o711))?;
+        let lock = File::create(hidden.join(LOCK))?;
+        lock.lock()?;
+        let own = root.join(name);
+        fs::rename(&hidden, &own).map_err(with_path)?;
         Ok(RuntimeDir {
             root: root.to_owned(),
             own,
+            _lock: lock,
         })
     }
 
@@ -167,7 +180,11 @@ impl Drop for RuntimeDir {
     }
 }
 
-/// Removes the directories (`PID.N`) of drivers whose process is gone.
+/// Removes the directories (`PID.N`) of drivers that are gone: no process holds
+/// their lock. A PID does not say: a hotpool in a container of its own sees
+/// other PIDs than the host's, and one of them must never take a live
+/// hotpool's pipes away. (A directory without a lock, of an older hotpool, goes
+/// when its PID is gone.)
 fn remove_orphans(root: &Path) {
     let Ok(entries) = fs::read_dir(root) else {
         return;
@@ -178,7 +195,14 @@ fn remove_orphans(root: &Path) {
             continue;
         };
         let is_driver_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
-        if is_driver_dir && pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+        if !is_driver_dir || pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let gone = match File::open(entry.path().join(LOCK)) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => !Path::new("/proc").join(pid).exists(),
+        };
+        if gone {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -424,5 +448,24 @@ mod tests {
         drop(running);
         drop(first);
         assert!(!own.exists(), "a driver's directory goes with it");
+    }
+
+    #[test]
+    fn a_locked_directory_stays_whatever_its_pid_says() {
+        let root = tempfile::tempdir().unwrap();
+        // Two drivers of PIDs this process cannot see (no pid is this large),
+        // as a hotpool in a container of its own would have: one alive, its
+        // lock held, one gone, its lock free.
+        let dir_with_lock = |n: u32| {
+            let dir = root.path().join(format!("{}.{n}", u32::MAX));
+            fs::create_dir_all(dir.join("c0")).unwrap();
+            (dir.clone(), File::create(dir.join(LOCK)).unwrap())
+        };
+        let (alive, held) = dir_with_lock(1);
+        held.lock().unwrap();
+        let (gone, _free) = dir_with_lock(2);
+        let _driver = RuntimeDir::install(root.path()).unwrap();
+        assert!(alive.join("c0").exists(), "a live driver's pipes stay");
+        assert!(!gone.exists(), "a gone driver's directory goes");
     }
 }
