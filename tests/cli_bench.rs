@@ -20,7 +20,15 @@ fn bench_measures_all_four_modes_and_cleans_up() {
             "--cold-calls",
             "2",
         ])
-        .args(["--concurrency", "2", "--payload", "100", "--json", "line"])
+        .args([
+            "--concurrency",
+            "2",
+            "--payload",
+            "100",
+            "--pool",
+            "bench-modes",
+        ])
+        .args(["--json", "line"])
         .output()
         .expect("run hotpool bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -49,7 +57,7 @@ fn bench_measures_all_four_modes_and_cleans_up() {
         );
     }
     let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench"])
+        .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench-modes"])
         .output()
         .expect("docker ps");
     assert!(left.stdout.is_empty(), "bench left containers behind");
@@ -115,7 +123,7 @@ fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
         "{report}"
     );
     let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench"])
+        .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench-idle"])
         .output()
         .expect("docker ps");
     assert!(left.stdout.is_empty(), "bench left containers behind");

@@ -41,8 +41,6 @@ use hotpool::error::CallError;
 use hotpool::format::{FrameError, http, line};
 use hotpool::pool::{Format, Function, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request};
 
-/// The pool name of the bench's containers (pool and floor alike).
-const BENCH_POOL: &str = "bench";
 /// Memory limit of every bench container.
 const MEMORY: u64 = 64 << 20;
 /// Hot calls per mode in one round: rounds alternate the modes, so short ones
@@ -84,6 +82,10 @@ pub(crate) struct BenchArgs {
     /// at a time), and what those cost while idle.
     #[arg(long, value_name = "N")]
     idle_containers: Option<usize>,
+    /// The pool name its containers are labelled with (`hotpool.pool`): all of
+    /// them are removed at the end, so two benches at once need two names.
+    #[arg(long, default_value = "bench")]
+    pool: String,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -161,7 +163,7 @@ async fn run(args: &BenchArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let idle = args.idle_containers.unwrap_or(0) as u64;
     let pool = Pool::builder(driver.clone())
-        .name(BENCH_POOL)
+        .name(&args.pool)
         .memory_budget(MEMORY * (4 * args.concurrency as u64 + 4) + density::IDLE_MEMORY * idle)
         .build()
         .await
@@ -171,7 +173,7 @@ async fn run(args: &BenchArgs) -> Result<(), String> {
         None => measure(args, &pool).await.map(Err),
     };
     pool.shutdown().await;
-    let leftovers = driver.remove_labelled(POOL_LABEL, BENCH_POOL).await;
+    let leftovers = driver.remove_labelled(POOL_LABEL, &args.pool).await;
     let measured = result?;
     leftovers.map_err(|e| e.to_string())?;
     match measured {
@@ -233,7 +235,7 @@ async fn measure(
     let mut floors = Vec::new();
     for spec in floor_specs {
         let containers = try_join_all(
-            (0..args.concurrency).map(|_| FloorContainer::start(pool.driver(), spec, max_response)),
+            (0..args.concurrency).map(|_| FloorContainer::start(pool, spec, max_response)),
         )
         .await?;
         floors.push(containers);
@@ -307,7 +309,7 @@ async fn measure(
         timed(
             modes.entry("floor_cold").or_default(),
             workers(args.concurrency, cold_calls, || {
-                floor_cold_call(pool.driver(), &cold, &body)
+                floor_cold_call(pool, &cold, &body)
             }),
         )
         .await?;
@@ -457,11 +459,11 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
 }
 
 /// The driver task of a floor container: the pool's own for `spec`, labelled
-/// as the bench's pool labels its containers.
-fn floor_task(spec: &FunctionSpec) -> Task {
+/// as `pool` labels its containers.
+fn floor_task(pool: &Pool<DockerDriver>, spec: &FunctionSpec) -> Task {
     let mut task = spec.task(&format!("floor-{}", hotpool::driver::new_id()));
     task.labels
-        .insert(POOL_LABEL.to_owned(), BENCH_POOL.to_owned());
+        .insert(POOL_LABEL.to_owned(), pool.config().name.clone());
     task
 }
 
@@ -478,12 +480,16 @@ struct FloorContainer {
 impl FloorContainer {
     /// Starts a container of `spec` and takes its pipes.
     async fn start(
-        driver: &DockerDriver,
+        pool: &Pool<DockerDriver>,
         spec: &FunctionSpec,
         max_response: usize,
     ) -> Result<FloorContainer, String> {
         let failed = |e| format!("a floor_hot container did not start: {e}");
-        let mut cookie = driver.prepare(floor_task(spec)).await.map_err(failed)?;
+        let mut cookie = pool
+            .driver()
+            .prepare(floor_task(pool, spec))
+            .await
+            .map_err(failed)?;
         let running = match cookie.run().await {
             Ok(running) => running,
             Err(error) => {
@@ -537,11 +543,12 @@ impl FloorContainer {
 /// One cold call without the pool: a container of `spec` with `body` on its
 /// stdin, run to its end by the driver, its stdout discarded.
 async fn floor_cold_call(
-    driver: &DockerDriver,
+    pool: &Pool<DockerDriver>,
     spec: &FunctionSpec,
     body: &[u8],
 ) -> Result<(), String> {
-    let mut task = floor_task(spec);
+    let driver = pool.driver();
+    let mut task = floor_task(pool, spec);
     task.timeout = Some(spec.timeout);
     task.input = Some(Box::new(std::io::Cursor::new(body.to_vec())));
     task.stdout = Some(Box::new(tokio::io::sink()));
