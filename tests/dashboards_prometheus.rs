@@ -174,6 +174,9 @@ format = "line"
 # 64m rather than 32m: `!spin` holds a 32 MiB buffer of its own.
 memory = "64m"
 timeout = "2s"
+# One container at a time, so each failure leaves none: `adaptive` would start
+# a spare ahead of calls this frequent.
+keep_alive = "fixed:10m"
 
 [[function]]
 name = "http"
