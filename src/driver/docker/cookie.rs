@@ -30,6 +30,12 @@ use crate::error::CallError;
 
 /// How long `wait` lets the output streams run dry after the exit.
 const STREAM_DRAIN: Duration = Duration::from_secs(5);
+/// The pauses before asking the engine again whether a SIGKILL was an OOM kill.
+const OOM_EVENT_PAUSES: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+    Duration::from_millis(300),
+];
 /// How long a direct container's init has to open its pipes once started.
 const INIT_READY: Duration = Duration::from_secs(30);
 
@@ -171,24 +177,20 @@ impl DockerCookie {
     /// cannot be asked any more (the container was removed from outside, `docker rm
     /// -f`), that is what the caller learns, never an engine error.
     async fn judge_exit(&self, code: i64) -> RunResult {
+        const SIGKILLED: i64 = 128 + 9;
         if code == 0 {
             return Ok(());
         }
-        let inspected = timed(
-            "inspect",
-            self.engine.docker.inspect_container(&self.id, None),
-        )
-        .await;
-        let oom_killed = match inspected {
-            Ok(info) => info.state.and_then(|s| s.oom_killed) == Some(true),
-            Err(EngineError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => false,
-            Err(e) => {
-                tracing::warn!(container = %self.id, error = %e, code, "could not ask the engine whether an exit was an OOM kill");
-                false
+        // The engine learns of an OOM kill from its own event, which may come
+        // after the exit's: a SIGKILL is asked about again for a moment.
+        let mut oom_killed = self.engine_says_oom_killed(code).await;
+        for pause in OOM_EVENT_PAUSES.iter().filter(|_| code == SIGKILLED) {
+            if oom_killed {
+                break;
             }
-        };
+            tokio::time::sleep(*pause).await;
+            oom_killed = self.engine_says_oom_killed(code).await;
+        }
         if oom_killed {
             Err(CallError::Oom {
                 limit_bytes: self.memory,
@@ -198,6 +200,26 @@ impl DockerCookie {
                 code,
                 stderr_tail: self.stderr.tail(),
             })
+        }
+    }
+
+    /// Whether the engine says the container, which exited with `code`, was
+    /// OOM-killed (no, if it cannot say).
+    async fn engine_says_oom_killed(&self, code: i64) -> bool {
+        let inspected = timed(
+            "inspect",
+            self.engine.docker.inspect_container(&self.id, None),
+        )
+        .await;
+        match inspected {
+            Ok(info) => info.state.and_then(|s| s.oom_killed) == Some(true),
+            Err(EngineError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
+            Err(e) => {
+                tracing::warn!(container = %self.id, error = %e, code, "could not ask the engine whether an exit was an OOM kill");
+                false
+            }
         }
     }
 
