@@ -7,27 +7,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
-#[test]
-fn bench_measures_all_four_modes_and_cleans_up() {
-    let image = support::testfn_image();
+/// Runs `hotpool bench --json` with `args`, its containers labelled `pool`;
+/// the one JSON object it prints.
+fn bench_json(pool: &str, args: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_hotpool"))
-        .args([
-            "bench",
-            "--image",
-            image,
-            "--calls",
-            "40",
-            "--cold-calls",
-            "2",
-        ])
-        .args([
-            "--concurrency",
-            "2",
-            "--payload",
-            "100",
-            "--pool",
-            "bench-modes",
-        ])
+        .args(["bench", "--image", support::testfn_image(), "--pool", pool])
+        .args(args)
         .args(["--json", "line"])
         .output()
         .expect("run hotpool bench");
@@ -37,7 +22,38 @@ fn bench_measures_all_four_modes_and_cleans_up() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+/// Fails if any container labelled with pool `pool` is left.
+fn assert_nothing_left(pool: &str) {
+    let left = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=hotpool.pool={pool}"),
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(left.stdout.is_empty(), "bench left containers behind");
+}
+
+#[test]
+fn bench_measures_all_four_modes_and_cleans_up() {
+    let report = bench_json(
+        "bench-modes",
+        &[
+            "--calls",
+            "40",
+            "--cold-calls",
+            "2",
+            "--concurrency",
+            "2",
+            "--payload",
+            "100",
+        ],
+    );
     let modes = report.as_object().expect("an object");
     let mut names: Vec<&str> = modes.keys().map(String::as_str).collect();
     names.sort();
@@ -56,11 +72,7 @@ fn bench_measures_all_four_modes_and_cleans_up() {
             "{mode}: {figures}"
         );
     }
-    let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench-modes"])
-        .output()
-        .expect("docker ps");
-    assert!(left.stdout.is_empty(), "bench left containers behind");
+    assert_nothing_left("bench-modes");
 }
 
 #[test]
@@ -81,27 +93,19 @@ fn bench_refuses_the_cold_format_and_zero_calls() {
 
 #[test]
 fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
-    let image = support::testfn_image();
-    let output = Command::new(env!("CARGO_BIN_EXE_hotpool"))
-        .args(["bench", "--image", image, "--transport", "direct"])
-        .args([
+    let report = bench_json(
+        "bench-idle",
+        &[
+            "--transport",
+            "direct",
             "--calls",
             "20",
             "--concurrency",
             "2",
             "--idle-containers",
             "3",
-        ])
-        .args(["--json", "line"])
-        .output()
-        .expect("run hotpool bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
-    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(report["idle_containers"], 3, "{report}");
     for key in [
         "p50_us_without",
@@ -122,9 +126,5 @@ fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
         report["starts_per_s"].as_f64().unwrap_or(0.0) > 0.0,
         "{report}"
     );
-    let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=hotpool.pool=bench-idle"])
-        .output()
-        .expect("docker ps");
-    assert!(left.stdout.is_empty(), "bench left containers behind");
+    assert_nothing_left("bench-idle");
 }
