@@ -181,9 +181,12 @@ impl DockerCookie {
         if code == 0 {
             return Ok(());
         }
-        // The engine learns of an OOM kill from its own event, which may come
-        // after the exit's: a SIGKILL is asked about again for a moment.
-        let mut oom_killed = self.engine_says_oom_killed(code).await;
+        // The cgroup's own count, where it is still open and readable, says
+        // first. The engine learns of an OOM kill from its own event, which may
+        // come after the exit's: a SIGKILL is asked about again for a moment.
+        let counted = self.counters.as_ref().and_then(CgroupCounters::oom_kills);
+        let mut oom_killed =
+            counted.is_some_and(|kills| kills > 0) || self.engine_says_oom_killed(code).await;
         for pause in OOM_EVENT_PAUSES.iter().filter(|_| code == SIGKILLED) {
             if oom_killed {
                 break;
