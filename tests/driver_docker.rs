@@ -276,6 +276,24 @@ async fn a_task_whose_counters_are_read_gets_no_engine_samples(transport: Transp
     );
 }
 
+per_transport!(every_container_opens_its_counters_for_the_oom_verdict);
+/// A task that does not sample the counters still gets them opened: an OOM
+/// kill's verdict reads the cgroup's own count before the engine's flag.
+async fn every_container_opens_its_counters_for_the_oom_verdict(transport: Transport) {
+    let driver = driver().await;
+    let task = task(transport, &["sleep", "30"]);
+    assert!(!task.counters);
+    let _guard = guard(&task);
+    let mut cookie = driver.prepare(task).await.expect("prepare");
+    let _running = cookie.run().await.expect("run");
+    let memory = cookie.memory_bytes();
+    cookie.close().await;
+    assert!(
+        memory.is_some_and(|bytes| bytes > 0),
+        "the counters of a running container are readable on this host: {memory:?}"
+    );
+}
+
 per_transport!(containers_are_labelled_and_locked_down);
 async fn containers_are_labelled_and_locked_down(transport: Transport) {
     let driver = driver().await;

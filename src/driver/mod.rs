@@ -100,9 +100,9 @@ pub struct Task {
     /// asked for [`Task::counters`] and got them: sampling those is then the
     /// caller's, and the engine does no work for an idle container.
     pub stats: Option<StatSink>,
-    /// Open the container's resource counters so [`Cookie::cpu_time`] and
-    /// [`Cookie::memory_bytes`] can read them
-    /// (one more engine call at start; worth it for long-lived hot containers).
+    /// The caller reads the container's resource counters through
+    /// [`Cookie::cpu_time`] and [`Cookie::memory_bytes`], and samples them
+    /// itself: where they open, the engine sends no [`Task::stats`] samples.
     pub counters: bool,
     /// How the bytes of stdin, stdout and stderr travel (default
     /// [`Transport::Direct`], which a driver whose engine is elsewhere takes as

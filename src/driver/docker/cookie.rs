@@ -64,8 +64,8 @@ pub struct DockerCookie {
     plumbing: Mutex<Plumbing>,
     stderr: Arc<StderrTap>,
     started: Option<Instant>,
-    /// Whether the task asked for counters.
-    counters_wanted: bool,
+    /// Whether the caller samples the counters itself (the task's `counters`).
+    caller_samples_counters: bool,
     /// The container's cgroup counters, once open.
     counters: Option<CgroupCounters>,
     /// Copies stdout into the task's sink, when the task brought one.
@@ -98,7 +98,7 @@ impl DockerCookie {
             }),
             stderr: Arc::new(StderrTap::new(task.stderr)),
             started: None,
-            counters_wanted: task.counters,
+            caller_samples_counters: task.counters,
             counters: None,
             output: Mutex::new(None),
             stderr_pump: Mutex::new(None),
@@ -263,9 +263,9 @@ impl DockerCookie {
             .await
             .map_err(|e| engine_error("starting the container", e))?;
         self.started = Some(Instant::now());
-        if self.counters_wanted {
-            self.counters = self.open_counters().await;
-        }
+        // Every container gets its counters where they open: an OOM kill's
+        // verdict reads them first.
+        self.counters = self.open_counters().await;
         let stdout = Box::new(StdoutReader::new(attached.output)) as BoxRead;
         Ok((Box::new(attached.input), stdout))
     }
@@ -283,7 +283,8 @@ impl DockerCookie {
             .await
             .map_err(|e| engine_error("starting the container", e))?;
         self.started = Some(Instant::now());
-        // Direct containers always get their counters: their OOM kills come from there.
+        // Every container gets its counters where they open: an OOM kill's
+        // verdict reads them first.
         self.counters = self.open_counters().await;
         tokio::select! {
             ready = early.ready() => ready.map_err(|e| {
@@ -391,7 +392,7 @@ impl Cookie for DockerCookie {
             None => running.stdout = Some(stdout),
         }
         // The engine's stream only where the caller cannot sample the counters.
-        let counters_read = self.counters_wanted && self.counters.is_some();
+        let counters_read = self.caller_samples_counters && self.counters.is_some();
         if let Some(sink) = stats_sink.filter(|_| !counters_read) {
             let docker = self.engine.docker.clone();
             let id = self.id.clone();
