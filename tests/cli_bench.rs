@@ -3,7 +3,8 @@
 
 mod support;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -27,16 +28,8 @@ fn bench_json(pool: &str, args: &[&str]) -> Value {
 
 /// Fails if any container labelled with pool `pool` is left.
 fn assert_nothing_left(pool: &str) {
-    let left = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=hotpool.pool={pool}"),
-        ])
-        .output()
-        .expect("docker ps");
-    assert!(left.stdout.is_empty(), "bench left containers behind");
+    let left = support::pool_containers(pool);
+    assert!(left.is_empty(), "bench left containers behind: {left:?}");
 }
 
 #[test]
@@ -127,4 +120,35 @@ fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
         "{report}"
     );
     assert_nothing_left("bench-idle");
+}
+
+#[test]
+fn an_interrupted_bench_still_removes_its_containers() {
+    const POOL: &str = "bench-interrupted";
+    let _guard = support::PoolGuard(POOL.to_owned());
+    let bench = Command::new(env!("CARGO_BIN_EXE_hotpool"))
+        .args(["bench", "--image", support::testfn_image(), "--pool", POOL])
+        .args(["--idle-containers", "50", "--concurrency", "2", "line"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hotpool bench");
+    let since = Instant::now();
+    while support::pool_containers(POOL).len() < 3 {
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "the bench started no containers"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &bench.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let output = bench.wait_with_output().expect("the bench ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_nothing_left(POOL);
 }

@@ -168,9 +168,16 @@ async fn run(args: &BenchArgs) -> Result<(), String> {
         .build()
         .await
         .map_err(|e| e.to_string())?;
-    let result = match args.idle_containers {
-        Some(count) => measure_density(args, &pool, count).await.map(Ok),
-        None => measure(args, &pool).await.map(Err),
+    let measuring = async {
+        match args.idle_containers {
+            Some(count) => measure_density(args, &pool, count).await.map(Ok),
+            None => measure(args, &pool).await.map(Err),
+        }
+    };
+    // Interrupted, the bench still removes every container it started.
+    let result = tokio::select! {
+        result = measuring => result,
+        () = super::stop_signal() => Err("interrupted; its containers are removed".to_owned()),
     };
     pool.shutdown().await;
     let leftovers = driver.remove_labelled(POOL_LABEL, &args.pool).await;

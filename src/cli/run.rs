@@ -179,9 +179,8 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
             let cancel = CancellationToken::new();
             let on_interrupt = cancel.clone();
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    on_interrupt.cancel();
-                }
+                super::stop_signal().await;
+                on_interrupt.cancel();
             });
             let result = match cookie.run().await {
                 Ok(_) => cookie.wait(&cancel).await,

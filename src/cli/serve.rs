@@ -128,7 +128,7 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
     let shutdown = tokio::spawn({
         let (pool, stopping) = (pool.clone(), stopping.clone());
         async move {
-            wait_for_signal().await;
+            super::stop_signal().await;
             println!("hotpool: shutting down: finishing calls in flight, removing containers");
             stopping.cancel();
             pool.shutdown().await;
@@ -162,20 +162,5 @@ fn raise_open_file_limit() {
             error = %std::io::Error::last_os_error(),
             "could not raise the open-file limit"
         );
-    }
-}
-
-async fn wait_for_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate.recv() => {},
     }
 }

@@ -271,9 +271,9 @@ impl Drop for PoolGuard {
     }
 }
 
-/// `docker rm -f` of every container labelled `hotpool.pool=<pool>`; returns how
-/// many there were.
-pub fn remove_pool_containers(pool: &str) -> usize {
+/// The ids of the containers labelled `hotpool.pool=<pool>`, running or not
+/// (none if `docker` cannot be run).
+pub fn pool_containers(pool: &str) -> Vec<String> {
     let listed = Command::new("docker")
         .args([
             "ps",
@@ -282,13 +282,21 @@ pub fn remove_pool_containers(pool: &str) -> usize {
             &format!("label=hotpool.pool={pool}"),
         ])
         .output();
-    let Ok(listed) = listed else {
-        return 0;
-    };
-    let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    listed.map_or_else(
+        |_| Vec::new(),
+        |listed| {
+            String::from_utf8_lossy(&listed.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        },
+    )
+}
+
+/// `docker rm -f` of every container labelled `hotpool.pool=<pool>`; returns how
+/// many there were.
+pub fn remove_pool_containers(pool: &str) -> usize {
+    let ids = pool_containers(pool);
     if !ids.is_empty() {
         let _ = Command::new("docker")
             .args(["rm", "-f"])
