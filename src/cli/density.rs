@@ -2,7 +2,7 @@
 //!
 //! One function's hot calls are timed with no other container held; then N hot
 //! containers of a second function are started (`--concurrency` at a time: each
-//! wave of calls holds its containers a moment, so the next wave must start its
+//! container up is held by a call until all are, so each wave must start its
 //! own) and left idle; then, over a quiet window, the CPU the engine (`dockerd`
 //! and `containerd`) and hotpool spend while nothing happens is measured, and the
 //! first function's calls are timed again. hotpool's resident memory before and
@@ -18,9 +18,8 @@ use hotpool::pool::{Function, FunctionSpec, KeepAlive, Pool, Request};
 
 /// Memory limit of each idle container: the least a real function gets.
 pub(crate) const IDLE_MEMORY: u64 = 16 << 20;
-/// How long each call of a wave holds its container, so the next wave finds
-/// none idle and starts its own.
-const HOLD: Duration = Duration::from_secs(2);
+/// How long each call that holds a container while others start lasts.
+const HOLD: Duration = Duration::from_secs(1);
 /// The quiet window over which idle CPU is measured.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// How often the pool's status is looked at while containers start.
@@ -93,6 +92,9 @@ where
     T: Fn() -> Fut,
     Fut: Future<Output = Result<(Duration, Duration), String>>,
 {
+    // A first round untimed: the first timed round is otherwise the slower one,
+    // idle containers or not.
+    time().await?;
     let rss_without = resident_kib()?;
     let without = time().await?;
     let name = idle.name.clone();
@@ -127,7 +129,9 @@ where
 }
 
 /// Starts `count` containers of `function`, `wave` at a time, and waits until
-/// every one is idle.
+/// every one is idle. Each container up is held by a call, sent again as it
+/// ends, until all are up: a new wave's calls find none idle and must start
+/// their own.
 async fn start_idle(
     pool: &Pool<DockerDriver>,
     function: &Function<DockerDriver>,
@@ -135,20 +139,24 @@ async fn start_idle(
     count: usize,
     wave: usize,
 ) -> Result<(), String> {
-    let hold = format!("!sleep {}", HOLD.as_millis());
+    let hold = || function.call(Request::new(format!("!sleep {}", HOLD.as_millis())));
     let mut calls = JoinSet::new();
     loop {
         let (up, starting, busy) = containers_of(pool, name);
-        if up >= count && starting == 0 && busy == 0 {
+        let all_up = up >= count;
+        if all_up && starting == 0 && busy == 0 {
             break;
         }
-        if up < count && starting == 0 {
+        if !all_up && starting == 0 {
             for _ in 0..wave.min(count - up) {
-                calls.spawn(function.call(Request::new(hold.clone())));
+                calls.spawn(hold());
             }
         }
         while let Some(done) = calls.try_join_next() {
             match done {
+                Ok(Ok(_)) if !all_up => {
+                    calls.spawn(hold());
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(format!("a call holding an idle container failed: {e}")),
                 Err(e) => return Err(format!("a call holding an idle container panicked: {e}")),
