@@ -111,6 +111,7 @@ fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
     for key in [
         "rss_kib_per_container",
         "engine_cpu_idle",
+        "shim_cpu_idle",
         "hotpool_cpu_idle",
     ] {
         assert!(report[key].as_f64().is_some(), "{key}: {report}");

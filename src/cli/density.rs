@@ -3,10 +3,11 @@
 //! One function's hot calls are timed with no other container held; then N hot
 //! containers of a second function are started (`--concurrency` at a time: each
 //! container up is held by a call until all are, so each wave must start its
-//! own) and left idle; then, over a quiet window, the CPU the engine (`dockerd`
-//! and `containerd`) and hotpool spend while nothing happens is measured, and the
-//! first function's calls are timed again. hotpool's resident memory before and
-//! after, over N, is its memory per hot container.
+//! own) and left idle; then, over a quiet window, the CPU the engine (`dockerd`,
+//! `containerd` and a shim per container) and hotpool spend while nothing
+//! happens is measured, and the first function's calls are timed again.
+//! hotpool's resident memory before and after, over N, is its memory per hot
+//! container.
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,10 @@ pub(crate) struct Density {
     pub(crate) without: (Duration, Duration),
     pub(crate) with: (Duration, Duration),
     pub(crate) rss_kib_per_container: f64,
+    /// The engine's whole CPU while idle: its daemons and its shims.
     pub(crate) engine_cpu_idle: f64,
+    /// The shims' part of it.
+    pub(crate) shim_cpu_idle: f64,
     pub(crate) hotpool_cpu_idle: f64,
     pub(crate) starts_per_s: f64,
 }
@@ -48,6 +52,7 @@ impl Density {
             "p99_us_with": us(self.with.1),
             "rss_kib_per_container": round(self.rss_kib_per_container, 1),
             "engine_cpu_idle": round(self.engine_cpu_idle, 4),
+            "shim_cpu_idle": round(self.shim_cpu_idle, 4),
             "hotpool_cpu_idle": round(self.hotpool_cpu_idle, 4),
             "starts_per_s": round(self.starts_per_s, 2),
         })
@@ -69,9 +74,10 @@ impl Density {
             us(self.with.1),
         );
         println!(
-            "hotpool RSS per container {:.1} KiB; CPU while idle: engine {:.4} cores, hotpool {:.4} cores; started {:.2} containers/s",
+            "hotpool RSS per container {:.1} KiB; CPU while idle: engine {:.4} cores (its shims {:.4}), hotpool {:.4} cores; started {:.2} containers/s",
             self.rss_kib_per_container,
             self.engine_cpu_idle,
+            self.shim_cpu_idle,
             self.hotpool_cpu_idle,
             self.starts_per_s
         );
@@ -92,9 +98,10 @@ where
     T: Fn() -> Fut,
     Fut: Future<Output = Result<(Duration, Duration), String>>,
 {
-    // A first round untimed: the first timed round is otherwise the slower one,
-    // idle containers or not.
+    // Both timed rounds come after an untimed one and a quiet window: without
+    // those, the first is the slower one, idle containers or not.
     time().await?;
+    tokio::time::sleep(IDLE_WINDOW).await;
     let rss_without = resident_kib()?;
     let without = time().await?;
     let name = idle.name.clone();
@@ -102,15 +109,21 @@ where
     let started = Instant::now();
     start_idle(pool, &idle, &name, count, wave).await?;
     let starts_per_s = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let engine = engine_pids();
-    let (engine_before, hotpool_before, window) = (
-        cpu_of(&engine),
+    let (daemons, shims) = (processes_named(DAEMONS), processes_named(SHIMS));
+    let (daemons_before, shims_before, hotpool_before, window) = (
+        cpu_of(&daemons),
+        cpu_of(&shims),
         super::bench::process_cpu_time(),
         Instant::now(),
     );
     tokio::time::sleep(IDLE_WINDOW).await;
     let seconds = window.elapsed().as_secs_f64();
-    let engine_cpu_idle = cpu_of(&engine).saturating_sub(engine_before).as_secs_f64() / seconds;
+    let shim_cpu_idle = cpu_of(&shims).saturating_sub(shims_before).as_secs_f64() / seconds;
+    let engine_cpu_idle = cpu_of(&daemons)
+        .saturating_sub(daemons_before)
+        .as_secs_f64()
+        / seconds
+        + shim_cpu_idle;
     let hotpool_cpu_idle = super::bench::process_cpu_time()
         .saturating_sub(hotpool_before)
         .as_secs_f64()
@@ -123,6 +136,7 @@ where
         with,
         rss_kib_per_container: (rss_with as f64 - rss_without as f64) / count.max(1) as f64,
         engine_cpu_idle,
+        shim_cpu_idle,
         hotpool_cpu_idle,
         starts_per_s,
     })
@@ -201,8 +215,14 @@ fn resident_kib() -> Result<u64, String> {
         .ok_or_else(|| "no VmRSS in /proc/self/status".to_owned())
 }
 
-/// The engine's processes on this host: `dockerd` and `containerd`.
-fn engine_pids() -> Vec<u32> {
+/// The engine's daemons on this host, `dockerd` and `containerd`.
+const DAEMONS: &[&str] = &["dockerd", "containerd"];
+/// The engine's one process per container (`containerd-shim-runc-v2`, as the
+/// kernel's 15-byte `comm` shows it).
+const SHIMS: &[&str] = &["containerd-shim"];
+
+/// The processes on this host whose `comm` is one of `names`.
+fn processes_named(names: &[&str]) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -211,7 +231,7 @@ fn engine_pids() -> Vec<u32> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| matches!(comm.trim(), "dockerd" | "containerd"))
+                .is_ok_and(|comm| names.contains(&comm.trim()))
         })
         .collect()
 }
