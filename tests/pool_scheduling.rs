@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
-use hotpool::pool::{Format, FunctionSpec, KeepAlive, Pool, Request, Start};
+use hotpool::pool::{Format, FunctionSpec, KeepAlive, Pool, REMOVALS_AT_ONCE, Request, Start};
 use hotpool::{CallError, ErrorKind};
 
 const MIB: u64 = 1 << 20;
@@ -115,6 +115,31 @@ async fn concurrency_is_capped_and_every_container_is_reused() {
         "all four came back to the stack"
     );
     pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_removes_a_bounded_number_of_containers_at_once() {
+    let driver = InProcessDriver::new(START).with_close_delay(Duration::from_millis(100));
+    let pool = Pool::builder(driver.clone())
+        .name("scheduling-test")
+        .memory_budget(GIB)
+        .build()
+        .await
+        .expect("pool");
+    let mut echo = spec("echo");
+    echo.memory = 16 * MIB;
+    echo.max_concurrency = 40;
+    let function = pool.register(echo);
+    let calls = (0..40).map(|i| function.call(Request::new(format!("{i}"))));
+    assert!(join_all(calls).await.iter().all(Result::is_ok));
+    assert_eq!(pool.status().functions[0].idle, 40);
+    pool.shutdown().await;
+    let statistics = driver.statistics();
+    assert_eq!(statistics.closed, 40);
+    assert_eq!(
+        statistics.most_closing, REMOVALS_AT_ONCE,
+        "removed in parallel, but never more at once than the bound"
+    );
 }
 
 #[tokio::test(start_paused = true)]

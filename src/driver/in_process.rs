@@ -36,12 +36,17 @@ pub struct InProcessStatistics {
     pub created: usize,
     /// Containers closed.
     pub closed: usize,
+    /// The most containers being closed at once.
+    pub most_closing: usize,
 }
 
 struct Shared {
     start_delay: Duration,
+    close_delay: Duration,
     created: AtomicUsize,
     closed: AtomicUsize,
+    closing: AtomicUsize,
+    most_closing: AtomicUsize,
     /// How each running function ends, for [`InProcessDriver::kill_all`].
     running: Mutex<Vec<(ExitSender, tokio::task::AbortHandle)>>,
 }
@@ -58,9 +63,24 @@ impl InProcessDriver {
         InProcessDriver {
             shared: Arc::new(Shared {
                 start_delay,
+                close_delay: Duration::ZERO,
                 created: AtomicUsize::new(0),
                 closed: AtomicUsize::new(0),
+                closing: AtomicUsize::new(0),
+                most_closing: AtomicUsize::new(0),
                 running: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The same driver, whose containers take `close_delay` to close (on
+    /// tokio's clock), as an engine takes time to remove them.
+    pub fn with_close_delay(self, close_delay: Duration) -> InProcessDriver {
+        let shared = Arc::into_inner(self.shared).expect("set before the driver is shared");
+        InProcessDriver {
+            shared: Arc::new(Shared {
+                close_delay,
+                ..shared
             }),
         }
     }
@@ -86,6 +106,7 @@ impl InProcessDriver {
         InProcessStatistics {
             created: self.shared.created.load(Ordering::SeqCst),
             closed: self.shared.closed.load(Ordering::SeqCst),
+            most_closing: self.shared.most_closing.load(Ordering::SeqCst),
         }
     }
 }
@@ -309,6 +330,14 @@ impl Cookie for InProcessCookie {
 
     async fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
+            let closing = self.shared.closing.fetch_add(1, Ordering::SeqCst) + 1;
+            self.shared
+                .most_closing
+                .fetch_max(closing, Ordering::SeqCst);
+            if !self.shared.close_delay.is_zero() {
+                tokio::time::sleep(self.shared.close_delay).await;
+            }
+            self.shared.closing.fetch_sub(1, Ordering::SeqCst);
             let _ = self.kill().await;
             self.shared
                 .running
@@ -359,7 +388,8 @@ mod tests {
             driver.statistics(),
             InProcessStatistics {
                 created: 1,
-                closed: 1
+                closed: 1,
+                most_closing: 1
             }
         );
     }

@@ -39,7 +39,7 @@ use std::time::Duration;
 pub use crate::format::Request;
 pub use call::{Response, Start};
 pub use function::FunctionStatus;
-pub use scheduler::POOL_LABEL;
+pub use scheduler::{POOL_LABEL, REMOVALS_AT_ONCE};
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
 
 use crate::driver::Driver;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -73,6 +73,10 @@ pub(crate) struct Inner<D: Driver> {
     eviction_clock: AtomicU64,
     in_flight: AtomicUsize,
     calls_done: Notify,
+    /// Bounds the containers being killed and removed at once: a thousand
+    /// removals at once overload the engine (this one then lists a container
+    /// it no longer knows as "Removal In Progress" until it restarts).
+    removals: Arc<Semaphore>,
 }
 
 pub(crate) fn busy(reason: impl Into<String>) -> CallError {
@@ -108,6 +112,7 @@ impl<D: Driver> Inner<D> {
             eviction_clock: AtomicU64::new(0f64.to_bits()),
             in_flight: AtomicUsize::new(0),
             calls_done: Notify::new(),
+            removals: Arc::new(Semaphore::new(REMOVALS_AT_ONCE)),
         })
     }
 
@@ -556,7 +561,9 @@ impl<D: Driver> Inner<D> {
         tracing::debug!(function = %pool.name, container = %container.id, reason = reason.as_str(), "evicting");
         self.containers.remove(&container.id);
         self.collector.forget(container.stats_key);
+        let removals = self.removals.clone();
         self.tracker.spawn(async move {
+            let _removing = removals.acquire_owned().await;
             // One that died already needs no kill (it would only be refused).
             if container.is_dead() {
                 container.cookie.close().await;
@@ -746,6 +753,8 @@ impl<D: Driver> Inner<D> {
 /// How often a failed kill is tried, and shutdown's final sweep.
 const KILL_ATTEMPTS: u32 = 5;
 const SWEEP_ATTEMPTS: u32 = 8;
+/// How many containers are killed and removed at once, at most.
+pub const REMOVALS_AT_ONCE: usize = 16;
 /// The first pause between tries; it doubles each time.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
