@@ -18,6 +18,7 @@ use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
 use super::function::{ColdRefusal, FunctionPool};
 use super::function_metrics::FunctionMetrics;
+use super::readings::Readings;
 use super::sampler::sample_counters;
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::Format;
@@ -116,8 +117,10 @@ impl<D: Driver> Inner<D> {
         set_call(&container.current_call, &request.id);
         let call_key = self.collector.next_id();
         container.call_tag.begin(call_key);
-        let cpu_before = container.cookie.cpu_time();
         let call_started = Instant::now();
+        let cpu_before = slot
+            .readings
+            .cpu_at_start(call_started, || container.cookie.cpu_time());
         let timeout = limits.timeout;
         let max = self.config.max_response_bytes;
         let sampling = sample_counters(&container.cookie, cpu_before, call_started, || {
@@ -136,7 +139,12 @@ impl<D: Driver> Inner<D> {
         let sampled = container.call_tag.end();
         match outcome {
             Ok(Ok(answer)) => {
-                let usage = usage_since(&container.cookie, cpu_before, call_started.elapsed());
+                let usage = usage_since(
+                    &container.cookie,
+                    &mut slot.readings,
+                    cpu_before,
+                    call_started,
+                );
                 slot.pipes.stdout.release();
                 checked.check_in();
                 let stats = self
@@ -295,17 +303,25 @@ fn respond(
     }
 }
 
-/// What a call used: CPU time since `cpu_before`, over `wall`, and memory now.
+/// What a call that started at `started` used: CPU time since `cpu_before`,
+/// over its wall time, and memory now.
 fn usage_since(
     cookie: &impl Cookie,
+    readings: &mut Readings,
     cpu_before: Option<Duration>,
-    wall: Duration,
+    started: Instant,
 ) -> Option<Usage> {
-    let cpu = cookie.cpu_time()?.saturating_sub(cpu_before?).as_secs_f64();
+    let now = Instant::now();
+    let cpu = readings.cpu_at_end(now, || cookie.cpu_time())?;
+    let cpu = cpu.saturating_sub(cpu_before?).as_secs_f64();
     Some(Usage {
-        cpu_ratio: cpu / wall.as_secs_f64().max(1e-9),
+        cpu_ratio: cpu
+            / now
+                .saturating_duration_since(started)
+                .as_secs_f64()
+                .max(1e-9),
         cpu_seconds: cpu,
-        memory_bytes: cookie.memory_bytes()?,
+        memory_bytes: readings.memory(now, || cookie.memory_bytes())?,
     })
 }
 

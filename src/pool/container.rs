@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::Reservation;
 use super::collector::CallTag;
+use super::readings::Readings;
 use super::spec::FunctionKey;
 use super::stdout::Stdout;
 use crate::driver::{BoxWrite, Cookie, Driver, RunResult};
@@ -155,4 +156,6 @@ pub(crate) struct Slot<D: Driver> {
     pub(crate) fresh: bool,
     /// The calls it served.
     pub(crate) calls: u64,
+    /// Its counters' last readings.
+    pub(crate) readings: Readings,
 }

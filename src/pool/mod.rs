@@ -27,6 +27,7 @@ mod function;
 mod function_log;
 mod function_metrics;
 mod policy;
+mod readings;
 mod sampler;
 mod scheduler;
 mod spec;

@@ -26,6 +26,7 @@ use super::collector::{CallTag, StatsCollector};
 use super::container::{EvictionReason, HotContainer, Pipes, Slot, StderrLog};
 use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
+use super::readings::Readings;
 use super::spec::{FunctionKey, FunctionSpec, Limits};
 use super::state::{Arrival, EvictionClock};
 use super::stdout::Stdout;
@@ -456,6 +457,7 @@ impl<D: Driver> Inner<D> {
             },
             fresh: true,
             calls: 0,
+            readings: Readings::default(),
         })
     }
 
