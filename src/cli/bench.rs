@@ -584,7 +584,11 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
         "exited_attach",
         "exited_direct",
     ];
-    let order: Vec<&str> = all.into_iter().filter(|m| modes.contains_key(m)).collect();
+    // A mode that made no calls (`--cold-calls 0`) is left out.
+    let order: Vec<&str> = all
+        .into_iter()
+        .filter(|m| modes.get(m).is_some_and(|s| !s.latencies.is_empty()))
+        .collect();
     if args.json {
         let object: serde_json::Map<String, serde_json::Value> = order
             .iter()
@@ -611,27 +615,38 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
             samples.cpu_us_per_call()
         );
     }
-    let ratio = |a: &str, b: &str| {
-        modes[a].percentile(50).as_secs_f64() / modes[b].percentile(50).as_secs_f64()
+    let measured = |mode: &str| order.contains(&mode).then(|| &modes[mode]);
+    let ratio = |a: &str, b: &str, of: fn(&Samples) -> f64| {
+        measured(a)
+            .zip(measured(b))
+            .map_or("n/a".to_owned(), |(a, b)| format!("{:.3}", of(a) / of(b)))
     };
+    let p50 = |s: &Samples| s.percentile(50).as_secs_f64();
     println!(
-        "ratios: hot/floor_hot p50 {:.3} (target <= 1.15 at concurrency 1), hot/floor_hot throughput {:.3} (target >= 0.85 at concurrency 4), cold/floor_cold p50 {:.3} (target <= 1.10)",
-        ratio("hot", "floor_hot"),
-        modes["hot"].calls_per_s() / modes["floor_hot"].calls_per_s(),
-        ratio("cold", "floor_cold"),
+        "ratios: hot/floor_hot p50 {} (target <= 1.15 at concurrency 1), hot/floor_hot throughput {} (target >= 0.85 at concurrency 4), cold/floor_cold p50 {} (target <= 1.10)",
+        ratio("hot", "floor_hot", p50),
+        ratio("hot", "floor_hot", Samples::calls_per_s),
+        ratio("cold", "floor_cold", p50),
     );
-    if modes.contains_key("direct") {
-        let us = |mode: &str| modes[mode].percentile(50).as_secs_f64() * 1e6;
+    if measured("direct").is_some() {
         println!(
-            "direct: direct/floor_direct p50 {:.3} (target <= 1.2), direct/floor_hot p50 {:.3} (target <= 0.5), direct/hot throughput {:.3} (target >= 2 at concurrency 4)",
-            ratio("direct", "floor_direct"),
-            ratio("direct", "floor_hot"),
-            modes["direct"].calls_per_s() / modes["hot"].calls_per_s(),
+            "direct: direct/floor_direct p50 {} (target <= 1.2), direct/floor_hot p50 {} (target <= 0.5), direct/hot throughput {} (target >= 2 at concurrency 4)",
+            ratio("direct", "floor_direct", p50),
+            ratio("direct", "floor_hot", p50),
+            ratio("direct", "hot", Samples::calls_per_s),
         );
+    }
+    let verdict = |exited: &str, hot: &str| {
+        measured(exited)
+            .zip(measured(hot))
+            .map(|(exited, hot)| (p50(exited) - p50(hot)) * 1e6)
+    };
+    if let (Some(attach), Some(direct)) = (
+        verdict("exited_attach", "hot"),
+        verdict("exited_direct", "direct"),
+    ) {
         println!(
-            "the exited verdict, p50 from the exit to the answer (an exiting call less a hot call): attach {:.0} µs, direct {:.0} µs",
-            us("exited_attach") - us("hot"),
-            us("exited_direct") - us("direct"),
+            "the exited verdict, p50 from the exit to the answer (an exiting call less a hot call): attach {attach:.0} µs, direct {direct:.0} µs",
         );
     }
 }
