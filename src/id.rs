@@ -1,20 +1,29 @@
 //! Unique ids for calls and containers.
 
+use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A new id: 16 hex digits, unique within this process and unlikely to repeat
-/// across processes (the hash is keyed randomly per process).
+/// A new id: 16 hex digits, never repeated within this process and unlikely to
+/// repeat across processes: a counter, offset by a key drawn at random once per
+/// process, through a mixing function that is a bijection (so distinct counts
+/// give distinct ids). No clock read and no fresh key per id: ids are made on
+/// every call.
 pub fn new_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static KEY: OnceLock<u64> = OnceLock::new();
+    let key = *KEY.get_or_init(|| RandomState::new().hash_one(std::process::id()));
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let hash = std::collections::hash_map::RandomState::new().hash_one((nanos, count));
-    format!("{hash:016x}")
+    format!("{:016x}", mix(count.wrapping_add(key)))
+}
+
+/// splitmix64's finalizer: each step (xor-shift, multiply by an odd number) is
+/// invertible, so the whole is a bijection on `u64`.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 #[cfg(test)]
