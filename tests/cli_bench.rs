@@ -127,26 +127,32 @@ fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
 fn an_interrupted_bench_still_removes_its_containers() {
     const POOL: &str = "bench-interrupted";
     let _guard = support::PoolGuard(POOL.to_owned());
-    let bench = Command::new(env!("CARGO_BIN_EXE_hotpool"))
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_hotpool"))
         .args(["bench", "--image", support::testfn_image(), "--pool", POOL])
         .args(["--idle-containers", "50", "--concurrency", "2", "line"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run hotpool bench");
+    let pid = bench.id().to_string();
+    // Failing before the bench ends, the test kills it first, so that it
+    // starts nothing after the guard has removed its containers.
+    let mut fail = |why: &str| -> ! {
+        let _ = bench.kill();
+        let _ = bench.wait();
+        panic!("{why}");
+    };
     let since = Instant::now();
     while support::pool_containers(POOL).len() < 3 {
-        assert!(
-            since.elapsed() < Duration::from_secs(120),
-            "the bench started no containers"
-        );
+        if since.elapsed() > Duration::from_secs(120) {
+            fail("the bench started no containers");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let sent = Command::new("kill")
-        .args(["-TERM", &bench.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    let sent = Command::new("kill").args(["-TERM", &pid]).status();
+    if !sent.is_ok_and(|status| status.success()) {
+        fail("could not send SIGTERM to the bench");
+    }
     let output = bench.wait_with_output().expect("the bench ends");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
