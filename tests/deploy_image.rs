@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use support::server::{containers_of, eventually};
@@ -40,18 +40,6 @@ fn logs(container: &str) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-/// The directories (`PID.N`) of hotpool process `pid` in the runtime directory.
-fn runtime_dirs_of(pid: &str) -> Vec<PathBuf> {
-    let prefix = format!("{pid}.");
-    std::fs::read_dir(RUNTIME_DIR)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|entry| entry.path())
-        .collect()
 }
 
 /// Removes the hotpool container when dropped, whatever happened.
@@ -163,7 +151,7 @@ fn the_image_serves_calls_and_leaves_nothing_after_sigterm() {
     // The hotpool process, by its host PID, keeps the pipes of its hot
     // container under the shared runtime directory.
     let pid = inspect(&name, "{{.State.Pid}}");
-    let own = runtime_dirs_of(&pid);
+    let own = support::process_dirs_in(Path::new(RUNTIME_DIR), &pid);
     assert_eq!(own.len(), 1, "{own:?}");
     let pipes = std::fs::read_dir(&own[0])
         .expect("its directory")
@@ -187,5 +175,9 @@ fn the_image_serves_calls_and_leaves_nothing_after_sigterm() {
     assert_eq!(inspect(&name, "{{.State.ExitCode}}"), "0", "{output}");
     assert!(output.contains("every container removed"), "{output}");
     assert_eq!(containers_of(&pool), Vec::<String>::new(), "{output}");
-    assert_eq!(runtime_dirs_of(&pid), Vec::<PathBuf>::new(), "{output}");
+    assert_eq!(
+        support::process_dirs_in(Path::new(RUNTIME_DIR), &pid),
+        Vec::<PathBuf>::new(),
+        "{output}"
+    );
 }

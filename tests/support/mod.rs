@@ -85,6 +85,11 @@ pub fn runtime_dirs_of_process(pid: u32) -> Vec<PathBuf> {
         None if uid == 0 => PathBuf::from("/run/hotpool"),
         None => std::env::temp_dir().join(format!("hotpool-{uid}")),
     };
+    process_dirs_in(&root, pid)
+}
+
+/// The directories (`PID.N`) of hotpool process `pid` in runtime directory `root`.
+pub fn process_dirs_in(root: &std::path::Path, pid: impl std::fmt::Display) -> Vec<PathBuf> {
     let prefix = format!("{pid}.");
     std::fs::read_dir(root)
         .into_iter()
