@@ -7,9 +7,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// The N=10 sample trace (a copy in tests/data).
+/// The N=10 sample trace (shipped in examples/traces).
 fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/azure2019/10")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/traces/azure2019/10")
 }
 
 fn replay(args: &[&str]) -> Output {
