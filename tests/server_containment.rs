@@ -279,6 +279,15 @@ fn bearer_tokens_guard_every_route_but_healthz(transport: Transport) {
     assert_eq!(refused.status, 401, "{refused}");
     assert_eq!(error_of(&refused)["kind"], "unauthorized", "{refused}");
     assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    let call_id = error_of(&refused)["call_id"].as_str().unwrap().to_owned();
+    assert_ne!(
+        call_id, "-",
+        "a refused request has an id of its own: {refused}"
+    );
+    assert_eq!(refused.header("hotpool-call-id"), Some(call_id.as_str()));
+    eventually("the refusal is logged under its id", || {
+        server.stderr.text().contains(&call_id)
+    });
     for wrong in ["Bearer secret", "Bearer secret-one2", "Basic secret-one"] {
         let refused = http::request_with(
             server.addr,

@@ -1,10 +1,13 @@
 //! The errors `hotpool serve` answers with: one [`ApiError`] for every 4xx and 5xx.
 //!
 //! Each answer is JSON, `{"error":{"kind":"...","message":"...","call_id":"..."}}`
-//! (`call_id` is `-` before a request became a call), with the status of its kind.
-//! A failed call adds what its [`CallError`] knows (`exit_code` and `stderr_tail`,
-//! `memory_limit_bytes`, `timeout_ms`, `retry_after_s`), the `Hotpool-Call-Id`
-//! header, and for `busy` a `Retry-After` header. An answer sent before the request
+//! with the status of its kind. An answer to a request that was given an id (every
+//! `POST /invoke`, and every request refused for its token) carries that id in
+//! `call_id` and in the `Hotpool-Call-Id` header, so the log line of the same id
+//! can be found; an unknown route or method has none (`call_id` is `-`). A failed
+//! call adds what its [`CallError`] knows (`exit_code` and `stderr_tail`,
+//! `memory_limit_bytes`, `timeout_ms`, `retry_after_s`), and `busy` a
+//! `Retry-After` header. An answer sent before the request
 //! body was read to its end says `Connection: close`. [`call_error_json`] is the
 //! same JSON for a failed call, as `hotpool run` prints it.
 
@@ -185,21 +188,18 @@ impl IntoResponse for ApiError {
             Reason::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Reason::Call(error) => {
-                if let CallError::Busy { retry_after, .. } = error {
-                    headers.insert(
-                        header::RETRY_AFTER,
-                        HeaderValue::from(retry_after_s(*retry_after)),
-                    );
-                }
-                if let Some(call_id) = &self.call_id {
-                    headers.insert(
-                        CALL_ID,
-                        HeaderValue::from_str(call_id).unwrap_or(HeaderValue::from_static("-")),
-                    );
-                }
+            Reason::Call(CallError::Busy { retry_after, .. }) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_s(*retry_after)),
+                );
             }
             _ => {}
+        }
+        if let Some(call_id) = &self.call_id
+            && let Ok(value) = HeaderValue::from_str(call_id)
+        {
+            headers.insert(CALL_ID, value);
         }
         response
     }
@@ -336,10 +336,13 @@ mod tests {
 
     #[test]
     fn unauthorized_asks_for_a_bearer_token_and_closes() {
-        let response = ApiError::from(Reason::Unauthorized).into_response();
+        let error = ApiError::from(Reason::Unauthorized).in_call("u1");
+        assert_eq!(error.json()["error"]["call_id"], "u1");
+        let response = error.into_response();
         assert_eq!(response.status(), 401);
         assert_eq!(header(&response, "www-authenticate"), Some("Bearer"));
         assert_eq!(header(&response, "connection"), Some("close"));
+        assert_eq!(header(&response, "hotpool-call-id"), Some("u1"));
     }
 
     #[test]
@@ -353,6 +356,6 @@ mod tests {
         let response = error.into_response();
         assert_eq!(response.status(), 400);
         assert_eq!(header(&response, "connection"), None);
-        assert_eq!(header(&response, "hotpool-call-id"), None);
+        assert_eq!(header(&response, "hotpool-call-id"), Some("c"));
     }
 }

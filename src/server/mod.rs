@@ -115,7 +115,11 @@ async fn authenticate<D: Driver>(
     };
     match &state.tokens {
         Some(tokens) if !open && !tokens.admits(request.headers()) => {
-            ApiError::from(Reason::Unauthorized).into_response()
+            let call_id = hotpool::driver::new_id();
+            tracing::info!(%call_id, method = %request.method(), path = request.uri().path(), "unauthorized: no good bearer token");
+            ApiError::from(Reason::Unauthorized)
+                .in_call(&call_id)
+                .into_response()
         }
         _ => next.run(request).await,
     }
