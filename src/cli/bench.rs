@@ -22,8 +22,10 @@
 //! what the ratios measure.
 //!
 //! It prints p50, p99, calls per second and hotpool's CPU time per call for
-//! each, and the ratios hot/floor_hot and cold/floor_cold; `--json` prints one
-//! JSON object instead.
+//! each, and the ratios hot/floor_hot and cold/floor_cold (and the direct ones),
+//! each beside its target where the target applies: at the concurrency it is set
+//! for, and with calls enough per mode to hold a p50 against it ([`TARGETS`]);
+//! `--json` prints one JSON object instead.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -573,6 +575,101 @@ async fn floor_cold_call(
     result.map_err(|e| format!("a floor_cold call failed: {e}"))
 }
 
+/// What a ratio compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    /// The p50 latencies, mode over baseline: lower is better.
+    P50,
+    /// The calls a second, mode over baseline: higher is better.
+    Throughput,
+}
+
+/// A ratio the bench prints, and the target it is held against.
+struct Target {
+    /// The mode and its baseline.
+    of: (&'static str, &'static str),
+    measure: Measure,
+    /// `<= 1.15` or `>= 2`.
+    bound: &'static str,
+    /// The concurrency the target is set for; `None`: any.
+    concurrency: Option<usize>,
+    /// The fewest calls per mode that make the ratio worth holding against the
+    /// target: with fewer, one slow call moves a p50 by more than the margin.
+    min_calls: usize,
+}
+
+/// The project's targets (README, Benchmarks).
+const TARGETS: [Target; 6] = [
+    Target {
+        of: ("hot", "floor_hot"),
+        measure: Measure::P50,
+        bound: "<= 1.15",
+        concurrency: Some(1),
+        min_calls: 1000,
+    },
+    Target {
+        of: ("hot", "floor_hot"),
+        measure: Measure::Throughput,
+        bound: ">= 0.85",
+        concurrency: Some(4),
+        min_calls: 1000,
+    },
+    Target {
+        of: ("cold", "floor_cold"),
+        measure: Measure::P50,
+        bound: "<= 1.10",
+        concurrency: None,
+        min_calls: 20,
+    },
+    Target {
+        of: ("direct", "floor_direct"),
+        measure: Measure::P50,
+        bound: "<= 1.2",
+        concurrency: Some(1),
+        min_calls: 1000,
+    },
+    Target {
+        of: ("direct", "floor_hot"),
+        measure: Measure::P50,
+        bound: "<= 0.5",
+        concurrency: None,
+        min_calls: 1000,
+    },
+    Target {
+        of: ("direct", "hot"),
+        measure: Measure::Throughput,
+        bound: ">= 2",
+        concurrency: Some(4),
+        min_calls: 1000,
+    },
+];
+
+impl Target {
+    /// One line of the report: the ratio, and its target where one applies to
+    /// this run (its concurrency, and calls enough to hold the ratio against it).
+    fn line(&self, value: Option<f64>, calls: Option<usize>, concurrency: usize) -> String {
+        let measure = match self.measure {
+            Measure::P50 => "p50",
+            Measure::Throughput => "throughput",
+        };
+        let name = format!("{}/{} {measure}", self.of.0, self.of.1);
+        let Some(value) = value else {
+            return format!("{name:<28} n/a");
+        };
+        let verdict = match (self.concurrency, calls) {
+            (Some(wanted), _) if wanted != concurrency => {
+                format!("(no target at concurrency {concurrency}; its target is at {wanted})")
+            }
+            (_, Some(calls)) if calls < self.min_calls => format!(
+                "(target {}, but {calls} calls per mode are too few to hold against it: {} or more)",
+                self.bound, self.min_calls
+            ),
+            _ => format!("(target {})", self.bound),
+        };
+        format!("{name:<28} {value:.3} {verdict}")
+    }
+}
+
 fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
     let all = [
         "floor_hot",
@@ -616,25 +713,23 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
         );
     }
     let measured = |mode: &str| order.contains(&mode).then(|| &modes[mode]);
-    let ratio = |a: &str, b: &str, of: fn(&Samples) -> f64| {
-        measured(a)
-            .zip(measured(b))
-            .map_or("n/a".to_owned(), |(a, b)| format!("{:.3}", of(a) / of(b)))
-    };
     let p50 = |s: &Samples| s.percentile(50).as_secs_f64();
-    println!(
-        "ratios: hot/floor_hot p50 {} (target <= 1.15 at concurrency 1), hot/floor_hot throughput {} (target >= 0.85 at concurrency 4), cold/floor_cold p50 {} (target <= 1.10)",
-        ratio("hot", "floor_hot", p50),
-        ratio("hot", "floor_hot", Samples::calls_per_s),
-        ratio("cold", "floor_cold", p50),
-    );
-    if measured("direct").is_some() {
-        println!(
-            "direct: direct/floor_direct p50 {} (target <= 1.2), direct/floor_hot p50 {} (target <= 0.5), direct/hot throughput {} (target >= 2 at concurrency 4)",
-            ratio("direct", "floor_direct", p50),
-            ratio("direct", "floor_hot", p50),
-            ratio("direct", "hot", Samples::calls_per_s),
-        );
+    println!("ratios:");
+    for target in TARGETS {
+        if target.of.0 == "direct" && measured("direct").is_none() {
+            continue;
+        }
+        let value = measured(target.of.0)
+            .zip(measured(target.of.1))
+            .map(|(a, b)| match target.measure {
+                Measure::P50 => p50(a) / p50(b),
+                Measure::Throughput => a.calls_per_s() / b.calls_per_s(),
+            });
+        let calls = [target.of.0, target.of.1]
+            .iter()
+            .filter_map(|mode| measured(mode).map(|s| s.latencies.len()))
+            .min();
+        println!("  {}", target.line(value, calls, args.concurrency));
     }
     let verdict = |exited: &str, hot: &str| {
         measured(exited)
@@ -648,5 +743,48 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
         println!(
             "the exited verdict, p50 from the exit to the answer (an exiting call less a hot call): attach {attach:.0} µs, direct {direct:.0} µs",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(of: (&'static str, &'static str)) -> &'static Target {
+        TARGETS
+            .iter()
+            .find(|t| t.of == of && t.measure == Measure::P50)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_target_shows_at_its_own_concurrency_with_calls_enough() {
+        let line = target(("hot", "floor_hot")).line(Some(1.083), Some(2000), 1);
+        assert!(line.ends_with("1.083 (target <= 1.15)"), "{line}");
+    }
+
+    #[test]
+    fn no_target_at_another_concurrency() {
+        let line = target(("hot", "floor_hot")).line(Some(1.3), Some(2000), 4);
+        assert!(line.contains("1.300"), "{line}");
+        assert!(!line.contains("target <="), "{line}");
+        assert!(line.contains("no target at concurrency 4"), "{line}");
+    }
+
+    #[test]
+    fn a_small_sample_says_it_is_too_small() {
+        let line = target(("hot", "floor_hot")).line(Some(1.5), Some(40), 1);
+        assert!(line.contains("40 calls per mode are too few"), "{line}");
+        let cold = target(("cold", "floor_cold")).line(Some(1.01), Some(40), 8);
+        assert!(
+            cold.ends_with("(target <= 1.10)"),
+            "any concurrency: {cold}"
+        );
+    }
+
+    #[test]
+    fn a_ratio_without_both_modes_is_n_a() {
+        let line = target(("cold", "floor_cold")).line(None, None, 1);
+        assert!(line.ends_with(" n/a"), "{line}");
     }
 }
