@@ -101,8 +101,22 @@ fn cold_function_echoes_and_is_always_cold(transport: Transport) {
         transport,
         "cold",
         "",
-        &[function("once", "echo", "cold", "")],
+        &[
+            function("once", "echo", "cold", ""),
+            function("slow", "sleep\", \"3", "cold", ""),
+        ],
     );
+    // A cold call has the engine's samples only (README, Per-call stats): one
+    // that runs three seconds has some, and so its stats.
+    let slow = server.invoke("slow", b"zzz");
+    assert_eq!(slow.status, 200, "{slow}");
+    let stats = slow.header("hotpool-stats").unwrap_or_default();
+    let samples: u64 = stats
+        .rsplit("samples=")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(samples >= 1, "a 3 s cold call carries its samples: {slow}");
     let mut ids = Vec::new();
     for i in 0..3 {
         // Newlines and NULs are fine in a cold body.
