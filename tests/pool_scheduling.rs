@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
-use hotpool::pool::{Format, FunctionSpec, KeepAlive, Pool, REMOVALS_AT_ONCE, Request, Start};
+use hotpool::pool::{
+    Format, FunctionSpec, KeepAlive, Pool, REMOVALS_AT_ONCE, Request, Start, TIMEOUT_MARGIN,
+};
 use hotpool::{CallError, ErrorKind};
 
 const MIB: u64 = 1 << 20;
@@ -293,6 +295,34 @@ async fn a_timeout_kills_the_container() {
         "the timed-out container is gone"
     );
     assert_eq!(pool.status().functions[0].idle, 0);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_function_that_closes_stdout_is_answered_within_the_timeout_margin() {
+    let (pool, driver) = pool(GIB).await;
+    let mut echo = spec("echo");
+    echo.timeout = Duration::from_secs(60);
+    call(&pool, &echo, "warm").await.unwrap();
+    // Still running when the margin is over: it can no longer answer, and the
+    // call does not wait for its timeout.
+    let started = tokio::time::Instant::now();
+    let error = call(&pool, &echo, "!close-stdout").await.unwrap_err();
+    assert_eq!(started.elapsed(), TIMEOUT_MARGIN, "on tokio's paused clock");
+    assert!(
+        matches!(&error, CallError::ProtocolError { detail } if detail.contains("kept running")),
+        "{error:?}"
+    );
+    // Dying within the margin: the caller gets the real reason.
+    let error = call(&pool, &echo, "!close-stdout-exit 300 4")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, CallError::Exited { code: 4, .. }),
+        "{error:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(driver.statistics().closed, 2, "both containers are gone");
     pool.shutdown().await;
 }
 

@@ -7,7 +7,9 @@
 //! `["line"]` answers each request line with the same line, `["echo"]` copies stdin
 //! to stdout until EOF and exits. In `line` mode a request starting with `!` is a
 //! command: `!exit N`, `!oom`, `!kill-self`, `!garbage` (two lines for one request),
-//! `!sleep MS`. The image `missing` cannot be prepared (`image_not_found`).
+//! `!sleep MS`, `!close-stdout` (close stdout and run on, never answering),
+//! `!close-stdout-exit MS N` (close stdout, then exit with code N MS
+//! milliseconds later). The image `missing` cannot be prepared (`image_not_found`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -205,6 +207,16 @@ async fn serve_lines(
                 );
             }
             ("!kill-self", _) => return set_exit(&exit, exited(137, "")),
+            ("!close-stdout", _) => {
+                drop(stdout);
+                return std::future::pending().await;
+            }
+            ("!close-stdout-exit", rest) => {
+                let (ms, code) = rest.split_once(' ').unwrap_or((rest, ""));
+                drop(stdout);
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+                return set_exit(&exit, exited(code.parse().unwrap_or(1), ""));
+            }
             ("!garbage", _) => "first line\nsecond line\n".to_owned(),
             ("!sleep", ms) => {
                 tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::format::Request;
-pub use call::{Response, Start};
+pub use call::{Response, Start, TIMEOUT_MARGIN};
 pub use function::FunctionStatus;
 pub use scheduler::{POOL_LABEL, REMOVALS_AT_ONCE};
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};

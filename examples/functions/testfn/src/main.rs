@@ -16,6 +16,16 @@
 //! kill-self        send SIGKILL to itself
 //! spin SECS        burn one CPU and hold 32 MiB for SECS seconds, then echo
 //! flood            write to stdout without end
+//! close-stdout     close stdout and sleep ten minutes
+//! fork-echo        start a child that holds the pipes (see `late-writer`), then echo
+//! ```
+//!
+//! Children (started by the `fork` commands, holding their parent's stdin, stdout
+//! and stderr):
+//!
+//! ```text
+//! linger           sleep ten minutes, reading and writing nothing
+//! late-writer      from one second on, write `late` lines to stdout without end
 //! ```
 //!
 //! Hot modes (many requests over one stdin/stdout):
@@ -32,12 +42,14 @@
 //! `!garbage` (write bytes that break the framing), `!spin MS`, `!whoami` (answer
 //! the container's hostname, which the engine sets to its id), `!flood` (write to
 //! stdout without end), `!late MS MSG` (answer MSG, then the same answer again MS
-//! milliseconds later, unasked), `!fork` (start a child that holds stdout and
-//! sleeps, then answer `forked`), `!fork-exit N` (start that child, then exit
-//! with code N), `!close-stdout` (close stdout and sleep, never answering),
-//! `!status-flood` and `!status-lie` (write endless bytes, or a false `exit 0`,
-//! to the direct transport's status pipe).
-//! `http` only: `!upgrade` (answer `101 Switching
+//! milliseconds later, unasked), `!fork` (start a `linger` child, then answer
+//! `forked`), `!fork-exit N` (start a `linger` child, then exit with code N),
+//! `!fork-late-exit N` (start a `late-writer` child, then exit with code N),
+//! `!close-stdout` (close stdout and sleep, never answering), `!close-stdout-exit
+//! MS N` (close stdout, then exit with code N MS milliseconds later),
+//! `!close-all` (close stdin, stdout and stderr and sleep), `!status-flood` and
+//! `!status-lie` (write endless bytes, or a false `exit 0`, to the direct
+//! transport's status pipe). `http` only: `!upgrade` (answer `101 Switching
 //! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`).
 //! Anything else is echoed.
 
@@ -78,6 +90,18 @@ fn main() {
             echo();
         }
         "flood" => flood(),
+        "close-stdout" => close_and_sleep(&[1]),
+        "fork-echo" => {
+            child("late-writer");
+            echo();
+        }
+        "linger" => std::thread::sleep(TEN_MINUTES),
+        "late-writer" => {
+            std::thread::sleep(Duration::from_secs(1));
+            while io::stdout().write_all(b"late\n").is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         "line" => serve_lines(),
         "http" => serve_http(),
         other => {
@@ -171,11 +195,15 @@ fn command(body: &[u8]) -> Vec<u8> {
         "kill-self" => kill_self(),
         "flood" => flood(),
         "fork" => {
-            sleeping_child();
+            child("linger");
             b"forked".to_vec()
         }
         "fork-exit" => {
-            sleeping_child();
+            child("linger");
+            std::process::exit(rest.trim().parse().unwrap_or(1));
+        }
+        "fork-late-exit" => {
+            child("late-writer");
             std::process::exit(rest.trim().parse().unwrap_or(1));
         }
         "status-flood" => {
@@ -205,12 +233,14 @@ fn command(body: &[u8]) -> Vec<u8> {
                 Err(e) => e.to_string().into_bytes(),
             }
         }
-        "close-stdout" => {
-            // SAFETY: closing our own stdout; nothing else of this process uses it.
-            unsafe { libc::close(1) };
-            std::thread::sleep(Duration::from_secs(600));
-            Vec::new()
+        "close-stdout" => close_and_sleep(&[1]),
+        "close-stdout-exit" => {
+            let (ms, code) = rest.split_once(' ').unwrap_or((rest, ""));
+            close(&[1]);
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            std::process::exit(code.trim().parse().unwrap_or(1));
         }
+        "close-all" => close_and_sleep(&[0, 1, 2]),
         "sleep" => {
             std::thread::sleep(Duration::from_millis(rest.trim().parse().unwrap_or(1000)));
             b"slept".to_vec()
@@ -234,18 +264,36 @@ fn command(body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Starts this program again as a child that sleeps ten minutes holding this
-/// process's stdout (and reading nothing).
+/// How long a function that stops answering sleeps: longer than any test waits.
+const TEN_MINUTES: Duration = Duration::from_secs(600);
+
+/// Starts this program again in the child mode `mode`, holding this process's
+/// stdin, stdout and stderr.
 #[expect(
     clippy::zombie_processes,
     reason = "the child is meant to outlive its parent's answer; the container's init reaps it"
 )]
-fn sleeping_child() {
+fn child(mode: &str) {
     std::process::Command::new("/proc/self/exe")
-        .args(["sleep", "600"])
-        .stdin(std::process::Stdio::null())
+        .arg(mode)
         .spawn()
         .expect("start a child");
+}
+
+/// Closes this process's file descriptors `fds` (0 stdin, 1 stdout, 2 stderr).
+fn close(fds: &[i32]) {
+    for &fd in fds {
+        // SAFETY: closing our own standard descriptors; nothing else of this
+        // process uses them any more.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Closes `fds`, then sleeps ten minutes without answering.
+fn close_and_sleep(fds: &[i32]) -> ! {
+    close(fds);
+    std::thread::sleep(TEN_MINUTES);
+    std::process::exit(0)
 }
 
 fn serve_lines() {
