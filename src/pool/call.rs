@@ -29,12 +29,13 @@ use crate::stats::{CallStats, Usage};
 
 /// How long past its timeout a hot call may be answered, at most.
 ///
-/// A call whose container closed stdout waits this long for the engine to say
-/// why: a function that dies (exits, is OOM-killed) is reported within moments of
-/// its stdout closing, and the caller gets that reason. A container still running
-/// then closed its stdout but kept running: it can no longer answer, and the
-/// caller gets `protocol_error`. Stdout is only ever seen closed before the
-/// call's deadline, so every answer comes within the timeout plus this.
+/// A call whose container closed stdout waits for the engine to say why until
+/// the call's deadline, and at least this long: a function that dies (exits, is
+/// OOM-killed) is reported within moments of its stdout closing, and the caller
+/// gets that reason. A container still running then closed its stdout but kept
+/// running: it can no longer answer, and the caller gets `protocol_error`.
+/// Stdout is only ever seen closed before the call's deadline, so every answer
+/// comes within the timeout plus this.
 pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Whether a call found its container running, or waited for one to start.
@@ -166,11 +167,15 @@ impl<D: Driver> Inner<D> {
                 Err(CallError::ProtocolError { detail })
             }
             Ok(Err(FrameError::Closed | FrameError::Io(_))) => {
-                let error = container.death(TIMEOUT_MARGIN).await.unwrap_or_else(|| {
-                    CallError::ProtocolError {
-                        detail: "the function closed its stdout but kept running".into(),
-                    }
-                });
+                let until_deadline = timeout.saturating_sub(call_started.elapsed());
+                let grace = until_deadline.max(TIMEOUT_MARGIN);
+                let error =
+                    container
+                        .death(grace)
+                        .await
+                        .unwrap_or_else(|| CallError::ProtocolError {
+                            detail: "the function closed its stdout but kept running".into(),
+                        });
                 checked.evict(EvictionReason::of_death(&error));
                 Err(error)
             }
