@@ -110,7 +110,10 @@ fn a_bad_config_on_sighup_keeps_the_running_one_and_names_the_key() {
         .lines()
         .find(|line| line.contains("config not reloaded"))
         .expect("one line says so");
-    assert!(line.contains("function[0].timeout"), "{line}");
+    assert!(
+        line.contains(r#"function "echo" (function[0]).timeout: "soon" is not a duration"#),
+        "{line}"
+    );
     let after = server.invoke("echo", b"still");
     assert_eq!((after.status, after.text()), (200, "still".to_owned()));
     assert_eq!(after.header("hotpool-start"), Some("hot"));

@@ -2,8 +2,8 @@
 //! ones drain and go, changed limits apply to the running containers, and a
 //! changed container spec starts new containers while the old ones drain.
 //!
-//! A config that does not load keeps the running one, with one log line naming
-//! the key. `[server]` and `[pool]` are read at start only; a change to them is
+//! A config that does not load keeps the running one, with one log line giving
+//! the error as `hotpool serve` would at start. `[server]` and `[pool]` are read at start only; a change to them is
 //! said once and waits for the next start. `[pool]`'s `keep_alive` and
 //! `eviction` are the exception: the config writes them into every function's
 //! spec, so they reload with the functions, as limits.
@@ -52,9 +52,7 @@ fn reload<D: Driver>(path: &Path, pool: &Pool<D>, running: &mut ServeConfig) {
         Err(error) => {
             tracing::error!(
                 file = %path.display(),
-                key = error.key(),
-                "config not reloaded, the running one stays: {}",
-                error.reason()
+                "config not reloaded, the running one stays: {error}"
             );
             return;
         }
