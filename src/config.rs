@@ -192,6 +192,80 @@ impl ServeConfig {
         })?;
         ServeConfig::from_toml(&text)
     }
+
+    /// The keys read at start only whose values differ in `new`, as key paths
+    /// (`server.listen`, `pool.name`), in the order of the file. `[pool]`'s
+    /// `keep_alive`, `eviction` and `transport` are not among them: they are in
+    /// every function's spec.
+    pub fn start_only_changes(&self, new: &ServeConfig) -> Vec<&'static str> {
+        // Every field of [server] named, so a new one cannot be forgotten here;
+        // for [pool]'s, a test goes through every key the config accepts.
+        let ServerConfig {
+            listen,
+            max_body,
+            max_response,
+            header_timeout,
+            body_timeout,
+            max_connections,
+            auth_tokens_file,
+            metrics_auth,
+        } = &self.server;
+        let (server, pool, new_pool) = (&new.server, &self.pool, &new.pool);
+        [
+            ("server.listen", *listen != server.listen),
+            ("server.max_body", *max_body != server.max_body),
+            ("server.max_response", *max_response != server.max_response),
+            (
+                "server.header_timeout",
+                *header_timeout != server.header_timeout,
+            ),
+            ("server.body_timeout", *body_timeout != server.body_timeout),
+            (
+                "server.max_connections",
+                *max_connections != server.max_connections,
+            ),
+            (
+                "server.auth_tokens_file",
+                *auth_tokens_file != server.auth_tokens_file,
+            ),
+            ("server.metrics_auth", *metrics_auth != server.metrics_auth),
+            ("pool.name", pool.name != new_pool.name),
+            (
+                "pool.memory_budget",
+                pool.memory_budget != new_pool.memory_budget,
+            ),
+            (
+                "pool.shutdown_timeout",
+                pool.shutdown_timeout != new_pool.shutdown_timeout,
+            ),
+            (
+                "pool.stats_max_points",
+                pool.stats_max_points != new_pool.stats_max_points,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
+    /// Checks that every function's memory fits `budget`, the memory budget of a
+    /// pool already running (a new `pool.memory_budget` waits for a restart).
+    pub fn check_memory_within(&self, budget: u64) -> Result<(), ConfigError> {
+        let Some((index, spec)) =
+            (self.functions.iter().enumerate()).find(|(_, spec)| spec.memory > budget)
+        else {
+            return Ok(());
+        };
+        Err(ConfigError::new(
+            format!("{}.memory", function_path(index, Some(&spec.name))),
+            format!(
+                "{} is more than the running pool's memory_budget ({}); a new \
+                 pool.memory_budget takes effect at the next start",
+                show_bytes(spec.memory),
+                show_bytes(budget)
+            ),
+        ))
+    }
 }
 
 /// A TOML syntax error on one line: `line L, column C: <reason>` (the caller
@@ -1232,6 +1306,84 @@ mod tests {
         );
         assert!((config.functions.iter()).all(|spec| spec.eviction == Eviction::LeastRecentlyUsed));
         assert!((config.functions.iter()).all(|spec| spec.transport == Transport::Direct));
+    }
+
+    /// A config with `[server]` and `[pool]` keys `server` and `pool` (on top of
+    /// an auth_tokens_file, which metrics_auth needs) and one function.
+    fn with_tables(server: &[(&str, &str)], pool: &[(&str, &str)]) -> ServeConfig {
+        let lines = |table: &[(&str, &str)]| {
+            (table.iter())
+                .map(|(key, value)| format!("{key} = {value}\n"))
+                .collect::<String>()
+        };
+        let mut server = server.to_vec();
+        if !server.iter().any(|(key, _)| *key == "auth_tokens_file") {
+            server.push(("auth_tokens_file", "\"tokens\""));
+        }
+        ServeConfig::from_toml(&format!(
+            "[server]\n{}[pool]\n{}[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"64m\"",
+            lines(&server),
+            lines(pool)
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_server_and_pool_key_is_either_reloaded_or_named_as_waiting_for_a_restart() {
+        // Every function's, so they reload with the functions.
+        const RELOADED_POOL_KEYS: [&str; 3] = ["keep_alive", "eviction", "transport"];
+        let running = with_tables(&[], &[]);
+        for table in ["server", "pool"] {
+            for key in accepted_keys(table) {
+                let other = match (table, key.as_str()) {
+                    (_, "listen") => "\"127.0.0.1:1\"",
+                    (_, "max_body" | "max_response" | "memory_budget") => "\"1g\"",
+                    (_, "header_timeout" | "body_timeout" | "shutdown_timeout") => "\"1s\"",
+                    (_, "max_connections" | "stats_max_points") => "1",
+                    (_, "auth_tokens_file") => "\"other-tokens\"",
+                    (_, "metrics_auth") => "true",
+                    ("pool", "name") => "\"other\"",
+                    ("pool", "keep_alive") => "\"histogram\"",
+                    ("pool", "eviction") => "\"greedy-dual\"",
+                    ("pool", "transport") => "\"attach\"",
+                    _ => panic!("give {table}.{key} a second value, to check a reload sees it"),
+                };
+                let changed = [(key.as_str(), other)];
+                let new = match table {
+                    "server" => with_tables(&changed, &[]),
+                    _ => with_tables(&[], &changed),
+                };
+                let waiting = running.start_only_changes(&new);
+                if table == "pool" && RELOADED_POOL_KEYS.contains(&key.as_str()) {
+                    assert_eq!(waiting, Vec::<&str>::new(), "{table}.{key} reloads");
+                    assert_ne!(
+                        new.functions, running.functions,
+                        "{table}.{key} is in every function's spec"
+                    );
+                } else {
+                    assert_eq!(waiting, [format!("{table}.{key}")], "{table}.{key}");
+                    assert_eq!(new.functions, running.functions, "{table}.{key}");
+                }
+            }
+        }
+        assert_eq!(
+            running.start_only_changes(&running.clone()),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn a_reload_needs_every_function_within_the_running_memory_budget() {
+        let config = with_tables(&[], &[]);
+        assert_eq!(config.check_memory_within(64 << 20), Ok(()));
+        assert_eq!(
+            config
+                .check_memory_within(32 << 20)
+                .unwrap_err()
+                .to_string(),
+            "function \"a\" (function[0]).memory: 64m is more than the running pool's \
+             memory_budget (32m); a new pool.memory_budget takes effect at the next start"
+        );
     }
 
     #[test]
