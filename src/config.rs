@@ -9,7 +9,10 @@
 //! pass fills in the defaults and checks what one value cannot say alone: required
 //! keys, memory within the budget, unique names, at least one function. Either way
 //! the error names the key path (`server.listen`, `pool.memory_budget`,
-//! `function[1].memory`) and the reason, on one line. See `examples/hotpool.toml`.
+//! `function "echo" (function[1]).memory`, the function by its name once it has a
+//! valid one) and the reason, on one line; a misspelt key gets the nearest key
+//! allowed there, if one is close. A TOML syntax error names no key but the line
+//! and column. See `examples/hotpool.toml`, which shows every key.
 //!
 //! The defaults are the library's, `PoolConfig::default()` and
 //! `FunctionSpec::new`, but for the pool's name, `serve` (`DEFAULT_POOL_NAME`
@@ -126,33 +129,48 @@ impl Default for ServerConfig {
 /// A config that cannot be used: the key path of the bad value and why.
 ///
 /// Displays as `<key>: <reason>`, e.g.
-/// `function[1].memory: "12q" has an unknown unit "q": use b, k, m, g or t`. Errors
-/// that are not about one key (TOML syntax, an unreadable file) have an empty key
-/// and display as the reason alone.
+/// `function "echo" (function[1]).memory: "12q" has an unknown unit "q": use b, k, m, g
+/// or t`. Errors that are not about one key (TOML syntax, an unreadable file) have
+/// no key and display as the reason alone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}{separator}{reason}", separator = if .key.is_empty() { "" } else { ": " })]
 pub struct ConfigError {
-    key: String,
+    key: Option<String>,
     reason: String,
 }
 
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{key}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
 impl ConfigError {
+    /// An error about the value at `key`.
     fn new(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError {
-            key: key.into(),
+            key: Some(key.into()),
             reason: reason.into(),
         }
     }
 
-    /// The key path of the bad value (`server.listen`, `function[0].name`); empty
-    /// when the error is not about one key.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// An error about the file as a whole: its syntax, or reading it.
+    fn whole(reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: None,
+            reason: reason.into(),
+        }
     }
+}
 
-    /// Why the value is bad, e.g. `"nope" is not an address like 127.0.0.1:8080`.
-    pub fn reason(&self) -> &str {
-        &self.reason
+/// How errors name `function[index]`: by its name too when it has a valid one,
+/// `function "echo" (function[4])`, else by its index alone, `function[4]`.
+fn function_path(index: usize, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("function {name:?} (function[{index}])"),
+        None => format!("function[{index}]"),
     }
 }
 
@@ -160,8 +178,9 @@ impl ServeConfig {
     /// Parses and checks a config.
     pub fn from_toml(text: &str) -> Result<ServeConfig, ConfigError> {
         let document = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::new("", syntax_error(text, &e)))?;
-        let file: ConfigFile = serde_path_to_error::deserialize(document).map_err(read_error)?;
+            .map_err(|e| ConfigError::whole(syntax_error(text, &e)))?;
+        let file: ConfigFile =
+            serde_path_to_error::deserialize(document).map_err(|e| read_error(text, e))?;
         file.validate()
     }
 
@@ -169,9 +188,83 @@ impl ServeConfig {
     /// naming the path.
     pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
         let text = fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("", format!("cannot read config {}: {e}", path.display()))
+            ConfigError::whole(format!("cannot read config {}: {e}", path.display()))
         })?;
         ServeConfig::from_toml(&text)
+    }
+
+    /// The keys read at start only whose values differ in `new`, as key paths
+    /// (`server.listen`, `pool.name`), in the order of the file. `[pool]`'s
+    /// `keep_alive`, `eviction` and `transport` are not among them: they are in
+    /// every function's spec.
+    pub fn start_only_changes(&self, new: &ServeConfig) -> Vec<&'static str> {
+        // Every field of [server] named, so a new one cannot be forgotten here;
+        // for [pool]'s, a test goes through every key the config accepts.
+        let ServerConfig {
+            listen,
+            max_body,
+            max_response,
+            header_timeout,
+            body_timeout,
+            max_connections,
+            auth_tokens_file,
+            metrics_auth,
+        } = &self.server;
+        let (server, pool, new_pool) = (&new.server, &self.pool, &new.pool);
+        [
+            ("server.listen", *listen != server.listen),
+            ("server.max_body", *max_body != server.max_body),
+            ("server.max_response", *max_response != server.max_response),
+            (
+                "server.header_timeout",
+                *header_timeout != server.header_timeout,
+            ),
+            ("server.body_timeout", *body_timeout != server.body_timeout),
+            (
+                "server.max_connections",
+                *max_connections != server.max_connections,
+            ),
+            (
+                "server.auth_tokens_file",
+                *auth_tokens_file != server.auth_tokens_file,
+            ),
+            ("server.metrics_auth", *metrics_auth != server.metrics_auth),
+            ("pool.name", pool.name != new_pool.name),
+            (
+                "pool.memory_budget",
+                pool.memory_budget != new_pool.memory_budget,
+            ),
+            (
+                "pool.shutdown_timeout",
+                pool.shutdown_timeout != new_pool.shutdown_timeout,
+            ),
+            (
+                "pool.stats_max_points",
+                pool.stats_max_points != new_pool.stats_max_points,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
+    /// Checks that every function's memory fits `budget`, the memory budget of a
+    /// pool already running (a new `pool.memory_budget` waits for a restart).
+    pub fn check_memory_within(&self, budget: u64) -> Result<(), ConfigError> {
+        let Some((index, spec)) =
+            (self.functions.iter().enumerate()).find(|(_, spec)| spec.memory > budget)
+        else {
+            return Ok(());
+        };
+        Err(ConfigError::new(
+            format!("{}.memory", function_path(index, Some(&spec.name))),
+            format!(
+                "{} is more than the running pool's memory_budget ({}); a new \
+                 pool.memory_budget takes effect at the next start",
+                show_bytes(spec.memory),
+                show_bytes(budget)
+            ),
+        ))
     }
 }
 
@@ -193,18 +286,18 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> String {
 /// serde says `invalid type: integer `64`, expected a string in quotes`; the
 /// config says `expected a string in quotes, found integer 64`, in TOML's names
 /// for what was found. An unknown field is an `unknown key` (the path names it),
-/// and `invalid length` means an array where a table belongs (serde's derived
-/// structs read arrays too, field by field).
-fn read_error(error: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
-    let path = error.path().to_string();
-    let key = if path == "." { "" } else { &path };
+/// with the nearest allowed key if one is close, and `invalid length` means an
+/// array where a table belongs (serde's derived structs read arrays too, field by
+/// field). A function in the path is named as [`function_path`] names it, its name
+/// read from `text`.
+fn read_error(text: &str, error: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
     let message = error.inner().message();
     let found_expected = |prefix: &str| {
         let rest = message.strip_prefix(prefix)?;
         rest.rsplit_once(", expected ")
     };
-    let reason = if message.starts_with("unknown field") {
-        "unknown key".to_owned()
+    let reason = if let Some(unknown) = unknown_key(message) {
+        unknown
     } else if let Some((found, expected)) = found_expected("invalid type: ") {
         format!("expected {expected}, found {}", toml_name(found))
     } else if let Some((_, expected)) = found_expected("invalid length ") {
@@ -212,7 +305,101 @@ fn read_error(error: serde_path_to_error::Error<toml::de::Error>) -> ConfigError
     } else {
         message.to_owned()
     };
-    ConfigError::new(key, reason)
+    match key_path(text, error.path()) {
+        Some(key) => ConfigError::new(key, reason),
+        None => ConfigError::whole(reason),
+    }
+}
+
+/// The key path of `path`, its function named by [`function_path`]; `None` for
+/// the file itself.
+fn key_path(text: &str, path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let shown = path.to_string();
+    if shown == "." {
+        return None;
+    }
+    let mut segments = path.iter();
+    if let (Some(Segment::Map { key }), Some(Segment::Seq { index })) =
+        (segments.next(), segments.next())
+        && key == "function"
+    {
+        let in_function = shown.strip_prefix(&function_path(*index, None));
+        if let (Some(name), Some(in_function)) = (function_name(text, *index), in_function) {
+            return Some(format!(
+                "{}{in_function}",
+                function_path(*index, Some(&name))
+            ));
+        }
+    }
+    Some(shown)
+}
+
+/// The name of `function[index]` in `text`, if it has a valid one. Read from the
+/// document as parsed, not as TOML values, which would reject the very numbers a
+/// bad value may hold (an integer beyond i64).
+fn function_name(text: &str, index: usize) -> Option<String> {
+    let file = toml::de::DeTable::parse(text).ok()?;
+    let function = file.get_ref().get("function")?.get_ref().get(index)?;
+    let name = function.get_ref().get("name")?.get_ref().as_str()?;
+    Name::try_from(Quoted(name.to_owned()))
+        .ok()
+        .map(|name| name.0)
+}
+
+/// serde's `unknown field `timout`, expected one of `name`, ...` as `unknown key`,
+/// with ``did you mean `timeout`?`` when one of the keys allowed there (the ones
+/// serde lists) is close; `None` for another message.
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let suggestion = rest
+        .rsplit_once("`, expected ")
+        .and_then(|(typed, expected)| nearest_key(typed, &listed_keys(expected)));
+    Some(match suggestion {
+        Some(key) => format!("unknown key, did you mean `{key}`?"),
+        None => "unknown key".to_owned(),
+    })
+}
+
+/// The keys in serde's list of expected fields: `one of `a`, `b`, `c``,
+/// `` `a` or `b` `` or `` `a` ``.
+fn listed_keys(expected: &str) -> Vec<&str> {
+    expected.split('`').skip(1).step_by(2).collect()
+}
+
+/// The key of `allowed` nearest to `typed`, ignoring case, if it is within a third
+/// of `typed`'s length in edits (at least 1, at most 2); the first listed wins a tie.
+fn nearest_key<'a>(typed: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let typed = typed.to_lowercase();
+    let most = (typed.chars().count() / 3).clamp(1, 2);
+    (allowed.iter())
+        .map(|key| (edit_distance(&typed, key), *key))
+        .filter(|(distance, _)| *distance <= most)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, key)| key)
+}
+
+/// The fewest one-character insertions, deletions, substitutions and swaps of
+/// neighbours that turn `a` into `b` (the optimal string alignment distance).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // rows[i][j]: the distance between a[..i] and b[..j].
+    let mut rows = vec![vec![0; b.len() + 1]; a.len() + 1];
+    rows[0] = (0..=b.len()).collect();
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let substitution = rows[i - 1][j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            let mut distance = substitution.min(rows[i - 1][j] + 1).min(rows[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                distance = distance.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = distance;
+        }
+    }
+    rows[a.len()][b.len()]
 }
 
 /// What serde found, as TOML names it: `integer 64`, `float 1.5`, `string "x"`,
@@ -313,7 +500,7 @@ impl ConfigFile {
         for (index, spec) in functions.iter().enumerate() {
             if let Some(first) = first_index.insert(spec.name.as_str(), index) {
                 return Err(ConfigError::new(
-                    format!("function[{index}].name"),
+                    format!("{}.name", function_path(index, Some(&spec.name))),
                     format!("{:?} is defined twice (also function[{first}])", spec.name),
                 ));
             }
@@ -407,12 +594,18 @@ impl FunctionTable {
         index: usize,
         defaults: &FunctionDefaults,
     ) -> Result<FunctionSpec, ConfigError> {
-        let error = |key: &str, reason: String| {
-            ConfigError::new(format!("function[{index}].{key}"), reason)
+        let Some(Name(name)) = self.name else {
+            return Err(ConfigError::new(
+                format!("{}.name", function_path(index, None)),
+                "is required",
+            ));
         };
-        let required = |key| error(key, "is required".to_owned());
-        let name = self.name.ok_or_else(|| required("name"))?.0;
-        let image = self.image.ok_or_else(|| required("image"))?.0;
+        let path = function_path(index, Some(&name));
+        let error = |key: &str, reason: String| ConfigError::new(format!("{path}.{key}"), reason);
+        let image = self
+            .image
+            .ok_or_else(|| error("image", "is required".to_owned()))?
+            .0;
         let mut spec = FunctionSpec::new(name, image);
         spec.cmd = self.cmd.map_or(spec.cmd, |cmd| cmd.0);
         spec.format = self.format.map_or(spec.format, |format| format.0);
@@ -818,6 +1011,9 @@ mod tests {
 
     use super::*;
 
+    /// How errors name the function of [`function_error`].
+    const ECHO: &str = r#"function "echo" (function[0])"#;
+
     /// The message of the error `text` gives.
     fn error(text: &str) -> String {
         ServeConfig::from_toml(text).unwrap_err().to_string()
@@ -977,9 +1173,110 @@ mod tests {
         assert_eq!(config.pool, pool, "the library's defaults but the name");
     }
 
+    /// `examples/hotpool.toml`, as shipped.
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hotpool.toml")
+    }
+
+    /// The keys serde accepts in `table` (`""` for the file's top level, `server`,
+    /// `pool` or `function`), read from the deserializer's own error for an
+    /// unknown key, which lists them: the config's one list of its keys.
+    fn accepted_keys(table: &str) -> Vec<String> {
+        let text = match table {
+            "" => "not_a_key = 1".to_owned(),
+            "function" => "[[function]]\nnot_a_key = 1".to_owned(),
+            table => format!("[{table}]\nnot_a_key = 1"),
+        };
+        let error = toml::from_str::<ConfigFile>(&text)
+            .err()
+            .expect("an unknown key is an error");
+        let (_, expected) = (error.message().rsplit_once("`, expected "))
+            .unwrap_or_else(|| panic!("serde lists the keys: {}", error.message()));
+        let keys: Vec<String> = listed_keys(expected)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert!(keys.len() >= 3, "[{table}] accepts {keys:?}");
+        keys
+    }
+
     #[test]
-    fn example_file_parses() {
-        let config = ServeConfig::from_toml(include_str!("../examples/hotpool.toml")).unwrap();
+    fn accepted_keys_are_read_from_the_deserializer() {
+        assert_eq!(accepted_keys(""), ["server", "pool", "function"]);
+        // The whole list, first field to last, as the structs declare them.
+        for (table, first, last) in [
+            ("server", "listen", "metrics_auth"),
+            ("pool", "name", "transport"),
+            ("function", "name", "log_rate"),
+        ] {
+            let keys = accepted_keys(table);
+            assert_eq!(
+                (
+                    keys.first().unwrap().as_str(),
+                    keys.last().unwrap().as_str()
+                ),
+                (first, last),
+                "{keys:?}"
+            );
+            assert!(keys.contains(&"memory_budget".to_owned()) == (table == "pool"));
+        }
+    }
+
+    #[test]
+    fn the_example_config_shows_every_key_in_its_table_with_a_comment() {
+        let example = fs::read_to_string(example_path()).unwrap();
+        // (table, key, whether a comment says what it is), from lines `key = ...`
+        // and `# key = ...`.
+        let mut shown: Vec<(String, String, bool)> = Vec::new();
+        let mut table = String::new();
+        for line in example.lines().map(str::trim) {
+            if line.starts_with('[') {
+                table = line.trim_matches(['[', ']']).to_owned();
+                continue;
+            }
+            let line = line.trim_start_matches('#').trim_start();
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                shown.push((table.clone(), key.to_owned(), value.contains(" # ")));
+            }
+        }
+        let tables = accepted_keys("");
+        for table in &tables {
+            let header = if table == "function" {
+                "\n[[function]]\n".to_owned()
+            } else {
+                format!("\n[{table}]\n")
+            };
+            assert!(example.contains(&header), "the example has no {header:?}");
+            let accepted = accepted_keys(table);
+            for key in &accepted {
+                assert!(
+                    shown
+                        .iter()
+                        .any(|(t, k, commented)| t == table && k == key && *commented),
+                    "examples/hotpool.toml does not show {table}.{key} with a comment saying \
+                     what it is: `{key} = ...  # ...`, or `# {key} = ...  # ...` to leave it off"
+                );
+            }
+            for (_, key, _) in shown.iter().filter(|(t, ..)| t == table) {
+                assert!(
+                    accepted.contains(key),
+                    "examples/hotpool.toml shows {table}.{key}, which the config does not accept"
+                );
+            }
+        }
+        assert!(
+            shown.iter().all(|(table, ..)| tables.contains(table)),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn example_file_loads() {
+        let config = ServeConfig::load(&example_path()).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.pool.memory_budget, 1 << 30);
         let summary: Vec<_> = config
@@ -1008,6 +1305,85 @@ mod tests {
             "the pool's"
         );
         assert!((config.functions.iter()).all(|spec| spec.eviction == Eviction::LeastRecentlyUsed));
+        assert!((config.functions.iter()).all(|spec| spec.transport == Transport::Direct));
+    }
+
+    /// A config with `[server]` and `[pool]` keys `server` and `pool` (on top of
+    /// an auth_tokens_file, which metrics_auth needs) and one function.
+    fn with_tables(server: &[(&str, &str)], pool: &[(&str, &str)]) -> ServeConfig {
+        let lines = |table: &[(&str, &str)]| {
+            (table.iter())
+                .map(|(key, value)| format!("{key} = {value}\n"))
+                .collect::<String>()
+        };
+        let mut server = server.to_vec();
+        if !server.iter().any(|(key, _)| *key == "auth_tokens_file") {
+            server.push(("auth_tokens_file", "\"tokens\""));
+        }
+        ServeConfig::from_toml(&format!(
+            "[server]\n{}[pool]\n{}[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"64m\"",
+            lines(&server),
+            lines(pool)
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_server_and_pool_key_is_either_reloaded_or_named_as_waiting_for_a_restart() {
+        // Every function's, so they reload with the functions.
+        const RELOADED_POOL_KEYS: [&str; 3] = ["keep_alive", "eviction", "transport"];
+        let running = with_tables(&[], &[]);
+        for table in ["server", "pool"] {
+            for key in accepted_keys(table) {
+                let other = match (table, key.as_str()) {
+                    (_, "listen") => "\"127.0.0.1:1\"",
+                    (_, "max_body" | "max_response" | "memory_budget") => "\"1g\"",
+                    (_, "header_timeout" | "body_timeout" | "shutdown_timeout") => "\"1s\"",
+                    (_, "max_connections" | "stats_max_points") => "1",
+                    (_, "auth_tokens_file") => "\"other-tokens\"",
+                    (_, "metrics_auth") => "true",
+                    ("pool", "name") => "\"other\"",
+                    ("pool", "keep_alive") => "\"histogram\"",
+                    ("pool", "eviction") => "\"greedy-dual\"",
+                    ("pool", "transport") => "\"attach\"",
+                    _ => panic!("give {table}.{key} a second value, to check a reload sees it"),
+                };
+                let changed = [(key.as_str(), other)];
+                let new = match table {
+                    "server" => with_tables(&changed, &[]),
+                    _ => with_tables(&[], &changed),
+                };
+                let waiting = running.start_only_changes(&new);
+                if table == "pool" && RELOADED_POOL_KEYS.contains(&key.as_str()) {
+                    assert_eq!(waiting, Vec::<&str>::new(), "{table}.{key} reloads");
+                    assert_ne!(
+                        new.functions, running.functions,
+                        "{table}.{key} is in every function's spec"
+                    );
+                } else {
+                    assert_eq!(waiting, [format!("{table}.{key}")], "{table}.{key}");
+                    assert_eq!(new.functions, running.functions, "{table}.{key}");
+                }
+            }
+        }
+        assert_eq!(
+            running.start_only_changes(&running.clone()),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn a_reload_needs_every_function_within_the_running_memory_budget() {
+        let config = with_tables(&[], &[]);
+        assert_eq!(config.check_memory_within(64 << 20), Ok(()));
+        assert_eq!(
+            config
+                .check_memory_within(32 << 20)
+                .unwrap_err()
+                .to_string(),
+            "function \"a\" (function[0]).memory: 64m is more than the running pool's \
+             memory_budget (32m); a new pool.memory_budget takes effect at the next start"
+        );
     }
 
     #[test]
@@ -1065,8 +1441,10 @@ mod tests {
     fn keep_alive_and_idle_timeout_together_are_an_error_naming_both() {
         assert_eq!(
             function_error("idle_timeout = \"60s\"\nkeep_alive = \"adaptive\""),
-            "function[0].keep_alive: is set together with idle_timeout, its shorthand \
-             (idle_timeout = \"60s\" is keep_alive = \"fixed:60s\"): keep one"
+            format!(
+                "{ECHO}.keep_alive: is set together with idle_timeout, its shorthand \
+                 (idle_timeout = \"60s\" is keep_alive = \"fixed:60s\"): keep one"
+            )
         );
     }
 
@@ -1074,8 +1452,10 @@ mod tests {
     fn bad_keep_alive_policies_name_the_key() {
         assert_eq!(
             function_error("keep_alive = \"lazy\""),
-            "function[0].keep_alive: \"lazy\" is not a keep-alive policy: use fixed:DURATION, \
-             histogram or adaptive"
+            format!(
+                "{ECHO}.keep_alive: \"lazy\" is not a keep-alive policy: use fixed:DURATION, \
+                 histogram or adaptive"
+            )
         );
         assert!(
             error("[pool]\nkeep_alive = \"fixed:soon\"\n[[function]]\nname = \"a\"\nimage = \"i\"")
@@ -1083,15 +1463,15 @@ mod tests {
         );
         assert_eq!(
             function_error("keep_alive = \"fixed:0s\""),
-            "function[0].keep_alive: \"fixed:0s\" must be more than 0"
+            format!("{ECHO}.keep_alive: \"fixed:0s\" must be more than 0")
         );
         assert_eq!(
             function_error("keep_alive = \"fixed:366d\""),
-            "function[0].keep_alive: \"fixed:366d\" is more than 365d"
+            format!("{ECHO}.keep_alive: \"fixed:366d\" is more than 365d")
         );
         assert_eq!(
             function_error("keep_alive = 60"),
-            "function[0].keep_alive: expected a string in quotes, found integer 60"
+            format!("{ECHO}.keep_alive: expected a string in quotes, found integer 60")
         );
         let config = ServeConfig::from_toml(
             "[[function]]\nname = \"a\"\nimage = \"i\"\nkeep_alive = \"fixed:365d\"",
@@ -1122,7 +1502,7 @@ mod tests {
         );
         assert_eq!(
             function_error("eviction = \"lru\""),
-            "function[0].eviction: unknown key",
+            format!("{ECHO}.eviction: unknown key"),
             "eviction is the pool's"
         );
     }
@@ -1134,7 +1514,7 @@ mod tests {
                 "[[function]]\nname = \"a\"\nimage = \"i\"\n\
                  [[function]]\nname = \"b\"\nimage = \"i\"\nmemory = \"12q\""
             ),
-            r#"function[1].memory: "12q" has an unknown unit "q": use b, k, m, g or t"#
+            r#"function "b" (function[1]).memory: "12q" has an unknown unit "q": use b, k, m, g or t"#
         );
         assert_eq!(
             error("[server]\nmax_body = \"lots\""),
@@ -1177,7 +1557,7 @@ mod tests {
             .concat();
         assert_eq!(
             error(&text),
-            r#"function[2].name: "echo" is defined twice (also function[0])"#
+            r#"function "echo" (function[2]).name: "echo" is defined twice (also function[0])"#
         );
     }
 
@@ -1185,11 +1565,11 @@ mod tests {
     fn image_must_be_given_and_not_empty() {
         assert_eq!(
             error("[[function]]\nname = \"a\""),
-            "function[0].image: is required"
+            "function \"a\" (function[0]).image: is required"
         );
         assert_eq!(
             error("[[function]]\nname = \"a\"\nimage = \"\""),
-            "function[0].image: must not be empty"
+            "function \"a\" (function[0]).image: must not be empty"
         );
     }
 
@@ -1197,21 +1577,21 @@ mod tests {
     fn memory_must_be_positive_and_within_the_budget() {
         assert_eq!(
             function_error("memory = \"0m\""),
-            "function[0].memory: \"0m\" is less than the minimum, 6m"
+            format!("{ECHO}.memory: \"0m\" is less than the minimum, 6m")
         );
         assert_eq!(
             function_error("memory = \"3g\""),
-            "function[0].memory: 3g is more than pool.memory_budget (2g)"
+            format!("{ECHO}.memory: 3g is more than pool.memory_budget (2g)")
         );
         assert_eq!(
             error(
                 "[pool]\nmemory_budget = \"100m\"\n[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"101m\""
             ),
-            "function[0].memory: 101m is more than pool.memory_budget (100m)"
+            "function \"a\" (function[0]).memory: 101m is more than pool.memory_budget (100m)"
         );
         assert_eq!(
             error("[pool]\nmemory_budget = \"100m\"\n[[function]]\nname = \"a\"\nimage = \"i\""),
-            "function[0].memory: 128m is more than pool.memory_budget (100m)",
+            "function \"a\" (function[0]).memory: 128m is more than pool.memory_budget (100m)",
             "the default memory counts too"
         );
         let config = ServeConfig::from_toml(
@@ -1226,11 +1606,11 @@ mod tests {
         for key in ["timeout", "idle_timeout", "queue_timeout"] {
             assert_eq!(
                 function_error(&format!("{key} = \"0s\"")),
-                format!("function[0].{key}: \"0s\" must be more than 0")
+                format!("{ECHO}.{key}: \"0s\" must be more than 0")
             );
             assert!(
                 function_error(&format!("{key} = \"5\""))
-                    .starts_with(&format!("function[0].{key}: \"5\" is not a duration")),
+                    .starts_with(&format!("{ECHO}.{key}: \"5\" is not a duration")),
                 "{key}"
             );
         }
@@ -1244,11 +1624,11 @@ mod tests {
     fn counts_must_be_in_range() {
         assert_eq!(
             function_error("max_concurrency = 0"),
-            "function[0].max_concurrency: 0 is less than 1"
+            format!("{ECHO}.max_concurrency: 0 is less than 1")
         );
         assert_eq!(
             function_error("max_queue = -1"),
-            "function[0].max_queue: -1 is less than 0"
+            format!("{ECHO}.max_queue: -1 is less than 0")
         );
         assert_eq!(
             error("[pool]\nstats_max_points = -5"),
@@ -1260,7 +1640,7 @@ mod tests {
     fn format_must_be_cold_line_or_http() {
         assert_eq!(
             function_error("format = \"grpc\""),
-            r#"function[0].format: "grpc" is not a format: use cold, line or http"#
+            format!(r#"{ECHO}.format: "grpc" is not a format: use cold, line or http"#)
         );
         for (name, format) in [
             ("cold", Format::Cold),
@@ -1279,15 +1659,15 @@ mod tests {
     fn env_names_must_be_non_empty_without_equals_and_values_strings() {
         assert_eq!(
             function_error("env = { \"\" = \"x\" }"),
-            "function[0].env: variable names must not be empty"
+            format!("{ECHO}.env: variable names must not be empty")
         );
         assert_eq!(
             function_error("env = { \"A=B\" = \"x\" }"),
-            r#"function[0].env: variable name "A=B" must not contain '='"#
+            format!(r#"{ECHO}.env: variable name "A=B" must not contain '='"#)
         );
         assert_eq!(
             function_error("env = { PORT = 80 }"),
-            "function[0].env.PORT: expected a string, found integer 80"
+            format!("{ECHO}.env.PORT: expected a string, found integer 80")
         );
     }
 
@@ -1295,7 +1675,7 @@ mod tests {
     fn network_must_not_be_empty() {
         assert_eq!(
             function_error("network = \"\""),
-            "function[0].network: must not be empty"
+            format!("{ECHO}.network: must not be empty")
         );
     }
 
@@ -1316,14 +1696,138 @@ mod tests {
     fn unknown_keys_are_errors_in_every_table() {
         assert_eq!(
             function_error("frobnicate = 1"),
-            "function[0].frobnicate: unknown key"
+            format!("{ECHO}.frobnicate: unknown key")
         );
         assert_eq!(error("[server]\nport = 80"), "server.port: unknown key");
         assert_eq!(error("[pool]\nbudget = \"1g\""), "pool.budget: unknown key");
         assert_eq!(error("verbose = true"), "verbose: unknown key");
+    }
+
+    #[test]
+    fn a_misspelt_key_gets_the_nearest_key_allowed_there() {
+        assert_eq!(
+            function_error("timout = \"5s\""),
+            format!("{ECHO}.timout: unknown key, did you mean `timeout`?")
+        );
+        for (fields, typed, meant) in [
+            ("memroy = \"64m\"", "memroy", "memory"),
+            ("max_concurency = 2", "max_concurency", "max_concurrency"),
+            ("idle_timout = \"1m\"", "idle_timout", "idle_timeout"),
+            ("cmdd = [\"line\"]", "cmdd", "cmd"),
+            ("Format = \"line\"", "Format", "format"),
+        ] {
+            assert_eq!(
+                function_error(fields),
+                format!("{ECHO}.{typed}: unknown key, did you mean `{meant}`?")
+            );
+        }
+        assert_eq!(
+            error("[server]\nlisen = \"127.0.0.1:1\""),
+            "server.lisen: unknown key, did you mean `listen`?"
+        );
+        assert_eq!(
+            error("[server]\nmax_conections = 5"),
+            "server.max_conections: unknown key, did you mean `max_connections`?"
+        );
+        assert_eq!(
+            error("[pool]\nevicton = \"lru\""),
+            "pool.evicton: unknown key, did you mean `eviction`?"
+        );
+        assert_eq!(
+            error("[pool]\nmemory_budgt = \"1g\""),
+            "pool.memory_budgt: unknown key, did you mean `memory_budget`?"
+        );
         assert_eq!(
             error("[[functions]]\nname = \"a\"\nimage = \"i\""),
-            "functions: unknown key"
+            "functions: unknown key, did you mean `function`?"
+        );
+        assert_eq!(
+            error("[sever]\nlisten = \"127.0.0.1:1\""),
+            "sever: unknown key, did you mean `server`?"
+        );
+        // Nothing close: no suggestion, least of all for a short key.
+        assert_eq!(
+            function_error("ram = \"64m\""),
+            format!("{ECHO}.ram: unknown key")
+        );
+        assert_eq!(
+            function_error("timeouts_all = \"5s\""),
+            format!("{ECHO}.timeouts_all: unknown key")
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_substitutions_and_swaps() {
+        assert_eq!(edit_distance("timeout", "timeout"), 0);
+        assert_eq!(edit_distance("timout", "timeout"), 1);
+        assert_eq!(edit_distance("timeoutt", "timeout"), 1);
+        assert_eq!(edit_distance("tineout", "timeout"), 1);
+        assert_eq!(edit_distance("memroy", "memory"), 1, "a swap is one edit");
+        assert_eq!(edit_distance("", "cmd"), 3);
+        assert_eq!(edit_distance("cnd", "cmd"), 1);
+        assert_eq!(edit_distance("usr", "user"), 1);
+        assert_eq!(edit_distance("é", "e"), 1, "characters, not bytes");
+        assert_eq!(nearest_key("cnd", &["cmd", "env"]), Some("cmd"));
+        assert_eq!(
+            nearest_key("cnv", &["cmd"]),
+            None,
+            "2 edits are too many for 3 letters"
+        );
+        assert_eq!(
+            nearest_key("timeot_", &["timeout"]),
+            Some("timeout"),
+            "2 edits for 6 letters or more"
+        );
+        assert_eq!(
+            nearest_key("tmeout", &["timeout", "queue_timeout"]),
+            Some("timeout")
+        );
+        assert_eq!(
+            nearest_key("user", &["user", "users"]),
+            Some("user"),
+            "the nearest, not the first close"
+        );
+        assert_eq!(nearest_key("abc", &[]), None);
+    }
+
+    #[test]
+    fn errors_name_the_function_once_its_name_is_valid() {
+        let named = ["a", "b", "c", "echo"]
+            .map(|name| format!("[[function]]\nname = \"{name}\"\nimage = \"i\"\n"))
+            .concat();
+        assert_eq!(
+            error(&format!(
+                "{named}[[function]]\nname = \"echo\"\nmemory = \"12q\""
+            )),
+            r#"function "echo" (function[4]).memory: "12q" has an unknown unit "q": use b, k, m, g or t"#,
+            "the function's name, and its index in the file"
+        );
+        assert_eq!(
+            error("[[function]]\nmemory = \"12q\"\nname = \"late\"\nimage = \"i\""),
+            r#"function "late" (function[0]).memory: "12q" has an unknown unit "q": use b, k, m, g or t"#,
+            "a name written after the bad key counts too"
+        );
+        for name in ["", "name = \"bad name!\"", "name = 5", "name = \"\""] {
+            assert_eq!(
+                error(&format!(
+                    "[[function]]\nmemory = \"12q\"\n{name}\nimage = \"i\""
+                )),
+                r#"function[0].memory: "12q" has an unknown unit "q": use b, k, m, g or t"#,
+                "no valid name ({name:?}): the index alone"
+            );
+        }
+        assert_eq!(
+            error("[[function]]\nname = \"a\""),
+            "function \"a\" (function[0]).image: is required"
+        );
+        assert_eq!(
+            error("[[function]]\nimage = \"i\""),
+            "function[0].name: is required"
+        );
+        assert_eq!(
+            function_error("cmd = [\"line\", 3]"),
+            format!("{ECHO}.cmd[1]: expected a string, found integer 3"),
+            "the path inside the function follows"
         );
     }
 
@@ -1331,23 +1835,25 @@ mod tests {
     fn wrong_types_name_the_key() {
         assert_eq!(
             function_error("memory = 64"),
-            "function[0].memory: expected a string in quotes, found integer 64"
+            format!("{ECHO}.memory: expected a string in quotes, found integer 64")
         );
         assert_eq!(
             function_error("max_concurrency = \"4\""),
-            "function[0].max_concurrency: expected a whole number, found string \"4\""
+            format!("{ECHO}.max_concurrency: expected a whole number, found string \"4\"")
         );
         assert_eq!(
             function_error("cmd = \"line\""),
-            "function[0].cmd: expected an array of strings, found string \"line\""
+            format!("{ECHO}.cmd: expected an array of strings, found string \"line\"")
         );
         assert_eq!(
             function_error("cmd = [\"line\", 3]"),
-            "function[0].cmd[1]: expected a string, found integer 3"
+            format!("{ECHO}.cmd[1]: expected a string, found integer 3")
         );
         assert_eq!(
             function_error("env = \"A=1\""),
-            "function[0].env: expected a table like { KEY = \"value\" }, found string \"A=1\""
+            format!(
+                "{ECHO}.env: expected a table like {{ KEY = \"value\" }}, found string \"A=1\""
+            )
         );
         assert_eq!(
             error("server = 1"),
@@ -1404,7 +1910,7 @@ mod tests {
     #[test]
     fn syntax_errors_are_one_line_with_line_and_column() {
         let err = ServeConfig::from_toml("[server]\nlisten = 127.0.0.1:8080\n").unwrap_err();
-        assert_eq!(err.key(), "");
+        assert_eq!(err.key, None, "a syntax error names no key");
         assert_eq!(
             err.to_string(),
             "line 2, column 15: invalid float, expected nothing"
@@ -1487,7 +1993,7 @@ mod tests {
         for key in ["timeout", "queue_timeout"] {
             assert_eq!(
                 function_error(&format!("{key} = \"10000000000000000000s\"")),
-                format!("function[0].{key}: \"10000000000000000000s\" is more than 24h")
+                format!("{ECHO}.{key}: \"10000000000000000000s\" is more than 24h")
             );
             assert_eq!(
                 ServeConfig::from_toml(&format!(
@@ -1501,7 +2007,7 @@ mod tests {
         }
         assert_eq!(
             function_error("idle_timeout = \"10000000000000000000s\""),
-            "function[0].idle_timeout: \"10000000000000000000s\" is more than 365d"
+            format!("{ECHO}.idle_timeout: \"10000000000000000000s\" is more than 365d")
         );
         assert_eq!(
             error("[pool]\nshutdown_timeout = \"2d\""),
@@ -1518,15 +2024,15 @@ mod tests {
     fn counts_that_would_panic_are_rejected() {
         assert_eq!(
             function_error("max_concurrency = 9223372036854775807"),
-            "function[0].max_concurrency: 9223372036854775807 is more than 10000"
+            format!("{ECHO}.max_concurrency: 9223372036854775807 is more than 10000")
         );
         assert_eq!(
             function_error("max_queue = 1000001"),
-            "function[0].max_queue: 1000001 is more than 1000000"
+            format!("{ECHO}.max_queue: 1000001 is more than 1000000")
         );
         assert_eq!(
             function_error("max_queue = 18446744073709551615"),
-            "function[0].max_queue: 18446744073709551615 is more than 1000000"
+            format!("{ECHO}.max_queue: 18446744073709551615 is more than 1000000")
         );
         assert_eq!(
             error("[pool]\nstats_max_points = 100001"),
@@ -1538,7 +2044,7 @@ mod tests {
     fn memory_below_the_engine_minimum_is_rejected() {
         assert_eq!(
             function_error("memory = \"64\""),
-            "function[0].memory: \"64\" is less than the minimum, 6m"
+            format!("{ECHO}.memory: \"64\" is less than the minimum, 6m")
         );
         let config =
             ServeConfig::from_toml("[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"6m\"")
@@ -1559,23 +2065,29 @@ mod tests {
         assert_eq!(cpus("0.25"), Ok(250));
         assert_eq!(cpus("1.5e0"), Ok(1500));
         for (value, message) in [
-            ("0", "function[0].cpus: \"0\" is less than 0.01"),
+            (
+                "0",
+                "function \"a\" (function[0]).cpus: \"0\" is less than 0.01",
+            ),
             (
                 "-1",
-                "function[0].cpus: \"-1\" is not a number of CPUs, like 1 or 0.5",
+                "function \"a\" (function[0]).cpus: \"-1\" is not a number of CPUs, like 1 or 0.5",
             ),
             (
                 "0.0001",
-                "function[0].cpus: \"0.0001\" has more than 3 decimals",
+                "function \"a\" (function[0]).cpus: \"0.0001\" has more than 3 decimals",
             ),
-            ("2000", "function[0].cpus: \"2000\" is more than 1024"),
+            (
+                "2000",
+                "function \"a\" (function[0]).cpus: \"2000\" is more than 1024",
+            ),
             (
                 "nan",
-                "function[0].cpus: \"NaN\" is not a number of CPUs, like 1 or 0.5",
+                "function \"a\" (function[0]).cpus: \"NaN\" is not a number of CPUs, like 1 or 0.5",
             ),
             (
                 "\"1\"",
-                "function[0].cpus: expected a number like 1 or 0.5, found string \"1\"",
+                "function \"a\" (function[0]).cpus: expected a number like 1 or 0.5, found string \"1\"",
             ),
         ] {
             assert_eq!(cpus(value), Err(message.to_owned()), "{value}");
@@ -1586,20 +2098,22 @@ mod tests {
     fn users_tmp_and_read_only_are_checked() {
         assert_eq!(
             function_error("user = \"1000:\""),
-            "function[0].user: \"1000:\" is not a user: use uid[:gid] (like 1000:1000) or a \
-             name from the image"
+            format!(
+                "{ECHO}.user: \"1000:\" is not a user: use uid[:gid] (like 1000:1000) or a \
+                 name from the image"
+            )
         );
         assert_eq!(
             function_error("tmp_size = \"512k\""),
-            "function[0].tmp_size: \"512k\" is less than the minimum, 1m"
+            format!("{ECHO}.tmp_size: \"512k\" is less than the minimum, 1m")
         );
         assert_eq!(
             function_error("read_only = \"false\""),
-            "function[0].read_only: expected true or false, found string \"false\""
+            format!("{ECHO}.read_only: expected true or false, found string \"false\"")
         );
         assert_eq!(
             function_error("transport = \"pipes\""),
-            "function[0].transport: \"pipes\" is not a transport: use direct or attach"
+            format!("{ECHO}.transport: \"pipes\" is not a transport: use direct or attach")
         );
         let config = ServeConfig::from_toml(
             "[[function]]\nname = \"a\"\nimage = \"i\"\nuser = \"0\"\ntmp_size = \"1m\"",
@@ -1619,11 +2133,11 @@ mod tests {
         for key in ["log_per_call", "log_rate"] {
             assert_eq!(
                 function_error(&format!("{key} = \"0\"")),
-                format!("function[0].{key}: \"0\" must be more than 0")
+                format!("{ECHO}.{key}: \"0\" must be more than 0")
             );
             assert_eq!(
                 function_error(&format!("{key} = 100")),
-                format!("function[0].{key}: expected a string in quotes, found integer 100")
+                format!("{ECHO}.{key}: expected a string in quotes, found integer 100")
             );
         }
     }
@@ -1631,12 +2145,12 @@ mod tests {
     #[test]
     fn key_and_reason_are_the_two_halves_of_the_message() {
         let err = ServeConfig::from_toml("[server]\nlisten = \"nope\"").unwrap_err();
-        assert_eq!(err.key(), "server.listen");
+        assert_eq!(err.key.as_deref(), Some("server.listen"));
+        assert_eq!(err.reason, "\"nope\" is not an address like 127.0.0.1:8080");
         assert_eq!(
-            err.reason(),
-            "\"nope\" is not an address like 127.0.0.1:8080"
+            err.to_string(),
+            "server.listen: \"nope\" is not an address like 127.0.0.1:8080"
         );
-        assert_eq!(err.to_string(), format!("{}: {}", err.key(), err.reason()));
     }
 
     #[test]

@@ -465,8 +465,30 @@ fn bad_configs_exit_2_naming_the_key_or_the_path() {
         stderr.contains(&format!("hotpool: bad config {}: ", bad.display())),
         "{stderr}"
     );
-    assert!(stderr.contains("function[0].memory: "), "{stderr}");
-    assert!(stderr.contains("12q"), "{stderr}");
+    assert!(
+        stderr.contains(r#"function "echo" (function[0]).memory: "12q" has an unknown unit"#),
+        "{stderr}"
+    );
+
+    for (config, says) in [
+        (
+            "[server]\nlisen = \"127.0.0.1:1\"\n",
+            "server.lisen: unknown key, did you mean `listen`?\n",
+        ),
+        (
+            "[server]\nlisten = 127.0.0.1:8080\n",
+            "line 2, column 15: invalid float, expected nothing\n",
+        ),
+    ] {
+        std::fs::write(&bad, config).unwrap();
+        let (status, stderr) = serve_to_exit(&bad);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr,
+            format!("hotpool: bad config {}: {says}", bad.display()),
+            "one line"
+        );
+    }
 
     let missing = dir.path().join("no-such-config.toml");
     let (status, stderr) = serve_to_exit(&missing);

@@ -1,7 +1,8 @@
 //! `hotpool serve` reloads its config on SIGHUP, on the real engine: changed
 //! limits (a keep-alive policy among them) keep the running containers, a changed
-//! container spec replaces them, removed functions go, new ones appear, and a bad
-//! config keeps the running one.
+//! container spec replaces them, removed functions go, new ones appear, a bad
+//! config keeps the running one, and the log says what a reload did: each
+//! `[server]` or `[pool]` key waiting for a restart, or that nothing changed.
 
 mod support;
 
@@ -110,10 +111,102 @@ fn a_bad_config_on_sighup_keeps_the_running_one_and_names_the_key() {
         .lines()
         .find(|line| line.contains("config not reloaded"))
         .expect("one line says so");
-    assert!(line.contains("function[0].timeout"), "{line}");
+    assert!(
+        line.contains(r#"function "echo" (function[0]).timeout: "soon" is not a duration"#),
+        "{line}"
+    );
     let after = server.invoke("echo", b"still");
     assert_eq!((after.status, after.text()), (200, "still".to_owned()));
     assert_eq!(after.header("hotpool-start"), Some("hot"));
+    server.stop();
+}
+
+/// The lines of `log` that contain `text`.
+fn lines_with<'a>(log: &'a str, text: &str) -> Vec<&'a str> {
+    log.lines().filter(|line| line.contains(text)).collect()
+}
+
+#[test]
+fn sighup_names_each_key_waiting_for_a_restart_and_says_when_nothing_changed() {
+    let server = Server::start_with(
+        "reload-messages",
+        "max_connections = 100",
+        "shutdown_timeout = \"30s\"\nkeep_alive = \"fixed:10m\"",
+        &[function("echo", "line", "line", "")],
+    );
+    let functions = function("echo", "line", "line", "");
+
+    server.rewrite_config(&functions);
+    server.hang_up();
+    eventually("the reload says the config is unchanged", || {
+        server.stderr.text().contains("config unchanged")
+    });
+    let log = server.stderr.text();
+    assert!(!log.contains("config reloaded"), "{log}");
+    assert!(!log.contains("next start"), "{log}");
+
+    // Two keys read at start only, and [pool] keep_alive, which is every
+    // function's and reloads.
+    let head = server
+        .config_head()
+        .replace("max_connections = 100", "max_connections = 200")
+        .replace("shutdown_timeout = \"30s\"", "shutdown_timeout = \"20s\"")
+        .replace("keep_alive = \"fixed:10m\"", "keep_alive = \"fixed:20m\"");
+    assert_ne!(head, server.config_head());
+    server.write_config(&format!("{head}{functions}"));
+    server.hang_up();
+    eventually("the reload is logged", || {
+        server.stderr.text().contains("config reloaded")
+    });
+    let log = server.stderr.text();
+    assert_eq!(
+        lines_with(&log, "at the next start").len(),
+        2,
+        "one line per key:\n{log}"
+    );
+    for key in ["server.max_connections", "pool.shutdown_timeout"] {
+        assert_eq!(
+            lines_with(
+                &log,
+                &format!("{key} changed; it takes effect at the next start")
+            )
+            .len(),
+            1,
+            "{log}"
+        );
+    }
+    assert!(
+        !log.contains("pool.keep_alive"),
+        "keep_alive reloads: {log}"
+    );
+    let reloaded = lines_with(&log, "config reloaded");
+    assert_eq!(reloaded.len(), 1, "{log}");
+    assert!(
+        reloaded[0].contains("limits_changed=echo"),
+        "{}",
+        reloaded[0]
+    );
+    for empty in ["added=", "replaced=", "removed="] {
+        assert!(!reloaded[0].contains(empty), "{}", reloaded[0]);
+    }
+    assert_eq!(server.function_status("echo")["keep_alive"], "fixed:20m");
+
+    // A syntax error: the place and the reason, no key.
+    server.write_config(&format!("{head}[[function]]\nname = \"echo\nimage = 1\n"));
+    server.hang_up();
+    eventually("the failed reload is logged", || {
+        server.stderr.text().contains("config not reloaded")
+    });
+    let log = server.stderr.text();
+    let failed = lines_with(&log, "config not reloaded");
+    assert_eq!(failed.len(), 1, "{log}");
+    let line = head.lines().count() + 2;
+    assert!(
+        failed[0].contains(&format!("the running one stays: line {line}, column ")),
+        "{}",
+        failed[0]
+    );
+    assert!(!failed[0].contains("key="), "{}", failed[0]);
     server.stop();
 }
 

@@ -2,17 +2,20 @@
 //! ones drain and go, changed limits apply to the running containers, and a
 //! changed container spec starts new containers while the old ones drain.
 //!
-//! A config that does not load keeps the running one, with one log line naming
-//! the key. `[server]` and `[pool]` are read at start only; a change to them is
-//! said once and waits for the next start. `[pool]`'s `keep_alive` and
-//! `eviction` are the exception: the config writes them into every function's
-//! spec, so they reload with the functions, as limits.
+//! A config that does not load keeps the running one, with one log line giving
+//! the error as `hotpool serve` would at start. `[server]` and `[pool]` are read
+//! at start only; each changed key of theirs is named, once per reload, as
+//! waiting for the next start. `[pool]`'s `keep_alive`, `eviction` and
+//! `transport` are the exception: the config writes them into every function's
+//! spec, so they reload with the functions. One line says which functions were
+//! added, changed, replaced and removed, or that the config is unchanged.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use tracing::field::DisplayValue;
 
 use crate::config::ServeConfig;
 use hotpool::driver::Driver;
@@ -47,36 +50,23 @@ pub(crate) async fn on_hangup<D: Driver>(
 
 /// Applies the config at `path` to `pool`, or keeps `running` if it is bad.
 fn reload<D: Driver>(path: &Path, pool: &Pool<D>, running: &mut ServeConfig) {
-    let new = match ServeConfig::load(path) {
+    let loaded = ServeConfig::load(path).and_then(|new| {
+        new.check_memory_within(pool.config().memory_budget)?;
+        Ok(new)
+    });
+    let new = match loaded {
         Ok(new) => new,
         Err(error) => {
             tracing::error!(
                 file = %path.display(),
-                key = error.key(),
-                "config not reloaded, the running one stays: {}",
-                error.reason()
+                "config not reloaded, the running one stays: {error}"
             );
             return;
         }
     };
-    let budget = pool.config().memory_budget;
-    if let Some((index, spec)) = new
-        .functions
-        .iter()
-        .enumerate()
-        .find(|(_, spec)| spec.memory > budget)
-    {
-        tracing::error!(
-            "config not reloaded, the running one stays: {}: function[{index}].memory: {} bytes is more than the running pool's memory_budget of {budget} bytes ([pool] changes need a restart)",
-            path.display(),
-            spec.memory
-        );
-        return;
-    }
-    if new.server != running.server || new.pool != running.pool {
-        tracing::warn!(
-            "config reload: changes to [server] and [pool] take effect at the next start"
-        );
+    let waiting = running.start_only_changes(&new);
+    for key in &waiting {
+        tracing::warn!("{key} changed; it takes effect at the next start");
     }
     let mut added = Vec::new();
     let mut changed = Vec::new();
@@ -97,12 +87,26 @@ fn reload<D: Driver>(path: &Path, pool: &Pool<D>, running: &mut ServeConfig) {
             removed.push(spec.name);
         }
     }
+    running.functions = new.functions;
+    if [&added, &changed, &replaced, &removed]
+        .iter()
+        .all(|names| names.is_empty())
+    {
+        if waiting.is_empty() {
+            tracing::info!("config unchanged");
+        }
+        return;
+    }
     tracing::info!(
-        added = %added.join(","),
-        limits_changed = %changed.join(","),
-        replaced = %replaced.join(","),
-        removed = %removed.join(","),
+        added = listed(&added),
+        limits_changed = listed(&changed),
+        replaced = listed(&replaced),
+        removed = listed(&removed),
         "config reloaded"
     );
-    running.functions = new.functions;
+}
+
+/// `names` as one log field, `a,b`; none when empty, so the line leaves it out.
+fn listed(names: &[String]) -> Option<DisplayValue<String>> {
+    (!names.is_empty()).then(|| tracing::field::display(names.join(",")))
 }

@@ -206,8 +206,17 @@ impl Server {
 
     /// Rewrites the config file: the same `[server]` and `[pool]`, then `rest`.
     pub fn rewrite_config(&self, rest: &str) {
-        let (path, head) = &self.config;
-        std::fs::write(path, format!("{head}{rest}")).expect("rewrite the config");
+        self.write_config(&format!("{}{rest}", self.config_head()));
+    }
+
+    /// The config file's `[server]` and `[pool]` tables as the server started with.
+    pub fn config_head(&self) -> &str {
+        &self.config.1
+    }
+
+    /// Rewrites the whole config file with `text`.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config.0, text).expect("rewrite the config");
     }
 
     /// Sends SIGHUP: the server reloads its config.
