@@ -8,15 +8,16 @@
 //! directory) and within one process (each claim opens the file anew, and a
 //! `flock` belongs to one open file). Having taken it, the owner writes who it
 //! is into the file (its pid, its PID namespace, its host name), so that one
-//! turned away can name it. The file is never removed: removing a lock file
-//! races with the next one to take it.
+//! turned away can name it. The owner removes the file as it lets go (one that
+//! died leaves it, unlocked, to the next); a claim that finds it locked a file
+//! removed meanwhile opens the name again.
 //!
 //! Engine-neutral: the caller names the engine (the Docker driver, by the
 //! engine's ID), so two engines on one host each have their own names.
 
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::driver::claim::{self, ClaimError, PoolOwner};
@@ -24,7 +25,8 @@ use crate::driver::claim::{self, ClaimError, PoolOwner};
 /// A pool name claimed on one engine: held while this lives.
 #[derive(Debug)]
 pub struct PoolLock {
-    file: File,
+    /// Open, and locked, while this lives.
+    _file: File,
     path: PathBuf,
 }
 
@@ -44,32 +46,42 @@ impl PoolLock {
             .mode(0o755)
             .create(dir)
             .map_err(|e| failed(with_path(dir, e)))?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| failed(with_path(&path, e)))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut record = String::new();
-                // An owner that cannot be read is still an owner.
-                let _ = file.read_to_string(&mut record);
-                return Err(ClaimError::Owned {
-                    pool: pool.to_owned(),
-                    owner: owner_from(&record),
-                });
+        for _ in 0..OPEN_ATTEMPTS {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(&path)
+                .map_err(|e| failed(with_path(&path, e)))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    let mut record = String::new();
+                    // An owner that cannot be read is still an owner.
+                    let _ = file.read_to_string(&mut record);
+                    return Err(ClaimError::Owned {
+                        pool: pool.to_owned(),
+                        owner: owner_from(&record),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(failed(with_path(&path, e))),
             }
-            Err(TryLockError::Error(e)) => return Err(failed(with_path(&path, e))),
+            if !still_at(&file, &path) {
+                // Its owner removed it as it let go: the name has a new file.
+                continue;
+            }
+            let record = own_record();
+            file.set_len(0)
+                .and_then(|()| file.write_all_at(record.as_bytes(), 0))
+                .map_err(|e| failed(with_path(&path, e)))?;
+            return Ok(PoolLock { _file: file, path });
         }
-        let record = own_record();
-        file.set_len(0)
-            .and_then(|()| file.write_all_at(record.as_bytes(), 0))
-            .map_err(|e| failed(with_path(&path, e)))?;
-        Ok(PoolLock { file, path })
+        Err(failed(io::Error::other(format!(
+            "{}: replaced {OPEN_ATTEMPTS} times while being locked",
+            path.display()
+        ))))
     }
 
     /// The lock file.
@@ -79,11 +91,22 @@ impl PoolLock {
 }
 
 impl Drop for PoolLock {
-    /// Empties the record before the lock goes with the file: whoever takes it
-    /// next writes its own, and one turned away meanwhile reads none rather
-    /// than this one's.
+    /// Removes the file while still holding its lock; the lock goes with the
+    /// file, just after.
     fn drop(&mut self) {
-        let _ = self.file.set_len(0);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// How often a claim opens the name again when the file it locked was removed
+/// meanwhile (each time, another owner came and went).
+const OPEN_ATTEMPTS: usize = 16;
+
+/// Whether `path` still names `file`.
+fn still_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+        _ => false,
     }
 }
 
@@ -172,9 +195,30 @@ mod tests {
         let other_pool = PoolLock::take(root.path(), "engine-a", "bench").unwrap();
         let other_engine = PoolLock::take(root.path(), "engine-b", "serve").unwrap();
         drop((other_pool, other_engine));
+        let path = first.path().to_owned();
         drop(first);
+        assert!(!path.exists(), "the owner removes its file as it lets go");
         let again = PoolLock::take(root.path(), "engine-a", "serve").unwrap();
         assert!(again.path().exists());
+    }
+
+    #[test]
+    fn a_lock_on_a_file_removed_meanwhile_is_no_claim() {
+        let root = tempfile::tempdir().unwrap();
+        let path = lock_path(root.path(), "engine", "serve");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // A claim that opened the file just before its owner removed it and
+        // let go: locking it now takes nothing.
+        let opened_before = File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        opened_before.try_lock().unwrap();
+        assert!(!still_at(&opened_before, &path));
+        let claim = PoolLock::take(root.path(), "engine", "serve").unwrap();
+        assert!(still_at(&claim._file, &path));
+        assert!(matches!(
+            PoolLock::take(root.path(), "engine", "serve"),
+            Err(ClaimError::Owned { .. })
+        ));
     }
 
     #[test]
@@ -205,7 +249,8 @@ mod tests {
             }
             other => panic!("a held lock: {other:?}"),
         }
-        // Its owner gone, the stale record does not matter.
+        // Its owner gone (without removing the file, as a crash leaves it),
+        // the stale record does not matter.
         drop(held);
         let taken = PoolLock::take(root.path(), "engine", "serve").unwrap();
         let record = std::fs::read_to_string(taken.path()).unwrap();
