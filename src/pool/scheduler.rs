@@ -1,7 +1,7 @@
 //! The scheduler: carries out what each function version's state machine
 //! decides (hands containers to calls, starts and removes containers), keeps the
-//! pool-wide parts (the memory budget, the registry of versions, shutdown), and
-//! lends containers to calls.
+//! pool-wide parts (the memory budget, the registry of versions, shutdown, the
+//! claim of the pool's name), and lends containers to calls.
 //!
 //! The rules themselves live in [`super::state`]; the choices a user can swap in
 //! [`super::policy`]. Under memory pressure a start evicts the idle container of
