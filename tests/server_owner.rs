@@ -7,9 +7,10 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use support::server::{Server, containers_of, function};
-use support::{PoolGuard, free_port, runtime_dirs_of_process};
+use support::{PoolGuard, free_port, runtime_dirs_of_process, runtime_root};
 
 /// The ids of the running containers labelled `hotpool.pool=<pool>`.
 fn running_containers_of(pool: &str) -> Vec<String> {
@@ -34,6 +35,19 @@ fn sorted_containers_of(pool: &str) -> Vec<String> {
     ids
 }
 
+/// The lock files of pool `pool` (a name that needs no encoding) under the
+/// runtime directory, one per engine.
+fn lock_files_of(pool: &str) -> Vec<PathBuf> {
+    let engines = std::fs::read_dir(runtime_root().join("pools"));
+    engines
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|engine| engine.path().join(format!("{pool}.lock")))
+        .filter(|lock| lock.exists())
+        .collect()
+}
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -55,6 +69,13 @@ fn a_second_server_of_one_pool_exits_2_naming_the_first_and_touches_nothing() {
     assert_eq!(before.len(), 1, "the long call's container");
     let pipe_dirs = runtime_dirs_of_process(first.pid());
     assert_eq!(pipe_dirs.len(), 1, "the first server's pipe directories");
+    let locks = lock_files_of(&first.pool);
+    assert_eq!(locks.len(), 1, "the pool's lock file: {locks:?}");
+    let record = std::fs::read_to_string(&locks[0]).expect("read the lock file");
+    assert!(
+        record.starts_with(&format!("pid {}\n", first.pid())),
+        "{record}"
+    );
 
     let mut second = Server::launch(&first.pool, loopback(free_port()), "", "", &functions);
     let status = second.wait();
@@ -103,7 +124,13 @@ fn a_second_server_of_one_pool_exits_2_naming_the_first_and_touches_nothing() {
     let answer = long.join();
     assert_eq!(answer.status, 200, "the call in flight: {answer}");
     assert_eq!(answer.text(), "slept");
+    let pool = first.pool.clone();
     first.stop();
+    assert_eq!(
+        lock_files_of(&pool),
+        Vec::<PathBuf>::new(),
+        "the server removes its lock file as it exits"
+    );
 }
 
 #[test]
@@ -140,8 +167,15 @@ fn the_containers_of_a_killed_owner_go_when_the_next_server_of_its_pool_starts()
     );
     assert_eq!(
         runtime_dirs_of_process(first_pid),
-        Vec::<std::path::PathBuf>::new(),
+        Vec::<PathBuf>::new(),
         "the killed server's pipe directories are removed"
+    );
+    let locks = lock_files_of(&next.pool);
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    let record = std::fs::read_to_string(&locks[0]).expect("read the lock file");
+    assert!(
+        record.starts_with(&format!("pid {}\n", next.pid())),
+        "the lock file the killed server left names the next one: {record}"
     );
     let answer = next.invoke("echo", b"again");
     assert_eq!(answer.status, 200, "{answer}");
