@@ -6,11 +6,12 @@
 //! runtime (which removes the pipe directories of processes that are gone). A
 //! port in use exits 1, and a pool name that a running hotpool owns exits 2 at
 //! once, with one line naming the owner: either way before anything is
-//! touched. SIGINT or SIGTERM stop taking calls
-//! and connections, let calls in flight finish within the pool's shutdown timeout
-//! (a client that never finishes its request is cut then), and remove every
-//! container before exiting. SIGHUP reloads the functions of the config
-//! ([`super::reload`]).
+//! touched.
+//!
+//! SIGINT or SIGTERM stop taking calls and connections, let calls in flight
+//! finish within the pool's shutdown timeout (a client that never finishes its
+//! request is cut then), and remove every container before exiting. SIGHUP
+//! reloads the functions of the config ([`super::reload`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
