@@ -14,6 +14,9 @@ use hotpool::pool::{Format, FunctionSpec, Pool, Request};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The driver talks to the local engine; the pool keeps hot containers on it.
+    // The pool owns its name on the engine while it lives: another pool of
+    // "embed-example", in this program or another, fails to build
+    // (`BuildError::Claim`, naming this one) and touches none of its containers.
     let driver = DockerDriver::connect(DockerOptions::default()).await?;
     let pool = Pool::builder(driver)
         .name("embed-example")

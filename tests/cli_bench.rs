@@ -1,9 +1,11 @@
 //! `hotpool bench` as a user runs it: every mode measured, the JSON shape the
-//! issue asks for, and no container left behind. (No timing is asserted.)
+//! issue asks for, no container left behind, and one bench per `--pool` name.
+//! (No timing is asserted.)
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -158,4 +160,87 @@ fn an_interrupted_bench_still_removes_its_containers() {
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert_nothing_left(POOL);
+}
+
+/// A bench running beside the test; killed if the test fails first, so that
+/// it starts nothing after the test's guard has removed its containers.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn a_second_bench_of_one_pool_exits_2_and_leaves_the_first_alone() {
+    let pool = format!("bench-owner-{}", std::process::id());
+    let _guard = support::PoolGuard(pool.clone());
+    let bench = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hotpool"));
+        command
+            .args(["bench", "--image", support::testfn_image(), "--pool", &pool])
+            .args(extra)
+            .arg("line");
+        command
+    };
+    // Idle containers: it runs on through its quiet windows, holding them.
+    let mut first = Running(
+        bench(&["--idle-containers", "2", "--calls", "20"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run hotpool bench"),
+    );
+    let since = Instant::now();
+    while support::pool_containers(&pool).is_empty() {
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "the first bench started no container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = support::pool_containers(&pool);
+
+    let second = bench(&[]).output().expect("run a second hotpool bench");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "hotpool bench: pool \"{pool}\" on this engine is owned by a running hotpool (pid {})",
+            first.0.id()
+        )
+    );
+    let after = support::pool_containers(&pool);
+    assert!(
+        before.iter().all(|id| after.contains(id)),
+        "the second bench removed containers of the first: {before:?}, then {after:?}"
+    );
+    assert!(
+        matches!(first.0.try_wait(), Ok(None)),
+        "the first bench runs on"
+    );
+
+    let sent = Command::new("kill")
+        .args(["-TERM", &first.0.id().to_string()])
+        .status();
+    assert!(
+        sent.is_ok_and(|status| status.success()),
+        "SIGTERM the bench"
+    );
+    let mut stderr = String::new();
+    first
+        .0
+        .stderr
+        .take()
+        .expect("its stderr")
+        .read_to_string(&mut stderr)
+        .expect("read its stderr");
+    first.0.wait().expect("the first bench ends");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_nothing_left(&pool);
 }

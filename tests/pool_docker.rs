@@ -1,7 +1,8 @@
 //! The hot pool on the real engine: reuse, the concurrency cap, every way a
-//! container dies in a call or while idle, eviction, draining and shutdown. Each
-//! test runs its own pool (its containers labelled `hotpool.pool=<test>`), and ends
-//! with none of them left; each on both transports.
+//! container dies in a call or while idle, eviction, draining and shutdown, each
+//! on both transports; and one owner per pool name. Each test runs its own pool
+//! (its containers labelled `hotpool.pool=<test>`), and ends with none of them
+//! left.
 
 mod support;
 
@@ -9,13 +10,15 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use hotpool::driver::Transport;
 use hotpool::driver::docker::DockerDriver;
-use hotpool::pool::{Format, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request, Start};
+use hotpool::driver::{ClaimError, Driver, Transport};
+use hotpool::pool::{
+    BuildError, Format, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request, Start,
+};
 use hotpool::{CallError, ErrorKind};
 
 use support::pool::{containers_of, eventually, shut, spec_on, test_pool};
-use support::testfn_image;
+use support::{driver, testfn_image};
 
 const MIB: u64 = 1 << 20;
 
@@ -491,4 +494,74 @@ async fn shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_o
         .expect("create a stray container");
     assert!(containers_of(&pool, false).await.contains(&stray.id));
     shut(&pool).await;
+}
+
+#[tokio::test]
+async fn a_second_pool_of_one_name_is_refused_and_the_first_keeps_its_container() {
+    let first = test_pool("test-owner", 1 << 30).await;
+    let name = first.config().name.clone();
+    let echo = spec_on(Transport::Direct, "echo", Format::Line);
+    call(&first, &echo, "warm").await.unwrap();
+    let running = containers_of(&first, true).await;
+    assert_eq!(running.len(), 1);
+
+    // Another driver of this process, as another part of a program would make.
+    let refused = Pool::builder(driver().await)
+        .name(name.clone())
+        .build()
+        .await;
+    match refused {
+        Err(BuildError::Claim(ClaimError::Owned { pool, owner })) => {
+            assert_eq!(pool, name);
+            assert_eq!(owner.pid, Some(std::process::id()));
+            assert!(owner.same_pid_namespace, "{owner:?}");
+        }
+        Err(other) => panic!("refused otherwise: {other}"),
+        Ok(_) => panic!("a second pool of one name was built"),
+    }
+    assert!(matches!(
+        first.driver().claim_pool(&name).await,
+        Err(ClaimError::Owned { .. })
+    ));
+    assert_eq!(
+        containers_of(&first, true).await,
+        running,
+        "the first pool's container is untouched"
+    );
+    let again = first
+        .register(echo.clone())
+        .call(Request::new("again"))
+        .await
+        .unwrap();
+    assert_eq!(again.start, Start::Hot);
+
+    // The claim is a lock file under the runtime directory, naming its owner.
+    let probe = first
+        .driver()
+        .claim_pool(&format!("{name}-probe"))
+        .await
+        .unwrap();
+    let runtime = support::runtime_root();
+    assert!(
+        probe.path().starts_with(runtime.join("pools")),
+        "{}",
+        probe.path().display()
+    );
+    let record = std::fs::read_to_string(probe.path()).unwrap();
+    assert!(
+        record.starts_with(&format!("pid {}\n", std::process::id())),
+        "{record}"
+    );
+    let path = probe.path().to_owned();
+    drop(probe);
+    assert!(!path.exists(), "its owner removes it as it lets go");
+
+    shut(&first).await;
+    drop(first);
+    let next = Pool::builder(driver().await)
+        .name(name)
+        .build()
+        .await
+        .expect("the name is free once its pool is gone");
+    shut(&next).await;
 }

@@ -1,13 +1,16 @@
-//! The pool's scheduling rules, and how registering a function again changes
-//! them, fast and deterministic: the in-process driver and tokio's paused clock.
+//! The pool's scheduling rules, how registering a function again changes
+//! them, and that a pool name has one owner, fast and deterministic: the
+//! in-process driver and tokio's paused clock.
 //! The same rules are tried on the real engine in `pool_docker.rs`.
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use hotpool::driver::ClaimError;
 use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
 use hotpool::pool::{
-    Format, FunctionSpec, KeepAlive, Pool, REMOVALS_AT_ONCE, Request, Start, TIMEOUT_MARGIN,
+    BuildError, Format, FunctionSpec, KeepAlive, Pool, REMOVALS_AT_ONCE, Request, Start,
+    TIMEOUT_MARGIN,
 };
 use hotpool::{CallError, ErrorKind};
 
@@ -320,7 +323,10 @@ async fn a_function_that_closes_stdout_is_answered_within_the_timeout_margin() {
     let started = tokio::time::Instant::now();
     let error = call(&pool, &echo, "!close-stdout").await.unwrap_err();
     assert_eq!(started.elapsed(), TIMEOUT_MARGIN, "on tokio's paused clock");
-    assert!(matches!(error, CallError::ProtocolError { .. }), "{error:?}");
+    assert!(
+        matches!(error, CallError::ProtocolError { .. }),
+        "{error:?}"
+    );
     echo.timeout = Duration::from_secs(3);
     // Dying within the margin: the caller gets the real reason.
     let error = call(&pool, &echo, "!close-stdout-exit 300 4")
@@ -331,7 +337,11 @@ async fn a_function_that_closes_stdout_is_answered_within_the_timeout_margin() {
         "{error:?}"
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(driver.statistics().closed, 3, "all three containers are gone");
+    assert_eq!(
+        driver.statistics().closed,
+        3,
+        "all three containers are gone"
+    );
     pool.shutdown().await;
 }
 
@@ -754,4 +764,49 @@ async fn a_removed_function_is_unknown_and_its_containers_go() {
     assert_eq!(driver.statistics().closed, 1);
     assert!(pool.status().functions.is_empty());
     pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_name_has_one_owner_on_a_driver_and_the_first_keeps_its_containers() {
+    let (first, driver) = pool(GIB).await;
+    let echo = first.register(spec("echo"));
+    echo.call(Request::new("warm")).await.unwrap();
+    let refused = Pool::builder(driver.clone())
+        .name("scheduling-test")
+        .build()
+        .await;
+    match refused {
+        Err(BuildError::Claim(error @ ClaimError::Owned { .. })) => assert_eq!(
+            error.to_string(),
+            format!(
+                "pool \"scheduling-test\" on this engine is owned by a running hotpool (pid {})",
+                std::process::id()
+            )
+        ),
+        Err(other) => panic!("refused otherwise: {other}"),
+        Ok(_) => panic!("a second pool of one name was built"),
+    }
+    let hot = echo.call(Request::new("again")).await.unwrap();
+    assert_eq!(hot.start, Start::Hot, "the first pool's container stayed");
+    assert_eq!(driver.statistics().closed, 0);
+
+    // Other names on the same driver, and the same name on another driver, are free.
+    let other = Pool::builder(driver.clone()).name("other").build().await;
+    let elsewhere = Pool::builder(InProcessDriver::new(START))
+        .name("scheduling-test")
+        .build()
+        .await;
+    for pool in [
+        other.expect("another name"),
+        elsewhere.expect("another driver"),
+    ] {
+        pool.shutdown().await;
+    }
+
+    first.shutdown().await;
+    drop((first, echo));
+    let next = Pool::builder(driver).name("scheduling-test").build().await;
+    next.expect("the name is free once its pool is gone")
+        .shutdown()
+        .await;
 }

@@ -26,6 +26,11 @@
 //! each beside its target where the target applies: at the concurrency it is set
 //! for, and with calls enough per mode to hold a p50 against it ([`TARGETS`]);
 //! `--json` prints one JSON object instead.
+//!
+//! Its containers carry the pool name `--pool`, which the bench claims on the
+//! engine before it removes anything labelled with it, and holds until its
+//! last sweep is done: a second bench with the same `--pool` exits 2 at once,
+//! naming the first, and touches none of its containers.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,10 +43,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::density;
 use hotpool::driver::docker::{DockerCookie, DockerDriver, DockerOptions};
-use hotpool::driver::{BoxRead, BoxWrite, Cookie, Driver, Task, Transport};
+use hotpool::driver::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, Task, Transport};
 use hotpool::error::CallError;
 use hotpool::format::{FrameError, http, line};
-use hotpool::pool::{Format, Function, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request};
+use hotpool::pool::{
+    BuildError, Format, Function, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request,
+};
 
 /// Memory limit of every bench container.
 const MEMORY: u64 = 64 << 20;
@@ -84,8 +91,8 @@ pub(crate) struct BenchArgs {
     /// at a time), and what those cost while idle.
     #[arg(long, value_name = "N")]
     idle_containers: Option<usize>,
-    /// The pool name its containers are labelled with (`hotpool.pool`): all of
-    /// them are removed at the end, so two benches at once need two names.
+    /// The pool name its containers are labelled with (`hotpool.pool`), owned
+    /// by one bench (or server) at a time: two benches at once need two names.
     #[arg(long, default_value = "bench")]
     pool: String,
     /// Print one JSON object instead of the table.
@@ -144,13 +151,38 @@ impl Samples {
     }
 }
 
-/// Runs the bench; returns the exit status.
+/// Runs the bench; returns the exit status: 2 for bad arguments or a pool
+/// name another process owns.
 pub(crate) async fn bench(args: BenchArgs) -> i32 {
     if args.concurrency == 0 || args.calls == 0 {
         eprintln!("hotpool bench: --calls and --concurrency must be at least 1");
         return 2;
     }
-    match run(&args).await {
+    let driver = match DockerDriver::connect(DockerOptions::default()).await {
+        Ok(driver) => driver,
+        Err(error) => {
+            eprintln!("hotpool bench: {error}");
+            return 1;
+        }
+    };
+    let idle = args.idle_containers.unwrap_or(0) as u64;
+    let built = Pool::builder(driver)
+        .name(&args.pool)
+        .memory_budget(MEMORY * (4 * args.concurrency as u64 + 4) + density::IDLE_MEMORY * idle)
+        .build()
+        .await;
+    let pool = match built {
+        Ok(pool) => pool,
+        Err(error @ BuildError::Claim(ClaimError::Owned { .. })) => {
+            eprintln!("hotpool bench: {error}");
+            return 2;
+        }
+        Err(error) => {
+            eprintln!("hotpool bench: {error}");
+            return 1;
+        }
+    };
+    match run(&args, &pool).await {
         Ok(()) => 0,
         Err(message) => {
             eprintln!("hotpool bench: {message}");
@@ -159,21 +191,14 @@ pub(crate) async fn bench(args: BenchArgs) -> i32 {
     }
 }
 
-async fn run(args: &BenchArgs) -> Result<(), String> {
-    let driver = DockerDriver::connect(DockerOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let idle = args.idle_containers.unwrap_or(0) as u64;
-    let pool = Pool::builder(driver.clone())
-        .name(&args.pool)
-        .memory_budget(MEMORY * (4 * args.concurrency as u64 + 4) + density::IDLE_MEMORY * idle)
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
+/// Measures on `pool`, then removes every container labelled with its name:
+/// its own, and the floors' it did not start. The pool, and its claim of the
+/// name, outlive that last sweep.
+async fn run(args: &BenchArgs, pool: &Pool<DockerDriver>) -> Result<(), String> {
     let measuring = async {
         match args.idle_containers {
-            Some(count) => measure_density(args, &pool, count).await.map(Ok),
-            None => measure(args, &pool).await.map(Err),
+            Some(count) => measure_density(args, pool, count).await.map(Ok),
+            None => measure(args, pool).await.map(Err),
         }
     };
     // Interrupted, the bench still removes every container it started.
@@ -182,7 +207,7 @@ async fn run(args: &BenchArgs) -> Result<(), String> {
         () = super::stop_signal() => Err("interrupted; its containers are removed".to_owned()),
     };
     pool.shutdown().await;
-    let leftovers = driver.remove_labelled(POOL_LABEL, &args.pool).await;
+    let leftovers = pool.driver().remove_labelled(POOL_LABEL, &args.pool).await;
     let measured = result?;
     leftovers.map_err(|e| e.to_string())?;
     match measured {

@@ -1,11 +1,17 @@
 //! `hotpool serve --config hotpool.toml`: the pool behind an HTTP API.
 //!
-//! Startup raises the open-file limit to its maximum and removes containers an
-//! earlier run of the same pool left behind. SIGINT or SIGTERM stop taking calls
-//! and connections, let calls in flight finish within the pool's shutdown timeout
-//! (a client that never finishes its request is cut then), and remove every
-//! container before exiting. SIGHUP reloads the functions of the config
-//! ([`super::reload`]).
+//! Startup raises the open-file limit to its maximum, binds the port, claims
+//! the pool's name on the engine, removes containers an earlier run of the
+//! same pool left behind, and only then installs the direct transport's
+//! runtime (which removes the pipe directories of processes that are gone). A
+//! port in use exits 1, and a pool name that a running hotpool owns exits 2 at
+//! once, with one line naming the owner: either way before anything is
+//! touched.
+//!
+//! SIGINT or SIGTERM stop taking calls and connections, let calls in flight
+//! finish within the pool's shutdown timeout (a client that never finishes its
+//! request is cut then), and remove every container before exiting. SIGHUP
+//! reloads the functions of the config ([`super::reload`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,9 +23,9 @@ use crate::config::ServeConfig;
 use crate::server::auth::Tokens;
 use crate::server::connections::{self, ConnectionLimits};
 use crate::server::{AppState, router};
-use hotpool::driver::Transport;
 use hotpool::driver::docker::{DockerDriver, DockerOptions};
-use hotpool::pool::Pool;
+use hotpool::driver::{ClaimError, Transport};
+use hotpool::pool::{BuildError, Pool};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -65,6 +71,31 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
+    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "hotpool: cannot listen on {}: {error}",
+                config.server.listen
+            );
+            return 1;
+        }
+    };
+    let pool = match Pool::builder(driver.clone())
+        .config(config.pool.clone())
+        .build()
+        .await
+    {
+        Ok(pool) => pool,
+        Err(error @ BuildError::Claim(ClaimError::Owned { .. })) => {
+            eprintln!("hotpool: {error}");
+            return 2;
+        }
+        Err(error) => {
+            eprintln!("hotpool: {error}");
+            return 1;
+        }
+    };
     let direct = config
         .functions
         .iter()
@@ -76,31 +107,13 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             Err(error) => tracing::warn!(%error, "direct functions will fail to start"),
         }
     }
-    let pool = match Pool::builder(driver)
-        .config(config.pool.clone())
-        .build()
-        .await
-    {
-        Ok(pool) => pool,
-        Err(error) => {
-            eprintln!("hotpool: {error}");
-            return 1;
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!(
-                "hotpool: cannot listen on {}: {error}",
-                config.server.listen
-            );
-            pool.shutdown().await;
-            return 1;
-        }
-    };
     let address = listener.local_addr().map_or(config.server.listen, |a| a);
     let names: Vec<&str> = config.functions.iter().map(|f| f.name.as_str()).collect();
-    println!("hotpool serving {} on http://{address}", names.join(", "));
+    println!(
+        "hotpool serving {} on http://{address} (pid {})",
+        names.join(", "),
+        std::process::id()
+    );
 
     for spec in &config.functions {
         pool.register(spec.clone());

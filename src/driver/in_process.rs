@@ -10,7 +10,12 @@
 //! `!sleep MS`, `!close-stdout` (close stdout and run on, never answering),
 //! `!close-stdout-exit MS N` (close stdout, then exit with code N MS
 //! milliseconds later). The image `missing` cannot be prepared (`image_not_found`).
+//!
+//! Its "engine" is the driver: a pool name is claimed on one driver and its
+//! clones, so tests that each make their own driver can all use the default
+//! pool name at once.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxRead, BoxWrite, Cookie, Driver, RunResult, Running, Task};
+use super::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, PoolOwner, RunResult, Running, Task};
 use crate::error::CallError;
 
 /// The image name that fails to prepare.
@@ -51,6 +56,8 @@ struct Shared {
     most_closing: AtomicUsize,
     /// How each running function ends, for [`InProcessDriver::kill_all`].
     running: Mutex<Vec<(ExitSender, tokio::task::AbortHandle)>>,
+    /// The pool names claimed on this driver.
+    claimed: Mutex<HashSet<String>>,
 }
 
 /// Runs tasks as tokio tasks in this process. Cheap to clone.
@@ -71,6 +78,7 @@ impl InProcessDriver {
                 closing: AtomicUsize::new(0),
                 most_closing: AtomicUsize::new(0),
                 running: Mutex::new(Vec::new()),
+                claimed: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -113,8 +121,43 @@ impl InProcessDriver {
     }
 }
 
+/// A pool name claimed on an [`InProcessDriver`]; free again when dropped.
+pub struct InProcessClaim {
+    shared: Arc<Shared>,
+    pool: String,
+}
+
+impl Drop for InProcessClaim {
+    fn drop(&mut self) {
+        self.shared
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.pool);
+    }
+}
+
 impl Driver for InProcessDriver {
     type Cookie = InProcessCookie;
+    type Claim = InProcessClaim;
+
+    async fn claim_pool(&self, pool: &str) -> Result<InProcessClaim, ClaimError> {
+        let mut claimed = self
+            .shared
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !claimed.insert(pool.to_owned()) {
+            return Err(ClaimError::Owned {
+                pool: pool.to_owned(),
+                owner: PoolOwner::this_process(),
+            });
+        }
+        Ok(InProcessClaim {
+            shared: self.shared.clone(),
+            pool: pool.to_owned(),
+        })
+    }
 
     async fn prepare(&self, task: Task) -> Result<InProcessCookie, CallError> {
         tokio::time::sleep(self.shared.start_delay).await;
@@ -431,6 +474,22 @@ mod tests {
                 timeout: Duration::from_secs(2)
             })
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_name_is_claimed_once_on_a_driver_and_its_clones() {
+        let driver = InProcessDriver::new(Duration::ZERO);
+        let claim = driver.claim_pool("hotpool").await.unwrap();
+        let refused = driver.clone().claim_pool("hotpool").await;
+        assert!(
+            matches!(refused, Err(ClaimError::Owned { .. })),
+            "a clone shares the claims"
+        );
+        let _other_name = driver.claim_pool("other").await.unwrap();
+        let elsewhere = InProcessDriver::new(Duration::ZERO);
+        let _other_driver = elsewhere.claim_pool("hotpool").await.unwrap();
+        drop(claim);
+        driver.claim_pool("hotpool").await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,13 +15,20 @@
 //! a read-only root filesystem and a sized tmpfs at `/tmp`. Its bytes travel
 //! [`Transport::Direct`] by default: through pipes shared with the container,
 //! not through the engine.
+//!
+//! A pool name has one owner at a time on one engine: a pool claims its name
+//! with [`Driver::claim_pool`] before it touches any container labelled with it,
+//! and holds the guard while it lives; a second claim fails with
+//! [`ClaimError::Owned`], naming the owner.
 
+mod claim;
 mod cpus;
 pub mod docker;
 #[cfg(any(test, feature = "test-util"))]
 pub mod in_process;
 
 pub use crate::id::new_id;
+pub use claim::{ClaimError, PoolOwner};
 pub use cpus::Cpus;
 
 use std::collections::BTreeMap;
@@ -220,13 +227,28 @@ pub trait Driver: Clone + Send + Sync + 'static {
     /// The prepared task.
     type Cookie: Cookie;
 
+    /// A claimed pool name: the claim holds until it is dropped.
+    type Claim: Send + Sync + 'static;
+
     /// Gets a task ready to run: pulls its image if missing (one pull however many
     /// prepares ask at once) and creates its container. Close the cookie whether or
     /// not it runs.
     fn prepare(&self, task: Task) -> impl Future<Output = Result<Self::Cookie, CallError>> + Send;
 
+    /// Claims pool name `pool` on this driver's engine for as long as the
+    /// returned guard lives: until then every other claim of it fails with
+    /// [`ClaimError::Owned`], whether another process on this host or this
+    /// process makes it. The owner's death ends its claim, however it dies. A
+    /// refused claim changes nothing.
+    fn claim_pool(
+        &self,
+        pool: &str,
+    ) -> impl Future<Output = Result<Self::Claim, ClaimError>> + Send;
+
     /// Removes every container carrying the label `key=value` (left behind by an
-    /// earlier run that crashed, say); returns how many there were.
+    /// earlier run that crashed, say); returns how many there were. For a pool's
+    /// label, only its claim's holder may: the containers of a live owner would
+    /// go too.
     fn remove_labelled(
         &self,
         key: &str,

@@ -12,6 +12,11 @@
 //! (which gives a [`Function`] handle to call), look at it with [`Pool::status`],
 //! and end it with [`Pool::shutdown`], which removes every container.
 //!
+//! A pool owns its name on its engine while it lives: building claims the name
+//! ([`Driver::claim_pool`]) before removing what an earlier run of it left, so a
+//! second pool of the name, in this process or another, fails to build
+//! ([`BuildError::Claim`]) and touches nothing.
+//!
 //! A name has one current version. Registering a spec again with the same
 //! container spec (image, command, environment, format, memory, ...) applies its
 //! limits (timeouts, keep-alive, concurrency, queue, logs) to the running
@@ -43,7 +48,7 @@ pub use function::FunctionStatus;
 pub use scheduler::{POOL_LABEL, REMOVALS_AT_ONCE};
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
 
-use crate::driver::Driver;
+use crate::driver::{ClaimError, Driver};
 use crate::error::CallError;
 use scheduler::Inner;
 
@@ -51,8 +56,9 @@ use scheduler::Inner;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolConfig {
-    /// Labels its containers `hotpool.pool=<name>`; on start, containers left with
-    /// that label by an earlier run are removed.
+    /// Labels its containers `hotpool.pool=<name>`; the pool owns the name on its
+    /// engine while it lives, and on start removes containers left with that
+    /// label by an earlier run.
     pub name: String,
     /// The most memory the limits of live containers may add up to, in bytes.
     pub memory_budget: u64,
@@ -108,20 +114,37 @@ impl<D: Driver> PoolBuilder<D> {
         self
     }
 
-    /// Removes containers an earlier run of this pool left behind and starts the
-    /// pool.
-    pub async fn build(self) -> Result<Pool<D>, CallError> {
+    /// Claims the pool's name on the driver's engine, removes containers an
+    /// earlier run of it left behind (one that crashed, say), and starts the
+    /// pool. If a live pool owns the name, fails with [`BuildError::Claim`]
+    /// having touched nothing. The pool holds the claim until it is dropped.
+    pub async fn build(self) -> Result<Pool<D>, BuildError> {
+        let claim = self.driver.claim_pool(&self.config.name).await?;
         let leftovers = self
             .driver
             .remove_labelled(POOL_LABEL, &self.config.name)
-            .await?;
+            .await
+            .map_err(BuildError::Sweep)?;
         if leftovers > 0 {
             tracing::info!(count = leftovers, pool = %self.config.name, "removed containers left by an earlier run");
         }
-        let inner = Inner::new(self.driver, self.config);
-        tokio::spawn(inner.clone().reaper());
+        let inner = Inner::new(self.driver, self.config, claim);
+        inner.tracker.spawn(inner.clone().reaper());
         Ok(Pool { inner })
     }
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The name is owned by a live pool on this engine
+    /// ([`ClaimError::Owned`]), or could not be claimed; nothing was touched.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    /// Removing the containers an earlier run left failed.
+    #[error("removing the containers an earlier run of the pool left: {0}")]
+    Sweep(CallError),
 }
 
 /// A pool of hot containers on one driver. Cheap to clone; every clone is the
@@ -229,7 +252,8 @@ impl<D: Driver> Pool<D> {
 
     /// Stops taking calls (new ones get `busy`), lets calls in flight finish within
     /// [`PoolConfig::shutdown_timeout`], then removes every container and returns
-    /// once they are gone.
+    /// once they are gone. The pool still owns its name until it is dropped,
+    /// every clone and [`Function`] handle of it.
     pub async fn shutdown(&self) {
         self.inner.shutdown().await
     }
@@ -277,5 +301,93 @@ impl<D: Driver> Function<D> {
     pub fn spec(&self) -> Option<FunctionSpec> {
         let pool = self.inner.current(&self.name).ok()?;
         Some((*pool.spec()).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::driver::Task;
+    use crate::driver::in_process::{InProcessClaim, InProcessCookie, InProcessDriver};
+
+    /// The in-process driver, writing down each claim and each label sweep.
+    #[derive(Clone)]
+    struct Recording {
+        driver: InProcessDriver,
+        done: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Recording {
+        fn done(&self) -> Vec<String> {
+            self.done.lock().unwrap().clone()
+        }
+    }
+
+    impl Driver for Recording {
+        type Cookie = InProcessCookie;
+        type Claim = InProcessClaim;
+
+        async fn prepare(&self, task: Task) -> Result<InProcessCookie, CallError> {
+            self.driver.prepare(task).await
+        }
+
+        async fn claim_pool(&self, pool: &str) -> Result<InProcessClaim, ClaimError> {
+            let claimed = self.driver.claim_pool(pool).await;
+            let outcome = if claimed.is_ok() { "claim" } else { "refused" };
+            self.done.lock().unwrap().push(format!("{outcome} {pool}"));
+            claimed
+        }
+
+        async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, CallError> {
+            self.done
+                .lock()
+                .unwrap()
+                .push(format!("sweep {key}={value}"));
+            self.driver.remove_labelled(key, value).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_build_claims_before_it_sweeps_and_a_refused_one_sweeps_nothing() {
+        let driver = Recording {
+            driver: InProcessDriver::new(Duration::ZERO),
+            done: Arc::default(),
+        };
+        let first = Pool::builder(driver.clone())
+            .name("p")
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(driver.done(), ["claim p", "sweep hotpool.pool=p"]);
+
+        let refused = Pool::builder(driver.clone()).name("p").build().await;
+        match refused {
+            Err(BuildError::Claim(ClaimError::Owned { pool, owner })) => {
+                assert_eq!(pool, "p");
+                assert_eq!(owner.pid, Some(std::process::id()));
+            }
+            Err(other) => panic!("not refused as owned: {other}"),
+            Ok(_) => panic!("a second pool of one name was built"),
+        }
+        assert_eq!(
+            driver.done(),
+            ["claim p", "sweep hotpool.pool=p", "refused p"],
+            "a refused build removes nothing"
+        );
+
+        // Shutdown's last sweep, still under the claim; then the name is free.
+        first.shutdown().await;
+        drop(first);
+        Pool::builder(driver.clone())
+            .name("p")
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(
+            driver.done()[3..],
+            ["sweep hotpool.pool=p", "claim p", "sweep hotpool.pool=p"]
+        );
     }
 }

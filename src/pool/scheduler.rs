@@ -1,7 +1,7 @@
 //! The scheduler: carries out what each function version's state machine
 //! decides (hands containers to calls, starts and removes containers), keeps the
-//! pool-wide parts (the memory budget, the registry of versions, shutdown), and
-//! lends containers to calls.
+//! pool-wide parts (the memory budget, the registry of versions, shutdown, the
+//! claim of the pool's name), and lends containers to calls.
 //!
 //! The rules themselves live in [`super::state`]; the choices a user can swap in
 //! [`super::policy`]. Under memory pressure a start evicts the idle container of
@@ -78,6 +78,8 @@ pub(crate) struct Inner<D: Driver> {
     /// removals at once overload the engine (this one then lists a container
     /// it no longer knows as "Removal In Progress" until it restarts).
     removals: Arc<Semaphore>,
+    /// The pool's name on its engine, owned while this lives.
+    _claim: D::Claim,
 }
 
 pub(crate) fn busy(reason: impl Into<String>) -> CallError {
@@ -93,7 +95,7 @@ fn now() -> std::time::Instant {
 }
 
 impl<D: Driver> Inner<D> {
-    pub(crate) fn new(driver: D, config: PoolConfig) -> Arc<Inner<D>> {
+    pub(crate) fn new(driver: D, config: PoolConfig, claim: D::Claim) -> Arc<Inner<D>> {
         Arc::new_cyclic(|this| Inner {
             this: this.clone(),
             driver,
@@ -114,6 +116,7 @@ impl<D: Driver> Inner<D> {
             in_flight: AtomicUsize::new(0),
             calls_done: Notify::new(),
             removals: Arc::new(Semaphore::new(REMOVALS_AT_ONCE)),
+            _claim: claim,
         })
     }
 
@@ -628,7 +631,8 @@ impl<D: Driver> Inner<D> {
         }
     }
 
-    /// Runs [`Inner::reap`] until shutdown.
+    /// Runs [`Inner::reap`] until shutdown. Spawned on the tracker: once
+    /// shutdown returns, it holds the pool no more.
     pub(crate) async fn reaper(self: Arc<Self>) {
         loop {
             let next = self.reap();

@@ -78,14 +78,18 @@ pub fn direct_dirs_of(task_id: &str) -> Vec<PathBuf> {
 /// The directories (`PID.N`) that the drivers of process `pid` keep under the
 /// default runtime directory.
 pub fn runtime_dirs_of_process(pid: u32) -> Vec<PathBuf> {
+    process_dirs_in(&runtime_root(), pid)
+}
+
+/// The default runtime directory, as the driver picks it.
+pub fn runtime_root() -> PathBuf {
     // SAFETY: getuid cannot fail and touches no memory.
     let uid = unsafe { libc::getuid() };
-    let root = match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
         Some(runtime) => PathBuf::from(runtime).join("hotpool"),
         None if uid == 0 => PathBuf::from("/run/hotpool"),
         None => std::env::temp_dir().join(format!("hotpool-{uid}")),
-    };
-    process_dirs_in(&root, pid)
+    }
 }
 
 /// The directories (`PID.N`) of hotpool process `pid` in runtime directory `root`.

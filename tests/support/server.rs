@@ -165,6 +165,21 @@ impl Server {
     ) -> Server {
         let pool = format!("server-test-{test}-{}", std::process::id());
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let mut server = Server::launch(&pool, addr, server_extra, pool_extra, functions);
+        server.wait_until_healthy();
+        server
+    }
+
+    /// Starts a server of pool `pool` listening on `addr`, its config as
+    /// [`Server::start_with`] writes it, and does not wait for it: it may
+    /// well exit at once.
+    pub fn launch(
+        pool: &str,
+        addr: SocketAddr,
+        server_extra: &str,
+        pool_extra: &str,
+        functions: &[String],
+    ) -> Server {
         let head = format!(
             "[server]\nlisten = \"{addr}\"\n{server_extra}\n\n\
              [pool]\nname = \"{pool}\"\nmemory_budget = \"1g\"\n{pool_extra}\n\n"
@@ -189,19 +204,17 @@ impl Server {
             stdout.drain(child.stdout.take().unwrap()),
             stderr.drain(child.stderr.take().unwrap()),
         ];
-        let mut server = Server {
+        Server {
             child,
             addr,
-            pool,
+            pool: pool.to_owned(),
             stdout,
             stderr,
             readers,
             exited: None,
             config: (path, head),
             _dir: dir,
-        };
-        server.wait_until_healthy();
-        server
+        }
     }
 
     /// Rewrites the config file: the same `[server]` and `[pool]`, then `rest`.
@@ -320,6 +333,16 @@ impl Server {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Kills the server with SIGKILL, as a crash would end it, and waits for it:
+    /// its containers are left behind. Only for a server with a few containers,
+    /// never one removing many.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.child.kill().expect("SIGKILL the server");
+        let status = self.wait().expect("a killed server exits");
+        assert_eq!(status.code(), None, "killed by a signal: {status}");
+        status
     }
 
     /// Waits for the exit that a SIGTERM started; `None` if it did not come.

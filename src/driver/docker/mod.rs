@@ -9,6 +9,11 @@
 //!
 //! A task's bytes travel by its [`Transport`]: the engine's attach streams, or
 //! named pipes shared with the container (`direct`: see `direct.rs`).
+//!
+//! A pool name is claimed with a lock file in the runtime directory, under the
+//! engine's ID (see `pool_lock.rs`): the claim keeps apart the processes of this
+//! host (and the pools of this process) that drive one engine, not hosts that
+//! share a remote one.
 
 mod attach;
 mod cgroup;
@@ -16,6 +21,7 @@ mod cookie;
 mod credentials;
 mod direct;
 mod engine_stats;
+mod pool_lock;
 mod pull;
 
 use std::collections::HashMap;
@@ -33,8 +39,9 @@ use bollard::query_parameters::{
 use dashmap::DashMap;
 
 pub use cookie::DockerCookie;
+pub use pool_lock::PoolLock;
 
-use super::{Driver, Task, Transport};
+use super::{ClaimError, Driver, Task, Transport};
 use crate::error::CallError;
 use direct::{IoDir, RuntimeDir};
 use pull::ImageCommand;
@@ -65,8 +72,9 @@ pub struct DockerOptions {
     /// The most files a container's process may have open (`nofile`, soft and hard).
     pub nofile_limit: i64,
     /// Where the `direct` transport keeps its init program and the pipes of each
-    /// container; `None`: `$XDG_RUNTIME_DIR/hotpool`, else `/run/hotpool` for
-    /// root, else `hotpool-UID` in the temporary directory.
+    /// container, and where pool names are claimed (`pools/`); `None`:
+    /// `$XDG_RUNTIME_DIR/hotpool`, else `/run/hotpool` for root, else
+    /// `hotpool-UID` in the temporary directory.
     pub runtime_dir: Option<PathBuf>,
 }
 
@@ -164,6 +172,17 @@ impl DockerDriver {
 }
 
 impl Engine {
+    /// What tells this engine apart from others: its ID, else where it is.
+    async fn identity(&self) -> Result<String, bollard::errors::Error> {
+        let info = timed("info", self.docker.info()).await?;
+        Ok(info.id.filter(|id| !id.is_empty()).unwrap_or_else(|| {
+            std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|host| !host.is_empty())
+                .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
+        }))
+    }
+
     /// Whether direct tasks attach, the engine being elsewhere; says so once.
     fn attaches_instead(&self) -> bool {
         let Some(host) = &self.remote else {
@@ -340,6 +359,23 @@ impl Engine {
 
 impl Driver for DockerDriver {
     type Cookie = DockerCookie;
+    type Claim = PoolLock;
+
+    async fn claim_pool(&self, pool: &str) -> Result<PoolLock, ClaimError> {
+        let failed = |error: String| ClaimError::Io {
+            pool: pool.to_owned(),
+            error: std::io::Error::other(error),
+        };
+        let engine = self
+            .engine
+            .identity()
+            .await
+            .map_err(|e| failed(format!("the Docker engine did not say its ID: {e}")))?;
+        let (root, name) = (self.engine.runtime_path.clone(), pool.to_owned());
+        tokio::task::spawn_blocking(move || PoolLock::take(&root, &engine, &name))
+            .await
+            .map_err(|e| failed(e.to_string()))?
+    }
 
     async fn prepare(&self, task: Task) -> Result<DockerCookie, CallError> {
         let image = pull::ensure_image(&self.engine, &task.image).await?;
