@@ -26,10 +26,12 @@ mod cpus;
 pub mod docker;
 #[cfg(any(test, feature = "test-util"))]
 pub mod in_process;
+pub(crate) mod linux;
 
 pub use crate::id::new_id;
 pub use claim::{ClaimError, PoolOwner};
 pub use cpus::Cpus;
+pub use linux::pool_lock::PoolLock;
 
 use std::collections::BTreeMap;
 use std::fmt;

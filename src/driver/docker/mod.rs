@@ -8,20 +8,16 @@
 //! driver reads stderr itself), and no network unless the task names one.
 //!
 //! A task's bytes travel by its [`Transport`]: the engine's attach streams, or
-//! named pipes shared with the container (`direct`: see `direct.rs`).
+//! named pipes shared with the container (`direct`: see `driver/linux/direct.rs`).
 //!
 //! A pool name is claimed with a lock file in the runtime directory, under the
-//! engine's ID (see `pool_lock.rs`): the claim keeps apart the processes of this
+//! engine's ID (see `driver/linux/pool_lock.rs`): the claim keeps apart the processes of this
 //! host (and the pools of this process) that drive one engine, not hosts that
 //! share a remote one.
 
 mod attach;
-mod cgroup;
 mod cookie;
-mod credentials;
-mod direct;
 mod engine_stats;
-mod pool_lock;
 mod pull;
 
 use std::collections::HashMap;
@@ -39,11 +35,12 @@ use bollard::query_parameters::{
 use dashmap::DashMap;
 
 pub use cookie::DockerCookie;
-pub use pool_lock::PoolLock;
 
 use super::{ClaimError, Driver, Task, Transport};
+use crate::driver::PoolLock;
+use crate::driver::linux::credentials;
+use crate::driver::linux::direct::{self, IoDir, RuntimeDir};
 use crate::error::CallError;
-use direct::{IoDir, RuntimeDir};
 use pull::ImageCommand;
 
 /// How often removing a container is tried while the engine fails.

@@ -13,9 +13,11 @@ use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::TryStreamExt;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-use super::{Engine, credentials, timed};
+use super::{Engine, timed};
+use crate::driver::linux::credentials;
 use crate::error::CallError;
 use crate::image::parse_image;
+use bollard::auth::DockerCredentials;
 
 /// A pull in flight that several prepares may await.
 pub(super) type PullFuture = Shared<BoxFuture<'static, Result<(), CallError>>>;
@@ -98,7 +100,14 @@ async fn pull(engine: &Engine, image: &str) -> Result<(), CallError> {
     .map_err(|message| CallError::PullFailed {
         image: image.to_owned(),
         message,
-    })?;
+    })?
+    .map(|found| DockerCredentials {
+        username: found.username,
+        password: found.password,
+        identitytoken: found.identity_token,
+        serveraddress: Some(found.registry),
+        ..Default::default()
+    });
     let options = CreateImageOptionsBuilder::default()
         .from_image(&reference.name())
         .tag(reference.pull_reference())

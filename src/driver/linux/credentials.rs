@@ -10,10 +10,30 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bollard::auth::DockerCredentials;
 use serde::Deserialize;
 
 use crate::image::DOCKER_HUB;
+
+/// One registry's credentials: a user and password, or an identity token.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct RegistryCredentials {
+    /// The registry host (`docker.io` for Docker Hub).
+    pub(crate) registry: String,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    /// An OAuth refresh token, as `docker login` keeps for some registries.
+    pub(crate) identity_token: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    /// Never the password or token: credentials reach logs through errors.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 struct ConfigFile {
@@ -58,7 +78,7 @@ fn normalize_registry(key: &str) -> &str {
 pub(crate) fn lookup(
     dir: Option<&Path>,
     registry: &str,
-) -> Result<Option<DockerCredentials>, String> {
+) -> Result<Option<RegistryCredentials>, String> {
     let Some(path) = dir.map(|d| d.join("config.json")) else {
         return Ok(None);
     };
@@ -93,12 +113,11 @@ pub(crate) fn lookup(
         }
         None => (entry.username.clone(), entry.password.clone()),
     };
-    Ok(Some(DockerCredentials {
+    Ok(Some(RegistryCredentials {
+        registry: registry.to_owned(),
         username,
         password,
-        identitytoken: entry.identitytoken.clone(),
-        serveraddress: Some(registry.to_owned()),
-        ..Default::default()
+        identity_token: entry.identitytoken.clone(),
     }))
 }
 
@@ -121,7 +140,11 @@ mod tests {
         let creds = lookup(Some(dir.path()), "127.0.0.1:5000").unwrap().unwrap();
         assert_eq!(creds.username.as_deref(), Some("alice"));
         assert_eq!(creds.password.as_deref(), Some("s3:cret"));
-        assert_eq!(creds.serveraddress.as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(creds.registry, "127.0.0.1:5000");
+        assert!(
+            !format!("{creds:?}").contains("s3:cret"),
+            "no password in logs"
+        );
     }
 
     #[test]
@@ -133,7 +156,7 @@ mod tests {
         let hub = lookup(Some(dir.path()), DOCKER_HUB).unwrap().unwrap();
         assert_eq!(hub.username.as_deref(), Some("u"));
         let local = lookup(Some(dir.path()), "reg.local:5000").unwrap().unwrap();
-        assert_eq!(local.identitytoken.as_deref(), Some("tok"));
+        assert_eq!(local.identity_token.as_deref(), Some("tok"));
         assert!(lookup(Some(dir.path()), "other:1").unwrap().is_none());
     }
 

@@ -1,0 +1,16 @@
+//! The engine-neutral Linux parts that every driver of a local engine shares:
+//! none of them speaks to an engine.
+//!
+//! - [`direct`]: the direct transport: hotpool's init program, the runtime
+//!   directory, and each container's named pipes and exit report.
+//! - [`cgroup`]: a container's CPU, memory and OOM-kill counters, read straight
+//!   from the kernel's cgroup files.
+//! - [`pool_lock`]: one owner per pool name on an engine, as a lock file in the
+//!   runtime directory.
+//! - [`credentials`]: registry credentials from the Docker config file, as
+//!   `docker login` writes them (any engine's pulls use them).
+
+pub(crate) mod cgroup;
+pub(crate) mod credentials;
+pub(crate) mod direct;
+pub(crate) mod pool_lock;
