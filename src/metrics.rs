@@ -30,8 +30,9 @@ pub const MEMORY_BUDGET_BYTES: &str = "hotpool_memory_budget_bytes";
 pub const TASK_CPU_RATIO: &str = "hotpool_task_cpu_ratio";
 /// Per-call average memory use, from the decimated engine stats.
 pub const TASK_MEMORY_BYTES: &str = "hotpool_task_memory_bytes";
-/// Docker engine API latency by operation and result.
-pub const DOCKER_API_SECONDS: &str = "hotpool_docker_api_seconds";
+/// Container engine API latency by engine (`docker`, `containerd`), operation
+/// and result.
+pub const ENGINE_API_SECONDS: &str = "hotpool_engine_api_seconds";
 /// Image pulls by result (`success` or an error kind).
 pub const IMAGE_PULLS_TOTAL: &str = "hotpool_image_pulls_total";
 /// Prewarmed containers (started before any call asked) by function and outcome:
@@ -107,9 +108,9 @@ pub fn describe() {
         "Average memory use of a call, from decimated engine stats, by function."
     );
     describe_histogram!(
-        DOCKER_API_SECONDS,
+        ENGINE_API_SECONDS,
         Unit::Seconds,
-        "Docker engine API latency by operation and result."
+        "Container engine API latency by engine (docker, containerd), operation and result."
     );
     describe_counter!(
         IMAGE_PULLS_TOTAL,

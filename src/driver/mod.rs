@@ -288,3 +288,23 @@ pub trait Cookie: Send + Sync + 'static {
         None
     }
 }
+
+/// Awaits one call of an engine's API and records its latency in
+/// `hotpool_engine_api_seconds{engine,op,result}`.
+pub(crate) async fn timed_engine_call<T, E>(
+    engine: &'static str,
+    op: &'static str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let start = std::time::Instant::now();
+    let result = call.await;
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    metrics::histogram!(
+        crate::metrics::ENGINE_API_SECONDS,
+        "engine" => engine,
+        "op" => op,
+        "result" => outcome
+    )
+    .record(start.elapsed().as_secs_f64());
+    result
+}

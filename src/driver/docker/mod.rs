@@ -25,7 +25,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
@@ -45,6 +45,9 @@ use pull::ImageCommand;
 
 /// How often removing a container is tried while the engine fails.
 const REMOVE_ATTEMPTS: u32 = 5;
+
+/// The engine's name in metrics and messages.
+pub const ENGINE: &str = "docker";
 
 /// The label every hotpool container carries, with the value `1`.
 pub const LABEL: &str = "hotpool";
@@ -453,18 +456,13 @@ fn container_name(task_id: &str) -> String {
     format!("hotpool-{clean}")
 }
 
-/// Awaits one engine API call and records its latency in
-/// `hotpool_docker_api_seconds{op,result}`.
+/// Awaits one call of dockerd's API and records its latency in
+/// `hotpool_engine_api_seconds{engine="docker",op,result}`.
 pub(crate) async fn timed<T>(
     op: &'static str,
     call: impl Future<Output = Result<T, bollard::errors::Error>>,
 ) -> Result<T, bollard::errors::Error> {
-    let start = Instant::now();
-    let result = call.await;
-    let outcome = if result.is_ok() { "success" } else { "error" };
-    metrics::histogram!(crate::metrics::DOCKER_API_SECONDS, "op" => op, "result" => outcome)
-        .record(start.elapsed().as_secs_f64());
-    result
+    crate::driver::timed_engine_call(ENGINE, op, call).await
 }
 
 #[cfg(test)]
