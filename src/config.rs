@@ -23,9 +23,9 @@
 //!
 //! Every value is bounded, so a config that loads never panics or fails later:
 //! timeouts up to 24 h (an idle timeout, `fixed:` keep-alive included, up to 365
-//! days), memory of at least the
-//! engine's 6 MiB minimum, counts and request and response sizes within sane
-//! maxima.
+//! days), counts and request and response sizes within sane maxima. What
+//! depends on the engine (its minimum memory, whether it can attach) is checked
+//! once it is known: [`ServeConfig::check_engine`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -41,8 +41,8 @@ use crate::units::{
     MAX_TIMEOUT, bytes_at_least, duration_within, parse_bytes, parse_duration, parse_user,
     show_bytes,
 };
-use hotpool::driver::docker::{MIN_MEMORY, MIN_TMP_SIZE};
 use hotpool::driver::{Cpus, Transport};
+use hotpool::driver::{EngineTraits, MIN_TMP_SIZE};
 use hotpool::pool::{Eviction, Format, FunctionSpec, KeepAlive, PoolConfig};
 
 /// The pool's name when `[pool]` gives none, so its containers are labelled
@@ -246,6 +246,22 @@ impl ServeConfig {
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
         .collect()
+    }
+
+    /// Checks every function against what the engine accepts (its minimum
+    /// memory, its transports): the first one it refuses is the error, naming
+    /// the key.
+    pub fn check_engine(&self, engine: &EngineTraits) -> Result<(), ConfigError> {
+        for (index, spec) in self.functions.iter().enumerate() {
+            let function = function_path(index, Some(&spec.name));
+            if let Some(reason) = engine.refuses(spec.memory, Transport::Direct) {
+                return Err(ConfigError::new(format!("{function}.memory"), reason));
+            }
+            if let Some(reason) = engine.refuses(0, spec.transport) {
+                return Err(ConfigError::new(format!("{function}.transport"), reason));
+            }
+        }
+        Ok(())
     }
 
     /// Checks that every function's memory fits `budget`, the memory budget of a
@@ -462,7 +478,7 @@ struct FunctionTable {
     image: Option<NonEmpty>,
     cmd: Option<Command>,
     format: Option<FormatName>,
-    memory: Option<Size<MIN_MEMORY>>,
+    memory: Option<Size<1>>,
     timeout: Option<Timeout>,
     idle_timeout: Option<IdleTimeout>,
     keep_alive: Option<KeepAlivePolicy>,
@@ -1014,6 +1030,9 @@ mod tests {
     /// How errors name the function of [`function_error`].
     const ECHO: &str = r#"function "echo" (function[0])"#;
 
+    /// A function `echo` with image `img`, to add fields to.
+    const FUNCTION: &str = "[[function]]\nname = \"echo\"\nimage = \"img\"";
+
     /// The message of the error `text` gives.
     fn error(text: &str) -> String {
         ServeConfig::from_toml(text).unwrap_err().to_string()
@@ -1022,9 +1041,7 @@ mod tests {
     /// The message of the error a function `echo` with image `img` and `fields`
     /// gives.
     fn function_error(fields: &str) -> String {
-        error(&format!(
-            "[[function]]\nname = \"echo\"\nimage = \"img\"\n{fields}"
-        ))
+        error(&format!("{FUNCTION}\n{fields}"))
     }
 
     #[test]
@@ -1577,7 +1594,7 @@ mod tests {
     fn memory_must_be_positive_and_within_the_budget() {
         assert_eq!(
             function_error("memory = \"0m\""),
-            format!("{ECHO}.memory: \"0m\" is less than the minimum, 6m")
+            format!("{ECHO}.memory: \"0m\" must be more than 0")
         );
         assert_eq!(
             function_error("memory = \"3g\""),
@@ -2041,15 +2058,25 @@ mod tests {
     }
 
     #[test]
-    fn memory_below_the_engine_minimum_is_rejected() {
+    fn memory_below_the_engine_minimum_is_rejected_once_the_engine_is_known() {
+        let docker = EngineTraits::new("docker", 6 << 20, true);
+        let small = ServeConfig::from_toml(&format!("{FUNCTION}\nmemory = \"64\"")).unwrap();
         assert_eq!(
-            function_error("memory = \"64\""),
-            format!("{ECHO}.memory: \"64\" is less than the minimum, 6m")
+            small.check_engine(&docker).unwrap_err().to_string(),
+            format!("{ECHO}.memory: 64 bytes is under the docker engine's minimum of 6 MiB")
         );
-        let config =
+        let at_minimum =
             ServeConfig::from_toml("[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"6m\"")
                 .unwrap();
-        assert_eq!(config.functions[0].memory, 6 << 20);
+        assert_eq!(at_minimum.functions[0].memory, 6 << 20);
+        at_minimum.check_engine(&docker).unwrap();
+        let no_attach = EngineTraits::new("containerd", 0, false);
+        let attached =
+            ServeConfig::from_toml(&format!("{FUNCTION}\ntransport = \"attach\"")).unwrap();
+        assert_eq!(
+            attached.check_engine(&no_attach).unwrap_err().to_string(),
+            format!("{ECHO}.transport: the containerd engine has no attach transport: use direct")
+        );
     }
 
     #[test]

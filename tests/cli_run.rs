@@ -227,7 +227,6 @@ fn bad_containment_flags_are_named_before_any_container_runs() {
         ("--cpus", "lots", "not a number of CPUs"),
         ("--user", "a b", "is not a user"),
         ("--tmp-size", "512k", "less than the minimum, 1m"),
-        ("--memory", "64", "less than the minimum, 6m"),
         ("--timeout", "10000000000000000000s", "more than 24h"),
     ] {
         // An unreachable engine: a bad flag must be caught before it is needed.
@@ -241,6 +240,18 @@ fn bad_containment_flags_are_named_before_any_container_runs() {
             "{flag} {value}: {stderr}"
         );
     }
+}
+
+#[test]
+fn memory_under_the_engines_minimum_is_refused_before_any_container_runs() {
+    let output = hotpool_run(&["--memory", "64", testfn_image(), "echo"], b"hi", |_| {});
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--memory: 64 bytes is under the docker engine's minimum of 6 MiB"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing ran");
 }
 
 /// The answers of the test function's line mode to `requests`, one per line.

@@ -219,8 +219,9 @@ fn start_hotpool(dir: &Path, pool: &str) -> (Running, String) {
     let addr = loop {
         match lines.recv_timeout(Duration::from_secs(120)) {
             Ok(line) => {
-                if let Some((_, addr)) = line.split_once("on http://") {
-                    break addr.trim().to_owned();
+                // `hotpool serving a, b on http://ADDR (pid N)`
+                if let Some((_, rest)) = line.split_once("on http://") {
+                    break rest.split_whitespace().next().unwrap_or_default().to_owned();
                 }
             }
             Err(e) => panic!(

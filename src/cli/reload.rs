@@ -51,6 +51,7 @@ pub(crate) async fn on_hangup<D: Driver>(
 /// Applies the config at `path` to `pool`, or keeps `running` if it is bad.
 fn reload<D: Driver>(path: &Path, pool: &Pool<D>, running: &mut ServeConfig) {
     let loaded = ServeConfig::load(path).and_then(|new| {
+        new.check_engine(&pool.driver().traits())?;
         new.check_memory_within(pool.config().memory_budget)?;
         Ok(new)
     });

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::server::error::call_error_json;
 use crate::units::{parse_bytes, parse_bytes_at_least, parse_timeout, parse_user};
 use hotpool::driver::Cpus;
-use hotpool::driver::docker::{DockerDriver, DockerOptions, MIN_MEMORY, MIN_TMP_SIZE};
+use hotpool::driver::MIN_TMP_SIZE;
+use hotpool::driver::docker::{DockerDriver, DockerOptions};
 use hotpool::driver::{Cookie, DEFAULT_USER, Driver, Task, Transport};
 use hotpool::error::CallError;
 use hotpool::image::parse_image;
@@ -126,12 +127,9 @@ fn environment(args: &RunArgs) -> Result<BTreeMap<String, String>, String> {
         .collect())
 }
 
-/// A memory limit: 0 for none, else at least the engine's minimum.
+/// A memory limit: 0 for none; the engine's minimum is checked once it is known.
 fn parse_memory(text: &str) -> Result<u64, String> {
-    match parse_bytes(text)? {
-        0 => Ok(0),
-        _ => parse_bytes_at_least(text, MIN_MEMORY),
-    }
+    parse_bytes(text)
 }
 
 fn parse_tmp_size(text: &str) -> Result<u64, String> {
@@ -151,6 +149,15 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
         Ok(driver) => driver,
         Err(error) => return report(&error),
     };
+    let engine = driver.traits();
+    let refused = [
+        ("--memory", engine.refuses(args.memory, Transport::Direct)),
+        ("--transport", engine.refuses(0, args.transport)),
+    ];
+    if let Some((flag, Some(reason))) = refused.into_iter().find(|(_, r)| r.is_some()) {
+        eprintln!("hotpool: {flag}: {reason}");
+        return 2;
+    }
     let samples: Arc<Mutex<Vec<Stat>>> = Arc::default();
     let function = parse_image(&args.image).repository;
     let mut task = Task::new(hotpool::driver::new_id(), function, args.image.clone());

@@ -24,7 +24,7 @@ use crate::server::auth::Tokens;
 use crate::server::connections::{self, ConnectionLimits};
 use crate::server::{AppState, router};
 use hotpool::driver::docker::{DockerDriver, DockerOptions};
-use hotpool::driver::{ClaimError, Transport};
+use hotpool::driver::{ClaimError, Driver, Transport};
 use hotpool::pool::{BuildError, Pool};
 
 #[derive(Debug, Args)]
@@ -71,6 +71,10 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
+    if let Err(error) = config.check_engine(&driver.traits()) {
+        eprintln!("hotpool: bad config {}: {error}", args.config.display());
+        return 2;
+    }
     let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
         Ok(listener) => listener,
         Err(error) => {

@@ -26,7 +26,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, PoolOwner, RunResult, Running, Task};
+use super::{
+    BoxRead, BoxWrite, ClaimError, Cookie, Driver, EngineTraits, PoolOwner, RunResult, Running,
+    Task,
+};
 use crate::error::CallError;
 
 /// The image name that fails to prepare.
@@ -140,6 +143,14 @@ impl Drop for InProcessClaim {
 impl Driver for InProcessDriver {
     type Cookie = InProcessCookie;
     type Claim = InProcessClaim;
+
+    fn traits(&self) -> EngineTraits {
+        EngineTraits {
+            name: "in-process",
+            min_memory: 0,
+            attach: true,
+        }
+    }
 
     async fn claim_pool(&self, pool: &str) -> Result<InProcessClaim, ClaimError> {
         let mut claimed = self

@@ -53,6 +53,55 @@ pub const DEFAULT_USER: &str = "1000:1000";
 /// The size of a task's `/tmp` unless it names another: 64 MiB.
 pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 
+/// The smallest `/tmp`: 1 MiB (a tmpfs of size 0 would be unlimited).
+pub const MIN_TMP_SIZE: u64 = 1 << 20;
+
+/// What an engine accepts and can do, as its driver tells it: configs and flags
+/// are checked against this once the engine is known, not against constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineTraits {
+    /// The engine's name in metrics and messages: `docker`, `in-process`.
+    pub name: &'static str,
+    /// The smallest memory limit it accepts, in bytes.
+    pub min_memory: u64,
+    /// Whether it can carry a task's bytes over its own attach streams
+    /// ([`Transport::Attach`]). [`Transport::Direct`] is every driver's.
+    pub attach: bool,
+}
+
+impl EngineTraits {
+    /// An engine named `name` that accepts memory limits of `min_memory` bytes
+    /// and more, and can attach or not.
+    pub fn new(name: &'static str, min_memory: u64, attach: bool) -> EngineTraits {
+        EngineTraits {
+            name,
+            min_memory,
+            attach,
+        }
+    }
+
+    /// Why a task of `memory` bytes (0: no limit) over `transport` cannot run
+    /// here, if it cannot.
+    pub fn refuses(&self, memory: u64, transport: Transport) -> Option<String> {
+        if memory != 0 && memory < self.min_memory {
+            return Some(format!(
+                "{} is under the {} engine's minimum of {}",
+                mebibytes(memory),
+                self.name,
+                mebibytes(self.min_memory)
+            ));
+        }
+        if transport == Transport::Attach && !self.attach {
+            return Some(format!(
+                "the {} engine has no attach transport: use direct",
+                self.name
+            ));
+        }
+        None
+    }
+}
+
 /// A reader the driver reads from or hands out.
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 /// A writer the driver writes to or hands out.
@@ -224,6 +273,15 @@ pub struct Running {
     pub stdout: Option<BoxRead>,
 }
 
+/// `6 MiB`, or `1500 bytes` for what is no whole number of MiB.
+fn mebibytes(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// Runs tasks on some container runtime.
 pub trait Driver: Clone + Send + Sync + 'static {
     /// The prepared task.
@@ -231,6 +289,9 @@ pub trait Driver: Clone + Send + Sync + 'static {
 
     /// A claimed pool name: the claim holds until it is dropped.
     type Claim: Send + Sync + 'static;
+
+    /// What the engine accepts and can do.
+    fn traits(&self) -> EngineTraits;
 
     /// Gets a task ready to run: pulls its image if missing (one pull however many
     /// prepares ask at once) and creates its container. Close the cookie whether or

@@ -329,6 +329,10 @@ mod tests {
         type Cookie = InProcessCookie;
         type Claim = InProcessClaim;
 
+        fn traits(&self) -> crate::driver::EngineTraits {
+            self.driver.traits()
+        }
+
         async fn prepare(&self, task: Task) -> Result<InProcessCookie, CallError> {
             self.driver.prepare(task).await
         }

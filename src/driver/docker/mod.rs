@@ -36,7 +36,7 @@ use dashmap::DashMap;
 
 pub use cookie::DockerCookie;
 
-use super::{ClaimError, Driver, Task, Transport};
+use super::{ClaimError, Driver, EngineTraits, MIN_TMP_SIZE, Task, Transport};
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
 use crate::driver::linux::direct::{self, IoDir, RuntimeDir};
@@ -55,8 +55,6 @@ pub const LABEL: &str = "hotpool";
 pub const FUNCTION_LABEL: &str = "hotpool.function";
 /// The smallest memory limit the engine accepts: 6 MiB.
 pub const MIN_MEMORY: u64 = 6 << 20;
-/// The smallest `/tmp`: 1 MiB (a tmpfs of size 0 would be unlimited).
-pub const MIN_TMP_SIZE: u64 = 1 << 20;
 /// Bytes of `/tmp` per inode: a 64 MiB `/tmp` holds at most 4096 files.
 const TMP_BYTES_PER_INODE: u64 = 16 << 10;
 
@@ -360,6 +358,14 @@ impl Engine {
 impl Driver for DockerDriver {
     type Cookie = DockerCookie;
     type Claim = PoolLock;
+
+    fn traits(&self) -> EngineTraits {
+        EngineTraits {
+            name: ENGINE,
+            min_memory: MIN_MEMORY,
+            attach: true,
+        }
+    }
 
     async fn claim_pool(&self, pool: &str) -> Result<PoolLock, ClaimError> {
         let failed = |error: String| ClaimError::Io {
