@@ -42,7 +42,7 @@ use crate::units::{
     show_bytes,
 };
 use hotpool::driver::{Cpus, Transport};
-use hotpool::driver::{EngineTraits, MIN_TMP_SIZE};
+use hotpool::driver::{EngineChoice, EngineKind, EngineTraits, MIN_TMP_SIZE};
 use hotpool::pool::{Eviction, Format, FunctionSpec, KeepAlive, PoolConfig};
 
 /// The pool's name when `[pool]` gives none, so its containers are labelled
@@ -76,6 +76,8 @@ pub struct ServeConfig {
     /// The pool's settings (`[pool]`, and `server.max_response` as
     /// `max_response_bytes`).
     pub pool: PoolConfig,
+    /// The container engine (`[engine]`): read at start only.
+    pub engine: EngineChoice,
     /// The functions served (`[[function]]`), in the order written; at least one,
     /// with unique names.
     pub functions: Vec<FunctionSpec>,
@@ -242,6 +244,8 @@ impl ServeConfig {
                 "pool.stats_max_points",
                 pool.stats_max_points != new_pool.stats_max_points,
             ),
+            ("engine.kind", self.engine.kind != new.engine.kind),
+            ("engine.socket", self.engine.socket != new.engine.socket),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -440,6 +444,8 @@ struct ConfigFile {
     #[serde(default)]
     pool: PoolTable,
     #[serde(default)]
+    engine: EngineTable,
+    #[serde(default)]
     function: Functions,
 }
 
@@ -468,6 +474,23 @@ struct PoolTable {
     keep_alive: Option<KeepAlivePolicy>,
     eviction: Option<EvictionPolicy>,
     transport: Option<TransportName>,
+}
+
+/// `[engine]` as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([engine])")]
+struct EngineTable {
+    kind: Option<EngineName>,
+    socket: Option<NonEmpty>,
+}
+
+impl EngineTable {
+    fn validate(self) -> EngineChoice {
+        let mut choice = EngineChoice::default();
+        choice.kind = self.kind.map(|EngineName(kind)| kind);
+        choice.socket = self.socket.map(|NonEmpty(path)| PathBuf::from(path));
+        choice
+    }
 }
 
 /// One `[[function]]` as written.
@@ -524,6 +547,7 @@ impl ConfigFile {
         Ok(ServeConfig {
             server,
             pool,
+            engine: self.engine.validate(),
             functions,
         })
     }
@@ -833,6 +857,19 @@ impl TryFrom<Quoted> for TransportName {
     }
 }
 
+/// `docker`.
+#[derive(Deserialize)]
+#[serde(try_from = "Quoted")]
+struct EngineName(EngineKind);
+
+impl TryFrom<Quoted> for EngineName {
+    type Error = String;
+
+    fn try_from(Quoted(text): Quoted) -> Result<EngineName, String> {
+        text.parse().map(EngineName)
+    }
+}
+
 /// `lru` or `greedy-dual`.
 #[derive(Deserialize)]
 #[serde(try_from = "Quoted")]
@@ -1068,6 +1105,10 @@ mod tests {
             keep_alive = "histogram"
             eviction = "greedy-dual"
 
+            [engine]
+            kind = "docker"
+            socket = "/run/docker.sock"
+
             [[function]]
             name = "echo"
             image = "hotpool-testfn:dev"
@@ -1119,6 +1160,9 @@ mod tests {
         echo.transport = Transport::Direct;
         echo.log_per_call = 64 << 10;
         echo.log_rate = 1 << 10;
+        let mut engine = EngineChoice::default();
+        engine.kind = Some(EngineKind::Docker);
+        engine.socket = Some(PathBuf::from("/run/docker.sock"));
         let expected = ServeConfig {
             server: ServerConfig {
                 listen: "0.0.0.0:9090".parse().unwrap(),
@@ -1131,9 +1175,18 @@ mod tests {
                 metrics_auth: true,
             },
             pool,
+            engine,
             functions: vec![echo],
         };
         assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn an_unknown_engine_is_named() {
+        assert_eq!(
+            error("[engine]\nkind = \"podman\"\n[[function]]\nname = \"a\"\nimage = \"i\""),
+            "engine.kind: \"podman\" is not an engine: use docker"
+        );
     }
 
     #[test]
@@ -1152,6 +1205,11 @@ mod tests {
         assert_eq!(config.pool.memory_budget, 2 << 30);
         assert_eq!(config.pool.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(config.pool.stats_max_points, 240);
+        assert_eq!(
+            config.engine,
+            EngineChoice::default(),
+            "Docker, where it answers"
+        );
         let mut library_defaults = FunctionSpec::new("echo", "img");
         library_defaults.keep_alive = KeepAlive::ADAPTIVE;
         assert_eq!(
@@ -1213,17 +1271,18 @@ mod tests {
             .into_iter()
             .map(str::to_owned)
             .collect();
-        assert!(keys.len() >= 3, "[{table}] accepts {keys:?}");
+        assert!(keys.len() >= 2, "[{table}] accepts {keys:?}");
         keys
     }
 
     #[test]
     fn accepted_keys_are_read_from_the_deserializer() {
-        assert_eq!(accepted_keys(""), ["server", "pool", "function"]);
+        assert_eq!(accepted_keys(""), ["server", "pool", "engine", "function"]);
         // The whole list, first field to last, as the structs declare them.
         for (table, first, last) in [
             ("server", "listen", "metrics_auth"),
             ("pool", "name", "transport"),
+            ("engine", "kind", "socket"),
             ("function", "name", "log_rate"),
         ] {
             let keys = accepted_keys(table);
@@ -1325,9 +1384,14 @@ mod tests {
         assert!((config.functions.iter()).all(|spec| spec.transport == Transport::Direct));
     }
 
-    /// A config with `[server]` and `[pool]` keys `server` and `pool` (on top of
-    /// an auth_tokens_file, which metrics_auth needs) and one function.
-    fn with_tables(server: &[(&str, &str)], pool: &[(&str, &str)]) -> ServeConfig {
+    /// A config with `[server]`, `[pool]` and `[engine]` keys `server`, `pool`
+    /// and `engine` (on top of an auth_tokens_file, which metrics_auth needs) and
+    /// one function.
+    fn with_engine(
+        server: &[(&str, &str)],
+        pool: &[(&str, &str)],
+        engine: &[(&str, &str)],
+    ) -> ServeConfig {
         let lines = |table: &[(&str, &str)]| {
             (table.iter())
                 .map(|(key, value)| format!("{key} = {value}\n"))
@@ -1338,11 +1402,17 @@ mod tests {
             server.push(("auth_tokens_file", "\"tokens\""));
         }
         ServeConfig::from_toml(&format!(
-            "[server]\n{}[pool]\n{}[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"64m\"",
+            "[server]\n{}[pool]\n{}[engine]\n{}[[function]]\nname = \"a\"\nimage = \"i\"\nmemory = \"64m\"",
             lines(&server),
-            lines(pool)
+            lines(pool),
+            lines(engine)
         ))
         .unwrap()
+    }
+
+    /// [`with_engine`] with the default engine.
+    fn with_tables(server: &[(&str, &str)], pool: &[(&str, &str)]) -> ServeConfig {
+        with_engine(server, pool, &[])
     }
 
     #[test]
@@ -1350,7 +1420,7 @@ mod tests {
         // Every function's, so they reload with the functions.
         const RELOADED_POOL_KEYS: [&str; 3] = ["keep_alive", "eviction", "transport"];
         let running = with_tables(&[], &[]);
-        for table in ["server", "pool"] {
+        for table in ["server", "pool", "engine"] {
             for key in accepted_keys(table) {
                 let other = match (table, key.as_str()) {
                     (_, "listen") => "\"127.0.0.1:1\"",
@@ -1363,12 +1433,15 @@ mod tests {
                     ("pool", "keep_alive") => "\"histogram\"",
                     ("pool", "eviction") => "\"greedy-dual\"",
                     ("pool", "transport") => "\"attach\"",
+                    ("engine", "kind") => "\"docker\"",
+                    ("engine", "socket") => "\"/run/other.sock\"",
                     _ => panic!("give {table}.{key} a second value, to check a reload sees it"),
                 };
                 let changed = [(key.as_str(), other)];
                 let new = match table {
                     "server" => with_tables(&changed, &[]),
-                    _ => with_tables(&[], &changed),
+                    "pool" => with_tables(&[], &changed),
+                    _ => with_engine(&[], &[], &changed),
                 };
                 let waiting = running.start_only_changes(&new);
                 if table == "pool" && RELOADED_POOL_KEYS.contains(&key.as_str()) {

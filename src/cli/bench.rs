@@ -16,7 +16,7 @@
 //!
 //! These four use the engine's attach streams. The floors' containers are the
 //! pool's: the same driver task
-//! ([`FunctionSpec::task`], hardening included) run by the same [`DockerDriver`],
+//! ([`FunctionSpec::task`], hardening included) run by the same [`AnyDriver`],
 //! and their calls are framed by the pool's own format code. What the pool adds
 //! over them (scheduling, the check for unsolicited output, per-call stats) is
 //! what the ratios measure.
@@ -42,7 +42,7 @@ use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 
 use super::density;
-use hotpool::driver::docker::{DockerCookie, DockerDriver, DockerOptions};
+use hotpool::driver::{AnyCookie, AnyDriver};
 use hotpool::driver::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, Task, Transport};
 use hotpool::error::CallError;
 use hotpool::format::{FrameError, http, line};
@@ -58,6 +58,8 @@ const HOT_CALLS_PER_ROUND: usize = 50;
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    engine: super::engine::EngineArgs,
     /// The image to run.
     #[arg(long)]
     image: String,
@@ -158,7 +160,7 @@ pub(crate) async fn bench(args: BenchArgs) -> i32 {
         eprintln!("hotpool bench: --calls and --concurrency must be at least 1");
         return 2;
     }
-    let driver = match DockerDriver::connect(DockerOptions::default()).await {
+    let driver = match AnyDriver::connect(&args.engine.choice()).await {
         Ok(driver) => driver,
         Err(error) => {
             eprintln!("hotpool bench: {error}");
@@ -194,7 +196,7 @@ pub(crate) async fn bench(args: BenchArgs) -> i32 {
 /// Measures on `pool`, then removes every container labelled with its name:
 /// its own, and the floors' it did not start. The pool, and its claim of the
 /// name, outlive that last sweep.
-async fn run(args: &BenchArgs, pool: &Pool<DockerDriver>) -> Result<(), String> {
+async fn run(args: &BenchArgs, pool: &Pool<AnyDriver>) -> Result<(), String> {
     let measuring = async {
         match args.idle_containers {
             Some(count) => measure_density(args, pool, count).await.map(Ok),
@@ -222,7 +224,7 @@ async fn run(args: &BenchArgs, pool: &Pool<DockerDriver>) -> Result<(), String> 
 /// `count` idle containers of another.
 async fn measure_density(
     args: &BenchArgs,
-    pool: &Pool<DockerDriver>,
+    pool: &Pool<AnyDriver>,
     count: usize,
 ) -> Result<density::Density, String> {
     let body = vec![b'x'; args.payload];
@@ -245,7 +247,7 @@ async fn measure_density(
 
 async fn measure(
     args: &BenchArgs,
-    pool: &Pool<DockerDriver>,
+    pool: &Pool<AnyDriver>,
 ) -> Result<HashMap<&'static str, Samples>, String> {
     let body = vec![b'x'; args.payload];
     let max_response = pool.config().max_response_bytes;
@@ -285,7 +287,7 @@ async fn measure(
     for container in floors.iter_mut().flatten() {
         container.round_trip(&request).await?;
     }
-    let exiting: Vec<(&'static str, Function<DockerDriver>)> = if direct {
+    let exiting: Vec<(&'static str, Function<AnyDriver>)> = if direct {
         [("exited_attach", &hot), ("exited_direct", &hot_direct)]
             .into_iter()
             .map(|(mode, spec)| {
@@ -379,7 +381,7 @@ async fn floor_round(
 /// `calls` calls that make the function exit, each to a container that one
 /// untimed call started; their latencies until the `exited` answer.
 async fn exit_calls(
-    function: &Function<DockerDriver>,
+    function: &Function<AnyDriver>,
     calls: usize,
     body: &[u8],
     exit_body: &[u8],
@@ -403,7 +405,7 @@ async fn exit_calls(
 }
 
 /// One call through the pool.
-async fn through_pool(function: &Function<DockerDriver>, body: &[u8]) -> Result<(), String> {
+async fn through_pool(function: &Function<AnyDriver>, body: &[u8]) -> Result<(), String> {
     let request = Request::new(body.to_vec());
     match function.call(request).await {
         Ok(_) => Ok(()),
@@ -494,7 +496,7 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
 
 /// The driver task of a floor container: the pool's own for `spec`, labelled
 /// as `pool` labels its containers.
-fn floor_task(pool: &Pool<DockerDriver>, spec: &FunctionSpec) -> Task {
+fn floor_task(pool: &Pool<AnyDriver>, spec: &FunctionSpec) -> Task {
     let mut task = spec.task(&format!("floor-{}", hotpool::driver::new_id()));
     task.labels
         .insert(POOL_LABEL.to_owned(), pool.config().name.clone());
@@ -503,7 +505,7 @@ fn floor_task(pool: &Pool<DockerDriver>, spec: &FunctionSpec) -> Task {
 
 /// A hot container of the bench's function spoken to without the pool.
 struct FloorContainer {
-    cookie: DockerCookie,
+    cookie: AnyCookie,
     stdin: BoxWrite,
     stdout: BufReader<BoxRead>,
     format: Format,
@@ -514,7 +516,7 @@ struct FloorContainer {
 impl FloorContainer {
     /// Starts a container of `spec` and takes its pipes.
     async fn start(
-        pool: &Pool<DockerDriver>,
+        pool: &Pool<AnyDriver>,
         spec: &FunctionSpec,
         max_response: usize,
     ) -> Result<FloorContainer, String> {
@@ -577,7 +579,7 @@ impl FloorContainer {
 /// One cold call without the pool: a container of `spec` with `body` on its
 /// stdin, run to its end by the driver, its stdout discarded.
 async fn floor_cold_call(
-    pool: &Pool<DockerDriver>,
+    pool: &Pool<AnyDriver>,
     spec: &FunctionSpec,
     body: &[u8],
 ) -> Result<(), String> {

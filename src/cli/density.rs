@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use hotpool::driver::docker::DockerDriver;
+use hotpool::driver::AnyDriver;
 use hotpool::pool::{Function, FunctionSpec, KeepAlive, Pool, Request};
 
 /// Memory limit of each idle container: the least a real function gets.
@@ -88,7 +88,7 @@ impl Density {
 /// `idle` (registered here), started `wave` at a time. `time` times `calls` calls
 /// of a function, yielding their p50 and p99.
 pub(crate) async fn measure<T, Fut>(
-    pool: &Pool<DockerDriver>,
+    pool: &Pool<AnyDriver>,
     idle: FunctionSpec,
     count: usize,
     wave: usize,
@@ -147,8 +147,8 @@ where
 /// ends, until all are up: a new wave's calls find none idle and must start
 /// their own.
 async fn start_idle(
-    pool: &Pool<DockerDriver>,
-    function: &Function<DockerDriver>,
+    pool: &Pool<AnyDriver>,
+    function: &Function<AnyDriver>,
     name: &str,
     count: usize,
     wave: usize,
@@ -182,7 +182,7 @@ async fn start_idle(
 }
 
 /// `function`'s containers that are up (idle or busy), starting, and busy.
-fn containers_of(pool: &Pool<DockerDriver>, name: &str) -> (usize, usize, usize) {
+fn containers_of(pool: &Pool<AnyDriver>, name: &str) -> (usize, usize, usize) {
     pool.status()
         .functions
         .iter()

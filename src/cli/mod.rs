@@ -2,6 +2,7 @@
 
 mod bench;
 mod density;
+mod engine;
 mod reload;
 mod replay;
 mod run;

@@ -21,8 +21,7 @@ use crate::server::error::call_error_json;
 use crate::units::{parse_bytes, parse_bytes_at_least, parse_timeout, parse_user};
 use hotpool::driver::Cpus;
 use hotpool::driver::MIN_TMP_SIZE;
-use hotpool::driver::docker::{DockerDriver, DockerOptions};
-use hotpool::driver::{Cookie, DEFAULT_USER, Driver, Task, Transport};
+use hotpool::driver::{AnyDriver, Cookie, DEFAULT_USER, Driver, Task, Transport};
 use hotpool::error::CallError;
 use hotpool::image::parse_image;
 use hotpool::stats::{CallStats, Stat};
@@ -32,7 +31,10 @@ const STATS_MAX_POINTS: usize = 240;
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Memory limit, swap disabled (e.g. 64m, 1g; at least 6m); 0 for none.
+    #[command(flatten)]
+    engine: super::engine::EngineArgs,
+    /// Memory limit, swap disabled (e.g. 64m, 1g; at least the engine's
+    /// minimum, Docker's 6m); 0 for none.
     #[arg(long, default_value = "128m", value_parser = parse_memory)]
     memory: u64,
     /// Kill the container after this long (e.g. 5s, 500ms; at most 24h).
@@ -145,7 +147,7 @@ pub(crate) async fn run(args: RunArgs) -> i32 {
             return 2;
         }
     };
-    let driver = match DockerDriver::connect(DockerOptions::default()).await {
+    let driver = match AnyDriver::connect(&args.engine.choice()).await {
         Ok(driver) => driver,
         Err(error) => return report(&error),
     };

@@ -23,8 +23,7 @@ use crate::config::ServeConfig;
 use crate::server::auth::Tokens;
 use crate::server::connections::{self, ConnectionLimits};
 use crate::server::{AppState, router};
-use hotpool::driver::docker::{DockerDriver, DockerOptions};
-use hotpool::driver::{ClaimError, Driver, Transport};
+use hotpool::driver::{AnyDriver, ClaimError, Driver, Transport};
 use hotpool::pool::{BuildError, Pool};
 
 #[derive(Debug, Args)]
@@ -64,7 +63,7 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             return 1;
         }
     };
-    let driver = match DockerDriver::connect(DockerOptions::default()).await {
+    let driver = match AnyDriver::connect(&config.engine).await {
         Ok(driver) => driver,
         Err(error) => {
             eprintln!("hotpool: {error}");

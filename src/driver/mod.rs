@@ -20,7 +20,15 @@
 //! with [`Driver::claim_pool`] before it touches any container labelled with it,
 //! and holds the guard while it lives; a second claim fails with
 //! [`ClaimError::Owned`], naming the owner.
+//!
+//! The drivers: [`docker`] (dockerd), and [`any::AnyDriver`], the engine chosen
+//! at run time, which the server and the command line use; [`in_process`] runs
+//! tokio tasks as containers for tests. What an engine accepts (its minimum
+//! memory, whether it attaches) is asked of it: [`Driver::traits`]. The parts of
+//! a local engine's driver that speak to no engine (direct pipes, cgroup
+//! counters, the pool lock, registry credentials) are in `linux/`.
 
+pub mod any;
 mod claim;
 mod cpus;
 pub mod docker;
@@ -29,6 +37,7 @@ pub mod in_process;
 pub(crate) mod linux;
 
 pub use crate::id::new_id;
+pub use any::{AnyCookie, AnyDriver, EngineChoice, EngineKind};
 pub use claim::{ClaimError, PoolOwner};
 pub use cpus::Cpus;
 pub use linux::pool_lock::PoolLock;

@@ -43,6 +43,9 @@ use crate::driver::linux::direct::{self, IoDir, RuntimeDir};
 use crate::error::CallError;
 use pull::ImageCommand;
 
+/// bollard's own timeout of a request, in seconds, as its defaults set it.
+const CLIENT_TIMEOUT_S: u64 = 120;
+
 /// How often removing a container is tried while the engine fails.
 const REMOVE_ATTEMPTS: u32 = 5;
 
@@ -74,11 +77,15 @@ pub struct DockerOptions {
     /// `$XDG_RUNTIME_DIR/hotpool`, else `/run/hotpool` for root, else
     /// `hotpool-UID` in the temporary directory.
     pub runtime_dir: Option<PathBuf>,
+    /// The engine's unix socket; `None`: `DOCKER_HOST`, else
+    /// `/var/run/docker.sock`.
+    pub socket: Option<PathBuf>,
 }
 
 impl Default for DockerOptions {
     fn default() -> Self {
         DockerOptions {
+            socket: None,
             docker_config_dir: None,
             pids_limit: 256,
             nofile_limit: 1024,
@@ -128,7 +135,15 @@ impl DockerDriver {
                 "cannot reach the Docker engine ({e}); is it running? `docker info` should answer"
             ))
         };
-        let docker = Docker::connect_with_local_defaults()
+        let client = match &options.socket {
+            Some(socket) => Docker::connect_with_unix(
+                &socket.to_string_lossy(),
+                CLIENT_TIMEOUT_S,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            None => Docker::connect_with_local_defaults(),
+        };
+        let docker = client
             .map_err(unreachable)?
             .negotiate_version()
             .await
@@ -144,7 +159,10 @@ impl DockerDriver {
                 pull_count: AtomicU64::new(0),
                 runtime_path: options.runtime_dir.unwrap_or_else(RuntimeDir::default_path),
                 runtime: tokio::sync::OnceCell::new(),
-                remote: remote_engine(std::env::var("DOCKER_HOST").ok().as_deref()),
+                remote: match &options.socket {
+                    Some(_) => None,
+                    None => remote_engine(std::env::var("DOCKER_HOST").ok().as_deref()),
+                },
                 remote_logged: std::sync::atomic::AtomicBool::new(false),
             }),
         })

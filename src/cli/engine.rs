@@ -1,0 +1,29 @@
+//! `--engine` and `--engine-socket`: the engine a command drives, as `[engine]`
+//! chooses it for `hotpool serve`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hotpool::driver::{EngineChoice, EngineKind};
+
+/// Which container engine to drive.
+#[derive(Debug, Args)]
+pub(crate) struct EngineArgs {
+    /// The container engine: docker. Absent: docker.
+    #[arg(long, value_name = "KIND")]
+    engine: Option<EngineKind>,
+    /// The engine's API socket; absent: the engine's default (docker:
+    /// DOCKER_HOST, else /var/run/docker.sock).
+    #[arg(long, value_name = "PATH")]
+    engine_socket: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    /// The engine these flags name.
+    pub(crate) fn choice(&self) -> EngineChoice {
+        let mut choice = EngineChoice::default();
+        choice.kind = self.engine;
+        choice.socket.clone_from(&self.engine_socket);
+        choice
+    }
+}
