@@ -9,31 +9,16 @@
 
 mod support;
 
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-
-use hotpool::driver::docker::DockerDriver;
 use hotpool::driver::in_process::InProcessDriver;
 use hotpool::pool::{Format, FunctionSpec, Pool, PoolConfig, Request};
 use hotpool::{CallError, ErrorKind};
 
 use hotpool::driver::Transport;
-use support::pool::{containers_of, eventually, shut, spec_on, test_pool};
+use support::pool::{containers_of, eventually, spec_on, with_pool};
 
 const MIB: u64 = 1 << 20;
-
-/// Runs `test` with a pool, and shuts the pool down (removing its containers)
-/// whether or not the test panicked.
-async fn with_pool(name: &str, test: impl AsyncFnOnce(&Pool<DockerDriver>)) {
-    let pool = test_pool(name, 1 << 30).await;
-    let outcome = AssertUnwindSafe(test(&pool)).catch_unwind().await;
-    shut(&pool).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 per_transport!(late_http_answers_never_reach_the_next_caller);
 async fn late_http_answers_never_reach_the_next_caller(transport: Transport) {

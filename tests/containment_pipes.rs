@@ -11,17 +11,14 @@
 
 mod support;
 
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
-
-use futures_util::FutureExt;
 
 use hotpool::driver::Transport;
 use hotpool::driver::docker::DockerDriver;
 use hotpool::pool::{Format, Pool, Request, TIMEOUT_MARGIN};
 use hotpool::{CallError, ErrorKind};
 
-use support::pool::{containers_of, eventually, shut, spec_on, test_pool};
+use support::pool::{containers_of, eventually, spec_on, with_pool};
 
 /// The timeout of every call here.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,17 +26,6 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// How long past its timeout a call may be answered: hotpool's documented
 /// margin and slack for a loaded machine. A bound on a wait, not a speed.
 const PAST_TIMEOUT: Duration = TIMEOUT_MARGIN.saturating_add(Duration::from_secs(2));
-
-/// Runs `test` with a pool, and shuts the pool down (removing its containers)
-/// whether or not the test panicked.
-async fn with_pool(name: &str, test: impl AsyncFnOnce(&Pool<DockerDriver>)) {
-    let pool = test_pool(name, 1 << 30).await;
-    let outcome = AssertUnwindSafe(test(&pool)).catch_unwind().await;
-    shut(&pool).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// Calls `body` in a warm container of a `format` function with a [`TIMEOUT`];
 /// checks that the answer came within [`PAST_TIMEOUT`] of it and is an error that

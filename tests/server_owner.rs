@@ -9,23 +9,12 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use support::server::{Server, containers_of, function};
+use support::server::{Server, containers_of, docker_ps, function};
 use support::{PoolGuard, free_port, runtime_dirs_of_process, runtime_root};
 
 /// The ids of the running containers labelled `hotpool.pool=<pool>`.
 fn running_containers_of(pool: &str) -> Vec<String> {
-    let output = std::process::Command::new("docker")
-        .args(["ps", "-q", "--filter"])
-        .arg(format!("label=hotpool.pool={pool}"))
-        .output()
-        .expect("run docker ps");
-    assert!(output.status.success(), "docker ps failed");
-    let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    ids.sort();
-    ids
+    docker_ps(&["--filter", &format!("label=hotpool.pool={pool}")])
 }
 
 /// [`containers_of`], sorted.

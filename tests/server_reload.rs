@@ -6,26 +6,17 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::server::{Server, error_of, eventually, function};
+use support::server::{Server, docker_ps, error_of, eventually, function};
 
 /// The ids of function `name`'s containers in `pool`, running or not.
 fn containers(pool: &str, name: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=hotpool.pool={pool}"))
-        .arg("--filter")
-        .arg(format!("label=hotpool.function={name}"))
-        .output()
-        .expect("run docker ps");
-    assert!(output.status.success(), "docker ps failed");
-    let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    ids.sort();
-    ids
+    docker_ps(&[
+        "-a",
+        "--filter",
+        &format!("label=hotpool.pool={pool}"),
+        "--filter",
+        &format!("label=hotpool.function={name}"),
+    ])
 }
 
 #[test]

@@ -3,7 +3,10 @@
 //! the usual spec of the test function and ways to look at the engine's view.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use hotpool::driver::Transport;
 use hotpool::driver::docker::DockerDriver;
@@ -23,6 +26,17 @@ impl std::ops::Deref for TestPool {
     type Target = Pool<DockerDriver>;
     fn deref(&self) -> &Pool<DockerDriver> {
         &self.pool
+    }
+}
+
+/// Runs `test` with a pool, and shuts the pool down (removing its containers)
+/// whether or not the test panicked.
+pub async fn with_pool(name: &str, test: impl AsyncFnOnce(&Pool<DockerDriver>)) {
+    let pool = test_pool(name, 1 << 30).await;
+    let outcome = AssertUnwindSafe(test(&pool)).catch_unwind().await;
+    shut(&pool).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }
 

@@ -66,13 +66,14 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// The ids of the containers labelled `hotpool.pool=<pool>`, whatever their state.
 pub fn containers_of(pool: &str) -> Vec<String> {
+    docker_ps(&["-a", "--filter", &format!("label=hotpool.pool={pool}")])
+}
+
+/// The ids `docker ps -q` lists with `args` (filters, `-a`), sorted.
+pub fn docker_ps(args: &[&str]) -> Vec<String> {
     let output = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=hotpool.pool={pool}"),
-        ])
+        .args(["ps", "-q"])
+        .args(args)
         .output()
         .expect("run docker ps");
     assert!(
@@ -80,10 +81,12 @@ pub fn containers_of(pool: &str) -> Vec<String> {
         "docker ps failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout)
+    let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
         .split_whitespace()
         .map(str::to_owned)
-        .collect()
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// Waits for `child` to exit, up to `patience`; `None` if it is still running.
