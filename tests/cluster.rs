@@ -24,7 +24,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use support::cluster::{Cluster, alive};
 use support::http::{self, HttpResponse};
 use support::server::{containers_of, eventually};
-use support::{runtime_dirs_of_process, testfn_image};
+use support::{pool_locks_of, runtime_dirs_of_process, testfn_image};
 
 /// Functions in the stream.
 const FUNCTIONS: usize = 20;
@@ -336,6 +336,12 @@ fn hashing_keeps_functions_on_their_node_spills_under_load_and_survives_a_lost_n
             runtime_dirs_of_process(node.pid),
             Vec::<std::path::PathBuf>::new(),
             "pipe directories of {} are left",
+            node.name
+        );
+        assert_eq!(
+            pool_locks_of(&node.pool),
+            Vec::<std::path::PathBuf>::new(),
+            "the pool lock of {} is left",
             node.name
         );
     }

@@ -81,6 +81,18 @@ pub fn runtime_dirs_of_process(pid: u32) -> Vec<PathBuf> {
     process_dirs_in(&runtime_root(), pid)
 }
 
+/// The lock files of pool `pool` (`pools/ENGINE/POOL.lock`) in the default
+/// runtime directory, on any engine.
+pub fn pool_locks_of(pool: &str) -> Vec<PathBuf> {
+    let Ok(engines) = std::fs::read_dir(runtime_root().join("pools")) else {
+        return Vec::new();
+    };
+    engines
+        .filter_map(|engine| Some(engine.ok()?.path().join(format!("{pool}.lock"))))
+        .filter(|lock| lock.exists())
+        .collect()
+}
+
 /// The default runtime directory, as the driver picks it.
 pub fn runtime_root() -> PathBuf {
     // SAFETY: getuid cannot fail and touches no memory.
