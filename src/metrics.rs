@@ -31,7 +31,7 @@ pub const TASK_CPU_RATIO: &str = "hotpool_task_cpu_ratio";
 /// Per-call average memory use, from the decimated engine stats.
 pub const TASK_MEMORY_BYTES: &str = "hotpool_task_memory_bytes";
 /// Container engine API latency by engine (`docker`, `containerd`), operation
-/// and result.
+/// and result (`success`, `error`, `timeout`).
 pub const ENGINE_API_SECONDS: &str = "hotpool_engine_api_seconds";
 /// Image pulls by result (`success` or an error kind).
 pub const IMAGE_PULLS_TOTAL: &str = "hotpool_image_pulls_total";
@@ -110,7 +110,7 @@ pub fn describe() {
     describe_histogram!(
         ENGINE_API_SECONDS,
         Unit::Seconds,
-        "Container engine API latency by engine (docker, containerd), operation and result."
+        "Container engine API latency by engine (docker, containerd), operation and result (success, error, timeout: no answer within the call's deadline)."
     );
     describe_counter!(
         IMAGE_PULLS_TOTAL,

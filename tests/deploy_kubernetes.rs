@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use hotpool::driver::docker::Deadlines;
 use serde_json::Value;
 
 use support::http;
@@ -145,21 +146,22 @@ fn the_daemonset_drains_within_its_grace_period_and_mounts_what_hotpool_needs() 
     let grace = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("terminationGracePeriodSeconds");
-    // Calls in flight get shutdown_timeout, then the containers are removed.
+    // Calls in flight get shutdown_timeout, then the containers are removed:
+    // an engine that does not answer gets the removal deadlines, then the
+    // stop says what it left.
+    let wedged = Deadlines::default().removal();
     assert!(
-        Duration::from_secs(grace) >= shutdown + Duration::from_secs(10),
-        "grace {grace}s against shutdown_timeout {shutdown:?}"
+        Duration::from_secs(grace) >= shutdown + wedged + Duration::from_secs(5),
+        "grace {grace}s against shutdown_timeout {shutdown:?} and {wedged:?} for a wedged engine"
     );
     assert_eq!(pod["hostPID"], true, "cgroups and runtime dirs by host PID");
 
     let container = &pod["containers"][0];
     assert_eq!(container["ports"][0]["containerPort"], listen.port());
     assert_eq!(container["ports"][0]["name"], "http");
-    for probe in ["readinessProbe", "livenessProbe"] {
-        assert_eq!(
-            text(container, &format!("/{probe}/httpGet/path")),
-            "/healthz"
-        );
+    // Ready while the engine answers; alive while the server does.
+    for (probe, path) in [("readinessProbe", "/healthz"), ("livenessProbe", "/livez")] {
+        assert_eq!(text(container, &format!("/{probe}/httpGet/path")), path);
         assert_eq!(text(container, &format!("/{probe}/httpGet/port")), "http");
     }
     let config_mount = container["volumeMounts"]
@@ -335,6 +337,8 @@ fn the_configmaps_hotpool_toml_runs_in_hotpool_serve() {
         eventually("the server answers /healthz", || {
             http::get(addr, "/healthz").is_ok_and(|r| r.status == 200)
         });
+        let alive = http::get(addr, "/livez").expect("/livez");
+        assert_eq!(alive.status, 200, "the liveness probe's path: {alive}");
         let listed = http::get(addr, "/functions").expect("/functions").json();
         let names: Vec<&str> = listed["functions"]
             .as_array()

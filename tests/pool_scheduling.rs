@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use hotpool::driver::ClaimError;
 use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
+use hotpool::driver::{ClaimError, Driver};
 use hotpool::pool::{
     BuildError, Format, FunctionSpec, KeepAlive, Pool, REMOVALS_AT_ONCE, Request, Start,
     TIMEOUT_MARGIN,
@@ -514,6 +514,68 @@ async fn shutdown_lets_calls_finish_then_removes_everything() {
     let stats = driver.statistics();
     assert_eq!(stats.created, stats.closed, "every container was removed");
     assert_eq!(pool.status().memory_reserved, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_gives_up_on_a_wedged_engine_and_says_what_it_left() {
+    let (pool, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    join_all([call(&pool, &echo, "a"), call(&pool, &echo, "b")]).await;
+    let created = driver.statistics().created;
+    assert_eq!(created, 2);
+    // One call runs past the shutdown timeout: cutting it needs the engine too.
+    let running = tokio::spawn({
+        let (pool, echo) = (pool.clone(), echo.clone());
+        async move { call(&pool, &echo, "!sleep 600000").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    driver.wedge(true);
+
+    let started = tokio::time::Instant::now();
+    let leftovers = pool.shutdown().await;
+    let bound = pool.config().shutdown_timeout + driver.removal_deadline();
+    assert!(
+        started.elapsed() <= bound,
+        "shutdown took {:?}, past the shutdown timeout plus the removal deadline ({bound:?})",
+        started.elapsed()
+    );
+    assert_eq!(leftovers.containers.len(), created, "{leftovers:?}");
+    assert!(leftovers.unswept, "the final sweep never ran");
+    assert_eq!(driver.statistics().closed, 0);
+
+    // The removals go on in the background once the engine answers again.
+    driver.wedge(false);
+    assert!(running.await.unwrap().is_err(), "the call was cut");
+    while driver.statistics().closed < created {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_engine_that_keeps_removing_is_waited_for() {
+    let driver = InProcessDriver::new(START).with_close_delay(Duration::from_secs(2));
+    let pool = Pool::builder(driver.clone())
+        .name("scheduling-test")
+        .memory_budget(GIB)
+        .build()
+        .await
+        .expect("pool");
+    let mut echo = spec("echo");
+    echo.memory = 16 * MIB;
+    echo.max_concurrency = 40;
+    let function = pool.register(echo);
+    let calls = (0..40).map(|i| function.call(Request::new(format!("{i}"))));
+    assert!(join_all(calls).await.iter().all(Result::is_ok));
+
+    let started = tokio::time::Instant::now();
+    let leftovers = pool.shutdown().await;
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(driver.statistics().closed, 40);
+    assert!(
+        started.elapsed() > driver.removal_deadline(),
+        "40 removals of 2 s, {REMOVALS_AT_ONCE} at once, outlast the removal deadline: \
+         the teardown waited while they went on"
+    );
 }
 
 #[tokio::test(start_paused = true)]

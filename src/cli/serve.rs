@@ -8,10 +8,16 @@
 //! once, with one line naming the owner: either way before anything is
 //! touched.
 //!
+//! While it serves, a prober pings the engine every few seconds for
+//! `/healthz` ([`crate::server::engine_health`]).
+//!
 //! SIGINT or SIGTERM stop taking calls and connections, let calls in flight
 //! finish within the pool's shutdown timeout (a client that never finishes its
-//! request is cut then), and remove every container before exiting. SIGHUP
-//! reloads the functions of the config ([`super::reload`]).
+//! request is cut then), and remove every container before exiting 0. An
+//! engine that stops answering is given up on once it has removed no container
+//! for the driver's removal deadline: the exit (status 1) then comes at most
+//! that long after the shutdown timeout, with one line saying what was left.
+//! SIGHUP reloads the functions of the config ([`super::reload`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServeConfig;
 use crate::server::auth::Tokens;
 use crate::server::connections::{self, ConnectionLimits};
+use crate::server::engine_health::{self, EngineHealth};
 use crate::server::{AppState, router};
 use hotpool::driver::{AnyDriver, ClaimError, Driver, Transport};
-use hotpool::pool::{BuildError, Pool};
+use hotpool::pool::{BuildError, Leftovers, POOL_LABEL, Pool};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -121,6 +128,13 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
     for spec in &config.functions {
         pool.register(spec.clone());
     }
+    let stopping = CancellationToken::new();
+    let engine = Arc::new(EngineHealth::default());
+    tokio::spawn(engine_health::probe(
+        driver.clone(),
+        engine.clone(),
+        stopping.clone(),
+    ));
     let state = Arc::new(AppState {
         pool: pool.clone(),
         max_body: usize::try_from(config.server.max_body).unwrap_or(usize::MAX),
@@ -128,13 +142,14 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         metrics: Some(metrics),
         tokens,
         metrics_auth: config.server.metrics_auth,
+        engine,
     });
     let limits = ConnectionLimits {
         max_connections: config.server.max_connections,
         header_timeout: config.server.header_timeout,
         drain_timeout: config.pool.shutdown_timeout,
     };
-    let stopping = CancellationToken::new();
+    let pool_name = config.pool.name.clone();
     tokio::spawn(super::reload::on_hangup(
         args.config.clone(),
         pool.clone(),
@@ -147,13 +162,44 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             super::stop_signal().await;
             println!("hotpool: shutting down: finishing calls in flight, removing containers");
             stopping.cancel();
-            pool.shutdown().await;
+            pool.shutdown().await
         }
     });
     connections::serve(listener, router(state), limits, stopping).await;
-    let _ = shutdown.await;
-    println!("hotpool: stopped; every container removed");
-    0
+    let leftovers = shutdown.await.unwrap_or_else(|_| {
+        // The shutdown itself failed: nothing says what it removed.
+        let mut unknown = Leftovers::default();
+        unknown.unswept = true;
+        unknown
+    });
+    if leftovers.is_empty() {
+        println!("hotpool: stopped; every container removed");
+        return 0;
+    }
+    println!("hotpool: stopped; {}", left_behind(&leftovers, &pool_name));
+    1
+}
+
+/// The line that says what a stop left on the engine.
+fn left_behind(leftovers: &Leftovers, pool: &str) -> String {
+    /// The most container ids the line names.
+    const NAMED: usize = 10;
+    let find = format!("`docker ps -a --filter label={POOL_LABEL}={pool}` lists what is left");
+    let ids = &leftovers.containers;
+    if ids.is_empty() {
+        return format!(
+            "the engine did not confirm it removed every container of pool {pool}: {find}"
+        );
+    }
+    let mut named = ids[..ids.len().min(NAMED)].join(", ");
+    if ids.len() > NAMED {
+        named.push_str(&format!(" and {} more", ids.len() - NAMED));
+    }
+    format!(
+        "the engine did not remove {} container{} of pool {pool} ({named}): {find}",
+        ids.len(),
+        if ids.len() == 1 { "" } else { "s" }
+    )
 }
 
 /// Raises the soft limit on open files to the hard limit: each connection and each

@@ -122,6 +122,18 @@ impl Driver for AnyDriver {
             AnyDriver::Docker(driver) => driver.remove_labelled(key, value).await,
         }
     }
+
+    async fn ping(&self) -> Result<(), CallError> {
+        match self {
+            AnyDriver::Docker(driver) => driver.ping().await,
+        }
+    }
+
+    fn removal_deadline(&self) -> Duration {
+        match self {
+            AnyDriver::Docker(driver) => driver.removal_deadline(),
+        }
+    }
 }
 
 impl Cookie for AnyCookie {

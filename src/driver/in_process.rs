@@ -13,7 +13,8 @@
 //!
 //! Its "engine" is the driver: a pool name is claimed on one driver and its
 //! clones, so tests that each make their own driver can all use the default
-//! pool name at once.
+//! pool name at once. [`InProcessDriver::wedge`] makes that engine stop
+//! answering, as a deadlocked one does.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -61,6 +62,16 @@ struct Shared {
     running: Mutex<Vec<(ExitSender, tokio::task::AbortHandle)>>,
     /// The pool names claimed on this driver.
     claimed: Mutex<HashSet<String>>,
+    /// Whether the engine answers no more ([`InProcessDriver::wedge`]).
+    wedged: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Returns once the engine answers (at once, unless it is wedged).
+    async fn answering(&self) {
+        let mut wedged = self.wedged.subscribe();
+        let _ = wedged.wait_for(|wedged| !wedged).await;
+    }
 }
 
 /// Runs tasks as tokio tasks in this process. Cheap to clone.
@@ -82,6 +93,7 @@ impl InProcessDriver {
                 most_closing: AtomicUsize::new(0),
                 running: Mutex::new(Vec::new()),
                 claimed: Mutex::new(HashSet::new()),
+                wedged: watch::channel(false).0,
             }),
         }
     }
@@ -112,6 +124,13 @@ impl InProcessDriver {
             function.abort();
             set_exit(&exit, exited(137, ""));
         }
+    }
+
+    /// Makes the engine stop answering (`true`), as a deadlocked one does:
+    /// prepares, kills and closes wait until it answers again (`false`), and
+    /// pings fail. Functions already running go on.
+    pub fn wedge(&self, wedged: bool) {
+        self.shared.wedged.send_replace(wedged);
     }
 
     /// What the driver has done so far.
@@ -171,6 +190,7 @@ impl Driver for InProcessDriver {
     }
 
     async fn prepare(&self, task: Task) -> Result<InProcessCookie, CallError> {
+        self.shared.answering().await;
         tokio::time::sleep(self.shared.start_delay).await;
         if task.image == MISSING_IMAGE {
             return Err(CallError::ImageNotFound {
@@ -195,8 +215,21 @@ impl Driver for InProcessDriver {
     }
 
     async fn remove_labelled(&self, _key: &str, _value: &str) -> Result<usize, CallError> {
+        self.shared.answering().await;
         // Nothing outlives this process.
         Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), CallError> {
+        if *self.shared.wedged.borrow() {
+            return Err(CallError::engine("the in-process engine is wedged"));
+        }
+        Ok(())
+    }
+
+    /// A close takes the close delay; a second more is a stall.
+    fn removal_deadline(&self) -> Duration {
+        self.shared.close_delay + Duration::from_secs(1)
     }
 }
 
@@ -382,6 +415,7 @@ impl Cookie for InProcessCookie {
     }
 
     async fn kill(&self) -> Result<(), CallError> {
+        self.shared.answering().await;
         if let Some(function) = self
             .function
             .lock()
@@ -395,6 +429,7 @@ impl Cookie for InProcessCookie {
     }
 
     async fn close(&self) {
+        self.shared.answering().await;
         if !self.closed.swap(true, Ordering::SeqCst) {
             let closing = self.shared.closing.fetch_add(1, Ordering::SeqCst) + 1;
             self.shared
@@ -501,6 +536,23 @@ mod tests {
         let _other_driver = elsewhere.claim_pool("hotpool").await.unwrap();
         drop(claim);
         driver.claim_pool("hotpool").await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wedged_engine_answers_nothing_until_it_is_unwedged() {
+        let driver = InProcessDriver::new(Duration::ZERO);
+        let cookie = driver.prepare(task("line")).await.unwrap();
+        driver.wedge(true);
+        assert_eq!(
+            driver.ping().await.map_err(|e| e.kind()),
+            Err(crate::ErrorKind::EngineError)
+        );
+        let closing = tokio::time::timeout(Duration::from_secs(60), cookie.close()).await;
+        assert!(closing.is_err(), "a close waits while the engine is wedged");
+        driver.wedge(false);
+        assert_eq!(driver.ping().await, Ok(()));
+        cookie.close().await;
+        assert_eq!(driver.statistics().closed, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,10 @@
 //! [`Transport::Direct`] by default: through pipes shared with the container,
 //! not through the engine.
 //!
+//! Every call a driver makes of its engine has a deadline: an engine that
+//! stops answering fails calls as `engine_error`, never hangs them, and
+//! [`Driver::ping`] says whether it answers at all.
+//!
 //! A pool name has one owner at a time on one engine: a pool claims its name
 //! with [`Driver::claim_pool`] before it touches any container labelled with it,
 //! and holds the guard while it lives; a second claim fails with
@@ -326,6 +330,16 @@ pub trait Driver: Clone + Send + Sync + 'static {
         key: &str,
         value: &str,
     ) -> impl Future<Output = Result<usize, CallError>> + Send;
+
+    /// Whether the engine answers now: `Ok` once it has, an `engine_error`
+    /// saying what failed once it has not, within a short deadline of the
+    /// driver's own. Cheap enough to ask every few seconds.
+    fn ping(&self) -> impl Future<Output = Result<(), CallError>> + Send;
+
+    /// How long the engine may take to kill and remove one container, each
+    /// call to its deadline. A pool's shutdown gives up on an engine that has
+    /// removed no container for this long, and says what it left behind.
+    fn removal_deadline(&self) -> Duration;
 }
 
 /// A prepared task: one container.
@@ -359,22 +373,108 @@ pub trait Cookie: Send + Sync + 'static {
     }
 }
 
-/// Awaits one call of an engine's API and records its latency in
-/// `hotpool_engine_api_seconds{engine,op,result}`.
+/// Why a call of an engine's API failed: the engine's own error, or no answer
+/// within the call's deadline.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EngineCallError<E> {
+    /// The engine answered with an error, or the connection failed.
+    #[error(transparent)]
+    Failed(E),
+    /// The engine did not answer within the deadline; the call was given up.
+    #[error("the {engine} engine did not answer {op} within {}", humantime::format_duration(*.deadline))]
+    NoAnswer {
+        engine: &'static str,
+        op: &'static str,
+        deadline: Duration,
+    },
+}
+
+/// Awaits one call of an engine's API for at most `deadline`, and records its
+/// latency in `hotpool_engine_api_seconds{engine,op,result}`, `result` being
+/// `success`, `error` or `timeout` (no answer within the deadline).
 pub(crate) async fn timed_engine_call<T, E>(
     engine: &'static str,
     op: &'static str,
+    deadline: Duration,
     call: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
+) -> Result<T, EngineCallError<E>> {
     let start = std::time::Instant::now();
-    let result = call.await;
-    let outcome = if result.is_ok() { "success" } else { "error" };
+    let result = match tokio::time::timeout(deadline, call).await {
+        Ok(answered) => answered.map_err(EngineCallError::Failed),
+        Err(_) => Err(EngineCallError::NoAnswer {
+            engine,
+            op,
+            deadline,
+        }),
+    };
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(error) => error.outcome(),
+    };
+    record_engine_call(engine, op, outcome, start.elapsed());
+    result
+}
+
+impl<E> EngineCallError<E> {
+    /// The `result` label of the metric: `error` or `timeout`.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self {
+            EngineCallError::Failed(_) => "error",
+            EngineCallError::NoAnswer { .. } => "timeout",
+        }
+    }
+}
+
+/// Records one engine call that took `elapsed`, its `outcome` being `success`
+/// or [`EngineCallError::outcome`].
+pub(crate) fn record_engine_call(
+    engine: &'static str,
+    op: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
     metrics::histogram!(
         crate::metrics::ENGINE_API_SECONDS,
         "engine" => engine,
         "op" => op,
         "result" => outcome
     )
-    .record(start.elapsed().as_secs_f64());
-    result
+    .record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_deadline_is_given_up_and_says_so() {
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<Result<(), std::io::Error>>();
+        let error = timed_engine_call("docker", "kill", Duration::from_secs(10), never)
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(matches!(
+            error,
+            EngineCallError::NoAnswer { op: "kill", .. }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "the docker engine did not answer kill within 10s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_in_time_passes_through() {
+        let answered = async { Err::<(), _>(std::io::Error::other("no such container")) };
+        let error = timed_engine_call("docker", "kill", Duration::from_secs(10), answered)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, EngineCallError::Failed(_)));
+        assert_eq!(error.to_string(), "no such container");
+        let ok = timed_engine_call("docker", "ping", Duration::from_secs(1), async {
+            Ok::<_, std::io::Error>(7)
+        });
+        assert_eq!(ok.await.unwrap(), 7);
+    }
 }

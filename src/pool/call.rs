@@ -231,7 +231,7 @@ impl<D: Driver> Inner<D> {
             pool.log_limits.clone(),
         ));
         let starting = Instant::now();
-        let mut cookie = match self.driver.prepare(task).await {
+        let mut cookie = match self.prepare(task).await {
             Ok(cookie) => cookie,
             Err(error) => {
                 record_start(&pool.name, starting, Some(&error));
@@ -244,7 +244,7 @@ impl<D: Driver> Inner<D> {
             Ok(_) => cookie.wait(&stop).await,
             Err(error) => Err(error),
         };
-        cookie.close().await;
+        self.removals.close(&request.id, &cookie).await;
         drop((slot, memory));
         pool.publish(&mut pool.lock());
         let sampled = call_tag.end();

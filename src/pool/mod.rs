@@ -38,6 +38,7 @@ mod scheduler;
 mod spec;
 pub(crate) mod state;
 mod stdout;
+mod teardown;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +46,9 @@ use std::time::Duration;
 pub use crate::format::Request;
 pub use call::{Response, Start, TIMEOUT_MARGIN};
 pub use function::FunctionStatus;
-pub use scheduler::{POOL_LABEL, REMOVALS_AT_ONCE};
+pub use scheduler::POOL_LABEL;
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
+pub use teardown::{Leftovers, REMOVALS_AT_ONCE};
 
 use crate::driver::{ClaimError, Driver};
 use crate::error::CallError;
@@ -254,7 +256,12 @@ impl<D: Driver> Pool<D> {
     /// [`PoolConfig::shutdown_timeout`], then removes every container and returns
     /// once they are gone. The pool still owns its name until it is dropped,
     /// every clone and [`Function`] handle of it.
-    pub async fn shutdown(&self) {
+    ///
+    /// An engine that stops answering is given up on once it has removed no
+    /// container for the driver's [`Driver::removal_deadline`]: shutdown then
+    /// returns the containers it left (their removals go on in the background),
+    /// so it ends at most that long after the shutdown timeout.
+    pub async fn shutdown(&self) -> Leftovers {
         self.inner.shutdown().await
     }
 }
@@ -350,6 +357,14 @@ mod tests {
                 .unwrap()
                 .push(format!("sweep {key}={value}"));
             self.driver.remove_labelled(key, value).await
+        }
+
+        async fn ping(&self) -> Result<(), CallError> {
+            self.driver.ping().await
+        }
+
+        fn removal_deadline(&self) -> Duration {
+            self.driver.removal_deadline()
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +30,7 @@ use super::readings::Readings;
 use super::spec::{FunctionKey, FunctionSpec, Limits};
 use super::state::{Arrival, EvictionClock};
 use super::stdout::Stdout;
+use super::teardown::{Leftovers, Removals};
 use crate::driver::{Cookie, Driver, Task};
 use crate::error::CallError;
 use crate::format::{self, FrameError};
@@ -74,10 +75,8 @@ pub(crate) struct Inner<D: Driver> {
     eviction_clock: AtomicU64,
     in_flight: AtomicUsize,
     calls_done: Notify,
-    /// Bounds the containers being killed and removed at once: a thousand
-    /// removals at once overload the engine (this one then lists a container
-    /// it no longer knows as "Removal In Progress" until it restarts).
-    removals: Arc<Semaphore>,
+    /// The containers on the engine, and their removals.
+    pub(crate) removals: Arc<Removals>,
     /// The pool's name on its engine, owned while this lives.
     _claim: D::Claim,
 }
@@ -115,7 +114,7 @@ impl<D: Driver> Inner<D> {
             eviction_clock: AtomicU64::new(0f64.to_bits()),
             in_flight: AtomicUsize::new(0),
             calls_done: Notify::new(),
-            removals: Arc::new(Semaphore::new(REMOVALS_AT_ONCE)),
+            removals: Arc::new(Removals::new()),
             _claim: claim,
         })
     }
@@ -421,16 +420,16 @@ impl<D: Driver> Inner<D> {
         let call_tag = Arc::new(CallTag::default());
         task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
         task.counters = true;
-        let mut cookie = self.driver.prepare(task).await?;
+        let mut cookie = self.prepare(task).await?;
         let running = match cookie.run().await {
             Ok(running) => running,
             Err(error) => {
-                cookie.close().await;
+                self.removals.close(&id, &cookie).await;
                 return Err(error);
             }
         };
         let (Some(stdin), Some(stdout)) = (running.stdin, running.stdout) else {
-            cookie.close().await;
+            self.removals.close(&id, &cookie).await;
             return Err(CallError::engine(
                 "the driver did not hand out the container's pipes",
             ));
@@ -462,6 +461,15 @@ impl<D: Driver> Inner<D> {
             calls: 0,
             readings: Readings::default(),
         })
+    }
+
+    /// Prepares `task`, noting its container as the pool's until it is closed
+    /// through [`Removals::close`].
+    pub(crate) async fn prepare(&self, task: Task) -> Result<D::Cookie, CallError> {
+        let id = task.id.clone();
+        let cookie = self.driver.prepare(task).await?;
+        self.removals.prepared(&id);
+        Ok(cookie)
     }
 
     /// The driver task for a container of `pool`.
@@ -568,14 +576,12 @@ impl<D: Driver> Inner<D> {
         self.collector.forget(container.stats_key);
         let removals = self.removals.clone();
         self.tracker.spawn(async move {
-            let _removing = removals.acquire_owned().await;
+            let _removing = removals.turn().await;
             // One that died already needs no kill (it would only be refused).
-            if container.is_dead() {
-                container.cookie.close().await;
-                return;
+            if !container.is_dead() {
+                kill_with_retries(&container).await;
             }
-            kill_with_retries(&container).await;
-            container.cookie.close().await;
+            removals.close(&container.id, &container.cookie).await;
         });
     }
 
@@ -647,8 +653,10 @@ impl<D: Driver> Inner<D> {
     }
 
     /// Stops taking calls, lets in-flight calls finish within the shutdown timeout,
-    /// then removes every container and waits until they are gone.
-    pub(crate) async fn shutdown(&self) {
+    /// then removes every container and waits until they are gone, or until
+    /// the engine has removed none for the driver's removal deadline; says
+    /// what it left.
+    pub(crate) async fn shutdown(&self) -> Leftovers {
         self.closing.cancel();
         let calls_done = async {
             loop {
@@ -666,24 +674,48 @@ impl<D: Driver> Inner<D> {
             tracing::warn!("calls still running at the shutdown deadline are cut");
         }
         self.abort.cancel();
-        let pools: Vec<_> = self.versions.iter().map(|e| e.value().clone()).collect();
-        for pool in &pools {
-            self.drain(pool, EvictionReason::Shutdown);
+        let teardown = async {
+            let pools: Vec<_> = self.versions.iter().map(|e| e.value().clone()).collect();
+            for pool in &pools {
+                self.drain(pool, EvictionReason::Shutdown);
+            }
+            // Containers still busy: killing them ends their calls, which evict them.
+            let busy: Vec<_> = self.containers.iter().map(|c| c.value().clone()).collect();
+            for container in busy {
+                kill_with_retries(&container).await;
+            }
+            self.tracker.close();
+            self.tracker.wait().await;
+            self.sweep().await
+        };
+        let patience = self.driver.removal_deadline();
+        match self.removals.while_progressing(teardown, patience).await {
+            Some(true) => Leftovers::default(),
+            Some(false) => Leftovers {
+                containers: self.removals.unremoved(),
+                unswept: true,
+            },
+            None => {
+                let containers = self.removals.unremoved();
+                tracing::error!(
+                    pool = %self.config.name,
+                    left = containers.len(),
+                    "the engine removed no container for {}: giving up on it",
+                    humantime::format_duration(patience)
+                );
+                Leftovers {
+                    containers,
+                    unswept: true,
+                }
+            }
         }
-        // Containers still busy: killing them ends their calls, which evict them.
-        let busy: Vec<_> = self.containers.iter().map(|c| c.value().clone()).collect();
-        for container in busy {
-            kill_with_retries(&container).await;
-        }
-        self.tracker.close();
-        self.tracker.wait().await;
-        self.sweep().await;
     }
 
     /// Removes every container the engine still lists with this pool's label: one
     /// whose removal failed while the engine was away, or one the pool lost track
     /// of. Retried while the engine does not answer, up to [`SWEEP_ATTEMPTS`] times.
-    async fn sweep(&self) {
+    /// Says whether the engine lists none any more.
+    async fn sweep(&self) -> bool {
         let mut pause = RETRY_PAUSE;
         for attempt in 1..=SWEEP_ATTEMPTS {
             match self
@@ -691,13 +723,13 @@ impl<D: Driver> Inner<D> {
                 .remove_labelled(POOL_LABEL, &self.config.name)
                 .await
             {
-                Ok(0) => return,
+                Ok(0) => return true,
                 Ok(count) => {
                     tracing::info!(count, pool = %self.config.name, "removed containers left after shutdown");
-                    return;
+                    return true;
                 }
                 Err(error) if attempt == SWEEP_ATTEMPTS => {
-                    tracing::error!(pool = %self.config.name, %error, "could not remove the pool's containers; `docker ps -a --filter label=hotpool.pool=...` lists them");
+                    tracing::error!(pool = %self.config.name, %error, "could not remove the pool's containers");
                 }
                 Err(error) => {
                     tracing::warn!(pool = %self.config.name, %error, "removing the pool's containers failed; retrying");
@@ -706,6 +738,7 @@ impl<D: Driver> Inner<D> {
                 }
             }
         }
+        false
     }
 }
 
@@ -746,10 +779,10 @@ impl<D: Driver> Inner<D> {
         let pool = self.versions.get(&slot.container.key).map(|p| p.clone());
         if pool.is_none() {
             tracing::error!(container = %slot.container.id, "a container came back to a version that is gone; removing it");
-            let container = slot.container.clone();
+            let (container, removals) = (slot.container.clone(), self.removals.clone());
             self.tracker.spawn(async move {
                 kill_with_retries(&container).await;
-                container.cookie.close().await;
+                removals.close(&container.id, &container.cookie).await;
             });
         }
         pool
@@ -759,8 +792,6 @@ impl<D: Driver> Inner<D> {
 /// How often a failed kill is tried, and shutdown's final sweep.
 const KILL_ATTEMPTS: u32 = 5;
 const SWEEP_ATTEMPTS: u32 = 8;
-/// How many containers are killed and removed at once, at most.
-pub const REMOVALS_AT_ONCE: usize = 16;
 /// The first pause between tries; it doubles each time.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 

@@ -35,7 +35,7 @@ pub struct ApiError {
 pub enum Reason {
     /// No route has this path.
     #[error(
-        "no route {method} {path}; the API has POST /invoke/{{name}}, GET /functions, GET /healthz, GET /metrics"
+        "no route {method} {path}; the API has POST /invoke/{{name}}, GET /functions, GET /healthz, GET /livez, GET /metrics"
     )]
     NoRoute {
         /// The request's method.

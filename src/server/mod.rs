@@ -8,19 +8,26 @@
 //! - `GET /functions`: the configured functions, their limits and keep-alive
 //!   policy, their containers, and when the next idle one goes
 //!   (`idle_deadline_ms`, null when none is idle).
-//! - `GET /healthz`: 200 while the server runs.
+//! - `GET /healthz`: 200 `{"status":"ok","engine":"ok"}` while the engine
+//!   answers its probes ([`engine_health`]); 503
+//!   `{"status":"engine_unreachable","engine":"<what failed, since when>"}` once
+//!   it does not, so a load balancer takes the node out.
+//! - `GET /livez`: 200 while the server runs, engine or not (for a liveness
+//!   probe: restarting hotpool mends no engine, and it would drop the hot
+//!   containers that still serve).
 //! - `GET /metrics`: Prometheus text.
 //!
 //! Every error the API sends, unknown routes and wrong methods included, is one
 //! [`error::ApiError`], in JSON. A request body is always read to its end (within
 //! the size limit and the body timeout) before the answer, so a keep-alive
 //! connection stays usable; an answer sent with the body unread says
-//! `Connection: close`. With [`auth::Tokens`], every route but `/healthz` (and
+//! `Connection: close`. With [`auth::Tokens`], every route but `/healthz`, `/livez` (and
 //! `/metrics`, unless configured) needs a bearer token.
 //! [`connections`] is the listener: connection cap, head timeout, drain on stop.
 
 pub mod auth;
 pub mod connections;
+pub mod engine_health;
 pub mod error;
 
 use std::sync::Arc;
@@ -38,6 +45,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 use auth::Tokens;
+use engine_health::EngineHealth;
 use error::{ApiError, CALL_ID, Reason};
 use hotpool::driver::Driver;
 use hotpool::error::CallError;
@@ -57,6 +65,8 @@ pub struct AppState<D: Driver> {
     pub tokens: Option<Tokens>,
     /// Whether `/metrics` needs a token too (when there are tokens).
     pub metrics_auth: bool,
+    /// Whether the engine answers, as its prober last found.
+    pub engine: Arc<EngineHealth>,
 }
 
 /// The router of the API.
@@ -64,7 +74,8 @@ pub fn router<D: Driver>(state: Arc<AppState<D>>) -> Router {
     Router::new()
         .route("/invoke/{name}", post(invoke::<D>))
         .route("/functions", get(functions::<D>))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz::<D>))
+        .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics::<D>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -85,6 +96,17 @@ impl IntoResponse for Json {
             self.0.to_string(),
         )
             .into_response()
+    }
+}
+
+async fn healthz<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Response {
+    match state.engine.problem(std::time::SystemTime::now()) {
+        None => Json(json!({"status": "ok", "engine": "ok"})).into_response(),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "engine_unreachable", "engine": problem})),
+        )
+            .into_response(),
     }
 }
 
@@ -109,7 +131,7 @@ async fn authenticate<D: Driver>(
     next: Next,
 ) -> Response {
     let open = match request.uri().path() {
-        "/healthz" => true,
+        "/healthz" | "/livez" => true,
         "/metrics" => !state.metrics_auth,
         _ => false,
     };

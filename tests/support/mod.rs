@@ -11,6 +11,7 @@ pub mod http;
 pub mod pool;
 pub mod registry;
 pub mod server;
+pub mod wedge;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -166,9 +166,21 @@ impl Server {
         pool_extra: &str,
         functions: &[String],
     ) -> Server {
+        Server::start_with_env(test, server_extra, pool_extra, functions, &[])
+    }
+
+    /// [`Server::start_with`], the server's environment having `env` too.
+    pub fn start_with_env(
+        test: &str,
+        server_extra: &str,
+        pool_extra: &str,
+        functions: &[String],
+        env: &[(&str, &str)],
+    ) -> Server {
         let pool = format!("server-test-{test}-{}", std::process::id());
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
-        let mut server = Server::launch(&pool, addr, server_extra, pool_extra, functions);
+        let mut server =
+            Server::launch_with_env(&pool, addr, (server_extra, pool_extra), functions, env);
         server.wait_until_healthy();
         server
     }
@@ -182,6 +194,17 @@ impl Server {
         server_extra: &str,
         pool_extra: &str,
         functions: &[String],
+    ) -> Server {
+        Server::launch_with_env(pool, addr, (server_extra, pool_extra), functions, &[])
+    }
+
+    /// [`Server::launch`], the server's environment having `env` too.
+    pub fn launch_with_env(
+        pool: &str,
+        addr: SocketAddr,
+        (server_extra, pool_extra): (&str, &str),
+        functions: &[String],
+        env: &[(&str, &str)],
     ) -> Server {
         let head = format!(
             "[server]\nlisten = \"{addr}\"\n{server_extra}\n\n\
@@ -197,6 +220,7 @@ impl Server {
             .arg(&path)
             .env("HOTPOOL_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

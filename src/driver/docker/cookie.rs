@@ -22,10 +22,13 @@ use tokio::net::unix::pipe;
 use tokio_util::io::ReaderStream;
 
 use super::attach::{Frames, StderrTap, StdoutReader, pump_stderr};
-use super::{Direct, Engine, engine_stats, timed};
+use super::deadlines::Op;
+use super::{Direct, Engine, Failure, engine_stats, whole_seconds};
 use crate::driver::linux::cgroup::CgroupCounters;
 use crate::driver::linux::direct::{self, Ended, IoDir};
-use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task};
+use crate::driver::{
+    BoxRead, BoxWrite, Cookie, EngineCallError, RunResult, Running, StatSink, Task,
+};
 use crate::error::CallError;
 
 /// How long `wait` lets the output streams run dry after the exit.
@@ -126,12 +129,14 @@ impl DockerCookie {
 
     /// Finds the container's init process and opens its cgroup counters.
     async fn open_counters(&self) -> Option<CgroupCounters> {
-        let info = timed(
-            "inspect",
-            self.engine.docker.inspect_container(&self.id, None),
-        )
-        .await
-        .ok()?;
+        let info = self
+            .engine
+            .timed(
+                Op::Inspect,
+                self.engine.docker.inspect_container(&self.id, None),
+            )
+            .await
+            .ok()?;
         let pid = info.state?.pid.filter(|pid| *pid > 0)?;
         let counters = CgroupCounters::open(pid);
         if counters.is_none() {
@@ -141,14 +146,43 @@ impl DockerCookie {
     }
 
     /// Waits for the engine to report the exit; yields the exit code.
+    ///
+    /// The engine sends the head of its answer at once and the body at the
+    /// exit: the wait's deadline is a client timeout of its own, which bounds
+    /// the head alone. Only a wait past it is counted in the metric (the rest
+    /// would time the container's life, not the engine).
     async fn exit_code(&self) -> Result<i64, CallError> {
         let options = WaitContainerOptionsBuilder::default()
             .condition("not-running")
             .build();
-        let mut wait = self.engine.docker.wait_container(&self.id, Some(options));
+        let deadline = self.engine.deadlines.of(Op::Wait);
+        let waiter = self
+            .engine
+            .docker
+            .clone()
+            .with_timeout(whole_seconds(deadline));
+        let asked = std::time::Instant::now();
+        let mut wait = waiter.wait_container(&self.id, Some(options));
         match wait.next().await {
             Some(Ok(response)) => Ok(response.status_code),
             Some(Err(EngineError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(EngineError::RequestTimeoutError)) => {
+                let no_answer = Failure::NoAnswer {
+                    engine: super::ENGINE,
+                    op: Op::Wait.as_str(),
+                    deadline,
+                };
+                crate::driver::record_engine_call(
+                    super::ENGINE,
+                    Op::Wait.as_str(),
+                    no_answer.outcome(),
+                    asked.elapsed(),
+                );
+                Err(CallError::engine(format!(
+                    "waiting for container {}: {no_answer}",
+                    self.id
+                )))
+            }
             Some(Err(e)) => Err(CallError::engine(format!(
                 "waiting for container {}: {e}",
                 self.id
@@ -209,16 +243,19 @@ impl DockerCookie {
     /// Whether the engine says the container, which exited with `code`, was
     /// OOM-killed (no, if it cannot say).
     async fn engine_says_oom_killed(&self, code: i64) -> bool {
-        let inspected = timed(
-            "inspect",
-            self.engine.docker.inspect_container(&self.id, None),
-        )
-        .await;
+        let inspected = self
+            .engine
+            .timed(
+                Op::Inspect,
+                self.engine.docker.inspect_container(&self.id, None),
+            )
+            .await;
         match inspected {
             Ok(info) => info.state.and_then(|s| s.oom_killed) == Some(true),
-            Err(EngineError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => false,
+            Err(EngineCallError::Failed(EngineError::DockerResponseServerError {
+                status_code: 404,
+                ..
+            })) => false,
             Err(e) => {
                 tracing::warn!(container = %self.id, error = %e, code, "could not ask the engine whether an exit was an OOM kill");
                 false
@@ -228,30 +265,34 @@ impl DockerCookie {
 
     /// Attaches to the container's pipes and starts it.
     async fn start_attached(&mut self) -> Result<(BoxWrite, BoxRead), CallError> {
-        let engine_error = |what: &str, e: EngineError| CallError::engine(format!("{what}: {e}"));
+        let engine_error = |what: &str, e: Failure| CallError::engine(format!("{what}: {e}"));
         let pipes = AttachContainerOptionsBuilder::default()
             .stream(true)
             .stdin(true)
             .stdout(true)
             .build();
-        let attached = timed(
-            "attach",
-            self.engine.docker.attach_container(&self.id, Some(pipes)),
-        )
-        .await
-        .map_err(|e| engine_error("attaching to the container", e))?;
+        let attached = self
+            .engine
+            .timed(
+                Op::Attach,
+                self.engine.docker.attach_container(&self.id, Some(pipes)),
+            )
+            .await
+            .map_err(|e| engine_error("attaching to the container", e))?;
         let stderr_only = AttachContainerOptionsBuilder::default()
             .stream(true)
             .stderr(true)
             .build();
-        let stderr = timed(
-            "attach",
-            self.engine
-                .docker
-                .attach_container(&self.id, Some(stderr_only)),
-        )
-        .await
-        .map_err(|e| engine_error("attaching to the container's stderr", e))?;
+        let stderr = self
+            .engine
+            .timed(
+                Op::Attach,
+                self.engine
+                    .docker
+                    .attach_container(&self.id, Some(stderr_only)),
+            )
+            .await
+            .map_err(|e| engine_error("attaching to the container's stderr", e))?;
         *self
             .stderr_pump
             .get_mut()
@@ -259,7 +300,11 @@ impl DockerCookie {
             stderr.output,
             self.stderr.clone(),
         )));
-        timed("start", self.engine.docker.start_container(&self.id, None))
+        self.engine
+            .timed(
+                Op::Start,
+                self.engine.docker.start_container(&self.id, None),
+            )
             .await
             .map_err(|e| engine_error("starting the container", e))?;
         self.started = Some(Instant::now());
@@ -273,13 +318,17 @@ impl DockerCookie {
     /// Starts a direct container, waits for its init to open the pipes, and
     /// takes hotpool's one-way ends.
     async fn start_direct(&mut self) -> Result<(BoxWrite, BoxRead), CallError> {
-        let engine_error = |what: &str, e: EngineError| CallError::engine(format!("{what}: {e}"));
+        let engine_error = |what: &str, e: Failure| CallError::engine(format!("{what}: {e}"));
         let early = self
             .direct
             .as_mut()
             .and_then(|pipes| pipes.early.take())
             .ok_or_else(|| CallError::engine("the container was started before"))?;
-        timed("start", self.engine.docker.start_container(&self.id, None))
+        self.engine
+            .timed(
+                Op::Start,
+                self.engine.docker.start_container(&self.id, None),
+            )
             .await
             .map_err(|e| engine_error("starting the container", e))?;
         self.started = Some(Instant::now());
@@ -394,15 +443,23 @@ impl Cookie for DockerCookie {
         // The engine's stream only where the caller cannot sample the counters.
         let counters_read = self.caller_samples_counters && self.counters.is_some();
         if let Some(sink) = stats_sink.filter(|_| !counters_read) {
-            let docker = self.engine.docker.clone();
+            let engine = self.engine.clone();
             let id = self.id.clone();
             self.keep_helper(tokio::spawn(async move {
                 let options = StatsOptionsBuilder::default().stream(true).build();
-                let mut samples = docker.stats(&id, Some(options));
-                while let Some(Ok(sample)) = samples.next().await {
-                    if let Some(stat) = engine_stats::to_stat(&sample, SystemTime::now()) {
+                let mut samples = engine.docker.stats(&id, Some(options));
+                // The engine sends a sample at once: the deadline covers the
+                // connection and that first sample, not the stream.
+                let mut sample = engine
+                    .timed(Op::Stats, async { samples.next().await.transpose() })
+                    .await
+                    .ok()
+                    .flatten();
+                while let Some(current) = sample.take() {
+                    if let Some(stat) = engine_stats::to_stat(&current, SystemTime::now()) {
                         sink(stat);
                     }
+                    sample = samples.next().await.and_then(Result::ok);
                 }
             }));
         }
@@ -445,18 +502,20 @@ impl Cookie for DockerCookie {
         let options = KillContainerOptionsBuilder::default()
             .signal("KILL")
             .build();
-        match timed(
-            "kill",
-            self.engine.docker.kill_container(&self.id, Some(options)),
-        )
-        .await
+        match self
+            .engine
+            .timed(
+                Op::Kill,
+                self.engine.docker.kill_container(&self.id, Some(options)),
+            )
+            .await
         {
             Ok(()) => Ok(()),
             // 404: gone; 409: not running any more. Either way it is dead.
-            Err(EngineError::DockerResponseServerError {
+            Err(EngineCallError::Failed(EngineError::DockerResponseServerError {
                 status_code: 404 | 409,
                 ..
-            }) => Ok(()),
+            })) => Ok(()),
             Err(e) => Err(CallError::engine(format!(
                 "killing container {}: {e}",
                 self.id

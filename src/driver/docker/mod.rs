@@ -10,6 +10,10 @@
 //! A task's bytes travel by its [`Transport`]: the engine's attach streams, or
 //! named pipes shared with the container (`direct`: see `driver/linux/direct.rs`).
 //!
+//! Every call of dockerd's API has a deadline of its own ([`Deadlines`]): an
+//! engine that does not answer fails the call as an `engine_error` instead of
+//! hanging it.
+//!
 //! A pool name is claimed with a lock file in the runtime directory, under the
 //! engine's ID (see `driver/linux/pool_lock.rs`): the claim keeps apart the processes of this
 //! host (and the pools of this process) that drive one engine, not hosts that
@@ -17,6 +21,7 @@
 
 mod attach;
 mod cookie;
+mod deadlines;
 mod engine_stats;
 mod pull;
 
@@ -35,16 +40,15 @@ use bollard::query_parameters::{
 use dashmap::DashMap;
 
 pub use cookie::DockerCookie;
+pub use deadlines::Deadlines;
 
-use super::{ClaimError, Driver, EngineTraits, MIN_TMP_SIZE, Task, Transport};
+use super::{ClaimError, Driver, EngineCallError, EngineTraits, MIN_TMP_SIZE, Task, Transport};
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
 use crate::driver::linux::direct::{self, IoDir, RuntimeDir};
 use crate::error::CallError;
+use deadlines::Op;
 use pull::ImageCommand;
-
-/// bollard's own timeout of a request, in seconds, as its defaults set it.
-const CLIENT_TIMEOUT_S: u64 = 120;
 
 /// How often removing a container is tried while the engine fails.
 const REMOVE_ATTEMPTS: u32 = 5;
@@ -80,6 +84,8 @@ pub struct DockerOptions {
     /// The engine's unix socket; `None`: `DOCKER_HOST`, else
     /// `/var/run/docker.sock`.
     pub socket: Option<PathBuf>,
+    /// How long each kind of engine call may take before it is given up.
+    pub deadlines: Deadlines,
 }
 
 impl Default for DockerOptions {
@@ -90,6 +96,7 @@ impl Default for DockerOptions {
             pids_limit: 256,
             nofile_limit: 1024,
             runtime_dir: None,
+            deadlines: Deadlines::default(),
         }
     }
 }
@@ -105,6 +112,7 @@ pub struct DriverStatistics {
 /// What every cookie of a driver shares: the engine client and the pulls in flight.
 pub(crate) struct Engine {
     pub(crate) docker: Docker,
+    deadlines: Deadlines,
     docker_config_dir: Option<PathBuf>,
     pids_limit: i64,
     nofile_limit: i64,
@@ -130,28 +138,34 @@ impl DockerDriver {
     /// Connects to the local engine (`DOCKER_HOST`, else the default socket),
     /// negotiates the API version so older engines work, and checks it answers.
     pub async fn connect(options: DockerOptions) -> Result<DockerDriver, CallError> {
-        let unreachable = |e: bollard::errors::Error| {
+        fn unreachable(e: impl std::fmt::Display) -> CallError {
             CallError::engine(format!(
                 "cannot reach the Docker engine ({e}); is it running? `docker info` should answer"
             ))
-        };
+        }
+        let deadlines = options.deadlines;
+        // bollard's own timeout (on the head of every answer) is the longest
+        // deadline: the table's always comes first.
         let client = match &options.socket {
             Some(socket) => Docker::connect_with_unix(
                 &socket.to_string_lossy(),
-                CLIENT_TIMEOUT_S,
+                whole_seconds(deadlines.longest()).as_secs(),
                 bollard::API_DEFAULT_VERSION,
             ),
             None => Docker::connect_with_local_defaults(),
-        };
-        let docker = client
-            .map_err(unreachable)?
-            .negotiate_version()
+        }
+        .map_err(unreachable)?
+        .with_timeout(whole_seconds(deadlines.longest()));
+        let docker = timed(&deadlines, Op::Version, client.negotiate_version())
             .await
             .map_err(unreachable)?;
-        timed("ping", docker.ping()).await.map_err(unreachable)?;
+        timed(&deadlines, Op::Ping, docker.ping())
+            .await
+            .map_err(unreachable)?;
         Ok(DockerDriver {
             engine: Arc::new(Engine {
                 docker,
+                deadlines,
                 docker_config_dir: credentials::config_dir(options.docker_config_dir.as_deref()),
                 pids_limit: options.pids_limit,
                 nofile_limit: options.nofile_limit,
@@ -188,9 +202,18 @@ impl DockerDriver {
 }
 
 impl Engine {
+    /// Awaits one call of dockerd's API within its deadline; see [`timed`].
+    async fn timed<T>(
+        &self,
+        op: Op,
+        call: impl Future<Output = Result<T, bollard::errors::Error>>,
+    ) -> Result<T, Failure> {
+        timed(&self.deadlines, op, call).await
+    }
+
     /// What tells this engine apart from others: its ID, else where it is.
-    async fn identity(&self) -> Result<String, bollard::errors::Error> {
-        let info = timed("info", self.docker.info()).await?;
+    async fn identity(&self) -> Result<String, Failure> {
+        let info = self.timed(Op::Info, self.docker.info()).await?;
         Ok(info.id.filter(|id| !id.is_empty()).unwrap_or_else(|| {
             std::env::var("DOCKER_HOST")
                 .ok()
@@ -274,18 +297,21 @@ impl Engine {
         let mut pause = Duration::from_millis(200);
         let mut attempt = 1;
         loop {
-            match timed(
-                "remove",
-                self.docker.remove_container(id, Some(options.clone())),
-            )
-            .await
+            match self
+                .timed(
+                    Op::Remove,
+                    self.docker.remove_container(id, Some(options.clone())),
+                )
+                .await
             {
                 Ok(()) => return Ok(()),
                 // 404: gone already; 409: its removal is in progress.
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404 | 409,
-                    ..
-                }) => return Ok(()),
+                Err(EngineCallError::Failed(
+                    bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404 | 409,
+                        ..
+                    },
+                )) => return Ok(()),
                 Err(e) if attempt >= REMOVE_ATTEMPTS => {
                     return Err(CallError::engine(format!("removing container {id}: {e}")));
                 }
@@ -385,6 +411,18 @@ impl Driver for DockerDriver {
         }
     }
 
+    async fn ping(&self) -> Result<(), CallError> {
+        self.engine
+            .timed(Op::Ping, self.engine.docker.ping())
+            .await
+            .map(drop)
+            .map_err(CallError::engine)
+    }
+
+    fn removal_deadline(&self) -> Duration {
+        self.engine.deadlines.removal()
+    }
+
     async fn claim_pool(&self, pool: &str) -> Result<PoolLock, ClaimError> {
         let failed = |error: String| ClaimError::Io {
             pool: pool.to_owned(),
@@ -415,12 +453,16 @@ impl Driver for DockerDriver {
             .name(&container_name(&task.id))
             .build();
         let config = self.engine.container_config(&task, direct.as_ref());
-        let created = timed(
-            "create",
-            self.engine.docker.create_container(Some(options), config),
-        )
-        .await
-        .map_err(|e| CallError::engine(format!("creating a container of {}: {e}", task.image)))?;
+        let created = self
+            .engine
+            .timed(
+                Op::Create,
+                self.engine.docker.create_container(Some(options), config),
+            )
+            .await
+            .map_err(|e| {
+                CallError::engine(format!("creating a container of {}: {e}", task.image))
+            })?;
         Ok(DockerCookie::new(
             self.engine.clone(),
             created.id,
@@ -435,12 +477,18 @@ impl Driver for DockerDriver {
             .all(true)
             .filters(&filters)
             .build();
-        let containers = timed(
-            "list_containers",
-            self.engine.docker.list_containers(Some(options)),
-        )
-        .await
-        .map_err(CallError::engine)?;
+        let containers = self
+            .engine
+            .timed(
+                Op::ListContainers,
+                self.engine.docker.list_containers(Some(options)),
+            )
+            .await
+            .map_err(|e| {
+                CallError::engine(format!(
+                    "listing the containers labelled {key}={value}: {e}"
+                ))
+            })?;
         for id in containers.iter().filter_map(|c| c.id.as_deref()) {
             self.engine.remove_container(id).await?;
         }
@@ -480,13 +528,25 @@ fn container_name(task_id: &str) -> String {
     format!("hotpool-{clean}")
 }
 
-/// Awaits one call of dockerd's API and records its latency in
+/// How a call of dockerd's API failed.
+type Failure = EngineCallError<bollard::errors::Error>;
+
+/// Awaits one call of dockerd's API for at most its deadline in `deadlines`,
+/// and records its latency in
 /// `hotpool_engine_api_seconds{engine="docker",op,result}`.
-pub(crate) async fn timed<T>(
-    op: &'static str,
+async fn timed<T>(
+    deadlines: &Deadlines,
+    op: Op,
     call: impl Future<Output = Result<T, bollard::errors::Error>>,
-) -> Result<T, bollard::errors::Error> {
-    crate::driver::timed_engine_call(ENGINE, op, call).await
+) -> Result<T, Failure> {
+    crate::driver::timed_engine_call(ENGINE, op.as_str(), deadlines.of(op), call).await
+}
+
+/// `duration` in whole seconds, rounded up (bollard's timeouts are whole
+/// seconds, and one of 0 s would fail every call).
+fn whole_seconds(duration: Duration) -> Duration {
+    let up = u64::from(duration.subsec_nanos() > 0);
+    Duration::from_secs(duration.as_secs().saturating_add(up).max(1))
 }
 
 #[cfg(test)]
@@ -502,6 +562,7 @@ mod tests {
                 bollard::API_DEFAULT_VERSION,
             )
             .expect("a client"),
+            deadlines: Deadlines::default(),
             docker_config_dir: None,
             pids_limit: 256,
             nofile_limit: 1024,
@@ -535,6 +596,23 @@ mod tests {
         assert!(
             tmpfs["/tmp"].ends_with(",size=1048576,nr_inodes=64"),
             "{tmpfs:?}"
+        );
+    }
+
+    #[test]
+    fn bollard_timeouts_round_up_to_a_whole_second() {
+        assert_eq!(
+            whole_seconds(Duration::from_millis(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(whole_seconds(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            whole_seconds(Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            whole_seconds(Duration::from_millis(2500)),
+            Duration::from_secs(3)
         );
     }
 

@@ -13,7 +13,9 @@ use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::TryStreamExt;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-use super::{Engine, timed};
+use super::deadlines::Op;
+use super::{Engine, Failure};
+use crate::driver::EngineCallError;
 use crate::driver::linux::credentials;
 use crate::error::CallError;
 use crate::image::parse_image;
@@ -57,7 +59,10 @@ pub(super) struct ImageCommand {
 
 /// The image's default command, or `None` if the engine does not have it.
 async fn inspect(engine: &Engine, image: &str) -> Result<Option<ImageCommand>, CallError> {
-    match timed("inspect_image", engine.docker.inspect_image(image)).await {
+    match engine
+        .timed(Op::InspectImage, engine.docker.inspect_image(image))
+        .await
+    {
         Ok(inspected) => {
             let config = inspected.config.unwrap_or_default();
             Ok(Some(ImageCommand {
@@ -65,9 +70,10 @@ async fn inspect(engine: &Engine, image: &str) -> Result<Option<ImageCommand>, C
                 cmd: config.cmd.unwrap_or_default(),
             }))
         }
-        Err(EngineError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(None),
+        Err(EngineCallError::Failed(EngineError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        })) => Ok(None),
         Err(e) => Err(CallError::engine(format!("inspecting image {image}: {e}"))),
     }
 }
@@ -116,13 +122,20 @@ async fn pull(engine: &Engine, image: &str) -> Result<(), CallError> {
         .docker
         .create_image(Some(options), None, credentials)
         .try_for_each(|_| async { Ok(()) });
-    timed("pull_image", progress)
+    engine
+        .timed(Op::PullImage, progress)
         .await
         .map_err(|e| classify_pull_error(image, e))
 }
 
 /// Maps the engine's pull error onto the stable kinds.
-fn classify_pull_error(image: &str, error: EngineError) -> CallError {
+fn classify_pull_error(image: &str, error: Failure) -> CallError {
+    let error = match error {
+        EngineCallError::Failed(error) => error,
+        no_answer @ EngineCallError::NoAnswer { .. } => {
+            return CallError::engine(format!("pulling {image}: {no_answer}"));
+        }
+    };
     let (status, message) = match error {
         EngineError::DockerResponseServerError {
             status_code,
@@ -205,7 +218,8 @@ mod tests {
         ];
         for (error, kind) in cases {
             let text = error.to_string();
-            assert_eq!(classify_pull_error("img", error).kind(), kind, "{text}");
+            let classified = classify_pull_error("img", EngineCallError::Failed(error));
+            assert_eq!(classified.kind(), kind, "{text}");
         }
     }
 }
