@@ -221,7 +221,11 @@ fn start_hotpool(dir: &Path, pool: &str) -> (Running, String) {
             Ok(line) => {
                 // `hotpool serving a, b on http://ADDR (pid N)`
                 if let Some((_, rest)) = line.split_once("on http://") {
-                    break rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    break rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
                 }
             }
             Err(e) => panic!(

@@ -22,6 +22,7 @@
 //! [`ClaimError::Owned`], naming the owner.
 
 mod claim;
+pub mod containerd;
 mod cpus;
 pub mod docker;
 #[cfg(any(test, feature = "test-util"))]

@@ -22,9 +22,9 @@ use tokio::net::unix::pipe;
 use tokio_util::io::ReaderStream;
 
 use super::attach::{Frames, StderrTap, StdoutReader, pump_stderr};
-use super::{Direct, Engine, engine_stats, timed};
+use super::{Engine, engine_stats, timed};
 use crate::driver::linux::cgroup::CgroupCounters;
-use crate::driver::linux::direct::{self, Ended, IoDir};
+use crate::driver::linux::direct::{self, Direct, Ended, IoDir};
 use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task};
 use crate::error::CallError;
 

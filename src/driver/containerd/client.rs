@@ -1,0 +1,158 @@
+//! The connection to containerd: one gRPC channel over its unix socket, every
+//! request in hotpool's namespace, and every call under a deadline and
+//! timed into `hotpool_engine_api_seconds{engine="containerd",op,result}`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+use super::ENGINE;
+
+/// The deadline of a call that only reads or writes records.
+pub(crate) const QUICK: Duration = Duration::from_secs(10);
+/// The deadline of a call that starts or stops processes or mounts filesystems
+/// (task create, start, delete; a layer's unpack): slower on a loaded host.
+pub(crate) const SLOW: Duration = Duration::from_secs(60);
+
+/// The gRPC metadata key naming the namespace of a request.
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+
+/// A connection to containerd in one namespace. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Client {
+    channel: Channel,
+    namespace: AsciiMetadataValue,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// Connects to the socket at `socket` for namespace `namespace`; fails if
+    /// nothing listens there within `deadline`.
+    pub(crate) async fn connect(
+        socket: &Path,
+        namespace: &str,
+        deadline: Duration,
+    ) -> Result<Client, String> {
+        let namespace = MetadataValue::try_from(namespace)
+            .map_err(|e| format!("namespace {namespace:?} cannot be sent: {e}"))?;
+        let channel = tokio::time::timeout(deadline, containerd_client::connect(socket))
+            .await
+            .map_err(|_| format!("no answer within {deadline:?}"))?
+            .map_err(|e| match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            })?;
+        Ok(Client {
+            channel,
+            namespace,
+            socket: socket.to_owned(),
+        })
+    }
+
+    /// The socket this client talks to.
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `message` as a request in this client's namespace.
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(NAMESPACE_HEADER, self.namespace.clone());
+        request
+    }
+
+    pub(crate) fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn version(&self) -> VersionClient<Channel> {
+        VersionClient::new(self.channel.clone())
+    }
+}
+
+/// Awaits one call under `deadline` and records its latency in
+/// `hotpool_engine_api_seconds{engine="containerd",op,result}`. A call past
+/// its deadline fails with `DEADLINE_EXCEEDED`.
+pub(crate) async fn call<T>(
+    op: &'static str,
+    deadline: Duration,
+    response: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, Status> {
+    let bounded = async {
+        match tokio::time::timeout(deadline, response).await {
+            Ok(answered) => answered.map(Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "containerd did not answer {op} within {deadline:?}"
+            ))),
+        }
+    };
+    crate::driver::timed_engine_call(ENGINE, op, bounded).await
+}
+
+/// `Ok` for a call whose target is gone already (not found): removing what is
+/// not there is done.
+pub(crate) fn gone_is_fine<T>(result: Result<T, Status>) -> Result<(), Status> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == Code::NotFound => Ok(()),
+        Err(status) => Err(status),
+    }
+}
+
+/// A containerd filter matching objects whose label `key` is `value`
+/// (`labels."key"=="value"`, both quoted so any text matches itself).
+pub(crate) fn label_filter(key: &str, value: &str) -> String {
+    format!("labels.{}=={}", quoted(key), quoted(value))
+}
+
+/// `text` as a quoted string of containerd's filter language.
+fn quoted(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_filters_quote_keys_and_values() {
+        assert_eq!(
+            label_filter("hotpool.pool", "p1"),
+            r#"labels."hotpool.pool"=="p1""#
+        );
+        assert_eq!(label_filter("k", r#"a"b\c"#), r#"labels."k"=="a\"b\\c""#);
+    }
+
+    #[test]
+    fn a_missing_target_is_gone_already() {
+        assert!(gone_is_fine::<()>(Err(Status::not_found("no such lease"))).is_ok());
+        assert!(gone_is_fine::<()>(Err(Status::unavailable("down"))).is_err());
+    }
+}
