@@ -57,6 +57,9 @@ pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 /// The smallest `/tmp`: 1 MiB (a tmpfs of size 0 would be unlimited).
 pub const MIN_TMP_SIZE: u64 = 1 << 20;
 
+/// Bytes of `/tmp` per inode: a 64 MiB `/tmp` holds at most 4096 files.
+pub(crate) const TMP_BYTES_PER_INODE: u64 = 16 << 10;
+
 /// What an engine accepts and can do, as its driver tells it: configs and flags
 /// are checked against this once the engine is known, not against constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod containerd;
 pub mod http;
 pub mod pool;
 pub mod registry;

@@ -1,15 +1,27 @@
 //! The connection to containerd: one gRPC channel over its unix socket, every
-//! request in hotpool's namespace, and every call under a deadline and
+//! request in hotpool's namespace (and in a lease, where it writes what the
+//! garbage collector must not take yet), and every call under a deadline and
 //! timed into `hotpool_engine_api_seconds{engine="containerd",op,result}`.
+//!
+//! Leases are how nothing leaks: what a pull or a prepare writes is held by a
+//! lease that expires on its own (`containerd.io/gc.expire`) if hotpool dies
+//! half-way, and is deleted at once when the work is done, failed or not.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::diff_client::DiffClient;
+use containerd_client::services::v1::events_client::EventsClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
+use containerd_client::services::v1::{CreateRequest, DeleteRequest};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
@@ -24,6 +36,10 @@ pub(crate) const SLOW: Duration = Duration::from_secs(60);
 
 /// The gRPC metadata key naming the namespace of a request.
 const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// The gRPC metadata key naming the lease a request writes under.
+const LEASE_HEADER: &str = "containerd-lease";
+/// The lease label after which the garbage collector may drop the lease.
+const LEASE_EXPIRY_LABEL: &str = "containerd.io/gc.expire";
 
 /// A connection to containerd in one namespace. Cheap to clone.
 #[derive(Clone)]
@@ -62,6 +78,11 @@ impl Client {
         &self.socket
     }
 
+    /// The namespace of its requests.
+    pub(crate) fn namespace(&self) -> &str {
+        self.namespace.to_str().unwrap_or_default()
+    }
+
     /// `message` as a request in this client's namespace.
     pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
@@ -71,8 +92,37 @@ impl Client {
         request
     }
 
+    /// `message` as a request in this client's namespace, writing under `lease`.
+    pub(crate) fn leased<T>(&self, message: T, lease: &str) -> Request<T> {
+        let mut request = self.request(message);
+        if let Ok(lease) = MetadataValue::try_from(lease) {
+            request.metadata_mut().insert(LEASE_HEADER, lease);
+        }
+        request
+    }
+
     pub(crate) fn containers(&self) -> ContainersClient<Channel> {
         ContainersClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
     }
 
     pub(crate) fn snapshots(&self) -> SnapshotsClient<Channel> {
@@ -85,6 +135,34 @@ impl Client {
 
     pub(crate) fn version(&self) -> VersionClient<Channel> {
         VersionClient::new(self.channel.clone())
+    }
+
+    /// Creates lease `id`, carrying `labels`, that the garbage collector drops
+    /// by itself `expiry` from now if nobody deletes it first.
+    pub(crate) async fn create_lease(
+        &self,
+        id: &str,
+        expiry: Duration,
+        mut labels: HashMap<String, String>,
+    ) -> Result<(), Status> {
+        let expires = humantime::format_rfc3339_seconds(SystemTime::now() + expiry);
+        labels.insert(LEASE_EXPIRY_LABEL.to_owned(), expires.to_string());
+        let request = self.request(CreateRequest {
+            id: id.to_owned(),
+            labels,
+        });
+        call("lease_create", QUICK, self.leases().create(request)).await?;
+        Ok(())
+    }
+
+    /// Deletes lease `id`; one already gone is fine. What it held and nothing
+    /// else references goes with the next collection.
+    pub(crate) async fn delete_lease(&self, id: &str) -> Result<(), Status> {
+        let request = self.request(DeleteRequest {
+            id: id.to_owned(),
+            sync: false,
+        });
+        gone_is_fine(call("lease_delete", QUICK, self.leases().delete(request)).await)
     }
 }
 

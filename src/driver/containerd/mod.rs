@@ -19,28 +19,46 @@
 //! `driver/linux/pool_lock.rs`).
 
 mod client;
+mod content;
 mod cookie;
+mod events;
+mod groups;
+mod pull;
+mod registry;
+mod seccomp;
+mod spec;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use cookie::ContainerdCookie;
 
-use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
+use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
-    DeleteContainerRequest, DeleteTaskRequest, KillRequest, ListContainersRequest, WaitRequest,
+    DeleteContainerRequest, DeleteTaskRequest, KillRequest, ListContainersRequest, ListRequest,
+    WaitRequest,
 };
-use std::sync::Arc;
+use dashmap::DashMap;
 use tonic::Code;
 
 use super::{ClaimError, Driver, EngineTraits, Task};
 use crate::driver::PoolLock;
+use crate::driver::linux::credentials;
 use crate::driver::linux::direct::LazyRuntimeDir;
 use crate::error::CallError;
 use client::{Client, QUICK, SLOW, call, gone_is_fine, label_filter};
+use events::Events;
+use groups::ShimGroups;
 
 /// The engine's name in metrics and messages.
 pub const ENGINE: &str = "containerd";
+
+/// The label every hotpool container carries, with the value `1`.
+pub const LABEL: &str = "hotpool";
+/// The label naming the function a container serves.
+pub const FUNCTION_LABEL: &str = "hotpool.function";
 
 /// The smallest memory limit tasks may have: 6 MiB, as on Docker (runc's own
 /// setup runs in the container's cgroup and needs a few MiB).
@@ -103,12 +121,30 @@ impl Default for ContainerdOptions {
     }
 }
 
-/// What every cookie of a driver shares: the client and the driver's settings.
+/// What the driver has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverStatistics {
+    /// Image pulls started (concurrent prepares of one image share one).
+    pub image_pulls: u64,
+}
+
+/// What every cookie of a driver shares: the client, the settings, the pulls
+/// in flight, the images read, the shim groups and the events.
 pub(crate) struct Engine {
-    pub(crate) client: Client,
+    client: Client,
     namespace: String,
-    pub(crate) snapshotter: String,
+    snapshotter: String,
+    docker_config_dir: Option<PathBuf>,
+    pids_limit: i64,
+    nofile_limit: i64,
     runtime: LazyRuntimeDir,
+    pulls: DashMap<String, pull::PullFuture>,
+    pull_count: AtomicU64,
+    /// What was read of each image, by the digest of its manifest.
+    images: DashMap<String, Arc<pull::ImageConfig>>,
+    groups: Arc<ShimGroups>,
+    events: Events,
 }
 
 /// Runs tasks as containers on containerd. Cheap to clone.
@@ -144,12 +180,24 @@ impl ContainerdDriver {
         )
         .await
         .map_err(|status| unreachable(status.message().to_owned()))?;
+        let events = Events::follow(client.clone());
         Ok(ContainerdDriver {
             engine: Arc::new(Engine {
                 client,
                 namespace: options.namespace,
                 snapshotter: options.snapshotter,
+                docker_config_dir: credentials::config_dir(options.docker_config_dir.as_deref()),
+                pids_limit: options.pids_limit,
+                nofile_limit: options.nofile_limit,
                 runtime: LazyRuntimeDir::new(options.runtime_dir),
+                pulls: DashMap::new(),
+                pull_count: AtomicU64::new(0),
+                images: DashMap::new(),
+                groups: Arc::new(ShimGroups::new(
+                    format!("hotpool-{}", crate::id::new_id()),
+                    options.group_size,
+                )),
+                events,
             }),
         })
     }
@@ -163,6 +211,13 @@ impl ContainerdDriver {
     /// The containerd namespace the driver works in.
     pub fn namespace(&self) -> &str {
         &self.engine.namespace
+    }
+
+    /// A snapshot of what the driver has done.
+    pub fn statistics(&self) -> DriverStatistics {
+        DriverStatistics {
+            image_pulls: self.engine.pull_count.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -178,9 +233,7 @@ impl Engine {
     }
 
     /// Removes container `id` and everything of it: its task (killed first if
-    /// it runs), then its snapshot, then the container record (in that order:
-    /// once the record is gone the collector may take the snapshot first).
-    /// What is gone already is fine.
+    /// it runs), then [`Engine::remove_records`]. What is gone already is fine.
     pub(crate) async fn remove_container(
         &self,
         id: &str,
@@ -217,12 +270,27 @@ impl Engine {
         });
         gone_is_fine(call("task_delete", SLOW, client.tasks().delete(delete)).await)
             .map_err(|status| failed("deleting its task", status))?;
+        self.remove_records(id, snapshot_key).await
+    }
+
+    /// Removes container `id`'s snapshot, then its record (in that order: once
+    /// the record is gone the collector may take the snapshot first). What is
+    /// gone already is fine.
+    pub(crate) async fn remove_records(
+        &self,
+        id: &str,
+        snapshot_key: &str,
+    ) -> Result<(), CallError> {
+        let failed = |what: &str, status: tonic::Status| {
+            CallError::engine(format!(
+                "removing container {id}: {what}: {}",
+                status.message()
+            ))
+        };
+        let client = &self.client;
         if !snapshot_key.is_empty() {
-            let remove = client.request(RemoveSnapshotRequest {
-                snapshotter: self.snapshotter.clone(),
-                key: snapshot_key.to_owned(),
-            });
-            gone_is_fine(call("snapshot_remove", QUICK, client.snapshots().remove(remove)).await)
+            self.remove_snapshot(snapshot_key)
+                .await
                 .map_err(|status| failed("removing its snapshot", status))?;
         }
         let delete = client.request(DeleteContainerRequest { id: id.to_owned() });
@@ -235,6 +303,60 @@ impl Engine {
             .await,
         )
         .map_err(|status| failed("deleting it", status))
+    }
+
+    async fn remove_snapshot(&self, key: &str) -> Result<(), tonic::Status> {
+        let client = &self.client;
+        let remove = client.request(RemoveSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_owned(),
+        });
+        gone_is_fine(call("snapshot_remove", QUICK, client.snapshots().remove(remove)).await)
+    }
+
+    /// Removes the snapshots and leases labelled `key=value` that no
+    /// container holds (a prepare that died half-way).
+    async fn remove_labelled_leftovers(&self, key: &str, value: &str) -> Result<(), CallError> {
+        let client = &self.client;
+        let filter = label_filter(key, value);
+        let listing = |status: tonic::Status| {
+            CallError::engine(format!(
+                "listing leftovers of {key}={value}: {}",
+                status.message()
+            ))
+        };
+        let list = client.request(ListSnapshotsRequest {
+            snapshotter: self.snapshotter.clone(),
+            filters: vec![filter.clone()],
+        });
+        let mut listed = call("snapshot_list", QUICK, client.snapshots().list(list))
+            .await
+            .map_err(listing)?;
+        let mut snapshots = Vec::new();
+        while let Some(page) = listed.message().await.map_err(listing)? {
+            snapshots.extend(page.info.into_iter().map(|info| info.name));
+        }
+        for snapshot in snapshots {
+            self.remove_snapshot(&snapshot).await.map_err(|status| {
+                CallError::engine(format!(
+                    "removing snapshot {snapshot}: {}",
+                    status.message()
+                ))
+            })?;
+        }
+        let list = client.request(ListRequest {
+            filters: vec![filter],
+        });
+        let leases = call("lease_list", QUICK, client.leases().list(list))
+            .await
+            .map_err(listing)?
+            .leases;
+        for lease in leases {
+            client.delete_lease(&lease.id).await.map_err(|status| {
+                CallError::engine(format!("deleting lease {}: {}", lease.id, status.message()))
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -277,6 +399,7 @@ impl Driver for ContainerdDriver {
                 .remove_container(&container.id, &container.snapshot_key)
                 .await?;
         }
+        self.engine.remove_labelled_leftovers(key, value).await?;
         Ok(containers.len())
     }
 }

@@ -36,7 +36,7 @@ use dashmap::DashMap;
 
 pub use cookie::DockerCookie;
 
-use super::{ClaimError, Driver, EngineTraits, MIN_TMP_SIZE, Task, Transport};
+use super::{ClaimError, Driver, EngineTraits, MIN_TMP_SIZE, TMP_BYTES_PER_INODE, Task, Transport};
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
 use crate::driver::linux::direct::{self, Direct, LazyRuntimeDir};
@@ -54,8 +54,6 @@ pub const LABEL: &str = "hotpool";
 pub const FUNCTION_LABEL: &str = "hotpool.function";
 /// The smallest memory limit the engine accepts: 6 MiB.
 pub const MIN_MEMORY: u64 = 6 << 20;
-/// Bytes of `/tmp` per inode: a 64 MiB `/tmp` holds at most 4096 files.
-const TMP_BYTES_PER_INODE: u64 = 16 << 10;
 
 /// How the Docker driver sets up containers.
 #[derive(Debug, Clone)]
