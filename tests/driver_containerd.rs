@@ -441,3 +441,105 @@ async fn pull_errors_have_their_kinds_and_prepares_share_a_pull() {
         "a present image is not pulled again"
     );
 }
+
+#[tokio::test]
+async fn the_init_passes_sigterm_on_to_the_function() {
+    let image = TestImage::shared().await;
+    let driver = driver(&image).await;
+    let mut hot = Hot::start(&driver, task(&image, &["line"])).await;
+    assert_eq!(hot.call("up?").await, "up?");
+    // PID 1 of a container gets no signal it has no handler for: without
+    // hotpool-init passing it on, the function would never see it.
+    let killed = std::process::Command::new("ctr")
+        .args(["--address", support::containerd::SOCKET])
+        .args(["--namespace", support::containerd::NAMESPACE])
+        .args([
+            "tasks",
+            "kill",
+            "--signal",
+            "SIGTERM",
+            hot.cookie.container_id(),
+        ])
+        .status()
+        .expect("run ctr");
+    assert!(killed.success());
+    // The bound is a margin for a loaded host, not a speed.
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        hot.cookie.wait(&CancellationToken::new()),
+    )
+    .await
+    .expect("the function ended on SIGTERM");
+    match ended {
+        Err(CallError::Exited { code: 143, .. }) => {}
+        other => panic!("expected exited with 143 (SIGTERM), got {other:?}"),
+    }
+    hot.cookie.close().await;
+}
+
+#[tokio::test]
+async fn a_dead_shim_fails_every_call_of_its_group_and_leaves_nothing() {
+    let image = TestImage::shared().await;
+    let driver = driver(&image).await;
+    let pool = format!("containerd-shim-death-{}", hotpool::driver::new_id());
+    let _guard = PoolGuard(pool.clone());
+    let mut hots = Vec::new();
+    for _ in 0..2 {
+        let mut task = task(&image, &["line"]);
+        task.labels.insert(POOL_LABEL.to_owned(), pool.clone());
+        let mut hot = Hot::start(&driver, task).await;
+        assert_eq!(hot.call("up?").await, "up?");
+        hots.push(hot);
+    }
+    let shim = shim_of(&hots[0].cookie);
+    assert_eq!(shim, shim_of(&hots[1].cookie), "one group, one shim");
+    // SAFETY: kill has no memory-safety preconditions; the shim is this test's.
+    assert_eq!(unsafe { libc::kill(shim as i32, libc::SIGKILL) }, 0);
+    let ids: Vec<String> = hots
+        .iter()
+        .map(|hot| hot.cookie.container_id().to_owned())
+        .collect();
+    for hot in hots {
+        // The bound is a margin for a loaded host, not a speed.
+        let ended = tokio::time::timeout(
+            Duration::from_secs(30),
+            hot.cookie.wait(&CancellationToken::new()),
+        )
+        .await
+        .expect("the death of the shim is seen");
+        match ended {
+            Err(CallError::Exited { code: 137, .. }) => {}
+            other => panic!("expected exited with 137, got {other:?}"),
+        }
+        hot.cookie.close().await;
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_nothing_left(&pool, &ids).await;
+}
+
+per_engine!(both_engines_type_an_exit_alike);
+/// The same task ends the same way on either engine.
+async fn both_engines_type_an_exit_alike<D: Driver>(engine: support::OnEngine<D>) {
+    let mut task = Task::new(
+        hotpool::driver::new_id(),
+        "engines-test",
+        engine.image.clone(),
+    );
+    let pool = format!("engines-test-{}", task.id);
+    task.labels.insert(POOL_LABEL.to_owned(), pool.clone());
+    task.command = vec!["exit".into(), "5".into(), "five".into()];
+    task.input = Some(Box::new(Cursor::new(Vec::new())));
+    task.stdout = Some(Box::new(tokio::io::sink()));
+    let _guard = (engine.guard)(pool);
+    let mut cookie = engine.driver.prepare(task).await.expect("prepare");
+    cookie.run().await.expect("run");
+    let ended = cookie.wait(&CancellationToken::new()).await;
+    cookie.close().await;
+    assert_eq!(
+        ended,
+        Err(CallError::Exited {
+            code: 5,
+            stderr_tail: "five\n".into()
+        })
+    );
+}

@@ -56,6 +56,9 @@ const OOM_EVENT_PAUSES: [Duration; 3] = [
 ];
 /// How long a direct container's init has to open its pipes once started.
 const INIT_READY: Duration = Duration::from_secs(30);
+/// How long the status pipe of a container that has ended is read for the
+/// init's `ready` (it is there at once, if the init said it).
+const READY_AFTER_EXIT: Duration = Duration::from_secs(1);
 /// How long an exit may go without its event before containerd is asked.
 const EXIT_ASK_AFTER: Duration = Duration::from_secs(2);
 /// How long the lease of a prepare holds what it made if hotpool dies.
@@ -496,15 +499,22 @@ impl Cookie for ContainerdCookie {
         // Every container gets its counters where they open: an OOM kill's
         // verdict reads them first.
         self.counters = CgroupCounters::open(i64::from(pid)).map(Arc::new);
-        tokio::select! {
-            ready = early.ready() => ready.map_err(|e| {
-                CallError::engine(format!("hotpool-init in container {}: {e}", self.id))
-            })?,
+        let ready = tokio::select! {
+            ready = early.ready() => ready,
             code = self.engine_exit() => {
-                self.judge_exit(code).await?;
-                return Err(CallError::engine(format!(
-                    "container {} ended before hotpool-init opened its pipes", self.id
-                )));
+                // A function that ends at once may have its exit reported
+                // before its pipe is seen readable: what the init wrote
+                // before it ended is there to read.
+                match tokio::time::timeout(READY_AFTER_EXIT, early.ready()).await {
+                    Ok(ready) => ready,
+                    Err(_) => {
+                        self.judge_exit(code).await?;
+                        return Err(CallError::engine(format!(
+                            "container {} ended before hotpool-init opened its pipes",
+                            self.id
+                        )));
+                    }
+                }
             }
             () = tokio::time::sleep(INIT_READY) => {
                 return Err(CallError::engine(format!(
@@ -512,7 +522,10 @@ impl Cookie for ContainerdCookie {
                     self.id
                 )));
             }
-        }
+        };
+        ready.map_err(|e| {
+            CallError::engine(format!("hotpool-init in container {}: {e}", self.id))
+        })?;
         let one_way = early
             .one_way()
             .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?;
