@@ -543,3 +543,47 @@ async fn both_engines_type_an_exit_alike<D: Driver>(engine: support::OnEngine<D>
         })
     );
 }
+
+#[tokio::test]
+async fn a_pool_on_containerd_serves_cold_then_hot_and_removes_everything() {
+    use hotpool::pool::{FunctionSpec, Pool, Request, Start};
+    let image = TestImage::shared().await;
+    let driver = driver(&image).await;
+    let name = format!("containerd-pool-{}", hotpool::driver::new_id());
+    let _guard = PoolGuard(name.clone());
+    let pool = Pool::builder(driver)
+        .name(&name)
+        .build()
+        .await
+        .expect("a pool");
+    let mut spec = FunctionSpec::new("echo", image.name.clone());
+    spec.cmd = vec!["line".to_owned()];
+    spec.memory = 64 * MIB;
+    let echo = pool.register(spec);
+    let first = echo.call(Request::new("one")).await.expect("a cold call");
+    let second = echo.call(Request::new("two")).await.expect("a hot call");
+    assert_eq!((&first.body[..], first.start), (&b"one"[..], Start::Cold));
+    assert_eq!((&second.body[..], second.start), (&b"two"[..], Start::Hot));
+    let dead = echo.call(Request::new("!exit 3")).await.err();
+    assert_eq!(dead.map(|e| e.kind()), Some(ErrorKind::Exited));
+    pool.shutdown().await;
+    assert_nothing_left(&name, &[]).await;
+}
+
+#[tokio::test]
+async fn a_pool_name_has_one_owner_on_containerd() {
+    let driver = driver_with(ContainerdOptions::default()).await;
+    let name = format!("containerd-claim-{}", hotpool::driver::new_id());
+    let held = driver.claim_pool(&name).await.expect("the first claim");
+    match driver.claim_pool(&name).await {
+        Err(hotpool::driver::ClaimError::Owned { .. }) => {}
+        other => panic!("a second claim must be refused: {other:?}"),
+    }
+    drop(held);
+    drop(
+        driver
+            .claim_pool(&name)
+            .await
+            .expect("claimed again once let go"),
+    );
+}
