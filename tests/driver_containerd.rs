@@ -587,3 +587,31 @@ async fn a_pool_name_has_one_owner_on_containerd() {
             .expect("claimed again once let go"),
     );
 }
+
+#[tokio::test]
+async fn a_task_that_wants_stats_gets_a_sample_a_second_from_the_counters() {
+    let image = TestImage::shared().await;
+    let driver = driver(&image).await;
+    let samples: Arc<std::sync::Mutex<Vec<hotpool::stats::Stat>>> = Arc::default();
+    let sink = samples.clone();
+    let mut task = task(&image, &["spin", "3"]);
+    task.stats = Some(Arc::new(move |stat| sink.lock().unwrap().push(stat)));
+    let outcome = cold(&driver, task, Vec::new()).await;
+    assert_eq!(outcome.result, Ok(()));
+    let samples = samples.lock().unwrap().clone();
+    assert!(samples.len() >= 2, "a sample a second: {samples:?}");
+    assert!(
+        samples.iter().any(|s| s
+            .metrics
+            .get(hotpool::stats::names::CPU_RATIO)
+            .is_some_and(|ratio| *ratio > 0.1)),
+        "the spin shows: {samples:?}"
+    );
+    assert!(
+        samples.iter().any(|s| s
+            .metrics
+            .get(hotpool::stats::names::MEMORY_BYTES)
+            .is_some_and(|bytes| *bytes > (8 * MIB) as f64)),
+        "the 32 MiB held show: {samples:?}"
+    );
+}

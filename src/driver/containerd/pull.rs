@@ -280,6 +280,13 @@ async fn fetch(
     name: &str,
 ) -> Result<(), PullError> {
     let (mut body, mut media_type) = registry.manifest(reference.pull_reference()).await?;
+    if let Some(pinned) = &reference.digest
+        && sha256_digest(&body) != *pinned
+    {
+        return Err(
+            RegistryError::Failed(format!("manifest {pinned} does not match its digest")).into(),
+        );
+    }
     let mut manifest = parse_manifest(&body).map_err(RegistryError::Failed)?;
     if is_index(&media_type) || !manifest.manifests.is_empty() {
         let chosen = this_platform(&manifest.manifests).map_err(RegistryError::NotFound)?;
