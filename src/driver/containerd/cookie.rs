@@ -114,7 +114,7 @@ pub struct ContainerdCookie {
     watch: Arc<Watch>,
     /// Its place in a shim group, until it is removed.
     membership: Mutex<Option<Membership>>,
-    /// Whether its task was created (and so must be deleted).
+    /// Whether its task may have been created (and so must be deleted).
     task_created: AtomicBool,
     closed: AtomicBool,
 }
@@ -237,6 +237,9 @@ impl ContainerdCookie {
             terminal: false,
             ..Default::default()
         });
+        // From here a task may exist (a create past its deadline may still
+        // make one): closing deletes whatever there is.
+        self.task_created.store(true, Ordering::Release);
         let mut tasks = client.tasks();
         let creating = call("task_create", SLOW, tasks.create(create));
         // The membership is only taken at close, which `run`'s `&mut self` rules out.
@@ -247,7 +250,6 @@ impl ContainerdCookie {
         };
         *self.membership() = group;
         created.map_err(|status| failed("creating the task of", status))?;
-        self.task_created.store(true, Ordering::Release);
         let start = client.request(StartRequest {
             container_id: self.id.clone(),
             exec_id: String::new(),
