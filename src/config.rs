@@ -246,6 +246,14 @@ impl ServeConfig {
             ),
             ("engine.kind", self.engine.kind != new.engine.kind),
             ("engine.socket", self.engine.socket != new.engine.socket),
+            (
+                "engine.namespace",
+                self.engine.namespace != new.engine.namespace,
+            ),
+            (
+                "engine.snapshotter",
+                self.engine.snapshotter != new.engine.snapshotter,
+            ),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -482,14 +490,31 @@ struct PoolTable {
 struct EngineTable {
     kind: Option<EngineName>,
     socket: Option<NonEmpty>,
+    namespace: Option<NonEmpty>,
+    snapshotter: Option<NonEmpty>,
 }
 
 impl EngineTable {
-    fn validate(self) -> EngineChoice {
+    /// The choice; containerd's own keys are refused for Docker.
+    fn validate(self) -> Result<EngineChoice, ConfigError> {
         let mut choice = EngineChoice::default();
         choice.kind = self.kind.map(|EngineName(kind)| kind);
         choice.socket = self.socket.map(|NonEmpty(path)| PathBuf::from(path));
-        choice
+        choice.namespace = self.namespace.map(|NonEmpty(namespace)| namespace);
+        choice.snapshotter = self.snapshotter.map(|NonEmpty(snapshotter)| snapshotter);
+        if choice.kind != Some(EngineKind::Containerd) {
+            let containerd_only = [
+                ("engine.namespace", choice.namespace.is_some()),
+                ("engine.snapshotter", choice.snapshotter.is_some()),
+            ];
+            if let Some((key, _)) = containerd_only.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    *key,
+                    "is containerd's: set engine.kind = \"containerd\" with it",
+                ));
+            }
+        }
+        Ok(choice)
     }
 }
 
@@ -547,7 +572,7 @@ impl ConfigFile {
         Ok(ServeConfig {
             server,
             pool,
-            engine: self.engine.validate(),
+            engine: self.engine.validate()?,
             functions,
         })
     }
@@ -857,7 +882,7 @@ impl TryFrom<Quoted> for TransportName {
     }
 }
 
-/// `docker`.
+/// `docker` or `containerd`.
 #[derive(Deserialize)]
 #[serde(try_from = "Quoted")]
 struct EngineName(EngineKind);
@@ -1185,8 +1210,20 @@ mod tests {
     fn an_unknown_engine_is_named() {
         assert_eq!(
             error("[engine]\nkind = \"podman\"\n[[function]]\nname = \"a\"\nimage = \"i\""),
-            "engine.kind: \"podman\" is not an engine: use docker"
+            "engine.kind: \"podman\" is not an engine: use docker or containerd"
         );
+        assert_eq!(
+            error("[engine]\nnamespace = \"hot\"\n[[function]]\nname = \"a\"\nimage = \"i\""),
+            "engine.namespace: is containerd's: set engine.kind = \"containerd\" with it"
+        );
+        let config = ServeConfig::from_toml(
+            "[engine]\nkind = \"containerd\"\nnamespace = \"hot\"\nsnapshotter = \"native\"\n\
+             [[function]]\nname = \"a\"\nimage = \"i\"",
+        )
+        .unwrap();
+        assert_eq!(config.engine.kind, Some(EngineKind::Containerd));
+        assert_eq!(config.engine.namespace.as_deref(), Some("hot"));
+        assert_eq!(config.engine.snapshotter.as_deref(), Some("native"));
     }
 
     #[test]
@@ -1282,7 +1319,7 @@ mod tests {
         for (table, first, last) in [
             ("server", "listen", "metrics_auth"),
             ("pool", "name", "transport"),
-            ("engine", "kind", "socket"),
+            ("engine", "kind", "snapshotter"),
             ("function", "name", "log_rate"),
         ] {
             let keys = accepted_keys(table);
@@ -1419,9 +1456,18 @@ mod tests {
     fn every_server_and_pool_key_is_either_reloaded_or_named_as_waiting_for_a_restart() {
         // Every function's, so they reload with the functions.
         const RELOADED_POOL_KEYS: [&str; 3] = ["keep_alive", "eviction", "transport"];
-        let running = with_tables(&[], &[]);
+        let on_docker = with_tables(&[], &[]);
+        // containerd's own keys are set with its kind, in both configs.
+        const ON_CONTAINERD: (&str, &str) = ("kind", "\"containerd\"");
+        let on_containerd = with_engine(&[], &[], &[ON_CONTAINERD]);
         for table in ["server", "pool", "engine"] {
             for key in accepted_keys(table) {
+                let containerds = matches!(key.as_str(), "namespace" | "snapshotter");
+                let running = if containerds {
+                    &on_containerd
+                } else {
+                    &on_docker
+                };
                 let other = match (table, key.as_str()) {
                     (_, "listen") => "\"127.0.0.1:1\"",
                     (_, "max_body" | "max_response" | "memory_budget") => "\"1g\"",
@@ -1435,12 +1481,15 @@ mod tests {
                     ("pool", "transport") => "\"attach\"",
                     ("engine", "kind") => "\"docker\"",
                     ("engine", "socket") => "\"/run/other.sock\"",
+                    ("engine", "namespace") => "\"other\"",
+                    ("engine", "snapshotter") => "\"native\"",
                     _ => panic!("give {table}.{key} a second value, to check a reload sees it"),
                 };
                 let changed = [(key.as_str(), other)];
                 let new = match table {
                     "server" => with_tables(&changed, &[]),
                     "pool" => with_tables(&[], &changed),
+                    _ if containerds => with_engine(&[], &[], &[ON_CONTAINERD, changed[0]]),
                     _ => with_engine(&[], &[], &changed),
                 };
                 let waiting = running.start_only_changes(&new);
@@ -1457,7 +1506,7 @@ mod tests {
             }
         }
         assert_eq!(
-            running.start_only_changes(&running.clone()),
+            on_docker.start_only_changes(&on_docker.clone()),
             Vec::<&str>::new()
         );
     }

@@ -9,11 +9,13 @@ use hotpool::driver::{EngineChoice, EngineKind};
 /// Which container engine to drive.
 #[derive(Debug, Args)]
 pub(crate) struct EngineArgs {
-    /// The container engine: docker. Absent: docker.
+    /// The container engine: docker or containerd. Absent: Docker where it
+    /// answers, else containerd.
     #[arg(long, value_name = "KIND")]
     engine: Option<EngineKind>,
     /// The engine's API socket; absent: the engine's default (docker:
-    /// DOCKER_HOST, else /var/run/docker.sock).
+    /// DOCKER_HOST, else /var/run/docker.sock; containerd:
+    /// /run/containerd/containerd.sock).
     #[arg(long, value_name = "PATH")]
     engine_socket: Option<PathBuf>,
 }

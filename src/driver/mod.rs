@@ -34,6 +34,7 @@
 
 pub mod any;
 mod claim;
+pub mod containerd;
 mod cpus;
 pub mod docker;
 #[cfg(any(test, feature = "test-util"))]
@@ -68,6 +69,9 @@ pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 
 /// The smallest `/tmp`: 1 MiB (a tmpfs of size 0 would be unlimited).
 pub const MIN_TMP_SIZE: u64 = 1 << 20;
+
+/// Bytes of `/tmp` per inode: a 64 MiB `/tmp` holds at most 4096 files.
+pub(crate) const TMP_BYTES_PER_INODE: u64 = 16 << 10;
 
 /// What an engine accepts and can do, as its driver tells it: configs and flags
 /// are checked against this once the engine is known, not against constants.

@@ -3,7 +3,11 @@
 //!
 //! hotpool bind-mounts this program (built static, so it runs in images `FROM
 //! scratch`) and a directory of named pipes into each container of a `direct`
-//! function, and makes it the container's command under Docker's own init:
+//! function, and makes it the container's command: under Docker's own init on
+//! Docker, as PID 1 itself on containerd. So it does an init's work too: it
+//! reaps every child that ends (orphans are handed to PID 1), and passes
+//! SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to the function
+//! (PID 1 gets no signal it has no handler for).
 //!
 //! ```text
 //! hotpool-init IO_DIR PROGRAM [ARGS...]
@@ -19,14 +23,63 @@
 //! `signal NUMBER`, and hotpool-init exits likewise (128 + the signal). A
 //! program that cannot be started is reported on stderr and as `exit 127`.
 //!
-//! It uses nothing but the standard library, so the driver can build it with
+//! It uses nothing but the standard library (and the C library's `signal`,
+//! `kill` and `waitpid`, declared here), so the driver can build it with
 //! `rustc` alone (see `build.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+unsafe extern "C" {
+    fn signal(signum: i32, handler: usize) -> usize;
+    fn kill(pid: i32, signum: i32) -> i32;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+}
+
+/// The signals passed on to the function: SIGHUP, SIGINT, SIGQUIT, SIGUSR1,
+/// SIGUSR2, SIGTERM.
+const FORWARDED: [i32; 6] = [1, 2, 3, 10, 12, 15];
+/// `errno` when a call was interrupted by a signal.
+const EINTR: i32 = 4;
+
+/// The function's pid, once it runs.
+static FUNCTION: AtomicI32 = AtomicI32::new(0);
+/// A signal that came before the function ran, to pass on once it does.
+static PENDING: AtomicI32 = AtomicI32::new(0);
+
+/// Passes a signal on to the function (only async-signal-safe work here).
+extern "C" fn forward(signum: i32) {
+    let pid = FUNCTION.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe and touches no memory of ours.
+        unsafe { kill(pid, signum) };
+    } else {
+        PENDING.store(signum, Ordering::SeqCst);
+    }
+}
+
+/// Waits for the process `pid` to end, reaping every other child that ends
+/// meanwhile.
+fn reap_until(pid: i32) -> Result<ExitStatus, String> {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid place for waitpid to write to.
+        let reaped = unsafe { waitpid(-1, &mut status, 0) };
+        if reaped == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        if reaped < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(EINTR) {
+                return Err(format!("waiting for the function: {error}"));
+            }
+        }
+    }
+}
 
 /// The exit code of a program that could not be started, as shells use it.
 const CANNOT_RUN: u8 = 127;
@@ -71,6 +124,10 @@ fn main() -> ExitCode {
             return ExitCode::from(CANNOT_RUN);
         }
     };
+    for signum in FORWARDED {
+        // SAFETY: `forward` is an `extern "C" fn(i32)`, as a handler must be.
+        unsafe { signal(signum, forward as extern "C" fn(i32) as usize) };
+    }
     let spawned = Command::new(&program)
         .args(args)
         .stdin(Stdio::from(stdin))
@@ -80,9 +137,16 @@ fn main() -> ExitCode {
     // The command, and with it this process's ends of stdin and stdout, is gone
     // here: only the function holds them.
     let ended = match spawned {
-        Ok(mut child) => child
-            .wait()
-            .map_err(|e| format!("waiting for the function: {e}")),
+        Ok(child) => {
+            let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+            FUNCTION.store(pid, Ordering::SeqCst);
+            let early = PENDING.swap(0, Ordering::SeqCst);
+            if early != 0 {
+                // SAFETY: kill touches no memory of ours.
+                unsafe { kill(pid, early) };
+            }
+            reap_until(pid)
+        }
         Err(e) => Err(format!("cannot start {}: {e}", program.to_string_lossy())),
     };
     match ended {

@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod containerd;
 pub mod http;
 pub mod pool;
 pub mod registry;
@@ -64,6 +65,61 @@ macro_rules! per_transport {
             }
         }
     };
+}
+
+/// Runs a test once per engine: `per_engine!(name);` beside
+/// `async fn name<D: Driver>(engine: OnEngine<D>)` makes the tests
+/// `name::docker` and `name::containerd`, each given a driver of its engine
+/// and the test-function image as that engine reaches it.
+#[macro_export]
+macro_rules! per_engine {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn docker() {
+                super::$name($crate::support::on_docker().await).await
+            }
+
+            #[tokio::test]
+            async fn containerd() {
+                super::$name($crate::support::on_containerd().await).await
+            }
+        }
+    };
+}
+
+/// A driver of one engine, the test-function image on it, and what removes a
+/// test's containers there.
+pub struct OnEngine<D> {
+    pub driver: D,
+    /// The test-function image, as the driver names it.
+    pub image: String,
+    /// Makes a guard that removes every container labelled `hotpool.pool=<pool>`
+    /// when dropped.
+    pub guard: fn(String) -> Box<dyn std::any::Any + Send>,
+    /// Keeps containerd's image while the test runs.
+    _image: Option<Arc<containerd::TestImage>>,
+}
+
+/// The Docker driver and the test-function image built into Docker.
+pub async fn on_docker() -> OnEngine<DockerDriver> {
+    OnEngine {
+        driver: driver().await,
+        image: testfn_image().to_owned(),
+        guard: |pool| Box::new(PoolGuard(pool)),
+        _image: None,
+    }
+}
+
+/// The containerd driver and the test-function image pulled from a registry.
+pub async fn on_containerd() -> OnEngine<hotpool::driver::containerd::ContainerdDriver> {
+    let image = containerd::TestImage::shared().await;
+    OnEngine {
+        driver: containerd::driver(&image).await,
+        image: image.name.clone(),
+        guard: |pool| Box::new(containerd::PoolGuard(pool)),
+        _image: Some(image),
+    }
 }
 
 /// The pipe directories of the task `task_id` that the direct transport left

@@ -23,9 +23,9 @@ use tokio_util::io::ReaderStream;
 
 use super::attach::{Frames, StderrTap, StdoutReader, pump_stderr};
 use super::deadlines::Op;
-use super::{Direct, Engine, Failure, engine_stats, whole_seconds};
+use super::{Engine, Failure, engine_stats, whole_seconds};
 use crate::driver::linux::cgroup::CgroupCounters;
-use crate::driver::linux::direct::{self, Ended, IoDir};
+use crate::driver::linux::direct::{self, Direct, Ended, IoDir};
 use crate::driver::{
     BoxRead, BoxWrite, Cookie, EngineCallError, RunResult, Running, StatSink, Task,
 };

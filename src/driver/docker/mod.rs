@@ -42,13 +42,15 @@ use dashmap::DashMap;
 pub use cookie::DockerCookie;
 pub use deadlines::Deadlines;
 
-use super::{ClaimError, Driver, EngineCallError, EngineTraits, MIN_TMP_SIZE, Task, Transport};
+use super::{
+    ClaimError, Driver, EngineCallError, EngineTraits, MIN_TMP_SIZE, TMP_BYTES_PER_INODE, Task,
+    Transport,
+};
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
-use crate::driver::linux::direct::{self, IoDir, RuntimeDir};
+use crate::driver::linux::direct::{self, Direct, LazyRuntimeDir};
 use crate::error::CallError;
 use deadlines::Op;
-use pull::ImageCommand;
 
 /// How often removing a container is tried while the engine fails.
 const REMOVE_ATTEMPTS: u32 = 5;
@@ -62,8 +64,6 @@ pub const LABEL: &str = "hotpool";
 pub const FUNCTION_LABEL: &str = "hotpool.function";
 /// The smallest memory limit the engine accepts: 6 MiB.
 pub const MIN_MEMORY: u64 = 6 << 20;
-/// Bytes of `/tmp` per inode: a 64 MiB `/tmp` holds at most 4096 files.
-const TMP_BYTES_PER_INODE: u64 = 16 << 10;
 
 /// How the Docker driver sets up containers.
 #[derive(Debug, Clone)]
@@ -118,10 +118,8 @@ pub(crate) struct Engine {
     nofile_limit: i64,
     pulls: DashMap<String, pull::PullFuture>,
     pull_count: AtomicU64,
-    /// Where the runtime directory goes, and once a direct task needed it, the
-    /// directory (or why it could not be made).
-    runtime_path: PathBuf,
-    runtime: tokio::sync::OnceCell<Result<RuntimeDir, String>>,
+    /// The runtime directory, installed once a direct task needs it.
+    runtime: LazyRuntimeDir,
     /// Where the engine is, if not on this host (then `direct` tasks attach).
     remote: Option<String>,
     /// Whether that was logged yet.
@@ -171,8 +169,7 @@ impl DockerDriver {
                 nofile_limit: options.nofile_limit,
                 pulls: DashMap::new(),
                 pull_count: AtomicU64::new(0),
-                runtime_path: options.runtime_dir.unwrap_or_else(RuntimeDir::default_path),
-                runtime: tokio::sync::OnceCell::new(),
+                runtime: LazyRuntimeDir::new(options.runtime_dir),
                 remote: match &options.socket {
                     Some(_) => None,
                     None => remote_engine(std::env::var("DOCKER_HOST").ok().as_deref()),
@@ -185,7 +182,7 @@ impl DockerDriver {
     /// Installs the init program of the `direct` transport (once; a task that
     /// needs it does so too) and says where.
     pub async fn install_runtime(&self) -> Result<PathBuf, CallError> {
-        Ok(self.engine.runtime().await?.init())
+        Ok(self.engine.runtime.get().await?.init())
     }
 
     /// The engine client, for callers that need the raw API.
@@ -231,59 +228,6 @@ impl Engine {
             tracing::info!(docker_host = %host, "the Docker engine is not on this host: functions use the attach transport, as no directory can be shared with their containers");
         }
         true
-    }
-
-    /// The runtime directory, installed on first use.
-    async fn runtime(&self) -> Result<&RuntimeDir, CallError> {
-        let installed = self
-            .runtime
-            .get_or_init(|| async {
-                let path = self.runtime_path.clone();
-                tokio::task::spawn_blocking(move || RuntimeDir::install(&path))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|installed| installed.map_err(|e| e.to_string()))
-            })
-            .await;
-        installed.as_ref().map_err(|e| {
-            CallError::engine(format!(
-                "cannot install hotpool-init for the direct transport: {e}"
-            ))
-        })
-    }
-
-    /// The pipes and the command of a direct task's container.
-    fn direct_setup(
-        runtime: &RuntimeDir,
-        task: &Task,
-        image: ImageCommand,
-    ) -> Result<Direct, CallError> {
-        let command: Vec<String> = image
-            .entrypoint
-            .into_iter()
-            .chain(if task.command.is_empty() {
-                image.cmd
-            } else {
-                task.command.clone()
-            })
-            .collect();
-        if command.is_empty() {
-            return Err(CallError::engine(format!(
-                "{} has no entrypoint or command, and the function names none",
-                task.image
-            )));
-        }
-        let io = |e: std::io::Error| {
-            CallError::engine(format!("making the pipes of container {}: {e}", task.id))
-        };
-        let dir = runtime.container_dir(&task.id, &task.user).map_err(io)?;
-        let early = dir.open_early().map_err(io)?;
-        Ok(Direct {
-            init: runtime.init(),
-            dir,
-            early,
-            command,
-        })
     }
 
     /// Force-removes a container; one that is already gone is fine.
@@ -433,7 +377,7 @@ impl Driver for DockerDriver {
             .identity()
             .await
             .map_err(|e| failed(format!("the Docker engine did not say its ID: {e}")))?;
-        let (root, name) = (self.engine.runtime_path.clone(), pool.to_owned());
+        let (root, name) = (self.engine.runtime.path().to_owned(), pool.to_owned());
         tokio::task::spawn_blocking(move || PoolLock::take(&root, &engine, &name))
             .await
             .map_err(|e| failed(e.to_string()))?
@@ -445,8 +389,13 @@ impl Driver for DockerDriver {
             Transport::Attach => None,
             Transport::Direct if self.engine.attaches_instead() => None,
             Transport::Direct => {
-                let runtime = self.engine.runtime().await?;
-                Some(Engine::direct_setup(runtime, &task, image)?)
+                let runtime = self.engine.runtime.get().await?;
+                Some(Direct::prepare(
+                    runtime,
+                    &task,
+                    image.entrypoint,
+                    image.cmd,
+                )?)
             }
         };
         let options = CreateContainerOptionsBuilder::default()
@@ -494,15 +443,6 @@ impl Driver for DockerDriver {
         }
         Ok(containers.len())
     }
-}
-
-/// What a container of a direct task needs: its pipes (hotpool's early ends
-/// already open), the installed init, and the function's command.
-pub(crate) struct Direct {
-    pub(crate) dir: IoDir,
-    pub(crate) early: direct::Ends,
-    pub(crate) init: PathBuf,
-    pub(crate) command: Vec<String>,
 }
 
 /// The engine's address if it is not on this host: a `DOCKER_HOST` other than
@@ -568,8 +508,7 @@ mod tests {
             nofile_limit: 1024,
             pulls: DashMap::new(),
             pull_count: AtomicU64::new(0),
-            runtime_path: PathBuf::from("/nonexistent"),
-            runtime: tokio::sync::OnceCell::new(),
+            runtime: LazyRuntimeDir::new(Some(PathBuf::from("/nonexistent"))),
             remote: None,
             remote_logged: std::sync::atomic::AtomicBool::new(false),
         }

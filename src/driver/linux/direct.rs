@@ -1,14 +1,15 @@
 //! The `direct` transport: a call's bytes go through named pipes in a directory
 //! shared with the container, not through the engine.
 //!
-//! At connect the driver installs `hotpool-init` (built static from
-//! `src/init/main.rs` and embedded here) into its runtime directory. Each
-//! container of a direct task gets it bind-mounted read-only at [`INIT`] as its
-//! command, under Docker's own init, and a directory of its own bind-mounted at
-//! [`IO`] holding four pipes: `stdin`, `stdout`, `stderr` and `status`. The init
-//! opens them, says `ready` on `status`, starts the function with the first
-//! three as its own, and reports `exit CODE` or `signal N` on `status` the
-//! moment the function ends.
+//! The first direct task (or `install_runtime`) installs `hotpool-init` (built
+//! static from `src/init/main.rs` and embedded here) into the driver's runtime
+//! directory. Each container of a direct task gets it bind-mounted read-only at
+//! [`INIT`] as its command (on Docker under Docker's own init; on containerd it
+//! is PID 1 itself, reaping orphans and passing on SIGTERM and SIGINT), and a
+//! directory of its own bind-mounted at [`IO`] holding four pipes: `stdin`,
+//! `stdout`, `stderr` and `status`. The init opens them, says `ready` on
+//! `status`, starts the function with the first three as its own, and reports
+//! `exit CODE` or `signal N` on `status` the moment the function ends.
 //!
 //! hotpool first opens its ends read-write, so neither side's open blocks and
 //! no early end-of-file is seen; once the init is ready it reopens them
@@ -36,6 +37,9 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::unix::pipe;
 
+use crate::driver::Task;
+use crate::error::CallError;
+
 /// Where the init program appears inside a container.
 pub(crate) const INIT: &str = "/.hotpool/init";
 /// Where the container's pipe directory appears inside it.
@@ -49,6 +53,94 @@ const PIPES: [&str; 4] = ["stdin", "stdout", "stderr", "status"];
 
 /// Tells apart the drivers of one process.
 static DRIVERS: AtomicU64 = AtomicU64::new(0);
+
+/// A driver's runtime directory, installed when a direct task first needs it.
+#[derive(Debug)]
+pub(crate) struct LazyRuntimeDir {
+    path: PathBuf,
+    installed: tokio::sync::OnceCell<Result<RuntimeDir, String>>,
+}
+
+impl LazyRuntimeDir {
+    /// The runtime directory at `path`, else at [`RuntimeDir::default_path`];
+    /// nothing is made yet.
+    pub(crate) fn new(path: Option<PathBuf>) -> LazyRuntimeDir {
+        LazyRuntimeDir {
+            path: path.unwrap_or_else(RuntimeDir::default_path),
+            installed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Where it is (made or not): pool names are claimed under it too.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The runtime directory, installed on first use.
+    pub(crate) async fn get(&self) -> Result<&RuntimeDir, CallError> {
+        let installed = self
+            .installed
+            .get_or_init(|| async {
+                let path = self.path.clone();
+                tokio::task::spawn_blocking(move || RuntimeDir::install(&path))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|installed| installed.map_err(|e| e.to_string()))
+            })
+            .await;
+        installed.as_ref().map_err(|e| {
+            CallError::engine(format!(
+                "cannot install hotpool-init for the direct transport: {e}"
+            ))
+        })
+    }
+}
+
+/// What a container of a direct task needs: its pipes (hotpool's early ends
+/// already open), the installed init, and the function's command.
+pub(crate) struct Direct {
+    pub(crate) dir: IoDir,
+    pub(crate) early: Ends,
+    pub(crate) init: PathBuf,
+    pub(crate) command: Vec<String>,
+}
+
+impl Direct {
+    /// Makes the pipes of `task`'s container and its command: the image's
+    /// `entrypoint`, then the task's command, else the image's `cmd`.
+    pub(crate) fn prepare(
+        runtime: &RuntimeDir,
+        task: &Task,
+        entrypoint: Vec<String>,
+        cmd: Vec<String>,
+    ) -> Result<Direct, CallError> {
+        let command: Vec<String> = entrypoint
+            .into_iter()
+            .chain(if task.command.is_empty() {
+                cmd
+            } else {
+                task.command.clone()
+            })
+            .collect();
+        if command.is_empty() {
+            return Err(CallError::engine(format!(
+                "{} has no entrypoint or command, and the function names none",
+                task.image
+            )));
+        }
+        let io = |e: std::io::Error| {
+            CallError::engine(format!("making the pipes of container {}: {e}", task.id))
+        };
+        let dir = runtime.container_dir(&task.id, &task.user).map_err(io)?;
+        let early = dir.open_early().map_err(io)?;
+        Ok(Direct {
+            init: runtime.init(),
+            dir,
+            early,
+            command,
+        })
+    }
+}
 
 /// The driver's runtime directory: the init program, shared, and this driver's
 /// own directory (`PID.N`) holding one directory per container of a direct task.
@@ -373,7 +465,7 @@ fn parse_verdict(line: &str) -> Option<Ended> {
 }
 
 /// `uid[:gid]` as numbers (the gid defaults to the uid); `None` for a name.
-fn numeric_user(user: &str) -> Option<(u32, u32)> {
+pub(crate) fn numeric_user(user: &str) -> Option<(u32, u32)> {
     let (uid, gid) = user.split_once(':').unwrap_or((user, user));
     Some((uid.parse().ok()?, gid.parse().ok()?))
 }

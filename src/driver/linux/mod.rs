@@ -7,6 +7,8 @@
 //!   from the kernel's cgroup files.
 //! - [`pool_lock`]: one owner per pool name on an engine, as a lock file in the
 //!   runtime directory.
+//! - [`stderr`]: a container's stderr on its way to the task's sink, its tail
+//!   kept for `exited` errors.
 //! - [`credentials`]: registry credentials from the Docker config file, as
 //!   `docker login` writes them (any engine's pulls use them).
 
@@ -14,3 +16,4 @@ pub(crate) mod cgroup;
 pub(crate) mod credentials;
 pub(crate) mod direct;
 pub(crate) mod pool_lock;
+pub(crate) mod stderr;

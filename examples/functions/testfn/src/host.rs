@@ -11,6 +11,10 @@
 //! !getenv NAME      the variable's value, or "<unset>"
 //! !tamper           try to replace the direct transport's stdout pipe and to
 //!                   overwrite its init: "unlink: <outcome>; init: <outcome>"
+//! !read PATH        the file's text, its lines joined by " | ", or the error
+//! !refused          try system calls a contained function must not make (mount,
+//!                   unshare, keyctl, bpf, perf_event_open, ptrace) and say how
+//!                   each ended: "mount: <outcome>; unshare: <outcome>; ..."
 //! ```
 //!
 //! What a command writes it removes again before answering, so the container stays
@@ -23,7 +27,16 @@ use std::io::{self, Write};
 pub fn handles(name: &str) -> bool {
     matches!(
         name,
-        "write-tmp" | "write-root" | "files" | "id" | "nofile" | "cpu-quota" | "getenv" | "tamper"
+        "write-tmp"
+            | "write-root"
+            | "files"
+            | "id"
+            | "nofile"
+            | "cpu-quota"
+            | "getenv"
+            | "tamper"
+            | "read"
+            | "refused"
     )
 }
 
@@ -56,6 +69,11 @@ pub fn run(name: &str, rest: &str) -> Vec<u8> {
         }
         "cpu-quota" => cpu_quota(),
         "getenv" => std::env::var(rest).unwrap_or_else(|_| "<unset>".to_owned()),
+        "read" => match fs::read_to_string(rest) {
+            Ok(text) => text.lines().map(str::trim).collect::<Vec<_>>().join(" | "),
+            Err(e) => e.to_string(),
+        },
+        "refused" => refused(),
         other => format!("unknown host command {other:?}"),
     };
     answer.into_bytes()
@@ -135,4 +153,61 @@ fn cpu_quota() -> String {
             .unwrap_or_else(|e| e.to_string())
     };
     format!("{} {}", read("cpu.cfs_quota_us"), read("cpu.cfs_period_us"))
+}
+
+/// Tries each system call a contained function must not make; says how each
+/// ended ("ok", or the error).
+fn refused() -> String {
+    /// "ok", or the error of a call that returned -1.
+    fn outcome(result: libc::c_long) -> String {
+        if result < 0 {
+            io::Error::last_os_error().to_string()
+        } else {
+            "ok".to_owned()
+        }
+    }
+    let null = std::ptr::null::<u8>();
+    // SAFETY: each call gets valid C strings or null pointers; whatever
+    // succeeds is undone by the container's end.
+    let calls = unsafe {
+        [
+            (
+                "mount",
+                outcome(libc::syscall(
+                    libc::SYS_mount,
+                    c"none".as_ptr(),
+                    c"/tmp".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    null,
+                )),
+            ),
+            (
+                "unshare",
+                outcome(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER)),
+            ),
+            // KEYCTL_GET_KEYRING_ID of the session keyring.
+            ("keyctl", outcome(libc::syscall(libc::SYS_keyctl, 0, -3, 0))),
+            ("bpf", outcome(libc::syscall(libc::SYS_bpf, 0, null, 0))),
+            (
+                "perf_event_open",
+                outcome(libc::syscall(libc::SYS_perf_event_open, null, 0, -1, -1, 0)),
+            ),
+            (
+                "ptrace",
+                outcome(libc::syscall(
+                    libc::SYS_ptrace,
+                    libc::PTRACE_TRACEME,
+                    0,
+                    0,
+                    0,
+                )),
+            ),
+        ]
+    };
+    calls
+        .iter()
+        .map(|(name, outcome)| format!("{name}: {outcome}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

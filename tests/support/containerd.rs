@@ -1,0 +1,230 @@
+//! The containerd driver in tests: a real containerd (at the Kubernetes node
+//! default socket, as `scripts/prerequisites` starts it), the test-function
+//! image pulled into it from a real registry, a guard that removes a test's
+//! containers however it ends, and a count of what a test left behind in
+//! hotpool's namespace.
+//!
+//! Images reach containerd the way they do in production: built with Docker
+//! (as every test image is), pushed to the loopback registry of
+//! [`super::registry`], and pulled by the driver itself. The image is shared
+//! by the tests of a process that run at the same time and removed from
+//! containerd (record, content and snapshots) when the last of them is done.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Weak};
+
+use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
+use containerd_client::services::v1::{ListContainersRequest, ListRequest, ListTasksRequest};
+use containerd_client::tonic::Request;
+use hotpool::driver::Driver;
+use hotpool::driver::containerd::{ContainerdDriver, ContainerdOptions};
+use tempfile::TempDir;
+
+use super::registry::{PASSWORD, Registry, USER};
+
+/// Where the tests find containerd.
+pub const SOCKET: &str = "/run/containerd/containerd.sock";
+/// hotpool's namespace, where the driver works by default.
+pub const NAMESPACE: &str = "hotpool";
+
+/// Connects to containerd, or fails the test saying how to get one.
+pub async fn driver_with(options: ContainerdOptions) -> ContainerdDriver {
+    match ContainerdDriver::connect(options).await {
+        Ok(driver) => driver,
+        Err(e) => panic!(
+            "these tests need containerd answering at {SOCKET} and could not reach it: {e}\n\
+             start it with `scripts/prerequisites --engine` (Debian's containerd with \
+             deploy/containerd/config.toml) and run again"
+        ),
+    }
+}
+
+/// A driver with default options that may pull `image`.
+pub async fn driver(image: &TestImage) -> ContainerdDriver {
+    driver_with(options(image)).await
+}
+
+/// Default options, with the credentials of `image`'s registry.
+pub fn options(image: &TestImage) -> ContainerdOptions {
+    let mut options = ContainerdOptions::default();
+    options.docker_config_dir = Some(image.docker_config().to_owned());
+    options
+}
+
+/// The test-function image in a registry, to be pulled into containerd.
+pub struct TestImage {
+    /// The image reference, `127.0.0.1:<port>/hotpool-testfn-containerd:v1`.
+    pub name: String,
+    config: TempDir,
+    registry: Registry,
+}
+
+impl TestImage {
+    /// The image the tests running now share; pushed anew once none is.
+    pub async fn shared() -> Arc<TestImage> {
+        static SHARED: tokio::sync::Mutex<Weak<TestImage>> =
+            tokio::sync::Mutex::const_new(Weak::new());
+        let mut shared = SHARED.lock().await;
+        if let Some(image) = shared.upgrade() {
+            return image;
+        }
+        let image = Arc::new(TestImage::push("hotpool-testfn-containerd").await);
+        *shared = Arc::downgrade(&image);
+        image
+    }
+
+    /// Starts a registry of its own and pushes the test function to it as
+    /// `name`; nothing is in containerd yet.
+    pub async fn push(name: &str) -> TestImage {
+        let registry = Registry::start();
+        let docker = super::driver().await;
+        let name = registry.push(docker.docker(), name).await;
+        let config = registry.docker_config(USER, PASSWORD);
+        TestImage {
+            name,
+            config,
+            registry,
+        }
+    }
+
+    /// A Docker config directory with the registry's right credentials.
+    pub fn docker_config(&self) -> &Path {
+        self.config.path()
+    }
+
+    /// The registry it is in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Drop for TestImage {
+    /// Removes the image from containerd, waiting for containerd to collect
+    /// its content and snapshots (Docker's tag went after the push).
+    fn drop(&mut self) {
+        remove_from_containerd(&self.name);
+    }
+}
+
+/// Removes image `name` from hotpool's namespace and waits for the collector.
+pub fn remove_from_containerd(name: &str) {
+    let _ = Command::new("ctr")
+        .args(["--address", SOCKET, "--namespace", NAMESPACE])
+        .args(["images", "rm", "--sync", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Removes, when dropped, everything of containerd labelled `hotpool.pool=<name>`
+/// (through the driver's own `remove_labelled`): a test that fails half-way
+/// still leaves nothing behind.
+pub struct PoolGuard(pub String);
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let pool = self.0.clone();
+        // A runtime of its own: the test's may be shutting down.
+        let removed = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(async {
+                    let driver = ContainerdDriver::connect(ContainerdOptions::default()).await?;
+                    driver
+                        .remove_labelled(hotpool::pool::POOL_LABEL, &pool)
+                        .await
+                })
+        })
+        .join();
+        if let Ok(Err(e)) = removed {
+            eprintln!("the guard of pool {} could not clean up: {e}", self.0);
+        }
+    }
+}
+
+/// What containerd still holds of a test, in hotpool's namespace.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Containers labelled as asked.
+    pub containers: Vec<String>,
+    /// Tasks of the containers named.
+    pub tasks: Vec<String>,
+    /// Snapshots labelled as asked.
+    pub snapshots: Vec<String>,
+    /// Leases labelled as asked.
+    pub leases: Vec<String>,
+}
+
+/// `message` as a request in hotpool's namespace.
+fn request<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("containerd-namespace", NAMESPACE.parse().unwrap());
+    request
+}
+
+/// The containers, snapshots and leases labelled `key=value`, and the tasks of
+/// containers `ids`, that containerd has in hotpool's namespace.
+pub async fn leftovers(key: &str, value: &str, ids: &[&str]) -> Leftovers {
+    let channel = containerd_client::connect(SOCKET)
+        .await
+        .expect("containerd answers");
+    let client = containerd_client::Client::from(channel);
+    let filter = format!("labels.\"{key}\"==\"{value}\"");
+    let containers = client
+        .containers()
+        .list(request(ListContainersRequest {
+            filters: vec![filter.clone()],
+        }))
+        .await
+        .expect("list containers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|container| container.id)
+        .collect();
+    let tasks = client
+        .tasks()
+        .list(request(ListTasksRequest::default()))
+        .await
+        .expect("list tasks")
+        .into_inner()
+        .tasks
+        .into_iter()
+        .map(|task| task.container_id)
+        .filter(|id| ids.contains(&id.as_str()))
+        .collect();
+    let mut listed = client
+        .snapshots()
+        .list(request(ListSnapshotsRequest {
+            snapshotter: "overlayfs".to_owned(),
+            filters: vec![filter.clone()],
+        }))
+        .await
+        .expect("list snapshots")
+        .into_inner();
+    let mut snapshots = Vec::new();
+    while let Some(page) = listed.message().await.expect("list snapshots") {
+        snapshots.extend(page.info.into_iter().map(|info| info.name));
+    }
+    let leases = client
+        .leases()
+        .list(request(ListRequest {
+            filters: vec![filter],
+        }))
+        .await
+        .expect("list leases")
+        .into_inner()
+        .leases
+        .into_iter()
+        .map(|lease| lease.id)
+        .collect();
+    Leftovers {
+        containers,
+        tasks,
+        snapshots,
+        leases,
+    }
+}
