@@ -24,7 +24,7 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, KillRequest, StartRequest,
 };
 use containerd_client::types::Mount;
-use tokio::io::{AsyncWriteExt, BufReader, copy};
+use tokio::io::BufReader;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -41,6 +41,7 @@ use super::{Engine, FUNCTION_LABEL, LABEL, SIGKILL};
 use crate::driver::linux::cgroup::CgroupCounters;
 use crate::driver::linux::direct::{self, Direct, Ended, IoDir};
 use crate::driver::linux::stderr::{self, StderrTap};
+use crate::driver::wiring::wire;
 use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task, Transport};
 use crate::error::CallError;
 use crate::stats::{Stat, names};
@@ -540,36 +541,22 @@ impl Cookie for ContainerdCookie {
             ReaderStream::new(one_way.stderr),
             self.stderr.clone(),
         )));
-        let (mut stdin, mut stdout): (BoxWrite, BoxRead) =
+        let (stdin, stdout): (BoxWrite, BoxRead) =
             (Box::new(one_way.stdin), Box::new(one_way.stdout));
-        let mut running = Running {
-            stdin: None,
-            stdout: None,
-        };
         let plumbing = self.plumbing.get_mut().unwrap_or_else(|e| e.into_inner());
         let (input, stdout_sink, stats_sink) = (
             plumbing.input.take(),
             plumbing.stdout.take(),
             plumbing.stats.take(),
         );
-        match input {
-            Some(mut input) => self.keep_helper(tokio::spawn(async move {
-                // The function may exit without reading everything: not our error.
-                let _ = copy(&mut input, &mut stdin).await;
-                let _ = stdin.shutdown().await;
-            })),
-            None => running.stdin = Some(stdin),
+        let wired = wire(stdin, stdout, input, stdout_sink);
+        if let Some(feeder) = wired.feeder {
+            self.keep_helper(feeder);
         }
-        match stdout_sink {
-            Some(mut sink) => {
-                let output = tokio::spawn(async move {
-                    let _ = copy(&mut stdout, &mut sink).await;
-                    let _ = sink.flush().await;
-                });
-                *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
-            }
-            None => running.stdout = Some(stdout),
+        if let Some(output) = wired.output {
+            *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
         }
+        let running = wired.running;
         // Samples only where the caller does not read the counters itself.
         if let (Some(sink), Some(counters)) = (stats_sink, &self.counters)
             && !self.caller_samples_counters

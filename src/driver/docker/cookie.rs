@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::driver::wiring::wire;
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, KillContainerOptionsBuilder, StatsOptionsBuilder,
     WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
-use tokio::io::{AsyncWriteExt, copy};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -407,14 +407,10 @@ impl DockerCookie {
 
 impl Cookie for DockerCookie {
     async fn run(&mut self) -> Result<Running, CallError> {
-        let (mut stdin, mut stdout) = if self.direct.is_some() {
+        let (stdin, stdout) = if self.direct.is_some() {
             self.start_direct().await?
         } else {
             self.start_attached().await?
-        };
-        let mut running = Running {
-            stdin: None,
-            stdout: None,
         };
         let plumbing = self.plumbing.get_mut().unwrap_or_else(|e| e.into_inner());
         let (input, stdout_sink, stats_sink) = (
@@ -422,24 +418,14 @@ impl Cookie for DockerCookie {
             plumbing.stdout.take(),
             plumbing.stats.take(),
         );
-        match input {
-            Some(mut input) => self.keep_helper(tokio::spawn(async move {
-                // The function may exit without reading everything: not our error.
-                let _ = copy(&mut input, &mut stdin).await;
-                let _ = stdin.shutdown().await;
-            })),
-            None => running.stdin = Some(stdin),
+        let wired = wire(stdin, stdout, input, stdout_sink);
+        if let Some(feeder) = wired.feeder {
+            self.keep_helper(feeder);
         }
-        match stdout_sink {
-            Some(mut sink) => {
-                let output = tokio::spawn(async move {
-                    let _ = copy(&mut stdout, &mut sink).await;
-                    let _ = sink.flush().await;
-                });
-                *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
-            }
-            None => running.stdout = Some(stdout),
+        if let Some(output) = wired.output {
+            *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
         }
+        let running = wired.running;
         // The engine's stream only where the caller cannot sample the counters.
         let counters_read = self.caller_samples_counters && self.counters.is_some();
         if let Some(sink) = stats_sink.filter(|_| !counters_read) {
