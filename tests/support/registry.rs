@@ -77,15 +77,21 @@ impl Registry {
     /// Pushes the test-function image as `<addr>/<name>:v1` with the right
     /// credentials, then drops the local tag so that using it needs a pull.
     pub async fn push(&self, docker: &Docker, name: &str) -> String {
+        self.push_as(docker, testfn_image(), name, "v1").await
+    }
+
+    /// Pushes the local image `source` as `<addr>/<name>:<tag>` with the right
+    /// credentials, then drops that local tag so that using it needs a pull.
+    pub async fn push_as(&self, docker: &Docker, source: &str, name: &str, tag: &str) -> String {
         let repo = format!("{}/{name}", self.addr);
-        let image = format!("{repo}:v1");
+        let image = format!("{repo}:{tag}");
         docker
             .tag_image(
-                testfn_image(),
+                source,
                 Some(
                     TagImageOptionsBuilder::default()
                         .repo(&repo)
-                        .tag("v1")
+                        .tag(tag)
                         .build(),
                 ),
             )
@@ -100,7 +106,7 @@ impl Registry {
         docker
             .push_image(
                 &repo,
-                Some(PushImageOptionsBuilder::default().tag("v1").build()),
+                Some(PushImageOptionsBuilder::default().tag(tag).build()),
                 Some(credentials),
             )
             .try_for_each(|_| async { Ok(()) })
