@@ -10,7 +10,8 @@ use hotpool::driver::{EngineChoice, EngineKind};
 #[derive(Debug, Args)]
 pub(crate) struct EngineArgs {
     /// The container engine: docker or containerd. Absent: Docker where it
-    /// answers, else containerd.
+    /// answers, else containerd (Docker alone where --engine-socket or
+    /// DOCKER_HOST names it).
     #[arg(long, value_name = "KIND")]
     engine: Option<EngineKind>,
     /// The engine's API socket; absent: the engine's default (docker:

@@ -4,7 +4,8 @@
 //!
 //! [`EngineChoice`] says which engine and where; [`AnyDriver::connect`] connects
 //! to it. With no kind named, Docker is chosen where it answers, as hotpool
-//! always did, and containerd at its default socket where Docker does not.
+//! always did, and containerd at its default socket where Docker does not
+//! (unless a socket or `DOCKER_HOST` names Docker: then Docker or nothing).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -96,6 +97,10 @@ impl AnyDriver {
         match choice.kind {
             Some(EngineKind::Docker) => AnyDriver::docker(choice).await,
             Some(EngineKind::Containerd) => AnyDriver::containerd(choice).await,
+            // Docker named by its socket or DOCKER_HOST: no other engine will do.
+            None if choice.socket.is_some() || std::env::var_os("DOCKER_HOST").is_some() => {
+                AnyDriver::docker(choice).await
+            }
             None => match AnyDriver::docker(choice).await {
                 Ok(docker) => Ok(docker),
                 Err(docker) => AnyDriver::containerd(choice).await.map_err(|containerd| {
