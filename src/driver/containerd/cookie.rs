@@ -26,7 +26,6 @@ use containerd_client::services::v1::{
 use containerd_client::types::Mount;
 use tokio::io::BufReader;
 use tokio::net::unix::pipe;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +40,7 @@ use super::{Engine, FUNCTION_LABEL, LABEL, SIGKILL};
 use crate::driver::linux::cgroup::CgroupCounters;
 use crate::driver::linux::direct::{self, Direct, Ended, IoDir};
 use crate::driver::linux::stderr::{self, StderrTap};
-use crate::driver::wiring::wire;
+use crate::driver::wiring::Copiers;
 use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task, Transport};
 use crate::error::CallError;
 use crate::stats::{Stat, names};
@@ -104,12 +103,8 @@ pub struct ContainerdCookie {
     caller_samples_counters: bool,
     /// The container's cgroup counters, once open.
     counters: Option<Arc<CgroupCounters>>,
-    /// Copies stdout into the task's sink, when the task brought one.
-    output: Mutex<Option<JoinHandle<()>>>,
-    /// Drains stderr into the tap; ends when the container stops.
-    stderr_pump: Mutex<Option<JoinHandle<()>>>,
-    /// Tasks that must stop when the cookie closes: the stdin feeder, the sampler.
-    helpers: Mutex<Vec<JoinHandle<()>>>,
+    /// The tasks copying its bytes.
+    copiers: Copiers,
     pipes: DirectPipes,
     /// What the events say of the container.
     watch: Arc<Watch>,
@@ -187,9 +182,7 @@ impl ContainerdCookie {
             started: None,
             caller_samples_counters: task.counters,
             counters: None,
-            output: Mutex::new(None),
-            stderr_pump: Mutex::new(None),
-            helpers: Mutex::new(Vec::new()),
+            copiers: Copiers::default(),
             pipes: DirectPipes {
                 dir: Mutex::new(Some(direct.dir)),
                 early: Some(direct.early),
@@ -205,13 +198,6 @@ impl ContainerdCookie {
     /// containerd's id of the container.
     pub fn container_id(&self) -> &str {
         &self.id
-    }
-
-    fn keep_helper(&self, task: JoinHandle<()>) {
-        self.helpers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
     }
 
     fn membership(&self) -> std::sync::MutexGuard<'_, Option<Membership>> {
@@ -278,12 +264,7 @@ impl ContainerdCookie {
     /// Waits until all of stdout has reached the task's sink and all of stderr the
     /// tap (the pipes end once the container has stopped).
     async fn drain_output(&self) {
-        for pump in [&self.output, &self.stderr_pump] {
-            let pump = pump.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(pump) = pump {
-                let _ = tokio::time::timeout(STREAM_DRAIN, pump).await;
-            }
-        }
+        self.copiers.drain(STREAM_DRAIN).await;
     }
 
     /// Turns an exit status into a result: an OOM kill if the cgroup counted
@@ -355,7 +336,7 @@ impl ContainerdCookie {
     /// Samples the counters into `sink` every [`SAMPLE_EVERY`] while the
     /// container runs.
     fn sample(&self, counters: Arc<CgroupCounters>, sink: StatSink) {
-        self.keep_helper(tokio::spawn(async move {
+        self.copiers.keep(tokio::spawn(async move {
             let mut before = (Instant::now(), counters.cpu_time());
             loop {
                 tokio::time::sleep(SAMPLE_EVERY).await;
@@ -534,10 +515,7 @@ impl Cookie for ContainerdCookie {
             .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?;
         drop(early);
         *self.pipes.status.get_mut() = Some(one_way.status);
-        *self
-            .stderr_pump
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner()) = Some(tokio::spawn(stderr::pump(
+        self.copiers.pump_stderr(tokio::spawn(stderr::pump(
             ReaderStream::new(one_way.stderr),
             self.stderr.clone(),
         )));
@@ -549,14 +527,7 @@ impl Cookie for ContainerdCookie {
             plumbing.stdout.take(),
             plumbing.stats.take(),
         );
-        let wired = wire(stdin, stdout, input, stdout_sink);
-        if let Some(feeder) = wired.feeder {
-            self.keep_helper(feeder);
-        }
-        if let Some(output) = wired.output {
-            *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
-        }
-        let running = wired.running;
+        let running = self.copiers.wire(stdin, stdout, input, stdout_sink);
         // Samples only where the caller does not read the counters itself.
         if let (Some(sink), Some(counters)) = (stats_sink, &self.counters)
             && !self.caller_samples_counters
@@ -633,18 +604,7 @@ impl Cookie for ContainerdCookie {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let helpers = std::mem::take(&mut *self.helpers.lock().unwrap_or_else(|e| e.into_inner()));
-        for helper in helpers {
-            helper.abort();
-        }
-        if let Some(pump) = self
-            .stderr_pump
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            pump.abort();
-        }
+        self.copiers.abort();
         if let Err(e) = self.remove().await {
             tracing::warn!(container = %self.id, error = %e, "could not remove a container");
         }
@@ -667,14 +627,7 @@ impl Drop for ContainerdCookie {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        for helper in self
-            .helpers
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            helper.abort();
-        }
+        self.copiers.abort();
         self.engine.events.unwatch(&self.id);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let engine = self.engine.clone();

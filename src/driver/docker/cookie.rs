@@ -5,14 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::driver::wiring::wire;
+use crate::driver::wiring::Copiers;
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, KillContainerOptionsBuilder, StatsOptionsBuilder,
     WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -71,12 +70,8 @@ pub struct DockerCookie {
     caller_samples_counters: bool,
     /// The container's cgroup counters, once open.
     counters: Option<CgroupCounters>,
-    /// Copies stdout into the task's sink, when the task brought one.
-    output: Mutex<Option<JoinHandle<()>>>,
-    /// Drains stderr into the tap; ends when the container stops.
-    stderr_pump: Mutex<Option<JoinHandle<()>>>,
-    /// Tasks that must stop when the cookie closes: the stdin feeder, the stats reader.
-    helpers: Mutex<Vec<JoinHandle<()>>>,
+    /// The tasks copying its bytes.
+    copiers: Copiers,
     /// The pipes of a direct task.
     direct: Option<DirectPipes>,
     closed: AtomicBool,
@@ -103,9 +98,7 @@ impl DockerCookie {
             started: None,
             caller_samples_counters: task.counters,
             counters: None,
-            output: Mutex::new(None),
-            stderr_pump: Mutex::new(None),
-            helpers: Mutex::new(Vec::new()),
+            copiers: Copiers::default(),
             direct: direct.map(|direct| DirectPipes {
                 dir: Mutex::new(Some(direct.dir)),
                 early: Some(direct.early),
@@ -118,13 +111,6 @@ impl DockerCookie {
     /// The engine's id of the container.
     pub fn container_id(&self) -> &str {
         &self.id
-    }
-
-    fn keep_helper(&self, task: JoinHandle<()>) {
-        self.helpers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
     }
 
     /// Finds the container's init process and opens its cgroup counters.
@@ -197,12 +183,7 @@ impl DockerCookie {
     /// Waits until all of stdout has reached the task's sink and all of stderr the
     /// tap (the streams end once the container has stopped).
     async fn drain_output(&self) {
-        for pump in [&self.output, &self.stderr_pump] {
-            let pump = pump.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(pump) = pump {
-                let _ = tokio::time::timeout(STREAM_DRAIN, pump).await;
-            }
-        }
+        self.copiers.drain(STREAM_DRAIN).await;
     }
 
     /// Turns an exit code into a result, asking the engine whether it was an OOM kill.
@@ -293,10 +274,7 @@ impl DockerCookie {
             )
             .await
             .map_err(|e| engine_error("attaching to the container's stderr", e))?;
-        *self
-            .stderr_pump
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner()) = Some(tokio::spawn(pump_stderr(
+        self.copiers.pump_stderr(tokio::spawn(pump_stderr(
             stderr.output,
             self.stderr.clone(),
         )));
@@ -364,11 +342,8 @@ impl DockerCookie {
                 .map(|message| LogOutput::StdErr { message })
                 .map_err(|err| EngineError::IOError { err })
         }));
-        *self
-            .stderr_pump
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner()) =
-            Some(tokio::spawn(pump_stderr(stderr, self.stderr.clone())));
+        self.copiers
+            .pump_stderr(tokio::spawn(pump_stderr(stderr, self.stderr.clone())));
         Ok((Box::new(one_way.stdin), Box::new(one_way.stdout)))
     }
 
@@ -418,20 +393,13 @@ impl Cookie for DockerCookie {
             plumbing.stdout.take(),
             plumbing.stats.take(),
         );
-        let wired = wire(stdin, stdout, input, stdout_sink);
-        if let Some(feeder) = wired.feeder {
-            self.keep_helper(feeder);
-        }
-        if let Some(output) = wired.output {
-            *self.output.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
-        }
-        let running = wired.running;
+        let running = self.copiers.wire(stdin, stdout, input, stdout_sink);
         // The engine's stream only where the caller cannot sample the counters.
         let counters_read = self.caller_samples_counters && self.counters.is_some();
         if let Some(sink) = stats_sink.filter(|_| !counters_read) {
             let engine = self.engine.clone();
             let id = self.id.clone();
-            self.keep_helper(tokio::spawn(async move {
+            self.copiers.keep(tokio::spawn(async move {
                 let options = StatsOptionsBuilder::default().stream(true).build();
                 let mut samples = engine.docker.stats(&id, Some(options));
                 // The engine sends a sample at once: the deadline covers the
@@ -521,18 +489,7 @@ impl Cookie for DockerCookie {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let helpers = std::mem::take(&mut *self.helpers.lock().unwrap_or_else(|e| e.into_inner()));
-        for helper in helpers {
-            helper.abort();
-        }
-        if let Some(pump) = self
-            .stderr_pump
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            pump.abort();
-        }
+        self.copiers.abort();
         if let Err(e) = self.engine.remove_container(&self.id).await {
             tracing::warn!(container = %self.id, error = %e, "could not remove a container");
         }
@@ -568,14 +525,7 @@ impl Drop for DockerCookie {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        for helper in self
-            .helpers
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            helper.abort();
-        }
+        self.copiers.abort();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let engine = self.engine.clone();
             let id = std::mem::take(&mut self.id);
