@@ -40,6 +40,7 @@ pub mod docker;
 #[cfg(any(test, feature = "test-util"))]
 pub mod in_process;
 pub(crate) mod linux;
+mod pulls;
 mod wiring;
 
 pub use crate::id::new_id;

@@ -30,7 +30,6 @@ mod spec;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use cookie::ContainerdCookie;
@@ -47,6 +46,7 @@ use super::{ClaimError, Driver, EngineTraits, Task};
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
 use crate::driver::linux::direct::LazyRuntimeDir;
+use crate::driver::pulls::SharedPulls;
 use crate::error::CallError;
 use client::{Client, QUICK, SLOW, call, gone_is_fine, label_filter};
 use events::Events;
@@ -141,8 +141,7 @@ pub(crate) struct Engine {
     pids_limit: i64,
     nofile_limit: i64,
     runtime: LazyRuntimeDir,
-    pulls: DashMap<String, pull::PullFuture>,
-    pull_count: AtomicU64,
+    pulls: SharedPulls,
     /// What was read of each image, by the digest of its manifest.
     images: DashMap<String, Arc<pull::ImageConfig>>,
     groups: Arc<ShimGroups>,
@@ -192,8 +191,7 @@ impl ContainerdDriver {
                 pids_limit: options.pids_limit,
                 nofile_limit: options.nofile_limit,
                 runtime: LazyRuntimeDir::new(options.runtime_dir),
-                pulls: DashMap::new(),
-                pull_count: AtomicU64::new(0),
+                pulls: SharedPulls::default(),
                 images: DashMap::new(),
                 groups: Arc::new(ShimGroups::new(
                     format!("hotpool-{}", crate::id::new_id()),
@@ -218,7 +216,7 @@ impl ContainerdDriver {
     /// A snapshot of what the driver has done.
     pub fn statistics(&self) -> DriverStatistics {
         DriverStatistics {
-            image_pulls: self.engine.pull_count.load(Ordering::Relaxed),
+            image_pulls: self.engine.pulls.started(),
         }
     }
 }

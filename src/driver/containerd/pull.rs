@@ -24,7 +24,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::{
@@ -36,7 +35,6 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Descriptor;
 use futures_util::TryStreamExt;
-use futures_util::future::{BoxFuture, FutureExt, Shared};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
@@ -49,9 +47,6 @@ use crate::driver::linux::credentials;
 use crate::error::CallError;
 use crate::id::new_id;
 use crate::image::{ImageRef, parse_image};
-
-/// A pull in flight that several prepares may await.
-pub(super) type PullFuture = Shared<BoxFuture<'static, Result<(), CallError>>>;
 
 /// How long a pull's lease holds what it wrote if hotpool dies mid-pull.
 const PULL_LEASE_EXPIRY: Duration = Duration::from_secs(3600);
@@ -88,16 +83,13 @@ pub(super) async fn ensure_image(
     if let Some(config) = present(engine, &name).await? {
         return Ok(config);
     }
-    let pull = engine
-        .pulls
-        .entry(name.clone())
-        .or_insert_with(|| start_pull(engine.clone(), image.to_owned(), reference, name.clone()))
-        .clone();
-    let result = pull.await;
+    let (pulling, image_owned, record) = (engine.clone(), image.to_owned(), name.clone());
     engine
         .pulls
-        .remove_if(&name, |_, pull| pull.peek().is_some());
-    result?;
+        .pull(&name, || async move {
+            pull(&pulling, &image_owned, &reference, &record).await
+        })
+        .await?;
     present(engine, &name).await?.ok_or_else(|| {
         CallError::engine(format!(
             "{image} was pulled but containerd does not have it"
@@ -186,25 +178,6 @@ async fn stored_manifest(engine: &Engine, target: &Descriptor) -> Result<Manifes
         manifest = parse_manifest(&blob).map_err(Status::data_loss)?;
     }
     Ok(manifest)
-}
-
-fn start_pull(engine: Arc<Engine>, image: String, reference: ImageRef, name: String) -> PullFuture {
-    engine.pull_count.fetch_add(1, Ordering::Relaxed);
-    let task = tokio::spawn(async move {
-        let result = pull(&engine, &image, &reference, &name).await;
-        let outcome = match &result {
-            Ok(()) => "success",
-            Err(e) => e.kind().as_str(),
-        };
-        metrics::counter!(crate::metrics::IMAGE_PULLS_TOTAL, "result" => outcome).increment(1);
-        result
-    });
-    async move {
-        task.await
-            .unwrap_or_else(|e| Err(CallError::engine(format!("the pull task failed: {e}"))))
-    }
-    .boxed()
-    .shared()
 }
 
 /// Why a pull failed, before it is told in the image's terms.

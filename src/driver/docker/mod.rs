@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -37,7 +37,6 @@ use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Reso
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use dashmap::DashMap;
 
 pub use cookie::DockerCookie;
 pub use deadlines::Deadlines;
@@ -49,6 +48,7 @@ use super::{
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
 use crate::driver::linux::direct::{self, Direct, LazyRuntimeDir};
+use crate::driver::pulls::SharedPulls;
 use crate::error::CallError;
 use deadlines::Op;
 
@@ -116,8 +116,7 @@ pub(crate) struct Engine {
     docker_config_dir: Option<PathBuf>,
     pids_limit: i64,
     nofile_limit: i64,
-    pulls: DashMap<String, pull::PullFuture>,
-    pull_count: AtomicU64,
+    pulls: SharedPulls,
     /// The runtime directory, installed once a direct task needs it.
     runtime: LazyRuntimeDir,
     /// Where the engine is, if not on this host (then `direct` tasks attach).
@@ -167,8 +166,7 @@ impl DockerDriver {
                 docker_config_dir: credentials::config_dir(options.docker_config_dir.as_deref()),
                 pids_limit: options.pids_limit,
                 nofile_limit: options.nofile_limit,
-                pulls: DashMap::new(),
-                pull_count: AtomicU64::new(0),
+                pulls: SharedPulls::default(),
                 runtime: LazyRuntimeDir::new(options.runtime_dir),
                 remote: match &options.socket {
                     Some(_) => None,
@@ -193,7 +191,7 @@ impl DockerDriver {
     /// A snapshot of what the driver has done.
     pub fn statistics(&self) -> DriverStatistics {
         DriverStatistics {
-            image_pulls: self.engine.pull_count.load(Ordering::Relaxed),
+            image_pulls: self.engine.pulls.started(),
         }
     }
 }
@@ -506,8 +504,7 @@ mod tests {
             docker_config_dir: None,
             pids_limit: 256,
             nofile_limit: 1024,
-            pulls: DashMap::new(),
-            pull_count: AtomicU64::new(0),
+            pulls: SharedPulls::default(),
             runtime: LazyRuntimeDir::new(Some(PathBuf::from("/nonexistent"))),
             remote: None,
             remote_logged: std::sync::atomic::AtomicBool::new(false),

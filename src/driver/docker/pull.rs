@@ -6,12 +6,10 @@
 //! `pull_failed`, with the engine's own words in the message.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::TryStreamExt;
-use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use super::deadlines::Op;
 use super::{Engine, Failure};
@@ -20,9 +18,6 @@ use crate::driver::linux::credentials;
 use crate::error::CallError;
 use crate::image::parse_image;
 use bollard::auth::DockerCredentials;
-
-/// A pull in flight that several prepares may await.
-pub(super) type PullFuture = Shared<BoxFuture<'static, Result<(), CallError>>>;
 
 /// Returns once `image` is present, pulling it if needed, with the command its
 /// containers run by default: its entrypoint, then its command.
@@ -33,16 +28,11 @@ pub(super) async fn ensure_image(
     if let Some(command) = inspect(engine, image).await? {
         return Ok(command);
     }
-    let pull = engine
-        .pulls
-        .entry(image.to_owned())
-        .or_insert_with(|| start_pull(engine.clone(), image.to_owned()))
-        .clone();
-    let result = pull.await;
+    let (pulling, name) = (engine.clone(), image.to_owned());
     engine
         .pulls
-        .remove_if(image, |_, pull| pull.peek().is_some());
-    result?;
+        .pull(image, || async move { pull(&pulling, &name).await })
+        .await?;
     inspect(engine, image).await?.ok_or_else(|| {
         CallError::engine(format!(
             "{image} was pulled but the engine does not have it"
@@ -76,25 +66,6 @@ async fn inspect(engine: &Engine, image: &str) -> Result<Option<ImageCommand>, C
         })) => Ok(None),
         Err(e) => Err(CallError::engine(format!("inspecting image {image}: {e}"))),
     }
-}
-
-fn start_pull(engine: Arc<Engine>, image: String) -> PullFuture {
-    engine.pull_count.fetch_add(1, Ordering::Relaxed);
-    let task = tokio::spawn(async move {
-        let result = pull(&engine, &image).await;
-        let outcome = match &result {
-            Ok(()) => "success",
-            Err(e) => e.kind().as_str(),
-        };
-        metrics::counter!(crate::metrics::IMAGE_PULLS_TOTAL, "result" => outcome).increment(1);
-        result
-    });
-    async move {
-        task.await
-            .unwrap_or_else(|e| Err(CallError::engine(format!("the pull task failed: {e}"))))
-    }
-    .boxed()
-    .shared()
 }
 
 async fn pull(engine: &Engine, image: &str) -> Result<(), CallError> {
