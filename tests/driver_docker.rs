@@ -294,6 +294,29 @@ async fn every_container_opens_its_counters_for_the_oom_verdict(transport: Trans
     );
 }
 
+per_transport!(no_network_is_loopback_alone);
+async fn no_network_is_loopback_alone(transport: Transport) {
+    let driver = driver().await;
+    let outcome = cold(
+        &driver,
+        task(transport, &["line"]),
+        b"!read /proc/net/dev\n".to_vec(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcome.result, Ok(()), "{}", outcome.stderr);
+    let interfaces = String::from_utf8_lossy(&outcome.stdout);
+    let names: Vec<&str> = interfaces
+        .split(" | ")
+        .filter_map(|line| line.split_once(':').map(|(name, _)| name.trim()))
+        .collect();
+    assert_eq!(
+        names,
+        vec!["lo"],
+        "its own network namespace, loopback alone: {interfaces}"
+    );
+}
+
 per_transport!(containers_are_labelled_and_locked_down);
 async fn containers_are_labelled_and_locked_down(transport: Transport) {
     let driver = driver().await;
@@ -313,6 +336,18 @@ async fn containers_are_labelled_and_locked_down(transport: Transport) {
     assert_eq!(labels["hotpool"], "1");
     assert_eq!(labels["hotpool.function"], "locked");
     assert!(config.env.unwrap().contains(&"GREETING=hi".to_string()));
+    assert_eq!(
+        config.network_disabled,
+        Some(true),
+        "no network: dockerd keeps the container out of libnetwork"
+    );
+    assert!(
+        info.network_settings
+            .and_then(|settings| settings.sandbox_id)
+            .unwrap_or_default()
+            .is_empty(),
+        "no libnetwork sandbox"
+    );
     let host = info.host_config.unwrap();
     assert_eq!(host.network_mode.as_deref(), Some("none"));
     assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));

@@ -5,7 +5,8 @@
 //! `no-new-privileges`, pids and open-file limits, the task's memory limit with swap
 //! disabled, its CPU quota and user, a read-only root filesystem (unless the task
 //! opts out) with a sized tmpfs at `/tmp`, Docker's own logging off (`none`: the
-//! driver reads stderr itself), and no network unless the task names one.
+//! driver reads stderr itself), and no network unless the task names one (then
+//! not even a sandbox in dockerd's libnetwork: see [`DockerDriver`]'s create body).
 //!
 //! A task's bytes travel by its [`Transport`]: the engine's attach streams, or
 //! named pipes shared with the container (`direct`: see `driver/linux/direct.rs`).
@@ -311,6 +312,12 @@ impl Engine {
             // Closing our end of stdin closes the container's: the function sees EOF.
             stdin_once: Some(attach),
             tty: Some(false),
+            // No network at all, not network mode `none` alone: the container
+            // still gets its own network namespace with only loopback (runc
+            // makes it), but dockerd leaves it out of libnetwork, whose store
+            // lock deadlocked dockerd 20.10 when hundreds of containers with a
+            // sandbox exited at once (moby #27761).
+            network_disabled: Some(task.network.is_none()),
             host_config: Some(HostConfig {
                 memory: limit,
                 // Swap limit equal to the memory limit: no swap at all.
