@@ -152,6 +152,13 @@ async fn feed<E: std::fmt::Display + Send + 'static>(
         let done = match next {
             Some(Ok(chunk)) => {
                 pending.extend_from_slice(&chunk);
+                // A registry that sends more than the manifest says must not
+                // fill the disk until the pull's deadline.
+                if offset + pending.len() as i64 > size {
+                    return Err(format!(
+                        "downloading {digest}: more than the {size} bytes its manifest gives"
+                    ));
+                }
                 false
             }
             Some(Err(e)) => return Err(format!("downloading {digest}: {e}")),

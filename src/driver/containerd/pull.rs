@@ -41,7 +41,7 @@ use tonic::{Code, Status};
 
 use super::client::{QUICK, SLOW, call, gone_is_fine};
 use super::content::{self, WriteError};
-use super::registry::{Registry, RegistryError};
+use super::registry::{Registry, RegistryError, read_capped};
 use super::{Engine, LABEL};
 use crate::driver::linux::credentials;
 use crate::error::CallError;
@@ -274,14 +274,11 @@ async fn fetch(
         manifest = parse_manifest(&body).map_err(RegistryError::Failed)?;
     }
     let manifest_digest = sha256_digest(&body);
-    let config_blob = registry
-        .blob(&manifest.config.digest)
-        .await?
-        .bytes()
-        .await
-        .map_err(|e| {
-            RegistryError::Failed(format!("reading config {}: {e}", manifest.config.digest))
-        })?;
+    let config_blob = read_capped(
+        registry.blob(&manifest.config.digest).await?,
+        &format!("config {}", manifest.config.digest),
+    )
+    .await?;
     if sha256_digest(&config_blob) != manifest.config.digest {
         return Err(RegistryError::Failed(format!(
             "config {} does not match its digest",
@@ -304,7 +301,7 @@ async fn fetch(
 
     let snapshot_label = format!("{SNAPSHOT_REF_LABEL}.{}", engine.snapshotter);
     let config_labels = HashMap::from([(snapshot_label, top.clone())]);
-    let config_bytes = bytes::Bytes::from(config_blob.to_vec());
+    let config_bytes = bytes::Bytes::from(config_blob);
     store_blob(engine, lease, &manifest.config, config_labels, || {
         futures_util::stream::iter([Ok::<_, String>(config_bytes.clone())])
     })

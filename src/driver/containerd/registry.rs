@@ -41,6 +41,10 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a registry may leave a response (or a blob's next bytes) waiting.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most bytes a registry may send for a manifest, an index, an image
+/// config, a token or an error: real ones are kilobytes, and a registry that
+/// sends more must not fill hotpool's memory.
+pub(crate) const SMALL_BODY_MAX: usize = 4 << 20;
 
 /// Why a registry request failed, in the terms a pull's error needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,11 +112,7 @@ impl Registry {
             .get(CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .map(|value| value.split(';').next().unwrap_or(value).trim().to_owned());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| RegistryError::Failed(format!("reading manifest {reference}: {e}")))?
-            .to_vec();
+        let body = read_capped(response, &format!("manifest {reference}")).await?;
         let media_type = match header_type.filter(|t| MANIFEST_TYPES.contains(&t.as_str())) {
             Some(media_type) => media_type,
             // Some registries answer `application/json`: the manifest says.
@@ -239,10 +239,7 @@ impl Registry {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| RegistryError::Failed(format!("token from {realm}: {e}")))?;
+        let body = read_capped(response, &format!("token from {realm}")).await?;
         let token: Token = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::Failed(format!("token from {realm}: {e}")))?;
         let token = token
@@ -310,7 +307,7 @@ async fn registry_words(response: Response) -> String {
         code: Option<String>,
         message: Option<String>,
     }
-    let Ok(body) = response.bytes().await else {
+    let Ok(body) = read_capped(response, "an error").await else {
         return String::new();
     };
     match serde_json::from_slice::<Errors>(&body) {
@@ -327,6 +324,28 @@ async fn registry_words(response: Response) -> String {
         }
         Err(_) => String::new(),
     }
+}
+
+/// Reads `what`, the body of `response`, whole; fails once it passes
+/// [`SMALL_BODY_MAX`] bytes.
+pub(crate) async fn read_capped(
+    mut response: Response,
+    what: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| RegistryError::Failed(format!("reading {what}: {}", error_chain(&e))))?
+    {
+        if body.len() + chunk.len() > SMALL_BODY_MAX {
+            return Err(RegistryError::Failed(format!(
+                "{what} is over {SMALL_BODY_MAX} bytes: no real one is"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// An HTTP error with its causes (reqwest's own message hides them).
