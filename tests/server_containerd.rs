@@ -1,32 +1,38 @@
 //! `hotpool serve` on containerd, chosen by `[engine] kind = "containerd"`: the
 //! image pulled by hotpool from a real registry into its own namespace, a line
 //! function served cold then hot over the direct transport, a death typed, the
-//! engine's health in `/healthz`, and nothing left in containerd after a stop.
+//! engine's health in `/healthz`, and nothing left in containerd after a stop;
+//! and `examples/hotpool-containerd.toml`'s functions served as the README's
+//! containerd quick start serves them.
 
 mod support;
 
 use hotpool::pool::POOL_LABEL;
 
 use support::containerd::{PoolGuard, TestImage, leftovers};
+use support::registry::{PASSWORD, Registry, USER};
 use support::server::{Server, error_of};
+use support::{driver, hello_image, repo_root, testfn_image};
+
+/// Where `scripts/registry` pushes the example images, as the example names it.
+const QUICK_START_REGISTRY: &str = "127.0.0.1:5000";
 
 #[test]
 fn serve_on_containerd_pulls_serves_hot_and_leaves_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let image = runtime.block_on(TestImage::push("hotpool-testfn-serve"));
-    // The only test of this process: the server it starts reads the registry's
-    // credentials from here.
-    // SAFETY: no other thread of this test process reads the environment now.
-    unsafe { std::env::set_var("DOCKER_CONFIG", image.docker_config()) };
     let function = format!(
         "[[function]]\nname = \"echo\"\nimage = \"{}\"\ncmd = [\"line\"]\nformat = \"line\"\nmemory = \"32m\"\n",
         image.name
     );
-    let server = Server::start_with(
+    // The server reads the registry's credentials from here.
+    let credentials = image.docker_config().to_str().unwrap();
+    let server = Server::start_with_env(
         "containerd",
         "",
         "shutdown_timeout = \"30s\"\n\n[engine]\nkind = \"containerd\"",
         &[function],
+        &[("DOCKER_CONFIG", credentials)],
     );
     let _guard = PoolGuard(server.pool.clone());
 
@@ -51,6 +57,71 @@ fn serve_on_containerd_pulls_serves_hot_and_leaves_nothing() {
         metrics.contains("hotpool_engine_api_seconds_count{engine=\"containerd\""),
         "the engine's calls are timed under its name"
     );
+
+    let pool = server.pool.clone();
+    server.stop();
+    let left = runtime.block_on(leftovers(POOL_LABEL, &pool, &[]));
+    assert_eq!(
+        left,
+        Default::default(),
+        "containerd holds nothing of {pool}"
+    );
+}
+
+#[test]
+fn the_containerd_example_serves_every_function() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The example's images, pushed under the example's names to a registry of
+    // the test's own (not on port 5000, which a newcomer's registry may hold).
+    let registry = Registry::start();
+    runtime.block_on(async {
+        let docker = driver().await;
+        let docker = docker.docker();
+        registry
+            .push_as(docker, testfn_image(), "hotpool-testfn", "dev")
+            .await;
+        registry
+            .push_as(docker, hello_image(), "hotpool-hello-http", "dev")
+            .await;
+    });
+    let credentials = registry.docker_config(USER, PASSWORD);
+    let example = std::fs::read_to_string(repo_root().join("examples/hotpool-containerd.toml"))
+        .expect("read examples/hotpool-containerd.toml")
+        .replace(QUICK_START_REGISTRY, &registry.addr);
+    let engine_start = example.find("[engine]").expect("an [engine] table");
+    let functions_start = example.find("[[function]]").expect("functions");
+    let engine = &example[engine_start..functions_start];
+    assert!(
+        engine.contains("kind = \"containerd\""),
+        "the example names containerd: {engine}"
+    );
+    let server = Server::start_with_env(
+        "containerd-example",
+        "",
+        &format!("shutdown_timeout = \"30s\"\n\n{engine}"),
+        &[example[functions_start..].to_owned()],
+        &[("DOCKER_CONFIG", credentials.path().to_str().unwrap())],
+    );
+    let _guard = PoolGuard(server.pool.clone());
+
+    for (function, body, answer) in [
+        ("echo", "hello", "hello"),
+        ("echo", "again", "again"),
+        ("echo-http", "hi", "hi"),
+        ("echo-cold", "once", "once"),
+        ("hello", "Ada", "Ada"),
+    ] {
+        let response = server.invoke(function, body.as_bytes());
+        assert_eq!(response.status, 200, "{function}: {response}");
+        assert!(
+            response.text().contains(answer),
+            "{function} answers {answer}: {response}"
+        );
+    }
+    let hot = server.invoke("echo", b"hot");
+    assert_eq!(hot.header("hotpool-start"), Some("hot"), "{hot}");
+    let died = server.invoke("echo", b"!exit 3");
+    assert_eq!(error_of(&died)["kind"], "exited", "{died}");
 
     let pool = server.pool.clone();
     server.stop();
