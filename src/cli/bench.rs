@@ -14,7 +14,9 @@
 //! them (`--exit-body`), answered with the typed `exited` error: their latency
 //! less a hot call's is how long the death verdict takes.
 //!
-//! These four use the engine's attach streams. The floors' containers are the
+//! These four use the engine's attach streams; on an engine without them
+//! (containerd) only the direct modes run, and `cold` and `floor_cold` feed their
+//! containers over the direct transport's pipes. The floors' containers are the
 //! pool's: the same driver task
 //! ([`FunctionSpec::task`], hardening included) run by the same [`AnyDriver`],
 //! and their calls are framed by the pool's own format code. What the pool adds
@@ -251,45 +253,55 @@ async fn measure(
 ) -> Result<HashMap<&'static str, Samples>, String> {
     let body = vec![b'x'; args.payload];
     let max_response = pool.config().max_response_bytes;
+    // An engine without attach streams (containerd) has the direct modes alone.
+    let attach = pool.driver().traits().attach;
+    let direct = args.transport == Transport::Direct || !attach;
     let hot = spec(args, args.format, args.command.clone());
-    let cold = spec(
+    let mut cold = spec(
         args,
         Format::Cold,
         args.cold_cmd
             .clone()
             .unwrap_or_else(|| args.command.clone()),
     );
+    if !attach {
+        cold.transport = Transport::Direct;
+    }
     let request = Request::new(body.clone());
-    let direct = args.transport == Transport::Direct;
     let mut hot_direct = hot.clone();
     hot_direct.name = format!("{}-direct", hot.name);
     hot_direct.transport = Transport::Direct;
 
     // Warm up: the pool's containers and the floor's, and the image's pages. On
     // an error, the floor's containers go with their cookies and the label sweep.
-    let floor_specs = std::iter::once(&hot).chain(direct.then_some(&hot_direct));
+    let floor_specs = [("floor_hot", attach.then_some(&hot))]
+        .into_iter()
+        .chain([("floor_direct", direct.then_some(&hot_direct))]);
     let mut floors = Vec::new();
-    for spec in floor_specs {
+    for (mode, spec) in floor_specs {
+        let Some(spec) = spec else { continue };
         let containers = try_join_all(
             (0..args.concurrency).map(|_| FloorContainer::start(pool, spec, max_response)),
         )
         .await?;
-        floors.push(containers);
+        floors.push((mode, containers));
     }
-    let (hot_function, cold_function) = (pool.register(hot.clone()), pool.register(cold.clone()));
+    let hot_function = attach.then(|| pool.register(hot.clone()));
+    let cold_function = pool.register(cold.clone());
     let direct_function = direct.then(|| pool.register(hot_direct.clone()));
-    for function in std::iter::once(&hot_function).chain(&direct_function) {
+    for function in hot_function.iter().chain(&direct_function) {
         let warm = (0..args.concurrency).map(|_| function.call(Request::new(body.clone())));
         try_join_all(warm)
             .await
             .map_err(|e| format!("a hot call failed: {e}"))?;
     }
-    for container in floors.iter_mut().flatten() {
+    for container in floors.iter_mut().flat_map(|(_, containers)| containers) {
         container.round_trip(&request).await?;
     }
     let exiting: Vec<(&'static str, Function<AnyDriver>)> = if direct {
         [("exited_attach", &hot), ("exited_direct", &hot_direct)]
             .into_iter()
+            .filter(|(mode, _)| attach || *mode == "exited_direct")
             .map(|(mode, spec)| {
                 let mut exiting = spec.clone();
                 exiting.name = format!("{}-exits", spec.name);
@@ -306,8 +318,7 @@ async fn measure(
     for round in 0..rounds {
         let hot_calls = share(args.calls, round, rounds);
         let cold_calls = share(args.cold_calls, round, rounds);
-        let floor_modes = ["floor_hot", "floor_direct"];
-        for (mode, floor) in floor_modes.into_iter().zip(&mut floors) {
+        for (mode, floor) in &mut floors {
             timed(
                 modes.entry(mode).or_default(),
                 floor_round(floor, hot_calls, &request),
@@ -315,7 +326,7 @@ async fn measure(
             .await?;
         }
         let pool_modes = [
-            ("hot", Some(&hot_function)),
+            ("hot", hot_function.as_ref()),
             ("direct", direct_function.as_ref()),
         ];
         for (mode, function) in pool_modes {
@@ -350,7 +361,7 @@ async fn measure(
         )
         .await?;
     }
-    for container in floors.into_iter().flatten() {
+    for container in floors.into_iter().flat_map(|(_, containers)| containers) {
         container.close().await;
     }
     Ok(modes)
