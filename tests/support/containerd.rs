@@ -193,7 +193,7 @@ pub async fn leftovers(key: &str, value: &str, ids: &[&str]) -> Leftovers {
         .into_inner()
         .tasks
         .into_iter()
-        .map(|task| task.container_id)
+        .map(|task| task.id)
         .filter(|id| ids.contains(&id.as_str()))
         .collect();
     let mut listed = client
