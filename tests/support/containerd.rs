@@ -157,7 +157,7 @@ pub struct Leftovers {
 }
 
 /// `message` as a request in hotpool's namespace.
-fn request<T>(message: T) -> Request<T> {
+pub fn request<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
