@@ -242,6 +242,8 @@ async fn the_function_has_no_privilege_and_meets_a_closed_kernel<D: TestEngine>(
     ] {
         assert!(status.contains(line), "{line:?} in {status}");
     }
+    // containerd's profile refuses ptrace too (tests/driver_containerd.rs);
+    // Docker's default one allows it.
     let refused = ask(&pool, &spec, "!refused").await;
     for call in ["mount", "unshare", "keyctl", "bpf", "perf_event_open"] {
         assert!(
