@@ -3,9 +3,10 @@
 //! container removed from outside mid-call is typed as an exit, calls dropped by
 //! their caller are counted, and the longest timeouts do not break the arithmetic.
 //!
-//! Each test on the real engine runs its own pool (its containers labelled
-//! `hotpool.pool=<test>-<pid>`) with hostile modes of the test function, and ends
-//! with none of its containers left.
+//! Each test on a real engine (Docker over both transports, containerd over
+//! direct) runs its own pool (its containers labelled `hotpool.pool=<test>-<pid>`)
+//! with hostile modes of the test function, and ends with none of its containers
+//! left.
 
 mod support;
 
@@ -16,53 +17,66 @@ use hotpool::pool::{Format, FunctionSpec, Pool, PoolConfig, Request};
 use hotpool::{CallError, ErrorKind};
 
 use hotpool::driver::Transport;
-use support::pool::{containers_of, eventually, spec_on, with_pool};
+use support::OnEngine;
+use support::engine::TestEngine;
+use support::pool::{containers_of, eventually, with_pool};
 
 const MIB: u64 = 1 << 20;
 
-per_transport!(late_http_answers_never_reach_the_next_caller);
-async fn late_http_answers_never_reach_the_next_caller(transport: Transport) {
-    with_pool(&format!("test-late-http-{transport}"), async |pool| {
-        let function = spec_on(transport, "late-http", Format::Http);
-        let mut protocol_errors = 0;
-        for i in 0..20 {
-            // Every other call answers, then answers again 50 ms later. The late
-            // answer lands in the middle of a slow call, or while the container is
-            // idle before a quick one.
-            let own = format!("caller-{i}");
-            let (body, expected) = match i % 4 {
-                0 | 2 => (format!("!late 50 {own}"), own.clone()),
-                1 => ("!sleep 200".to_owned(), "slept".to_owned()),
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    (own.clone(), own.clone())
-                }
-            };
-            match pool
-                .register(function.clone())
-                .call(Request::new(body))
-                .await
-            {
-                Ok(response) => assert_eq!(
-                    String::from_utf8_lossy(&response.body),
-                    expected,
-                    "call {i} got a body that is not its own"
-                ),
-                Err(error) => {
-                    assert_eq!(error.kind(), ErrorKind::ProtocolError, "call {i}: {error}");
-                    protocol_errors += 1;
+per_engine_transport!(late_http_answers_never_reach_the_next_caller);
+async fn late_http_answers_never_reach_the_next_caller<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    with_pool(
+        engine,
+        &format!("test-late-http-{transport}"),
+        async |pool| {
+            let function = pool.spec(transport, "late-http", Format::Http);
+            let mut protocol_errors = 0;
+            for i in 0..20 {
+                // Every other call answers, then answers again 50 ms later. The late
+                // answer lands in the middle of a slow call, or while the container is
+                // idle before a quick one.
+                let own = format!("caller-{i}");
+                let (body, expected) = match i % 4 {
+                    0 | 2 => (format!("!late 50 {own}"), own.clone()),
+                    1 => ("!sleep 200".to_owned(), "slept".to_owned()),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        (own.clone(), own.clone())
+                    }
+                };
+                match pool
+                    .register(function.clone())
+                    .call(Request::new(body))
+                    .await
+                {
+                    Ok(response) => assert_eq!(
+                        String::from_utf8_lossy(&response.body),
+                        expected,
+                        "call {i} got a body that is not its own"
+                    ),
+                    Err(error) => {
+                        assert_eq!(error.kind(), ErrorKind::ProtocolError, "call {i}: {error}");
+                        protocol_errors += 1;
+                    }
                 }
             }
-        }
-        eprintln!("{protocol_errors} of 20 calls met a late answer and got protocol_error");
-    })
+            eprintln!("{protocol_errors} of 20 calls met a late answer and got protocol_error");
+        },
+    )
     .await;
 }
 
-per_transport!(the_http_example_function_echoes_the_call_id_and_is_served);
-async fn the_http_example_function_echoes_the_call_id_and_is_served(transport: Transport) {
-    with_pool(&format!("test-hello-{transport}"), async |pool| {
-        let mut hello = FunctionSpec::new("hello", support::hello_image());
+per_engine_transport!(the_http_example_function_echoes_the_call_id_and_is_served);
+async fn the_http_example_function_echoes_the_call_id_and_is_served<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let image = engine.hello_image().await;
+    with_pool(engine, &format!("test-hello-{transport}"), async |pool| {
+        let mut hello = FunctionSpec::new("hello", &image.name);
         hello.format = Format::Http;
         hello.memory = 32 * MIB;
         hello.transport = transport;
@@ -85,12 +99,13 @@ async fn the_http_example_function_echoes_the_call_id_and_is_served(transport: T
     .await;
 }
 
-per_transport!(http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped);
-async fn http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped(
+per_engine_transport!(http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped);
+async fn http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_dropped<D: TestEngine>(
+    engine: OnEngine<D>,
     transport: Transport,
 ) {
-    with_pool(&format!("test-http-headers-{transport}"), async |pool| {
-        let function = spec_on(transport, "http-headers", Format::Http);
+    with_pool(engine, &format!("test-http-headers-{transport}"), async |pool| {
+        let function = pool.spec(transport, "http-headers", Format::Http);
         let upgrade = pool.register(function.clone()).call( Request::new("!upgrade")).await;
         assert!(
             matches!(upgrade, Err(CallError::ProtocolError { ref detail }) if detail.contains("101")),
@@ -128,27 +143,37 @@ async fn http_statuses_outside_200_to_599_fail_and_hop_by_hop_headers_are_droppe
     .await;
 }
 
-per_transport!(a_cold_endless_writer_is_killed_as_a_protocol_error);
-async fn a_cold_endless_writer_is_killed_as_a_protocol_error(transport: Transport) {
-    with_pool(&format!("test-cold-flood-{transport}"), async |pool| {
-        let mut flood = spec_on(transport, "cold-flood", Format::Cold);
-        flood.cmd = vec!["flood".into()];
-        flood.timeout = Duration::from_secs(60);
-        let result = pool.register(flood.clone()).call(Request::new("")).await;
-        let limit = PoolConfig::default().max_response_bytes;
-        assert!(
-            matches!(&result, Err(CallError::ProtocolError { detail })
+per_engine_transport!(a_cold_endless_writer_is_killed_as_a_protocol_error);
+async fn a_cold_endless_writer_is_killed_as_a_protocol_error<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    with_pool(
+        engine,
+        &format!("test-cold-flood-{transport}"),
+        async |pool| {
+            let mut flood = pool.spec(transport, "cold-flood", Format::Cold);
+            flood.cmd = vec!["flood".into()];
+            flood.timeout = Duration::from_secs(60);
+            let result = pool.register(flood.clone()).call(Request::new("")).await;
+            let limit = PoolConfig::default().max_response_bytes;
+            assert!(
+                matches!(&result, Err(CallError::ProtocolError { detail })
                 if detail.contains(&format!("larger than {limit} bytes"))),
-            "{result:?}"
-        );
-    })
+                "{result:?}"
+            );
+        },
+    )
     .await;
 }
 
-per_transport!(a_hot_line_flood_is_a_protocol_error);
-async fn a_hot_line_flood_is_a_protocol_error(transport: Transport) {
-    with_pool(&format!("test-line-flood-{transport}"), async |pool| {
-        let function = spec_on(transport, "line-flood", Format::Line);
+per_engine_transport!(a_hot_line_flood_is_a_protocol_error);
+async fn a_hot_line_flood_is_a_protocol_error<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    with_pool(engine, &format!("test-line-flood-{transport}"), async |pool| {
+        let function = pool.spec(transport, "line-flood", Format::Line);
         let result = pool.register(function.clone()).call( Request::new("!flood")).await;
         assert!(
             matches!(&result, Err(CallError::ProtocolError { detail }) if detail.contains("longer than")),
@@ -160,10 +185,13 @@ async fn a_hot_line_flood_is_a_protocol_error(transport: Transport) {
     .await;
 }
 
-per_transport!(containers_removed_from_outside_mid_call_are_exited);
-async fn containers_removed_from_outside_mid_call_are_exited(transport: Transport) {
-    with_pool(&format!("test-removed-{transport}"), async |pool| {
-        let mut function = spec_on(transport, "removed", Format::Line);
+per_engine_transport!(containers_removed_from_outside_mid_call_are_exited);
+async fn containers_removed_from_outside_mid_call_are_exited<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    with_pool(engine, &format!("test-removed-{transport}"), async |pool| {
+        let mut function = pool.spec(transport, "removed", Format::Line);
         function.max_concurrency = 4;
         for round in 0..5 {
             // Four calls in four containers, all removed at once: the engine is
@@ -171,7 +199,7 @@ async fn containers_removed_from_outside_mid_call_are_exited(transport: Transpor
             // fix, one call in 25 got engine_error: the container was gone).
             let calls: Vec<_> = (0..4)
                 .map(|_| {
-                    let (pool, function) = (pool.clone(), function.clone());
+                    let (pool, function) = (Pool::clone(pool), function.clone());
                     tokio::spawn(async move {
                         pool.register(function.clone())
                             .call(Request::new("!sleep 5000"))
@@ -186,16 +214,13 @@ async fn containers_removed_from_outside_mid_call_are_exited(transport: Transpor
             .await;
             // Let the requests reach the functions before the containers go.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let docker = pool.driver().docker();
-            let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-                .force(true)
-                .build();
-            let removals = containers_of(pool, true).await.into_iter().map(|id| {
-                let options = options.clone();
-                async move { docker.remove_container(&id, Some(options)).await }
-            });
+            let driver = pool.driver();
+            let removals = containers_of(pool, true)
+                .await
+                .into_iter()
+                .map(|id| async move { driver.remove(&id).await });
             for removed in futures_util::future::join_all(removals).await {
-                removed.expect("docker rm -f");
+                removed.expect("remove the container from outside");
             }
             for call in calls {
                 let result = call.await.expect("the call task");
@@ -209,24 +234,32 @@ async fn containers_removed_from_outside_mid_call_are_exited(transport: Transpor
     .await;
 }
 
-per_transport!(the_longest_timeout_neither_panics_nor_times_out);
-async fn the_longest_timeout_neither_panics_nor_times_out(transport: Transport) {
-    with_pool(&format!("test-longest-timeout-{transport}"), async |pool| {
-        for format in [Format::Line, Format::Http, Format::Cold] {
-            let mut function = spec_on(transport, &format!("forever-{}", format.as_str()), format);
-            function.timeout = Duration::MAX;
-            let response = pool
-                .register(function.clone())
-                .call(Request::new("patient"))
-                .await;
-            assert_eq!(
-                response.map(|r| r.body),
-                Ok("patient".into()),
-                "{}",
-                format.as_str()
-            );
-        }
-    })
+per_engine_transport!(the_longest_timeout_neither_panics_nor_times_out);
+async fn the_longest_timeout_neither_panics_nor_times_out<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    with_pool(
+        engine,
+        &format!("test-longest-timeout-{transport}"),
+        async |pool| {
+            for format in [Format::Line, Format::Http, Format::Cold] {
+                let mut function =
+                    pool.spec(transport, &format!("forever-{}", format.as_str()), format);
+                function.timeout = Duration::MAX;
+                let response = pool
+                    .register(function.clone())
+                    .call(Request::new("patient"))
+                    .await;
+                assert_eq!(
+                    response.map(|r| r.body),
+                    Ok("patient".into()),
+                    "{}",
+                    format.as_str()
+                );
+            }
+        },
+    )
     .await;
 }
 

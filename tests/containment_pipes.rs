@@ -6,7 +6,8 @@
 //!
 //! Every call must be answered within its timeout plus a margin (a bound on the
 //! caller's wait, not a speed), with the error the case deserves, and its
-//! container must be gone. Each test runs its own pool and ends with none of its
+//! container must be gone. Each test runs on Docker (both transports) and on
+//! containerd (direct alone), in its own pool, and ends with none of its
 //! containers left.
 
 mod support;
@@ -14,11 +15,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use hotpool::driver::Transport;
-use hotpool::driver::docker::DockerDriver;
-use hotpool::pool::{Format, Pool, Request, TIMEOUT_MARGIN};
+use hotpool::pool::{Format, Request, TIMEOUT_MARGIN};
 use hotpool::{CallError, ErrorKind};
 
-use support::pool::{containers_of, eventually, spec_on, with_pool};
+use support::OnEngine;
+use support::engine::TestEngine;
+use support::pool::{TestPool, containers_of, eventually, with_pool};
 
 /// The timeout of every call here.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,14 +33,14 @@ const PAST_TIMEOUT: Duration = TIMEOUT_MARGIN.saturating_add(Duration::from_secs
 /// checks that the answer came within [`PAST_TIMEOUT`] of it and is an error that
 /// `expected` accepts, that the container is gone, and that a new one serves the
 /// next call.
-async fn call_in_warm_container(
-    pool: &Pool<DockerDriver>,
+async fn call_in_warm_container<D: TestEngine>(
+    pool: &TestPool<D>,
     transport: Transport,
     format: Format,
     body: &str,
     expected: impl Fn(&CallError) -> bool,
 ) {
-    let mut function = spec_on(transport, &format!("pipes-{}", format.as_str()), format);
+    let mut function = pool.spec(transport, &format!("pipes-{}", format.as_str()), format);
     function.timeout = TIMEOUT;
     let handle = pool.register(function);
     let whoami = async || {
@@ -78,17 +80,22 @@ async fn call_in_warm_container(
 }
 
 /// Runs [`call_in_warm_container`] in `line` and in `http`.
-async fn in_both_hot_formats(
+async fn in_both_hot_formats<D: TestEngine>(
+    engine: OnEngine<D>,
     name: &str,
     transport: Transport,
     body: &str,
     expected: impl Fn(&CallError) -> bool,
 ) {
-    with_pool(&format!("test-pipes-{name}-{transport}"), async |pool| {
-        for format in [Format::Line, Format::Http] {
-            call_in_warm_container(pool, transport, format, body, &expected).await;
-        }
-    })
+    with_pool(
+        engine,
+        &format!("test-pipes-{name}-{transport}"),
+        async |pool| {
+            for format in [Format::Line, Format::Http] {
+                call_in_warm_container(pool, transport, format, body, &expected).await;
+            }
+        },
+    )
     .await;
 }
 
@@ -108,85 +115,114 @@ fn exited_with(code: i64) -> impl Fn(&CallError) -> bool {
     move |error| matches!(error, CallError::Exited { code: c, .. } if *c == code)
 }
 
-per_transport!(closing_stdout_and_running_on);
-async fn closing_stdout_and_running_on(transport: Transport) {
+per_engine_transport!(closing_stdout_and_running_on);
+async fn closing_stdout_and_running_on<D: TestEngine>(engine: OnEngine<D>, transport: Transport) {
     let expected = stdout_closed_but_running(transport);
-    in_both_hot_formats("close-stdout", transport, "!close-stdout", expected).await;
+    in_both_hot_formats(engine, "close-stdout", transport, "!close-stdout", expected).await;
 }
 
-per_transport!(closing_all_pipes_and_running_on);
-async fn closing_all_pipes_and_running_on(transport: Transport) {
+per_engine_transport!(closing_all_pipes_and_running_on);
+async fn closing_all_pipes_and_running_on<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
     let expected = stdout_closed_but_running(transport);
-    in_both_hot_formats("close-all", transport, "!close-all", expected).await;
+    in_both_hot_formats(engine, "close-all", transport, "!close-all", expected).await;
 }
 
-per_transport!(holding_the_pipes_without_answering_is_a_timeout);
-async fn holding_the_pipes_without_answering_is_a_timeout(transport: Transport) {
+per_engine_transport!(holding_the_pipes_without_answering_is_a_timeout);
+async fn holding_the_pipes_without_answering_is_a_timeout<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
     let timeout = |error: &CallError| error.kind() == ErrorKind::Timeout;
-    in_both_hot_formats("hold", transport, "!sleep 600000", timeout).await;
+    in_both_hot_formats(engine, "hold", transport, "!sleep 600000", timeout).await;
 }
 
-per_transport!(exiting_is_exited);
-async fn exiting_is_exited(transport: Transport) {
-    in_both_hot_formats("exit", transport, "!exit 3", exited_with(3)).await;
+per_engine_transport!(exiting_is_exited);
+async fn exiting_is_exited<D: TestEngine>(engine: OnEngine<D>, transport: Transport) {
+    in_both_hot_formats(engine, "exit", transport, "!exit 3", exited_with(3)).await;
 }
 
-per_transport!(closing_stdout_and_exiting_a_moment_later_is_exited);
-async fn closing_stdout_and_exiting_a_moment_later_is_exited(transport: Transport) {
+per_engine_transport!(closing_stdout_and_exiting_a_moment_later_is_exited);
+async fn closing_stdout_and_exiting_a_moment_later_is_exited<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
     let body = "!close-stdout-exit 300 4";
-    in_both_hot_formats("close-exit", transport, body, exited_with(4)).await;
+    in_both_hot_formats(engine, "close-exit", transport, body, exited_with(4)).await;
 }
 
-per_transport!(exiting_with_a_child_holding_the_pipes_is_exited);
-async fn exiting_with_a_child_holding_the_pipes_is_exited(transport: Transport) {
-    in_both_hot_formats("fork-exit", transport, "!fork-exit 5", exited_with(5)).await;
+per_engine_transport!(exiting_with_a_child_holding_the_pipes_is_exited);
+async fn exiting_with_a_child_holding_the_pipes_is_exited<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    in_both_hot_formats(
+        engine,
+        "fork-exit",
+        transport,
+        "!fork-exit 5",
+        exited_with(5),
+    )
+    .await;
 }
 
-per_transport!(exiting_with_a_child_writing_late_is_exited);
-async fn exiting_with_a_child_writing_late_is_exited(transport: Transport) {
+per_engine_transport!(exiting_with_a_child_writing_late_is_exited);
+async fn exiting_with_a_child_writing_late_is_exited<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
     let body = "!fork-late-exit 6";
-    in_both_hot_formats("fork-late", transport, body, exited_with(6)).await;
+    in_both_hot_formats(engine, "fork-late", transport, body, exited_with(6)).await;
 }
 
-per_transport!(cold_calls_are_answered_within_their_timeout);
-async fn cold_calls_are_answered_within_their_timeout(transport: Transport) {
-    with_pool(&format!("test-pipes-cold-{transport}"), async |pool| {
-        type Expected = fn(&Result<String, CallError>) -> bool;
-        let timed_out: Expected = |result| matches!(result, Err(CallError::Timeout { .. }));
-        let cases: [(&[&str], Expected); 3] = [
-            (&["close-stdout"], timed_out),
-            (&["sleep", "600"], timed_out),
-            // The child dies with its parent's container: none of its late
-            // lines reach the body.
-            (&["fork-echo"], |result| {
-                result.as_ref().is_ok_and(|body| body == "hello")
-            }),
-        ];
-        for (cmd, expected) in cases {
-            let mode = cmd[0];
-            let mut function = spec_on(transport, &format!("cold-{mode}"), Format::Cold);
-            function.cmd = cmd.iter().map(|arg| arg.to_string()).collect();
-            function.timeout = TIMEOUT;
-            let started = Instant::now();
-            let result = pool
-                .register(function)
-                .call(Request::new("hello"))
-                .await
-                .map(|response| String::from_utf8_lossy(&response.body).into_owned());
-            let took = started.elapsed();
-            eprintln!("cold {mode} over {transport}: {result:?} after {took:.2?}");
-            // The cold timeout counts from the container's start: its creation
-            // is on top, so the bound has one more margin.
-            assert!(
-                took <= TIMEOUT + 2 * PAST_TIMEOUT,
-                "cold {mode} was answered {took:?} after the call began"
-            );
-            assert!(expected(&result), "cold {mode}: unexpected {result:?}");
-            assert!(
-                containers_of(pool, false).await.is_empty(),
-                "cold {mode} left its container"
-            );
-        }
-    })
+per_engine_transport!(cold_calls_are_answered_within_their_timeout);
+async fn cold_calls_are_answered_within_their_timeout<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    with_pool(
+        engine,
+        &format!("test-pipes-cold-{transport}"),
+        async |pool| {
+            type Expected = fn(&Result<String, CallError>) -> bool;
+            let timed_out: Expected = |result| matches!(result, Err(CallError::Timeout { .. }));
+            let cases: [(&[&str], Expected); 3] = [
+                (&["close-stdout"], timed_out),
+                (&["sleep", "600"], timed_out),
+                // The child dies with its parent's container: none of its late
+                // lines reach the body.
+                (&["fork-echo"], |result| {
+                    result.as_ref().is_ok_and(|body| body == "hello")
+                }),
+            ];
+            for (cmd, expected) in cases {
+                let mode = cmd[0];
+                let mut function = pool.spec(transport, &format!("cold-{mode}"), Format::Cold);
+                function.cmd = cmd.iter().map(|arg| arg.to_string()).collect();
+                function.timeout = TIMEOUT;
+                let started = Instant::now();
+                let result = pool
+                    .register(function)
+                    .call(Request::new("hello"))
+                    .await
+                    .map(|response| String::from_utf8_lossy(&response.body).into_owned());
+                let took = started.elapsed();
+                eprintln!("cold {mode} over {transport}: {result:?} after {took:.2?}");
+                // The cold timeout counts from the container's start: its creation
+                // is on top, so the bound has one more margin.
+                assert!(
+                    took <= TIMEOUT + 2 * PAST_TIMEOUT,
+                    "cold {mode} was answered {took:?} after the call began"
+                );
+                assert!(expected(&result), "cold {mode}: unexpected {result:?}");
+                assert!(
+                    containers_of(pool, false).await.is_empty(),
+                    "cold {mode} left its container"
+                );
+            }
+        },
+    )
     .await;
 }

@@ -1,7 +1,7 @@
 //! The pool's scheduling rules, how registering a function again changes
 //! them, and that a pool name has one owner, fast and deterministic: the
 //! in-process driver and tokio's paused clock.
-//! The same rules are tried on the real engine in `pool_docker.rs`.
+//! The same rules are tried on the real engine in `pool_engine.rs`.
 
 use std::time::Duration;
 

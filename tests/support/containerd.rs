@@ -157,7 +157,7 @@ pub struct Leftovers {
 }
 
 /// `message` as a request in hotpool's namespace.
-fn request<T>(message: T) -> Request<T> {
+pub fn request<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -193,7 +193,7 @@ pub async fn leftovers(key: &str, value: &str, ids: &[&str]) -> Leftovers {
         .into_inner()
         .tasks
         .into_iter()
-        .map(|task| task.container_id)
+        .map(|task| task.id)
         .filter(|id| ids.contains(&id.as_str()))
         .collect();
     let mut listed = client

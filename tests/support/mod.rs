@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod containerd;
+pub mod engine;
 pub mod http;
 pub mod pool;
 pub mod registry;
@@ -83,6 +84,41 @@ macro_rules! per_engine {
             #[tokio::test]
             async fn containerd() {
                 super::$name($crate::support::on_containerd().await).await
+            }
+        }
+    };
+}
+
+/// Runs a test once per engine and transport: `per_engine_transport!(name);`
+/// beside `async fn name<D: TestEngine>(engine: OnEngine<D>, transport: Transport)`
+/// makes the tests `name::docker::attach`, `name::docker::direct` and
+/// `name::containerd::direct`. containerd has no attach transport (its driver's
+/// traits say so, and a pool refuses such a function there): direct alone.
+#[macro_export]
+macro_rules! per_engine_transport {
+    ($name:ident) => {
+        mod $name {
+            mod docker {
+                #[tokio::test]
+                async fn attach() {
+                    let engine = $crate::support::on_docker().await;
+                    super::super::$name(engine, hotpool::driver::Transport::Attach).await
+                }
+
+                #[tokio::test]
+                async fn direct() {
+                    let engine = $crate::support::on_docker().await;
+                    super::super::$name(engine, hotpool::driver::Transport::Direct).await
+                }
+            }
+
+            mod containerd {
+                #[tokio::test]
+                async fn direct() {
+                    let engine = $crate::support::on_containerd().await;
+                    assert!(!hotpool::driver::Driver::traits(&engine.driver).attach);
+                    super::super::$name(engine, hotpool::driver::Transport::Direct).await
+                }
             }
         }
     };

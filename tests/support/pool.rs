@@ -1,38 +1,54 @@
-//! A pool on the real engine for tests: named after the test and the process,
+//! A pool on a real engine for tests: named after the test and the process,
 //! guarded so that a test that fails half-way still removes its containers, with
 //! the usual spec of the test function and ways to look at the engine's view.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 
 use hotpool::driver::Transport;
-use hotpool::driver::docker::DockerDriver;
-use hotpool::pool::{Format, FunctionSpec, POOL_LABEL, Pool};
+use hotpool::pool::{Format, FunctionSpec, Pool};
 
-use super::{PoolGuard, driver, testfn_image};
+use super::OnEngine;
+use super::engine::TestEngine;
 
 const MIB: u64 = 1 << 20;
 
-/// A pool named `<name>-<pid>` that removes its containers when dropped.
-pub struct TestPool {
-    pool: Pool<DockerDriver>,
-    _guard: PoolGuard,
+/// A pool named `<name>-<pid>` on one engine that removes its containers when
+/// dropped.
+pub struct TestPool<D: TestEngine> {
+    pool: Pool<D>,
+    // Before the engine: its containers go before the image they run.
+    _guard: Box<dyn std::any::Any + Send>,
+    /// The engine, and the test-function image on it.
+    pub engine: OnEngine<D>,
 }
 
-impl std::ops::Deref for TestPool {
-    type Target = Pool<DockerDriver>;
-    fn deref(&self) -> &Pool<DockerDriver> {
+impl<D: TestEngine> std::ops::Deref for TestPool<D> {
+    type Target = Pool<D>;
+    fn deref(&self) -> &Pool<D> {
         &self.pool
     }
 }
 
-/// Runs `test` with a pool, and shuts the pool down (removing its containers)
-/// whether or not the test panicked.
-pub async fn with_pool(name: &str, test: impl AsyncFnOnce(&Pool<DockerDriver>)) {
-    let pool = test_pool(name, 1 << 30).await;
+impl<D: TestEngine> TestPool<D> {
+    /// The test function speaking `format` (`cold` echoes) over `transport`,
+    /// 32 MiB, a 20 s timeout.
+    pub fn spec(&self, transport: Transport, name: &str, format: Format) -> FunctionSpec {
+        spec_of(&self.engine.image, transport, name, format)
+    }
+}
+
+/// Runs `test` with a pool on `engine`, and shuts the pool down (removing its
+/// containers) whether or not the test panicked.
+pub async fn with_pool<D: TestEngine>(
+    engine: OnEngine<D>,
+    name: &str,
+    test: impl AsyncFnOnce(&TestPool<D>),
+) {
+    let pool = test_pool(engine, name, 1 << 30).await;
     let outcome = AssertUnwindSafe(test(&pool)).catch_unwind().await;
     shut(&pool).await;
     if let Err(panic) = outcome {
@@ -40,12 +56,13 @@ pub async fn with_pool(name: &str, test: impl AsyncFnOnce(&Pool<DockerDriver>)) 
     }
 }
 
-/// A [`TestPool`] with this memory budget and a 10 s shutdown timeout.
-pub async fn test_pool(name: &str, budget: u64) -> TestPool {
+/// A [`TestPool`] on `engine` with this memory budget and a 10 s shutdown timeout.
+pub async fn test_pool<D: TestEngine>(engine: OnEngine<D>, name: &str, budget: u64) -> TestPool<D> {
     // The pid keeps two test runs on one engine from removing each other's containers.
     let name = format!("{name}-{}", std::process::id());
-    let pool = Pool::builder(driver().await)
-        .name(name.clone())
+    let guard = (engine.guard)(name.clone());
+    let pool = Pool::builder(engine.driver.clone())
+        .name(name)
         .memory_budget(budget)
         .shutdown_timeout(Duration::from_secs(10))
         .build()
@@ -53,46 +70,39 @@ pub async fn test_pool(name: &str, budget: u64) -> TestPool {
         .expect("pool");
     TestPool {
         pool,
-        _guard: PoolGuard(name),
+        _guard: guard,
+        engine,
     }
 }
 
-/// The test function speaking `format` (`cold` echoes), 32 MiB, a 20 s timeout.
-pub fn spec(name: &str, format: Format) -> FunctionSpec {
-    let mut spec = FunctionSpec::new(name, testfn_image());
+/// The test function of `image` speaking `format` (`cold` echoes) over
+/// `transport`, 32 MiB, a 20 s timeout.
+pub fn spec_of(image: &str, transport: Transport, name: &str, format: Format) -> FunctionSpec {
+    let mut spec = FunctionSpec::new(name, image);
     spec.format = format;
     spec.cmd = vec![format.as_str().replace("cold", "echo")];
     spec.memory = 32 * MIB;
     spec.timeout = Duration::from_secs(20);
     spec.queue_timeout = Duration::from_secs(60);
-    spec
-}
-
-/// [`spec`] over `transport`.
-pub fn spec_on(transport: Transport, name: &str, format: Format) -> FunctionSpec {
-    let mut spec = spec(name, format);
     spec.transport = transport;
     spec
 }
 
 /// The ids of the pool's containers on the engine: running ones only if
 /// `running`, else whatever their state.
-pub async fn containers_of(pool: &Pool<DockerDriver>, running: bool) -> HashSet<String> {
-    let filters = HashMap::from([(
-        "label",
-        vec![format!("{POOL_LABEL}={}", pool.config().name)],
-    )]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(!running)
-        .filters(&filters)
-        .build();
-    let listed = pool
-        .driver()
-        .docker()
-        .list_containers(Some(options))
-        .await
-        .expect("list containers");
-    listed.into_iter().filter_map(|c| c.id).collect()
+pub async fn containers_of<D: TestEngine>(pool: &Pool<D>, running: bool) -> HashSet<String> {
+    pool.driver().containers(&pool.config().name, running).await
+}
+
+/// The id of the pool's container whose host name is `hostname` (what
+/// `!whoami` answers: a prefix of the id on either engine).
+pub async fn container_named<D: TestEngine>(pool: &Pool<D>, hostname: &str) -> String {
+    let ids = containers_of(pool, false).await;
+    let mut named = ids.iter().filter(|id| id.starts_with(hostname));
+    match (named.next(), named.next()) {
+        (Some(id), None) if !hostname.is_empty() => id.clone(),
+        _ => panic!("no one container of {ids:?} is named {hostname:?}"),
+    }
 }
 
 /// Polls a real condition (the engine's or the pool's view) until it holds.
@@ -107,7 +117,7 @@ pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
 }
 
 /// Shuts the pool down, then checks that none of its containers is left.
-pub async fn shut(pool: &Pool<DockerDriver>) {
+pub async fn shut<D: TestEngine>(pool: &Pool<D>) {
     pool.shutdown().await;
     assert!(
         containers_of(pool, false).await.is_empty(),

@@ -254,7 +254,9 @@ fn command(body: &[u8]) -> Vec<u8> {
             rest.as_bytes().to_vec()
         }
         name if host::handles(name) => host::run(name, rest),
-        "whoami" => std::fs::read_to_string("/etc/hostname")
+        // The kernel's host name: Docker also writes it to `/etc/hostname`,
+        // containerd (hotpool writing the spec) sets it alone.
+        "whoami" => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()
             .trim()
             .as_bytes()

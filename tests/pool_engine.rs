@@ -1,8 +1,9 @@
-//! The hot pool on the real engine: reuse, the concurrency cap, every way a
-//! container dies in a call or while idle, eviction, draining and shutdown, each
-//! on both transports; and one owner per pool name. Each test runs its own pool
-//! (its containers labelled `hotpool.pool=<test>`), and ends with none of them
-//! left.
+//! The hot pool on the real engines, Docker and containerd: reuse, the
+//! concurrency cap, every way a container dies in a call or while idle,
+//! eviction, draining and shutdown, each on every transport of each engine
+//! (containerd has direct alone); and one owner per pool name. Each test runs
+//! its own pool (its containers labelled `hotpool.pool=<test>`), and ends with
+//! none of them left.
 
 mod support;
 
@@ -10,20 +11,18 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use hotpool::driver::docker::DockerDriver;
-use hotpool::driver::{ClaimError, Driver, Transport};
-use hotpool::pool::{
-    BuildError, Format, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request, Start,
-};
+use hotpool::driver::{ClaimError, Transport};
+use hotpool::pool::{BuildError, Format, FunctionSpec, KeepAlive, Pool, Request, Start};
 use hotpool::{CallError, ErrorKind};
 
-use support::pool::{containers_of, eventually, shut, spec_on, test_pool};
-use support::{driver, testfn_image};
+use support::OnEngine;
+use support::engine::TestEngine;
+use support::pool::{container_named, containers_of, eventually, shut, test_pool};
 
 const MIB: u64 = 1 << 20;
 
-async fn call(
-    pool: &Pool<DockerDriver>,
+async fn call<D: TestEngine>(
+    pool: &Pool<D>,
     spec: &FunctionSpec,
     body: &str,
 ) -> Result<String, CallError> {
@@ -39,10 +38,13 @@ fn has(ids: &HashSet<String>, hostname: &str) -> bool {
     ids.iter().any(|id| id.starts_with(hostname))
 }
 
-per_transport!(a_hundred_sequential_calls_use_one_container);
-async fn a_hundred_sequential_calls_use_one_container(transport: Transport) {
-    let pool = test_pool(&format!("test-sequential-{transport}"), 1 << 30).await;
-    let echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(a_hundred_sequential_calls_use_one_container);
+async fn a_hundred_sequential_calls_use_one_container<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-sequential-{transport}"), 1 << 30).await;
+    let echo = pool.spec(transport, "echo", Format::Line);
     let mut hosts = HashSet::new();
     for i in 0..100 {
         let body = if i % 10 == 0 {
@@ -74,10 +76,13 @@ async fn a_hundred_sequential_calls_use_one_container(transport: Transport) {
     shut(&pool).await;
 }
 
-per_transport!(sixteen_callers_share_at_most_four_containers);
-async fn sixteen_callers_share_at_most_four_containers(transport: Transport) {
-    let pool = test_pool(&format!("test-concurrency-{transport}"), 1 << 30).await;
-    let mut echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(sixteen_callers_share_at_most_four_containers);
+async fn sixteen_callers_share_at_most_four_containers<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-concurrency-{transport}"), 1 << 30).await;
+    let mut echo = pool.spec(transport, "echo", Format::Line);
     echo.max_concurrency = 4;
     let callers = (0..16).map(|_| {
         let (pool, echo) = (pool.clone(), echo.clone());
@@ -105,10 +110,13 @@ async fn sixteen_callers_share_at_most_four_containers(transport: Transport) {
     shut(&pool).await;
 }
 
-per_transport!(oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container);
-async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container(transport: Transport) {
-    let pool = test_pool(&format!("test-oom-{transport}"), 1 << 30).await;
-    let echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container);
+async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-oom-{transport}"), 1 << 30).await;
+    let echo = pool.spec(transport, "echo", Format::Line);
     let before = call(&pool, &echo, "!whoami").await.unwrap();
     assert_eq!(
         call(&pool, &echo, "!oom").await.unwrap_err(),
@@ -118,17 +126,20 @@ async fn oom_in_a_call_is_oom_and_the_next_call_gets_a_new_container(transport: 
     );
     let after = call(&pool, &echo, "!whoami").await.unwrap();
     assert_ne!(before, after, "a new container");
-    assert!(
-        !has(&containers_of(&pool, false).await, &before),
-        "the OOM-killed container was removed"
-    );
+    eventually("the OOM-killed container is removed", async || {
+        !has(&containers_of(&pool, false).await, &before)
+    })
+    .await;
     shut(&pool).await;
 }
 
-per_transport!(an_exit_in_a_call_is_exited_with_its_code);
-async fn an_exit_in_a_call_is_exited_with_its_code(transport: Transport) {
-    let pool = test_pool(&format!("test-exit-{transport}"), 1 << 30).await;
-    let echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(an_exit_in_a_call_is_exited_with_its_code);
+async fn an_exit_in_a_call_is_exited_with_its_code<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-exit-{transport}"), 1 << 30).await;
+    let echo = pool.spec(transport, "echo", Format::Line);
     match call(&pool, &echo, "!exit 42").await {
         Err(CallError::Exited { code, stderr_tail }) => {
             assert_eq!(code, 42);
@@ -140,10 +151,13 @@ async fn an_exit_in_a_call_is_exited_with_its_code(transport: Transport) {
     shut(&pool).await;
 }
 
-per_transport!(a_function_that_forks_keeps_serving_and_its_exit_is_still_seen);
-async fn a_function_that_forks_keeps_serving_and_its_exit_is_still_seen(transport: Transport) {
-    let pool = test_pool(&format!("test-fork-{transport}"), 1 << 30).await;
-    let echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(a_function_that_forks_keeps_serving_and_its_exit_is_still_seen);
+async fn a_function_that_forks_keeps_serving_and_its_exit_is_still_seen<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-fork-{transport}"), 1 << 30).await;
+    let echo = pool.spec(transport, "echo", Format::Line);
     let before = call(&pool, &echo, "!whoami").await.unwrap();
     // A child that holds stdout does not confuse the next calls.
     assert_eq!(call(&pool, &echo, "!fork").await.unwrap(), "forked");
@@ -158,10 +172,13 @@ async fn a_function_that_forks_keeps_serving_and_its_exit_is_still_seen(transpor
     shut(&pool).await;
 }
 
-per_transport!(a_function_that_closes_stdout_but_runs_on_is_evicted);
-async fn a_function_that_closes_stdout_but_runs_on_is_evicted(transport: Transport) {
-    let pool = test_pool(&format!("test-close-stdout-{transport}"), 1 << 30).await;
-    let mut echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(a_function_that_closes_stdout_but_runs_on_is_evicted);
+async fn a_function_that_closes_stdout_but_runs_on_is_evicted<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-close-stdout-{transport}"), 1 << 30).await;
+    let mut echo = pool.spec(transport, "echo", Format::Line);
     echo.timeout = Duration::from_secs(5);
     let before = call(&pool, &echo, "!whoami").await.unwrap();
     let error = call(&pool, &echo, "!close-stdout").await.unwrap_err();
@@ -184,15 +201,17 @@ async fn a_function_that_closes_stdout_but_runs_on_is_evicted(transport: Transpo
     shut(&pool).await;
 }
 
+per_engine!(a_function_writing_its_own_status_pipe_harms_only_itself);
 /// The status pipe of the direct transport is the function's to write, too: a
 /// flood of it or a false verdict costs only that function's container.
-#[tokio::test]
-async fn a_function_writing_its_own_status_pipe_harms_only_itself() {
+async fn a_function_writing_its_own_status_pipe_harms_only_itself<D: TestEngine>(
+    engine: OnEngine<D>,
+) {
     let transport = Transport::Direct;
-    let pool = test_pool("test-status-pipe", 1 << 30).await;
-    let mut liar = spec_on(transport, "liar", Format::Line);
+    let pool = test_pool(engine, "test-status-pipe", 1 << 30).await;
+    let mut liar = pool.spec(transport, "liar", Format::Line);
     liar.timeout = Duration::from_secs(3);
-    let bystander = spec_on(transport, "bystander", Format::Line);
+    let bystander = pool.spec(transport, "bystander", Format::Line);
     let before = call(&pool, &liar, "!whoami").await.unwrap();
     let flood = call(&pool, &liar, "!status-flood").await;
     assert!(matches!(flood, Err(CallError::Timeout { .. })), "{flood:?}");
@@ -209,19 +228,16 @@ async fn a_function_writing_its_own_status_pipe_harms_only_itself() {
     shut(&pool).await;
 }
 
-per_transport!(a_container_killed_outside_while_idle_harms_no_call);
-async fn a_container_killed_outside_while_idle_harms_no_call(transport: Transport) {
-    let pool = test_pool(&format!("test-killed-idle-{transport}"), 1 << 30).await;
-    let echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(a_container_killed_outside_while_idle_harms_no_call);
+async fn a_container_killed_outside_while_idle_harms_no_call<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-killed-idle-{transport}"), 1 << 30).await;
+    let echo = pool.spec(transport, "echo", Format::Line);
     let victim = call(&pool, &echo, "!whoami").await.unwrap();
-    let docker = pool.driver().docker().clone();
-    docker
-        .kill_container(
-            &victim,
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
-        .await
-        .unwrap();
+    let id = container_named(&pool, &victim).await;
+    pool.driver().kill(&id).await.expect("kill the container");
     eventually("the pool drops the killed container", async || {
         pool.status().functions[0].idle == 0
     })
@@ -236,11 +252,14 @@ async fn a_container_killed_outside_while_idle_harms_no_call(transport: Transpor
     shut(&pool).await;
 }
 
-per_transport!(garbage_on_stdout_is_a_protocol_error_and_evicts);
-async fn garbage_on_stdout_is_a_protocol_error_and_evicts(transport: Transport) {
-    let pool = test_pool(&format!("test-garbage-{transport}"), 1 << 30).await;
+per_engine_transport!(garbage_on_stdout_is_a_protocol_error_and_evicts);
+async fn garbage_on_stdout_is_a_protocol_error_and_evicts<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-garbage-{transport}"), 1 << 30).await;
     for format in [Format::Line, Format::Http] {
-        let function = spec_on(transport, &format!("garbage-{format}"), format);
+        let function = pool.spec(transport, &format!("garbage-{format}"), format);
         let victim = call(&pool, &function, "!whoami").await.unwrap();
         let error = call(&pool, &function, "!garbage").await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::ProtocolError, "{format}: {error}");
@@ -253,10 +272,13 @@ async fn garbage_on_stdout_is_a_protocol_error_and_evicts(transport: Transport) 
     shut(&pool).await;
 }
 
-per_transport!(a_timeout_is_timeout_and_the_container_is_gone);
-async fn a_timeout_is_timeout_and_the_container_is_gone(transport: Transport) {
-    let pool = test_pool(&format!("test-timeout-{transport}"), 1 << 30).await;
-    let mut echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(a_timeout_is_timeout_and_the_container_is_gone);
+async fn a_timeout_is_timeout_and_the_container_is_gone<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-timeout-{transport}"), 1 << 30).await;
+    let mut echo = pool.spec(transport, "echo", Format::Line);
     echo.timeout = Duration::from_millis(500);
     let victim = call(&pool, &echo, "!whoami").await.unwrap();
     let error = call(&pool, &echo, "!sleep 30000").await.unwrap_err();
@@ -273,10 +295,13 @@ async fn a_timeout_is_timeout_and_the_container_is_gone(transport: Transport) {
     shut(&pool).await;
 }
 
-per_transport!(idle_containers_are_removed_after_the_idle_timeout);
-async fn idle_containers_are_removed_after_the_idle_timeout(transport: Transport) {
-    let pool = test_pool(&format!("test-idle-{transport}"), 1 << 30).await;
-    let mut echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(idle_containers_are_removed_after_the_idle_timeout);
+async fn idle_containers_are_removed_after_the_idle_timeout<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-idle-{transport}"), 1 << 30).await;
+    let mut echo = pool.spec(transport, "echo", Format::Line);
     echo.keep_alive = KeepAlive::fixed(Duration::from_millis(500));
     call(&pool, &echo, "warm").await.unwrap();
     assert_eq!(containers_of(&pool, false).await.len(), 1);
@@ -287,13 +312,16 @@ async fn idle_containers_are_removed_after_the_idle_timeout(transport: Transport
     shut(&pool).await;
 }
 
-per_transport!(memory_pressure_evicts_another_functions_idle_container);
-async fn memory_pressure_evicts_another_functions_idle_container(transport: Transport) {
+per_engine_transport!(memory_pressure_evicts_another_functions_idle_container);
+async fn memory_pressure_evicts_another_functions_idle_container<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
     // Room for two 32 MiB containers.
-    let pool = test_pool(&format!("test-pressure-{transport}"), 64 * MIB).await;
+    let pool = test_pool(engine, &format!("test-pressure-{transport}"), 64 * MIB).await;
     let (a, b) = (
-        spec_on(transport, "a", Format::Line),
-        spec_on(transport, "b", Format::Line),
+        pool.spec(transport, "a", Format::Line),
+        pool.spec(transport, "b", Format::Line),
     );
     call(&pool, &a, "!whoami").await.unwrap();
     let (one, two) = tokio::join!(call(&pool, &a, "!sleep 300"), call(&pool, &a, "!whoami"));
@@ -319,10 +347,13 @@ async fn memory_pressure_evicts_another_functions_idle_container(transport: Tran
     shut(&pool).await;
 }
 
-per_transport!(a_config_change_drains_the_old_containers);
-async fn a_config_change_drains_the_old_containers(transport: Transport) {
-    let pool = test_pool(&format!("test-drain-{transport}"), 1 << 30).await;
-    let old = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(a_config_change_drains_the_old_containers);
+async fn a_config_change_drains_the_old_containers<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-drain-{transport}"), 1 << 30).await;
+    let old = pool.spec(transport, "echo", Format::Line);
     let old_host = call(&pool, &old, "!whoami").await.unwrap();
     let mut new = old.clone();
     new.env.insert("VERSION".into(), "2".into());
@@ -336,10 +367,13 @@ async fn a_config_change_drains_the_old_containers(transport: Transport) {
     shut(&pool).await;
 }
 
-per_transport!(http_functions_answer_with_status_headers_and_binary_bodies);
-async fn http_functions_answer_with_status_headers_and_binary_bodies(transport: Transport) {
-    let pool = test_pool(&format!("test-http-{transport}"), 1 << 30).await;
-    let echo = spec_on(transport, "echo-http", Format::Http);
+per_engine_transport!(http_functions_answer_with_status_headers_and_binary_bodies);
+async fn http_functions_answer_with_status_headers_and_binary_bodies<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-http-{transport}"), 1 << 30).await;
+    let echo = pool.spec(transport, "echo-http", Format::Http);
     let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let request = Request::new(body.clone()).with_header("Content-Type", "application/x-test");
     let call_id = request.id.clone();
@@ -365,10 +399,13 @@ async fn http_functions_answer_with_status_headers_and_binary_bodies(transport: 
     shut(&pool).await;
 }
 
-per_transport!(cold_calls_run_a_container_each_and_remove_it);
-async fn cold_calls_run_a_container_each_and_remove_it(transport: Transport) {
-    let pool = test_pool(&format!("test-cold-{transport}"), 1 << 30).await;
-    let cold = spec_on(transport, "echo-cold", Format::Cold);
+per_engine_transport!(cold_calls_run_a_container_each_and_remove_it);
+async fn cold_calls_run_a_container_each_and_remove_it<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-cold-{transport}"), 1 << 30).await;
+    let cold = pool.spec(transport, "echo-cold", Format::Cold);
     for i in 0..3 {
         let response = pool
             .register(cold.clone())
@@ -387,10 +424,13 @@ async fn cold_calls_run_a_container_each_and_remove_it(transport: Transport) {
     shut(&pool).await;
 }
 
-per_transport!(shutdown_finishes_calls_in_flight_and_leaves_no_container);
-async fn shutdown_finishes_calls_in_flight_and_leaves_no_container(transport: Transport) {
-    let pool = test_pool(&format!("test-shutdown-{transport}"), 1 << 30).await;
-    let echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(shutdown_finishes_calls_in_flight_and_leaves_no_container);
+async fn shutdown_finishes_calls_in_flight_and_leaves_no_container<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-shutdown-{transport}"), 1 << 30).await;
+    let echo = pool.spec(transport, "echo", Format::Line);
     join_all((0..3).map(|_| call(&pool, &echo, "!sleep 200"))).await;
     let in_flight = tokio::spawn({
         let (pool, echo) = (pool.clone(), echo.clone());
@@ -416,10 +456,13 @@ async fn shutdown_finishes_calls_in_flight_and_leaves_no_container(transport: Tr
     assert!(containers_of(&pool, false).await.is_empty());
 }
 
-per_transport!(every_hot_call_gets_its_own_stats);
-async fn every_hot_call_gets_its_own_stats(transport: Transport) {
-    let pool = test_pool(&format!("test-stats-{transport}"), 1 << 30).await;
-    let mut echo = spec_on(transport, "echo", Format::Line);
+per_engine_transport!(every_hot_call_gets_its_own_stats);
+async fn every_hot_call_gets_its_own_stats<D: TestEngine>(
+    engine: OnEngine<D>,
+    transport: Transport,
+) {
+    let pool = test_pool(engine, &format!("test-stats-{transport}"), 1 << 30).await;
+    let mut echo = pool.spec(transport, "echo", Format::Line);
     echo.memory = 128 * MIB;
     // A short call: far under the engine's sampling interval, counters only.
     call(&pool, &echo, "warm").await.unwrap();
@@ -462,51 +505,37 @@ async fn every_hot_call_gets_its_own_stats(transport: Transport) {
     shut(&pool).await;
 }
 
-per_transport!(shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of);
-async fn shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of(
+per_engine_transport!(shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of);
+async fn shutdown_removes_every_container_of_its_label_even_ones_it_lost_track_of<D: TestEngine>(
+    engine: OnEngine<D>,
     transport: Transport,
 ) {
-    let pool = test_pool(&format!("test-sweep-{transport}"), 1 << 30).await;
-    let echo = spec_on(transport, "echo", Format::Line);
+    let pool = test_pool(engine, &format!("test-sweep-{transport}"), 1 << 30).await;
+    let echo = pool.spec(transport, "echo", Format::Line);
     call(&pool, &echo, "warm").await.unwrap();
     // A container with the pool's label that the pool never started: what a
     // removal lost to an engine outage leaves behind.
-    let labels = HashMap::from([
-        ("hotpool".to_owned(), "1".to_owned()),
-        (POOL_LABEL.to_owned(), pool.config().name.clone()),
-    ]);
     let stray = pool
         .driver()
-        .docker()
-        .create_container(
-            None::<bollard::query_parameters::CreateContainerOptions>,
-            bollard::models::ContainerCreateBody {
-                image: Some(testfn_image().to_owned()),
-                labels: Some(labels),
-                host_config: Some(bollard::models::HostConfig {
-                    network_mode: Some("none".into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create a stray container");
-    assert!(containers_of(&pool, false).await.contains(&stray.id));
+        .plant(&pool.config().name, &pool.engine.image)
+        .await;
+    assert!(containers_of(&pool, false).await.contains(&stray));
     shut(&pool).await;
 }
 
-#[tokio::test]
-async fn a_second_pool_of_one_name_is_refused_and_the_first_keeps_its_container() {
-    let first = test_pool("test-owner", 1 << 30).await;
+per_engine!(a_second_pool_of_one_name_is_refused_and_the_first_keeps_its_container);
+async fn a_second_pool_of_one_name_is_refused_and_the_first_keeps_its_container<D: TestEngine>(
+    engine: OnEngine<D>,
+) {
+    let first = test_pool(engine, "test-owner", 1 << 30).await;
     let name = first.config().name.clone();
-    let echo = spec_on(Transport::Direct, "echo", Format::Line);
+    let echo = first.spec(Transport::Direct, "echo", Format::Line);
     call(&first, &echo, "warm").await.unwrap();
     let running = containers_of(&first, true).await;
     assert_eq!(running.len(), 1);
 
     // Another driver of this process, as another part of a program would make.
-    let refused = Pool::builder(driver().await)
+    let refused = Pool::builder(D::on_engine().await.driver)
         .name(name.clone())
         .build()
         .await;
@@ -557,8 +586,9 @@ async fn a_second_pool_of_one_name_is_refused_and_the_first_keeps_its_container(
     assert!(!path.exists(), "its owner removes it as it lets go");
 
     shut(&first).await;
+    let engine = D::on_engine().await;
     drop(first);
-    let next = Pool::builder(driver().await)
+    let next = Pool::builder(engine.driver)
         .name(name)
         .build()
         .await
