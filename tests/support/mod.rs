@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod containerd;
+pub mod engine;
 pub mod http;
 pub mod pool;
 pub mod registry;
