@@ -14,8 +14,9 @@
 //! them (`--exit-body`), answered with the typed `exited` error: their latency
 //! less a hot call's is how long the death verdict takes.
 //!
-//! These four use the engine's attach streams. The floors' containers are the
-//! pool's: the same driver task
+//! These four use the engine's attach streams, or the direct transport on an
+//! engine that has none (containerd), where `--transport direct` adds nothing.
+//! The floors' containers are the pool's: the same driver task
 //! ([`FunctionSpec::task`], hardening included) run by the same [`AnyDriver`],
 //! and their calls are framed by the pool's own format code. What the pool adds
 //! over them (scheduling, the check for unsolicited output, per-call stats) is
@@ -82,7 +83,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, num_args = 1.., value_name = "ARG")]
     cold_cmd: Option<Vec<String>>,
     /// Also measure the direct transport (`direct`), beside the engine's
-    /// attach streams.
+    /// attach streams (an engine without them is measured direct alone).
     #[arg(long, default_value = "attach")]
     transport: Transport,
     /// The body that makes the function exit, for the `exited` modes.
@@ -228,8 +229,8 @@ async fn measure_density(
     count: usize,
 ) -> Result<density::Density, String> {
     let body = vec![b'x'; args.payload];
-    let mut hot = spec(args, args.format, args.command.clone());
-    hot.transport = args.transport;
+    let transport = transport_on(pool, args.transport);
+    let hot = spec(args, args.format, args.command.clone(), transport);
     let function = pool.register(hot.clone());
     through_pool(&function, &body).await?;
     let time = || async {
@@ -251,16 +252,19 @@ async fn measure(
 ) -> Result<HashMap<&'static str, Samples>, String> {
     let body = vec![b'x'; args.payload];
     let max_response = pool.config().max_response_bytes;
-    let hot = spec(args, args.format, args.command.clone());
+    // The engine's own path is the baseline; `--transport direct` adds the other.
+    let baseline = transport_on(pool, Transport::Attach);
+    let hot = spec(args, args.format, args.command.clone(), baseline);
     let cold = spec(
         args,
         Format::Cold,
         args.cold_cmd
             .clone()
             .unwrap_or_else(|| args.command.clone()),
+        baseline,
     );
     let request = Request::new(body.clone());
-    let direct = args.transport == Transport::Direct;
+    let direct = args.transport == Transport::Direct && baseline == Transport::Attach;
     let mut hot_direct = hot.clone();
     hot_direct.name = format!("{}-direct", hot.name);
     hot_direct.transport = Transport::Direct;
@@ -479,7 +483,17 @@ async fn timed(
     Ok(())
 }
 
-fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
+/// `wanted`, or the direct transport where the pool's engine has no attach
+/// streams (containerd).
+fn transport_on(pool: &Pool<AnyDriver>, wanted: Transport) -> Transport {
+    if pool.driver().traits().attach {
+        wanted
+    } else {
+        Transport::Direct
+    }
+}
+
+fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>, transport: Transport) -> FunctionSpec {
     let mut spec = FunctionSpec::new(format!("bench-{format}"), args.image.clone());
     spec.format = format;
     spec.cmd = cmd;
@@ -489,8 +503,7 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
     spec.queue_timeout = Duration::from_secs(60);
     spec.timeout = Duration::from_secs(60);
     spec.keep_alive = KeepAlive::fixed(Duration::from_secs(600));
-    // The engine's own path is the baseline; `--transport direct` adds the other.
-    spec.transport = Transport::Attach;
+    spec.transport = transport;
     spec
 }
 
