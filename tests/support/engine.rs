@@ -33,6 +33,36 @@ macro_rules! per_engine_binary {
     };
 }
 
+/// Runs a test of the binary on each engine over each of its transports:
+/// `per_engine_transport!(name);` beside
+/// `fn name(engine: Engine, transport: Transport)` makes the tests
+/// `name::docker_attach`, `name::docker_direct` and `name::containerd` (over
+/// direct, containerd's only transport).
+#[macro_export]
+macro_rules! per_engine_transport {
+    ($name:ident) => {
+        mod $name {
+            use hotpool::driver::Transport;
+            use $crate::support::engine::Engine;
+
+            #[test]
+            fn docker_attach() {
+                super::$name(Engine::docker(), Transport::Attach)
+            }
+
+            #[test]
+            fn docker_direct() {
+                super::$name(Engine::docker(), Transport::Direct)
+            }
+
+            #[test]
+            fn containerd() {
+                super::$name(Engine::containerd(), Transport::Direct)
+            }
+        }
+    };
+}
+
 /// An engine for the binary to drive, and the test-function image on it.
 pub struct Engine {
     pub kind: EngineKind,
