@@ -110,11 +110,6 @@ impl Engine {
         self.kind.as_str()
     }
 
-    /// Whether the engine has the attach transport (Docker's streams).
-    pub fn has_attach(&self) -> bool {
-        self.kind == EngineKind::Docker
-    }
-
     /// Makes `command` (`hotpool run` or `hotpool bench`, its subcommand given)
     /// drive this engine and reach the image's registry.
     pub fn configure(&self, command: &mut Command) {
@@ -124,11 +119,11 @@ impl Engine {
 
     /// The environment the binary needs on this engine: the registry's
     /// credentials for containerd.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
         self.registry_image
             .iter()
             .map(|image| {
-                let config = image.docker_config().display().to_string();
+                let config = image.docker_config().to_str().expect("a UTF-8 path");
                 ("DOCKER_CONFIG", config)
             })
             .collect()
