@@ -65,7 +65,7 @@ macro_rules! per_engine_transport {
 
 /// An engine for the binary to drive, and the test-function image on it.
 pub struct Engine {
-    pub kind: EngineKind,
+    kind: EngineKind,
     /// The test-function image, as the binary names it on this engine.
     pub image: String,
     /// containerd's image and its registry, kept while the test runs.
@@ -83,16 +83,21 @@ impl Engine {
     }
 
     /// containerd, the test-function image in a registry (shared with the
-    /// tests of this process that run meanwhile).
+    /// tests of this process that run meanwhile); fails the test saying how to
+    /// start containerd if it does not answer.
     pub fn containerd() -> Engine {
         // A runtime of its own: a test of the binary may have none, or be in one.
         let image = std::thread::spawn(|| {
             tokio::runtime::Runtime::new()
                 .expect("runtime")
-                .block_on(TestImage::shared())
+                .block_on(async {
+                    let image = TestImage::shared().await;
+                    super::containerd::driver(&image).await;
+                    image
+                })
         })
         .join()
-        .expect("push the test image");
+        .expect("containerd answers and the test image is in a registry");
         Engine::containerd_with(image)
     }
 
