@@ -1,6 +1,6 @@
 //! `hotpool bench` as a user runs it: every mode measured, the JSON shape the
-//! issue asks for, no container left behind, and one bench per `--pool` name.
-//! (No timing is asserted.)
+//! issue asks for, no container left behind, and one bench per `--pool` name,
+//! on Docker and on containerd (`--engine`). (No timing is asserted.)
 
 mod support;
 
@@ -10,13 +10,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Runs `hotpool bench --json` with `args`, its containers labelled `pool`;
-/// the one JSON object it prints.
-fn bench_json(pool: &str, args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_hotpool"))
-        .args(["bench", "--image", support::testfn_image(), "--pool", pool])
+use support::cli_engine::Engine;
+
+/// `hotpool bench` of the test function on `engine`, its containers labelled
+/// `pool`, with `args` and then the function's command `line`.
+fn bench(engine: &Engine, pool: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hotpool"));
+    command.arg("bench");
+    engine.configure(&mut command);
+    command
+        .args(["--image", &engine.image, "--pool", pool])
         .args(args)
-        .args(["--json", "line"])
+        .arg("line");
+    command
+}
+
+/// Runs `hotpool bench --json` with `args` on `engine`, its containers
+/// labelled `pool`; the one JSON object it prints.
+fn bench_json(engine: &Engine, pool: &str, args: &[&str]) -> Value {
+    let args = [args, &["--json"]].concat();
+    let output = bench(engine, pool, &args)
         .output()
         .expect("run hotpool bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -28,16 +41,19 @@ fn bench_json(pool: &str, args: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).expect("one JSON object")
 }
 
-/// Fails if any container labelled with pool `pool` is left.
-fn assert_nothing_left(pool: &str) {
-    let left = support::pool_containers(pool);
+/// Fails if any container labelled with pool `pool` is left on `engine`.
+fn assert_nothing_left(engine: &Engine, pool: &str) {
+    let left = engine.containers_of(pool);
     assert!(left.is_empty(), "bench left containers behind: {left:?}");
 }
 
-#[test]
-fn bench_measures_all_four_modes_and_cleans_up() {
+per_engine_binary!(bench_measures_all_four_modes_and_cleans_up);
+fn bench_measures_all_four_modes_and_cleans_up(engine: Engine) {
+    let pool = format!("bench-modes-{}", engine.name());
+    let _guard = engine.guard(&pool);
     let report = bench_json(
-        "bench-modes",
+        &engine,
+        &pool,
         &[
             "--calls",
             "40",
@@ -52,7 +68,18 @@ fn bench_measures_all_four_modes_and_cleans_up() {
     let modes = report.as_object().expect("an object");
     let mut names: Vec<&str> = modes.keys().map(String::as_str).collect();
     names.sort();
-    assert_eq!(names, ["cold", "floor_cold", "floor_hot", "hot"]);
+    // containerd has no attach streams: its hot modes are the direct ones.
+    let expected: &[&str] = match engine.name() {
+        "containerd" => &[
+            "cold",
+            "direct",
+            "exited_direct",
+            "floor_cold",
+            "floor_direct",
+        ],
+        _ => &["cold", "floor_cold", "floor_hot", "hot"],
+    };
+    assert_eq!(names, expected);
     for (mode, figures) in modes {
         let p50 = figures["p50_us"].as_u64().unwrap_or(0);
         let p99 = figures["p99_us"].as_u64().unwrap_or(0);
@@ -67,7 +94,7 @@ fn bench_measures_all_four_modes_and_cleans_up() {
             "{mode}: {figures}"
         );
     }
-    assert_nothing_left("bench-modes");
+    assert_nothing_left(&engine, &pool);
 }
 
 #[test]
@@ -86,10 +113,13 @@ fn bench_refuses_the_cold_format_and_zero_calls() {
     assert_eq!(zero.status.code(), Some(2));
 }
 
-#[test]
-fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
+per_engine_binary!(bench_with_idle_containers_reports_their_cost_and_removes_them);
+fn bench_with_idle_containers_reports_their_cost_and_removes_them(engine: Engine) {
+    let pool = format!("bench-idle-{}", engine.name());
+    let _guard = engine.guard(&pool);
     let report = bench_json(
-        "bench-idle",
+        &engine,
+        &pool,
         &[
             "--transport",
             "direct",
@@ -122,16 +152,15 @@ fn bench_with_idle_containers_reports_their_cost_and_removes_them() {
         report["starts_per_s"].as_f64().unwrap_or(0.0) > 0.0,
         "{report}"
     );
-    assert_nothing_left("bench-idle");
+    assert_nothing_left(&engine, &pool);
 }
 
-#[test]
-fn an_interrupted_bench_still_removes_its_containers() {
-    const POOL: &str = "bench-interrupted";
-    let _guard = support::PoolGuard(POOL.to_owned());
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_hotpool"))
-        .args(["bench", "--image", support::testfn_image(), "--pool", POOL])
-        .args(["--idle-containers", "50", "--concurrency", "2", "line"])
+per_engine_binary!(an_interrupted_bench_still_removes_its_containers);
+fn an_interrupted_bench_still_removes_its_containers(engine: Engine) {
+    let pool = format!("bench-interrupted-{}", engine.name());
+    let _guard = engine.guard(&pool);
+    let idle = ["--idle-containers", "50", "--concurrency", "2"];
+    let mut bench = bench(&engine, &pool, &idle)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -145,7 +174,7 @@ fn an_interrupted_bench_still_removes_its_containers() {
         panic!("{why}");
     };
     let since = Instant::now();
-    while support::pool_containers(POOL).len() < 3 {
+    while engine.containers_of(&pool).len() < 3 {
         if since.elapsed() > Duration::from_secs(120) {
             fail("the bench started no containers");
         }
@@ -159,7 +188,7 @@ fn an_interrupted_bench_still_removes_its_containers() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert_nothing_left(POOL);
+    assert_nothing_left(&engine, &pool);
 }
 
 /// A bench running beside the test; killed if the test fails first, so that
@@ -175,18 +204,11 @@ impl Drop for Running {
     }
 }
 
-#[test]
-fn a_second_bench_of_one_pool_exits_2_and_leaves_the_first_alone() {
-    let pool = format!("bench-owner-{}", std::process::id());
-    let _guard = support::PoolGuard(pool.clone());
-    let bench = |extra: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hotpool"));
-        command
-            .args(["bench", "--image", support::testfn_image(), "--pool", &pool])
-            .args(extra)
-            .arg("line");
-        command
-    };
+per_engine_binary!(a_second_bench_of_one_pool_exits_2_and_leaves_the_first_alone);
+fn a_second_bench_of_one_pool_exits_2_and_leaves_the_first_alone(engine: Engine) {
+    let pool = format!("bench-owner-{}-{}", engine.name(), std::process::id());
+    let _guard = engine.guard(&pool);
+    let bench = |extra: &[&str]| bench(&engine, &pool, extra);
     // Idle containers: it runs on through its quiet windows, holding them.
     let mut first = Running(
         bench(&["--idle-containers", "2", "--calls", "20"])
@@ -196,14 +218,14 @@ fn a_second_bench_of_one_pool_exits_2_and_leaves_the_first_alone() {
             .expect("run hotpool bench"),
     );
     let since = Instant::now();
-    while support::pool_containers(&pool).is_empty() {
+    while engine.containers_of(&pool).is_empty() {
         assert!(
             since.elapsed() < Duration::from_secs(120),
             "the first bench started no container"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let before = support::pool_containers(&pool);
+    let before = engine.containers_of(&pool);
 
     let second = bench(&[]).output().expect("run a second hotpool bench");
     let stderr = String::from_utf8_lossy(&second.stderr);
@@ -215,7 +237,7 @@ fn a_second_bench_of_one_pool_exits_2_and_leaves_the_first_alone() {
             first.0.id()
         )
     );
-    let after = support::pool_containers(&pool);
+    let after = engine.containers_of(&pool);
     assert!(
         before.iter().all(|id| after.contains(id)),
         "the second bench removed containers of the first: {before:?}, then {after:?}"
@@ -242,5 +264,5 @@ fn a_second_bench_of_one_pool_exits_2_and_leaves_the_first_alone() {
         .expect("read its stderr");
     first.0.wait().expect("the first bench ends");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert_nothing_left(&pool);
+    assert_nothing_left(&engine, &pool);
 }

@@ -1,5 +1,6 @@
 //! `hotpool run` as a user runs it: the real binary, the real engine, a real
 //! registry; one JSON error line and a telling exit status for every failure.
+//! What runs a container runs on Docker and on containerd (`--engine`).
 
 mod support;
 
@@ -9,14 +10,32 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use support::registry::{PASSWORD, Registry, USER, remove_image};
+use hotpool::driver::EngineKind;
+use support::cli_engine::Engine;
+use support::containerd::TestImage;
+use support::registry::{PASSWORD, USER, remove_image};
 use support::{driver, testfn_image};
 
+/// `hotpool run` with `args`, on whichever engine it picks.
 fn hotpool_run(args: &[&str], stdin: &[u8], configure: impl FnOnce(&mut Command)) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hotpool"));
     command.arg("run").args(args);
     configure(&mut command);
     run_with_input(command, stdin)
+}
+
+/// `hotpool run` with `args` on `engine`.
+fn hotpool_run_on(
+    engine: &Engine,
+    args: &[&str],
+    stdin: &[u8],
+    configure: impl FnOnce(&mut Command),
+) -> Output {
+    hotpool_run(&[], stdin, |command| {
+        engine.configure(command);
+        command.args(args);
+        configure(command);
+    })
 }
 
 /// Runs `command` with `stdin` as its input; its output.
@@ -50,10 +69,14 @@ fn kind(output: &Output) -> String {
         .to_owned()
 }
 
-#[test]
-fn success_passes_stdout_through() {
-    let image = testfn_image();
-    let output = hotpool_run(&[image, "echo"], b"hello \x00 world", |_| {});
+per_engine_binary!(success_passes_stdout_through);
+fn success_passes_stdout_through(engine: Engine) {
+    let output = hotpool_run_on(
+        &engine,
+        &[&engine.image, "echo"],
+        b"hello \x00 world",
+        |_| {},
+    );
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert_eq!(output.stdout, b"hello \x00 world");
     assert!(output.stderr.is_empty());
@@ -78,6 +101,7 @@ fn engine_over_tcp() -> u16 {
     port
 }
 
+/// Docker only: a remote engine over TCP, and the attach transport, are Docker's.
 #[test]
 fn a_remote_engine_gets_the_attach_transport_and_says_so_once() {
     let port = engine_over_tcp();
@@ -100,7 +124,8 @@ fn a_remote_engine_gets_the_attach_transport_and_says_so_once() {
 /// A hotpool that is not root (a user of the docker group, as with rootless
 /// setups) cannot give a container's pipes to the function's user, so it opens
 /// them to all: the direct transport still works, and the pipes' directory stays
-/// hotpool's, out of the function's reach.
+/// hotpool's, out of the function's reach. Docker only: containerd's socket is
+/// root's alone, so a hotpool that is not root cannot drive it.
 #[test]
 fn a_hotpool_that_is_not_root_opens_the_pipes_to_the_function() {
     // SAFETY: geteuid has no preconditions.
@@ -133,9 +158,14 @@ fn a_hotpool_that_is_not_root_opens_the_pipes_to_the_function() {
     );
 }
 
-#[test]
-fn exited_gives_the_code_and_json() {
-    let output = hotpool_run(&[testfn_image(), "exit", "7", "it broke"], b"", |_| {});
+per_engine_binary!(exited_gives_the_code_and_json);
+fn exited_gives_the_code_and_json(engine: Engine) {
+    let output = hotpool_run_on(
+        &engine,
+        &[&engine.image, "exit", "7", "it broke"],
+        b"",
+        |_| {},
+    );
     assert_eq!(output.status.code(), Some(7));
     let line = error_line(&output);
     assert_eq!(line["error"]["kind"], "exited");
@@ -146,30 +176,32 @@ fn exited_gives_the_code_and_json() {
     );
 }
 
-#[test]
-fn oom_timeout_and_sigkill() {
-    let image = testfn_image();
-    let oom = hotpool_run(&["--memory", "32m", image, "oom"], b"", |_| {});
+per_engine_binary!(oom_timeout_and_sigkill);
+fn oom_timeout_and_sigkill(engine: Engine) {
+    let image = engine.image.as_str();
+    let run = |args: &[&str]| hotpool_run_on(&engine, args, b"", |_| {});
+    let oom = run(&["--memory", "32m", image, "oom"]);
     assert_eq!((oom.status.code(), kind(&oom).as_str()), (Some(137), "oom"));
 
-    let killed = hotpool_run(&[image, "kill-self"], b"", |_| {});
+    let killed = run(&[image, "kill-self"]);
     assert_eq!(
         (killed.status.code(), kind(&killed).as_str()),
         (Some(137), "exited")
     );
 
-    let slow = hotpool_run(&["--timeout", "300ms", image, "sleep", "60"], b"", |_| {});
+    let slow = run(&["--timeout", "300ms", image, "sleep", "60"]);
     assert_eq!(
         (slow.status.code(), kind(&slow).as_str()),
         (Some(124), "timeout")
     );
 }
 
-#[test]
-fn env_and_flags_after_the_image_reach_the_container() {
+per_engine_binary!(env_and_flags_after_the_image_reach_the_container);
+fn env_and_flags_after_the_image_reach_the_container(engine: Engine) {
     // `-n` after the image belongs to the container's command, as with docker run.
-    let output = hotpool_run(
-        &["--env", "A=1", testfn_image(), "stderr", "-n"],
+    let output = hotpool_run_on(
+        &engine,
+        &["--env", "A=1", &engine.image, "stderr", "-n"],
         b"x",
         |_| {},
     );
@@ -178,15 +210,16 @@ fn env_and_flags_after_the_image_reach_the_container() {
     assert_eq!(output.stderr, b"-n\n");
 }
 
-#[test]
-fn stats_json_is_written() {
+per_engine_binary!(stats_json_is_written);
+fn stats_json_is_written(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stats.json");
-    let output = hotpool_run(
+    let output = hotpool_run_on(
+        &engine,
         &[
             "--stats-json",
             path.to_str().unwrap(),
-            testfn_image(),
+            &engine.image,
             "spin",
             "2",
         ],
@@ -242,24 +275,66 @@ fn bad_containment_flags_are_named_before_any_container_runs() {
     }
 }
 
-#[test]
-fn memory_under_the_engines_minimum_is_refused_before_any_container_runs() {
-    let output = hotpool_run(&["--memory", "64", testfn_image(), "echo"], b"hi", |_| {});
+per_engine_binary!(memory_under_the_engines_minimum_is_refused_before_any_container_runs);
+fn memory_under_the_engines_minimum_is_refused_before_any_container_runs(engine: Engine) {
+    let args = ["--memory", "64", &engine.image, "echo"];
+    let output = hotpool_run_on(&engine, &args, b"hi", |_| {});
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("--memory: 64 bytes is under the docker engine's minimum of 6 MiB"),
-        "{stderr}"
+    let refusal = format!(
+        "--memory: 64 bytes is under the {} engine's minimum of 6 MiB",
+        engine.name()
     );
+    assert!(stderr.contains(&refusal), "{stderr}");
     assert!(output.stdout.is_empty(), "nothing ran");
 }
 
-/// The answers of the test function's line mode to `requests`, one per line.
-fn answers(flags: &[&str], requests: &[&str], configure: impl FnOnce(&mut Command)) -> Vec<String> {
+#[test]
+fn containerd_refuses_the_attach_transport_and_user_names_clearly() {
+    let engine = Engine::containerd();
+    let attach = hotpool_run_on(
+        &engine,
+        &["--transport", "attach", &engine.image, "echo"],
+        b"hi",
+        |_| {},
+    );
+    let stderr = String::from_utf8_lossy(&attach.stderr);
+    assert_eq!(attach.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "hotpool: --transport: the containerd engine has no attach transport: use direct"
+    );
+    assert!(attach.stdout.is_empty(), "nothing ran");
+
+    let named = hotpool_run_on(
+        &engine,
+        &["--user", "nobody", &engine.image, "echo"],
+        b"hi",
+        |_| {},
+    );
+    assert_eq!(named.status.code(), Some(125), "{named:?}");
+    let error = &error_line(&named)["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"nobody\" is a name") && m.contains("numeric")),
+        "{error}"
+    );
+    assert!(named.stdout.is_empty(), "nothing ran");
+}
+
+/// The answers of the test function's line mode on `engine` to `requests`,
+/// one per line.
+fn answers(
+    engine: &Engine,
+    flags: &[&str],
+    requests: &[&str],
+    configure: impl FnOnce(&mut Command),
+) -> Vec<String> {
     let mut args = flags.to_vec();
-    args.extend([testfn_image(), "line"]);
+    args.extend([engine.image.as_str(), "line"]);
     let input: String = requests.iter().map(|r| format!("{r}\n")).collect();
-    let output = hotpool_run(&args, input.as_bytes(), configure);
+    let output = hotpool_run_on(engine, &args, input.as_bytes(), configure);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     String::from_utf8(output.stdout)
         .unwrap()
@@ -268,9 +343,10 @@ fn answers(flags: &[&str], requests: &[&str], configure: impl FnOnce(&mut Comman
         .collect()
 }
 
-#[test]
-fn the_container_is_contained_by_default() {
+per_engine_binary!(the_container_is_contained_by_default);
+fn the_container_is_contained_by_default(engine: Engine) {
     let answers = answers(
+        &engine,
         &[],
         &[
             "!id",
@@ -291,9 +367,9 @@ fn the_container_is_contained_by_default() {
     assert_eq!(answers[4], "wrote 1048576: ok", "/tmp is writable");
 }
 
-#[test]
-fn containment_flags_reach_the_container() {
-    let answers_of = |flags: &[&str], requests: &[&str]| answers(flags, requests, |_| {});
+per_engine_binary!(containment_flags_reach_the_container);
+fn containment_flags_reach_the_container(engine: Engine) {
+    let answers_of = |flags: &[&str], requests: &[&str]| answers(&engine, flags, requests, |_| {});
     let chosen = answers_of(
         &["--cpus", "0.5", "--user", "123:456", "--tmp-size", "2m"],
         &["!id", "!cpu-quota", "!write-tmp 4194304"],
@@ -315,8 +391,8 @@ fn containment_flags_reach_the_container() {
     assert!(read_only[0].contains("os error 30"), "{read_only:?}");
 }
 
-#[test]
-fn env_comes_from_flags_files_and_hotpools_own_environment() {
+per_engine_binary!(env_comes_from_flags_files_and_hotpools_own_environment);
+fn env_comes_from_flags_files_and_hotpools_own_environment(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("env");
     std::fs::write(
@@ -325,6 +401,7 @@ fn env_comes_from_flags_files_and_hotpools_own_environment() {
     )
     .unwrap();
     let answers = answers(
+        &engine,
         &[
             "--env-file",
             file.to_str().unwrap(),
@@ -398,25 +475,63 @@ fn an_unreachable_engine_is_engine_error() {
             .unwrap()
             .contains("docker info")
     );
+
+    let socket = "/nonexistent/containerd.sock";
+    let output = hotpool_run(
+        &["--engine", "containerd", "--engine-socket", socket, "x"],
+        b"",
+        |_| {},
+    );
+    assert_eq!(output.status.code(), Some(125), "{output:?}");
+    let line = error_line(&output);
+    assert_eq!(line["error"]["kind"], "engine_error");
+    assert!(
+        line["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(socket)),
+        "{line}"
+    );
 }
 
-#[tokio::test]
-async fn pull_errors_from_a_real_registry() {
-    let registry = Registry::start();
-    let plain = driver().await;
-    let image = registry.push(plain.docker(), "testfn-cli").await;
+/// Each engine pulls from a registry of the test's own, the image in no
+/// engine's store before: a run without credentials must pull and be refused.
+mod pull_errors_from_a_real_registry {
+    use hotpool::driver::EngineKind;
+
+    #[tokio::test]
+    async fn docker() {
+        super::pull_errors_from_a_real_registry(EngineKind::Docker).await
+    }
+
+    #[tokio::test]
+    async fn containerd() {
+        super::pull_errors_from_a_real_registry(EngineKind::Containerd).await
+    }
+}
+
+async fn pull_errors_from_a_real_registry(engine_kind: EngineKind) {
+    let pushed = std::sync::Arc::new(TestImage::push("testfn-cli").await);
+    let registry = pushed.registry();
+    let image = pushed.name.clone();
+    let engine = match engine_kind {
+        EngineKind::Docker => Engine::docker(),
+        _ => Engine::containerd_with(pushed.clone()),
+    };
     let missing = format!("{}/missing:v1", registry.addr);
     let empty = tempfile::tempdir().unwrap();
     let right = registry.docker_config(USER, PASSWORD);
     let run_with = |config: &tempfile::TempDir, image: &str| {
         let (config, image) = (config.path().to_owned(), image.to_owned());
-        std::thread::spawn(move || {
-            hotpool_run(&[&image, "echo"], b"pulled", |c| {
-                c.env("DOCKER_CONFIG", &config);
-            })
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    hotpool_run_on(&engine, &[&image, "echo"], b"pulled", |c| {
+                        c.env("DOCKER_CONFIG", &config);
+                    })
+                })
+                .join()
+                .unwrap()
         })
-        .join()
-        .unwrap()
     };
 
     let anonymous = run_with(&empty, &image);
@@ -433,5 +548,6 @@ async fn pull_errors_from_a_real_registry() {
     assert_eq!(pulled.status.code(), Some(0), "{pulled:?}");
     assert_eq!(pulled.stdout, b"pulled");
 
-    remove_image(plain.docker(), &image).await;
+    // containerd's copy goes with the last holder of `pushed`.
+    remove_image(driver().await.docker(), &image).await;
 }

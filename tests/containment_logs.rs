@@ -4,12 +4,14 @@
 //! read by a thread of the test, slowly where that is the point.
 //!
 //! Each test runs its own server with its own pool name, stops it with SIGTERM,
-//! and checks that it exits 0 with none of its containers left.
+//! and checks that it exits 0 with none of its containers left; each runs on
+//! Docker over both transports and on containerd.
 
 mod support;
 
 use hotpool::driver::Transport;
 
+use std::any::Any;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -17,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use support::cli_engine::Engine;
 use support::http::{self, HttpResponse};
-use support::testfn_image;
 
 /// How long a server may take to answer, or to exit after SIGTERM.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -26,13 +28,9 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// The defaults of `FunctionSpec`: what a call may log, and a container per second.
 const LOG_PER_CALL: u64 = 1 << 20;
 
-/// A `[[function]]` table: testfn in mode `cmd` with the `line` format.
-fn function(name: &str, cmd: &str) -> String {
-    format!(
-        "[[function]]\nname = \"{name}\"\nimage = \"{}\"\ncmd = [\"{cmd}\"]\n\
-         format = \"line\"\nmemory = \"32m\"\n",
-        testfn_image()
-    )
+/// A `[[function]]` table: testfn on `engine` in mode `cmd` with the `line` format.
+fn function(engine: &Engine, name: &str, cmd: &str) -> String {
+    support::server::function_of(&engine.image, name, cmd, "line", "")
 }
 
 /// How the test reads the server's stderr.
@@ -87,43 +85,45 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-/// The ids of the containers labelled `hotpool.pool=<pool>`, whatever their state.
-fn containers_of(pool: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=hotpool.pool={pool}"))
-        .output()
-        .expect("run docker ps");
-    assert!(output.status.success(), "docker ps failed");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// A running `hotpool serve`. Dropping it (a failed test) stops it and removes its
 /// containers; [`Server::stop`] asserts a clean exit with no container left.
 struct Server {
     child: Child,
     addr: SocketAddr,
     pool: String,
+    engine: Engine,
     stderr: Captured,
     readers: Vec<JoinHandle<()>>,
     exited: Option<ExitStatus>,
     _dir: tempfile::TempDir,
+    /// Removes the pool's containers after the drop of a server that failed
+    /// to.
+    _guard: Box<dyn Any>,
 }
 
 impl Server {
-    /// Starts a server whose pool is `logs-test-<test>-<transport>-<pid>`
-    /// serving `functions` over `transport`, its stderr read by `reader`, and
-    /// waits until `/healthz` answers. Its stderr is a pipe, not a terminal, and
-    /// `NO_COLOR` is unset.
-    fn start(transport: Transport, test: &str, functions: &[String], reader: Reader) -> Server {
-        let pool = format!("logs-test-{test}-{transport}-{}", std::process::id());
+    /// Starts a server on `engine` whose pool is
+    /// `logs-test-<test>-<engine>-<transport>-<pid>` serving `functions` over
+    /// `transport`, its stderr read by `reader`, and waits until `/healthz`
+    /// answers. Its stderr is a pipe, not a terminal, and `NO_COLOR` is unset.
+    fn start(
+        engine: Engine,
+        transport: Transport,
+        test: &str,
+        functions: &[String],
+        reader: Reader,
+    ) -> Server {
+        let pool = format!(
+            "logs-test-{test}-{}-{transport}-{}",
+            engine.name(),
+            std::process::id()
+        );
         let addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let config = format!(
             "[server]\nlisten = \"{addr}\"\n\n[pool]\nname = \"{pool}\"\n\
-             memory_budget = \"1g\"\nshutdown_timeout = \"30s\"\ntransport = \"{transport}\"\n\n{}",
+             memory_budget = \"1g\"\nshutdown_timeout = \"30s\"\ntransport = \"{transport}\"\n\n\
+             {}\n{}",
+            engine.config_table(),
             functions.join("\n")
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -134,6 +134,7 @@ impl Server {
             .arg("--config")
             .arg(&path)
             .env("HOTPOOL_LOG", "info")
+            .envs(engine.env())
             .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -148,7 +149,9 @@ impl Server {
         let server = Server {
             child,
             addr,
+            _guard: engine.guard(&pool),
             pool,
+            engine,
             stderr,
             readers,
             exited: None,
@@ -223,9 +226,15 @@ impl Server {
         self.exited
     }
 
-    /// SIGTERM, then asserts exit status 0 and that no container of the pool is
-    /// left; returns everything the server wrote to stderr.
+    /// Asserts that the server drove the test's engine; SIGTERM, then asserts
+    /// exit status 0 and that no container of the pool is left; returns
+    /// everything the server wrote to stderr.
     fn stop(mut self) -> Vec<u8> {
+        let engine = format!("engine=\"{}\"", self.engine.name());
+        assert!(
+            self.metric("hotpool_engine_api_seconds_count", &[&engine]) > 0.0,
+            "the server's engine calls are not {engine}"
+        );
         let status = self.terminate_and_wait();
         assert_eq!(
             status.and_then(|s| s.code()),
@@ -234,7 +243,7 @@ impl Server {
             self.log()
         );
         assert_eq!(
-            containers_of(&self.pool),
+            self.engine.containers_of(&self.pool),
             Vec::<String>::new(),
             "containers of pool {} are left after shutdown",
             self.pool
@@ -244,8 +253,8 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// A test that failed early: stop the server, kill it if it does not go, and
-    /// remove its containers, without panicking again.
+    /// A test that failed early: stop the server and kill it if it does not go,
+    /// without panicking again (its guard then removes its containers).
     fn drop(&mut self) {
         if self.exited.is_some() {
             return;
@@ -253,13 +262,6 @@ impl Drop for Server {
         if self.terminate_and_wait().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
-        }
-        let left = containers_of(&self.pool);
-        if !left.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&left)
-                .status();
         }
     }
 }
@@ -281,18 +283,17 @@ fn dropped_bytes(record: &str) -> Option<u64> {
         .ok()
 }
 
-per_transport!(sync a_slow_log_reader_and_two_log_floods_do_not_stall_the_server);
-fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server(transport: Transport) {
-    let server = Server::start(
-        transport,
-        "slow-reader",
-        &[
-            function("flood-a", "line"),
-            function("flood-b", "line"),
-            function("echo", "line"),
-        ],
-        Reader::Slow,
-    );
+per_engine_transport!(a_slow_log_reader_and_two_log_floods_do_not_stall_the_server);
+fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server(
+    engine: Engine,
+    transport: Transport,
+) {
+    let functions = [
+        function(&engine, "flood-a", "line"),
+        function(&engine, "flood-b", "line"),
+        function(&engine, "echo", "line"),
+    ];
+    let server = Server::start(engine, transport, "slow-reader", &functions, Reader::Slow);
     // Two containers write stderr as fast as they can for as long as they live.
     server.call_ok("flood-a", "!log-storm", "storming");
     server.call_ok("flood-b", "!log-storm", "storming");
@@ -323,14 +324,13 @@ fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server(transport: Trans
     server.stop();
 }
 
-per_transport!(sync a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped);
-fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(transport: Transport) {
-    let server = Server::start(
-        transport,
-        "flood",
-        &[function("flood", "line")],
-        Reader::Fast,
-    );
+per_engine_transport!(a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped);
+fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(
+    engine: Engine,
+    transport: Transport,
+) {
+    let functions = [function(&engine, "flood", "line")];
+    let server = Server::start(engine, transport, "flood", &functions, Reader::Fast);
     const FLOOD: u64 = 8_000_000;
     let call_id = server.call_ok("flood", &format!("!log-flood {FLOOD}"), "flooded 8000000");
     // Every byte is logged or said dropped (once stderr is quiet for a moment).
@@ -359,14 +359,16 @@ fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(transport: Transp
     server.stop();
 }
 
-per_transport!(sync function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours);
-fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(transport: Transport) {
-    let server = Server::start(
-        transport,
-        "escape",
-        &[function("ctrl", "line"), function("fail", "line")],
-        Reader::Fast,
-    );
+per_engine_transport!(function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours);
+fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(
+    engine: Engine,
+    transport: Transport,
+) {
+    let functions = [
+        function(&engine, "ctrl", "line"),
+        function(&engine, "fail", "line"),
+    ];
+    let server = Server::start(engine, transport, "escape", &functions, Reader::Fast);
     // stderr travels apart from stdout: a call's records are awaited before the
     // next call, or they could arrive during it and carry its id.
     let ctrl = server.call_ok("ctrl", "!log-ctrl", "wrote controls");

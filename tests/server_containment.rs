@@ -3,18 +3,97 @@
 //! hundred, a client holding a half-sent head through shutdown, and bearer tokens.
 //!
 //! Each test runs the real binary with its own pool on the real engine and stops
-//! it with SIGTERM, checking that nothing of its pool is left.
+//! it with SIGTERM, checking that nothing of its pool is left. Those where
+//! clients hold or wait on a function run on Docker over both transports and
+//! on containerd; those the HTTP layer alone decides (routes, refused bodies,
+//! tokens) run on Docker alone.
 
 mod support;
 
 use hotpool::driver::Transport;
 
+use std::any::Any;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
+use support::cli_engine::Engine;
 use support::http::{self, HttpResponse};
-use support::server::{Server, containers_of, error_of, eventually, function};
+use support::server::{Server, error_of, eventually, function, function_of};
+
+/// The `[pool]` line of the servers that need no shorter shutdown.
+const SHUTDOWN: &str = "shutdown_timeout = \"30s\"";
+
+/// A server of an `echo` function on one engine, and the guard of its pool
+/// there.
+struct EchoServer {
+    server: Server,
+    _guard: Box<dyn Any>,
+    engine: Engine,
+}
+
+impl EchoServer {
+    /// Starts a server on `engine` whose function `echo` runs over
+    /// `transport`, with `[server]` lines `server_extra` and `[pool]` lines
+    /// `pool_extra`.
+    fn start(
+        engine: Engine,
+        transport: Transport,
+        test: &str,
+        server_extra: &str,
+        pool_extra: &str,
+    ) -> EchoServer {
+        let server = Server::start_with_env(
+            &format!("{test}-{}-{transport}", engine.name()),
+            server_extra,
+            &format!(
+                "{pool_extra}\ntransport = \"{transport}\"\n\n{}",
+                engine.config_table()
+            ),
+            &[function_of(&engine.image, "echo", "line", "line", "")],
+            &engine.env(),
+        );
+        EchoServer {
+            _guard: engine.guard(&server.pool),
+            server,
+            engine,
+        }
+    }
+
+    /// Asserts that the server drove the test's engine; [`Server::stop`], then
+    /// asserts that the engine has nothing of the pool.
+    fn stop(self) {
+        let timed = format!(
+            "hotpool_engine_api_seconds_count{{engine=\"{}\"",
+            self.engine.name()
+        );
+        let metrics = self.server.get("/metrics").text();
+        assert!(metrics.contains(&timed), "no {timed} in /metrics");
+        let pool = self.server.pool.clone();
+        self.server.stop();
+        assert_eq!(
+            self.engine.containers_of(&pool),
+            Vec::<String>::new(),
+            "containers of pool {pool} are left on {}",
+            self.engine.name()
+        );
+    }
+}
+
+impl Deref for EchoServer {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl DerefMut for EchoServer {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+}
 
 /// Reads one response from a keep-alive connection (Content-Length bodies).
 fn read_response(stream: &mut TcpStream) -> HttpResponse {
@@ -46,6 +125,7 @@ fn closed_by_server(mut stream: &TcpStream) -> bool {
     matches!(stream.read(&mut byte), Ok(0) | Err(_))
 }
 
+// Decided by the HTTP layer, not the engine: on Docker alone.
 per_transport!(sync unknown_routes_and_wrong_methods_answer_json);
 fn unknown_routes_and_wrong_methods_answer_json(transport: Transport) {
     let server = Server::start_on(
@@ -71,14 +151,9 @@ fn unknown_routes_and_wrong_methods_answer_json(transport: Transport) {
     server.stop();
 }
 
-per_transport!(sync a_refused_call_leaves_its_keep_alive_connection_usable);
-fn a_refused_call_leaves_its_keep_alive_connection_usable(transport: Transport) {
-    let server = Server::start_on(
-        transport,
-        "keepalive",
-        "",
-        &[function("echo", "line", "line", "")],
-    );
+per_engine_transport!(a_refused_call_leaves_its_keep_alive_connection_usable);
+fn a_refused_call_leaves_its_keep_alive_connection_usable(engine: Engine, transport: Transport) {
+    let server = EchoServer::start(engine, transport, "keepalive", "", SHUTDOWN);
     let mut stream = connect(&server);
     // The head first, the body later: the answer must wait for the body, or the
     // body would be read as the next request.
@@ -106,6 +181,7 @@ fn a_refused_call_leaves_its_keep_alive_connection_usable(transport: Transport) 
     server.stop();
 }
 
+// Decided by the HTTP layer, not the engine: on Docker alone.
 per_transport!(sync an_answer_before_the_body_ends_says_connection_close);
 fn an_answer_before_the_body_ends_says_connection_close(transport: Transport) {
     let server = Server::start_on(
@@ -126,14 +202,9 @@ fn an_answer_before_the_body_ends_says_connection_close(transport: Transport) {
     server.stop();
 }
 
-per_transport!(sync malformed_bodies_are_bad_requests);
-fn malformed_bodies_are_bad_requests(transport: Transport) {
-    let server = Server::start_on(
-        transport,
-        "malformed",
-        "",
-        &[function("echo", "line", "line", "")],
-    );
+per_engine_transport!(malformed_bodies_are_bad_requests);
+fn malformed_bodies_are_bad_requests(engine: Engine, transport: Transport) {
+    let server = EchoServer::start(engine, transport, "malformed", "", SHUTDOWN);
 
     let mut bad_chunk = connect(&server);
     bad_chunk
@@ -164,6 +235,7 @@ fn malformed_bodies_are_bad_requests(transport: Transport) {
     server.stop();
 }
 
+// Decided by the HTTP layer, not the engine: on Docker alone.
 per_transport!(sync a_body_that_stalls_gets_408);
 fn a_body_that_stalls_gets_408(transport: Transport) {
     let server = Server::start_on(
@@ -190,13 +262,14 @@ fn open_files(pid: u32) -> usize {
         .count()
 }
 
-per_transport!(sync idle_and_slow_clients_cannot_use_up_the_server);
-fn idle_and_slow_clients_cannot_use_up_the_server(transport: Transport) {
-    let server = Server::start_on(
+per_engine_transport!(idle_and_slow_clients_cannot_use_up_the_server);
+fn idle_and_slow_clients_cannot_use_up_the_server(engine: Engine, transport: Transport) {
+    let server = EchoServer::start(
+        engine,
         transport,
         "slowloris",
         "max_connections = 16\nheader_timeout = \"1s\"",
-        &[function("echo", "line", "line", "")],
+        SHUTDOWN,
     );
     let before = open_files(server.pid());
     // A hundred clients that each send half a request head and stall.
@@ -233,14 +306,17 @@ fn idle_and_slow_clients_cannot_use_up_the_server(transport: Transport) {
     server.stop();
 }
 
-per_transport!(sync sigterm_ends_within_the_shutdown_timeout_whatever_clients_do);
-fn sigterm_ends_within_the_shutdown_timeout_whatever_clients_do(transport: Transport) {
-    let mut server = Server::start_with_on(
+per_engine_transport!(sigterm_ends_within_the_shutdown_timeout_whatever_clients_do);
+fn sigterm_ends_within_the_shutdown_timeout_whatever_clients_do(
+    engine: Engine,
+    transport: Transport,
+) {
+    let mut server = EchoServer::start(
+        engine,
         transport,
         "halfhead",
         "header_timeout = \"1h\"",
         "shutdown_timeout = \"2s\"",
-        &[function("echo", "line", "line", "")],
     );
     let warm = server.invoke("echo", b"warm");
     assert_eq!(warm.status, 200, "{warm}");
@@ -251,10 +327,13 @@ fn sigterm_ends_within_the_shutdown_timeout_whatever_clients_do(transport: Trans
     std::thread::sleep(Duration::from_millis(200));
     server.terminate();
     // The head timeout is an hour: only the shutdown deadline can end this.
-    let status = wait_for_exit_of(&mut server);
+    let status = wait_for_exit_of(&mut server.server);
     assert_eq!(status, Some(0), "stderr:\n{}", server.stderr.text());
     assert!(closed_by_server(&holder));
-    assert_eq!(containers_of(&server.pool), Vec::<String>::new());
+    assert_eq!(
+        server.engine.containers_of(&server.pool),
+        Vec::<String>::new()
+    );
 }
 
 /// Waits (far longer than the 2 s shutdown timeout, far shorter than the hour of
@@ -264,6 +343,7 @@ fn wait_for_exit_of(server: &mut Server) -> Option<i32> {
     status.and_then(|s| s.code())
 }
 
+// Decided by the HTTP layer, not the engine: on Docker alone.
 per_transport!(sync bearer_tokens_guard_every_route_but_healthz);
 fn bearer_tokens_guard_every_route_but_healthz(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
@@ -317,6 +397,7 @@ fn bearer_tokens_guard_every_route_but_healthz(transport: Transport) {
     server.stop();
 }
 
+// Decided by the HTTP layer, not the engine: on Docker alone.
 per_transport!(sync metrics_can_need_a_token_too);
 fn metrics_can_need_a_token_too(transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
@@ -374,14 +455,45 @@ fn an_unreadable_tokens_file_is_a_bad_config() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
-per_transport!(sync waiting_clients_are_served_once_a_connection_frees);
-fn waiting_clients_are_served_once_a_connection_frees(transport: Transport) {
-    let server = Server::start_on(
-        transport,
-        "cap",
-        "max_connections = 2",
-        &[function("echo", "line", "line", "")],
+#[test]
+fn an_attach_function_on_containerd_is_a_bad_config() {
+    let engine = Engine::containerd();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hotpool.toml");
+    let pool = format!("server-test-attach-{}", std::process::id());
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[pool]\nname = \"{pool}\"\n\
+             transport = \"attach\"\n\n{}\n{}",
+            support::free_port(),
+            engine.config_table(),
+            function_of(&engine.image, "echo", "line", "line", "")
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hotpool"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .envs(engine.env())
+        .output()
+        .expect("run hotpool serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "hotpool: bad config {}: function \"echo\" (function[0]).transport: \
+             the containerd engine has no attach transport: use direct",
+            config.display()
+        )
     );
+    assert_eq!(engine.containers_of(&pool), Vec::<String>::new());
+}
+
+per_engine_transport!(waiting_clients_are_served_once_a_connection_frees);
+fn waiting_clients_are_served_once_a_connection_frees(engine: Engine, transport: Transport) {
+    let server = EchoServer::start(engine, transport, "cap", "max_connections = 2", SHUTDOWN);
     // Two keep-alive connections hold both slots...
     let mut held: Vec<TcpStream> = (0..2).map(|_| connect(&server)).collect();
     for stream in &mut held {

@@ -84,7 +84,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, num_args = 1.., value_name = "ARG")]
     cold_cmd: Option<Vec<String>>,
     /// Also measure the direct transport (`direct`), beside the engine's
-    /// attach streams.
+    /// attach streams (an engine without them is measured direct alone).
     #[arg(long, default_value = "attach")]
     transport: Transport,
     /// The body that makes the function exit, for the `exited` modes.
@@ -230,8 +230,8 @@ async fn measure_density(
     count: usize,
 ) -> Result<density::Density, String> {
     let body = vec![b'x'; args.payload];
-    let mut hot = spec(args, args.format, args.command.clone());
-    hot.transport = args.transport;
+    let transport = transport_on(pool, args.transport);
+    let hot = spec(args, args.format, args.command.clone(), transport);
     let function = pool.register(hot.clone());
     through_pool(&function, &body).await?;
     let time = || async {
@@ -256,17 +256,15 @@ async fn measure(
     // An engine without attach streams (containerd) has the direct modes alone.
     let attach = pool.driver().traits().attach;
     let direct = args.transport == Transport::Direct || !attach;
-    let hot = spec(args, args.format, args.command.clone());
-    let mut cold = spec(
+    let hot = spec(args, args.format, args.command.clone(), Transport::Attach);
+    let cold = spec(
         args,
         Format::Cold,
         args.cold_cmd
             .clone()
             .unwrap_or_else(|| args.command.clone()),
+        transport_on(pool, Transport::Attach),
     );
-    if !attach {
-        cold.transport = Transport::Direct;
-    }
     let request = Request::new(body.clone());
     let mut hot_direct = hot.clone();
     hot_direct.name = format!("{}-direct", hot.name);
@@ -490,7 +488,17 @@ async fn timed(
     Ok(())
 }
 
-fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
+/// `wanted`, or the direct transport where the pool's engine has no attach
+/// streams (containerd).
+fn transport_on(pool: &Pool<AnyDriver>, wanted: Transport) -> Transport {
+    if pool.driver().traits().attach {
+        wanted
+    } else {
+        Transport::Direct
+    }
+}
+
+fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>, transport: Transport) -> FunctionSpec {
     let mut spec = FunctionSpec::new(format!("bench-{format}"), args.image.clone());
     spec.format = format;
     spec.cmd = cmd;
@@ -500,8 +508,7 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
     spec.queue_timeout = Duration::from_secs(60);
     spec.timeout = Duration::from_secs(60);
     spec.keep_alive = KeepAlive::fixed(Duration::from_secs(600));
-    // The engine's own path is the baseline; `--transport direct` adds the other.
-    spec.transport = Transport::Attach;
+    spec.transport = transport;
     spec
 }
 

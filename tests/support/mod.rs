@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cli_engine;
 pub mod cluster;
 pub mod containerd;
 pub mod engine;

@@ -22,10 +22,14 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 /// A `[[function]]` table on the test-function image, with 32 MiB of memory;
 /// `extra` is more TOML lines of the table.
 pub fn function(name: &str, cmd: &str, format: &str, extra: &str) -> String {
+    function_of(testfn_image(), name, cmd, format, extra)
+}
+
+/// [`function`] on `image`, the test function as another engine names it.
+pub fn function_of(image: &str, name: &str, cmd: &str, format: &str, extra: &str) -> String {
     format!(
-        "[[function]]\nname = \"{name}\"\nimage = \"{}\"\ncmd = [\"{cmd}\"]\n\
-         format = \"{format}\"\nmemory = \"32m\"\n{extra}\n",
-        testfn_image()
+        "[[function]]\nname = \"{name}\"\nimage = \"{image}\"\ncmd = [\"{cmd}\"]\n\
+         format = \"{format}\"\nmemory = \"32m\"\n{extra}\n"
     )
 }
 
