@@ -283,7 +283,7 @@ fn dropped_bytes(record: &str) -> Option<u64> {
         .ok()
 }
 
-per_engine_transport!(a_slow_log_reader_and_two_log_floods_do_not_stall_the_server);
+per_engine_binary_transport!(a_slow_log_reader_and_two_log_floods_do_not_stall_the_server);
 fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server(
     engine: Engine,
     transport: Transport,
@@ -324,7 +324,7 @@ fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server(
     server.stop();
 }
 
-per_engine_transport!(a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped);
+per_engine_binary_transport!(a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped);
 fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(
     engine: Engine,
     transport: Transport,
@@ -359,7 +359,7 @@ fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(
     server.stop();
 }
 
-per_engine_transport!(function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours);
+per_engine_binary_transport!(function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours);
 fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(
     engine: Engine,
     transport: Transport,

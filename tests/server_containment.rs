@@ -151,7 +151,7 @@ fn unknown_routes_and_wrong_methods_answer_json(transport: Transport) {
     server.stop();
 }
 
-per_engine_transport!(a_refused_call_leaves_its_keep_alive_connection_usable);
+per_engine_binary_transport!(a_refused_call_leaves_its_keep_alive_connection_usable);
 fn a_refused_call_leaves_its_keep_alive_connection_usable(engine: Engine, transport: Transport) {
     let server = EchoServer::start(engine, transport, "keepalive", "", SHUTDOWN);
     let mut stream = connect(&server);
@@ -202,7 +202,7 @@ fn an_answer_before_the_body_ends_says_connection_close(transport: Transport) {
     server.stop();
 }
 
-per_engine_transport!(malformed_bodies_are_bad_requests);
+per_engine_binary_transport!(malformed_bodies_are_bad_requests);
 fn malformed_bodies_are_bad_requests(engine: Engine, transport: Transport) {
     let server = EchoServer::start(engine, transport, "malformed", "", SHUTDOWN);
 
@@ -262,7 +262,7 @@ fn open_files(pid: u32) -> usize {
         .count()
 }
 
-per_engine_transport!(idle_and_slow_clients_cannot_use_up_the_server);
+per_engine_binary_transport!(idle_and_slow_clients_cannot_use_up_the_server);
 fn idle_and_slow_clients_cannot_use_up_the_server(engine: Engine, transport: Transport) {
     let server = EchoServer::start(
         engine,
@@ -306,7 +306,7 @@ fn idle_and_slow_clients_cannot_use_up_the_server(engine: Engine, transport: Tra
     server.stop();
 }
 
-per_engine_transport!(sigterm_ends_within_the_shutdown_timeout_whatever_clients_do);
+per_engine_binary_transport!(sigterm_ends_within_the_shutdown_timeout_whatever_clients_do);
 fn sigterm_ends_within_the_shutdown_timeout_whatever_clients_do(
     engine: Engine,
     transport: Transport,
@@ -491,7 +491,7 @@ fn an_attach_function_on_containerd_is_a_bad_config() {
     assert_eq!(engine.containers_of(&pool), Vec::<String>::new());
 }
 
-per_engine_transport!(waiting_clients_are_served_once_a_connection_frees);
+per_engine_binary_transport!(waiting_clients_are_served_once_a_connection_frees);
 fn waiting_clients_are_served_once_a_connection_frees(engine: Engine, transport: Transport) {
     let server = EchoServer::start(engine, transport, "cap", "max_connections = 2", SHUTDOWN);
     // Two keep-alive connections hold both slots...

@@ -34,12 +34,12 @@ macro_rules! per_engine_binary {
 }
 
 /// Runs a test of the binary on each engine over each of its transports:
-/// `per_engine_transport!(name);` beside
+/// `per_engine_binary_transport!(name);` beside
 /// `fn name(engine: Engine, transport: Transport)` makes the tests
 /// `name::docker_attach`, `name::docker_direct` and `name::containerd` (over
 /// direct, containerd's only transport).
 #[macro_export]
-macro_rules! per_engine_transport {
+macro_rules! per_engine_binary_transport {
     ($name:ident) => {
         mod $name {
             use hotpool::driver::Transport;
