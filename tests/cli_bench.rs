@@ -1,6 +1,7 @@
 //! `hotpool bench` as a user runs it: every mode measured, the JSON shape the
-//! issue asks for, no container left behind, and one bench per `--pool` name.
-//! (No timing is asserted.)
+//! issue asks for, the warm tier on containerd (and said unavailable on
+//! Docker), no container left behind, and one bench per `--pool` name. (No
+//! timing is asserted.)
 
 mod support;
 
@@ -8,13 +9,28 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hotpool::pool::POOL_LABEL;
 use serde_json::Value;
+
+use support::containerd::{self, TestImage};
 
 /// Runs `hotpool bench --json` with `args`, its containers labelled `pool`;
 /// the one JSON object it prints.
 fn bench_json(pool: &str, args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_hotpool"))
-        .args(["bench", "--image", support::testfn_image(), "--pool", pool])
+    bench_json_of(
+        &mut Command::new(env!("CARGO_BIN_EXE_hotpool")),
+        support::testfn_image(),
+        pool,
+        args,
+    )
+}
+
+/// Runs `command` (the hotpool binary, its environment set) as `hotpool bench
+/// --json` of `image` with `args`, its containers labelled `pool`; the one
+/// JSON object it prints.
+fn bench_json_of(command: &mut Command, image: &str, pool: &str, args: &[&str]) -> Value {
+    let output = command
+        .args(["bench", "--image", image, "--pool", pool])
         .args(args)
         .args(["--json", "line"])
         .output()
@@ -49,11 +65,22 @@ fn bench_measures_all_four_modes_and_cleans_up() {
             "100",
         ],
     );
-    let modes = report.as_object().expect("an object");
+    assert_modes(&report, &["cold", "floor_cold", "floor_hot", "hot"]);
+    assert_eq!(report["warm"]["available"], false, "{report}");
+    let why = report["warm"]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("docker engine"), "{report}");
+    assert_nothing_left("bench-modes");
+}
+
+/// Fails unless `report` has exactly the modes `expected` (and `warm`), each
+/// with figures that could have been measured.
+fn assert_modes(report: &Value, expected: &[&str]) {
+    let mut modes = report.as_object().expect("an object").clone();
+    assert!(modes.remove("warm").is_some(), "no warm member: {report}");
     let mut names: Vec<&str> = modes.keys().map(String::as_str).collect();
     names.sort();
-    assert_eq!(names, ["cold", "floor_cold", "floor_hot", "hot"]);
-    for (mode, figures) in modes {
+    assert_eq!(names, expected);
+    for (mode, figures) in &modes {
         let p50 = figures["p50_us"].as_u64().unwrap_or(0);
         let p99 = figures["p99_us"].as_u64().unwrap_or(0);
         assert!(p50 > 0 && p99 >= p50, "{mode}: {figures}");
@@ -67,7 +94,60 @@ fn bench_measures_all_four_modes_and_cleans_up() {
             "{mode}: {figures}"
         );
     }
-    assert_nothing_left("bench-modes");
+}
+
+#[test]
+fn bench_on_containerd_measures_the_warm_tier_and_cleans_up() {
+    const POOL: &str = "bench-warm";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let image = runtime.block_on(TestImage::push("hotpool-testfn-bench-warm"));
+    let _guard = containerd::PoolGuard(POOL.to_owned());
+    let report = bench_json_of(
+        Command::new(env!("CARGO_BIN_EXE_hotpool")).env("DOCKER_CONFIG", image.docker_config()),
+        &image.name,
+        POOL,
+        &[
+            "--engine",
+            "containerd",
+            "--calls",
+            "20",
+            "--cold-calls",
+            "3",
+        ],
+    );
+    // containerd has no attach streams: every mode runs direct.
+    assert_modes(&report, &["cold", "floor_cold", "floor_hot", "hot"]);
+    let warm = &report["warm"];
+    assert_eq!(warm["available"], true, "{report}");
+    assert_eq!(warm["starts"], 3, "{warm}");
+    for tier in ["warm", "cold"] {
+        let p50 = warm[format!("{tier}_p50_us")].as_u64().unwrap_or(0);
+        let p99 = warm[format!("{tier}_p99_us")].as_u64().unwrap_or(0);
+        assert!(p50 > 0 && p99 >= p50, "{tier}: {warm}");
+    }
+    assert!(
+        warm["warm_over_cold_p50"].as_f64().unwrap_or(0.0) > 0.0,
+        "{warm}"
+    );
+    let (created, hot_idle) = (&warm["created"], &warm["hot_idle"]);
+    assert_eq!(created["samples"], 3, "one per warm start: {warm}");
+    assert_eq!(created["processes"], 1, "runc's init alone: {warm}");
+    assert!(hot_idle["samples"].as_u64().unwrap_or(0) >= 1, "{warm}");
+    assert_eq!(
+        hot_idle["processes"], 2,
+        "hotpool-init and the function: {warm}"
+    );
+    for held in [created, hot_idle] {
+        for memory in ["rss_kib", "pss_kib", "anonymous_kib", "cgroup_kib"] {
+            assert!(held[memory].as_u64().unwrap_or(0) > 0, "{memory}: {warm}");
+        }
+    }
+    let left = runtime.block_on(containerd::leftovers(POOL_LABEL, POOL, &[]));
+    assert_eq!(
+        left,
+        Default::default(),
+        "containerd holds nothing of {POOL}"
+    );
 }
 
 #[test]

@@ -42,6 +42,8 @@ use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 
 use super::density;
+use super::warm::Warm;
+use hotpool::driver::containerd::Footprint;
 use hotpool::driver::{AnyCookie, AnyDriver};
 use hotpool::driver::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, Task, Transport};
 use hotpool::error::CallError;
@@ -117,8 +119,8 @@ fn parse_hot_format(text: &str) -> Result<Format, String> {
 /// Latencies of one mode, the time its calls took, and the CPU time hotpool's
 /// process spent meanwhile (all its threads).
 #[derive(Default)]
-struct Samples {
-    latencies: Vec<Duration>,
+pub(super) struct Samples {
+    pub(super) latencies: Vec<Duration>,
     elapsed: Duration,
     cpu: Duration,
 }
@@ -131,6 +133,11 @@ impl Samples {
             .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// The p50 and the p99.
+    pub(super) fn p50_p99(&self) -> (Duration, Duration) {
+        (self.percentile(50), self.percentile(99))
     }
 
     fn calls_per_s(&self) -> f64 {
@@ -215,7 +222,7 @@ async fn run(args: &BenchArgs, pool: &Pool<AnyDriver>) -> Result<(), String> {
     match measured {
         Ok(density) if args.json => println!("{}", density.json()),
         Ok(density) => density.print(),
-        Err(modes) => report(args, &modes),
+        Err((modes, warm)) => report(args, &modes, &warm),
     }
     Ok(())
 }
@@ -229,7 +236,7 @@ async fn measure_density(
 ) -> Result<density::Density, String> {
     let body = vec![b'x'; args.payload];
     let mut hot = spec(args, args.format, args.command.clone());
-    hot.transport = args.transport;
+    hot.transport = engine_transport(pool, args.transport);
     let function = pool.register(hot.clone());
     through_pool(&function, &body).await?;
     let time = || async {
@@ -239,28 +246,33 @@ async fn measure_density(
             workers(1, args.calls, || through_pool(&function, &body)),
         )
         .await?;
-        Ok((samples.percentile(50), samples.percentile(99)))
+        Ok(samples.p50_p99())
     };
     let idle = density::idle_spec(&hot, count);
     density::measure(pool, idle, count, args.concurrency, time).await
 }
 
+/// The modes' samples, and the warm tier's figures.
 async fn measure(
     args: &BenchArgs,
     pool: &Pool<AnyDriver>,
-) -> Result<HashMap<&'static str, Samples>, String> {
+) -> Result<(HashMap<&'static str, Samples>, Warm), String> {
     let body = vec![b'x'; args.payload];
     let max_response = pool.config().max_response_bytes;
-    let hot = spec(args, args.format, args.command.clone());
-    let cold = spec(
+    let base = engine_transport(pool, Transport::Attach);
+    let mut hot = spec(args, args.format, args.command.clone());
+    let mut cold = spec(
         args,
         Format::Cold,
         args.cold_cmd
             .clone()
             .unwrap_or_else(|| args.command.clone()),
     );
+    (hot.transport, cold.transport) = (base, base);
     let request = Request::new(body.clone());
-    let direct = args.transport == Transport::Direct;
+    // The direct modes compare direct with attach: an engine without attach
+    // streams runs every mode direct already.
+    let direct = args.transport == Transport::Direct && base == Transport::Attach;
     let mut hot_direct = hot.clone();
     hot_direct.name = format!("{}-direct", hot.name);
     hot_direct.transport = Transport::Direct;
@@ -302,6 +314,7 @@ async fn measure(
     };
 
     let mut modes: HashMap<&'static str, Samples> = HashMap::new();
+    let mut warm = Warm::new(pool, args.cold_calls);
     let rounds = args.calls.div_ceil(HOT_CALLS_PER_ROUND);
     for round in 0..rounds {
         let hot_calls = share(args.calls, round, rounds);
@@ -349,11 +362,13 @@ async fn measure(
             }),
         )
         .await?;
+        warm.round(pool, &hot, cold_calls, &request, &floors[0])
+            .await?;
     }
     for container in floors.into_iter().flatten() {
         container.close().await;
     }
-    Ok(modes)
+    Ok((modes, warm))
 }
 
 /// `calls` round trips spread over the floor's containers.
@@ -479,6 +494,15 @@ async fn timed(
     Ok(())
 }
 
+/// `asked` where the engine carries it; else direct, every engine's.
+fn engine_transport(pool: &Pool<AnyDriver>, asked: Transport) -> Transport {
+    if pool.driver().traits().attach {
+        asked
+    } else {
+        Transport::Direct
+    }
+}
+
 fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
     let mut spec = FunctionSpec::new(format!("bench-{format}"), args.image.clone());
     spec.format = format;
@@ -489,14 +513,15 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>) -> FunctionSpec {
     spec.queue_timeout = Duration::from_secs(60);
     spec.timeout = Duration::from_secs(60);
     spec.keep_alive = KeepAlive::fixed(Duration::from_secs(600));
-    // The engine's own path is the baseline; `--transport direct` adds the other.
+    // The engine's own path is the baseline where it has one; `--transport
+    // direct` adds the other.
     spec.transport = Transport::Attach;
     spec
 }
 
 /// The driver task of a floor container: the pool's own for `spec`, labelled
 /// as `pool` labels its containers.
-fn floor_task(pool: &Pool<AnyDriver>, spec: &FunctionSpec) -> Task {
+pub(super) fn floor_task(pool: &Pool<AnyDriver>, spec: &FunctionSpec) -> Task {
     let mut task = spec.task(&format!("floor-{}", hotpool::driver::new_id()));
     task.labels
         .insert(POOL_LABEL.to_owned(), pool.config().name.clone());
@@ -504,7 +529,7 @@ fn floor_task(pool: &Pool<AnyDriver>, spec: &FunctionSpec) -> Task {
 }
 
 /// A hot container of the bench's function spoken to without the pool.
-struct FloorContainer {
+pub(super) struct FloorContainer {
     cookie: AnyCookie,
     stdin: BoxWrite,
     stdout: BufReader<BoxRead>,
@@ -514,18 +539,28 @@ struct FloorContainer {
 }
 
 impl FloorContainer {
-    /// Starts a container of `spec` and takes its pipes.
-    async fn start(
+    /// Makes and starts a container of `spec` and takes its pipes.
+    pub(super) async fn start(
         pool: &Pool<AnyDriver>,
         spec: &FunctionSpec,
         max_response: usize,
     ) -> Result<FloorContainer, String> {
-        let failed = |e| format!("a floor_hot container did not start: {e}");
-        let mut cookie = pool
+        let cookie = pool
             .driver()
             .prepare(floor_task(pool, spec))
             .await
-            .map_err(failed)?;
+            .map_err(|e| format!("a floor container of {} was not made: {e}", spec.name))?;
+        FloorContainer::started(cookie, spec, max_response).await
+    }
+
+    /// Starts `cookie`, a container of `spec`, and takes its pipes; removes
+    /// it if it does not start.
+    pub(super) async fn started(
+        mut cookie: AnyCookie,
+        spec: &FunctionSpec,
+        max_response: usize,
+    ) -> Result<FloorContainer, String> {
+        let failed = |e| format!("a floor container of {} did not start: {e}", spec.name);
         let running = match cookie.run().await {
             Ok(running) => running,
             Err(error) => {
@@ -535,7 +570,7 @@ impl FloorContainer {
         };
         let (Some(stdin), Some(stdout)) = (running.stdin, running.stdout) else {
             cookie.close().await;
-            return Err("the driver did not hand out a floor_hot container's pipes".into());
+            return Err("the driver did not hand out a floor container's pipes".into());
         };
         Ok(FloorContainer {
             cookie,
@@ -548,10 +583,18 @@ impl FloorContainer {
     }
 
     /// Writes one request and reads its response, framed as the pool frames them.
-    async fn round_trip(&mut self, request: &Request) -> Result<(), String> {
+    pub(super) async fn round_trip(&mut self, request: &Request) -> Result<(), String> {
         self.exchange(request)
             .await
-            .map_err(|e| format!("a floor_hot call failed: {e}"))
+            .map_err(|e| format!("a floor call failed: {e}"))
+    }
+
+    /// What the container holds now, where its driver can tell (containerd's).
+    pub(super) fn footprint(&self) -> Option<Footprint> {
+        match &self.cookie {
+            AnyCookie::Containerd(cookie) => cookie.footprint(),
+            AnyCookie::Docker(_) => None,
+        }
     }
 
     async fn exchange(&mut self, request: &Request) -> Result<(), FrameError> {
@@ -571,7 +614,7 @@ impl FloorContainer {
     }
 
     /// Removes the container.
-    async fn close(self) {
+    pub(super) async fn close(self) {
         self.cookie.close().await;
     }
 }
@@ -697,7 +740,7 @@ impl Target {
     }
 }
 
-fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
+fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>, warm: &Warm) {
     let all = [
         "floor_hot",
         "hot",
@@ -714,10 +757,11 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
         .filter(|m| modes.get(m).is_some_and(|s| !s.latencies.is_empty()))
         .collect();
     if args.json {
-        let object: serde_json::Map<String, serde_json::Value> = order
+        let mut object: serde_json::Map<String, serde_json::Value> = order
             .iter()
             .map(|m| (m.to_string(), modes[m].json()))
             .collect();
+        object.insert("warm".to_owned(), warm.json());
         println!("{}", serde_json::Value::Object(object));
         return;
     }
@@ -771,6 +815,7 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
             "the exited verdict, p50 from the exit to the answer (an exiting call less a hot call): attach {attach:.0} µs, direct {direct:.0} µs",
         );
     }
+    warm.print();
 }
 
 #[cfg(test)]
