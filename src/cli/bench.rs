@@ -14,7 +14,10 @@
 //! them (`--exit-body`), answered with the typed `exited` error: their latency
 //! less a hot call's is how long the death verdict takes.
 //!
-//! These four use the engine's attach streams. The floors' containers are the
+//! These four use the engine's attach streams where it has them; on
+//! containerd, which has none, every mode runs direct. There the bench also
+//! measures the warm tier (`warm.rs`): a created task's start against a cold
+//! start, and what a created task holds. The floors' containers are the
 //! pool's: the same driver task
 //! ([`FunctionSpec::task`], hardening included) run by the same [`AnyDriver`],
 //! and their calls are framed by the pool's own format code. What the pool adds

@@ -7,9 +7,13 @@
 //! the record references it. Running creates the task with null stdio (all
 //! three paths empty: the shim copies nothing, and never only some of them,
 //! which the 1.6 shim cannot take) and starts it; the function's bytes go
-//! through the pipes. How it ended comes from hotpool-init on the status pipe;
-//! where that says nothing (the container went down whole), from the task's
-//! exit event, or containerd's answer if no event comes. An OOM kill is read
+//! through the pipes. A caller may create the task first
+//! ([`ContainerdCookie::create_task`]: runc's init then waits in the
+//! container's namespaces and cgroup) and `run` later only starts it: the
+//! warm start `hotpool bench` measures. How it ended comes from hotpool-init
+//! on the status pipe; where that says nothing (the container went down
+//! whole), from the task's exit event, or containerd's answer if no event
+//! comes. An OOM kill is read
 //! from the cgroup's own count first, then from the `/tasks/oom` event.
 //! Closing deletes the task, then the snapshot, then the record.
 
