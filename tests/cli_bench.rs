@@ -1,6 +1,7 @@
 //! `hotpool bench` as a user runs it: every mode measured, the JSON shape the
-//! issue asks for, no container left behind, and one bench per `--pool` name,
-//! on Docker and on containerd (`--engine`). (No timing is asserted.)
+//! issue asks for, the warm tier on containerd (and said unavailable on
+//! Docker), no container left behind, and one bench per `--pool` name, on
+//! Docker and on containerd (`--engine`). (No timing is asserted.)
 
 mod support;
 
@@ -65,22 +66,35 @@ fn bench_measures_all_four_modes_and_cleans_up(engine: Engine) {
             "100",
         ],
     );
-    let modes = report.as_object().expect("an object");
-    let mut names: Vec<&str> = modes.keys().map(String::as_str).collect();
-    names.sort();
-    // containerd has no attach streams: its hot modes are the direct ones.
-    let expected: &[&str] = match engine.name() {
-        "containerd" => &[
+    if engine.name() == "containerd" {
+        // No attach streams: its hot modes are the direct ones.
+        let modes = [
             "cold",
             "direct",
             "exited_direct",
             "floor_cold",
             "floor_direct",
-        ],
-        _ => &["cold", "floor_cold", "floor_hot", "hot"],
-    };
+        ];
+        assert_modes(&report, &modes);
+        assert_warm_tier(&report["warm"], 2);
+    } else {
+        assert_modes(&report, &["cold", "floor_cold", "floor_hot", "hot"]);
+        assert_eq!(report["warm"]["available"], false, "{report}");
+        let why = report["warm"]["why"].as_str().unwrap_or_default();
+        assert!(why.contains("docker engine"), "{report}");
+    }
+    assert_nothing_left(&engine, &pool);
+}
+
+/// Fails unless `report` has exactly the modes `expected` (and `warm`), each
+/// with figures that could have been measured.
+fn assert_modes(report: &Value, expected: &[&str]) {
+    let mut modes = report.as_object().expect("an object").clone();
+    assert!(modes.remove("warm").is_some(), "no warm member: {report}");
+    let mut names: Vec<&str> = modes.keys().map(String::as_str).collect();
+    names.sort();
     assert_eq!(names, expected);
-    for (mode, figures) in modes {
+    for (mode, figures) in &modes {
         let p50 = figures["p50_us"].as_u64().unwrap_or(0);
         let p99 = figures["p99_us"].as_u64().unwrap_or(0);
         assert!(p50 > 0 && p99 >= p50, "{mode}: {figures}");
@@ -94,7 +108,35 @@ fn bench_measures_all_four_modes_and_cleans_up(engine: Engine) {
             "{mode}: {figures}"
         );
     }
-    assert_nothing_left(&engine, &pool);
+}
+
+/// Fails unless `warm` measured `starts` warm and cold starts and what a
+/// created task and an idle hot container hold.
+fn assert_warm_tier(warm: &Value, starts: u64) {
+    assert_eq!(warm["available"], true, "{warm}");
+    assert_eq!(warm["starts"], starts, "{warm}");
+    for tier in ["warm", "cold"] {
+        let p50 = warm[format!("{tier}_p50_us")].as_u64().unwrap_or(0);
+        let p99 = warm[format!("{tier}_p99_us")].as_u64().unwrap_or(0);
+        assert!(p50 > 0 && p99 >= p50, "{tier}: {warm}");
+    }
+    assert!(
+        warm["warm_over_cold_p50"].as_f64().unwrap_or(0.0) > 0.0,
+        "{warm}"
+    );
+    let (created, hot_idle) = (&warm["created"], &warm["hot_idle"]);
+    assert_eq!(created["samples"], starts, "one per warm start: {warm}");
+    assert_eq!(created["processes"], 1, "runc's init alone: {warm}");
+    assert!(hot_idle["samples"].as_u64().unwrap_or(0) >= 1, "{warm}");
+    assert_eq!(
+        hot_idle["processes"], 2,
+        "hotpool-init and the function: {warm}"
+    );
+    for held in [created, hot_idle] {
+        for memory in ["rss_kib", "pss_kib", "anonymous_kib", "cgroup_kib"] {
+            assert!(held[memory].as_u64().unwrap_or(0) > 0, "{memory}: {warm}");
+        }
+    }
 }
 
 #[test]

@@ -359,7 +359,9 @@ fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(
     server.stop();
 }
 
-per_engine_binary_transport!(function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours);
+per_engine_binary_transport!(
+    function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours
+);
 fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(
     engine: Engine,
     transport: Transport,

@@ -1,7 +1,8 @@
 //! The containerd driver against a real containerd: the image pulled from a
 //! real registry, cold calls and every way they end, the hot shape of the
-//! pipes, the container's lock-down seen from inside, shim groups, and
-//! nothing left behind in hotpool's namespace.
+//! pipes, a task created first and started later (the warm tier), the
+//! container's lock-down seen from inside, shim groups, and nothing left
+//! behind in hotpool's namespace.
 
 mod support;
 
@@ -142,6 +143,79 @@ async fn a_hot_container_answers_line_after_line() {
     hot.stdin.shutdown().await.unwrap();
     assert_eq!(hot.cookie.wait(&CancellationToken::new()).await, Ok(()));
     hot.cookie.close().await;
+}
+
+#[tokio::test]
+async fn a_task_created_first_holds_only_runc_init_and_answers_once_started() {
+    let image = TestImage::shared().await;
+    let driver = driver(&image).await;
+    let task = task(&image, &["line"]);
+    let pool = task.labels[POOL_LABEL].clone();
+    let guard = guard(&task);
+    let mut cookie = driver.prepare(task).await.expect("prepare");
+    assert_eq!(cookie.footprint(), None, "no task yet, no footprint");
+    cookie.create_task().await.expect("create the task");
+    let created = cookie
+        .footprint()
+        .expect("a created task's cgroup is readable");
+    assert_eq!(created.processes, 1, "runc's init alone: {created:?}");
+    assert!(
+        created.rss_bytes.is_some_and(|rss| rss > 0),
+        "runc's init is resident: {created:?}"
+    );
+    let again = cookie.create_task().await.expect_err("a second create");
+    assert!(again.to_string().contains("created before"), "{again}");
+
+    let running = cookie.run().await.expect("start the created task");
+    let mut hot = Hot {
+        stdin: running.stdin.expect("stdin handed out"),
+        stdout: BufReader::new(running.stdout.expect("stdout handed out")).lines(),
+        cookie,
+        _guard: guard,
+    };
+    assert_eq!(hot.call("warm").await, "warm");
+    let started = hot.cookie.footprint().expect("a started task's cgroup");
+    assert_eq!(
+        started.processes, 2,
+        "hotpool-init and the function: {started:?}"
+    );
+    hot.cookie.close().await;
+    assert_nothing_left(&pool, &[hot.cookie.container_id()]).await;
+}
+
+#[tokio::test]
+async fn a_task_only_created_is_removed_when_closed_or_dropped() {
+    let image = TestImage::shared().await;
+    let driver = driver(&image).await;
+    for close in [true, false] {
+        let task = task(&image, &["line"]);
+        let pool = task.labels[POOL_LABEL].clone();
+        let _guard = guard(&task);
+        let mut cookie = driver.prepare(task).await.expect("prepare");
+        cookie.create_task().await.expect("create the task");
+        let id = cookie.container_id().to_owned();
+        assert_eq!(
+            leftovers(POOL_LABEL, &pool, &[&id]).await.tasks,
+            std::slice::from_ref(&id),
+            "the task exists, created"
+        );
+        if close {
+            cookie.close().await;
+        } else {
+            // Dropped, the cookie removes its container in the background.
+            drop(cookie);
+        }
+        let mut left = leftovers(POOL_LABEL, &pool, &[&id]).await;
+        for _ in 0..300 {
+            if left == Default::default() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = leftovers(POOL_LABEL, &pool, &[&id]).await;
+        }
+        let how = if close { "closed" } else { "dropped" };
+        assert_eq!(left, Default::default(), "{how} while only created");
+    }
 }
 
 #[tokio::test]

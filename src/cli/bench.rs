@@ -16,7 +16,9 @@
 //!
 //! These four use the engine's attach streams; on an engine without them
 //! (containerd) only the direct modes run, and `cold` and `floor_cold` feed their
-//! containers over the direct transport's pipes. The floors' containers are the
+//! containers over the direct transport's pipes. There the bench also measures
+//! the warm tier (`warm.rs`): a created task's start against a cold start, and
+//! what a created task holds. The floors' containers are the
 //! pool's: the same driver task
 //! ([`FunctionSpec::task`], hardening included) run by the same [`AnyDriver`],
 //! and their calls are framed by the pool's own format code. What the pool adds
@@ -44,6 +46,8 @@ use tokio::io::BufReader;
 use tokio_util::sync::CancellationToken;
 
 use super::density;
+use super::warm::Warm;
+use hotpool::driver::containerd::Footprint;
 use hotpool::driver::{AnyCookie, AnyDriver};
 use hotpool::driver::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, Task, Transport};
 use hotpool::error::CallError;
@@ -119,8 +123,8 @@ fn parse_hot_format(text: &str) -> Result<Format, String> {
 /// Latencies of one mode, the time its calls took, and the CPU time hotpool's
 /// process spent meanwhile (all its threads).
 #[derive(Default)]
-struct Samples {
-    latencies: Vec<Duration>,
+pub(super) struct Samples {
+    pub(super) latencies: Vec<Duration>,
     elapsed: Duration,
     cpu: Duration,
 }
@@ -133,6 +137,11 @@ impl Samples {
             .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// The p50 and the p99.
+    pub(super) fn p50_p99(&self) -> (Duration, Duration) {
+        (self.percentile(50), self.percentile(99))
     }
 
     fn calls_per_s(&self) -> f64 {
@@ -217,7 +226,7 @@ async fn run(args: &BenchArgs, pool: &Pool<AnyDriver>) -> Result<(), String> {
     match measured {
         Ok(density) if args.json => println!("{}", density.json()),
         Ok(density) => density.print(),
-        Err(modes) => report(args, &modes),
+        Err((modes, warm)) => report(args, &modes, &warm),
     }
     Ok(())
 }
@@ -241,16 +250,17 @@ async fn measure_density(
             workers(1, args.calls, || through_pool(&function, &body)),
         )
         .await?;
-        Ok((samples.percentile(50), samples.percentile(99)))
+        Ok(samples.p50_p99())
     };
     let idle = density::idle_spec(&hot, count);
     density::measure(pool, idle, count, args.concurrency, time).await
 }
 
+/// The modes' samples, and the warm tier's figures.
 async fn measure(
     args: &BenchArgs,
     pool: &Pool<AnyDriver>,
-) -> Result<HashMap<&'static str, Samples>, String> {
+) -> Result<(HashMap<&'static str, Samples>, Warm), String> {
     let body = vec![b'x'; args.payload];
     let max_response = pool.config().max_response_bytes;
     // An engine without attach streams (containerd) has the direct modes alone.
@@ -312,6 +322,7 @@ async fn measure(
     };
 
     let mut modes: HashMap<&'static str, Samples> = HashMap::new();
+    let mut warm = Warm::new(pool, args.cold_calls);
     let rounds = args.calls.div_ceil(HOT_CALLS_PER_ROUND);
     for round in 0..rounds {
         let hot_calls = share(args.calls, round, rounds);
@@ -358,11 +369,16 @@ async fn measure(
             }),
         )
         .await?;
+        // The warm tier is containerd's, whose hot containers are direct ones.
+        if let Some((_, idle)) = floors.iter().find(|(mode, _)| *mode == "floor_direct") {
+            warm.round(pool, &hot_direct, cold_calls, &request, idle)
+                .await?;
+        }
     }
     for container in floors.into_iter().flat_map(|(_, containers)| containers) {
         container.close().await;
     }
-    Ok(modes)
+    Ok((modes, warm))
 }
 
 /// `calls` round trips spread over the floor's containers.
@@ -514,7 +530,7 @@ fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>, transport: Transport
 
 /// The driver task of a floor container: the pool's own for `spec`, labelled
 /// as `pool` labels its containers.
-fn floor_task(pool: &Pool<AnyDriver>, spec: &FunctionSpec) -> Task {
+pub(super) fn floor_task(pool: &Pool<AnyDriver>, spec: &FunctionSpec) -> Task {
     let mut task = spec.task(&format!("floor-{}", hotpool::driver::new_id()));
     task.labels
         .insert(POOL_LABEL.to_owned(), pool.config().name.clone());
@@ -522,7 +538,7 @@ fn floor_task(pool: &Pool<AnyDriver>, spec: &FunctionSpec) -> Task {
 }
 
 /// A hot container of the bench's function spoken to without the pool.
-struct FloorContainer {
+pub(super) struct FloorContainer {
     cookie: AnyCookie,
     stdin: BoxWrite,
     stdout: BufReader<BoxRead>,
@@ -532,18 +548,28 @@ struct FloorContainer {
 }
 
 impl FloorContainer {
-    /// Starts a container of `spec` and takes its pipes.
-    async fn start(
+    /// Makes and starts a container of `spec` and takes its pipes.
+    pub(super) async fn start(
         pool: &Pool<AnyDriver>,
         spec: &FunctionSpec,
         max_response: usize,
     ) -> Result<FloorContainer, String> {
-        let failed = |e| format!("a floor_hot container did not start: {e}");
-        let mut cookie = pool
+        let cookie = pool
             .driver()
             .prepare(floor_task(pool, spec))
             .await
-            .map_err(failed)?;
+            .map_err(|e| format!("a floor container of {} was not made: {e}", spec.name))?;
+        FloorContainer::started(cookie, spec, max_response).await
+    }
+
+    /// Starts `cookie`, a container of `spec`, and takes its pipes; removes
+    /// it if it does not start.
+    pub(super) async fn started(
+        mut cookie: AnyCookie,
+        spec: &FunctionSpec,
+        max_response: usize,
+    ) -> Result<FloorContainer, String> {
+        let failed = |e| format!("a floor container of {} did not start: {e}", spec.name);
         let running = match cookie.run().await {
             Ok(running) => running,
             Err(error) => {
@@ -553,7 +579,7 @@ impl FloorContainer {
         };
         let (Some(stdin), Some(stdout)) = (running.stdin, running.stdout) else {
             cookie.close().await;
-            return Err("the driver did not hand out a floor_hot container's pipes".into());
+            return Err("the driver did not hand out a floor container's pipes".into());
         };
         Ok(FloorContainer {
             cookie,
@@ -566,10 +592,18 @@ impl FloorContainer {
     }
 
     /// Writes one request and reads its response, framed as the pool frames them.
-    async fn round_trip(&mut self, request: &Request) -> Result<(), String> {
+    pub(super) async fn round_trip(&mut self, request: &Request) -> Result<(), String> {
         self.exchange(request)
             .await
-            .map_err(|e| format!("a floor_hot call failed: {e}"))
+            .map_err(|e| format!("a floor call failed: {e}"))
+    }
+
+    /// What the container holds now, where its driver can tell (containerd's).
+    pub(super) fn footprint(&self) -> Option<Footprint> {
+        match &self.cookie {
+            AnyCookie::Containerd(cookie) => cookie.footprint(),
+            AnyCookie::Docker(_) => None,
+        }
     }
 
     async fn exchange(&mut self, request: &Request) -> Result<(), FrameError> {
@@ -589,7 +623,7 @@ impl FloorContainer {
     }
 
     /// Removes the container.
-    async fn close(self) {
+    pub(super) async fn close(self) {
         self.cookie.close().await;
     }
 }
@@ -715,7 +749,7 @@ impl Target {
     }
 }
 
-fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
+fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>, warm: &Warm) {
     let all = [
         "floor_hot",
         "hot",
@@ -732,10 +766,11 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
         .filter(|m| modes.get(m).is_some_and(|s| !s.latencies.is_empty()))
         .collect();
     if args.json {
-        let object: serde_json::Map<String, serde_json::Value> = order
+        let mut object: serde_json::Map<String, serde_json::Value> = order
             .iter()
             .map(|m| (m.to_string(), modes[m].json()))
             .collect();
+        object.insert("warm".to_owned(), warm.json());
         println!("{}", serde_json::Value::Object(object));
         return;
     }
@@ -789,6 +824,7 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>) {
             "the exited verdict, p50 from the exit to the answer (an exiting call less a hot call): attach {attach:.0} µs, direct {direct:.0} µs",
         );
     }
+    warm.print();
 }
 
 #[cfg(test)]

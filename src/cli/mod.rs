@@ -7,6 +7,7 @@ mod reload;
 mod replay;
 mod run;
 mod serve;
+mod warm;
 
 use clap::{Parser, Subcommand};
 

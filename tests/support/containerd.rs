@@ -193,6 +193,8 @@ pub async fn leftovers(key: &str, value: &str, ids: &[&str]) -> Leftovers {
         .into_inner()
         .tasks
         .into_iter()
+        // A task's id is its container's (containerd 1.6 leaves
+        // `container_id` empty in this list).
         .map(|task| task.id)
         .filter(|id| ids.contains(&id.as_str()))
         .collect();

@@ -7,9 +7,13 @@
 //! the record references it. Running creates the task with null stdio (all
 //! three paths empty: the shim copies nothing, and never only some of them,
 //! which the 1.6 shim cannot take) and starts it; the function's bytes go
-//! through the pipes. How it ended comes from hotpool-init on the status pipe;
-//! where that says nothing (the container went down whole), from the task's
-//! exit event, or containerd's answer if no event comes. An OOM kill is read
+//! through the pipes. A caller may create the task first
+//! ([`ContainerdCookie::create_task`]: runc's init then waits in the
+//! container's namespaces and cgroup) and `run` later only starts it: the
+//! warm start `hotpool bench` measures. How it ended comes from hotpool-init
+//! on the status pipe; where that says nothing (the container went down
+//! whole), from the task's exit event, or containerd's answer if no event
+//! comes. An OOM kill is read
 //! from the cgroup's own count first, then from the `/tasks/oom` event.
 //! Closing deletes the task, then the snapshot, then the record.
 
@@ -39,6 +43,7 @@ use super::spec::{self, SpecInput};
 use super::{Engine, FUNCTION_LABEL, LABEL, SIGKILL};
 use crate::driver::linux::cgroup::CgroupCounters;
 use crate::driver::linux::direct::{self, Direct, Ended, IoDir};
+use crate::driver::linux::footprint::Footprint;
 use crate::driver::linux::stderr::{self, StderrTap};
 use crate::driver::wiring::Copiers;
 use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task, Transport};
@@ -101,6 +106,8 @@ pub struct ContainerdCookie {
     started: Option<Instant>,
     /// Whether the caller samples the counters itself (the task's `counters`).
     caller_samples_counters: bool,
+    /// The pid of its task's init, once the task is created.
+    pid: Option<u32>,
     /// The container's cgroup counters, once open.
     counters: Option<Arc<CgroupCounters>>,
     /// The tasks copying its bytes.
@@ -180,6 +187,7 @@ impl ContainerdCookie {
             }),
             stderr: Arc::new(StderrTap::new(task.stderr)),
             started: None,
+            pid: None,
             caller_samples_counters: task.counters,
             counters: None,
             copiers: Copiers::default(),
@@ -204,16 +212,11 @@ impl ContainerdCookie {
         self.membership.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Creates and starts the task; yields its pid.
-    async fn start_task(&self) -> Result<u32, CallError> {
+    /// Creates the task (`runc create`: its namespaces, cgroup and root
+    /// filesystem, runc's init waiting to exec), not started; yields the pid
+    /// of its init.
+    async fn create_task_now(&self) -> Result<u32, CallError> {
         let client = &self.engine.client;
-        let failed = |what: &str, status: Status| {
-            CallError::engine(format!(
-                "{what} container {}: {}",
-                self.id,
-                status.message()
-            ))
-        };
         let create = client.request(CreateTaskRequest {
             container_id: self.id.clone(),
             rootfs: self.rootfs.clone(),
@@ -229,23 +232,64 @@ impl ContainerdCookie {
         self.task_created.store(true, Ordering::Release);
         let mut tasks = client.tasks();
         let creating = call("task_create", SLOW, tasks.create(create));
-        // The membership is only taken at close, which `run`'s `&mut self` rules out.
+        // The membership is only taken at close, which `&mut self` of
+        // `run` and `create_task` rules out.
         let group = self.membership().take();
         let created = match &group {
             Some(group) => group.create_task(creating).await,
             None => creating.await,
         };
         *self.membership() = group;
-        created.map_err(|status| failed("creating the task of", status))?;
+        created.map(|created| created.pid).map_err(|status| {
+            CallError::engine(format!(
+                "creating the task of container {}: {}",
+                self.id,
+                status.message()
+            ))
+        })
+    }
+
+    /// Starts the created task (`runc start`: its init execs hotpool-init).
+    async fn start_task(&self) -> Result<(), CallError> {
+        let client = &self.engine.client;
         let start = client.request(StartRequest {
             container_id: self.id.clone(),
             exec_id: String::new(),
         });
-        let started = call("task_start", SLOW, client.tasks().start(start))
+        call("task_start", SLOW, client.tasks().start(start))
             .await
-            .map_err(|status| failed("starting", status))?;
+            .map_err(|status| {
+                CallError::engine(format!(
+                    "starting container {}: {}",
+                    self.id,
+                    status.message()
+                ))
+            })?;
         self.watch.started();
-        Ok(started.pid)
+        Ok(())
+    }
+
+    /// Creates the container's task now without starting it, so that
+    /// [`Cookie::run`] later only starts it: a warm start, with the
+    /// namespaces, cgroup and root filesystem made and runc's init waiting.
+    /// At most once, and before `run`; closing or dropping the cookie removes
+    /// the task as it would a started one.
+    pub async fn create_task(&mut self) -> Result<(), CallError> {
+        if self.pid.is_some() || self.pipes.early.is_none() {
+            return Err(CallError::engine(format!(
+                "the task of container {} was created before",
+                self.id
+            )));
+        }
+        self.pid = Some(self.create_task_now().await?);
+        Ok(())
+    }
+
+    /// What the container holds now (its processes and their memory, its
+    /// cgroup's memory), once its task is created; `None` before, or where
+    /// its cgroup cannot be read from this host.
+    pub fn footprint(&self) -> Option<Footprint> {
+        Footprint::of_cgroup_of(self.pid?)
     }
 
     /// Waits for containerd to report the task's exit: its event, or, when
@@ -478,7 +522,15 @@ impl Cookie for ContainerdCookie {
             .early
             .take()
             .ok_or_else(|| CallError::engine("the container was started before"))?;
-        let pid = self.start_task().await?;
+        let pid = match self.pid {
+            Some(pid) => pid,
+            None => {
+                let pid = self.create_task_now().await?;
+                self.pid = Some(pid);
+                pid
+            }
+        };
+        self.start_task().await?;
         self.started = Some(Instant::now());
         // Every container gets its counters where they open: an OOM kill's
         // verdict reads them first.

@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::driver::linux::footprint::Footprint;
 pub use cookie::ContainerdCookie;
 
 use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, RemoveSnapshotRequest};

@@ -79,6 +79,14 @@ impl CgroupCounters {
     }
 }
 
+/// The directory of process `pid`'s memory controller, and whether it is
+/// cgroup v2; `None` where it cannot be read.
+pub(crate) fn memory_dir(pid: u32) -> Option<(PathBuf, bool)> {
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let (_, memory, unified) = locate(&membership)?;
+    Some((memory, unified))
+}
+
 /// The directories of the CPU and memory controllers from a `/proc/<pid>/cgroup`
 /// text, and whether they are cgroup v2.
 fn locate(membership: &str) -> Option<(PathBuf, PathBuf, bool)> {

@@ -5,6 +5,8 @@
 //!   directory, and each container's named pipes and exit report.
 //! - [`cgroup`]: a container's CPU, memory and OOM-kill counters, read straight
 //!   from the kernel's cgroup files.
+//! - [`footprint`]: what a container holds while it waits (processes, their
+//!   memory, its cgroup's memory).
 //! - [`pool_lock`]: one owner per pool name on an engine, as a lock file in the
 //!   runtime directory.
 //! - [`stderr`]: a container's stderr on its way to the task's sink, its tail
@@ -15,5 +17,6 @@
 pub(crate) mod cgroup;
 pub(crate) mod credentials;
 pub(crate) mod direct;
+pub(crate) mod footprint;
 pub(crate) mod pool_lock;
 pub(crate) mod stderr;
