@@ -254,6 +254,10 @@ impl ServeConfig {
                 "engine.snapshotter",
                 self.engine.snapshotter != new.engine.snapshotter,
             ),
+            (
+                "engine.group_size",
+                self.engine.group_size != new.engine.group_size,
+            ),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -492,7 +496,11 @@ struct EngineTable {
     socket: Option<NonEmpty>,
     namespace: Option<NonEmpty>,
     snapshotter: Option<NonEmpty>,
+    group_size: Option<Count<1, MAX_GROUP_SIZE>>,
 }
+
+/// The most containers `[engine] group_size` may put under one shim.
+const MAX_GROUP_SIZE: usize = 1024;
 
 impl EngineTable {
     /// The choice; containerd's own keys are refused for Docker.
@@ -502,10 +510,12 @@ impl EngineTable {
         choice.socket = self.socket.map(|NonEmpty(path)| PathBuf::from(path));
         choice.namespace = self.namespace.map(|NonEmpty(namespace)| namespace);
         choice.snapshotter = self.snapshotter.map(|NonEmpty(snapshotter)| snapshotter);
+        choice.group_size = self.group_size.map(|Count(size)| size);
         if choice.kind != Some(EngineKind::Containerd) {
             let containerd_only = [
                 ("engine.namespace", choice.namespace.is_some()),
                 ("engine.snapshotter", choice.snapshotter.is_some()),
+                ("engine.group_size", choice.group_size.is_some()),
             ];
             if let Some((key, _)) = containerd_only.iter().find(|(_, set)| *set) {
                 return Err(ConfigError::new(
@@ -1218,12 +1228,24 @@ mod tests {
         );
         let config = ServeConfig::from_toml(
             "[engine]\nkind = \"containerd\"\nnamespace = \"hot\"\nsnapshotter = \"native\"\n\
-             [[function]]\nname = \"a\"\nimage = \"i\"",
+             group_size = 64\n[[function]]\nname = \"a\"\nimage = \"i\"",
         )
         .unwrap();
         assert_eq!(config.engine.kind, Some(EngineKind::Containerd));
         assert_eq!(config.engine.namespace.as_deref(), Some("hot"));
         assert_eq!(config.engine.snapshotter.as_deref(), Some("native"));
+        assert_eq!(config.engine.group_size, Some(64));
+        let empty_group = error(
+            "[engine]\nkind = \"containerd\"\ngroup_size = 0\n[[function]]\nname = \"a\"\nimage = \"i\"",
+        );
+        assert!(
+            empty_group.starts_with("engine.group_size: "),
+            "{empty_group}"
+        );
+        assert_eq!(
+            error("[engine]\ngroup_size = 8\n[[function]]\nname = \"a\"\nimage = \"i\""),
+            "engine.group_size: is containerd's: set engine.kind = \"containerd\" with it"
+        );
     }
 
     #[test]
@@ -1319,7 +1341,7 @@ mod tests {
         for (table, first, last) in [
             ("server", "listen", "metrics_auth"),
             ("pool", "name", "transport"),
-            ("engine", "kind", "snapshotter"),
+            ("engine", "kind", "group_size"),
             ("function", "name", "log_rate"),
         ] {
             let keys = accepted_keys(table);
@@ -1462,7 +1484,8 @@ mod tests {
         let on_containerd = with_engine(&[], &[], &[ON_CONTAINERD]);
         for table in ["server", "pool", "engine"] {
             for key in accepted_keys(table) {
-                let containerds = matches!(key.as_str(), "namespace" | "snapshotter");
+                let containerds =
+                    matches!(key.as_str(), "namespace" | "snapshotter" | "group_size");
                 let running = if containerds {
                     &on_containerd
                 } else {
@@ -1483,6 +1506,7 @@ mod tests {
                     ("engine", "socket") => "\"/run/other.sock\"",
                     ("engine", "namespace") => "\"other\"",
                     ("engine", "snapshotter") => "\"native\"",
+                    ("engine", "group_size") => "8",
                     _ => panic!("give {table}.{key} a second value, to check a reload sees it"),
                 };
                 let changed = [(key.as_str(), other)];

@@ -4,7 +4,8 @@
 //! containers of a second function are started (`--concurrency` at a time: each
 //! container up is held by a call until all are, so each wave must start its
 //! own) and left idle; then, over a quiet window, the CPU the engine (`dockerd`,
-//! `containerd` and a shim per container) and hotpool spend while nothing
+//! `containerd` and a shim per container; on containerd, `containerd` and its
+//! shims, one per group of containers) and hotpool spend while nothing
 //! happens is measured, and the first function's calls are timed again.
 //! hotpool's resident memory before and after, over N, is its memory per hot
 //! container.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use hotpool::driver::AnyDriver;
+use hotpool::driver::{AnyDriver, Driver};
 use hotpool::pool::{Function, FunctionSpec, KeepAlive, Pool, Request};
 
 /// Memory limit of each idle container: the least a real function gets.
@@ -109,7 +110,11 @@ where
     let started = Instant::now();
     start_idle(pool, &idle, &name, count, wave).await?;
     let starts_per_s = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let (daemons, shims) = (processes_named(DAEMONS), processes_named(SHIMS));
+    let daemons = match pool.driver().traits().name {
+        "docker" => DOCKER_DAEMONS,
+        _ => CONTAINERD_DAEMONS,
+    };
+    let (daemons, shims) = (processes_named(daemons), processes_named(SHIMS));
     let (daemons_before, shims_before, hotpool_before, window) = (
         cpu_of(&daemons),
         cpu_of(&shims),
@@ -215,8 +220,11 @@ fn resident_kib() -> Result<u64, String> {
         .ok_or_else(|| "no VmRSS in /proc/self/status".to_owned())
 }
 
-/// The engine's daemons on this host, `dockerd` and `containerd`.
-const DAEMONS: &[&str] = &["dockerd", "containerd"];
+/// Docker's daemons on this host, `dockerd` and `containerd`.
+const DOCKER_DAEMONS: &[&str] = &["dockerd", "containerd"];
+/// containerd's: every `containerd` of this host (dockerd's own too, where it
+/// runs one: counted, not told apart).
+const CONTAINERD_DAEMONS: &[&str] = &["containerd"];
 /// The engine's one process per container (`containerd-shim-runc-v2`, as the
 /// kernel's 15-byte `comm` shows it).
 const SHIMS: &[&str] = &["containerd-shim"];

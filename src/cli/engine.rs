@@ -1,5 +1,5 @@
-//! `--engine` and `--engine-socket`: the engine a command drives, as `[engine]`
-//! chooses it for `hotpool serve`.
+//! `--engine`, `--engine-socket` and `--engine-group-size`: the engine a
+//! command drives, as `[engine]` chooses it for `hotpool serve`.
 
 use std::path::PathBuf;
 
@@ -19,6 +19,10 @@ pub(crate) struct EngineArgs {
     /// /run/containerd/containerd.sock).
     #[arg(long, value_name = "PATH")]
     engine_socket: Option<PathBuf>,
+    /// containerd only: the most containers one shim process serves (default
+    /// 32).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    engine_group_size: Option<u16>,
 }
 
 impl EngineArgs {
@@ -27,6 +31,7 @@ impl EngineArgs {
         let mut choice = EngineChoice::default();
         choice.kind = self.engine;
         choice.socket.clone_from(&self.engine_socket);
+        choice.group_size = self.engine_group_size.map(usize::from);
         choice
     }
 }

@@ -72,6 +72,9 @@ pub struct EngineChoice {
     pub namespace: Option<String>,
     /// containerd's snapshotter; `None`: `overlayfs`. Docker has none.
     pub snapshotter: Option<String>,
+    /// The most containers one containerd shim serves; `None`: the driver's
+    /// default ([`ContainerdOptions::group_size`]). Docker has no groups.
+    pub group_size: Option<usize>,
 }
 
 /// A driver of whichever engine was chosen. Cheap to clone.
@@ -128,6 +131,9 @@ impl AnyDriver {
         }
         if let Some(snapshotter) = &choice.snapshotter {
             options.snapshotter.clone_from(snapshotter);
+        }
+        if let Some(group_size) = choice.group_size {
+            options.group_size = group_size;
         }
         Ok(AnyDriver::Containerd(
             ContainerdDriver::connect(options).await?,
