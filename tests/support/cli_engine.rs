@@ -161,21 +161,10 @@ impl Engine {
 /// The ids of containerd's containers labelled `hotpool.pool=<pool>` in
 /// hotpool's namespace.
 fn ctr_containers_of(pool: &str) -> Vec<String> {
-    let output = Command::new("ctr")
-        .args(["--address", SOCKET, "--namespace", NAMESPACE])
-        .args(["containers", "ls", "-q"])
-        .arg(format!("labels.\"{}\"=={pool}", hotpool::pool::POOL_LABEL))
-        .output()
-        .expect("run ctr containers ls");
-    assert!(
-        output.status.success(),
-        "ctr containers ls failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    ids.sort();
-    ids
+    super::server::ids_listed_by(
+        Command::new("ctr")
+            .args(["--address", SOCKET, "--namespace", NAMESPACE])
+            .args(["containers", "ls", "-q"])
+            .arg(format!("labels.\"{}\"=={pool}", hotpool::pool::POOL_LABEL)),
+    )
 }

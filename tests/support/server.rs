@@ -75,14 +75,16 @@ pub fn containers_of(pool: &str) -> Vec<String> {
 
 /// The ids `docker ps -q` lists with `args` (filters, `-a`), sorted.
 pub fn docker_ps(args: &[&str]) -> Vec<String> {
-    let output = Command::new("docker")
-        .args(["ps", "-q"])
-        .args(args)
-        .output()
-        .expect("run docker ps");
+    ids_listed_by(Command::new("docker").args(["ps", "-q"]).args(args))
+}
+
+/// The words `command` prints (ids, one to a line), sorted; fails the test if
+/// it fails.
+pub fn ids_listed_by(command: &mut Command) -> Vec<String> {
+    let output = command.output().expect("run a listing command");
     assert!(
         output.status.success(),
-        "docker ps failed: {}",
+        "{command:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
