@@ -20,7 +20,7 @@ pub(crate) struct EngineArgs {
     #[arg(long, value_name = "PATH")]
     engine_socket: Option<PathBuf>,
     /// containerd only: the most containers one shim process serves (default
-    /// 32).
+    /// 64).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     engine_group_size: Option<u16>,
 }

@@ -101,11 +101,13 @@ pub struct ContainerdOptions {
     /// `$XDG_RUNTIME_DIR/hotpool`, else `/run/hotpool` for root, else
     /// `hotpool-UID` in the temporary directory.
     pub runtime_dir: Option<PathBuf>,
-    /// The most containers one shim process serves (default 32). One shim per
+    /// The most containers one shim process serves (default 64). One shim per
     /// container costs about 2.4 MiB and a steady trickle of wake-ups each;
     /// one per group of 200 cost 16 MiB in all, and start latency measured no
-    /// different up to 200. But a shim's death takes its whole group with it,
-    /// so a group is kept to a size whose loss a pool replaces in a moment.
+    /// different up to 200. At 1,000 idle containers, groups of 64 took the
+    /// shims' idle CPU from about 0.012 cores (groups of 32) to 0.006 with the
+    /// same start rate. But a shim's death takes its whole group with it, so a
+    /// group is kept to a size whose loss a pool replaces in seconds.
     pub group_size: usize,
 }
 
@@ -119,7 +121,7 @@ impl Default for ContainerdOptions {
             pids_limit: 256,
             nofile_limit: 1024,
             runtime_dir: None,
-            group_size: 32,
+            group_size: 64,
         }
     }
 }
