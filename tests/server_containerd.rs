@@ -9,7 +9,7 @@ mod support;
 
 use hotpool::pool::POOL_LABEL;
 
-use support::containerd::{PoolGuard, TestImage, leftovers};
+use support::containerd::{PoolGuard, TestImage, leftovers, remove_from_containerd};
 use support::registry::{PASSWORD, Registry, USER};
 use support::server::{Server, error_of};
 use support::{driver, hello_image, repo_root, testfn_image};
@@ -74,15 +74,18 @@ fn the_containerd_example_serves_every_function() {
     // The example's images, pushed under the example's names to a registry of
     // the test's own (not on port 5000, which a newcomer's registry may hold).
     let registry = Registry::start();
-    runtime.block_on(async {
+    // Dropped after the server: the images it pulled go from containerd.
+    let _pulled = runtime.block_on(async {
         let docker = driver().await;
         let docker = docker.docker();
-        registry
-            .push_as(docker, testfn_image(), "hotpool-testfn", "dev")
-            .await;
-        registry
-            .push_as(docker, hello_image(), "hotpool-hello-http", "dev")
-            .await;
+        Pulled(vec![
+            registry
+                .push_as(docker, testfn_image(), "hotpool-testfn", "dev")
+                .await,
+            registry
+                .push_as(docker, hello_image(), "hotpool-hello-http", "dev")
+                .await,
+        ])
     });
     let credentials = registry.docker_config(USER, PASSWORD);
     let example = std::fs::read_to_string(repo_root().join("examples/hotpool-containerd.toml"))
@@ -131,4 +134,15 @@ fn the_containerd_example_serves_every_function() {
         Default::default(),
         "containerd holds nothing of {pool}"
     );
+}
+
+/// Images a test pulled into containerd, removed from it when dropped.
+struct Pulled(Vec<String>);
+
+impl Drop for Pulled {
+    fn drop(&mut self) {
+        for image in &self.0 {
+            remove_from_containerd(image);
+        }
+    }
 }
