@@ -12,7 +12,7 @@ use std::time::Duration;
 use hotpool::CallError;
 use hotpool::driver::Transport;
 use hotpool::driver::docker::DockerDriver;
-use hotpool::pool::{Format, FunctionSpec, Request};
+use hotpool::pool::{Format, FunctionSpec};
 
 use support::OnEngine;
 use support::engine::{Confinement, TestEngine};
@@ -37,11 +37,7 @@ async fn try_ask<D: TestEngine>(
     spec: &FunctionSpec,
     body: &str,
 ) -> Result<String, CallError> {
-    let response = pool
-        .register(spec.clone())
-        .call(Request::new(body.to_owned()))
-        .await?;
-    Ok(String::from_utf8_lossy(&response.body).into_owned())
+    support::pool::call_text(pool, spec, body).await
 }
 
 /// What the engine holds of the confinement of a hot container of `spec`.

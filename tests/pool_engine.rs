@@ -26,11 +26,7 @@ async fn call<D: TestEngine>(
     spec: &FunctionSpec,
     body: &str,
 ) -> Result<String, CallError> {
-    let response = pool
-        .register(spec.clone())
-        .call(Request::new(body.to_owned()))
-        .await?;
-    Ok(String::from_utf8_lossy(&response.body).into_owned())
+    support::pool::call_text(pool, spec, body).await
 }
 
 /// Whether one of `ids` is the container whose hostname is `hostname`.

@@ -58,14 +58,7 @@ fn serve_on_containerd_pulls_serves_hot_and_leaves_nothing() {
         "the engine's calls are timed under its name"
     );
 
-    let pool = server.pool.clone();
-    server.stop();
-    let left = runtime.block_on(leftovers(POOL_LABEL, &pool, &[]));
-    assert_eq!(
-        left,
-        Default::default(),
-        "containerd holds nothing of {pool}"
-    );
+    stop_leaving_nothing(server, &runtime);
 }
 
 #[test]
@@ -126,14 +119,7 @@ fn the_containerd_example_serves_every_function() {
     let died = server.invoke("echo", b"!exit 3");
     assert_eq!(error_of(&died)["kind"], "exited", "{died}");
 
-    let pool = server.pool.clone();
-    server.stop();
-    let left = runtime.block_on(leftovers(POOL_LABEL, &pool, &[]));
-    assert_eq!(
-        left,
-        Default::default(),
-        "containerd holds nothing of {pool}"
-    );
+    stop_leaving_nothing(server, &runtime);
 }
 
 /// Images a test pulled into containerd, removed from it when dropped.
@@ -145,4 +131,16 @@ impl Drop for Pulled {
             remove_from_containerd(image);
         }
     }
+}
+
+/// Stops `server` and fails unless containerd holds nothing of its pool.
+fn stop_leaving_nothing(server: Server, runtime: &tokio::runtime::Runtime) {
+    let pool = server.pool.clone();
+    server.stop();
+    let left = runtime.block_on(leftovers(POOL_LABEL, &pool, &[]));
+    assert_eq!(
+        left,
+        Default::default(),
+        "containerd holds nothing of {pool}"
+    );
 }

@@ -124,3 +124,17 @@ pub async fn shut<D: TestEngine>(pool: &Pool<D>) {
         "shutdown left containers"
     );
 }
+
+/// One call of `spec`'s function through `pool` with `body`; the response
+/// body as text.
+pub async fn call_text<D: TestEngine>(
+    pool: &Pool<D>,
+    spec: &FunctionSpec,
+    body: &str,
+) -> Result<String, hotpool::error::CallError> {
+    let response = pool
+        .register(spec.clone())
+        .call(hotpool::pool::Request::new(body.to_owned()))
+        .await?;
+    Ok(String::from_utf8_lossy(&response.body).into_owned())
+}
