@@ -464,22 +464,52 @@ async fn a_caller_that_goes_away_mid_call_costs_only_its_container() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn cold_calls_get_a_container_each() {
-    let (pool, driver) = pool(GIB).await;
+async fn cold_calls_get_a_container_each_and_answer_before_its_removal() {
+    const REMOVAL: Duration = Duration::from_secs(3);
+    let driver = InProcessDriver::new(START).with_close_delay(REMOVAL);
+    let pool = Pool::builder(driver.clone())
+        .name("scheduling-test")
+        .memory_budget(GIB)
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("pool");
     let mut cold = spec("cold");
     cold.format = Format::Cold;
     cold.cmd = vec!["echo".into()];
+    cold.max_concurrency = 1;
+    let function = pool.register(cold.clone());
+    let mut answered = Vec::new();
     for i in 0..3 {
-        let response = pool
-            .register(cold.clone())
+        let response = function
             .call(Request::new(format!("body {i}")))
             .await
             .unwrap();
+        answered.push(tokio::time::Instant::now());
         assert_eq!(
             (response.start, response.body),
             (Start::Cold, format!("body {i}").into())
         );
+        assert_eq!(
+            pool.status().memory_reserved,
+            cold.memory,
+            "the container's memory stays reserved until it is removed"
+        );
+        if i == 0 {
+            assert_eq!(
+                driver.statistics().closed,
+                0,
+                "the first call is answered before its container is removed"
+            );
+        }
     }
+    for pair in answered.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= REMOVAL,
+            "with one cold call at a time, a call waits for the last one's removal"
+        );
+    }
+    tokio::time::sleep(REMOVAL * 2).await;
     let stats = driver.statistics();
     assert_eq!((stats.created, stats.closed), (3, 3));
     assert_eq!(pool.status().memory_reserved, 0);

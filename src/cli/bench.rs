@@ -355,11 +355,16 @@ async fn measure(
             )
             .await?;
         }
+        // Each cold call comes once the last one's container is removed, as
+        // calls spaced apart do (floor_cold's calls wait for that anyway).
         timed(
             modes.entry("cold").or_default(),
-            workers(args.concurrency, cold_calls, || {
-                through_pool(&cold_function, &body)
-            }),
+            workers_settling(
+                args.concurrency,
+                cold_calls,
+                || through_pool(&cold_function, &body),
+                || removed(pool, &cold_function),
+            ),
         )
         .await?;
         timed(
@@ -460,20 +465,57 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
+    workers_settling(concurrency, calls, call, || async {}).await
+}
+
+/// As [`workers`], each worker awaiting `settle`, untimed, after each call.
+async fn workers_settling<F, Fut, S, SettleFut>(
+    concurrency: usize,
+    calls: usize,
+    call: F,
+    settle: S,
+) -> Result<Vec<Vec<Duration>>, String>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+    S: Fn() -> SettleFut,
+    SettleFut: Future<Output = ()>,
+{
     let per_worker = split(calls, concurrency);
     try_join_all(per_worker.into_iter().map(|calls| {
-        let call = &call;
+        let (call, settle) = (&call, &settle);
         async move {
             let mut latencies = Vec::with_capacity(calls);
             for _ in 0..calls {
                 let start = Instant::now();
                 call().await?;
                 latencies.push(start.elapsed());
+                settle().await;
             }
             Ok(latencies)
         }
     }))
     .await
+}
+
+/// Waits until `function` has no container (a minute at most: a removal has
+/// deadlines of its own): its cold calls' containers are removed after their
+/// answers, and a call that comes meanwhile waits for a slot or shares the
+/// engine with the removal.
+async fn removed(pool: &Pool<AnyDriver>, function: &Function<AnyDriver>) {
+    const PATIENCE: Duration = Duration::from_secs(60);
+    let containers = || {
+        pool.status()
+            .functions
+            .iter()
+            .filter(|status| status.name == function.name())
+            .map(|status| status.busy + status.idle + status.starting)
+            .sum::<usize>()
+    };
+    let since = Instant::now();
+    while containers() > 0 && since.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// The CPU time of this process so far, over all its threads.

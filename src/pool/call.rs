@@ -2,7 +2,8 @@
 //!
 //! Every call is counted in `hotpool_calls_total` once, with its outcome, or as
 //! `cancelled` when its caller dropped it. A cold function's output is buffered up
-//! to the pool's response limit; the container is killed as soon as it writes more.
+//! to the pool's response limit; the container is killed as soon as it writes more,
+//! and removed after the answer, not before it.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -244,9 +245,15 @@ impl<D: Driver> Inner<D> {
             Ok(_) => cookie.wait(&stop).await,
             Err(error) => Err(error),
         };
-        self.removals.close(&request.id, &cookie).await;
-        drop((slot, memory));
-        pool.publish(&mut pool.lock());
+        // The caller has its answer once the function has ended: the
+        // container's removal goes on meanwhile, and holds the call's slot and
+        // memory until it is done (a shutdown waits for it).
+        let (removals, id, function) = (self.removals.clone(), request.id.clone(), pool.clone());
+        self.tracker.spawn(async move {
+            removals.close(&id, &cookie).await;
+            drop((slot, memory));
+            function.publish(&mut function.lock());
+        });
         let sampled = call_tag.end();
         let stats = self
             .collector

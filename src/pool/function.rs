@@ -65,7 +65,7 @@ pub(crate) struct FunctionPool<D: Driver> {
     /// Shared with its containers' stderr logs.
     pub(crate) log_limits: Arc<LogLimits>,
     /// Cold calls run at most `max_concurrency` at once.
-    cold: ColdGate,
+    cold: Arc<ColdGate>,
     /// How long its last start took.
     start_cost: Mutex<Duration>,
     /// The handles of its per-call series.
@@ -91,7 +91,7 @@ impl<D: Driver> FunctionPool<D> {
             container,
             start_cost: Mutex::new(FIRST_START_COST),
             log_limits: LogLimits::new(limits.log_per_call, limits.log_rate),
-            cold: ColdGate::new(limits.max_concurrency),
+            cold: Arc::new(ColdGate::new(limits.max_concurrency)),
             limits: Mutex::new(Arc::new(limits)),
             spec: Mutex::new(Arc::new(spec)),
         }
@@ -144,7 +144,7 @@ impl<D: Driver> FunctionPool<D> {
         &self,
         max_queue: usize,
         wait: Duration,
-    ) -> Result<ColdSlot<'_>, ColdRefusal> {
+    ) -> Result<ColdSlot, ColdRefusal> {
         self.cold.enter(max_queue, wait).await
     }
 
@@ -205,13 +205,14 @@ pub(crate) enum ColdRefusal {
     TimedOut,
 }
 
-/// A running cold call's slot; given back on drop.
-pub(crate) struct ColdSlot<'a> {
-    gate: &'a ColdGate,
+/// A running cold call's slot, held until its container is removed; given
+/// back on drop.
+pub(crate) struct ColdSlot {
+    gate: Arc<ColdGate>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Drop for ColdSlot<'_> {
+impl Drop for ColdSlot {
     fn drop(&mut self) {
         let Some(permit) = self.permit.take() else {
             return;
@@ -238,7 +239,11 @@ impl ColdGate {
         }
     }
 
-    async fn enter(&self, max_queue: usize, wait: Duration) -> Result<ColdSlot<'_>, ColdRefusal> {
+    async fn enter(
+        self: &Arc<Self>,
+        max_queue: usize,
+        wait: Duration,
+    ) -> Result<ColdSlot, ColdRefusal> {
         if self.permits.available_permits() == 0 && self.waiting() >= max_queue {
             return Err(ColdRefusal::QueueFull);
         }
@@ -247,7 +252,7 @@ impl ColdGate {
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match permit {
             Ok(Ok(permit)) => Ok(ColdSlot {
-                gate: self,
+                gate: self.clone(),
                 permit: Some(permit),
             }),
             // The semaphore is never closed; a timeout is the only refusal.
@@ -323,7 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lowered_cold_limit_applies_as_running_calls_end() {
-        let gate = ColdGate::new(2);
+        let gate = Arc::new(ColdGate::new(2));
         let wait = Duration::from_millis(10);
         let first = gate.enter(0, wait).await.ok().expect("a slot");
         let second = gate.enter(0, wait).await.ok().expect("a slot");
