@@ -10,6 +10,8 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::future::join_all;
 use hotpool::driver::containerd::{ContainerdCookie, ContainerdDriver, ContainerdOptions};
 use hotpool::driver::{Cookie, Driver, RunResult, Task, Transport};
 use hotpool::error::{CallError, ErrorKind};
@@ -362,6 +364,44 @@ async fn two_containers_share_a_shim_and_groups_are_bounded() {
         assert_eq!(hot.cookie.wait(&CancellationToken::new()).await, Ok(()));
         hot.cookie.close().await;
     }
+}
+
+/// A pool's teardown of a full shim group: every function exits as its stdin
+/// closes while its container is killed, all at once. Each kill is done and
+/// each container removed: asked of containerd 1.6's shim, such kills stalled
+/// its exit handling (each exit waits behind the kill holding the task's lock,
+/// then a second in the shim's reaper), and kills failed at their deadline.
+#[tokio::test]
+async fn a_whole_shim_group_is_killed_at_once_without_a_failed_kill() {
+    const CONTAINERS: usize = 48;
+    let image = TestImage::shared().await;
+    let driver = driver_with(options(&image)).await;
+    let pool = format!("containerd-test-group-{}", hotpool::driver::new_id());
+    let in_pool = |mut task: Task| {
+        task.labels.insert(POOL_LABEL.to_owned(), pool.clone());
+        task
+    };
+    let mut hots: Vec<Hot> = futures_util::stream::iter(0..CONTAINERS)
+        .map(|_| Hot::start(&driver, in_pool(task(&image, &["line"]))))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let shims: std::collections::BTreeSet<u32> =
+        hots.iter().map(|hot| shim_of(&hot.cookie)).collect();
+    assert_eq!(
+        shims.len(),
+        1,
+        "one shim serves all {CONTAINERS}: {shims:?}"
+    );
+    let kills = join_all(hots.iter_mut().map(|hot| async {
+        let _ = hot.stdin.shutdown().await;
+        hot.cookie.kill().await
+    }))
+    .await;
+    assert_eq!(kills, vec![Ok(()); CONTAINERS], "every kill is done");
+    join_all(hots.iter().map(|hot| hot.cookie.close())).await;
+    let ids: Vec<&str> = hots.iter().map(|hot| hot.cookie.container_id()).collect();
+    assert_nothing_left(&pool, &ids).await;
 }
 
 /// The pid of the shim serving a running container: the parent of its PID 1,

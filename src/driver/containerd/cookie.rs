@@ -15,7 +15,9 @@
 //! whole), from the task's exit event, or containerd's answer if no event
 //! comes. An OOM kill is read
 //! from the cgroup's own count first, then from the `/tasks/oom` event.
-//! Closing deletes the task, then the snapshot, then the record.
+//! A kill is SIGKILL straight to the task's init, where hotpool sees its PID
+//! namespace (containerd's kill where it does not); closing deletes the task,
+//! then the snapshot, then the record.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,7 @@ use super::{Engine, FUNCTION_LABEL, LABEL, SIGKILL};
 use crate::driver::linux::cgroup::CgroupCounters;
 use crate::driver::linux::direct::{self, Direct, Ended, IoDir};
 use crate::driver::linux::footprint::Footprint;
+use crate::driver::linux::pidfd::ProcessHandle;
 use crate::driver::linux::stderr::{self, StderrTap};
 use crate::driver::wiring::Copiers;
 use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task, Transport};
@@ -108,6 +111,9 @@ pub struct ContainerdCookie {
     caller_samples_counters: bool,
     /// The pid of its task's init, once the task is created.
     pid: Option<u32>,
+    /// A handle on that init, where hotpool sees its PID namespace: killed
+    /// through it, not through the shim.
+    init: Option<ProcessHandle>,
     /// The container's cgroup counters, once open.
     counters: Option<Arc<CgroupCounters>>,
     /// The tasks copying its bytes.
@@ -188,6 +194,7 @@ impl ContainerdCookie {
             stderr: Arc::new(StderrTap::new(task.stderr)),
             started: None,
             pid: None,
+            init: None,
             caller_samples_counters: task.counters,
             counters: None,
             copiers: Copiers::default(),
@@ -281,8 +288,14 @@ impl ContainerdCookie {
                 self.id
             )));
         }
-        self.pid = Some(self.create_task_now().await?);
+        self.task_made(self.create_task_now().await?);
         Ok(())
+    }
+
+    /// Notes the pid of the created task's init, and opens a handle on it.
+    fn task_made(&mut self, pid: u32) {
+        self.pid = Some(pid);
+        self.init = ProcessHandle::open(pid).ok();
     }
 
     /// What the container holds now (its processes and their memory, its
@@ -526,7 +539,7 @@ impl Cookie for ContainerdCookie {
             Some(pid) => pid,
             None => {
                 let pid = self.create_task_now().await?;
-                self.pid = Some(pid);
+                self.task_made(pid);
                 pid
             }
         };
@@ -623,6 +636,16 @@ impl Cookie for ContainerdCookie {
     }
 
     async fn kill(&self) -> Result<(), CallError> {
+        // SIGKILL to the init ends every process of the container's PID
+        // namespace; the shim only sees the exit (see `linux::pidfd`).
+        if let Some(init) = &self.init {
+            match init.kill() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(container = %self.id, error = %e, "could not signal the init; asking containerd")
+                }
+            }
+        }
         let client = &self.engine.client;
         let kill = client.request(KillRequest {
             container_id: self.id.clone(),

@@ -7,6 +7,8 @@
 //!   from the kernel's cgroup files.
 //! - [`footprint`]: what a container holds while it waits (processes, their
 //!   memory, its cgroup's memory).
+//! - [`pidfd`]: a handle on a container's init, to kill it straight from
+//!   hotpool.
 //! - [`pool_lock`]: one owner per pool name on an engine, as a lock file in the
 //!   runtime directory.
 //! - [`stderr`]: a container's stderr on its way to the task's sink, its tail
@@ -18,5 +20,6 @@ pub(crate) mod cgroup;
 pub(crate) mod credentials;
 pub(crate) mod direct;
 pub(crate) mod footprint;
+pub(crate) mod pidfd;
 pub(crate) mod pool_lock;
 pub(crate) mod stderr;
