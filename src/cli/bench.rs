@@ -253,7 +253,8 @@ async fn measure_density(
         Ok(samples.p50_p99())
     };
     let idle = density::idle_spec(&hot, count);
-    density::measure(pool, idle, count, args.concurrency, time).await
+    let socket = args.engine.choice().socket;
+    density::measure(pool, idle, count, args.concurrency, socket.as_deref(), time).await
 }
 
 /// The modes' samples, and the warm tier's figures.

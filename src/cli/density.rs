@@ -4,12 +4,13 @@
 //! containers of a second function are started (`--concurrency` at a time: each
 //! container up is held by a call until all are, so each wave must start its
 //! own) and left idle; then, over a quiet window, the CPU the engine (`dockerd`,
-//! `containerd` and a shim per container; on containerd, `containerd` and its
-//! shims, one per group of containers) and hotpool spend while nothing
-//! happens is measured, and the first function's calls are timed again.
+//! its `containerd` and a shim per container; on containerd, the `containerd`
+//! serving its socket and its shims, one per group of containers) and hotpool
+//! spend while nothing happens is measured, and the first function's calls are timed again.
 //! hotpool's resident memory before and after, over N, is its memory per hot
 //! container.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -17,6 +18,8 @@ use tokio::task::JoinSet;
 
 use hotpool::driver::{AnyDriver, Driver};
 use hotpool::pool::{Function, FunctionSpec, KeepAlive, Pool, Request};
+
+use super::engine_processes::{self, EngineProcesses};
 
 /// Memory limit of each idle container: the least a real function gets.
 pub(crate) const IDLE_MEMORY: u64 = 16 << 20;
@@ -86,13 +89,15 @@ impl Density {
 }
 
 /// Measures `measured`'s hot calls without and with `count` idle containers of
-/// `idle` (registered here), started `wave` at a time. `time` times `calls` calls
-/// of a function, yielding their p50 and p99.
+/// `idle` (registered here), started `wave` at a time, on the engine serving
+/// `socket` (`None`: its default). `time` times `calls` calls of a function,
+/// yielding their p50 and p99.
 pub(crate) async fn measure<T, Fut>(
     pool: &Pool<AnyDriver>,
     idle: FunctionSpec,
     count: usize,
     wave: usize,
+    socket: Option<&Path>,
     time: T,
 ) -> Result<Density, String>
 where
@@ -110,11 +115,8 @@ where
     let started = Instant::now();
     start_idle(pool, &idle, &name, count, wave).await?;
     let starts_per_s = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let daemons = match pool.driver().traits().name {
-        "docker" => DOCKER_DAEMONS,
-        _ => CONTAINERD_DAEMONS,
-    };
-    let (daemons, shims) = (processes_named(daemons), processes_named(SHIMS));
+    let EngineProcesses { daemons, shims } =
+        engine_processes::of(pool.driver().traits().name, socket);
     let (daemons_before, shims_before, hotpool_before, window) = (
         cpu_of(&daemons),
         cpu_of(&shims),
@@ -218,30 +220,6 @@ fn resident_kib() -> Result<u64, String> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| "no VmRSS in /proc/self/status".to_owned())
-}
-
-/// Docker's daemons on this host, `dockerd` and `containerd`.
-const DOCKER_DAEMONS: &[&str] = &["dockerd", "containerd"];
-/// containerd's: every `containerd` of this host (dockerd's own too, where it
-/// runs one: counted, not told apart).
-const CONTAINERD_DAEMONS: &[&str] = &["containerd"];
-/// The engine's one process per container (`containerd-shim-runc-v2`, as the
-/// kernel's 15-byte `comm` shows it).
-const SHIMS: &[&str] = &["containerd-shim"];
-
-/// The processes on this host whose `comm` is one of `names`.
-fn processes_named(names: &[&str]) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| names.contains(&comm.trim()))
-        })
-        .collect()
 }
 
 /// The CPU time (user and system) the processes `pids` have used.

@@ -3,6 +3,7 @@
 mod bench;
 mod density;
 mod engine;
+mod engine_processes;
 mod reload;
 mod replay;
 mod run;
