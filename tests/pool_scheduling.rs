@@ -20,14 +20,17 @@ const START: Duration = Duration::from_millis(200);
 
 async fn pool(budget: u64) -> (Pool<InProcessDriver>, InProcessDriver) {
     let driver = InProcessDriver::new(START);
-    let pool = Pool::builder(driver.clone())
+    (pool_on(driver.clone(), budget).await, driver)
+}
+
+async fn pool_on(driver: InProcessDriver, budget: u64) -> Pool<InProcessDriver> {
+    Pool::builder(driver)
         .name("scheduling-test")
         .memory_budget(budget)
         .shutdown_timeout(Duration::from_secs(5))
         .build()
         .await
-        .expect("pool");
-    (pool, driver)
+        .expect("pool")
 }
 
 fn spec(name: &str) -> FunctionSpec {
@@ -467,13 +470,7 @@ async fn a_caller_that_goes_away_mid_call_costs_only_its_container() {
 async fn cold_calls_get_a_container_each_and_answer_before_its_removal() {
     const REMOVAL: Duration = Duration::from_secs(3);
     let driver = InProcessDriver::new(START).with_close_delay(REMOVAL);
-    let pool = Pool::builder(driver.clone())
-        .name("scheduling-test")
-        .memory_budget(GIB)
-        .shutdown_timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .expect("pool");
+    let pool = pool_on(driver.clone(), GIB).await;
     let mut cold = spec("cold");
     cold.format = Format::Cold;
     cold.cmd = vec!["echo".into()];

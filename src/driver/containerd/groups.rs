@@ -7,6 +7,13 @@
 //! the driver's group size. A group that empties is never joined again: its
 //! name belongs to a shim on its way out.
 //!
+//! A shim creates its tasks one at a time (containerd 1.6's runc shim holds
+//! one lock over each `runc create`), so containers starting together are
+//! spread over up to [`FILL_WIDTH`] groups: a container joins the group with
+//! room that has the fewest tasks still to create (the oldest of those), or a
+//! new one if every such group has one under way and fewer than
+//! [`FILL_WIDTH`] have room. One at a time, containers fill one group.
+//!
 //! One race is the driver's to prevent: a shim whose last task is deleted
 //! shuts down, and a task being created in its group at that moment would be
 //! handed to the dying shim. So in each group, task creations and the deletion
@@ -18,6 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::RwLock;
+
+/// How many groups with room take the containers that start together.
+pub(crate) const FILL_WIDTH: usize = 4;
 
 /// The groups of one driver.
 pub(crate) struct ShimGroups {
@@ -45,6 +55,15 @@ struct Group {
     shim: RwLock<()>,
 }
 
+impl Group {
+    /// Its members whose task is not created yet.
+    fn to_create(&self) -> usize {
+        self.members
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.tasks.load(Ordering::Acquire))
+    }
+}
+
 impl ShimGroups {
     /// Groups of at most `size` containers, named `<prefix>-<n>`.
     pub(crate) fn new(prefix: String, size: usize) -> ShimGroups {
@@ -58,16 +77,24 @@ impl ShimGroups {
         }
     }
 
-    /// Joins the oldest group with room, or a new one.
+    /// Joins the group with room with the fewest tasks to create (the oldest
+    /// of those), or a new one where each has one under way and fewer than
+    /// [`FILL_WIDTH`] have room.
     pub(crate) fn join(self: &Arc<Self>) -> Membership {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let size = self.size;
-        let group = match state
+        let with_room: Vec<&Arc<Group>> = state
             .open
             .iter()
-            .find(|group| group.members.load(Ordering::Relaxed) < size)
-        {
-            Some(group) => group.clone(),
+            .filter(|group| group.members.load(Ordering::Relaxed) < size)
+            .collect();
+        let least_busy = with_room
+            .iter()
+            .min_by_key(|group| group.to_create())
+            .filter(|group| group.to_create() == 0 || with_room.len() >= FILL_WIDTH)
+            .map(|group| Arc::clone(group));
+        let group = match least_busy {
+            Some(group) => group,
             None => {
                 let group = Arc::new(Group {
                     name: format!("{}-{}", self.prefix, state.next),
@@ -158,33 +185,65 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn groups_fill_up_to_their_size_and_empty_ones_are_not_reused() {
+    /// Joins and creates the member's task at once: one container at a time.
+    async fn started(groups: &Arc<ShimGroups>) -> Membership {
+        let member = groups.join();
+        member
+            .create_task(async { Ok::<(), ()>(()) })
+            .await
+            .unwrap();
+        member
+    }
+
+    #[tokio::test]
+    async fn one_at_a_time_groups_fill_up_to_their_size_and_empty_ones_are_not_reused() {
         let groups = Arc::new(ShimGroups::new("g".into(), 2));
-        let a = groups.join();
-        let b = groups.join();
-        let c = groups.join();
+        let a = started(&groups).await;
+        let b = started(&groups).await;
+        let c = started(&groups).await;
         assert_eq!((a.name(), b.name(), c.name()), ("g-0", "g-0", "g-1"));
         drop(b);
-        let d = groups.join();
+        let d = started(&groups).await;
         assert_eq!(d.name(), "g-0", "a group with room is joined");
         drop(a);
         drop(d);
         assert_eq!(groups.open_groups(), 1);
-        let e = groups.join();
+        let e = started(&groups).await;
         assert_eq!(e.name(), "g-1");
-        let f = groups.join();
+        let f = started(&groups).await;
         assert_eq!(f.name(), "g-2", "g-0 emptied: its name is not used again");
         drop((c, e, f));
         assert_eq!(groups.open_groups(), 0);
     }
 
+    #[tokio::test]
+    async fn containers_starting_together_spread_over_the_fill_width() {
+        let groups = Arc::new(ShimGroups::new("g".into(), 64));
+        let starting: Vec<Membership> = (0..2 * FILL_WIDTH).map(|_| groups.join()).collect();
+        let names: std::collections::BTreeSet<&str> =
+            starting.iter().map(Membership::name).collect();
+        assert_eq!(names.len(), FILL_WIDTH, "{names:?}");
+        for member in &starting {
+            member
+                .create_task(async { Ok::<(), ()>(()) })
+                .await
+                .unwrap();
+        }
+        let next = started(&groups).await;
+        assert_eq!(
+            next.name(),
+            "g-0",
+            "once created, the oldest group is joined"
+        );
+        assert_eq!(groups.open_groups(), FILL_WIDTH);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn deleting_the_last_task_waits_for_creations_and_holds_them_off() {
         let groups = Arc::new(ShimGroups::new("g".into(), 4));
-        let first = groups.join();
+        let first = started(&groups).await;
         let second = groups.join();
-        first.create_task(async { Ok::<(), ()>(()) }).await.unwrap();
+        assert_eq!(first.name(), second.name());
         let (created, mut creation_done) = tokio::sync::oneshot::channel::<()>();
         let creating = async {
             second
