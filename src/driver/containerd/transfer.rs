@@ -20,16 +20,23 @@
 //!   labelled `hotpool=1`, unpacked for this host's platform with the driver's
 //!   snapshotter (containerd unpacks only for the snapshotters of its
 //!   `unpack_config`; `pull::ensure_image` unpacks what it did not).
+//! - Deadlines: the streams' opening and the daemon's introspection are
+//!   quick calls; the transfer has [`TRANSFER_DEADLINE`] in all, and
+//!   [`STALL_DEADLINE`] between two of containerd's progress events (read
+//!   from a progress stream it is given), as the other path gives a registry
+//!   between two reads and a layer for its unpack.
 //! - Errors: containerd's `NotFound` is `image_not_found`; a registry's `401`
 //!   or `403` (containerd passes its words on) is `image_unauthorized`;
-//!   anything else, and no end within [`TRANSFER_DEADLINE`], `pull_failed`.
+//!   anything else, and a deadline passed, `pull_failed`.
 
 use std::time::Duration;
 
 use containerd_client::services::v1::introspection_client::IntrospectionClient;
 use containerd_client::services::v1::streaming_client::StreamingClient;
 use containerd_client::services::v1::transfer_client::TransferClient;
-use containerd_client::services::v1::{PluginsRequest, StreamInit, TransferRequest};
+use containerd_client::services::v1::{
+    PluginsRequest, StreamInit, TransferOptions, TransferRequest,
+};
 use containerd_client::types::Platform;
 use containerd_client::types::transfer::{
     AuthRequest, AuthResponse, AuthType, ImageStore, OciRegistry, RegistryResolver,
@@ -37,10 +44,10 @@ use containerd_client::types::transfer::{
 };
 use prost::Message;
 use prost_types::Any;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use super::Engine;
-use super::client::{QUICK, call};
+use super::client::{QUICK, SLOW, call};
 use super::registry::is_loopback;
 use crate::driver::linux::credentials;
 use crate::error::CallError;
@@ -50,6 +57,10 @@ use crate::image::{DOCKER_HUB, ImageRef};
 /// How long one pull through the Transfer service may take, end to end (the
 /// other path's lease holds for an hour; a pull is one call here).
 pub(crate) const TRANSFER_DEADLINE: Duration = Duration::from_secs(1800);
+/// How long a transfer may go without a progress event (bytes of a blob, a
+/// blob done): a registry that stops sending, say. A layer's unpack has as
+/// long on the other path.
+pub(crate) const STALL_DEADLINE: Duration = SLOW;
 
 /// What the daemon's Transfer service can do for a pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,13 +213,30 @@ async fn transfer(
         }],
         ..Default::default()
     };
+    // Progress events, to tell a slow pull from a stalled one. Without them
+    // (the stream refused), only the whole pull's deadline holds.
+    let progress_id = format!("hotpool-progress-{}", new_id());
+    // Its sending half stays open until the transfer is done.
+    let (_progress_sender, progress) = match open_stream(engine, &progress_id).await {
+        Ok((sender, events)) => (Some(sender), Some(events)),
+        Err(status) => {
+            tracing::warn!(error = %status.message(), "containerd's progress stream refused; a stalled pull fails only at its deadline");
+            (None, None)
+        }
+    };
     let request = engine.client.request(TransferRequest {
         source: Some(any(OCI_REGISTRY_TYPE, &registry)),
         destination: Some(any(IMAGE_STORE_TYPE, &store)),
-        options: None,
+        options: progress.as_ref().map(|_| TransferOptions {
+            progress_stream: progress_id,
+        }),
     });
     let mut service = TransferClient::new(engine.client.channel());
-    let result = call("transfer", TRANSFER_DEADLINE, service.transfer(request)).await;
+    let result = watched(
+        call("transfer", TRANSFER_DEADLINE, service.transfer(request)),
+        progress,
+    )
+    .await;
     let auth_error = auth.close().await;
     result.map(|_| ()).map_err(|status| {
         let mut error = classify(image, &status);
@@ -272,32 +300,7 @@ impl AuthStream {
     /// Opens stream `id` (containerd acknowledges it once registered) and
     /// answers what comes on it from the Docker config file of `engine`.
     async fn open(engine: &Engine, id: &str) -> Result<AuthStream, Status> {
-        let (sender, receiver) = tokio::sync::mpsc::channel::<Any>(4);
-        sender
-            .send(any(STREAM_INIT_TYPE, &StreamInit { id: id.to_owned() }))
-            .await
-            .map_err(|_| Status::internal("the stream's sender closed"))?;
-        let outgoing = futures_util::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|message| (message, receiver))
-        });
-        let mut streaming = StreamingClient::new(engine.client.channel());
-        let mut incoming = call(
-            "stream_open",
-            QUICK,
-            streaming.stream(engine.client.request(outgoing)),
-        )
-        .await?;
-        // The acknowledgement: the stream is registered under `id`.
-        match tokio::time::timeout(QUICK, incoming.message()).await {
-            Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) => return Err(Status::unavailable("the stream closed unacknowledged")),
-            Ok(Err(status)) => return Err(status),
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "no acknowledgement within {QUICK:?}"
-                )));
-            }
-        }
+        let (sender, mut incoming) = open_stream(engine, id).await?;
         let config_dir = engine.docker_config_dir.clone();
         let answering = tokio::spawn(async move {
             while let Some(question) = incoming
@@ -334,6 +337,65 @@ impl AuthStream {
         }
         self.answering.abort();
         None
+    }
+}
+
+/// A message going out on a stream of the streaming service.
+type Outgoing = tokio::sync::mpsc::Sender<Any>;
+
+/// Opens stream `id` of the streaming service and waits for containerd to
+/// acknowledge it (it is registered under `id` then, for a transfer to name).
+async fn open_stream(engine: &Engine, id: &str) -> Result<(Outgoing, Streaming<Any>), Status> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Any>(4);
+    sender
+        .send(any(STREAM_INIT_TYPE, &StreamInit { id: id.to_owned() }))
+        .await
+        .map_err(|_| Status::internal("the stream's sender closed"))?;
+    let outgoing = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|message| (message, receiver))
+    });
+    let mut streaming = StreamingClient::new(engine.client.channel());
+    let mut incoming = call(
+        "stream_open",
+        QUICK,
+        streaming.stream(engine.client.request(outgoing)),
+    )
+    .await?;
+    match tokio::time::timeout(QUICK, incoming.message()).await {
+        Ok(Ok(Some(_))) => Ok((sender, incoming)),
+        Ok(Ok(None)) => Err(Status::unavailable("the stream closed unacknowledged")),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no acknowledgement within {QUICK:?}"
+        ))),
+    }
+}
+
+/// Runs `transfer` while reading containerd's progress events from
+/// `progress`: a transfer with no event for [`STALL_DEADLINE`] (no byte of
+/// any blob, no blob done) is given up, as is one not done by its own deadline.
+async fn watched<T>(
+    transfer: impl std::future::Future<Output = Result<T, Status>>,
+    mut progress: Option<Streaming<Any>>,
+) -> Result<T, Status> {
+    tokio::pin!(transfer);
+    loop {
+        let Some(events) = progress.as_mut() else {
+            return transfer.await;
+        };
+        tokio::select! {
+            result = &mut transfer => return result,
+            event = tokio::time::timeout(STALL_DEADLINE, events.message()) => match event {
+                Ok(Ok(Some(_))) => {}
+                // containerd closes the stream as the transfer ends.
+                Ok(Ok(None)) | Ok(Err(_)) => progress = None,
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "no progress for {STALL_DEADLINE:?}"
+                    )));
+                }
+            },
+        }
     }
 }
 
