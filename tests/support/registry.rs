@@ -1,7 +1,8 @@
 //! A real registry for pull tests: Debian's `docker-registry` on 127.0.0.1 with
 //! htpasswd auth. The engine treats loopback registries as insecure, so plain HTTP.
-//! [`Registry::tls_mirror`] serves the same repositories over HTTPS on the host's
-//! own address, for containerd 1.7's Transfer service (HTTPS only).
+//! [`Registry::tls_mirror`] serves the same repositories over HTTPS, still on
+//! loopback but under a name ([`TLS_REGISTRY_NAME`]), for containerd 1.7's
+//! Transfer service (HTTPS only).
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -18,6 +19,12 @@ use futures_util::TryStreamExt;
 use tempfile::TempDir;
 
 use super::testfn_image;
+
+/// The name the TLS mirror is served under: not a loopback address by its
+/// looks, so hotpool does not take it for a plain-HTTP registry.
+pub const TLS_REGISTRY_NAME: &str = "hotpool-registry.test";
+/// Where that name points, on loopback.
+pub const TLS_REGISTRY_IP: &str = "127.0.0.2";
 
 /// The user the registry knows.
 pub const USER: &str = "hotpool";
@@ -45,13 +52,27 @@ impl Registry {
     }
 
     /// Serves this registry's repositories (its storage and users) over HTTPS
-    /// at `<host address>:<port>`, with a certificate for that address signed
-    /// by the CA in `ca_dir` (`ca.pem`, `ca.key`); stopped when dropped.
+    /// at `<TLS_REGISTRY_NAME>:<port>` (listening on [`TLS_REGISTRY_IP`]), with
+    /// a certificate for that name signed by the CA in `ca_dir` (`ca.pem`,
+    /// `ca.key`); stopped when dropped. The name must resolve to that address
+    /// (`scripts/containerd-17` writes it into `/etc/hosts`).
     pub fn tls_mirror(&self, ca_dir: &Path) -> Registry {
+        use std::net::ToSocketAddrs;
         let binary = registry_binary();
         let dir = tempfile::tempdir().expect("temp dir");
-        let ip = host_address();
-        let addr = format!("{ip}:{}", super::free_port());
+        let port = super::free_port();
+        let resolved: Vec<_> = (TLS_REGISTRY_NAME, port)
+            .to_socket_addrs()
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        assert!(
+            resolved
+                .iter()
+                .any(|a| a.ip().to_string() == TLS_REGISTRY_IP),
+            "{TLS_REGISTRY_NAME} must name {TLS_REGISTRY_IP} in /etc/hosts: run scripts/containerd-17"
+        );
+        let listen = format!("{TLS_REGISTRY_IP}:{port}");
+        let addr = format!("{TLS_REGISTRY_NAME}:{port}");
         let (key, csr, cert) = (
             dir.path().join("key.pem"),
             dir.path().join("csr.pem"),
@@ -68,7 +89,7 @@ impl Registry {
                 String::from_utf8_lossy(&output.stderr)
             );
         };
-        let san = format!("subjectAltName=IP:{ip}");
+        let san = format!("subjectAltName=DNS:{TLS_REGISTRY_NAME}");
         openssl(&[
             "req",
             "-new",
@@ -111,7 +132,7 @@ impl Registry {
             cert.display(),
             key.display()
         );
-        let config = config(self._dir.path(), &addr, &tls);
+        let config = config(self._dir.path(), &listen, &tls);
         Registry::serve(binary, dir, addr, config)
     }
 
@@ -213,23 +234,6 @@ fn config(root: &Path, addr: &str, tls: &str) -> String {
          http:\n  addr: {addr}\n{tls}auth:\n  htpasswd:\n    realm: hotpool-test\n    path: {root}/htpasswd\n",
         root = root.display()
     )
-}
-
-/// This host's first IPv4 address that is not loopback (`hostname -I`): a
-/// registry there is not one the drivers speak plain HTTP to.
-fn host_address() -> String {
-    let output = Command::new("hostname")
-        .arg("-I")
-        .output()
-        .expect("hostname -I runs");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .find(|a| {
-            a.parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| !ip.is_loopback())
-        })
-        .expect("this host has an IPv4 address besides loopback")
-        .to_owned()
 }
 
 /// Removes a local image tag; one that is not there is fine.
