@@ -230,3 +230,80 @@ pub async fn leftovers(key: &str, value: &str, ids: &[&str]) -> Leftovers {
         leases,
     }
 }
+
+/// Where `scripts/containerd-17` runs containerd 1.7 (Debian trixie's), the
+/// daemon with a Transfer service.
+pub const SOCKET_17: &str = "/run/hotpool-containerd17/containerd.sock";
+/// That containerd's own `ctr`.
+pub const CTR_17: &str = "/opt/hotpool-containerd-1.7/usr/bin/ctr";
+/// The test CA that containerd trusts (`scripts/containerd-17` makes it).
+pub const CA_17: &str = "/var/lib/hotpool-containerd17-ca";
+
+/// A driver of containerd 1.7 with `options` (its socket set here), or `None`
+/// when no such daemon answers outside CI; under `CI=true` that fails the test.
+pub async fn driver_17(mut options: ContainerdOptions) -> Option<ContainerdDriver> {
+    options.socket = SOCKET_17.into();
+    let answering = ContainerdDriver::connect(options).await;
+    let missing = match answering {
+        Ok(driver) if Path::new(CA_17).join("ca.key").exists() => return Some(driver),
+        Ok(_) => format!("its test CA is missing from {CA_17}"),
+        Err(e) => e.to_string(),
+    };
+    let advice = format!(
+        "these tests need containerd 1.7 at {SOCKET_17} ({missing}); start it with \
+         `scripts/containerd-17` (Debian trixie's containerd, pinned) and run again"
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{advice}");
+    }
+    eprintln!("SKIPPED: {advice}");
+    None
+}
+
+/// `ctr` of containerd 1.7 in hotpool's namespace, with `args`: its output.
+pub fn ctr_17(args: &[&str]) -> String {
+    let output = Command::new(CTR_17)
+        .args(["--address", SOCKET_17, "--namespace", NAMESPACE])
+        .args(args)
+        .output()
+        .expect("containerd 1.7's ctr runs");
+    assert!(
+        output.status.success(),
+        "ctr {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Removes, when dropped, image `.0` from containerd 1.7's hotpool namespace
+/// (waiting for the collector) and every container labelled
+/// `hotpool.pool=<.1>` there: a test that fails half-way leaves nothing.
+pub struct Guard17(pub String, pub String);
+
+impl Drop for Guard17 {
+    fn drop(&mut self) {
+        let pool = self.1.clone();
+        let removed = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(async {
+                    let mut options = ContainerdOptions::default();
+                    options.socket = SOCKET_17.into();
+                    let driver = ContainerdDriver::connect(options).await?;
+                    driver
+                        .remove_labelled(hotpool::pool::POOL_LABEL, &pool)
+                        .await
+                })
+        })
+        .join();
+        if let Ok(Err(e)) = removed {
+            eprintln!("the guard of pool {} could not clean up: {e}", self.1);
+        }
+        let _ = Command::new(CTR_17)
+            .args(["--address", SOCKET_17, "--namespace", NAMESPACE])
+            .args(["images", "rm", "--sync", &self.0])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

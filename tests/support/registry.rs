@@ -1,5 +1,8 @@
 //! A real registry for pull tests: Debian's `docker-registry` on 127.0.0.1 with
 //! htpasswd auth. The engine treats loopback registries as insecure, so plain HTTP.
+//! [`Registry::tls_mirror`] serves the same repositories over HTTPS, still on
+//! loopback but under a name ([`TLS_REGISTRY_NAME`]), for containerd 1.7's
+//! Transfer service (HTTPS only).
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -17,6 +20,12 @@ use tempfile::TempDir;
 
 use super::testfn_image;
 
+/// The name the TLS mirror is served under: not a loopback address by its
+/// looks, so hotpool does not take it for a plain-HTTP registry.
+pub const TLS_REGISTRY_NAME: &str = "hotpool-registry.test";
+/// Where that name points, on loopback.
+pub const TLS_REGISTRY_IP: &str = "127.0.0.2";
+
 /// The user the registry knows.
 pub const USER: &str = "hotpool";
 /// That user's password.
@@ -33,23 +42,103 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry on a free loopback port and waits until it listens.
     pub fn start() -> Registry {
-        let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or_else(|| {
-                panic!(
-                    "the pull tests need Debian's docker-registry: apt-get install docker-registry"
-                )
-            });
+        let binary = registry_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = format!("127.0.0.1:{}", super::free_port());
         let hash = bcrypt::hash(PASSWORD, 5).expect("bcrypt");
         std::fs::write(dir.path().join("htpasswd"), format!("{USER}:{hash}\n")).expect("htpasswd");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n\
-             http:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: hotpool-test\n    path: {root}/htpasswd\n",
-            root = dir.path().display()
+        let config = config(dir.path(), &addr, "");
+        Registry::serve(binary, dir, addr, config)
+    }
+
+    /// Serves this registry's repositories (its storage and users) over HTTPS
+    /// at `<TLS_REGISTRY_NAME>:<port>` (listening on [`TLS_REGISTRY_IP`]), with
+    /// a certificate for that name signed by the CA in `ca_dir` (`ca.pem`,
+    /// `ca.key`); stopped when dropped. The name must resolve to that address
+    /// (`scripts/containerd-17` writes it into `/etc/hosts`).
+    pub fn tls_mirror(&self, ca_dir: &Path) -> Registry {
+        use std::net::ToSocketAddrs;
+        let binary = registry_binary();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = super::free_port();
+        let resolved: Vec<_> = (TLS_REGISTRY_NAME, port)
+            .to_socket_addrs()
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        assert!(
+            resolved
+                .iter()
+                .any(|a| a.ip().to_string() == TLS_REGISTRY_IP),
+            "{TLS_REGISTRY_NAME} must name {TLS_REGISTRY_IP} in /etc/hosts: run scripts/containerd-17"
         );
+        let listen = format!("{TLS_REGISTRY_IP}:{port}");
+        let addr = format!("{TLS_REGISTRY_NAME}:{port}");
+        let (key, csr, cert) = (
+            dir.path().join("key.pem"),
+            dir.path().join("csr.pem"),
+            dir.path().join("cert.pem"),
+        );
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let san = format!("subjectAltName=DNS:{TLS_REGISTRY_NAME}");
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=hotpool test registry",
+            "-addext",
+            &san,
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+        ]);
+        let (ca, ca_key) = (ca_dir.join("ca.pem"), ca_dir.join("ca.key"));
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            ca.to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-CAserial",
+            dir.path().join("ca.srl").to_str().unwrap(),
+            "-days",
+            "1",
+            "-copy_extensions",
+            "copy",
+            "-out",
+            cert.to_str().unwrap(),
+        ]);
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        );
+        let config = config(self._dir.path(), &listen, &tls);
+        Registry::serve(binary, dir, addr, config)
+    }
+
+    /// Runs `binary` with `config` (written into `dir`) and waits until it
+    /// listens at `addr`.
+    fn serve(binary: &str, dir: TempDir, addr: String, config: String) -> Registry {
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("registry config");
         let child = Command::new(binary)
@@ -125,6 +214,26 @@ impl Registry {
         std::fs::write(dir.path().join("config.json"), json).expect("config.json");
         dir
     }
+}
+
+/// Debian's docker-registry, or a failed test saying how to get it.
+fn registry_binary() -> &'static str {
+    ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("the pull tests need Debian's docker-registry: apt-get install docker-registry")
+        })
+}
+
+/// A registry config serving the storage and users under `root` at `addr`,
+/// with `tls` (lines of the `http` section) if not empty.
+fn config(root: &Path, addr: &str, tls: &str) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n\
+         http:\n  addr: {addr}\n{tls}auth:\n  htpasswd:\n    realm: hotpool-test\n    path: {root}/htpasswd\n",
+        root = root.display()
+    )
 }
 
 /// Removes a local image tag; one that is not there is fine.

@@ -134,6 +134,12 @@ impl Client {
         TasksClient::new(self.channel.clone())
     }
 
+    /// The channel itself, for the services without an accessor here
+    /// (introspection, streaming, transfer: `transfer.rs`).
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub(crate) fn version(&self) -> VersionClient<Channel> {
         VersionClient::new(self.channel.clone())
     }

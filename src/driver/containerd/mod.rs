@@ -27,6 +27,7 @@ mod pull;
 mod registry;
 mod seccomp;
 mod spec;
+mod transfer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,6 +133,8 @@ impl Default for ContainerdOptions {
 pub struct DriverStatistics {
     /// Image pulls started (concurrent prepares of one image share one).
     pub image_pulls: u64,
+    /// Of those, the ones containerd's Transfer service did (1.7 and later).
+    pub transfer_pulls: u64,
 }
 
 /// What every cookie of a driver shares: the client, the settings, the pulls
@@ -147,6 +150,10 @@ pub(crate) struct Engine {
     pulls: SharedPulls,
     /// What was read of each image, by the digest of its manifest.
     images: DashMap<String, Arc<pull::ImageConfig>>,
+    /// What the daemon's Transfer service can do, asked at the first pull.
+    transfer: tokio::sync::OnceCell<transfer::TransferSupport>,
+    /// Pulls done through the Transfer service.
+    transfer_pulls: std::sync::atomic::AtomicU64,
     groups: Arc<ShimGroups>,
     events: Events,
 }
@@ -196,6 +203,8 @@ impl ContainerdDriver {
                 runtime: LazyRuntimeDir::new(options.runtime_dir),
                 pulls: SharedPulls::default(),
                 images: DashMap::new(),
+                transfer: tokio::sync::OnceCell::new(),
+                transfer_pulls: Default::default(),
                 groups: Arc::new(ShimGroups::new(
                     format!("hotpool-{}", crate::id::new_id()),
                     options.group_size,
@@ -220,6 +229,10 @@ impl ContainerdDriver {
     pub fn statistics(&self) -> DriverStatistics {
         DriverStatistics {
             image_pulls: self.engine.pulls.started(),
+            transfer_pulls: self
+                .engine
+                .transfer_pulls
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Images on containerd: present and unpacked before a container is made,
 //! pulled by hotpool itself when missing, one pull however many prepares ask.
 //!
-//! containerd 1.6 has no Transfer service, so hotpool does what `ctr pull`
+//! Where containerd's Transfer service can do the pull (1.7 and later, see
+//! `transfer.rs`), it does. Otherwise (1.6 has no such service; 1.7's speaks
+//! no plain HTTP, which a loopback registry needs) hotpool does what `ctr pull`
 //! does, through the content, diff, snapshot and image services:
 //!
 //! 1. A lease, expiring by itself in an hour: everything below is written
@@ -221,6 +223,9 @@ async fn pull(
     reference: &ImageRef,
     name: &str,
 ) -> Result<(), CallError> {
+    if let Some(pulled) = super::transfer::pull(engine, image, reference, name).await {
+        return pulled;
+    }
     let credentials = credentials::lookup(
         engine.docker_config_dir.as_deref(),
         reference.registry_host(),
@@ -575,7 +580,7 @@ async fn snapshot_exists(engine: &Engine, key: &str) -> Result<bool, Status> {
 }
 
 /// The labels of what hotpool makes outside containers: images, leases.
-fn hotpool_labels() -> HashMap<String, String> {
+pub(super) fn hotpool_labels() -> HashMap<String, String> {
     HashMap::from([(LABEL.to_owned(), "1".to_owned())])
 }
 
@@ -643,13 +648,7 @@ fn parse_manifest(blob: &[u8]) -> Result<Manifest, String> {
 
 /// The manifest of an index for this host: Linux, this architecture.
 fn this_platform(manifests: &[Blob]) -> Result<&Blob, String> {
-    let architecture = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    };
+    let architecture = this_architecture();
     manifests
         .iter()
         .find(|manifest| {
@@ -659,6 +658,17 @@ fn this_platform(manifests: &[Blob]) -> Result<&Blob, String> {
                 .is_some_and(|p| p.os == "linux" && p.architecture == architecture)
         })
         .ok_or_else(|| format!("the image has no manifest for linux/{architecture}"))
+}
+
+/// This host's architecture as OCI platforms name it.
+pub(super) fn this_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
 }
 
 /// An image config, as far as hotpool reads it.

@@ -251,7 +251,7 @@ impl Registry {
 }
 
 /// Whether `host` (with or without a port) is this machine's loopback.
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or(bracketed),
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
