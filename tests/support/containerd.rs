@@ -124,22 +124,30 @@ pub struct PoolGuard(pub String);
 
 impl Drop for PoolGuard {
     fn drop(&mut self) {
-        let pool = self.0.clone();
-        // A runtime of its own: the test's may be shutting down.
-        let removed = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .expect("runtime")
-                .block_on(async {
-                    let driver = ContainerdDriver::connect(ContainerdOptions::default()).await?;
-                    driver
-                        .remove_labelled(hotpool::pool::POOL_LABEL, &pool)
-                        .await
-                })
-        })
-        .join();
-        if let Ok(Err(e)) = removed {
-            eprintln!("the guard of pool {} could not clean up: {e}", self.0);
-        }
+        remove_pool(SOCKET, &self.0);
+    }
+}
+
+/// Removes everything labelled `hotpool.pool=<pool>` from the containerd at
+/// `socket`, through the driver's own `remove_labelled`; says so if it could not.
+fn remove_pool(socket: &'static str, pool: &str) {
+    let label = pool.to_owned();
+    // A runtime of its own: the test's may be shutting down.
+    let removed = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                let mut options = ContainerdOptions::default();
+                options.socket = socket.into();
+                let driver = ContainerdDriver::connect(options).await?;
+                driver
+                    .remove_labelled(hotpool::pool::POOL_LABEL, &label)
+                    .await
+            })
+    })
+    .join();
+    if let Ok(Err(e)) = removed {
+        eprintln!("the guard of pool {pool} could not clean up: {e}");
     }
 }
 
@@ -282,23 +290,7 @@ pub struct Guard17(pub String, pub String);
 
 impl Drop for Guard17 {
     fn drop(&mut self) {
-        let pool = self.1.clone();
-        let removed = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .expect("runtime")
-                .block_on(async {
-                    let mut options = ContainerdOptions::default();
-                    options.socket = SOCKET_17.into();
-                    let driver = ContainerdDriver::connect(options).await?;
-                    driver
-                        .remove_labelled(hotpool::pool::POOL_LABEL, &pool)
-                        .await
-                })
-        })
-        .join();
-        if let Ok(Err(e)) = removed {
-            eprintln!("the guard of pool {} could not clean up: {e}", self.1);
-        }
+        remove_pool(SOCKET_17, &self.1);
         let _ = Command::new(CTR_17)
             .args(["--address", SOCKET_17, "--namespace", NAMESPACE])
             .args(["images", "rm", "--sync", &self.0])
