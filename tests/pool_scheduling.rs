@@ -506,11 +506,11 @@ async fn cold_calls_get_a_container_each_and_answer_before_its_removal() {
             "with one cold call at a time, a call waits for the last one's removal"
         );
     }
-    tokio::time::sleep(REMOVAL * 2).await;
+    // A shutdown waits for the removals under way.
+    pool.shutdown().await;
     let stats = driver.statistics();
     assert_eq!((stats.created, stats.closed), (3, 3));
     assert_eq!(pool.status().memory_reserved, 0);
-    pool.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
