@@ -244,6 +244,10 @@ impl ServeConfig {
                 "pool.stats_max_points",
                 pool.stats_max_points != new_pool.stats_max_points,
             ),
+            (
+                "pool.orphan_timeout",
+                pool.orphan_timeout != new_pool.orphan_timeout,
+            ),
             ("engine.kind", self.engine.kind != new.engine.kind),
             ("engine.socket", self.engine.socket != new.engine.socket),
             (
@@ -483,6 +487,7 @@ struct PoolTable {
     memory_budget: Option<Size<1>>,
     shutdown_timeout: Option<GracePeriod>,
     stats_max_points: Option<Count<0, MAX_STATS_POINTS>>,
+    orphan_timeout: Option<Timeout>,
     keep_alive: Option<KeepAlivePolicy>,
     eviction: Option<EvictionPolicy>,
     transport: Option<TransportName>,
@@ -649,6 +654,9 @@ impl PoolTable {
             .shutdown_timeout
             .map_or(pool.shutdown_timeout, |span| span.0);
         pool.stats_max_points = self.stats_max_points.map_or(pool.stats_max_points, |n| n.0);
+        pool.orphan_timeout = self
+            .orphan_timeout
+            .map_or(pool.orphan_timeout, |span| span.0);
         pool.max_response_bytes = usize::try_from(server.max_response).unwrap_or(usize::MAX);
         let defaults = FunctionDefaults {
             memory_budget: pool.memory_budget,
@@ -1137,6 +1145,7 @@ mod tests {
             memory_budget = "4g"
             shutdown_timeout = "5s"
             stats_max_points = 60
+            orphan_timeout = "90s"
             keep_alive = "histogram"
             eviction = "greedy-dual"
 
@@ -1172,6 +1181,7 @@ mod tests {
         pool.memory_budget = 4 << 30;
         pool.shutdown_timeout = Duration::from_secs(5);
         pool.stats_max_points = 60;
+        pool.orphan_timeout = Duration::from_secs(90);
         pool.max_response_bytes = 2 << 20;
         let mut echo = FunctionSpec::new("echo", "hotpool-testfn:dev");
         echo.cmd = vec!["line".into(), "--verbose".into()];
@@ -1494,7 +1504,10 @@ mod tests {
                 let other = match (table, key.as_str()) {
                     (_, "listen") => "\"127.0.0.1:1\"",
                     (_, "max_body" | "max_response" | "memory_budget") => "\"1g\"",
-                    (_, "header_timeout" | "body_timeout" | "shutdown_timeout") => "\"1s\"",
+                    (
+                        _,
+                        "header_timeout" | "body_timeout" | "shutdown_timeout" | "orphan_timeout",
+                    ) => "\"1s\"",
                     (_, "max_connections" | "stats_max_points") => "1",
                     (_, "auth_tokens_file") => "\"other-tokens\"",
                     (_, "metrics_auth") => "true",

@@ -185,6 +185,11 @@ pub struct Task {
     /// [`Transport::Direct`], which a driver whose engine is elsewhere takes as
     /// [`Transport::Attach`]).
     pub transport: Transport,
+    /// How long a hot container on the direct transport outlives its owner (a
+    /// hotpool killed outright, say) before it ends itself; `None`: it ends
+    /// when its function does, as its stdin closes. Not for cold containers,
+    /// whose stdin must end.
+    pub orphan_timeout: Option<Duration>,
 }
 
 /// How a container's stdin, stdout and stderr reach hotpool.
@@ -261,6 +266,7 @@ impl Task {
             stats: None,
             counters: false,
             transport: Transport::Direct,
+            orphan_timeout: None,
         }
     }
 }

@@ -10,7 +10,7 @@
 //! (PID 1 gets no signal it has no handler for).
 //!
 //! ```text
-//! hotpool-init IO_DIR PROGRAM [ARGS...]
+//! hotpool-init [--orphan-after SECONDS] IO_DIR PROGRAM [ARGS...]
 //! ```
 //!
 //! It opens `IO_DIR/stdin` for reading and `IO_DIR/stdout`, `IO_DIR/stderr`
@@ -23,22 +23,52 @@
 //! `signal NUMBER`, and hotpool-init exits likewise (128 + the signal). A
 //! program that cannot be started is reported on stderr and as `exit 127`.
 //!
+//! With `--orphan-after`, given to hot containers, the function outlives its
+//! owner for that long: hotpool holds the writing end of `IO_DIR/owner` while it
+//! owns the container, and this program watches the reading end. It keeps a
+//! writing end of `stdin` and a reading end of `stdout` itself, so a function
+//! whose owner is gone neither reads end-of-file nor dies writing: it waits,
+//! warm, for an owner. Once the container has had none for SECONDS, the
+//! function is killed (SIGKILL) and the container ends, reported as `signal
+//! 9`, so a container whose hotpool is gone for good does not live for ever.
+//! The owner pipe is hotpool's, readable by all and writable by hotpool alone:
+//! the function cannot pose as its owner.
+//!
 //! It uses nothing but the standard library (and the C library's `signal`,
-//! `kill` and `waitpid`, declared here), so the driver can build it with
+//! `kill`, `waitpid` and `poll`, declared here), so the driver can build it with
 //! `rustc` alone (see `build.rs`).
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 unsafe extern "C" {
     fn signal(signum: i32, handler: usize) -> usize;
     fn kill(pid: i32, signum: i32) -> i32;
     fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn poll(fds: *mut PollFd, count: u64, timeout_ms: i32) -> i32;
 }
+
+/// `struct pollfd`.
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
+}
+
+/// `POLLIN`.
+const POLLIN: i16 = 1;
+/// `O_NONBLOCK` on Linux.
+const O_NONBLOCK: i32 = 0o4000;
+/// `SIGKILL`.
+const SIGKILL: i32 = 9;
 
 /// The signals passed on to the function: SIGHUP, SIGINT, SIGQUIT, SIGUSR1,
 /// SIGUSR2, SIGTERM.
@@ -84,10 +114,95 @@ fn reap_until(pid: i32) -> Result<ExitStatus, String> {
 /// The exit code of a program that could not be started, as shells use it.
 const CANNOT_RUN: u8 = 127;
 
+/// How long the owner pipe is waited on before it is looked at anyway: an
+/// owner that went before it ever reopened its end leaves no hang-up to see.
+const OWNER_LOOK_EVERY: Duration = Duration::from_secs(60);
+/// How often a container with no owner looks for one.
+const ORPHAN_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether a writer holds the FIFO whose non-blocking reading end is `owner`:
+/// a read with no writer left gives end-of-file, with one it would block.
+/// Bytes in it (only an owner can write them) are read away.
+fn owned(owner: &mut File) -> bool {
+    let mut bytes = [0u8; 64];
+    match owner.read(&mut bytes) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted,
+    }
+}
+
+/// Waits until `owner` may have changed: data, a hang-up, or `timeout`.
+fn wait_on(owner: &File, timeout: Duration) {
+    let mut fds = PollFd {
+        fd: owner.as_raw_fd(),
+        events: POLLIN,
+        revents: 0,
+    };
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `fds` is one valid pollfd for the call to fill in.
+    unsafe { poll(&mut fds, 1, timeout_ms) };
+}
+
+/// Watches the owner pipe; once no owner has held it for `after`, kills the
+/// function. Blocks in `poll` while an owner holds it: an owned container
+/// costs no wake-ups but one a minute.
+fn watch_owner(mut owner: File, after: Duration) {
+    let mut alone_since: Option<Instant> = None;
+    loop {
+        if owned(&mut owner) {
+            alone_since = None;
+            wait_on(&owner, OWNER_LOOK_EVERY);
+            continue;
+        }
+        let since = *alone_since.get_or_insert_with(Instant::now);
+        let alone = since.elapsed();
+        if alone >= after {
+            let pid = FUNCTION.load(Ordering::SeqCst);
+            if pid > 0 {
+                // SAFETY: kill touches no memory of ours.
+                unsafe { kill(pid, SIGKILL) };
+            }
+            return;
+        }
+        std::thread::sleep(ORPHAN_LOOK_EVERY.min(after - alone));
+    }
+}
+
+/// The command line: the orphan timeout, if given, the pipe directory, and the
+/// function's program and arguments.
+struct Args {
+    orphan_after: Option<Duration>,
+    io: std::ffi::OsString,
+    program: std::ffi::OsString,
+    rest: Vec<std::ffi::OsString>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<Args> {
+    let mut first = args.next()?;
+    let mut orphan_after = None;
+    if first == "--orphan-after" {
+        let seconds: u64 = args.next()?.to_str()?.parse().ok()?;
+        orphan_after = Some(Duration::from_secs(seconds));
+        first = args.next()?;
+    }
+    Some(Args {
+        orphan_after,
+        io: first,
+        program: args.next()?,
+        rest: args.collect(),
+    })
+}
+
 fn main() -> ExitCode {
-    let mut args = std::env::args_os().skip(1);
-    let (Some(io), Some(program)) = (args.next(), args.next()) else {
-        eprintln!("usage: hotpool-init IO_DIR PROGRAM [ARGS...]");
+    let Some(Args {
+        orphan_after,
+        io,
+        program,
+        rest: args,
+    }) = parse_args(std::env::args_os().skip(1))
+    else {
+        eprintln!("usage: hotpool-init [--orphan-after SECONDS] IO_DIR PROGRAM [ARGS...]");
         return ExitCode::from(2);
     };
     let io = Path::new(&io);
@@ -113,6 +228,17 @@ fn main() -> ExitCode {
             return ExitCode::from(CANNOT_RUN);
         }
     };
+    // Opened before `ready`: hotpool's one-way ends, opened after it, are
+    // then the owner's and its pipes' writers this program sees go.
+    let orphan_watch =
+        match orphan_after.map(|after| hold_for_orphan(io).map(|owner| (owner, after))) {
+            None => None,
+            Some(Ok(watch)) => Some(watch),
+            Some(Err(message)) => {
+                eprintln!("{message}");
+                return ExitCode::from(CANNOT_RUN);
+            }
+        };
     // hotpool waits for this before it takes its own ends one-way.
     if writeln!(status, "ready").is_err() {
         return ExitCode::from(CANNOT_RUN);
@@ -145,6 +271,13 @@ fn main() -> ExitCode {
                 // SAFETY: kill touches no memory of ours.
                 unsafe { kill(pid, early) };
             }
+            if let Some(((owner, held), after)) = orphan_watch {
+                std::thread::spawn(move || {
+                    // Held until the function is killed, or this program ends.
+                    let _held = held;
+                    watch_owner(owner, after);
+                });
+            }
             reap_until(pid)
         }
         Err(e) => Err(format!("cannot start {}: {e}", program.to_string_lossy())),
@@ -166,6 +299,25 @@ fn main() -> ExitCode {
             )
         }
     }
+}
+
+/// Opens, for a function that may outlive its owner, the owner pipe's reading
+/// end and the ends this program holds so that the function sees no owner go:
+/// a writing end of stdin and a reading end of stdout. All non-blocking (the
+/// function's own ends are open: nothing waits) and closed on exec.
+fn hold_for_orphan(io: &Path) -> Result<(File, [File; 2]), String> {
+    let open = |name: &str, write: bool| {
+        OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .custom_flags(O_NONBLOCK)
+            .open(io.join(name))
+            .map_err(|e| format!("hotpool-init: cannot open {}: {e}", io.join(name).display()))
+    };
+    Ok((
+        open("owner", false)?,
+        [open("stdin", true)?, open("stdout", false)?],
+    ))
 }
 
 /// Writes `how value` to the status pipe and gives the code to exit with.

@@ -70,6 +70,10 @@ pub struct PoolConfig {
     pub max_response_bytes: usize,
     /// The most engine stats points kept per call ([`crate::stats::decimate`]).
     pub stats_max_points: usize,
+    /// How long a hot container on the direct transport outlives a pool that
+    /// is gone without removing it (killed outright): it waits that long,
+    /// warm, for an owner, then ends itself ([`crate::driver::Task::orphan_timeout`]).
+    pub orphan_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -81,6 +85,7 @@ impl Default for PoolConfig {
             // Lambda's and fn's payload limit.
             max_response_bytes: 6 << 20,
             stats_max_points: 240,
+            orphan_timeout: Duration::from_secs(10 * 60),
         }
     }
 }

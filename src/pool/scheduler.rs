@@ -420,6 +420,7 @@ impl<D: Driver> Inner<D> {
         let call_tag = Arc::new(CallTag::default());
         task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
         task.counters = true;
+        task.orphan_timeout = Some(self.config.orphan_timeout);
         let mut cookie = self.prepare(task).await?;
         let running = match cookie.run().await {
             Ok(running) => running,

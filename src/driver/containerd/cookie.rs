@@ -580,6 +580,10 @@ impl Cookie for ContainerdCookie {
             .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?;
         drop(early);
         *self.pipes.status.get_mut() = Some(one_way.status);
+        let dir = self.pipes.dir.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = dir.as_mut() {
+            dir.own(one_way.owner);
+        }
         self.copiers.pump_stderr(tokio::spawn(stderr::pump(
             ReaderStream::new(one_way.stderr),
             self.stderr.clone(),

@@ -179,7 +179,8 @@ pub(crate) fn runtime_spec(input: &SpecInput<'_>) -> Spec {
                 uid: input.user.0,
                 gid: input.user.1,
             },
-            args: [direct::INIT.to_owned(), direct::IO.to_owned()]
+            args: direct
+                .entrypoint()
                 .into_iter()
                 .chain(direct.command.iter().cloned())
                 .collect(),

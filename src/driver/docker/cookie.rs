@@ -336,6 +336,10 @@ impl DockerCookie {
         drop(early);
         if let Some(pipes) = self.direct.as_mut() {
             *pipes.status.get_mut() = Some(one_way.status);
+            let dir = pipes.dir.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Some(dir) = dir.as_mut() {
+                dir.own(one_way.owner);
+            }
         }
         let stderr: Frames = Box::pin(ReaderStream::new(one_way.stderr).map(|chunk| {
             chunk

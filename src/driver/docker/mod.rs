@@ -287,7 +287,7 @@ impl Engine {
         }
         ContainerCreateBody {
             image: Some(task.image.clone()),
-            entrypoint: direct.map(|_| vec![direct::INIT.to_owned(), direct::IO.to_owned()]),
+            entrypoint: direct.map(Direct::entrypoint),
             cmd: match direct {
                 Some(direct) => Some(direct.command.clone()),
                 None => (!task.command.is_empty()).then(|| task.command.clone()),

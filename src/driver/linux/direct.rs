@@ -6,10 +6,13 @@
 //! directory. Each container of a direct task gets it bind-mounted read-only at
 //! [`INIT`] as its command (on Docker under Docker's own init; on containerd it
 //! is PID 1 itself, reaping orphans and passing on SIGTERM and SIGINT), and a
-//! directory of its own bind-mounted at [`IO`] holding four pipes: `stdin`,
-//! `stdout`, `stderr` and `status`. The init opens them, says `ready` on
-//! `status`, starts the function with the first three as its own, and reports
-//! `exit CODE` or `signal N` on `status` the moment the function ends.
+//! directory of its own bind-mounted at [`IO`] holding five pipes: `stdin`,
+//! `stdout`, `stderr`, `status` and `owner`. The init opens them, says `ready`
+//! on `status`, starts the function with the first three as its own, and
+//! reports `exit CODE` or `signal N` on `status` the moment the function ends.
+//! hotpool holds `owner` open for writing while it owns the container: a hot
+//! container's init (given `--orphan-after`) keeps the function waiting while
+//! no owner does, and ends it once none has for the task's orphan timeout.
 //!
 //! hotpool first opens its ends read-write, so neither side's open blocks and
 //! no early end-of-file is seen; once the init is ready it reopens them
@@ -30,6 +33,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -48,8 +52,11 @@ pub(crate) const IO: &str = "/.hotpool/io";
 /// `hotpool-init`, built static for this target by `build.rs`.
 static INIT_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hotpool-init"));
 
-/// The pipes of a container, by name in its directory.
+/// The pipes of a container the function may open, by name in its directory.
 const PIPES: [&str; 4] = ["stdin", "stdout", "stderr", "status"];
+/// The pipe hotpool holds while it owns the container: hotpool's, readable by
+/// all (the init watches it), writable by hotpool alone.
+const OWNER: &str = "owner";
 
 /// Tells apart the drivers of one process.
 static DRIVERS: AtomicU64 = AtomicU64::new(0);
@@ -103,6 +110,8 @@ pub(crate) struct Direct {
     pub(crate) early: Ends,
     pub(crate) init: PathBuf,
     pub(crate) command: Vec<String>,
+    /// How long the function outlives its owner (hot containers only).
+    orphan_after: Option<Duration>,
 }
 
 impl Direct {
@@ -138,7 +147,22 @@ impl Direct {
             dir,
             early,
             command,
+            // A cold container's stdin must end, so the init holds no end of it.
+            orphan_after: task.orphan_timeout.filter(|_| task.input.is_none()),
         })
+    }
+
+    /// The init and its arguments, as the container sees them; the function's
+    /// command follows.
+    pub(crate) fn entrypoint(&self) -> Vec<String> {
+        let mut entrypoint = vec![INIT.to_owned()];
+        if let Some(after) = self.orphan_after {
+            // Whole seconds, at least one: a zero would end it at once.
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            entrypoint.extend(["--orphan-after".to_owned(), seconds.max(1).to_string()]);
+        }
+        entrypoint.push(IO.to_owned());
+        entrypoint
     }
 }
 
@@ -240,15 +264,13 @@ impl RuntimeDir {
         let path = self.own.join(id);
         DirBuilder::new().mode(0o711).create(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o711))?;
-        let dir = IoDir { path };
+        let dir = IoDir { path, owner: None };
+        mkfifo(&dir.path.join(OWNER))?;
+        fs::set_permissions(dir.path.join(OWNER), fs::Permissions::from_mode(0o644))?;
         let owner = numeric_user(user);
         for name in PIPES {
             let pipe = dir.path.join(name);
-            let c_path = CString::new(pipe.as_os_str().as_bytes())?;
-            // SAFETY: `c_path` is a valid NUL-terminated path.
-            if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            mkfifo(&pipe)?;
             let given =
                 owner.map(|(uid, gid)| std::os::unix::fs::chown(&pipe, Some(uid), Some(gid)));
             match given {
@@ -264,6 +286,16 @@ impl RuntimeDir {
         }
         Ok(dir)
     }
+}
+
+/// Makes a FIFO at `path`, for its maker alone.
+fn mkfifo(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c_path` is a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for RuntimeDir {
@@ -300,15 +332,22 @@ fn remove_orphans(root: &Path) {
     }
 }
 
-/// One container's pipe directory; removed when dropped.
+/// One container's pipe directory, with hotpool's end of its owner pipe once
+/// the container runs; removed, and the end closed, when dropped.
 #[derive(Debug)]
 pub(crate) struct IoDir {
     path: PathBuf,
+    owner: Option<File>,
 }
 
 impl IoDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Holds `end`, the owner pipe's one-way end, for as long as this lives.
+    pub(crate) fn own(&mut self, end: File) {
+        self.owner = Some(end);
     }
 
     /// hotpool's ends, opened read-write so that nothing blocks or ends before
@@ -324,6 +363,7 @@ impl IoDir {
         Ok(Ends {
             held: [open("stdin")?, open("stdout")?, open("stderr")?],
             status: open("status")?,
+            owner: open(OWNER)?,
         })
     }
 }
@@ -334,11 +374,13 @@ impl Drop for IoDir {
     }
 }
 
-/// hotpool's first, read-write ends of a container's pipes: stdin, stdout and
-/// stderr held open until [`Ends::one_way`], and status, read for `ready`.
+/// hotpool's first, read-write ends of a container's pipes: stdin, stdout,
+/// stderr and owner held open until [`Ends::one_way`], and status, read for
+/// `ready`.
 pub(crate) struct Ends {
     held: [File; 3],
     status: File,
+    owner: File,
 }
 
 impl Ends {
@@ -372,6 +414,11 @@ impl Ends {
             stdout: receiver(stdout)?,
             stderr: receiver(stderr)?,
             status: BufReader::with_capacity(STATUS_LINE_MAX as usize, receiver(&self.status)?),
+            // Opened after the init's own end: it sees this writer go.
+            owner: OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(again(&self.owner))?,
         })
     }
 }
@@ -400,6 +447,8 @@ pub(crate) struct OneWay {
     pub(crate) stdout: pipe::Receiver,
     pub(crate) stderr: pipe::Receiver,
     pub(crate) status: BufReader<pipe::Receiver>,
+    /// Held by the container's [`IoDir`] while hotpool owns the container.
+    pub(crate) owner: File,
 }
 
 /// The writing end of a container's stdin. Shutting it down closes it, so the
@@ -508,6 +557,162 @@ mod tests {
         // A verdict lost with the ready line would leave this waiting for good.
         let heard = tokio::time::timeout(Duration::from_secs(10), verdict(&mut one_way.status));
         assert_eq!(heard.await.ok().flatten(), Some(Ended::Exit(3)));
+    }
+
+    /// hotpool's side of a container's pipes, as a test holds them.
+    struct HotpoolSide {
+        dir: IoDir,
+        stdin: Stdin,
+        stdout: pipe::Receiver,
+        status: BufReader<pipe::Receiver>,
+    }
+
+    /// Starts the installed init on the host, as a container would run it,
+    /// with the task's entrypoint (the pipe directory's path in place of
+    /// [`IO`]) and `command`; takes hotpool's one-way ends and holds the owner
+    /// pipe, as a driver does.
+    async fn run_init(
+        runtime: &RuntimeDir,
+        task: &Task,
+        command: &[&str],
+    ) -> (std::process::Child, HotpoolSide) {
+        let command = command.iter().map(|arg| arg.to_string()).collect();
+        let direct = Direct::prepare(runtime, task, Vec::new(), command).unwrap();
+        let entrypoint = direct.entrypoint();
+        let Direct {
+            mut dir,
+            early,
+            init,
+            command,
+            ..
+        } = direct;
+        let args = entrypoint[1..]
+            .iter()
+            .map(|arg| match arg.as_str() {
+                IO => dir.path().display().to_string(),
+                arg => arg.to_owned(),
+            })
+            .chain(command);
+        let child = std::process::Command::new(&init)
+            .args(args)
+            .spawn()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), early.ready())
+            .await
+            .expect("the init says ready")
+            .unwrap();
+        let one_way = early.one_way().unwrap();
+        drop(early);
+        dir.own(one_way.owner);
+        let side = HotpoolSide {
+            dir,
+            stdin: one_way.stdin,
+            stdout: one_way.stdout,
+            status: one_way.status,
+        };
+        (child, side)
+    }
+
+    /// The init's verdict, within a deadline that is no test of speed.
+    async fn verdict_of(status: &mut BufReader<pipe::Receiver>) -> Option<Ended> {
+        tokio::time::timeout(Duration::from_secs(60), verdict(status))
+            .await
+            .expect("a verdict within a minute")
+    }
+
+    #[tokio::test]
+    async fn a_hot_function_outlives_its_owner_until_the_orphan_timeout_then_is_killed() {
+        let root = tempfile::tempdir().unwrap();
+        let runtime = RuntimeDir::install(root.path()).unwrap();
+        let mut task = Task::new("orphan", "f", "image");
+        task.orphan_timeout = Some(Duration::from_millis(1500));
+        // `cat` ends at end-of-file: an init that let its stdin end would
+        // report `exit 0`.
+        let (mut child, mut side) = run_init(&runtime, &task, &["cat"]).await;
+        tokio::io::AsyncWriteExt::write_all(&mut side.stdin, b"warm\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 5];
+        side.stdout.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"warm\n", "served while owned");
+        // The owner goes, as a hotpool killed outright would: every end but
+        // the status pipe, read here for the verdict.
+        drop((side.stdin, side.stdout, side.dir));
+        assert_eq!(
+            verdict_of(&mut side.status).await,
+            Some(Ended::Signal(9)),
+            "killed once it had no owner for its orphan timeout, not ended by end-of-file"
+        );
+        assert_eq!(child.wait().unwrap().code(), Some(137));
+    }
+
+    #[tokio::test]
+    async fn an_orphaned_function_writing_is_not_killed_by_its_owners_absence() {
+        let root = tempfile::tempdir().unwrap();
+        let runtime = RuntimeDir::install(root.path()).unwrap();
+        let mut task = Task::new("orphan-writer", "f", "image");
+        task.orphan_timeout = Some(Duration::from_secs(2));
+        // `yes` writes without end: with no reader of stdout left it would
+        // die of SIGPIPE (signal 13) at once.
+        let (mut child, mut side) = run_init(&runtime, &task, &["yes"]).await;
+        let mut line = [0u8; 2];
+        side.stdout.read_exact(&mut line).await.unwrap();
+        drop((side.stdin, side.stdout, side.dir));
+        assert_eq!(verdict_of(&mut side.status).await, Some(Ended::Signal(9)));
+        assert_eq!(child.wait().unwrap().code(), Some(137));
+    }
+
+    #[tokio::test]
+    async fn a_cold_function_still_reads_end_of_file_when_its_input_ends() {
+        let root = tempfile::tempdir().unwrap();
+        let runtime = RuntimeDir::install(root.path()).unwrap();
+        let mut task = Task::new("cold", "f", "image");
+        task.orphan_timeout = Some(Duration::from_secs(3600));
+        task.input = Some(Box::new(std::io::Cursor::new(Vec::new())));
+        let (mut child, mut side) = run_init(&runtime, &task, &["cat"]).await;
+        drop(side.stdin);
+        assert_eq!(verdict_of(&mut side.status).await, Some(Ended::Exit(0)));
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+    }
+
+    #[test]
+    fn the_orphan_timeout_is_given_to_hot_containers_in_whole_seconds() {
+        let root = tempfile::tempdir().unwrap();
+        let runtime = RuntimeDir::install(root.path()).unwrap();
+        let entrypoint = |orphan: Option<Duration>, cold: bool| {
+            let mut task = Task::new(
+                format!("t{}", DRIVERS.fetch_add(1, Ordering::Relaxed)),
+                "f",
+                "i",
+            );
+            task.orphan_timeout = orphan;
+            if cold {
+                task.input = Some(Box::new(std::io::Cursor::new(Vec::new())));
+            }
+            Direct::prepare(&runtime, &task, Vec::new(), vec!["f".into()])
+                .unwrap()
+                .entrypoint()
+        };
+        assert_eq!(entrypoint(None, false), [INIT, IO]);
+        assert_eq!(
+            entrypoint(Some(Duration::from_millis(1500)), false),
+            [INIT, "--orphan-after", "2", IO]
+        );
+        assert_eq!(
+            entrypoint(Some(Duration::from_millis(1)), false),
+            [INIT, "--orphan-after", "1", IO]
+        );
+        assert_eq!(entrypoint(Some(Duration::from_secs(600)), true), [INIT, IO]);
+    }
+
+    #[test]
+    fn the_owner_pipe_is_hotpools_and_only_readable_by_others() {
+        let root = tempfile::tempdir().unwrap();
+        let runtime = RuntimeDir::install(root.path()).unwrap();
+        let dir = runtime.container_dir("owned", "1000:1000").unwrap();
+        let owner = fs::metadata(dir.path().join(OWNER)).unwrap();
+        assert_eq!(owner.permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&owner), current_uid());
     }
 
     #[test]
