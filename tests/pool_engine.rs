@@ -224,6 +224,17 @@ async fn a_function_writing_its_own_status_pipe_harms_only_itself<D: TestEngine>
     shut(&pool).await;
 }
 
+per_engine!(a_function_cannot_pose_as_its_own_owner);
+/// The owner pipe of the direct transport is hotpool's: a function that could
+/// hold it for writing would keep its container alive with no hotpool left.
+async fn a_function_cannot_pose_as_its_own_owner<D: TestEngine>(engine: OnEngine<D>) {
+    let pool = test_pool(engine, "test-owner-pipe", 1 << 30).await;
+    let grabber = pool.spec(Transport::Direct, "grabber", Format::Line);
+    let answer = call(&pool, &grabber, "!owner-grab").await.unwrap();
+    assert!(answer.contains("Permission denied"), "{answer}");
+    shut(&pool).await;
+}
+
 per_engine_transport!(a_container_killed_outside_while_idle_harms_no_call);
 async fn a_container_killed_outside_while_idle_harms_no_call<D: TestEngine>(
     engine: OnEngine<D>,

@@ -9,9 +9,13 @@ mod support;
 
 use hotpool::pool::POOL_LABEL;
 
-use support::containerd::{PoolGuard, TestImage, leftovers, remove_from_containerd};
+use std::process::Command;
+
+use support::containerd::{
+    NAMESPACE, PoolGuard, SOCKET, TestImage, leftovers, remove_from_containerd,
+};
 use support::registry::{PASSWORD, Registry, USER};
-use support::server::{Server, error_of};
+use support::server::{KilledServerFiles, Server, error_of, eventually};
 use support::{driver, hello_image, repo_root, testfn_image};
 
 /// Where `scripts/registry` pushes the example images, as the example names it.
@@ -59,6 +63,63 @@ fn serve_on_containerd_pulls_serves_hot_and_leaves_nothing() {
     );
 
     stop_leaving_nothing(server, &runtime);
+}
+
+#[test]
+fn a_hot_container_whose_owner_was_killed_ends_itself_after_the_orphan_timeout() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let image = runtime.block_on(TestImage::push("hotpool-testfn-orphan"));
+    let function = format!(
+        "[[function]]\nname = \"echo\"\nimage = \"{}\"\ncmd = [\"line\"]\nformat = \"line\"\nmemory = \"32m\"\n",
+        image.name
+    );
+    let credentials = image.docker_config().to_str().unwrap();
+    let mut server = Server::start_with_env(
+        "containerd-orphan",
+        "",
+        "shutdown_timeout = \"30s\"\norphan_timeout = \"2s\"\n\n[engine]\nkind = \"containerd\"",
+        &[function],
+        &[("DOCKER_CONFIG", credentials)],
+    );
+    let _guard = PoolGuard(server.pool.clone());
+    assert_eq!(server.invoke("echo", b"warm").status, 200);
+    let label = format!("labels.\"{POOL_LABEL}\"=={}", server.pool);
+    let ids = ctr(&["containers", "ls", "--quiet", &label]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids.len(), 1, "one idle container: {ids:?}");
+
+    let _files = KilledServerFiles {
+        pool: server.pool.clone(),
+        pid: server.pid(),
+    };
+    server.kill();
+    eventually("the orphaned container's task stops", || {
+        ctr(&["tasks", "ls"])
+            .lines()
+            .any(|task| task.starts_with(ids[0]) && task.ends_with("STOPPED"))
+    });
+    // `ctr tasks delete` warns of a non-zero exit status, naming it.
+    let deleted = Command::new("ctr")
+        .args(["--address", SOCKET, "--namespace", NAMESPACE])
+        .args(["tasks", "delete", ids[0]])
+        .output()
+        .expect("run ctr tasks delete");
+    let said = String::from_utf8_lossy(&deleted.stderr);
+    assert!(
+        said.contains("exit code 137"),
+        "its init killed the function for want of an owner; it did not end on its stdin closing: {said}"
+    );
+}
+
+/// What `ctr` prints with `args` in hotpool's namespace; fails the test if it fails.
+fn ctr(args: &[&str]) -> String {
+    let output = Command::new("ctr")
+        .args(["--address", SOCKET, "--namespace", NAMESPACE])
+        .args(args)
+        .output()
+        .expect("run ctr");
+    assert!(output.status.success(), "ctr {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]

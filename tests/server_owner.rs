@@ -1,16 +1,20 @@
 //! One `hotpool serve` per pool name on the real engine: a second server with
 //! the same `[pool] name` exits 2 at once, naming the first, and touches none
 //! of its containers (nor its call in flight); a port in use exits 1, as
-//! untouched; and the containers of an owner killed outright go when the next
-//! server of the pool starts.
+//! untouched; the containers of an owner killed outright go when the next
+//! server of the pool starts, and end themselves after the pool's
+//! `orphan_timeout` if none does.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Command;
 
-use support::server::{Server, containers_of, docker_ps, function};
-use support::{PoolGuard, free_port, runtime_dirs_of_process, runtime_root};
+use support::server::{
+    KilledServerFiles, Server, containers_of, docker_ps, eventually, function, ids_listed_by,
+};
+use support::{PoolGuard, free_port, pool_locks_of, runtime_dirs_of_process};
 
 /// The ids of the running containers labelled `hotpool.pool=<pool>`.
 fn running_containers_of(pool: &str) -> Vec<String> {
@@ -22,19 +26,6 @@ fn sorted_containers_of(pool: &str) -> Vec<String> {
     let mut ids = containers_of(pool);
     ids.sort();
     ids
-}
-
-/// The lock files of pool `pool` (a name that needs no encoding) under the
-/// runtime directory, one per engine.
-fn lock_files_of(pool: &str) -> Vec<PathBuf> {
-    let engines = std::fs::read_dir(runtime_root().join("pools"));
-    engines
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|engine| engine.path().join(format!("{pool}.lock")))
-        .filter(|lock| lock.exists())
-        .collect()
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -58,7 +49,7 @@ fn a_second_server_of_one_pool_exits_2_naming_the_first_and_touches_nothing() {
     assert_eq!(before.len(), 1, "the long call's container");
     let pipe_dirs = runtime_dirs_of_process(first.pid());
     assert_eq!(pipe_dirs.len(), 1, "the first server's pipe directories");
-    let locks = lock_files_of(&first.pool);
+    let locks = pool_locks_of(&first.pool);
     assert_eq!(locks.len(), 1, "the pool's lock file: {locks:?}");
     let record = std::fs::read_to_string(&locks[0]).expect("read the lock file");
     assert!(
@@ -116,7 +107,7 @@ fn a_second_server_of_one_pool_exits_2_naming_the_first_and_touches_nothing() {
     let pool = first.pool.clone();
     first.stop();
     assert_eq!(
-        lock_files_of(&pool),
+        pool_locks_of(&pool),
         Vec::<PathBuf>::new(),
         "the server removes its lock file as it exits"
     );
@@ -159,7 +150,7 @@ fn the_containers_of_a_killed_owner_go_when_the_next_server_of_its_pool_starts()
         Vec::<PathBuf>::new(),
         "the killed server's pipe directories are removed"
     );
-    let locks = lock_files_of(&next.pool);
+    let locks = pool_locks_of(&next.pool);
     assert_eq!(locks.len(), 1, "{locks:?}");
     let record = std::fs::read_to_string(&locks[0]).expect("read the lock file");
     assert!(
@@ -169,4 +160,39 @@ fn the_containers_of_a_killed_owner_go_when_the_next_server_of_its_pool_starts()
     let answer = next.invoke("echo", b"again");
     assert_eq!(answer.status, 200, "{answer}");
     next.stop();
+}
+
+#[test]
+fn a_hot_container_whose_owner_was_killed_ends_itself_after_the_orphan_timeout() {
+    let functions = [function("echo", "line", "line", "")];
+    let mut server = Server::start_with(
+        "orphan",
+        "",
+        "shutdown_timeout = \"30s\"\norphan_timeout = \"2s\"",
+        &functions,
+    );
+    let _guard = PoolGuard(server.pool.clone());
+    assert_eq!(server.invoke("echo", b"warm").status, 200);
+    let ids = sorted_containers_of(&server.pool);
+    assert_eq!(ids.len(), 1, "one idle container");
+
+    let _files = KilledServerFiles {
+        pool: server.pool.clone(),
+        pid: server.pid(),
+    };
+    server.kill();
+    eventually("the orphaned container ends itself", || {
+        running_containers_of(&server.pool).is_empty()
+    });
+    let code = ids_listed_by(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        &ids[0],
+    ]));
+    assert_eq!(
+        code,
+        ["137"],
+        "its init killed the function for want of an owner; it did not end on its stdin closing"
+    );
 }

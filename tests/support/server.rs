@@ -488,3 +488,22 @@ pub fn error_of(response: &HttpResponse) -> Value {
     }
     error
 }
+
+/// What a server killed outright leaves that only the next server of its
+/// pool would remove, removed when dropped: its pipe directories and its pool
+/// lock file (its containers are a pool guard's).
+pub struct KilledServerFiles {
+    pub pool: String,
+    pub pid: u32,
+}
+
+impl Drop for KilledServerFiles {
+    fn drop(&mut self) {
+        for dir in super::runtime_dirs_of_process(self.pid) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        for lock in super::pool_locks_of(&self.pool) {
+            let _ = std::fs::remove_file(lock);
+        }
+    }
+}

@@ -49,7 +49,8 @@
 //! MS N` (close stdout, then exit with code N MS milliseconds later),
 //! `!close-all` (close stdin, stdout and stderr and sleep), `!status-flood` and
 //! `!status-lie` (write endless bytes, or a false `exit 0`, to the direct
-//! transport's status pipe). `http` only: `!upgrade` (answer `101 Switching
+//! transport's status pipe), `!owner-grab` (try to open the direct transport's
+//! owner pipe for writing, as its owner does: answer `grabbed` or the error). `http` only: `!upgrade` (answer `101 Switching
 //! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`).
 //! Anything else is echoed.
 
@@ -58,6 +59,7 @@ mod host;
 mod logs;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -217,6 +219,17 @@ fn command(body: &[u8]) -> Vec<u8> {
                         break b"the status pipe closed".to_vec();
                     }
                 },
+                Err(e) => e.to_string().into_bytes(),
+            }
+        }
+        "owner-grab" => {
+            // Posing as the container's owner would keep it alive for ever.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open("/.hotpool/io/owner")
+            {
+                Ok(_) => b"grabbed".to_vec(),
                 Err(e) => e.to_string().into_bytes(),
             }
         }
