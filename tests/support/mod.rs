@@ -12,8 +12,10 @@ pub mod containerd;
 pub mod engine;
 pub mod http;
 pub mod pool;
+pub mod prepare;
 pub mod registry;
 pub mod server;
+pub mod token_front;
 pub mod wedge;
 
 use std::io::Write;
