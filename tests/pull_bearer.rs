@@ -8,10 +8,12 @@
 //!   the right credentials pull (the token as `token` and as `access_token`)
 //!   and the image runs a cold call; a wrong password and no credentials are
 //!   `image_unauthorized`; a token endpoint answering `500` or an HTML page is
-//!   `pull_failed`, at once.
+//!   `pull_failed`, not a hang; blobs redirected to another host (a CDN) come
+//!   from there without the token.
 //! - containerd 1.7 (its Transfer service, HTTPS only, answered for
-//!   credentials on the auth stream): the right credentials pull, a wrong
-//!   password is `image_unauthorized`.
+//!   credentials on the auth stream): the right credentials pull; a wrong
+//!   password and no credentials are `image_unauthorized`, a token endpoint
+//!   answering `500` is `pull_failed`.
 //!
 //! Each pull's front counts the token requests and the Bearer-authorised
 //! manifest and blob requests it saw, so no pull passes by another way; each
@@ -299,4 +301,33 @@ async fn containerd_17_pulls_with_a_token_through_transfer() {
     let filter = format!("labels.\"{POOL_LABEL}\"=={pool}");
     let containers = ctr_17(&["containers", "ls", "-q", &filter]);
     assert_eq!(containers, "", "containers left in containerd 1.7");
+}
+
+#[tokio::test]
+async fn containerd_16_follows_blob_redirects_without_the_token() {
+    let registry = registry_with_fresh_image().await;
+    let front = TokenFront::plain(&registry, TokenAnswer::Token)
+        .await
+        .redirecting_blobs()
+        .await;
+    let image = image_at(&front);
+    let pool = new_pool();
+    let images_guard = Images16(vec![image.clone()]);
+    let pool_guard = PoolGuard(pool.clone());
+
+    let config = front.docker_config(USER, PASSWORD);
+    let driver = driver_with(options(config.path())).await;
+    assert_eq!(prepare_kind(&driver, &image, &pool).await, None);
+    let seen = front.seen();
+    assert_token_dance(seen, 2);
+    assert_eq!(
+        (seen.cdn_blobs, seen.cdn_authorized),
+        (seen.blobs, 0),
+        "every blob came from the CDN, and no token went there: {seen:?}"
+    );
+
+    drop(pool_guard);
+    drop(images_guard);
+    assert!(!images_16().contains(&image));
+    assert_eq!(leftovers(POOL_LABEL, &pool, &[]).await, Default::default());
 }

@@ -13,7 +13,10 @@
 //! - With a valid token, a request is forwarded to the registry with the
 //!   registry's own Basic credentials and the answer relayed as it comes:
 //!   status, headers (a redirect's too: the front follows none) and the body,
-//!   streamed.
+//!   streamed. Or, once [`TokenFront::redirecting_blobs`], a blob `GET` is
+//!   answered `307` to a "CDN" of its own on another port, which wants no
+//!   token and counts the requests that bring one anyway (a client must not
+//!   hand a registry's token to another host).
 //!
 //! It counts what it saw ([`Seen`]), so a test can tell that a pull went
 //! through the token dance and not around it. Plain HTTP on `127.0.0.1` (the
@@ -25,7 +28,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -34,7 +37,7 @@ use futures_util::TryStreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
-use hyper::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -81,8 +84,12 @@ pub struct Seen {
     pub challenged: usize,
     /// Manifest requests forwarded with a valid token.
     pub manifests: usize,
-    /// Blob requests forwarded with a valid token.
+    /// Blob requests forwarded (or redirected) with a valid token.
     pub blobs: usize,
+    /// Blob requests at the CDN.
+    pub cdn_blobs: usize,
+    /// Of those, the ones with an `Authorization` header.
+    pub cdn_authorized: usize,
 }
 
 /// A running front; stopped when dropped.
@@ -90,7 +97,8 @@ pub struct TokenFront {
     /// `host:port`, as image references name it.
     pub addr: String,
     state: Arc<State>,
-    server: tokio::task::JoinHandle<()>,
+    /// Accepting connections: the front's, and the CDN's if any.
+    servers: Vec<tokio::task::JoinHandle<()>>,
     _tls: Option<TempDir>,
 }
 
@@ -101,6 +109,8 @@ struct State {
     /// The token endpoint's URL, as challenges name it.
     realm: String,
     answer: TokenAnswer,
+    /// The CDN's `host:port`, once blobs are redirected there.
+    cdn: OnceLock<String>,
     /// Granted tokens and the repository each is good for.
     tokens: Mutex<HashMap<String, String>>,
     seen: Mutex<Seen>,
@@ -175,6 +185,7 @@ impl TokenFront {
             upstream: format!("http://{}", registry.addr),
             realm: format!("{base}/token"),
             answer,
+            cdn: OnceLock::new(),
             tokens: Mutex::new(HashMap::new()),
             seen: Mutex::new(Seen::default()),
             http,
@@ -183,9 +194,21 @@ impl TokenFront {
         TokenFront {
             addr,
             state,
-            server,
+            servers: vec![server],
             _tls: None,
         }
+    }
+
+    /// From now on, answers a blob `GET` that carries a valid token with a
+    /// redirect to a CDN of its own: plain HTTP on another port of
+    /// `127.0.0.1`, another host to a client.
+    pub async fn redirecting_blobs(mut self) -> TokenFront {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let cdn = listener.local_addr().expect("local address").to_string();
+        self.state.cdn.set(cdn).expect("one CDN");
+        let server = tokio::spawn(accept(listener, None, self.state.clone()));
+        self.servers.push(server);
+        self
     }
 
     /// What it saw so far.
@@ -201,8 +224,10 @@ impl TokenFront {
 
 impl Drop for TokenFront {
     fn drop(&mut self) {
-        // The connections are in the accept task's set: they go with it.
-        self.server.abort();
+        // The connections are in the accept tasks' sets: they go with them.
+        for server in &self.servers {
+            server.abort();
+        }
     }
 }
 
@@ -247,6 +272,17 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     if path == "/token" {
         return token(state, &request);
+    }
+    if let Some(blob) = path.strip_prefix("/cdn/") {
+        {
+            let mut seen = state.seen.lock().unwrap();
+            seen.cdn_blobs += 1;
+            if request.headers().contains_key(AUTHORIZATION) {
+                seen.cdn_authorized += 1;
+            }
+        }
+        let upstream = format!("/v2/{blob}");
+        return forward(state, request, &upstream).await;
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return text(StatusCode::NOT_FOUND, "not a registry path");
@@ -296,7 +332,23 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
             _ => {}
         }
     }
-    forward(state, request).await
+    if kind == "blobs"
+        && request.method() == Method::GET
+        && let Some(cdn) = state.cdn.get()
+    {
+        let mut response = text(StatusCode::TEMPORARY_REDIRECT, "");
+        let location = format!("http://{cdn}/cdn/{rest}");
+        response.headers_mut().insert(
+            LOCATION,
+            HeaderValue::from_str(&location).expect("a header value"),
+        );
+        return response;
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |path| path.as_str().to_owned());
+    forward(state, request, &path).await
 }
 
 /// The token endpoint.
@@ -357,13 +409,9 @@ fn token(state: &State, request: &Request<Incoming>) -> Response<Body> {
     )
 }
 
-/// Forwards `request` to the registry with its Basic credentials and relays
-/// the answer, the body streamed.
-async fn forward(state: &State, request: Request<Incoming>) -> Response<Body> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |path| path.as_str());
+/// Forwards `request` to `path` of the registry with its Basic credentials
+/// and relays the answer, the body streamed.
+async fn forward(state: &State, request: Request<Incoming>, path: &str) -> Response<Body> {
     let mut outgoing = state
         .http
         .request(
