@@ -12,8 +12,10 @@ pub mod containerd;
 pub mod engine;
 pub mod http;
 pub mod pool;
+pub mod prepare;
 pub mod registry;
 pub mod server;
+pub mod token_front;
 pub mod wedge;
 
 use std::io::Write;
@@ -291,11 +293,6 @@ fn build_static(package: &str) -> PathBuf {
 }
 
 async fn build_image(binary: PathBuf, name: &str, tag: &str) {
-    let docker = Docker::connect_with_local_defaults()
-        .expect("docker client")
-        .negotiate_version()
-        .await
-        .expect("the Docker engine answers");
     let mut context = tar::Builder::new(Vec::new());
     let dockerfile = format!("FROM scratch\nCOPY {name} /{name}\nENTRYPOINT [\"/{name}\"]\n");
     append(&mut context, "Dockerfile", dockerfile.as_bytes(), 0o644);
@@ -305,7 +302,29 @@ async fn build_image(binary: PathBuf, name: &str, tag: &str) {
         &std::fs::read(&binary).expect("read binary"),
         0o755,
     );
-    let context = context.into_inner().expect("tar");
+    build(context.into_inner().expect("tar"), tag).await;
+}
+
+/// Builds `tag` in Docker: the test-function image and one more layer, a file
+/// of fresh bytes, that no engine has yet (so a pull of it must fetch a layer,
+/// whatever else was pulled before). The caller removes the tag.
+pub async fn fresh_layer_image(tag: &str) {
+    let base = testfn_image();
+    let mut context = tar::Builder::new(Vec::new());
+    let dockerfile = format!("FROM {base}\nCOPY fresh /fresh\n");
+    append(&mut context, "Dockerfile", dockerfile.as_bytes(), 0o644);
+    let fresh = hotpool::driver::new_id();
+    append(&mut context, "fresh", fresh.as_bytes(), 0o644);
+    build(context.into_inner().expect("tar"), tag).await;
+}
+
+/// Builds `tag` from the tar `context` in Docker.
+async fn build(context: Vec<u8>, tag: &str) {
+    let docker = Docker::connect_with_local_defaults()
+        .expect("docker client")
+        .negotiate_version()
+        .await
+        .expect("the Docker engine answers");
     let options = BuildImageOptionsBuilder::default().t(tag).rm(true).build();
     docker
         .build_image(options, None, Some(bollard::body_full(context.into())))

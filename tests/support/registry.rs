@@ -5,7 +5,7 @@
 //! Transfer service (HTTPS only).
 
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,76 +57,13 @@ impl Registry {
     /// `ca.key`); stopped when dropped. The name must resolve to that address
     /// (`scripts/containerd-17` writes it into `/etc/hosts`).
     pub fn tls_mirror(&self, ca_dir: &Path) -> Registry {
-        use std::net::ToSocketAddrs;
         let binary = registry_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let port = super::free_port();
-        let resolved: Vec<_> = (TLS_REGISTRY_NAME, port)
-            .to_socket_addrs()
-            .map(Iterator::collect)
-            .unwrap_or_default();
-        assert!(
-            resolved
-                .iter()
-                .any(|a| a.ip().to_string() == TLS_REGISTRY_IP),
-            "{TLS_REGISTRY_NAME} must name {TLS_REGISTRY_IP} in /etc/hosts: run scripts/containerd-17"
-        );
+        assert_tls_name_resolves();
         let listen = format!("{TLS_REGISTRY_IP}:{port}");
         let addr = format!("{TLS_REGISTRY_NAME}:{port}");
-        let (key, csr, cert) = (
-            dir.path().join("key.pem"),
-            dir.path().join("csr.pem"),
-            dir.path().join("cert.pem"),
-        );
-        let openssl = |args: &[&str]| {
-            let output = Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("openssl runs");
-            assert!(
-                output.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
-        let san = format!("subjectAltName=DNS:{TLS_REGISTRY_NAME}");
-        openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=hotpool test registry",
-            "-addext",
-            &san,
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            csr.to_str().unwrap(),
-        ]);
-        let (ca, ca_key) = (ca_dir.join("ca.pem"), ca_dir.join("ca.key"));
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            csr.to_str().unwrap(),
-            "-CA",
-            ca.to_str().unwrap(),
-            "-CAkey",
-            ca_key.to_str().unwrap(),
-            "-CAcreateserial",
-            "-CAserial",
-            dir.path().join("ca.srl").to_str().unwrap(),
-            "-days",
-            "1",
-            "-copy_extensions",
-            "copy",
-            "-out",
-            cert.to_str().unwrap(),
-        ]);
+        let (cert, key) = tls_certificate(ca_dir, dir.path());
         let tls = format!(
             "  tls:\n    certificate: {}\n    key: {}\n",
             cert.display(),
@@ -169,6 +106,27 @@ impl Registry {
         self.push_as(docker, testfn_image(), name, "v1").await
     }
 
+    /// Pushes the test-function image with one more layer of fresh bytes
+    /// ([`super::fresh_layer_image`]) as `<addr>/<name>:v1`: a pull of it
+    /// fetches at least that layer, whatever an engine holds already. Nothing
+    /// of it stays in Docker.
+    pub async fn push_fresh(&self, docker: &Docker, name: &str) -> String {
+        /// Removes the local source tag however the push ends.
+        struct Untag(String);
+        impl Drop for Untag {
+            fn drop(&mut self) {
+                let _ = Command::new("docker")
+                    .args(["image", "rm", &self.0])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let source = Untag(format!("hotpool-fresh-{}:v1", hotpool::driver::new_id()));
+        super::fresh_layer_image(&source.0).await;
+        self.push_as(docker, &source.0, name, "v1").await
+    }
+
     /// Pushes the local image `source` as `<addr>/<name>:<tag>` with the right
     /// credentials, then drops that local tag so that using it needs a pull.
     pub async fn push_as(&self, docker: &Docker, source: &str, name: &str, tag: &str) -> String {
@@ -208,12 +166,94 @@ impl Registry {
     /// A Docker config directory whose `config.json` holds `user:password` for this
     /// registry.
     pub fn docker_config(&self, user: &str, password: &str) -> TempDir {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        let json = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, self.addr);
-        std::fs::write(dir.path().join("config.json"), json).expect("config.json");
-        dir
+        docker_config_for(&self.addr, user, password)
     }
+}
+
+/// A Docker config directory whose `config.json` holds `user:password` for the
+/// registry at `addr` (`host:port`).
+pub fn docker_config_for(addr: &str, user: &str, password: &str) -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let json = format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#);
+    std::fs::write(dir.path().join("config.json"), json).expect("config.json");
+    dir
+}
+
+/// Fails the test unless [`TLS_REGISTRY_NAME`] names [`TLS_REGISTRY_IP`] here.
+pub fn assert_tls_name_resolves() {
+    use std::net::ToSocketAddrs;
+    let resolved: Vec<_> = (TLS_REGISTRY_NAME, 443)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    assert!(
+        resolved
+            .iter()
+            .any(|a| a.ip().to_string() == TLS_REGISTRY_IP),
+        "{TLS_REGISTRY_NAME} must name {TLS_REGISTRY_IP} in /etc/hosts: run scripts/containerd-17"
+    );
+}
+
+/// A new key and a certificate for [`TLS_REGISTRY_NAME`] signed by the CA in
+/// `ca_dir` (`ca.pem`, `ca.key`), written into `dir`: the certificate's path
+/// and the key's.
+pub fn tls_certificate(ca_dir: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let (key, csr, cert) = (
+        dir.join("key.pem"),
+        dir.join("csr.pem"),
+        dir.join("cert.pem"),
+    );
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let san = format!("subjectAltName=DNS:{TLS_REGISTRY_NAME}");
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=hotpool test registry",
+        "-addext",
+        &san,
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    let (ca, ca_key) = (ca_dir.join("ca.pem"), ca_dir.join("ca.key"));
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        ca.to_str().unwrap(),
+        "-CAkey",
+        ca_key.to_str().unwrap(),
+        "-CAcreateserial",
+        "-CAserial",
+        dir.join("ca.srl").to_str().unwrap(),
+        "-days",
+        "1",
+        "-copy_extensions",
+        "copy",
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    (cert, key)
 }
 
 /// Debian's docker-registry, or a failed test saying how to get it.
