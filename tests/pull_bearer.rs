@@ -30,7 +30,7 @@ use hotpool::error::ErrorKind;
 use hotpool::pool::POOL_LABEL;
 
 use support::containerd::{
-    CA_17, Guard17, NAMESPACE, PoolGuard, SOCKET, ctr_17, driver_17, driver_with, leftovers,
+    CONTAINERD_17, ExtraGuard, NAMESPACE, PoolGuard, SOCKET, driver_with, leftovers,
     remove_from_containerd,
 };
 use support::prepare::{cold_echo, prepare_kind};
@@ -223,20 +223,24 @@ async fn containerd_16_a_broken_token_endpoint_is_pull_failed() {
 
 /// A driver of containerd 1.7 reading the Docker config in `dir`.
 async fn driver_17_with(dir: &Path) -> Option<ContainerdDriver> {
-    driver_17(options(dir)).await
+    CONTAINERD_17.driver(options(dir)).await
 }
 
 #[tokio::test]
 async fn containerd_17_pulls_with_a_token_through_transfer() {
-    let Some(probe) = driver_17(ContainerdOptions::default()).await else {
+    let Some(probe) = CONTAINERD_17.driver(ContainerdOptions::default()).await else {
         return;
     };
     drop(probe);
     let registry = registry_with_fresh_image().await;
-    let front = TokenFront::tls(&registry, Path::new(CA_17), TokenAnswer::Token).await;
+    let front = TokenFront::tls(&registry, Path::new(CONTAINERD_17.ca), TokenAnswer::Token).await;
     let image = image_at(&front);
     let pool = new_pool();
-    let guard = Guard17(image.clone(), pool.clone());
+    let guard = ExtraGuard {
+        daemon: &CONTAINERD_17,
+        image: image.clone(),
+        pool: pool.clone(),
+    };
 
     // Refusals, each through Transfer and typed.
     let wrong_config = front.docker_config(USER, "not-the-password");
@@ -263,9 +267,18 @@ async fn containerd_17_pulls_with_a_token_through_transfer() {
     );
 
     // A token endpoint that breaks fails the pull as such.
-    let broken = TokenFront::tls(&registry, Path::new(CA_17), TokenAnswer::ServerError).await;
+    let broken = TokenFront::tls(
+        &registry,
+        Path::new(CONTAINERD_17.ca),
+        TokenAnswer::ServerError,
+    )
+    .await;
     let broken_image = image_at(&broken);
-    let broken_guard = Guard17(broken_image.clone(), pool.clone());
+    let broken_guard = ExtraGuard {
+        daemon: &CONTAINERD_17,
+        image: broken_image.clone(),
+        pool: pool.clone(),
+    };
     let broken_config = broken.docker_config(USER, PASSWORD);
     let driver = driver_17_with(broken_config.path()).await.unwrap();
     let kind = tokio::time::timeout(NO_HANG, prepare_kind(&driver, &broken_image, &pool))
@@ -288,18 +301,18 @@ async fn containerd_17_pulls_with_a_token_through_transfer() {
         "pulled by containerd's Transfer service"
     );
     assert_token_dance(front.seen(), 2);
-    let records = ctr_17(&["images", "ls", "-q"]);
+    let records = CONTAINERD_17.ctr(&["images", "ls", "-q"]);
     assert!(records.contains(&image), "images: {records}");
 
     drop(guard);
     drop(broken_guard);
-    let records = ctr_17(&["images", "ls", "-q"]);
+    let records = CONTAINERD_17.ctr(&["images", "ls", "-q"]);
     assert!(
         !records.contains(&image) && !records.contains(&broken_image),
         "images left: {records}"
     );
     let filter = format!("labels.\"{POOL_LABEL}\"=={pool}");
-    let containers = ctr_17(&["containers", "ls", "-q", &filter]);
+    let containers = CONTAINERD_17.ctr(&["containers", "ls", "-q", &filter]);
     assert_eq!(containers, "", "containers left in containerd 1.7");
 }
 

@@ -239,61 +239,95 @@ pub async fn leftovers(key: &str, value: &str, ids: &[&str]) -> Leftovers {
     }
 }
 
-/// Where `scripts/containerd-17` runs containerd 1.7 (Debian trixie's), the
-/// daemon with a Transfer service.
-pub const SOCKET_17: &str = "/run/hotpool-containerd17/containerd.sock";
-/// That containerd's own `ctr`.
-pub const CTR_17: &str = "/opt/hotpool-containerd-1.7/usr/bin/ctr";
-/// The test CA that containerd trusts (`scripts/containerd-17` makes it).
-pub const CA_17: &str = "/var/lib/hotpool-containerd17-ca";
+/// A containerd that `scripts/containerd-extra` runs beside the host's, one
+/// with a Transfer service: where it answers and what the tests need of it.
+pub struct ExtraContainerd {
+    /// Its version as the script takes it: `1.7`, `2.1`.
+    pub version: &'static str,
+    /// Its socket.
+    pub socket: &'static str,
+    /// Its own `ctr`.
+    pub ctr: &'static str,
+    /// The test CA it trusts (`ca.pem`, `ca.key`), which the script makes.
+    pub ca: &'static str,
+}
 
-/// A driver of containerd 1.7 with `options` (its socket set here), or `None`
-/// when no such daemon answers outside CI; under `CI=true` that fails the test.
-pub async fn driver_17(mut options: ContainerdOptions) -> Option<ContainerdDriver> {
-    options.socket = SOCKET_17.into();
-    let answering = ContainerdDriver::connect(options).await;
-    let missing = match answering {
-        Ok(driver) if Path::new(CA_17).join("ca.key").exists() => return Some(driver),
-        Ok(_) => format!("its test CA is missing from {CA_17}"),
-        Err(e) => e.to_string(),
-    };
-    let advice = format!(
-        "these tests need containerd 1.7 at {SOCKET_17} ({missing}); start it with \
-         `scripts/containerd-17` (Debian trixie's containerd, pinned) and run again"
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{advice}");
+/// containerd 1.7 (Debian trixie's): its Transfer service speaks HTTPS only.
+pub const CONTAINERD_17: ExtraContainerd = ExtraContainerd {
+    version: "1.7",
+    socket: "/run/hotpool-containerd17/containerd.sock",
+    ctr: "/opt/hotpool-containerd-1.7/usr/bin/ctr",
+    ca: "/var/lib/hotpool-containerd17-ca",
+};
+
+/// containerd 2.1 (Debian sid's): its Transfer service speaks plain HTTP too.
+pub const CONTAINERD_21: ExtraContainerd = ExtraContainerd {
+    version: "2.1",
+    socket: "/run/hotpool-containerd21/containerd.sock",
+    ctr: "/opt/hotpool-containerd-2.1/usr/bin/ctr",
+    ca: "/var/lib/hotpool-containerd21-ca",
+};
+
+impl ExtraContainerd {
+    /// A driver of this daemon with `options` (its socket set here), or
+    /// `None` when it does not answer outside CI; under `CI=true` that fails
+    /// the test.
+    pub async fn driver(&self, mut options: ContainerdOptions) -> Option<ContainerdDriver> {
+        options.socket = self.socket.into();
+        let answering = ContainerdDriver::connect(options).await;
+        let missing = match answering {
+            Ok(driver) if Path::new(self.ca).join("ca.key").exists() => return Some(driver),
+            Ok(_) => format!("its test CA is missing from {}", self.ca),
+            Err(e) => e.to_string(),
+        };
+        let advice = format!(
+            "these tests need containerd {version} at {socket} ({missing}); start it with \
+             `scripts/containerd-extra {version}` (Debian's containerd, pinned) and run again",
+            version = self.version,
+            socket = self.socket,
+        );
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{advice}");
+        }
+        eprintln!("SKIPPED: {advice}");
+        None
     }
-    eprintln!("SKIPPED: {advice}");
-    None
+
+    /// Its `ctr` in hotpool's namespace, with `args`: the output.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let output = Command::new(self.ctr)
+            .args(["--address", self.socket, "--namespace", NAMESPACE])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("containerd {}'s ctr runs: {e}", self.version));
+        assert!(
+            output.status.success(),
+            "ctr {args:?} of containerd {}: {}",
+            self.version,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
 }
 
-/// `ctr` of containerd 1.7 in hotpool's namespace, with `args`: its output.
-pub fn ctr_17(args: &[&str]) -> String {
-    let output = Command::new(CTR_17)
-        .args(["--address", SOCKET_17, "--namespace", NAMESPACE])
-        .args(args)
-        .output()
-        .expect("containerd 1.7's ctr runs");
-    assert!(
-        output.status.success(),
-        "ctr {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Removes, when dropped, image `.0` from containerd 1.7's hotpool namespace
+/// Removes, when dropped, image `image` from hotpool's namespace of `daemon`
 /// (waiting for the collector) and every container labelled
-/// `hotpool.pool=<.1>` there: a test that fails half-way leaves nothing.
-pub struct Guard17(pub String, pub String);
+/// `hotpool.pool=<pool>` there: a test that fails half-way leaves nothing.
+pub struct ExtraGuard {
+    /// The daemon.
+    pub daemon: &'static ExtraContainerd,
+    /// The image's full name.
+    pub image: String,
+    /// The pool the test's containers are labelled with.
+    pub pool: String,
+}
 
-impl Drop for Guard17 {
+impl Drop for ExtraGuard {
     fn drop(&mut self) {
-        remove_pool(SOCKET_17, &self.1);
-        let _ = Command::new(CTR_17)
-            .args(["--address", SOCKET_17, "--namespace", NAMESPACE])
-            .args(["images", "rm", "--sync", &self.0])
+        remove_pool(self.daemon.socket, &self.pool);
+        let _ = Command::new(self.daemon.ctr)
+            .args(["--address", self.daemon.socket, "--namespace", NAMESPACE])
+            .args(["images", "rm", "--sync", &self.image])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();

@@ -55,7 +55,7 @@ impl Registry {
     /// at `<TLS_REGISTRY_NAME>:<port>` (listening on [`TLS_REGISTRY_IP`]), with
     /// a certificate for that name signed by the CA in `ca_dir` (`ca.pem`,
     /// `ca.key`); stopped when dropped. The name must resolve to that address
-    /// (`scripts/containerd-17` writes it into `/etc/hosts`).
+    /// (`scripts/containerd-extra` writes it into `/etc/hosts`).
     pub fn tls_mirror(&self, ca_dir: &Path) -> Registry {
         let binary = registry_binary();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -191,7 +191,7 @@ pub fn assert_tls_name_resolves() {
         resolved
             .iter()
             .any(|a| a.ip().to_string() == TLS_REGISTRY_IP),
-        "{TLS_REGISTRY_NAME} must name {TLS_REGISTRY_IP} in /etc/hosts: run scripts/containerd-17"
+        "{TLS_REGISTRY_NAME} must name {TLS_REGISTRY_IP} in /etc/hosts: run scripts/containerd-extra 1.7"
     );
 }
 

@@ -16,6 +16,9 @@
 //!   Transfer API says so with `RegistryResolver.default_scheme`, which only
 //!   containerd 2.0 and later read; 1.7 knows no such field and always speaks
 //!   HTTPS, so on 1.7 a loopback registry's images take the services' path.
+//!   (containerd 2.1 also falls back to plain HTTP by itself for a loopback
+//!   registry left at the default scheme: the field states what hotpool
+//!   means rather than being what makes 2.1 work.)
 //! - The image ends as the other path leaves it: named by the full reference,
 //!   labelled `hotpool=1`, unpacked for this host's platform with the driver's
 //!   snapshotter (containerd unpacks only for the snapshotters of its
