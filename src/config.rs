@@ -248,6 +248,10 @@ impl ServeConfig {
                 "pool.orphan_timeout",
                 pool.orphan_timeout != new_pool.orphan_timeout,
             ),
+            (
+                "pool.removal_timeout",
+                pool.removal_timeout != new_pool.removal_timeout,
+            ),
             ("engine.kind", self.engine.kind != new.engine.kind),
             ("engine.socket", self.engine.socket != new.engine.socket),
             (
@@ -488,6 +492,7 @@ struct PoolTable {
     shutdown_timeout: Option<GracePeriod>,
     stats_max_points: Option<Count<0, MAX_STATS_POINTS>>,
     orphan_timeout: Option<Timeout>,
+    removal_timeout: Option<Timeout>,
     keep_alive: Option<KeepAlivePolicy>,
     eviction: Option<EvictionPolicy>,
     transport: Option<TransportName>,
@@ -657,6 +662,9 @@ impl PoolTable {
         pool.orphan_timeout = self
             .orphan_timeout
             .map_or(pool.orphan_timeout, |span| span.0);
+        pool.removal_timeout = self
+            .removal_timeout
+            .map_or(pool.removal_timeout, |span| span.0);
         pool.max_response_bytes = usize::try_from(server.max_response).unwrap_or(usize::MAX);
         let defaults = FunctionDefaults {
             memory_budget: pool.memory_budget,
@@ -1146,6 +1154,7 @@ mod tests {
             shutdown_timeout = "5s"
             stats_max_points = 60
             orphan_timeout = "90s"
+            removal_timeout = "7s"
             keep_alive = "histogram"
             eviction = "greedy-dual"
 
@@ -1182,6 +1191,7 @@ mod tests {
         pool.shutdown_timeout = Duration::from_secs(5);
         pool.stats_max_points = 60;
         pool.orphan_timeout = Duration::from_secs(90);
+        pool.removal_timeout = Duration::from_secs(7);
         pool.max_response_bytes = 2 << 20;
         let mut echo = FunctionSpec::new("echo", "hotpool-testfn:dev");
         echo.cmd = vec!["line".into(), "--verbose".into()];
@@ -1506,7 +1516,8 @@ mod tests {
                     (_, "max_body" | "max_response" | "memory_budget") => "\"1g\"",
                     (
                         _,
-                        "header_timeout" | "body_timeout" | "shutdown_timeout" | "orphan_timeout",
+                        "header_timeout" | "body_timeout" | "shutdown_timeout" | "orphan_timeout"
+                        | "removal_timeout",
                     ) => "\"1s\"",
                     (_, "max_connections" | "stats_max_points") => "1",
                     (_, "auth_tokens_file") => "\"other-tokens\"",

@@ -198,13 +198,20 @@ fn check_daemonset(all: &[Value], variant: &Variant) {
     let grace = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("terminationGracePeriodSeconds");
-    // Calls in flight get shutdown_timeout, then the containers are removed:
-    // an engine that does not answer gets the removal deadlines, then the
-    // stop says what it left.
-    let wedged = Deadlines::default().removal();
+    // Calls in flight get shutdown_timeout, then the containers are removed
+    // for removal_timeout at most (an engine that does not answer is given up
+    // on after the removal deadlines, if sooner); then the stop says what it
+    // left.
+    let removal = humantime::parse_duration(
+        config["pool"]["removal_timeout"]
+            .as_str()
+            .expect("[pool] removal_timeout"),
+    )
+    .expect("a duration");
+    let removing = removal.min(Deadlines::default().removal());
     assert!(
-        Duration::from_secs(grace) >= shutdown + wedged + Duration::from_secs(5),
-        "{name}: grace {grace}s against shutdown_timeout {shutdown:?} and {wedged:?} for a wedged engine"
+        Duration::from_secs(grace) >= shutdown + removing + Duration::from_secs(5),
+        "{name}: grace {grace}s against shutdown_timeout {shutdown:?} and {removing:?} of removals"
     );
     assert_eq!(
         pod["hostPID"], true,

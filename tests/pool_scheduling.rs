@@ -606,6 +606,41 @@ async fn a_slow_engine_that_keeps_removing_is_waited_for() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_removal_past_the_removal_timeout_leaves_the_rest_and_names_them() {
+    const REMOVAL_TIMEOUT: Duration = Duration::from_secs(3);
+    let driver = InProcessDriver::new(START).with_close_delay(Duration::from_secs(2));
+    let pool = Pool::builder(driver.clone())
+        .name("scheduling-test")
+        .memory_budget(GIB)
+        .removal_timeout(REMOVAL_TIMEOUT)
+        .build()
+        .await
+        .expect("pool");
+    let mut echo = spec("echo");
+    echo.memory = 16 * MIB;
+    echo.max_concurrency = 40;
+    let function = pool.register(echo);
+    let calls = (0..40).map(|i| function.call(Request::new(format!("{i}"))));
+    assert!(join_all(calls).await.iter().all(Result::is_ok));
+
+    let started = tokio::time::Instant::now();
+    let leftovers = pool.shutdown().await;
+    assert!(
+        started.elapsed() <= REMOVAL_TIMEOUT + Duration::from_millis(100),
+        "no call ran: the stop took the removal timeout at most, not {:?}",
+        started.elapsed()
+    );
+    // 16 at once, 2 s each: one round of removals fits in 3 s, not three.
+    let removed = driver.statistics().closed;
+    assert_eq!(
+        removed, REMOVALS_AT_ONCE,
+        "one round of removals ended in time"
+    );
+    assert_eq!(leftovers.containers.len(), 40 - removed, "{leftovers:?}");
+    assert!(leftovers.unswept, "the final sweep did not run");
+}
+
+#[tokio::test(start_paused = true)]
 async fn with_no_queue_a_call_still_gets_a_container_started_for_it() {
     let (pool, driver) = pool(GIB).await;
     let mut solo = spec("solo");

@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::density;
 use super::warm::Warm;
+use crate::units::MAX_TIMEOUT;
 use hotpool::driver::containerd::Footprint;
 use hotpool::driver::{AnyCookie, AnyDriver};
 use hotpool::driver::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, Task, Transport};
@@ -182,6 +183,9 @@ pub(crate) async fn bench(args: BenchArgs) -> i32 {
     let built = Pool::builder(driver)
         .name(&args.pool)
         .memory_budget(MEMORY * (4 * args.concurrency as u64 + 4) + density::IDLE_MEMORY * idle)
+        // A bench leaves nothing: its stop removes every container, however
+        // long a thousand take.
+        .removal_timeout(MAX_TIMEOUT)
         .build()
         .await;
     let pool = match built {

@@ -232,7 +232,7 @@ impl<D: Driver> Inner<D> {
             pool.log_limits.clone(),
         ));
         let starting = Instant::now();
-        let mut cookie = match self.prepare(task).await {
+        let mut cookie = match self.prepare(task, &request.id).await {
             Ok(cookie) => cookie,
             Err(error) => {
                 record_start(&pool.name, starting, Some(&error));

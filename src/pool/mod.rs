@@ -66,6 +66,10 @@ pub struct PoolConfig {
     pub memory_budget: u64,
     /// How long in-flight calls get to finish on shutdown.
     pub shutdown_timeout: Duration,
+    /// How long a shutdown removes containers after its calls, at most: those
+    /// not removed by then are left to the next owner of the pool, or to their
+    /// own end ([`PoolConfig::orphan_timeout`]); the shutdown says which.
+    pub removal_timeout: Duration,
     /// The largest response body a function may return, in bytes.
     pub max_response_bytes: usize,
     /// The most engine stats points kept per call ([`crate::stats::decimate`]).
@@ -82,6 +86,7 @@ impl Default for PoolConfig {
             name: "hotpool".into(),
             memory_budget: 2 << 30,
             shutdown_timeout: Duration::from_secs(30),
+            removal_timeout: Duration::from_secs(30),
             // Lambda's and fn's payload limit.
             max_response_bytes: 6 << 20,
             stats_max_points: 240,
@@ -118,6 +123,12 @@ impl<D: Driver> PoolBuilder<D> {
     /// Sets [`PoolConfig::shutdown_timeout`].
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PoolConfig::removal_timeout`].
+    pub fn removal_timeout(mut self, timeout: Duration) -> Self {
+        self.config.removal_timeout = timeout;
         self
     }
 
@@ -262,10 +273,12 @@ impl<D: Driver> Pool<D> {
     /// once they are gone. The pool still owns its name until it is dropped,
     /// every clone and [`Function`] handle of it.
     ///
-    /// An engine that stops answering is given up on once it has removed no
-    /// container for the driver's [`Driver::removal_deadline`]: shutdown then
-    /// returns the containers it left (their removals go on in the background),
-    /// so it ends at most that long after the shutdown timeout.
+    /// The removals take [`PoolConfig::removal_timeout`] at most, and an
+    /// engine that stops answering is given up on sooner, once it has removed
+    /// no container for the driver's [`Driver::removal_deadline`]: shutdown
+    /// then returns the containers it left (their removals go on in the
+    /// background while the process lives), so it ends at most the shutdown
+    /// timeout plus the removal timeout after it began.
     pub async fn shutdown(&self) -> Leftovers {
         self.inner.shutdown().await
     }

@@ -421,7 +421,7 @@ impl<D: Driver> Inner<D> {
         task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
         task.counters = true;
         task.orphan_timeout = Some(self.config.orphan_timeout);
-        let mut cookie = self.prepare(task).await?;
+        let mut cookie = self.prepare(task, &id).await?;
         let running = match cookie.run().await {
             Ok(running) => running,
             Err(error) => {
@@ -464,12 +464,12 @@ impl<D: Driver> Inner<D> {
         })
     }
 
-    /// Prepares `task`, noting its container as the pool's until it is closed
-    /// through [`Removals::close`].
-    pub(crate) async fn prepare(&self, task: Task) -> Result<D::Cookie, CallError> {
-        let id = task.id.clone();
+    /// Prepares `task`, noting its container, by `id` (the id of hotpool's
+    /// log, which the task's carries after the function's name), as the
+    /// pool's until it is closed through [`Removals::close`] by that id.
+    pub(crate) async fn prepare(&self, task: Task, id: &str) -> Result<D::Cookie, CallError> {
         let cookie = self.driver.prepare(task).await?;
-        self.removals.prepared(&id);
+        self.removals.prepared(id);
         Ok(cookie)
     }
 
@@ -655,8 +655,8 @@ impl<D: Driver> Inner<D> {
 
     /// Stops taking calls, lets in-flight calls finish within the shutdown timeout,
     /// then removes every container and waits until they are gone, or until
-    /// the engine has removed none for the driver's removal deadline; says
-    /// what it left.
+    /// the engine has removed none for the driver's removal deadline, or the
+    /// removal timeout passed; says what it left.
     pub(crate) async fn shutdown(&self) -> Leftovers {
         self.closing.cancel();
         let calls_done = async {
@@ -690,7 +690,21 @@ impl<D: Driver> Inner<D> {
             self.sweep().await
         };
         let patience = self.driver.removal_deadline();
-        match self.removals.while_progressing(teardown, patience).await {
+        let removal = self.removals.while_progressing(teardown, patience);
+        let Ok(removed) = tokio::time::timeout(self.config.removal_timeout, removal).await else {
+            let containers = self.removals.unremoved();
+            tracing::warn!(
+                pool = %self.config.name,
+                left = containers.len(),
+                "the removal timeout ({}) passed: the containers left go to the next owner of the pool, or end themselves",
+                humantime::format_duration(self.config.removal_timeout)
+            );
+            return Leftovers {
+                containers,
+                unswept: true,
+            };
+        };
+        match removed {
             Some(true) => Leftovers::default(),
             Some(false) => Leftovers {
                 containers: self.removals.unremoved(),

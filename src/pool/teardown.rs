@@ -5,8 +5,10 @@
 //! A shutdown's teardown goes on while the engine makes progress (a container
 //! removed, however slowly a thousand of them go), and stops once it has
 //! removed none for the driver's
-//! [`Driver::removal_deadline`](crate::driver::Driver::removal_deadline): a stop with an
-//! engine that does not answer ends that long after the shutdown timeout.
+//! [`Driver::removal_deadline`](crate::driver::Driver::removal_deadline), or
+//! at the pool's removal timeout: a stop ends within the shutdown timeout plus
+//! that, whatever the engine's pace, and what it left goes to the next owner
+//! of the pool or ends by itself (the orphan timeout).
 
 use std::future::Future;
 use std::time::Duration;
