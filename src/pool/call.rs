@@ -221,6 +221,7 @@ impl<D: Driver> Inner<D> {
         let call_tag = Arc::new(CallTag::default());
         call_tag.begin(stats_key);
         let mut task = self.task(pool, &request.id);
+        let id = task.id.clone();
         task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
         task.timeout = Some(limits.timeout);
         task.input = Some(Box::new(std::io::Cursor::new(request.body.clone())));
@@ -232,7 +233,7 @@ impl<D: Driver> Inner<D> {
             pool.log_limits.clone(),
         ));
         let starting = Instant::now();
-        let mut cookie = match self.prepare(task, &request.id).await {
+        let mut cookie = match self.prepare(task).await {
             Ok(cookie) => cookie,
             Err(error) => {
                 record_start(&pool.name, starting, Some(&error));
@@ -248,7 +249,7 @@ impl<D: Driver> Inner<D> {
         // The caller has its answer once the function has ended: the
         // container's removal goes on meanwhile, and holds the call's slot and
         // memory until it is done (a shutdown waits for it).
-        let (removals, id, function) = (self.removals.clone(), request.id.clone(), pool.clone());
+        let (removals, function) = (self.removals.clone(), pool.clone());
         self.tracker.spawn(async move {
             removals.close(&id, &cookie).await;
             drop((slot, memory));

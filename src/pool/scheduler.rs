@@ -408,9 +408,10 @@ impl<D: Driver> Inner<D> {
 
     async fn start_hot(&self, pool: &Arc<FunctionPool<D>>) -> Result<Slot<D>, CallError> {
         let memory = self.reserve(pool).await?;
-        let id = crate::id::new_id();
         let current_call = Arc::new(Mutex::new(None));
-        let mut task = self.task(pool, &id);
+        let new_id = crate::id::new_id();
+        let mut task = self.task(pool, &new_id);
+        let id = task.id.clone();
         task.stderr = Box::new(StderrLog::new(
             pool.name.clone(),
             current_call.clone(),
@@ -420,8 +421,8 @@ impl<D: Driver> Inner<D> {
         let call_tag = Arc::new(CallTag::default());
         task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
         task.counters = true;
-        task.orphan_timeout = Some(self.config.orphan_timeout);
-        let mut cookie = self.prepare(task, &id).await?;
+        task.orphan_timeout = Some(spread_orphan_timeout(self.config.orphan_timeout, &new_id));
+        let mut cookie = self.prepare(task).await?;
         let running = match cookie.run().await {
             Ok(running) => running,
             Err(error) => {
@@ -464,12 +465,12 @@ impl<D: Driver> Inner<D> {
         })
     }
 
-    /// Prepares `task`, noting its container, by `id` (the id of hotpool's
-    /// log, which the task's carries after the function's name), as the
-    /// pool's until it is closed through [`Removals::close`] by that id.
-    pub(crate) async fn prepare(&self, task: Task, id: &str) -> Result<D::Cookie, CallError> {
+    /// Prepares `task`, noting its container as the pool's, by the task's id,
+    /// until it is closed through [`Removals::close`] by that id.
+    pub(crate) async fn prepare(&self, task: Task) -> Result<D::Cookie, CallError> {
+        let id = task.id.clone();
         let cookie = self.driver.prepare(task).await?;
-        self.removals.prepared(id);
+        self.removals.prepared(&id);
         Ok(cookie)
     }
 
@@ -880,5 +881,41 @@ impl<D: Driver> Drop for InFlight<D> {
         if self.inner.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.inner.calls_done.notify_waiters();
         }
+    }
+}
+
+/// The orphan timeout of container `id` (an id of [`crate::id::new_id`], whose
+/// digits are spread evenly): the pool's, plus up to a quarter more, so that
+/// the containers of a hotpool gone for good do not all end at once (a
+/// thousand container exits at once are what deadlocked dockerd 20.10 here).
+fn spread_orphan_timeout(timeout: Duration, id: &str) -> Duration {
+    let share = id
+        .get(..4)
+        .and_then(|digits| u16::from_str_radix(digits, 16).ok())
+        .unwrap_or(0);
+    timeout + timeout.mul_f64(f64::from(share) / f64::from(u16::MAX) / 4.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orphan_timeouts_spread_over_a_quarter_more_than_the_pools() {
+        let timeout = Duration::from_secs(600);
+        let spread: Vec<Duration> = (0..1000)
+            .map(|_| spread_orphan_timeout(timeout, &crate::id::new_id()))
+            .collect();
+        assert!(
+            spread
+                .iter()
+                .all(|t| *t >= timeout && *t <= timeout * 5 / 4)
+        );
+        let (min, max) = (spread.iter().min().unwrap(), spread.iter().max().unwrap());
+        assert!(
+            *max - *min > Duration::from_secs(120),
+            "a thousand containers end over minutes, not at once: {min:?} to {max:?}"
+        );
+        assert_eq!(spread_orphan_timeout(timeout, "zz"), timeout);
     }
 }
