@@ -12,18 +12,13 @@
 
 mod support;
 
-use std::io::Cursor;
 use std::path::Path;
-use std::time::Duration;
 
-use hotpool::driver::containerd::{ContainerdDriver, ContainerdOptions};
-use hotpool::driver::{Cookie, Driver, Task};
+use hotpool::driver::containerd::ContainerdOptions;
 use hotpool::error::ErrorKind;
-use hotpool::pool::POOL_LABEL;
-use tokio_util::sync::CancellationToken;
 
-use support::SharedBuf;
 use support::containerd::{CONTAINERD_17, CONTAINERD_21, ExtraContainerd, ExtraGuard, TestImage};
+use support::prepare::{cold_echo, prepare_kind};
 use support::registry::{PASSWORD, Registry, USER};
 
 /// The repository the test function is pushed to.
@@ -36,32 +31,9 @@ fn options(dir: &Path) -> ContainerdOptions {
     options
 }
 
-/// A task of the test function on `image`, in a pool of its own.
-fn task(image: &str, pool: &str) -> Task {
-    let mut task = Task::new(hotpool::driver::new_id(), "transfer-test", image);
-    task.labels.insert(POOL_LABEL.to_owned(), pool.to_owned());
-    task.memory = 64 << 20;
-    task.timeout = Some(Duration::from_secs(60));
-    task
-}
-
 /// A new pool name, for the labels a guard removes by.
 fn new_pool() -> String {
     format!("transfer-test-{}", hotpool::driver::new_id())
-}
-
-/// Prepares `image` and returns the error kind, or `None` when it worked.
-async fn prepare_kind(driver: &ContainerdDriver, image: &str, pool: &str) -> Option<ErrorKind> {
-    match driver.prepare(task(image, pool)).await {
-        Ok(cookie) => {
-            cookie.close().await;
-            None
-        }
-        Err(e) => {
-            eprintln!("prepare {image}: {e}");
-            Some(e.kind())
-        }
-    }
 }
 
 /// The lines of `ctr <kind> ls -q` (all of them for snapshots, which has no
@@ -130,22 +102,10 @@ async fn pulls_through_transfer(daemon: &'static ExtraContainerd, registry: &Reg
     );
 
     // The pull, then a cold call of the image.
-    let stdout = SharedBuf::default();
-    let stderr = SharedBuf::default();
-    let mut call = task(&image, &pool);
-    call.command = vec!["echo".to_owned()];
-    call.input = Some(Box::new(Cursor::new(b"through transfer".to_vec())));
-    call.stdout = Some(Box::new(stdout.clone()));
-    call.stderr = Box::new(stderr.clone());
-    let mut cookie = right
-        .prepare(call)
-        .await
-        .expect("prepare pulls and creates");
-    cookie.run().await.expect("run");
-    let result = cookie.wait(&CancellationToken::new()).await;
-    cookie.close().await;
-    assert_eq!(result, Ok(()), "stderr: {}", stderr.text());
-    assert_eq!(stdout.bytes(), b"through transfer");
+    assert_eq!(
+        cold_echo(&right, &image, &pool, b"through transfer").await,
+        b"through transfer"
+    );
     let statistics = right.statistics();
     assert_eq!(
         (statistics.image_pulls, statistics.transfer_pulls),

@@ -9,8 +9,8 @@ use futures_util::future::join_all;
 use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
 use hotpool::driver::{ClaimError, Driver};
 use hotpool::pool::{
-    BuildError, Format, FunctionSpec, KeepAlive, Pool, REMOVALS_AT_ONCE, Request, Start,
-    TIMEOUT_MARGIN,
+    BuildError, Format, FunctionSpec, KeepAlive, Pool, PoolBuilder, REMOVALS_AT_ONCE, Request,
+    Start, TIMEOUT_MARGIN,
 };
 use hotpool::{CallError, ErrorKind};
 
@@ -578,10 +578,9 @@ async fn a_shutdown_gives_up_on_a_wedged_engine_and_says_what_it_left() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_engine_that_keeps_removing_is_waited_for() {
-    let driver = InProcessDriver::new(START).with_close_delay(Duration::from_secs(2));
-    let pool = Pool::builder(driver.clone())
+/// The pool `builder` builds, holding 40 idle containers of one function.
+async fn with_40_idle(builder: PoolBuilder<InProcessDriver>) -> Pool<InProcessDriver> {
+    let pool = builder
         .name("scheduling-test")
         .memory_budget(GIB)
         .build()
@@ -593,6 +592,13 @@ async fn a_slow_engine_that_keeps_removing_is_waited_for() {
     let function = pool.register(echo);
     let calls = (0..40).map(|i| function.call(Request::new(format!("{i}"))));
     assert!(join_all(calls).await.iter().all(Result::is_ok));
+    pool
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_engine_that_keeps_removing_is_waited_for() {
+    let driver = InProcessDriver::new(START).with_close_delay(Duration::from_secs(2));
+    let pool = with_40_idle(Pool::builder(driver.clone())).await;
 
     let started = tokio::time::Instant::now();
     let leftovers = pool.shutdown().await;
@@ -609,19 +615,7 @@ async fn a_slow_engine_that_keeps_removing_is_waited_for() {
 async fn a_removal_past_the_removal_timeout_leaves_the_rest_and_names_them() {
     const REMOVAL_TIMEOUT: Duration = Duration::from_secs(3);
     let driver = InProcessDriver::new(START).with_close_delay(Duration::from_secs(2));
-    let pool = Pool::builder(driver.clone())
-        .name("scheduling-test")
-        .memory_budget(GIB)
-        .removal_timeout(REMOVAL_TIMEOUT)
-        .build()
-        .await
-        .expect("pool");
-    let mut echo = spec("echo");
-    echo.memory = 16 * MIB;
-    echo.max_concurrency = 40;
-    let function = pool.register(echo);
-    let calls = (0..40).map(|i| function.call(Request::new(format!("{i}"))));
-    assert!(join_all(calls).await.iter().all(Result::is_ok));
+    let pool = with_40_idle(Pool::builder(driver.clone()).removal_timeout(REMOVAL_TIMEOUT)).await;
 
     let started = tokio::time::Instant::now();
     let leftovers = pool.shutdown().await;
