@@ -10,7 +10,7 @@ use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
 use hotpool::driver::{ClaimError, Driver};
 use hotpool::pool::{
     BuildError, Format, FunctionSpec, KeepAlive, Pool, PoolBuilder, REMOVALS_AT_ONCE, Request,
-    Start, TIMEOUT_MARGIN,
+    STARTS_AT_ONCE, Start, TIMEOUT_MARGIN,
 };
 use hotpool::{CallError, ErrorKind};
 
@@ -128,19 +128,7 @@ async fn concurrency_is_capped_and_every_container_is_reused() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_removes_a_bounded_number_of_containers_at_once() {
     let driver = InProcessDriver::new(START).with_close_delay(Duration::from_millis(100));
-    let pool = Pool::builder(driver.clone())
-        .name("scheduling-test")
-        .memory_budget(GIB)
-        .build()
-        .await
-        .expect("pool");
-    let mut echo = spec("echo");
-    echo.memory = 16 * MIB;
-    echo.max_concurrency = 40;
-    let function = pool.register(echo);
-    let calls = (0..40).map(|i| function.call(Request::new(format!("{i}"))));
-    assert!(join_all(calls).await.iter().all(Result::is_ok));
-    assert_eq!(pool.status().functions[0].idle, 40);
+    let pool = with_40_idle(Pool::builder(driver.clone())).await;
     pool.shutdown().await;
     let statistics = driver.statistics();
     assert_eq!(statistics.closed, 40);
@@ -578,6 +566,26 @@ async fn a_shutdown_gives_up_on_a_wedged_engine_and_says_what_it_left() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn many_calls_at_once_start_containers_a_few_at_a_time() {
+    let (pool, driver) = pool(GIB).await;
+    let mut echo = spec("echo");
+    echo.memory = 16 * MIB;
+    echo.max_concurrency = 100;
+    echo.max_queue = 100;
+    let function = pool.register(echo);
+    let calls = (0..100).map(|_| function.call(Request::new("!sleep 2000")));
+    let answers = join_all(calls).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let statistics = driver.statistics();
+    assert_eq!(
+        statistics.most_preparing, STARTS_AT_ONCE,
+        "a hundred starts asked at once go {STARTS_AT_ONCE} at a time"
+    );
+    assert!(statistics.created > STARTS_AT_ONCE, "{statistics:?}");
+    pool.shutdown().await;
+}
+
 /// The pool `builder` builds, holding 40 idle containers of one function.
 async fn with_40_idle(builder: PoolBuilder<InProcessDriver>) -> Pool<InProcessDriver> {
     let pool = builder
@@ -590,8 +598,10 @@ async fn with_40_idle(builder: PoolBuilder<InProcessDriver>) -> Pool<InProcessDr
     echo.memory = 16 * MIB;
     echo.max_concurrency = 40;
     let function = pool.register(echo);
-    let calls = (0..40).map(|i| function.call(Request::new(format!("{i}"))));
+    // Each call holds its container while the others start, a few at a time.
+    let calls = (0..40).map(|_| function.call(Request::new("!sleep 2000")));
     assert!(join_all(calls).await.iter().all(Result::is_ok));
+    assert_eq!(pool.status().functions[0].idle, 40);
     pool
 }
 

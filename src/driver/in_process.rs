@@ -49,6 +49,8 @@ pub struct InProcessStatistics {
     pub closed: usize,
     /// The most containers being closed at once.
     pub most_closing: usize,
+    /// The most containers being prepared at once.
+    pub most_preparing: usize,
 }
 
 struct Shared {
@@ -58,6 +60,8 @@ struct Shared {
     closed: AtomicUsize,
     closing: AtomicUsize,
     most_closing: AtomicUsize,
+    preparing: AtomicUsize,
+    most_preparing: AtomicUsize,
     /// How each running function ends, for [`InProcessDriver::kill_all`].
     running: Mutex<Vec<(ExitSender, tokio::task::AbortHandle)>>,
     /// The pool names claimed on this driver.
@@ -91,6 +95,8 @@ impl InProcessDriver {
                 closed: AtomicUsize::new(0),
                 closing: AtomicUsize::new(0),
                 most_closing: AtomicUsize::new(0),
+                preparing: AtomicUsize::new(0),
+                most_preparing: AtomicUsize::new(0),
                 running: Mutex::new(Vec::new()),
                 claimed: Mutex::new(HashSet::new()),
                 wedged: watch::channel(false).0,
@@ -139,6 +145,7 @@ impl InProcessDriver {
             created: self.shared.created.load(Ordering::SeqCst),
             closed: self.shared.closed.load(Ordering::SeqCst),
             most_closing: self.shared.most_closing.load(Ordering::SeqCst),
+            most_preparing: self.shared.most_preparing.load(Ordering::SeqCst),
         }
     }
 }
@@ -191,7 +198,12 @@ impl Driver for InProcessDriver {
 
     async fn prepare(&self, task: Task) -> Result<InProcessCookie, CallError> {
         self.shared.answering().await;
+        let preparing = self.shared.preparing.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared
+            .most_preparing
+            .fetch_max(preparing, Ordering::SeqCst);
         tokio::time::sleep(self.shared.start_delay).await;
+        self.shared.preparing.fetch_sub(1, Ordering::SeqCst);
         if task.image == MISSING_IMAGE {
             return Err(CallError::ImageNotFound {
                 image: task.image,
@@ -490,7 +502,8 @@ mod tests {
             InProcessStatistics {
                 created: 1,
                 closed: 1,
-                most_closing: 1
+                most_closing: 1,
+                most_preparing: 1,
             }
         );
     }

@@ -232,6 +232,9 @@ impl<D: Driver> Inner<D> {
             current_call,
             pool.log_limits.clone(),
         ));
+        let Some(turn) = self.start_turn().await else {
+            return Err(busy("the pool is shutting down"));
+        };
         let starting = Instant::now();
         let mut cookie = match self.prepare(task).await {
             Ok(cookie) => cookie,
@@ -241,6 +244,7 @@ impl<D: Driver> Inner<D> {
             }
         };
         let ran = cookie.run().await;
+        drop(turn);
         record_start(&pool.name, starting, ran.as_ref().err());
         let result = match ran {
             Ok(_) => cookie.wait(&stop).await,

@@ -46,7 +46,7 @@ use std::time::Duration;
 pub use crate::format::Request;
 pub use call::{Response, Start, TIMEOUT_MARGIN};
 pub use function::FunctionStatus;
-pub use scheduler::POOL_LABEL;
+pub use scheduler::{POOL_LABEL, STARTS_AT_ONCE};
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
 pub use teardown::{Leftovers, REMOVALS_AT_ONCE};
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,6 +40,11 @@ pub const POOL_LABEL: &str = "hotpool.pool";
 
 /// The longest the reaper sleeps between looks at idle containers.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many containers a pool creates and starts at once, at most, hot and
+/// cold together: a thousand calls arriving at once asked dockerd for a
+/// thousand starts, and 839 of them passed their 30 s deadline.
+pub const STARTS_AT_ONCE: usize = 16;
 
 /// The state every call and background task of one pool shares.
 pub(crate) struct Inner<D: Driver> {
@@ -77,6 +82,8 @@ pub(crate) struct Inner<D: Driver> {
     calls_done: Notify,
     /// The containers on the engine, and their removals.
     pub(crate) removals: Arc<Removals>,
+    /// Bounds the containers being created and started at once.
+    starts: Semaphore,
     /// The pool's name on its engine, owned while this lives.
     _claim: D::Claim,
 }
@@ -115,6 +122,7 @@ impl<D: Driver> Inner<D> {
             in_flight: AtomicUsize::new(0),
             calls_done: Notify::new(),
             removals: Arc::new(Removals::new()),
+            starts: Semaphore::new(STARTS_AT_ONCE),
             _claim: claim,
         })
     }
@@ -367,12 +375,18 @@ impl<D: Driver> Inner<D> {
     }
 
     async fn start(self: Arc<Self>, pool: Arc<FunctionPool<D>>) {
-        let started = Instant::now();
-        let result = self.start_hot(&pool).await;
-        record_start(&pool.name, started, result.as_ref().err());
-        if result.is_ok() {
-            pool.record_start_cost(started.elapsed());
-        }
+        let result = match self.start_turn().await {
+            Some(_turn) => {
+                let started = Instant::now();
+                let result = self.start_hot(&pool).await;
+                record_start(&pool.name, started, result.as_ref().err());
+                if result.is_ok() {
+                    pool.record_start_cost(started.elapsed());
+                }
+                result
+            }
+            None => Err(busy("the pool is shutting down")),
+        };
         match result {
             Ok(slot) => {
                 let actions = {
@@ -393,6 +407,15 @@ impl<D: Driver> Inner<D> {
                 };
                 self.carry_out(&pool, actions, Some(&error));
             }
+        }
+    }
+
+    /// Waits for a turn to create and start a container ([`STARTS_AT_ONCE`]);
+    /// `None` if the pool began shutting down first.
+    pub(crate) async fn start_turn(&self) -> Option<SemaphorePermit<'_>> {
+        tokio::select! {
+            turn = self.starts.acquire() => Some(turn.expect("the semaphore is never closed")),
+            () = self.closing.cancelled() => None,
         }
     }
 
