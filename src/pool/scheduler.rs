@@ -375,18 +375,12 @@ impl<D: Driver> Inner<D> {
     }
 
     async fn start(self: Arc<Self>, pool: Arc<FunctionPool<D>>) {
-        let result = match self.start_turn().await {
-            Some(_turn) => {
-                let started = Instant::now();
-                let result = self.start_hot(&pool).await;
-                record_start(&pool.name, started, result.as_ref().err());
-                if result.is_ok() {
-                    pool.record_start_cost(started.elapsed());
-                }
-                result
-            }
-            None => Err(busy("the pool is shutting down")),
-        };
+        let started = Instant::now();
+        let result = self.start_hot(&pool).await;
+        record_start(&pool.name, started, result.as_ref().err());
+        if result.is_ok() {
+            pool.record_start_cost(started.elapsed());
+        }
         match result {
             Ok(slot) => {
                 let actions = {
@@ -431,6 +425,10 @@ impl<D: Driver> Inner<D> {
 
     async fn start_hot(&self, pool: &Arc<FunctionPool<D>>) -> Result<Slot<D>, CallError> {
         let memory = self.reserve(pool).await?;
+        // A turn once the memory is there: no start waits for memory holding one.
+        let Some(turn) = self.start_turn().await else {
+            return Err(busy("the pool is shutting down"));
+        };
         let current_call = Arc::new(Mutex::new(None));
         let new_id = crate::id::new_id();
         let mut task = self.task(pool, &new_id);
@@ -446,7 +444,9 @@ impl<D: Driver> Inner<D> {
         task.counters = true;
         task.orphan_timeout = Some(spread_orphan_timeout(self.config.orphan_timeout, &new_id));
         let mut cookie = self.prepare(task).await?;
-        let running = match cookie.run().await {
+        let ran = cookie.run().await;
+        drop(turn);
+        let running = match ran {
             Ok(running) => running,
             Err(error) => {
                 self.removals.close(&id, &cookie).await;
