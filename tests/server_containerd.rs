@@ -25,19 +25,7 @@ const QUICK_START_REGISTRY: &str = "127.0.0.1:5000";
 fn serve_on_containerd_pulls_serves_hot_and_leaves_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let image = runtime.block_on(TestImage::push("hotpool-testfn-serve"));
-    let function = format!(
-        "[[function]]\nname = \"echo\"\nimage = \"{}\"\ncmd = [\"line\"]\nformat = \"line\"\nmemory = \"32m\"\n",
-        image.name
-    );
-    // The server reads the registry's credentials from here.
-    let credentials = image.docker_config().to_str().unwrap();
-    let server = Server::start_with_env(
-        "containerd",
-        "",
-        "shutdown_timeout = \"30s\"\n\n[engine]\nkind = \"containerd\"",
-        &[function],
-        &[("DOCKER_CONFIG", credentials)],
-    );
+    let server = serve_echo(&image, "containerd", "");
     let _guard = PoolGuard(server.pool.clone());
 
     let first = server.invoke("echo", b"hello");
@@ -69,18 +57,7 @@ fn serve_on_containerd_pulls_serves_hot_and_leaves_nothing() {
 fn a_hot_container_whose_owner_was_killed_ends_itself_after_the_orphan_timeout() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let image = runtime.block_on(TestImage::push("hotpool-testfn-orphan"));
-    let function = format!(
-        "[[function]]\nname = \"echo\"\nimage = \"{}\"\ncmd = [\"line\"]\nformat = \"line\"\nmemory = \"32m\"\n",
-        image.name
-    );
-    let credentials = image.docker_config().to_str().unwrap();
-    let mut server = Server::start_with_env(
-        "containerd-orphan",
-        "",
-        "shutdown_timeout = \"30s\"\norphan_timeout = \"2s\"\n\n[engine]\nkind = \"containerd\"",
-        &[function],
-        &[("DOCKER_CONFIG", credentials)],
-    );
+    let mut server = serve_echo(&image, "containerd-orphan", "orphan_timeout = \"2s\"");
     let _guard = PoolGuard(server.pool.clone());
     assert_eq!(server.invoke("echo", b"warm").status, 200);
     let label = format!("labels.\"{POOL_LABEL}\"=={}", server.pool);
@@ -109,6 +86,23 @@ fn a_hot_container_whose_owner_was_killed_ends_itself_after_the_orphan_timeout()
         said.contains("exit code 137"),
         "its init killed the function for want of an owner; it did not end on its stdin closing: {said}"
     );
+}
+
+/// `hotpool serve` on containerd, its `[pool]` having `pool_extra` too, with
+/// one line function `echo` on `image`, whose registry's credentials it reads.
+fn serve_echo(image: &TestImage, test: &str, pool_extra: &str) -> Server {
+    let function = format!(
+        "[[function]]\nname = \"echo\"\nimage = \"{}\"\ncmd = [\"line\"]\nformat = \"line\"\nmemory = \"32m\"\n",
+        image.name
+    );
+    let credentials = image.docker_config().to_str().unwrap();
+    Server::start_with_env(
+        test,
+        "",
+        &format!("shutdown_timeout = \"30s\"\n{pool_extra}\n\n[engine]\nkind = \"containerd\""),
+        &[function],
+        &[("DOCKER_CONFIG", credentials)],
+    )
 }
 
 /// What `ctr` prints with `args` in hotpool's namespace; fails the test if it fails.

@@ -559,25 +559,36 @@ mod tests {
         assert_eq!(heard.await.ok().flatten(), Some(Ended::Exit(3)));
     }
 
-    /// hotpool's side of a container's pipes, as a test holds them.
+    /// hotpool's side of a container's pipes, as a test holds them, and the
+    /// runtime directory they are in.
     struct HotpoolSide {
+        _root: tempfile::TempDir,
+        _runtime: RuntimeDir,
         dir: IoDir,
         stdin: Stdin,
         stdout: pipe::Receiver,
         status: BufReader<pipe::Receiver>,
     }
 
-    /// Starts the installed init on the host, as a container would run it,
-    /// with the task's entrypoint (the pipe directory's path in place of
-    /// [`IO`]) and `command`; takes hotpool's one-way ends and holds the owner
-    /// pipe, as a driver does.
+    /// Installs the init in a runtime directory of its own and starts it on
+    /// the host, as a container would run it, with the entrypoint of a task
+    /// with `orphan_timeout` (a cold one's if `cold`: its input given), the
+    /// pipe directory's path in place of [`IO`], and `command`; takes
+    /// hotpool's one-way ends and holds the owner pipe, as a driver does.
     async fn run_init(
-        runtime: &RuntimeDir,
-        task: &Task,
+        orphan_timeout: Duration,
+        cold: bool,
         command: &[&str],
     ) -> (std::process::Child, HotpoolSide) {
+        let root = tempfile::tempdir().unwrap();
+        let runtime = RuntimeDir::install(root.path()).unwrap();
+        let mut task = Task::new("init-test", "f", "image");
+        task.orphan_timeout = Some(orphan_timeout);
+        if cold {
+            task.input = Some(Box::new(std::io::Cursor::new(Vec::new())));
+        }
         let command = command.iter().map(|arg| arg.to_string()).collect();
-        let direct = Direct::prepare(runtime, task, Vec::new(), command).unwrap();
+        let direct = Direct::prepare(&runtime, &task, Vec::new(), command).unwrap();
         let entrypoint = direct.entrypoint();
         let Direct {
             mut dir,
@@ -605,6 +616,8 @@ mod tests {
         drop(early);
         dir.own(one_way.owner);
         let side = HotpoolSide {
+            _root: root,
+            _runtime: runtime,
             dir,
             stdin: one_way.stdin,
             stdout: one_way.stdout,
@@ -622,13 +635,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_hot_function_outlives_its_owner_until_the_orphan_timeout_then_is_killed() {
-        let root = tempfile::tempdir().unwrap();
-        let runtime = RuntimeDir::install(root.path()).unwrap();
-        let mut task = Task::new("orphan", "f", "image");
-        task.orphan_timeout = Some(Duration::from_millis(1500));
         // `cat` ends at end-of-file: an init that let its stdin end would
         // report `exit 0`.
-        let (mut child, mut side) = run_init(&runtime, &task, &["cat"]).await;
+        let (mut child, mut side) = run_init(Duration::from_millis(1500), false, &["cat"]).await;
         tokio::io::AsyncWriteExt::write_all(&mut side.stdin, b"warm\n")
             .await
             .unwrap();
@@ -648,13 +657,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_orphaned_function_writing_is_not_killed_by_its_owners_absence() {
-        let root = tempfile::tempdir().unwrap();
-        let runtime = RuntimeDir::install(root.path()).unwrap();
-        let mut task = Task::new("orphan-writer", "f", "image");
-        task.orphan_timeout = Some(Duration::from_secs(2));
         // `yes` writes without end: with no reader of stdout left it would
         // die of SIGPIPE (signal 13) at once.
-        let (mut child, mut side) = run_init(&runtime, &task, &["yes"]).await;
+        let (mut child, mut side) = run_init(Duration::from_secs(2), false, &["yes"]).await;
         let mut line = [0u8; 2];
         side.stdout.read_exact(&mut line).await.unwrap();
         drop((side.stdin, side.stdout, side.dir));
@@ -664,12 +669,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cold_function_still_reads_end_of_file_when_its_input_ends() {
-        let root = tempfile::tempdir().unwrap();
-        let runtime = RuntimeDir::install(root.path()).unwrap();
-        let mut task = Task::new("cold", "f", "image");
-        task.orphan_timeout = Some(Duration::from_secs(3600));
-        task.input = Some(Box::new(std::io::Cursor::new(Vec::new())));
-        let (mut child, mut side) = run_init(&runtime, &task, &["cat"]).await;
+        let (mut child, mut side) = run_init(Duration::from_secs(3600), true, &["cat"]).await;
         drop(side.stdin);
         assert_eq!(verdict_of(&mut side.status).await, Some(Ended::Exit(0)));
         assert_eq!(child.wait().unwrap().code(), Some(0));
