@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::containerd::{ContainerdCookie, ContainerdDriver, ContainerdOptions};
 use super::docker::{DockerCookie, DockerDriver, DockerOptions};
-use super::{ClaimError, Cookie, Driver, EngineTraits, PoolLock, RunResult, Running, Task};
+use super::{
+    ClaimError, Cookie, Driver, EngineTraits, Leftover, PoolLock, RunResult, Running, Task,
+};
 use crate::error::CallError;
 
 /// A container engine hotpool can drive.
@@ -193,6 +195,30 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Docker(driver) => driver.removal_deadline(),
             AnyDriver::Containerd(driver) => driver.removal_deadline(),
+        }
+    }
+
+    async fn leftovers(&self, key: &str, value: &str) -> Result<Vec<Leftover>, CallError> {
+        match self {
+            AnyDriver::Docker(driver) => driver.leftovers(key, value).await,
+            AnyDriver::Containerd(driver) => driver.leftovers(key, value).await,
+        }
+    }
+
+    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<AnyCookie, CallError> {
+        match self {
+            AnyDriver::Docker(driver) => driver.adopt(leftover, task).await.map(AnyCookie::Docker),
+            AnyDriver::Containerd(driver) => driver
+                .adopt(leftover, task)
+                .await
+                .map(AnyCookie::Containerd),
+        }
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> Result<(), CallError> {
+        match self {
+            AnyDriver::Docker(driver) => driver.remove_leftover(leftover).await,
+            AnyDriver::Containerd(driver) => driver.remove_leftover(leftover).await,
         }
     }
 }

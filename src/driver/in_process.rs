@@ -28,8 +28,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BoxRead, BoxWrite, ClaimError, Cookie, Driver, EngineTraits, PoolOwner, RunResult, Running,
-    Task,
+    BoxRead, BoxWrite, CallMark, ClaimError, Cookie, Driver, EngineTraits, PoolOwner, RunResult,
+    Running, Task,
 };
 use crate::error::CallError;
 
@@ -369,6 +369,7 @@ impl Cookie for InProcessCookie {
         let mut running = Running {
             stdin: None,
             stdout: None,
+            mark: Some(CallMark::in_memory()),
         };
         match input {
             Some(mut input) => {

@@ -33,6 +33,7 @@
 //! counters, the pool lock, registry credentials) are in `linux/`.
 
 pub mod any;
+mod call_mark;
 mod claim;
 pub mod containerd;
 mod cpus;
@@ -45,6 +46,7 @@ mod wiring;
 
 pub use crate::id::new_id;
 pub use any::{AnyCookie, AnyDriver, EngineChoice, EngineKind};
+pub use call_mark::CallMark;
 pub use claim::{ClaimError, PoolOwner};
 pub use cpus::Cpus;
 pub use linux::pool_lock::PoolLock;
@@ -62,6 +64,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::CallError;
 use crate::stats::Stat;
+
+/// The label naming the task a container was made for.
+pub const TASK_LABEL: &str = "hotpool.task";
+
+/// The label naming a direct container's pipe directory on the host.
+pub const IO_LABEL: &str = "hotpool.io";
 
 /// The user tasks run as unless they name another: unprivileged, as fn's were.
 pub const DEFAULT_USER: &str = "1000:1000";
@@ -296,6 +304,36 @@ pub struct Running {
     pub stdin: Option<BoxWrite>,
     /// The container's stdout, when the task brought no `stdout` sink.
     pub stdout: Option<BoxRead>,
+    /// Where its owner notes whether it is between calls, for a later owner
+    /// to read ([`Driver::adopt`]); `None` where the driver keeps none.
+    pub mark: Option<CallMark>,
+}
+
+/// A container a pool's earlier owner left running ([`Driver::leftovers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Leftover {
+    /// The id of the task that made it.
+    pub task_id: String,
+    /// The engine's id of it.
+    pub engine_id: String,
+    /// Its labels, `hotpool.function` and the pool's own among them.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Leftover {
+    /// A leftover of task `task_id`, known to the engine as `engine_id`.
+    pub fn new(
+        task_id: impl Into<String>,
+        engine_id: impl Into<String>,
+        labels: BTreeMap<String, String>,
+    ) -> Leftover {
+        Leftover {
+            task_id: task_id.into(),
+            engine_id: engine_id.into(),
+            labels,
+        }
+    }
 }
 
 /// `6 MiB`, or `1500 bytes` for what is no whole number of MiB.
@@ -352,6 +390,49 @@ pub trait Driver: Clone + Send + Sync + 'static {
     /// call to its deadline. A pool's shutdown gives up on an engine that has
     /// removed no container for this long, and says what it left behind.
     fn removal_deadline(&self) -> Duration;
+
+    /// The running containers labelled `key=value` that a new owner may try to
+    /// take over ([`Driver::adopt`]): hot containers on the direct transport
+    /// whose owner is gone. For a pool's label, only its claim's holder may
+    /// ask. A driver that cannot take containers over finds none.
+    fn leftovers(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Vec<Leftover>, CallError>> + Send {
+        let _ = (key, value);
+        async { Ok(Vec::new()) }
+    }
+
+    /// Takes over `leftover` as a container of `task` (whose spec the caller
+    /// matched to the leftover's), if it is provably between calls: its
+    /// cookie's [`Cookie::run`] then hands out its pipes without starting
+    /// anything. A leftover that cannot be proven so is refused, and is
+    /// the caller's to remove (with [`Driver::remove_labelled`]).
+    fn adopt(
+        &self,
+        leftover: &Leftover,
+        task: Task,
+    ) -> impl Future<Output = Result<Self::Cookie, CallError>> + Send {
+        let _ = task;
+        let refused = CallError::engine(format!(
+            "{} cannot take over container {}",
+            self.traits().name,
+            leftover.engine_id
+        ));
+        async move { Err(refused) }
+    }
+
+    /// Removes `leftover`, one of [`Driver::leftovers`], with what the driver
+    /// keeps of it (its pipe directory); one already gone is fine. A driver
+    /// that finds no leftovers has none to remove.
+    fn remove_leftover(
+        &self,
+        leftover: &Leftover,
+    ) -> impl Future<Output = Result<(), CallError>> + Send {
+        let _ = leftover;
+        async { Ok(()) }
+    }
 }
 
 /// A prepared task: one container.

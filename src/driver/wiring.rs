@@ -68,6 +68,7 @@ impl Copiers {
         let mut running = Running {
             stdin: None,
             stdout: None,
+            mark: None,
         };
         match input {
             Some(mut input) => self.keep(tokio::spawn(async move {

@@ -41,12 +41,20 @@ const OOM_EVENT_PAUSES: [Duration; 3] = [
 /// How long a direct container's init has to open its pipes once started.
 const INIT_READY: Duration = Duration::from_secs(30);
 
-/// A direct container's pipes: the directory, hotpool's first ends until the
-/// init is ready, then the status pipe its verdict comes on.
+/// A direct container's pipes: the directory, hotpool's ends until `run`
+/// takes them, then the status pipe its verdict comes on.
 struct DirectPipes {
     dir: Mutex<Option<IoDir>>,
-    early: Option<direct::Ends>,
+    opening: Option<Opening>,
     status: tokio::sync::Mutex<Option<BufReader<pipe::Receiver>>>,
+}
+
+/// hotpool's ends of a direct container's pipes before `run`.
+enum Opening {
+    /// The first ends of a container to start: one-way once its init is ready.
+    Early(direct::Ends),
+    /// The one-way ends of a running container taken over from an earlier owner.
+    TakenOver(direct::OneWay),
 }
 
 /// The task's own pipes and sinks, until `run` takes them.
@@ -101,11 +109,32 @@ impl DockerCookie {
             copiers: Copiers::default(),
             direct: direct.map(|direct| DirectPipes {
                 dir: Mutex::new(Some(direct.dir)),
-                early: Some(direct.early),
+                opening: Some(Opening::Early(direct.early)),
                 status: tokio::sync::Mutex::new(None),
             }),
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// The cookie of running container `id`, its init's PID `pid`, taken over
+    /// for `task` with its pipes `taken`: `run` hands them out, starting nothing.
+    pub(super) fn adopted(
+        engine: Arc<Engine>,
+        id: String,
+        task: Task,
+        taken: (IoDir, direct::OneWay),
+        pid: i64,
+    ) -> DockerCookie {
+        let (dir, one_way) = taken;
+        let mut cookie = DockerCookie::new(engine, id, task, None);
+        cookie.started = Some(Instant::now());
+        cookie.counters = CgroupCounters::open(pid);
+        cookie.direct = Some(DirectPipes {
+            dir: Mutex::new(Some(dir)),
+            opening: Some(Opening::TakenOver(one_way)),
+            status: tokio::sync::Mutex::new(None),
+        });
+        cookie
     }
 
     /// The engine's id of the container.
@@ -293,15 +322,39 @@ impl DockerCookie {
         Ok((Box::new(attached.input), stdout))
     }
 
-    /// Starts a direct container, waits for its init to open the pipes, and
-    /// takes hotpool's one-way ends.
+    /// Starts a direct container (or takes over a running one) and takes
+    /// hotpool's one-way ends.
     async fn start_direct(&mut self) -> Result<(BoxWrite, BoxRead), CallError> {
-        let engine_error = |what: &str, e: Failure| CallError::engine(format!("{what}: {e}"));
-        let early = self
+        let opening = self
             .direct
             .as_mut()
-            .and_then(|pipes| pipes.early.take())
+            .and_then(|pipes| pipes.opening.take())
             .ok_or_else(|| CallError::engine("the container was started before"))?;
+        let one_way = match opening {
+            Opening::Early(early) => self.start_and_open(early).await?,
+            Opening::TakenOver(one_way) => one_way,
+        };
+        if let Some(pipes) = self.direct.as_mut() {
+            *pipes.status.get_mut() = Some(one_way.status);
+            let dir = pipes.dir.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Some(dir) = dir.as_mut() {
+                dir.own(one_way.owner);
+            }
+        }
+        let stderr: Frames = Box::pin(ReaderStream::new(one_way.stderr).map(|chunk| {
+            chunk
+                .map(|message| LogOutput::StdErr { message })
+                .map_err(|err| EngineError::IOError { err })
+        }));
+        self.copiers
+            .pump_stderr(tokio::spawn(pump_stderr(stderr, self.stderr.clone())));
+        Ok((Box::new(one_way.stdin), Box::new(one_way.stdout)))
+    }
+
+    /// Starts a direct container, waits for its init to open the pipes, and
+    /// opens hotpool's one-way ends from `early`.
+    async fn start_and_open(&mut self, early: direct::Ends) -> Result<direct::OneWay, CallError> {
+        let engine_error = |what: &str, e: Failure| CallError::engine(format!("{what}: {e}"));
         self.engine
             .timed(
                 Op::Start,
@@ -330,25 +383,9 @@ impl DockerCookie {
                 )));
             }
         }
-        let one_way = early
+        early
             .one_way()
-            .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?;
-        drop(early);
-        if let Some(pipes) = self.direct.as_mut() {
-            *pipes.status.get_mut() = Some(one_way.status);
-            let dir = pipes.dir.get_mut().unwrap_or_else(|e| e.into_inner());
-            if let Some(dir) = dir.as_mut() {
-                dir.own(one_way.owner);
-            }
-        }
-        let stderr: Frames = Box::pin(ReaderStream::new(one_way.stderr).map(|chunk| {
-            chunk
-                .map(|message| LogOutput::StdErr { message })
-                .map_err(|err| EngineError::IOError { err })
-        }));
-        self.copiers
-            .pump_stderr(tokio::spawn(pump_stderr(stderr, self.stderr.clone())));
-        Ok((Box::new(one_way.stdin), Box::new(one_way.stdout)))
+            .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))
     }
 
     /// What the init of a direct container reports; `None` for an attached one,
@@ -397,7 +434,11 @@ impl Cookie for DockerCookie {
             plumbing.stdout.take(),
             plumbing.stats.take(),
         );
-        let running = self.copiers.wire(stdin, stdout, input, stdout_sink);
+        let mut running = self.copiers.wire(stdin, stdout, input, stdout_sink);
+        running.mark = self.direct.as_mut().and_then(|pipes| {
+            let dir = pipes.dir.get_mut().unwrap_or_else(|e| e.into_inner());
+            dir.as_ref().map(IoDir::mark)
+        });
         // The engine's stream only where the caller cannot sample the counters.
         let counters_read = self.caller_samples_counters && self.counters.is_some();
         if let Some(sink) = stats_sink.filter(|_| !counters_read) {

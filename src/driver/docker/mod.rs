@@ -26,9 +26,9 @@ mod deadlines;
 mod engine_stats;
 mod pull;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -43,8 +43,8 @@ pub use cookie::DockerCookie;
 pub use deadlines::Deadlines;
 
 use super::{
-    ClaimError, Driver, EngineCallError, EngineTraits, MIN_TMP_SIZE, TMP_BYTES_PER_INODE, Task,
-    Transport,
+    ClaimError, Driver, EngineCallError, EngineTraits, IO_LABEL, Leftover, MIN_TMP_SIZE,
+    TASK_LABEL, TMP_BYTES_PER_INODE, Task, Transport,
 };
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
@@ -302,7 +302,11 @@ impl Engine {
                     .chain([
                         (LABEL.to_owned(), "1".to_owned()),
                         (FUNCTION_LABEL.to_owned(), task.function.clone()),
+                        (TASK_LABEL.to_owned(), task.id.clone()),
                     ])
+                    .chain(direct.map(|direct| {
+                        (IO_LABEL.to_owned(), direct.dir.path().display().to_string())
+                    }))
                     .collect(),
             ),
             attach_stdin: Some(attach),
@@ -426,6 +430,14 @@ impl Driver for DockerDriver {
     }
 
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, CallError> {
+        let leftovers = self.leftovers(key, value).await?;
+        for leftover in &leftovers {
+            self.remove_leftover(leftover).await?;
+        }
+        Ok(leftovers.len())
+    }
+
+    async fn leftovers(&self, key: &str, value: &str) -> Result<Vec<Leftover>, CallError> {
         let filters = HashMap::from([("label", vec![format!("{key}={value}")])]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -443,10 +455,60 @@ impl Driver for DockerDriver {
                     "listing the containers labelled {key}={value}: {e}"
                 ))
             })?;
-        for id in containers.iter().filter_map(|c| c.id.as_deref()) {
-            self.engine.remove_container(id).await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|container| {
+                let engine_id = container.id?;
+                let labels: BTreeMap<String, String> =
+                    container.labels.unwrap_or_default().into_iter().collect();
+                let task_id = labels.get(TASK_LABEL).cloned().unwrap_or_default();
+                Some(Leftover::new(task_id, engine_id, labels))
+            })
+            .collect())
+    }
+
+    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<DockerCookie, CallError> {
+        let refused =
+            |why: String| CallError::engine(format!("container {}: {why}", leftover.engine_id));
+        let io = leftover
+            .labels
+            .get(IO_LABEL)
+            .ok_or_else(|| refused("it has no direct pipes".into()))?;
+        let info = self
+            .engine
+            .timed(
+                Op::Inspect,
+                self.engine
+                    .docker
+                    .inspect_container(&leftover.engine_id, None),
+            )
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let pid = info
+            .state
+            .filter(|state| state.running == Some(true))
+            .and_then(|state| state.pid)
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| refused("it is not running".into()))?;
+        let runtime = self.engine.runtime.get().await?;
+        let (dir, one_way) = runtime
+            .take_over(Path::new(io))
+            .map_err(|e| refused(e.to_string()))?;
+        Ok(DockerCookie::adopted(
+            self.engine.clone(),
+            leftover.engine_id.clone(),
+            task,
+            (dir, one_way),
+            pid,
+        ))
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> Result<(), CallError> {
+        self.engine.remove_container(&leftover.engine_id).await?;
+        if let Some(io) = leftover.labels.get(IO_LABEL) {
+            direct::remove_left_dir(self.engine.runtime.path(), Path::new(io));
         }
-        Ok(containers.len())
+        Ok(())
     }
 }
 

@@ -30,7 +30,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -41,7 +41,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::unix::pipe;
 
-use crate::driver::Task;
+use super::call_mark::MappedWord;
+use crate::driver::{CallMark, Task};
 use crate::error::CallError;
 
 /// Where the init program appears inside a container.
@@ -57,6 +58,8 @@ const PIPES: [&str; 4] = ["stdin", "stdout", "stderr", "status"];
 /// The pipe hotpool holds while it owns the container: hotpool's, readable by
 /// all (the init watches it), writable by hotpool alone.
 const OWNER: &str = "owner";
+/// The file of the container's [`CallMark`]: hotpool's alone.
+const MARK: &str = "call";
 
 /// Tells apart the drivers of one process.
 static DRIVERS: AtomicU64 = AtomicU64::new(0);
@@ -264,7 +267,12 @@ impl RuntimeDir {
         let path = self.own.join(id);
         DirBuilder::new().mode(0o711).create(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o711))?;
-        let dir = IoDir { path, owner: None };
+        let mark = CallMark::mapped(MappedWord::create(&path.join(MARK))?);
+        let dir = IoDir {
+            path,
+            owner: None,
+            mark,
+        };
         mkfifo(&dir.path.join(OWNER))?;
         fs::set_permissions(dir.path.join(OWNER), fs::Permissions::from_mode(0o644))?;
         let owner = numeric_user(user);
@@ -288,6 +296,111 @@ impl RuntimeDir {
     }
 }
 
+impl RuntimeDir {
+    /// Takes over the pipe directory `from` of a running container that an
+    /// earlier owner (a hotpool that is gone) left between calls: moves it
+    /// into this driver's directory and opens hotpool's ends of its pipes. It
+    /// is refused, and the directory removed, unless it is a container's
+    /// directory under this runtime directory whose mark says it is between
+    /// calls, whose function still runs, and whose pipes hold no byte: none of
+    /// a request unread, none written while idle, no verdict.
+    pub(crate) fn take_over(&self, from: &Path) -> Result<(IoDir, OneWay), TakeOverError> {
+        let id = from
+            .file_name()
+            .filter(|_| from.parent().and_then(Path::parent) == Some(self.root.as_path()))
+            .ok_or(TakeOverError::NotOurs)?;
+        let path = self.own.join(id);
+        fs::rename(from, &path).map_err(TakeOverError::Io)?;
+        let mark = match MappedWord::open(&path.join(MARK)) {
+            Ok(word) => CallMark::mapped(word),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&path);
+                return Err(TakeOverError::Io(e));
+            }
+        };
+        let mut dir = IoDir {
+            path,
+            owner: None,
+            mark,
+        };
+        if !dir.mark.is_idle() {
+            return Err(TakeOverError::InCall);
+        }
+        let fifo = |name: &str, write: bool| -> Result<File, TakeOverError> {
+            let pipe = OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(dir.path.join(name))
+                .map_err(|e| match e.raw_os_error() {
+                    // No reader: the function (or its init) is gone.
+                    Some(libc::ENXIO) => TakeOverError::Ended,
+                    _ => TakeOverError::Io(e),
+                })?;
+            match pipe.metadata() {
+                Ok(meta) if meta.file_type().is_fifo() => Ok(pipe),
+                _ => Err(TakeOverError::NotOurs),
+            }
+        };
+        let (stdin, stdout, stderr, status) = (
+            fifo("stdin", true)?,
+            fifo("stdout", false)?,
+            fifo("stderr", false)?,
+            fifo("status", false)?,
+        );
+        let owner = fifo(OWNER, true)?;
+        for (pipe, unread) in [
+            (&stdin, TakeOverError::RequestUnread),
+            (&stdout, TakeOverError::WroteWhileIdle),
+            (&status, TakeOverError::Ended),
+        ] {
+            if bytes_waiting(pipe).map_err(TakeOverError::Io)? > 0 {
+                return Err(unread);
+            }
+        }
+        let io = TakeOverError::Io;
+        dir.own(owner.try_clone().map_err(io)?);
+        let one_way = OneWay {
+            stdin: Stdin(Some(pipe::Sender::from_file_unchecked(stdin).map_err(io)?)),
+            stdout: pipe::Receiver::from_file_unchecked(stdout).map_err(io)?,
+            stderr: pipe::Receiver::from_file_unchecked(stderr).map_err(io)?,
+            status: BufReader::with_capacity(
+                STATUS_LINE_MAX as usize,
+                pipe::Receiver::from_file_unchecked(status).map_err(io)?,
+            ),
+            owner,
+        };
+        Ok((dir, one_way))
+    }
+}
+
+/// Why a container's pipes were not taken over.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TakeOverError {
+    #[error("its pipe directory is not one of this runtime directory's containers")]
+    NotOurs,
+    #[error("it was in a call (or its owner never marked it between calls)")]
+    InCall,
+    #[error("its function has ended")]
+    Ended,
+    #[error("part of a request is still unread on its stdin")]
+    RequestUnread,
+    #[error("it wrote to stdout while no call was in it")]
+    WroteWhileIdle,
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+/// How many bytes the pipe `pipe` holds unread.
+fn bytes_waiting(pipe: &File) -> io::Result<usize> {
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    if unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut waiting) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(waiting).unwrap_or(0))
+}
+
 /// Makes a FIFO at `path`, for its maker alone.
 fn mkfifo(path: &Path) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
@@ -304,12 +417,15 @@ impl Drop for RuntimeDir {
     }
 }
 
-/// Removes the directories (`PID.N`) of drivers that are gone: no process holds
-/// their lock. A PID does not say: a hotpool in a container of its own sees
-/// other PIDs than the host's, and one of them must never take a live
-/// hotpool's pipes away. (A directory without a lock, of an older hotpool, goes
-/// when its PID is gone.)
-fn remove_orphans(root: &Path) {
+/// Removes what drivers that are gone (no process holds their lock) left in
+/// their directories (`PID.N`): the directory of each container whose function
+/// is gone, and the driver's own once none is left. A container whose function
+/// still runs keeps its pipes, for an owner to take over ([`RuntimeDir::take_over`]),
+/// until it is removed and this runs again. A PID does not say whose a
+/// directory is: a hotpool in a container of its own sees other PIDs than the
+/// host's, and one of them must never take a live hotpool's pipes away. (A
+/// directory without a lock, of an older hotpool, goes when its PID is gone.)
+pub(crate) fn remove_orphans(root: &Path) {
     let Ok(entries) = fs::read_dir(root) else {
         return;
     };
@@ -326,10 +442,50 @@ fn remove_orphans(root: &Path) {
             Ok(lock) => lock.try_lock().is_ok(),
             Err(_) => !Path::new("/proc").join(pid).exists(),
         };
-        if gone {
+        if gone && remove_dead_containers(&entry.path()) == 0 {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Removes the pipe directory `path` of a container that is gone, if it is
+/// one of a container's directories under runtime directory `root`.
+pub(crate) fn remove_left_dir(root: &Path, path: &Path) {
+    if path.parent().and_then(Path::parent) == Some(root) && path.file_name().is_some() {
+        let _ = fs::remove_dir_all(path);
+    }
+}
+
+/// Removes the directories in `driver_dir` of containers whose function is
+/// gone; says how many are left.
+fn remove_dead_containers(driver_dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(driver_dir) else {
+        return 0;
+    };
+    let mut alive = 0;
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        if has_reader(&entry.path().join("stdin")) {
+            alive += 1;
+        } else {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    alive
+}
+
+/// Whether some process holds the reading end of the pipe at `path`: a
+/// writer's open that cannot block succeeds only then. The writer goes at
+/// once; the function does not read end-of-file, as its init holds a writer
+/// too while it waits for an owner.
+fn has_reader(path: &Path) -> bool {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+        .is_ok_and(|pipe| pipe.metadata().is_ok_and(|m| m.file_type().is_fifo()))
 }
 
 /// One container's pipe directory, with hotpool's end of its owner pipe once
@@ -338,11 +494,17 @@ fn remove_orphans(root: &Path) {
 pub(crate) struct IoDir {
     path: PathBuf,
     owner: Option<File>,
+    mark: CallMark,
 }
 
 impl IoDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The container's between-calls mark.
+    pub(crate) fn mark(&self) -> CallMark {
+        self.mark.clone()
     }
 
     /// Holds `end`, the owner pipe's one-way end, for as long as this lives.

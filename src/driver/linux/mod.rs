@@ -16,6 +16,7 @@
 //! - [`credentials`]: registry credentials from the Docker config file, as
 //!   `docker login` writes them (any engine's pulls use them).
 
+pub(crate) mod call_mark;
 pub(crate) mod cgroup;
 pub(crate) mod credentials;
 pub(crate) mod direct;
