@@ -1,9 +1,9 @@
 //! One `hotpool serve` per pool name on the real engine: a second server with
 //! the same `[pool] name` exits 2 at once, naming the first, and touches none
 //! of its containers (nor its call in flight); a port in use exits 1, as
-//! untouched; the containers of an owner killed outright go when the next
-//! server of the pool starts, and end themselves after the pool's
-//! `orphan_timeout` if none does.
+//! untouched; the next server of a pool whose owner was killed outright takes
+//! over its idle hot containers and removes the rest, and with no next server
+//! they end themselves after the pool's `orphan_timeout`.
 
 mod support;
 
@@ -113,42 +113,111 @@ fn a_second_server_of_one_pool_exits_2_naming_the_first_and_touches_nothing() {
     );
 }
 
+/// The ids of the containers of function `function` in pool `pool`.
+fn containers_of_function(pool: &str, function: &str) -> Vec<String> {
+    let mut ids = docker_ps(&[
+        "-a",
+        "--filter",
+        &format!("label=hotpool.pool={pool}"),
+        "--filter",
+        &format!("label=hotpool.function={function}"),
+    ]);
+    ids.sort();
+    ids
+}
+
+/// How many containers the server said it took over as it started.
+fn adopted_by(server: &Server) -> u64 {
+    let log = server.stderr.text();
+    let line = log
+        .lines()
+        .find(|line| line.contains("took over and removed"))
+        .unwrap_or_else(|| panic!("the server says what it took over: {log}"));
+    let count = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("adopted="))
+        .unwrap_or_else(|| panic!("{line}"));
+    count.parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
 #[test]
-fn the_containers_of_a_killed_owner_go_when_the_next_server_of_its_pool_starts() {
-    let functions = [function("echo", "line", "line", "")];
+fn the_next_server_takes_over_the_idle_containers_a_killed_owner_left_and_removes_the_rest() {
+    let functions = [
+        function(
+            "echo",
+            "line",
+            "line",
+            "max_concurrency = 4\ntimeout = \"60s\"",
+        ),
+        function("web", "http", "http", ""),
+        function("changed", "line", "line", ""),
+    ];
     let mut first = Server::start("owner-killed", "", &functions);
     let _guard = PoolGuard(first.pool.clone());
+    // 30 s is a margin for the kill and the next start, not a speed.
+    let in_call = first.invoke_in_background("echo", b"!sleep 30000");
+    first.wait_for_count("echo", "/containers/busy", 1, &[&in_call]);
+    let busy = containers_of_function(&first.pool, "echo");
     assert_eq!(first.invoke("echo", b"warm").status, 200);
-    let left = sorted_containers_of(&first.pool);
-    assert_eq!(left.len(), 1, "one idle container");
-    let first_pid = first.pid();
-    assert_eq!(runtime_dirs_of_process(first_pid).len(), 1);
-
-    first.kill();
+    let idle: Vec<String> = containers_of_function(&first.pool, "echo")
+        .into_iter()
+        .filter(|id| !busy.contains(id))
+        .collect();
     assert_eq!(
-        sorted_containers_of(&first.pool),
-        left,
-        "a killed server leaves its container"
+        (busy.len(), idle.len()),
+        (1, 1),
+        "one echo container in a call, one idle"
     );
+    assert_eq!(first.invoke("web", b"warm").status, 200);
+    assert_eq!(first.invoke("changed", b"warm").status, 200);
+    let web = containers_of_function(&first.pool, "web");
+    let changed = containers_of_function(&first.pool, "changed");
+    let first_pid = first.pid();
+    let _files = KilledServerFiles {
+        pool: first.pool.clone(),
+        pid: first_pid,
+    };
+    first.kill();
 
+    let mut functions = functions.to_vec();
+    functions[2] = function("changed", "line", "line", "env = { NEW = \"1\" }");
     let mut next = Server::launch(&first.pool, loopback(free_port()), "", "", &functions);
     next.wait_until_healthy();
-    let now = containers_of(&next.pool);
-    assert!(
-        left.iter().all(|id| !now.contains(id)),
-        "the killed server's container is removed: {now:?}"
+    assert_eq!(adopted_by(&next), 2, "{}", next.stderr.text());
+    assert_eq!(
+        containers_of_function(&next.pool, "echo"),
+        idle,
+        "the idle echo container is taken over, the one in a call removed"
     );
+    assert_eq!(containers_of_function(&next.pool, "web"), web, "taken over");
     assert!(
-        next.stderr
-            .text()
-            .contains("removed containers left by an earlier run"),
-        "{}",
-        next.stderr.text()
+        containers_of_function(&next.pool, "changed")
+            .iter()
+            .all(|id| !changed.contains(id)),
+        "a container of a spec that changed is removed"
     );
     assert_eq!(
         runtime_dirs_of_process(first_pid),
         Vec::<PathBuf>::new(),
-        "the killed server's pipe directories are removed"
+        "the killed server's pipe directories are moved or removed"
+    );
+    for (name, body) in [("echo", "after"), ("web", "after")] {
+        let answer = next.invoke(name, body.as_bytes());
+        assert_eq!(
+            (answer.status, answer.text()),
+            (200, body.to_owned()),
+            "{answer}"
+        );
+        assert_eq!(
+            answer.header("hotpool-start"),
+            Some("hot"),
+            "{name}: {answer}"
+        );
+    }
+    assert_eq!(
+        containers_of_function(&next.pool, "echo"),
+        idle,
+        "served by the same container"
     );
     let locks = pool_locks_of(&next.pool);
     assert_eq!(locks.len(), 1, "{locks:?}");
@@ -157,8 +226,6 @@ fn the_containers_of_a_killed_owner_go_when_the_next_server_of_its_pool_starts()
         record.starts_with(&format!("pid {}\n", next.pid())),
         "the lock file the killed server left names the next one: {record}"
     );
-    let answer = next.invoke("echo", b"again");
-    assert_eq!(answer.status, 200, "{answer}");
     next.stop();
 }
 

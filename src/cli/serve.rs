@@ -93,6 +93,7 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
     };
     let pool = match Pool::builder(driver.clone())
         .config(config.pool.clone())
+        .functions(config.functions.iter().cloned())
         .build()
         .await
     {
@@ -124,10 +125,6 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         names.join(", "),
         std::process::id()
     );
-
-    for spec in &config.functions {
-        pool.register(spec.clone());
-    }
     let stopping = CancellationToken::new();
     let engine = Arc::new(EngineHealth::default());
     tokio::spawn(engine_health::probe(

@@ -136,6 +136,7 @@ impl<D: Driver> Inner<D> {
             self.collector
                 .sink(container.stats_key, container.call_tag.clone())
         });
+        slot.pipes.mark_busy();
         let exchange = async {
             tokio::select! {
                 biased;
@@ -155,6 +156,7 @@ impl<D: Driver> Inner<D> {
                     call_started,
                 );
                 slot.pipes.stdout.release();
+                slot.pipes.mark_idle();
                 checked.check_in();
                 let stats = self
                     .collector

@@ -10,7 +10,7 @@ use super::collector::CallTag;
 use super::readings::Readings;
 use super::spec::FunctionKey;
 use super::stdout::Stdout;
-use crate::driver::{BoxWrite, Cookie, Driver, RunResult};
+use crate::driver::{BoxWrite, CallMark, Cookie, Driver, RunResult};
 use crate::error::CallError;
 
 /// A container's stderr log, beside the rest of a container's parts.
@@ -142,10 +142,28 @@ impl<D: Driver> HotContainer<D> {
     }
 }
 
-/// The ends of a hot container's pipes that the pool holds.
+/// The ends of a hot container's pipes that the pool holds, and its
+/// between-calls mark where the driver keeps one.
 pub(crate) struct Pipes {
     pub(crate) stdin: BoxWrite,
     pub(crate) stdout: Stdout,
+    pub(crate) mark: Option<CallMark>,
+}
+
+impl Pipes {
+    /// Marks a request about to be written.
+    pub(crate) fn mark_busy(&self) {
+        if let Some(mark) = &self.mark {
+            mark.busy();
+        }
+    }
+
+    /// Marks the last request answered in full, nothing else read.
+    pub(crate) fn mark_idle(&self) {
+        if let Some(mark) = &self.mark {
+            mark.idle();
+        }
+    }
 }
 
 /// A hot container with its pipes: what the idle stack holds and a call uses.

@@ -13,9 +13,12 @@
 //! and end it with [`Pool::shutdown`], which removes every container.
 //!
 //! A pool owns its name on its engine while it lives: building claims the name
-//! ([`Driver::claim_pool`]) before removing what an earlier run of it left, so a
+//! ([`Driver::claim_pool`]) before it touches what an earlier run of it left, so a
 //! second pool of the name, in this process or another, fails to build
-//! ([`BuildError::Claim`]) and touches nothing.
+//! ([`BuildError::Claim`]) and touches nothing. What an earlier run left is
+//! taken over where it is provably between calls and one of the functions the
+//! build names ([`PoolBuilder::functions`]) would have started it, and removed
+//! otherwise: a crash of its owner costs a pool no warm container.
 //!
 //! A name has one current version. Registering a spec again with the same
 //! container spec (image, command, environment, format, memory, ...) applies its
@@ -46,7 +49,7 @@ use std::time::Duration;
 pub use crate::format::Request;
 pub use call::{Response, Start, TIMEOUT_MARGIN};
 pub use function::FunctionStatus;
-pub use scheduler::{POOL_LABEL, STARTS_AT_ONCE};
+pub use scheduler::{POOL_LABEL, SPEC_LABEL, STARTS_AT_ONCE};
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
 pub use teardown::{Leftovers, REMOVALS_AT_ONCE};
 
@@ -99,6 +102,7 @@ impl Default for PoolConfig {
 pub struct PoolBuilder<D: Driver> {
     driver: D,
     config: PoolConfig,
+    functions: Vec<FunctionSpec>,
 }
 
 impl<D: Driver> PoolBuilder<D> {
@@ -132,21 +136,35 @@ impl<D: Driver> PoolBuilder<D> {
         self
     }
 
-    /// Claims the pool's name on the driver's engine, removes containers an
-    /// earlier run of it left behind (one that crashed, say), and starts the
-    /// pool. If a live pool owns the name, fails with [`BuildError::Claim`]
-    /// having touched nothing. The pool holds the claim until it is dropped.
+    /// Registers `specs` as the pool's functions as it is built, before it
+    /// looks at what an earlier run of it left: hot containers of these
+    /// functions that are provably between calls are then taken over
+    /// ([`PoolBuilder::build`]). Functions registered after the build start
+    /// cold.
+    pub fn functions(mut self, specs: impl IntoIterator<Item = FunctionSpec>) -> Self {
+        self.functions.extend(specs);
+        self
+    }
+
+    /// Claims the pool's name on the driver's engine, deals with the
+    /// containers an earlier run of it left (one that crashed, say), and
+    /// starts the pool. A left container is taken over, idle and hot, if it
+    /// is provably between calls (the driver says: [`Driver::adopt`]) and one
+    /// of the [`PoolBuilder::functions`] would have started it (its spec
+    /// fingerprint matches), as far as that function's concurrency and the
+    /// memory budget allow; every other one is removed. If a live pool owns
+    /// the name, fails with [`BuildError::Claim`] having touched nothing. The
+    /// pool holds the claim until it is dropped.
     pub async fn build(self) -> Result<Pool<D>, BuildError> {
         let claim = self.driver.claim_pool(&self.config.name).await?;
-        let leftovers = self
-            .driver
-            .remove_labelled(POOL_LABEL, &self.config.name)
-            .await
-            .map_err(BuildError::Sweep)?;
-        if leftovers > 0 {
-            tracing::info!(count = leftovers, pool = %self.config.name, "removed containers left by an earlier run");
-        }
         let inner = Inner::new(self.driver, self.config, claim);
+        for spec in self.functions {
+            inner.register(spec);
+        }
+        let (adopted, removed) = inner.adopt_leftovers().await.map_err(BuildError::Sweep)?;
+        if adopted + removed > 0 {
+            tracing::info!(adopted, removed, pool = %inner.config.name, "took over and removed the containers an earlier run left");
+        }
         inner.tracker.spawn(inner.clone().reaper());
         Ok(Pool { inner })
     }
@@ -160,8 +178,8 @@ pub enum BuildError {
     /// ([`ClaimError::Owned`]), or could not be claimed; nothing was touched.
     #[error(transparent)]
     Claim(#[from] ClaimError),
-    /// Removing the containers an earlier run left failed.
-    #[error("removing the containers an earlier run of the pool left: {0}")]
+    /// Looking at or removing the containers an earlier run left failed.
+    #[error("taking over or removing the containers an earlier run of the pool left: {0}")]
     Sweep(CallError),
 }
 
@@ -197,6 +215,7 @@ impl<D: Driver> Pool<D> {
         PoolBuilder {
             driver,
             config: PoolConfig::default(),
+            functions: Vec::new(),
         }
     }
 

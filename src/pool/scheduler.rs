@@ -27,16 +27,22 @@ use super::container::{EvictionReason, HotContainer, Pipes, Slot, StderrLog};
 use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
 use super::readings::Readings;
+use super::spec::Format;
 use super::spec::{FunctionKey, FunctionSpec, Limits};
 use super::state::{Arrival, EvictionClock};
 use super::stdout::Stdout;
 use super::teardown::{Leftovers, Removals};
-use crate::driver::{Cookie, Driver, Task};
+use crate::driver::docker::FUNCTION_LABEL;
+use crate::driver::{Cookie, Driver, Leftover, Running, Task};
 use crate::error::CallError;
 use crate::format::{self, FrameError};
 
 /// The label that ties a container to the pool that started it.
 pub const POOL_LABEL: &str = "hotpool.pool";
+
+/// The label holding the fingerprint of a hot container's spec: a new owner
+/// takes over only containers its functions would have started.
+pub const SPEC_LABEL: &str = "hotpool.spec";
 
 /// The longest the reaper sleeps between looks at idle containers.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -429,10 +435,123 @@ impl<D: Driver> Inner<D> {
         let Some(turn) = self.start_turn().await else {
             return Err(busy("the pool is shutting down"));
         };
-        let current_call = Arc::new(Mutex::new(None));
-        let new_id = crate::id::new_id();
-        let mut task = self.task(pool, &new_id);
+        let (task, wiring) = self.hot_task(pool, &crate::id::new_id());
         let id = task.id.clone();
+        let mut cookie = self.prepare(task).await?;
+        let ran = cookie.run().await;
+        drop(turn);
+        self.hot_slot(id, pool, cookie, ran, wiring, memory).await
+    }
+
+    /// Takes over the hot containers an earlier owner of the pool left
+    /// running (it crashed, say) that are provably between calls and whose
+    /// spec a registered function's current version has, as far as their
+    /// function's concurrency and the memory budget allow; removes every
+    /// other container of the pool's label. Says how many it took over and
+    /// how many it removed.
+    pub(crate) async fn adopt_leftovers(&self) -> Result<(usize, usize), CallError> {
+        use futures_util::StreamExt;
+        let found = self.driver.leftovers(POOL_LABEL, &self.config.name).await?;
+        let outcomes = futures_util::stream::iter(found)
+            .map(|leftover| async move {
+                let taken = match self.adoptable(&leftover) {
+                    Ok((pool, memory)) => self
+                        .adopt(&pool, &leftover, memory)
+                        .await
+                        .map(|slot| self.settle_adopted(&pool, slot)),
+                    Err(why) => Err(CallError::engine(why)),
+                };
+                match taken {
+                    Ok(()) => Ok(true),
+                    Err(why) => {
+                        tracing::info!(container = %leftover.engine_id, %why, "not taking over a container an earlier run left; removing it");
+                        self.driver.remove_leftover(&leftover).await.map(|()| false)
+                    }
+                }
+            })
+            .buffer_unordered(STARTS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        let mut counts = (0, 0);
+        for outcome in outcomes {
+            if outcome? {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The function version `leftover` may join, with its memory reserved;
+    /// else why not.
+    fn adoptable(
+        &self,
+        leftover: &Leftover,
+    ) -> Result<(Arc<FunctionPool<D>>, Reservation), String> {
+        let function = leftover
+            .labels
+            .get(FUNCTION_LABEL)
+            .ok_or("it names no function")?;
+        let pool = self
+            .current(function)
+            .map_err(|_| format!("{function} is not configured"))?;
+        if pool.format() == Format::Cold {
+            return Err(format!("{function} is cold now"));
+        }
+        let fingerprint = pool.container.fingerprint(&pool.name);
+        if leftover.labels.get(SPEC_LABEL) != Some(&fingerprint) {
+            return Err(format!("{function}'s container spec changed"));
+        }
+        let memory = self
+            .budget
+            .try_reserve(pool.container.memory)
+            .ok_or("the memory budget is full")?;
+        Ok((pool, memory))
+    }
+
+    /// Puts an adopted container in its version's idle stack.
+    fn settle_adopted(&self, pool: &Arc<FunctionPool<D>>, slot: Slot<D>) {
+        let actions = {
+            let mut state = pool.lock();
+            let actions = state.adopted(slot, now());
+            pool.publish(&mut state);
+            actions
+        };
+        self.settle(pool, actions);
+    }
+
+    /// Takes over `leftover`, a container an earlier owner of the pool left
+    /// running, as one of `pool`'s, with its memory: if the driver can prove
+    /// it is between calls, it joins the idle containers as they are.
+    async fn adopt(
+        &self,
+        pool: &Arc<FunctionPool<D>>,
+        leftover: &Leftover,
+        memory: Reservation,
+    ) -> Result<Slot<D>, CallError> {
+        let prefix = format!("{}-", pool.name);
+        let Some(suffix) = leftover.task_id.strip_prefix(&prefix) else {
+            return Err(CallError::engine(format!(
+                "container {} is no task of {}",
+                leftover.engine_id, pool.name
+            )));
+        };
+        let (task, wiring) = self.hot_task(pool, suffix);
+        let id = task.id.clone();
+        let mut cookie = self.driver.adopt(leftover, task).await?;
+        self.removals.prepared(&id);
+        let ran = cookie.run().await;
+        let mut slot = self.hot_slot(id, pool, cookie, ran, wiring, memory).await?;
+        slot.fresh = false;
+        Ok(slot)
+    }
+
+    /// The task of a hot container of `pool` with id `id`: its stderr goes to
+    /// the pool's log under the call in it, its samples to the collector.
+    fn hot_task(&self, pool: &FunctionPool<D>, id: &str) -> (Task, HotWiring) {
+        let current_call = Arc::new(Mutex::new(None));
+        let mut task = self.task(pool, id);
         task.stderr = Box::new(StderrLog::new(
             pool.name.clone(),
             current_call.clone(),
@@ -442,10 +561,29 @@ impl<D: Driver> Inner<D> {
         let call_tag = Arc::new(CallTag::default());
         task.stats = Some(self.collector.sink(stats_key, call_tag.clone()));
         task.counters = true;
-        task.orphan_timeout = Some(spread_orphan_timeout(self.config.orphan_timeout, &new_id));
-        let mut cookie = self.prepare(task).await?;
-        let ran = cookie.run().await;
-        drop(turn);
+        task.orphan_timeout = Some(spread_orphan_timeout(self.config.orphan_timeout, id));
+        task.labels.insert(
+            SPEC_LABEL.to_owned(),
+            pool.container.fingerprint(&pool.name),
+        );
+        let wiring = HotWiring {
+            current_call,
+            stats: (stats_key, call_tag),
+        };
+        (task, wiring)
+    }
+
+    /// A hot container whose cookie `ran`: noted as the pool's, watched,
+    /// and marked between calls; removed if it did not run.
+    async fn hot_slot(
+        &self,
+        id: String,
+        pool: &Arc<FunctionPool<D>>,
+        cookie: D::Cookie,
+        ran: Result<Running, CallError>,
+        wiring: HotWiring,
+        memory: Reservation,
+    ) -> Result<Slot<D>, CallError> {
         let running = match ran {
             Ok(running) => running,
             Err(error) => {
@@ -463,8 +601,8 @@ impl<D: Driver> Inner<D> {
             id.clone(),
             pool.key,
             cookie,
-            current_call,
-            (stats_key, call_tag),
+            wiring.current_call,
+            wiring.stats,
             memory,
         ));
         self.containers.insert(id, container.clone());
@@ -476,12 +614,15 @@ impl<D: Driver> Inner<D> {
                 inner.died_while_idle(&watched);
             }
         });
+        let pipes = Pipes {
+            stdin,
+            stdout: Stdout::new(stdout),
+            mark: running.mark,
+        };
+        pipes.mark_idle();
         Ok(Slot {
             container,
-            pipes: Pipes {
-                stdin,
-                stdout: Stdout::new(stdout),
-            },
+            pipes,
             fresh: true,
             calls: 0,
             readings: Readings::default(),
@@ -826,6 +967,13 @@ impl<D: Driver> Inner<D> {
         }
         pool
     }
+}
+
+/// What a hot container's task shares with the pool: the call in it (its
+/// stderr lines are tagged with it) and its stats key and call tag.
+struct HotWiring {
+    current_call: Arc<Mutex<Option<String>>>,
+    stats: (u64, Arc<CallTag>),
 }
 
 /// How often a failed kill is tried, and shutdown's final sweep.

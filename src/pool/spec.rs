@@ -241,6 +241,22 @@ impl ContainerSpec {
         task
     }
 
+    /// A fingerprint of function `name`'s containers with this spec, stable
+    /// across runs and builds of one layout of hotpool's containers: a new
+    /// owner takes over only a container whose fingerprint it would give.
+    pub(crate) fn fingerprint(&self, name: &str) -> String {
+        use sha2::{Digest, Sha256};
+        // Bumped when what runs in a container changes its meaning (the
+        // init's protocol, the pipes): containers of an older layout are
+        // never taken over.
+        const LAYOUT: u32 = 1;
+        let digest = Sha256::digest(format!("{LAYOUT}\n{name}\n{self:?}"));
+        digest[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
     /// The key of function `name`'s version with this container spec.
     pub(crate) fn key(&self, name: &str) -> FunctionKey {
         let mut hasher = DefaultHasher::new();

@@ -236,6 +236,12 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         self.offer(container, now, prewarm)
     }
 
+    /// A container an earlier owner left joins the idle ones (or is retired
+    /// past the function's concurrency).
+    pub(crate) fn adopted(&mut self, container: C, now: Instant) -> Actions<C, W> {
+        self.offer(container, now, false)
+    }
+
     /// A start failed: the waiters that no idle or starting container will serve
     /// are refused, the latest first.
     pub(crate) fn start_failed(&mut self) -> Actions<C, W> {

@@ -311,6 +311,9 @@ impl RuntimeDir {
             .ok_or(TakeOverError::NotOurs)?;
         let path = self.own.join(id);
         fs::rename(from, &path).map_err(TakeOverError::Io)?;
+        if let Some(driver_dir) = from.parent() {
+            remove_if_gone(driver_dir);
+        }
         let mark = match MappedWord::open(&path.join(MARK)) {
             Ok(word) => CallMark::mapped(word),
             Err(e) => {
@@ -430,29 +433,41 @@ pub(crate) fn remove_orphans(root: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some((pid, _)) = name.to_str().and_then(|name| name.split_once('.')) else {
-            continue;
-        };
-        let is_driver_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
-        if !is_driver_dir || pid.parse::<u32>().is_err() {
-            continue;
-        }
-        let gone = match File::open(entry.path().join(LOCK)) {
-            Ok(lock) => lock.try_lock().is_ok(),
-            Err(_) => !Path::new("/proc").join(pid).exists(),
-        };
-        if gone && remove_dead_containers(&entry.path()) == 0 {
-            let _ = fs::remove_dir_all(entry.path());
-        }
+        remove_if_gone(&entry.path());
+    }
+}
+
+/// Removes the dead containers' directories in `driver_dir` if it is the
+/// directory of a driver that is gone, and the whole of it once none is left.
+fn remove_if_gone(driver_dir: &Path) {
+    let Some((pid, _)) = driver_dir
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.split_once('.'))
+    else {
+        return;
+    };
+    if !driver_dir.is_dir() || pid.parse::<u32>().is_err() {
+        return;
+    }
+    let gone = match File::open(driver_dir.join(LOCK)) {
+        Ok(lock) => lock.try_lock().is_ok(),
+        Err(_) => !Path::new("/proc").join(pid).exists(),
+    };
+    if gone && remove_dead_containers(driver_dir) == 0 {
+        let _ = fs::remove_dir_all(driver_dir);
     }
 }
 
 /// Removes the pipe directory `path` of a container that is gone, if it is
 /// one of a container's directories under runtime directory `root`.
 pub(crate) fn remove_left_dir(root: &Path, path: &Path) {
-    if path.parent().and_then(Path::parent) == Some(root) && path.file_name().is_some() {
+    let Some(driver_dir) = path.parent() else {
+        return;
+    };
+    if driver_dir.parent() == Some(root) && path.file_name().is_some() {
         let _ = fs::remove_dir_all(path);
+        remove_if_gone(driver_dir);
     }
 }
 
