@@ -826,7 +826,8 @@ impl TryFrom<Quoted> for FormatName {
     }
 }
 
-/// A user as the engine takes it: `uid[:gid]` or a name from the image.
+/// A user as the engine takes it: `uid[:gid]` (a bare uid runs with gid = uid)
+/// or a name from the image.
 #[derive(Deserialize)]
 #[serde(try_from = "Quoted")]
 struct User(String);

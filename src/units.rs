@@ -109,7 +109,7 @@ fn show_limit(limit: Duration) -> String {
 
 /// Checks a user as the engine takes it: `user` or `user:group`, each a number
 /// (`1000`) or a name (`nobody`, looked up in the image's `/etc/passwd` and
-/// `/etc/group` when the container starts).
+/// `/etc/group` when the container starts). A bare number runs with gid = uid.
 pub fn parse_user(text: &str) -> Result<String, String> {
     let valid = |part: &str| {
         if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {

@@ -159,16 +159,23 @@ async fn functions_run_as_1000_by_default_or_as_the_chosen_user<D: TestEngine>(
         ask(&pool, &line_spec(&pool, transport, "user-default"), "!id").await,
         "1000:1000"
     );
-    // A uid alone: Docker takes the gid from the image's /etc/passwd (0 without
-    // one); containerd reads no /etc/passwd and gives the uid's number.
-    let uid_alone = match pool.driver().traits().name {
-        "docker" => "7:0",
-        _ => "7:7",
-    };
-    for (user, id) in [("4321:99", "4321:99"), ("0", "0:0"), ("7", uid_alone)] {
+    // A uid alone runs with its own number as gid on both engines, never in the
+    // root group (Docker alone would take 0 from an image without /etc/passwd).
+    for (user, id) in [("4321:99", "4321:99"), ("0", "0:0"), ("7", "7:7")] {
         let mut spec = line_spec(&pool, transport, "user-chosen");
         spec.user = user.into();
         assert_eq!(ask(&pool, &spec, "!id").await, id, "user {user}");
+        // No supplementary group but the gid itself (Docker lists it, containerd not).
+        let status = ask(&pool, &spec, "!read /proc/self/status").await;
+        let groups = status
+            .split(" | ")
+            .find_map(|line| line.strip_prefix("Groups:"))
+            .unwrap_or_else(|| panic!("no Groups line: {status}"));
+        let gid = id.split_once(':').unwrap().1;
+        assert!(
+            groups.split_whitespace().all(|group| group == gid),
+            "user {user}: groups {groups:?}"
+        );
     }
     shut(&pool).await;
 }

@@ -43,7 +43,8 @@ pub(crate) struct RunArgs {
     /// CPU quota in cores (e.g. 0.5, 2).
     #[arg(long, default_value = "1")]
     cpus: Cpus,
-    /// The user to run as: uid[:gid] or a name from the image.
+    /// The user to run as: uid[:gid] (a bare uid runs with gid = uid) or a name
+    /// from the image.
     #[arg(long, default_value = DEFAULT_USER, value_parser = parse_user)]
     user: String,
     /// Size of the tmpfs at /tmp (at least 1m); it counts against --memory.

@@ -161,8 +161,8 @@ pub struct Task {
     pub network: Option<String>,
     /// CPU quota (default one core).
     pub cpus: Cpus,
-    /// The user the function runs as: `uid[:gid]` or a name from the image
-    /// (default [`DEFAULT_USER`]).
+    /// The user the function runs as: `uid[:gid]` (a bare uid runs with gid =
+    /// uid on every engine) or a name from the image (default [`DEFAULT_USER`]).
     pub user: String,
     /// Size of the tmpfs mounted at `/tmp`, in bytes (default
     /// [`DEFAULT_TMP_SIZE`]); its inode count scales with it. Its pages count

@@ -97,7 +97,8 @@ pub struct FunctionSpec {
     pub network: Option<String>,
     /// CPU quota of each container.
     pub cpus: Cpus,
-    /// The user its processes run as: `uid[:gid]` or a name from the image.
+    /// The user its processes run as: `uid[:gid]` (a bare uid runs with gid =
+    /// uid) or a name from the image.
     pub user: String,
     /// Size of the tmpfs at `/tmp`, in bytes (it counts against `memory`).
     pub tmp_size: u64,

@@ -45,6 +45,7 @@ use containerd_client::types::transfer::{
     AuthRequest, AuthResponse, AuthType, ImageStore, OciRegistry, RegistryResolver,
     UnpackConfiguration,
 };
+use futures_util::{Stream, StreamExt};
 use prost::Message;
 use prost_types::Any;
 use tonic::{Code, Status, Streaming};
@@ -377,9 +378,10 @@ async fn open_stream(engine: &Engine, id: &str) -> Result<(Outgoing, Streaming<A
 /// Runs `transfer` while reading containerd's progress events from
 /// `progress`: a transfer with no event for [`STALL_DEADLINE`] (no byte of
 /// any blob, no blob done) is given up, as is one not done by its own deadline.
+/// Once the events end or fail, only the transfer's own deadline holds.
 async fn watched<T>(
     transfer: impl std::future::Future<Output = Result<T, Status>>,
-    mut progress: Option<Streaming<Any>>,
+    mut progress: Option<impl Stream<Item = Result<Any, Status>> + Unpin>,
 ) -> Result<T, Status> {
     tokio::pin!(transfer);
     loop {
@@ -388,10 +390,10 @@ async fn watched<T>(
         };
         tokio::select! {
             result = &mut transfer => return result,
-            event = tokio::time::timeout(STALL_DEADLINE, events.message()) => match event {
-                Ok(Ok(Some(_))) => {}
+            event = tokio::time::timeout(STALL_DEADLINE, events.next()) => match event {
+                Ok(Some(Ok(_))) => {}
                 // containerd closes the stream as the transfer ends.
-                Ok(Ok(None)) | Ok(Err(_)) => progress = None,
+                Ok(None) | Ok(Some(Err(_))) => progress = None,
                 Err(_) => {
                     return Err(Status::deadline_exceeded(format!(
                         "no progress for {STALL_DEADLINE:?}"
@@ -435,7 +437,83 @@ fn answer(config_dir: Option<&std::path::Path>, host: &str) -> Result<AuthRespon
 
 #[cfg(test)]
 mod tests {
+    use futures_util::stream;
+    use tokio::time::{Instant, sleep};
+
     use super::*;
+
+    /// `count` progress events, one every `every`, then silence: the stream
+    /// stays open with nothing more on it.
+    fn events_then_silence(
+        every: Duration,
+        count: usize,
+    ) -> impl Stream<Item = Result<Any, Status>> + Unpin {
+        Box::pin(stream::unfold(0, move |sent| async move {
+            if sent == count {
+                std::future::pending::<()>().await;
+            }
+            sleep(every).await;
+            Some((Ok(Any::default()), sent + 1))
+        }))
+    }
+
+    /// A transfer that succeeds after `took`.
+    async fn done_after(took: Duration) -> Result<&'static str, Status> {
+        sleep(took).await;
+        Ok("pulled")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_whose_progress_goes_silent_is_cut_after_the_stall_deadline() {
+        let start = Instant::now();
+        let events = events_then_silence(Duration::from_secs(10), 3);
+        let hour = Duration::from_secs(3600);
+        let cut = watched(done_after(hour), Some(events)).await.unwrap_err();
+        assert_eq!(cut.code(), Code::DeadlineExceeded);
+        assert_eq!(cut.message(), "no progress for 60s");
+        // Cut a whole deadline after the last event, not before.
+        assert!(start.elapsed() >= Duration::from_secs(30) + STALL_DEADLINE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_with_steady_progress_outlives_the_stall_deadline() {
+        let long = 5 * STALL_DEADLINE;
+        let events = events_then_silence(STALL_DEADLINE / 2, usize::MAX);
+        assert_eq!(
+            watched(done_after(long), Some(events)).await.unwrap(),
+            "pulled"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_progress_events_only_the_transfer_ends_itself() {
+        let long = 5 * STALL_DEADLINE;
+        let ended = stream::empty();
+        let failed = stream::iter([Err(Status::unavailable("the stream broke"))]);
+        let after_events = stream::iter([Ok(Any::default()), Ok(Any::default())]);
+        assert_eq!(
+            watched(done_after(long), Some(ended)).await.unwrap(),
+            "pulled"
+        );
+        assert_eq!(
+            watched(done_after(long), Some(failed)).await.unwrap(),
+            "pulled"
+        );
+        assert_eq!(
+            watched(done_after(long), Some(after_events)).await.unwrap(),
+            "pulled"
+        );
+        // Refused when opened: no stream at all.
+        let refused: Option<stream::Empty<_>> = None;
+        assert_eq!(watched(done_after(long), refused).await.unwrap(), "pulled");
+        // The transfer's own failure passes through as it is.
+        let missing = async { Err::<(), _>(Status::not_found("no such image")) };
+        let events = events_then_silence(Duration::from_secs(1), usize::MAX);
+        assert_eq!(
+            watched(missing, Some(events)).await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
 
     #[test]
     fn versions_tell_https_only_from_full() {

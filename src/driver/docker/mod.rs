@@ -294,7 +294,7 @@ impl Engine {
             },
             env: Some(task.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: task.workdir.clone(),
-            user: Some(task.user.clone()),
+            user: Some(docker_user(&task.user)),
             labels: Some(
                 task.labels
                     .iter()
@@ -556,6 +556,17 @@ fn whole_seconds(duration: Duration) -> Duration {
     Duration::from_secs(duration.as_secs().saturating_add(up).max(1))
 }
 
+/// The user as dockerd is told it: a bare uid gets its own number as gid, as on
+/// containerd. Left to itself dockerd would take the gid from the image's
+/// `/etc/passwd`, and 0, the root group, from an image without one. Names pass
+/// as they are, for dockerd to look up in the image.
+fn docker_user(user: &str) -> String {
+    match direct::numeric_user(user) {
+        Some((uid, gid)) => format!("{uid}:{gid}"),
+        None => user.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,6 +613,18 @@ mod tests {
             tmpfs["/tmp"].ends_with(",size=1048576,nr_inodes=64"),
             "{tmpfs:?}"
         );
+    }
+
+    #[test]
+    fn a_bare_uid_runs_in_its_own_group_and_names_pass_as_they_are() {
+        assert_eq!(docker_user("7"), "7:7");
+        assert_eq!(docker_user("4321:99"), "4321:99");
+        assert_eq!(docker_user("nobody"), "nobody");
+        assert_eq!(docker_user("7:nogroup"), "7:nogroup");
+        let mut task = Task::new("t", "f", "img");
+        task.user = "0".into();
+        let config = offline_engine().container_config(&task, None);
+        assert_eq!(config.user.as_deref(), Some("0:0"));
     }
 
     #[test]
