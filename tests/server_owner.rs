@@ -10,9 +10,12 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use support::server::{
-    KilledServerFiles, Server, containers_of, docker_ps, eventually, function, ids_listed_by,
+    KilledServerFiles, Server, containers_of, docker_ps, error_of, eventually, function,
+    ids_listed_by,
 };
 use support::{PoolGuard, free_port, pool_locks_of, runtime_dirs_of_process};
 
@@ -128,6 +131,9 @@ fn containers_of_function(pool: &str, function: &str) -> Vec<String> {
 
 /// How many containers the server said it took over as it started.
 fn adopted_by(server: &Server) -> u64 {
+    eventually("the server says what it took over", || {
+        server.stderr.text().contains("took over and removed")
+    });
     let log = server.stderr.text();
     let line = log
         .lines()
@@ -262,4 +268,107 @@ fn a_hot_container_whose_owner_was_killed_ends_itself_after_the_orphan_timeout()
         ["137"],
         "its init killed the function for want of an owner; it did not end on its stdin closing"
     );
+}
+
+/// Calls `function` with `body` until `stop`, counting the calls that end
+/// (well or not) in `done`; the answers do not matter.
+fn load(
+    server: &Server,
+    calls: [(&'static str, &'static str); 2],
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
+    let (addr, stop, done) = (server.addr, stop.clone(), done.clone());
+    std::thread::spawn(move || {
+        for round in 0.. {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            let (function, body) = calls[round % 2];
+            let _ = support::http::post(addr, &format!("/invoke/{function}"), body.as_bytes());
+            done.fetch_add(1, Ordering::AcqRel);
+        }
+    })
+}
+
+#[test]
+fn no_byte_written_for_a_call_before_a_kill_reaches_a_caller_after_it() {
+    let functions = [
+        function("web", "http", "http", "max_concurrency = 6"),
+        function("echo", "line", "line", "max_concurrency = 6"),
+    ];
+    let mut first = Server::start("owner-load", "", &functions);
+    let _guard = PoolGuard(first.pool.clone());
+    let _files = KilledServerFiles {
+        pool: first.pool.clone(),
+        pid: first.pid(),
+    };
+    // Calls that leave bytes behind: http answers written again, unasked,
+    // up to 1.5 s later (while idle), and line calls that answer up to 2.5 s
+    // after they began, so after the next server is up; and plain calls
+    // between them, so some containers are idle when the kill comes.
+    let (stop, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let loaders: Vec<_> = [
+        [("web", "!late 1500 stale"), ("echo", "!sleep 2500")],
+        [("web", "stale"), ("echo", "!sleep 1200")],
+        [("web", "!late 800 stale"), ("echo", "stale")],
+        [("web", "stale"), ("echo", "!sleep 1800")],
+        [("web", "stale"), ("echo", "stale")],
+        [("web", "stale"), ("echo", "stale")],
+    ]
+    .into_iter()
+    .map(|calls| load(&first, calls, &stop, &done))
+    .collect();
+    eventually("60 calls are done under load", || {
+        done.load(Ordering::Acquire) >= 60
+    });
+    first.kill();
+    stop.store(true, Ordering::Release);
+    for loader in loaders {
+        loader.join().expect("a loader thread");
+    }
+
+    let mut next = Server::launch(&first.pool, loopback(free_port()), "", "", &functions);
+    next.wait_until_healthy();
+    let adopted = adopted_by(&next);
+    let answers: Vec<(String, support::http::HttpResponse)> = std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..4)
+            .map(|caller| {
+                let next = &next;
+                scope.spawn(move || {
+                    (0..60)
+                        .map(|n| {
+                            let function = ["web", "echo"][n % 2];
+                            let body = format!("after-{caller}-{n}");
+                            (body.clone(), next.invoke(function, body.as_bytes()))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        callers
+            .into_iter()
+            .flat_map(|caller| caller.join().expect("a caller thread"))
+            .collect()
+    });
+    let foreign: Vec<String> = answers
+        .iter()
+        .filter(|(body, answer)| answer.status == 200 && answer.text() != *body)
+        .map(|(body, answer)| format!("{body} got {}", answer.text()))
+        .collect();
+    assert_eq!(
+        foreign,
+        Vec::<String>::new(),
+        "{adopted} containers taken over"
+    );
+    for (body, answer) in &answers {
+        assert!(
+            answer.status == 200 || error_of(answer)["kind"] == "protocol_error",
+            "{body}: {answer}"
+        );
+    }
+    next.stop();
 }
