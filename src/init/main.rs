@@ -26,9 +26,9 @@
 //! With `--orphan-after`, given to hot containers, the function outlives its
 //! owner for that long: hotpool holds the writing end of `IO_DIR/owner` while it
 //! owns the container, and this program watches the reading end. It keeps a
-//! writing end of `stdin` and a reading end of `stdout` itself, so a function
-//! whose owner is gone neither reads end-of-file nor dies writing: it waits,
-//! warm, for an owner. Once the container has had none for SECONDS, the
+//! writing end of `stdin` and reading ends of `stdout` and `stderr` itself, so
+//! a function whose owner is gone neither reads end-of-file nor dies writing:
+//! it waits, warm, for an owner (one that writes blocks once a pipe is full). Once the container has had none for SECONDS, the
 //! function is killed (SIGKILL) and the container ends, reported as `signal
 //! 9`, so a container whose hotpool is gone for good does not live for ever.
 //! The owner pipe is hotpool's, readable by all and writable by hotpool alone:
@@ -303,9 +303,10 @@ fn main() -> ExitCode {
 
 /// Opens, for a function that may outlive its owner, the owner pipe's reading
 /// end and the ends this program holds so that the function sees no owner go:
-/// a writing end of stdin and a reading end of stdout. All non-blocking (the
-/// function's own ends are open: nothing waits) and closed on exec.
-fn hold_for_orphan(io: &Path) -> Result<(File, [File; 2]), String> {
+/// a writing end of stdin and reading ends of stdout and stderr. All
+/// non-blocking (the function's own ends are open: nothing waits) and closed
+/// on exec.
+fn hold_for_orphan(io: &Path) -> Result<(File, [File; 3]), String> {
     let open = |name: &str, write: bool| {
         OpenOptions::new()
             .read(!write)
@@ -316,7 +317,11 @@ fn hold_for_orphan(io: &Path) -> Result<(File, [File; 2]), String> {
     };
     Ok((
         open("owner", false)?,
-        [open("stdin", true)?, open("stdout", false)?],
+        [
+            open("stdin", true)?,
+            open("stdout", false)?,
+            open("stderr", false)?,
+        ],
     ))
 }
 

@@ -272,6 +272,7 @@ impl RuntimeDir {
             path,
             owner: None,
             mark,
+            released: false,
         };
         mkfifo(&dir.path.join(OWNER))?;
         fs::set_permissions(dir.path.join(OWNER), fs::Permissions::from_mode(0o644))?;
@@ -325,6 +326,7 @@ impl RuntimeDir {
             path,
             owner: None,
             mark,
+            released: false,
         };
         if !dir.mark.is_idle() {
             return Err(TakeOverError::InCall);
@@ -415,8 +417,13 @@ fn mkfifo(path: &Path) -> io::Result<()> {
 }
 
 impl Drop for RuntimeDir {
+    /// Removes this driver's directory, but for the pipes of containers whose
+    /// function still runs (let go for a next owner): those stay until taken
+    /// over, or until the next driver to install finds them dead.
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.own);
+        if remove_dead_containers(&self.own) == 0 {
+            let _ = fs::remove_dir_all(&self.own);
+        }
     }
 }
 
@@ -510,6 +517,8 @@ pub(crate) struct IoDir {
     path: PathBuf,
     owner: Option<File>,
     mark: CallMark,
+    /// Let go for a next owner: the directory stays when this drops.
+    released: bool,
 }
 
 impl IoDir {
@@ -525,6 +534,13 @@ impl IoDir {
     /// Holds `end`, the owner pipe's one-way end, for as long as this lives.
     pub(crate) fn own(&mut self, end: File) {
         self.owner = Some(end);
+    }
+
+    /// Lets go of the container for a next owner to take over
+    /// ([`RuntimeDir::take_over`]): hotpool's end of the owner pipe closes,
+    /// and the directory stays.
+    pub(crate) fn release(mut self) {
+        self.released = true;
     }
 
     /// hotpool's ends, opened read-write so that nothing blocks or ends before
@@ -547,7 +563,9 @@ impl IoDir {
 
 impl Drop for IoDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        if !self.released {
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -839,6 +857,64 @@ mod tests {
         let (mut child, mut side) = run_init(Duration::from_secs(2), false, &["yes"]).await;
         let mut line = [0u8; 2];
         side.stdout.read_exact(&mut line).await.unwrap();
+        drop((side.stdin, side.stdout, side.dir));
+        assert_eq!(verdict_of(&mut side.status).await, Some(Ended::Signal(9)));
+        assert_eq!(child.wait().unwrap().code(), Some(137));
+    }
+
+    #[tokio::test]
+    async fn a_container_let_go_between_calls_is_taken_over_and_one_in_a_call_is_not() {
+        let (mut child, side) = run_init(Duration::from_secs(600), false, &["cat"]).await;
+        let HotpoolSide {
+            _root: root,
+            _runtime: runtime,
+            dir,
+            mut stdin,
+            mut stdout,
+            status,
+        } = side;
+        let mut answer = [0u8; 4];
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"one\n")
+            .await
+            .unwrap();
+        stdout.read_exact(&mut answer).await.unwrap();
+        dir.mark().idle();
+        let path = dir.path().to_owned();
+        // The first owner lets go and its driver goes: the live container's
+        // pipes stay.
+        drop((stdin, stdout, status));
+        dir.release();
+        drop(runtime);
+        assert!(path.exists(), "a live container's pipes outlive their driver");
+
+        let next = RuntimeDir::install(root.path()).unwrap();
+        let (dir, mut one_way) = next.take_over(&path).expect("taken over");
+        assert!(!path.exists(), "moved into the next driver's directory");
+        tokio::io::AsyncWriteExt::write_all(&mut one_way.stdin, b"two\n")
+            .await
+            .unwrap();
+        one_way.stdout.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"two\n", "the same function serves the next owner");
+
+        // Let go in the middle of a call: refused, and its pipes removed.
+        dir.mark().busy();
+        let path = dir.path().to_owned();
+        drop(one_way);
+        dir.release();
+        let third = RuntimeDir::install(root.path()).unwrap();
+        let refused = third.take_over(&path).map(drop);
+        assert!(matches!(refused, Err(TakeOverError::InCall)), "{refused:?}");
+        assert!(!third.own.join(path.file_name().unwrap()).exists());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_orphaned_function_writing_to_stderr_is_not_killed_by_its_owners_absence() {
+        // Nothing reads stderr here once the owner goes: without the init's
+        // own reader, `yes` would die of SIGPIPE (signal 13) at once.
+        let command = ["sh", "-c", "exec yes >&2"];
+        let (mut child, mut side) = run_init(Duration::from_secs(2), false, &command).await;
         drop((side.stdin, side.stdout, side.dir));
         assert_eq!(verdict_of(&mut side.status).await, Some(Ended::Signal(9)));
         assert_eq!(child.wait().unwrap().code(), Some(137));
