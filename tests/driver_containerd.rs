@@ -1,8 +1,9 @@
 //! The containerd driver against a real containerd: the image pulled from a
 //! real registry, cold calls and every way they end, the hot shape of the
 //! pipes, a task created first and started later (the warm tier), the
-//! container's lock-down seen from inside, shim groups, and nothing left
-//! behind in hotpool's namespace.
+//! container's lock-down seen from inside, shim groups, hot containers taken
+//! over by a new driver after their owner is gone, and nothing left behind in
+//! hotpool's namespace.
 
 mod support;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use hotpool::driver::containerd::{ContainerdCookie, ContainerdDriver, ContainerdOptions};
-use hotpool::driver::{Cookie, Driver, RunResult, Task, Transport};
+use hotpool::driver::{Cookie, Driver, IO_LABEL, RunResult, Task, Transport};
 use hotpool::error::{CallError, ErrorKind};
 use hotpool::pool::POOL_LABEL;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -451,6 +452,148 @@ async fn remove_labelled_leaves_nothing_of_the_label() {
     // The cookies find their containers gone: closing is still fine.
     running.close().await;
     prepared.close().await;
+}
+
+/// Starts a hot container of `task` on a driver of its own, has it answer one
+/// line, marks it between calls (`idle`) or not, then loses it as a crash of
+/// its owner would: hotpool's ends of its pipes go, and the cookie is never
+/// closed nor dropped (nor its driver's runtime directory, which it holds).
+async fn abandon(image: &TestImage, mut task: Task, idle: bool) {
+    // The init keeps the function, and the pipes open, while no owner is there.
+    task.orphan_timeout = Some(Duration::from_secs(120));
+    let driver = driver(image).await;
+    let mut cookie = driver.prepare(task).await.expect("prepare");
+    let running = cookie.run().await.expect("run");
+    let mark = running.mark.expect("a direct container has a mark");
+    let mut stdin = running.stdin.expect("stdin handed out");
+    let mut stdout = BufReader::new(running.stdout.expect("stdout handed out")).lines();
+    mark.busy();
+    stdin.write_all(b"before\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    assert_eq!(stdout.next_line().await.unwrap().as_deref(), Some("before"));
+    if idle {
+        mark.idle();
+    }
+    std::mem::forget(cookie);
+}
+
+/// The task a new owner adopts container `task_id` of `pool` for.
+fn adopting(image: &TestImage, task_id: &str, pool: &str) -> Task {
+    let mut task = task(image, &["line"]);
+    task.id = task_id.to_owned();
+    task.labels.insert(POOL_LABEL.to_owned(), pool.to_owned());
+    task
+}
+
+#[tokio::test]
+async fn a_hot_container_left_between_calls_is_taken_over_by_a_new_driver() {
+    let image = TestImage::shared().await;
+    let task = task(&image, &["line"]);
+    let (task_id, pool) = (task.id.clone(), task.labels[POOL_LABEL].clone());
+    let guard = guard(&task);
+    abandon(&image, task, true).await;
+
+    let driver = driver(&image).await;
+    let found = driver
+        .leftovers(POOL_LABEL, &pool)
+        .await
+        .expect("leftovers");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let leftover = &found[0];
+    assert_eq!(leftover.task_id, task_id);
+    let id = leftover.engine_id.clone();
+    let mut cookie = driver
+        .adopt(leftover, adopting(&image, &task_id, &pool))
+        .await
+        .expect("a container between calls is taken over");
+    let running = cookie.run().await.expect("run hands out the pipes");
+    assert!(running.mark.expect("a mark").is_idle());
+    let mut hot = Hot {
+        stdin: running.stdin.expect("stdin handed out"),
+        stdout: BufReader::new(running.stdout.expect("stdout handed out")).lines(),
+        cookie,
+        _guard: guard,
+    };
+    assert_eq!(hot.call("after").await, "after");
+    assert!(hot.cookie.cpu_time().is_some(), "its cgroup's counters");
+    assert!(hot.cookie.memory_bytes().is_some_and(|bytes| bytes > 0));
+    // The pipes are this driver's now, and the label says where.
+    let relabelled = driver.leftovers(POOL_LABEL, &pool).await.unwrap()[0].labels[IO_LABEL].clone();
+    assert_ne!(relabelled, leftover.labels[IO_LABEL]);
+    assert!(std::path::Path::new(&relabelled).join("stdin").exists());
+    assert!(!std::path::Path::new(&leftover.labels[IO_LABEL]).exists());
+
+    hot.cookie.kill().await.expect("kill");
+    match hot.cookie.wait(&CancellationToken::new()).await {
+        Err(CallError::Exited { code: 137, .. }) => {}
+        other => panic!("expected exited with 137, got {other:?}"),
+    }
+    hot.cookie.close().await;
+    assert_eq!(driver.leftovers(POOL_LABEL, &pool).await, Ok(Vec::new()));
+    assert_nothing_left(&pool, &[&id]).await;
+    assert_eq!(
+        support::direct_dirs_of(&task_id),
+        Vec::<std::path::PathBuf>::new(),
+        "close left the container's pipes behind"
+    );
+}
+
+#[tokio::test]
+async fn a_container_left_in_a_call_is_refused_and_removed_with_what_a_prepare_left() {
+    let image = TestImage::shared().await;
+    let task = task(&image, &["line"]);
+    let (task_id, pool) = (task.id.clone(), task.labels[POOL_LABEL].clone());
+    let _guard = guard(&task);
+    abandon(&image, task, false).await;
+    // And a snapshot with the pool's label that no container holds, as a
+    // prepare that died half-way leaves one.
+    let half_made = format!("hotpool-test-half-made-{task_id}");
+    for args in [
+        vec!["snapshots", "prepare", &half_made],
+        vec![
+            "snapshots",
+            "label",
+            &half_made,
+            &format!("{POOL_LABEL}={pool}"),
+        ],
+    ] {
+        let ctr = std::process::Command::new("ctr")
+            .args(["--address", support::containerd::SOCKET])
+            .args(["--namespace", support::containerd::NAMESPACE])
+            .args(args)
+            .output()
+            .expect("run ctr");
+        assert!(
+            ctr.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ctr.stderr)
+        );
+    }
+
+    let driver = driver(&image).await;
+    let found = driver
+        .leftovers(POOL_LABEL, &pool)
+        .await
+        .expect("leftovers");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let id = found[0].engine_id.clone();
+    assert_eq!(
+        leftovers(POOL_LABEL, &pool, &[&id]).await.snapshots,
+        std::slice::from_ref(&id),
+        "the half-made snapshot went, the container's stayed"
+    );
+    let refused = driver
+        .adopt(&found[0], adopting(&image, &task_id, &pool))
+        .await
+        .err()
+        .expect("a container in a call is refused");
+    assert!(refused.to_string().contains("in a call"), "{refused}");
+    driver.remove_leftover(&found[0]).await.expect("removed");
+    assert_nothing_left(&pool, &[&id]).await;
+    assert_eq!(
+        support::direct_dirs_of(&task_id),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 #[tokio::test]

@@ -18,6 +18,11 @@
 //! A kill is SIGKILL straight to the task's init, where hotpool sees its PID
 //! namespace (containerd's kill where it does not); closing deletes the task,
 //! then the snapshot, then the record.
+//!
+//! A cookie may also be of a running container taken over from an earlier
+//! owner ([`ContainerdCookie::adopted`]): `run` then starts nothing and hands
+//! out the pipes taken over; waiting, killing and closing are as for a
+//! container it started.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +54,9 @@ use crate::driver::linux::footprint::Footprint;
 use crate::driver::linux::pidfd::ProcessHandle;
 use crate::driver::linux::stderr::{self, StderrTap};
 use crate::driver::wiring::Copiers;
-use crate::driver::{BoxRead, BoxWrite, Cookie, RunResult, Running, StatSink, Task, Transport};
+use crate::driver::{
+    BoxRead, BoxWrite, Cookie, IO_LABEL, RunResult, Running, StatSink, TASK_LABEL, Task, Transport,
+};
 use crate::error::CallError;
 use crate::stats::{Stat, names};
 
@@ -80,12 +87,20 @@ const RUNTIME: &str = "io.containerd.runc.v2";
 /// The longest id containerd takes.
 const ID_MAX: usize = 76;
 
-/// A container's pipes: the directory, hotpool's first ends until the init is
-/// ready, then the status pipe its verdict comes on.
+/// A container's pipes: the directory, hotpool's ends until `run` takes
+/// them, then the status pipe its verdict comes on.
 struct DirectPipes {
     dir: Mutex<Option<IoDir>>,
-    early: Option<direct::Ends>,
+    opening: Option<Opening>,
     status: tokio::sync::Mutex<Option<BufReader<pipe::Receiver>>>,
+}
+
+/// hotpool's ends of a container's pipes before `run`.
+enum Opening {
+    /// The first ends of a container to start: one-way once its init is ready.
+    Early(direct::Ends),
+    /// The one-way ends of a running container taken over from an earlier owner.
+    TakenOver(direct::OneWay),
 }
 
 /// The task's own pipes and sinks, until `run` takes them.
@@ -160,7 +175,7 @@ impl ContainerdCookie {
         });
         let spec = serde_json::to_vec(&spec)
             .map_err(|e| CallError::engine(format!("writing the runtime spec: {e}")))?;
-        let labels = container_labels(&task);
+        let labels = container_labels(&task, &direct);
         let mut created = engine
             .create_container(&id, &task.image, &image, &labels, &spec)
             .await;
@@ -179,8 +194,59 @@ impl ContainerdCookie {
                 status.message()
             ))
         })?;
+        let pipes = DirectPipes {
+            dir: Mutex::new(Some(direct.dir)),
+            opening: Some(Opening::Early(direct.early)),
+            status: tokio::sync::Mutex::new(None),
+        };
+        Ok(ContainerdCookie::new(
+            engine,
+            id,
+            task,
+            pipes,
+            Some(membership),
+            rootfs,
+        ))
+    }
+
+    /// The cookie of running container `id`, its init's pid `pid`, taken over
+    /// for `task` with its pipes `taken`: `run` hands them out, starting
+    /// nothing. It joins no shim group of this driver: it is in a group of
+    /// the driver that made it, where this one creates no task.
+    pub(super) fn adopted(
+        engine: Arc<Engine>,
+        id: String,
+        task: Task,
+        taken: (IoDir, direct::OneWay),
+        pid: u32,
+    ) -> ContainerdCookie {
+        let (dir, one_way) = taken;
+        let pipes = DirectPipes {
+            dir: Mutex::new(Some(dir)),
+            opening: Some(Opening::TakenOver(one_way)),
+            status: tokio::sync::Mutex::new(None),
+        };
+        let mut cookie = ContainerdCookie::new(engine, id, task, pipes, None, Vec::new());
+        cookie.task_created.store(true, Ordering::Release);
+        cookie.task_made(pid);
+        cookie.watch.started();
+        cookie.started = Some(Instant::now());
+        cookie.counters = CgroupCounters::open(i64::from(pid)).map(Arc::new);
+        cookie
+    }
+
+    /// The cookie of container `id` of `task`, watched from now on, with its
+    /// pipes, its place in a shim group and its root filesystem's mounts.
+    fn new(
+        engine: Arc<Engine>,
+        id: String,
+        task: Task,
+        pipes: DirectPipes,
+        membership: Option<Membership>,
+        rootfs: Vec<Mount>,
+    ) -> ContainerdCookie {
         let watch = engine.events.watch(&id);
-        Ok(ContainerdCookie {
+        ContainerdCookie {
             engine,
             id,
             rootfs,
@@ -198,16 +264,12 @@ impl ContainerdCookie {
             caller_samples_counters: task.counters,
             counters: None,
             copiers: Copiers::default(),
-            pipes: DirectPipes {
-                dir: Mutex::new(Some(direct.dir)),
-                early: Some(direct.early),
-                status: tokio::sync::Mutex::new(None),
-            },
+            pipes,
             watch,
-            membership: Mutex::new(Some(membership)),
+            membership: Mutex::new(membership),
             task_created: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-        })
+        }
     }
 
     /// containerd's id of the container.
@@ -282,7 +344,7 @@ impl ContainerdCookie {
     /// At most once, and before `run`; closing or dropping the cookie removes
     /// the task as it would a started one.
     pub async fn create_task(&mut self) -> Result<(), CallError> {
-        if self.pid.is_some() || self.pipes.early.is_none() {
+        if self.pid.is_some() || !matches!(self.pipes.opening, Some(Opening::Early(_))) {
             return Err(CallError::engine(format!(
                 "the task of container {} was created before",
                 self.id
@@ -528,13 +590,10 @@ impl Engine {
     }
 }
 
-impl Cookie for ContainerdCookie {
-    async fn run(&mut self) -> Result<Running, CallError> {
-        let early = self
-            .pipes
-            .early
-            .take()
-            .ok_or_else(|| CallError::engine("the container was started before"))?;
+impl ContainerdCookie {
+    /// Creates (unless it was) and starts the task, waits for its init to
+    /// open the pipes, and opens hotpool's one-way ends from `early`.
+    async fn start_and_open(&mut self, early: direct::Ends) -> Result<direct::OneWay, CallError> {
         let pid = match self.pid {
             Some(pid) => pid,
             None => {
@@ -575,15 +634,29 @@ impl Cookie for ContainerdCookie {
         ready.map_err(|e| {
             CallError::engine(format!("hotpool-init in container {}: {e}", self.id))
         })?;
-        let one_way = early
+        early
             .one_way()
-            .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))?;
-        drop(early);
+            .map_err(|e| CallError::engine(format!("opening the pipes of {}: {e}", self.id)))
+    }
+}
+
+impl Cookie for ContainerdCookie {
+    async fn run(&mut self) -> Result<Running, CallError> {
+        let opening = self
+            .pipes
+            .opening
+            .take()
+            .ok_or_else(|| CallError::engine("the container was started before"))?;
+        let one_way = match opening {
+            Opening::Early(early) => self.start_and_open(early).await?,
+            Opening::TakenOver(one_way) => one_way,
+        };
         *self.pipes.status.get_mut() = Some(one_way.status);
         let dir = self.pipes.dir.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(dir) = dir.as_mut() {
             dir.own(one_way.owner);
         }
+        let mark = dir.as_ref().map(IoDir::mark);
         self.copiers.pump_stderr(tokio::spawn(stderr::pump(
             ReaderStream::new(one_way.stderr),
             self.stderr.clone(),
@@ -596,7 +669,8 @@ impl Cookie for ContainerdCookie {
             plumbing.stdout.take(),
             plumbing.stats.take(),
         );
-        let running = self.copiers.wire(stdin, stdout, input, stdout_sink);
+        let mut running = self.copiers.wire(stdin, stdout, input, stdout_sink);
+        running.mark = mark;
         // Samples only where the caller does not read the counters itself.
         if let (Some(sink), Some(counters)) = (stats_sink, &self.counters)
             && !self.caller_samples_counters
@@ -732,13 +806,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// The labels of a task's container (and of its snapshot and lease).
-fn container_labels(task: &Task) -> HashMap<String, String> {
+fn container_labels(task: &Task, direct: &Direct) -> HashMap<String, String> {
     task.labels
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .chain([
             (LABEL.to_owned(), "1".to_owned()),
             (FUNCTION_LABEL.to_owned(), task.function.clone()),
+            (TASK_LABEL.to_owned(), task.id.clone()),
+            (IO_LABEL.to_owned(), direct.dir.path().display().to_string()),
         ])
         .collect()
 }

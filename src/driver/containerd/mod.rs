@@ -3,16 +3,24 @@
 //!
 //! Everything hotpool makes lives in one containerd namespace of its own
 //! (`hotpool` by default; never Docker's `moby` nor the kubelet's `k8s.io`).
-//! Every container carries the labels `hotpool=1` and `hotpool.function=<name>`
-//! and runs under an OCI runtime spec hotpool writes whole: the containment
-//! defaults of the Docker driver, a seccomp profile of its own, no network but
-//! loopback. Tasks take the direct transport only (the shim copies nothing:
-//! null stdio); containerd has no attach streams for hotpool to use.
+//! Every container carries the labels `hotpool=1`, `hotpool.function=<name>`,
+//! `hotpool.task=<task id>` and `hotpool.io=<its pipe directory>`, and runs
+//! under an OCI runtime spec hotpool writes whole: the containment defaults of
+//! the Docker driver, a seccomp profile of its own, no network but loopback.
+//! Tasks take the direct transport only (the shim copies nothing: null
+//! stdio); containerd has no attach streams for hotpool to use.
 //!
 //! Containers share shims: every container names a shim group in the
 //! `io.containerd.runc.v2.group` annotation, and the runc shim serves each
 //! group from one process. Groups hold at most
 //! [`ContainerdOptions::group_size`] containers.
+//!
+//! A running container an earlier owner left between calls is taken over
+//! ([`Driver::adopt`]): its task must run, its pipes are moved into this
+//! driver's runtime directory (and its `hotpool.io` label follows them, so a
+//! later owner may take it over again), and its cookie watches its events as
+//! a started one's. Its shim group stays the earlier driver's: group names
+//! are a driver's own, so no task of this driver is ever created in it.
 //!
 //! A pool name is claimed with a lock file in the runtime directory, under the
 //! engine identity `containerd:<socket>:<namespace>` (see
@@ -29,7 +37,8 @@ mod seccomp;
 mod spec;
 mod transfer;
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,16 +47,17 @@ pub use cookie::ContainerdCookie;
 
 use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
-    DeleteContainerRequest, DeleteTaskRequest, KillRequest, ListContainersRequest, ListRequest,
-    WaitRequest,
+    Container, DeleteContainerRequest, DeleteTaskRequest, GetRequest, KillRequest,
+    ListContainersRequest, ListRequest, UpdateContainerRequest, WaitRequest,
 };
+use containerd_client::types::v1::Status as TaskStatus;
 use dashmap::DashMap;
 use tonic::Code;
 
-use super::{ClaimError, Driver, EngineTraits, Task};
+use super::{ClaimError, Driver, EngineTraits, IO_LABEL, Leftover, TASK_LABEL, Task};
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
-use crate::driver::linux::direct::LazyRuntimeDir;
+use crate::driver::linux::direct::{self, LazyRuntimeDir};
 use crate::driver::pulls::SharedPulls;
 use crate::error::CallError;
 use client::{Client, QUICK, SLOW, call, gone_is_fine, label_filter};
@@ -321,6 +331,32 @@ impl Engine {
         .map_err(|status| failed("deleting it", status))
     }
 
+    /// Points container `id`'s `hotpool.io` label at `dir`, where its pipes
+    /// are now, so that a later owner finds them. A label left behind only
+    /// costs that owner the container: it refuses to take it over.
+    async fn relabel_io(&self, id: &str, dir: &Path) {
+        let client = &self.client;
+        let update = client.request(UpdateContainerRequest {
+            container: Some(Container {
+                id: id.to_owned(),
+                labels: [(IO_LABEL.to_owned(), dir.display().to_string())].into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![format!("labels.{IO_LABEL}")],
+            }),
+        });
+        if let Err(status) = call(
+            "container_update",
+            QUICK,
+            client.containers().update(update),
+        )
+        .await
+        {
+            tracing::warn!(container = id, error = %status.message(), "could not relabel the pipes of a container taken over");
+        }
+    }
+
     async fn remove_snapshot(&self, key: &str) -> Result<(), tonic::Status> {
         let client = &self.client;
         let remove = client.request(RemoveSnapshotRequest {
@@ -330,9 +366,15 @@ impl Engine {
         gone_is_fine(call("snapshot_remove", QUICK, client.snapshots().remove(remove)).await)
     }
 
-    /// Removes the snapshots and leases labelled `key=value` that no
-    /// container holds (a prepare that died half-way).
-    async fn remove_labelled_leftovers(&self, key: &str, value: &str) -> Result<(), CallError> {
+    /// Removes the snapshots labelled `key=value` but those in `held` (the
+    /// snapshots of containers), and the leases labelled so: what a prepare
+    /// that died half-way left.
+    async fn remove_labelled_leftovers(
+        &self,
+        key: &str,
+        value: &str,
+        held: &HashSet<String>,
+    ) -> Result<(), CallError> {
         let client = &self.client;
         let filter = label_filter(key, value);
         let listing = |status: tonic::Status| {
@@ -352,8 +394,8 @@ impl Engine {
         while let Some(page) = listed.message().await.map_err(listing)? {
             snapshots.extend(page.info.into_iter().map(|info| info.name));
         }
-        for snapshot in snapshots {
-            self.remove_snapshot(&snapshot).await.map_err(|status| {
+        for snapshot in snapshots.iter().filter(|name| !held.contains(*name)) {
+            self.remove_snapshot(snapshot).await.map_err(|status| {
                 CallError::engine(format!(
                     "removing snapshot {snapshot}: {}",
                     status.message()
@@ -418,6 +460,17 @@ impl Driver for ContainerdDriver {
     }
 
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, CallError> {
+        let leftovers = self.leftovers(key, value).await?;
+        for leftover in &leftovers {
+            self.remove_leftover(leftover).await?;
+        }
+        Ok(leftovers.len())
+    }
+
+    /// Every container labelled `key=value`, running or not. What a prepare
+    /// that died half-way left with the label (a snapshot no container holds,
+    /// a lease) is removed on the way.
+    async fn leftovers(&self, key: &str, value: &str) -> Result<Vec<Leftover>, CallError> {
         let client = &self.engine.client;
         let list = client.request(ListContainersRequest {
             filters: vec![label_filter(key, value)],
@@ -428,13 +481,64 @@ impl Driver for ContainerdDriver {
                 CallError::engine(format!("listing containers: {}", status.message()))
             })?
             .containers;
-        for container in &containers {
-            self.engine
-                .remove_container(&container.id, &container.snapshot_key)
-                .await?;
+        let held = containers
+            .iter()
+            .map(|container| container.snapshot_key.clone())
+            .collect();
+        self.engine
+            .remove_labelled_leftovers(key, value, &held)
+            .await?;
+        Ok(containers
+            .into_iter()
+            .map(|container| {
+                let labels: BTreeMap<String, String> = container.labels.into_iter().collect();
+                let task_id = labels.get(TASK_LABEL).cloned().unwrap_or_default();
+                Leftover::new(task_id, container.id, labels)
+            })
+            .collect())
+    }
+
+    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<ContainerdCookie, CallError> {
+        let id = &leftover.engine_id;
+        let refused = |why: String| CallError::engine(format!("container {id}: {why}"));
+        let io = leftover
+            .labels
+            .get(IO_LABEL)
+            .ok_or_else(|| refused("it has no direct pipes".into()))?;
+        let client = &self.engine.client;
+        let get = client.request(GetRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+        });
+        let pid = call("task_get", QUICK, client.tasks().get(get))
+            .await
+            .map_err(|status| refused(status.message().to_owned()))?
+            .process
+            .filter(|process| process.status == TaskStatus::Running as i32 && process.pid > 0)
+            .map(|process| process.pid)
+            .ok_or_else(|| refused("it is not running".into()))?;
+        let runtime = self.engine.runtime.get().await?;
+        let (dir, one_way) = runtime
+            .take_over(Path::new(io))
+            .map_err(|e| refused(e.to_string()))?;
+        self.engine.relabel_io(id, dir.path()).await;
+        Ok(ContainerdCookie::adopted(
+            self.engine.clone(),
+            id.clone(),
+            task,
+            (dir, one_way),
+            pid,
+        ))
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> Result<(), CallError> {
+        // hotpool keys a container's snapshot by the container's id.
+        let id = &leftover.engine_id;
+        self.engine.remove_container(id, id).await?;
+        if let Some(io) = leftover.labels.get(IO_LABEL) {
+            direct::remove_left_dir(self.engine.runtime.path(), Path::new(io));
         }
-        self.engine.remove_labelled_leftovers(key, value).await?;
-        Ok(containers.len())
+        Ok(())
     }
 }
 
