@@ -453,6 +453,19 @@ pub trait Cookie: Send + Sync + 'static {
     /// Removes the container and stops everything watching it. Safe to call twice.
     fn close(&self) -> impl Future<Output = ()> + Send;
 
+    /// Lets go of the container without removing it, for a next owner to
+    /// take over ([`Driver::adopt`]): hotpool's ends of its pipes close, it
+    /// waits for an owner (a hot container on the direct transport does, up
+    /// to its orphan timeout), and [`Cookie::wait`] returns. Says whether it
+    /// was let go: a driver that cannot let a container go removes it, as
+    /// [`Cookie::close`] does, and says `false`.
+    fn release(&self) -> impl Future<Output = bool> + Send {
+        async {
+            self.close().await;
+            false
+        }
+    }
+
     /// CPU time the container has used since it started, if the task asked for
     /// counters and the driver can read them (the Docker driver can where the
     /// engine runs on this host). Cheap: read at the start and end of every call.

@@ -33,6 +33,8 @@ pub(crate) enum EvictionReason {
     Timeout,
     /// The pool shut down.
     Shutdown,
+    /// The pool let it go, idle, for its next owner to take over.
+    HandedOver,
     /// Its function's spec changed; it drained.
     Replaced,
     /// The caller went away in the middle of a call.
@@ -50,6 +52,7 @@ impl EvictionReason {
             EvictionReason::ProtocolError => "protocol_error",
             EvictionReason::Timeout => "timeout",
             EvictionReason::Shutdown => "shutdown",
+            EvictionReason::HandedOver => "handed_over",
             EvictionReason::Replaced => "replaced",
             EvictionReason::Cancelled => "cancelled",
         }

@@ -301,6 +301,17 @@ impl<D: Driver> Pool<D> {
     pub async fn shutdown(&self) -> Leftovers {
         self.inner.shutdown().await
     }
+
+    /// Hands the pool over to its next owner: as [`Pool::shutdown`], but its
+    /// idle hot containers (and those whose call ends in time) are let go
+    /// rather than removed ([`crate::driver::Cookie::release`]), to be taken
+    /// over by the next pool of the name as it is built
+    /// ([`PoolBuilder::functions`]); the rest are removed. Drop the pool
+    /// (every clone and handle) to release its name for the next owner.
+    /// Containers the driver cannot let go are removed.
+    pub async fn hand_over(&self) -> Leftovers {
+        self.inner.hand_over().await
+    }
 }
 
 /// A registered function. Cheap to clone; calls go to the current version of its

@@ -743,6 +743,9 @@ impl<D: Driver> Inner<D> {
         let removals = self.removals.clone();
         self.tracker.spawn(async move {
             let _removing = removals.turn().await;
+            if reason == EvictionReason::HandedOver && !container.is_dead() {
+                return removals.release(&container.id, &container.cookie).await;
+            }
             // One that died already needs no kill (it would only be refused).
             if !container.is_dead() {
                 kill_with_retries(&container).await;
@@ -823,6 +826,19 @@ impl<D: Driver> Inner<D> {
     /// the engine has removed none for the driver's removal deadline, or the
     /// removal timeout passed; says what it left.
     pub(crate) async fn shutdown(&self) -> Leftovers {
+        self.leave(EvictionReason::Shutdown).await
+    }
+
+    /// [`Inner::shutdown`], but its idle containers are let go for the next
+    /// owner of the pool rather than removed, and what the engine lists
+    /// besides is not swept.
+    pub(crate) async fn hand_over(&self) -> Leftovers {
+        self.leave(EvictionReason::HandedOver).await
+    }
+
+    /// Stops taking calls and, once they are done or cut, drains every
+    /// version with `reason`.
+    async fn leave(&self, reason: EvictionReason) -> Leftovers {
         self.closing.cancel();
         let calls_done = async {
             loop {
@@ -843,7 +859,7 @@ impl<D: Driver> Inner<D> {
         let teardown = async {
             let pools: Vec<_> = self.versions.iter().map(|e| e.value().clone()).collect();
             for pool in &pools {
-                self.drain(pool, EvictionReason::Shutdown);
+                self.drain(pool, reason);
             }
             // Containers still busy: killing them ends their calls, which evict them.
             let busy: Vec<_> = self.containers.iter().map(|c| c.value().clone()).collect();
@@ -852,7 +868,7 @@ impl<D: Driver> Inner<D> {
             }
             self.tracker.close();
             self.tracker.wait().await;
-            self.sweep().await
+            reason == EvictionReason::HandedOver || self.sweep().await
         };
         let patience = self.driver.removal_deadline();
         let removal = self.removals.while_progressing(teardown, patience);

@@ -62,6 +62,14 @@ impl Removals {
         self.closed.notify_one();
     }
 
+    /// Lets go of the container of task `id` through its cookie, for a next
+    /// owner; removes it if the driver cannot let it go.
+    pub(crate) async fn release<C: Cookie>(&self, id: &str, cookie: &C) {
+        cookie.release().await;
+        self.unremoved.remove(id);
+        self.closed.notify_one();
+    }
+
     /// The ids of the containers not closed yet, sorted.
     pub(crate) fn unremoved(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.unremoved.iter().map(|id| id.clone()).collect();

@@ -47,8 +47,8 @@ pub use cookie::ContainerdCookie;
 
 use containerd_client::services::v1::snapshots::{ListSnapshotsRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
-    Container, DeleteContainerRequest, DeleteTaskRequest, GetRequest, KillRequest,
-    ListContainersRequest, ListRequest, UpdateContainerRequest, WaitRequest,
+    DeleteContainerRequest, DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest,
+    ListRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use dashmap::DashMap;
@@ -331,32 +331,6 @@ impl Engine {
         .map_err(|status| failed("deleting it", status))
     }
 
-    /// Points container `id`'s `hotpool.io` label at `dir`, where its pipes
-    /// are now, so that a later owner finds them. A label left behind only
-    /// costs that owner the container: it refuses to take it over.
-    async fn relabel_io(&self, id: &str, dir: &Path) {
-        let client = &self.client;
-        let update = client.request(UpdateContainerRequest {
-            container: Some(Container {
-                id: id.to_owned(),
-                labels: [(IO_LABEL.to_owned(), dir.display().to_string())].into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec![format!("labels.{IO_LABEL}")],
-            }),
-        });
-        if let Err(status) = call(
-            "container_update",
-            QUICK,
-            client.containers().update(update),
-        )
-        .await
-        {
-            tracing::warn!(container = id, error = %status.message(), "could not relabel the pipes of a container taken over");
-        }
-    }
-
     async fn remove_snapshot(&self, key: &str) -> Result<(), tonic::Status> {
         let client = &self.client;
         let remove = client.request(RemoveSnapshotRequest {
@@ -521,7 +495,6 @@ impl Driver for ContainerdDriver {
         let (dir, one_way) = runtime
             .take_over(Path::new(io))
             .map_err(|e| refused(e.to_string()))?;
-        self.engine.relabel_io(id, dir.path()).await;
         Ok(ContainerdCookie::adopted(
             self.engine.clone(),
             id.clone(),

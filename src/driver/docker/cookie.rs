@@ -83,6 +83,8 @@ pub struct DockerCookie {
     /// The pipes of a direct task.
     direct: Option<DirectPipes>,
     closed: AtomicBool,
+    /// Let go for a next owner: `wait` returns.
+    released: CancellationToken,
 }
 
 impl DockerCookie {
@@ -113,6 +115,7 @@ impl DockerCookie {
                 status: tokio::sync::Mutex::new(None),
             }),
             closed: AtomicBool::new(false),
+            released: CancellationToken::new(),
         }
     }
 
@@ -490,6 +493,9 @@ impl Cookie for DockerCookie {
                 timeout: self.timeout.unwrap_or_default(),
             },
             () = cancel.cancelled() => CallError::Cancelled,
+            () = self.released.cancelled() => {
+                return Err(CallError::engine("let go for a next owner"));
+            }
         };
         self.kill().await?;
         let _ = ended.await;
@@ -541,6 +547,24 @@ impl Cookie for DockerCookie {
         if let Some(pipes) = &self.direct {
             drop(pipes.dir.lock().unwrap_or_else(|e| e.into_inner()).take());
         }
+    }
+    async fn release(&self) -> bool {
+        let Some(pipes) = self.direct.as_ref().filter(|_| self.started.is_some()) else {
+            self.close().await;
+            return false;
+        };
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.released.cancel();
+        self.copiers.abort();
+        // Taken once `wait` has let go of it.
+        drop(pipes.status.lock().await.take());
+        let dir = pipes.dir.lock().unwrap_or_else(|e| e.into_inner()).take();
+        dir.is_some_and(|dir| {
+            dir.release();
+            true
+        })
     }
 }
 

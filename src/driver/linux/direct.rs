@@ -299,22 +299,21 @@ impl RuntimeDir {
 
 impl RuntimeDir {
     /// Takes over the pipe directory `from` of a running container that an
-    /// earlier owner (a hotpool that is gone) left between calls: moves it
-    /// into this driver's directory and opens hotpool's ends of its pipes. It
-    /// is refused, and the directory removed, unless it is a container's
+    /// earlier owner (a hotpool that is gone, or one that let it go) left
+    /// between calls, and opens hotpool's ends of its pipes. The directory
+    /// stays where it is, as the container's mount and labels name it, so a
+    /// later owner can take it over again; it goes when the container does.
+    /// It is refused, and the directory removed, unless it is a container's
     /// directory under this runtime directory whose mark says it is between
     /// calls, whose function still runs, and whose pipes hold no byte: none of
     /// a request unread, none written while idle, no verdict.
     pub(crate) fn take_over(&self, from: &Path) -> Result<(IoDir, OneWay), TakeOverError> {
-        let id = from
-            .file_name()
-            .filter(|_| from.parent().and_then(Path::parent) == Some(self.root.as_path()))
-            .ok_or(TakeOverError::NotOurs)?;
-        let path = self.own.join(id);
-        fs::rename(from, &path).map_err(TakeOverError::Io)?;
-        if let Some(driver_dir) = from.parent() {
-            remove_if_gone(driver_dir);
+        let is_ours = from.file_name().is_some()
+            && from.parent().and_then(Path::parent) == Some(self.root.as_path());
+        if !is_ours {
+            return Err(TakeOverError::NotOurs);
         }
+        let path = from.to_owned();
         let mark = match MappedWord::open(&path.join(MARK)) {
             Ok(word) => CallMark::mapped(word),
             Err(e) => {
@@ -562,9 +561,15 @@ impl IoDir {
 }
 
 impl Drop for IoDir {
+    /// Removes the directory unless it was let go, and with it the directory
+    /// of a driver that is gone once this was the last it held (one taken
+    /// over from it).
     fn drop(&mut self) {
         if !self.released {
             let _ = fs::remove_dir_all(&self.path);
+            if let Some(driver_dir) = self.path.parent() {
+                remove_if_gone(driver_dir);
+            }
         }
     }
 }
@@ -885,11 +890,13 @@ mod tests {
         drop((stdin, stdout, status));
         dir.release();
         drop(runtime);
-        assert!(path.exists(), "a live container's pipes outlive their driver");
+        assert!(
+            path.exists(),
+            "a live container's pipes outlive their driver"
+        );
 
         let next = RuntimeDir::install(root.path()).unwrap();
         let (dir, mut one_way) = next.take_over(&path).expect("taken over");
-        assert!(!path.exists(), "moved into the next driver's directory");
         tokio::io::AsyncWriteExt::write_all(&mut one_way.stdin, b"two\n")
             .await
             .unwrap();
@@ -904,7 +911,7 @@ mod tests {
         let third = RuntimeDir::install(root.path()).unwrap();
         let refused = third.take_over(&path).map(drop);
         assert!(matches!(refused, Err(TakeOverError::InCall)), "{refused:?}");
-        assert!(!third.own.join(path.file_name().unwrap()).exists());
+        assert!(!path.exists(), "a refused container's pipes are removed");
         child.kill().unwrap();
         child.wait().unwrap();
     }
