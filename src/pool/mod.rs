@@ -407,6 +407,18 @@ mod tests {
             self.driver.remove_labelled(key, value).await
         }
 
+        async fn leftovers(
+            &self,
+            key: &str,
+            value: &str,
+        ) -> Result<Vec<crate::driver::Leftover>, CallError> {
+            self.done
+                .lock()
+                .unwrap()
+                .push(format!("look {key}={value}"));
+            self.driver.leftovers(key, value).await
+        }
+
         async fn ping(&self) -> Result<(), CallError> {
             self.driver.ping().await
         }
@@ -417,7 +429,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_build_claims_before_it_sweeps_and_a_refused_one_sweeps_nothing() {
+    async fn a_build_claims_before_it_looks_at_leftovers_and_a_refused_one_touches_nothing() {
         let driver = Recording {
             driver: InProcessDriver::new(Duration::ZERO),
             done: Arc::default(),
@@ -427,7 +439,7 @@ mod tests {
             .build()
             .await
             .unwrap();
-        assert_eq!(driver.done(), ["claim p", "sweep hotpool.pool=p"]);
+        assert_eq!(driver.done(), ["claim p", "look hotpool.pool=p"]);
 
         let refused = Pool::builder(driver.clone()).name("p").build().await;
         match refused {
@@ -440,8 +452,8 @@ mod tests {
         }
         assert_eq!(
             driver.done(),
-            ["claim p", "sweep hotpool.pool=p", "refused p"],
-            "a refused build removes nothing"
+            ["claim p", "look hotpool.pool=p", "refused p"],
+            "a refused build touches nothing"
         );
 
         // Shutdown's last sweep, still under the claim; then the name is free.
@@ -454,7 +466,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             driver.done()[3..],
-            ["sweep hotpool.pool=p", "claim p", "sweep hotpool.pool=p"]
+            ["sweep hotpool.pool=p", "claim p", "look hotpool.pool=p"]
         );
     }
 }
