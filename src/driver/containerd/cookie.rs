@@ -141,6 +141,8 @@ pub struct ContainerdCookie {
     /// Whether its task may have been created (and so must be deleted).
     task_created: AtomicBool,
     closed: AtomicBool,
+    /// Let go for a next owner: `wait` returns.
+    released: CancellationToken,
 }
 
 impl ContainerdCookie {
@@ -269,6 +271,7 @@ impl ContainerdCookie {
             membership: Mutex::new(membership),
             task_created: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            released: CancellationToken::new(),
         }
     }
 
@@ -706,6 +709,9 @@ impl Cookie for ContainerdCookie {
                 timeout: self.timeout.unwrap_or_default(),
             },
             () = cancel.cancelled() => CallError::Cancelled,
+            () = self.released.cancelled() => {
+                return Err(CallError::engine("let go for a next owner"));
+            }
         };
         self.kill().await?;
         let _ = ended.await;
@@ -770,6 +776,28 @@ impl Cookie for ContainerdCookie {
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
         );
+    }
+    async fn release(&self) -> bool {
+        if self.started.is_none() || self.closed.swap(true, Ordering::AcqRel) {
+            self.close().await;
+            return false;
+        }
+        self.released.cancel();
+        self.copiers.abort();
+        self.engine.events.unwatch(&self.id);
+        drop(self.membership().take());
+        // Taken once `wait` has let go of it.
+        drop(self.pipes.status.lock().await.take());
+        let dir = self
+            .pipes
+            .dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        dir.is_some_and(|dir| {
+            dir.release();
+            true
+        })
     }
 }
 
