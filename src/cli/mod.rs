@@ -4,6 +4,7 @@ mod bench;
 mod density;
 mod engine;
 mod engine_processes;
+mod handover;
 mod reload;
 mod replay;
 mod run;

@@ -1,12 +1,17 @@
 //! `hotpool serve --config hotpool.toml`: the pool behind an HTTP API.
 //!
 //! Startup raises the open-file limit to its maximum, binds the port, claims
-//! the pool's name on the engine, removes containers an earlier run of the
-//! same pool left behind, and only then installs the direct transport's
-//! runtime (which removes the pipe directories of processes that are gone). A
-//! port in use exits 1, and a pool name that a running hotpool owns exits 2 at
-//! once, with one line naming the owner: either way before anything is
-//! touched.
+//! the pool's name on the engine, takes over the idle hot containers an
+//! earlier run of the same pool left running that its functions would have
+//! started and removes the rest, and installs the direct transport's runtime
+//! (which removes the pipe directories of containers that are gone). A port in
+//! use exits 1, and a pool name that a running hotpool owns exits 2 at once,
+//! with one line naming the owner: either way before anything is touched.
+//!
+//! `--take-over` takes the pool over from the server of it running on this
+//! machine instead ([`super::handover`]): its listening socket, then, once it
+//! has finished its calls and let its idle containers go, its name and those
+//! containers. The server handing over exits 0.
 //!
 //! While it serves, a prober pings the engine every few seconds for
 //! `/healthz` ([`crate::server::engine_health`]).
@@ -19,10 +24,13 @@
 //! that long after the shutdown timeout, with one line saying what was left.
 //! SIGHUP reloads the functions of the config ([`super::reload`]).
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
@@ -31,13 +39,21 @@ use crate::server::connections::{self, ConnectionLimits};
 use crate::server::engine_health::{self, EngineHealth};
 use crate::server::{AppState, router};
 use hotpool::driver::{AnyDriver, ClaimError, Driver, Transport};
-use hotpool::pool::{BuildError, Leftovers, POOL_LABEL, Pool};
+use hotpool::pool::{BuildError, Leftovers, POOL_LABEL, Pool, PoolBuilder};
+
+use super::handover::{self, HandoverListener};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// The config file (TOML); see examples/hotpool.toml.
     #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
+    /// Take the pool over from the server of it running on this machine (an
+    /// upgrade, a restart for a `[server]` or `[pool]` change): its listening
+    /// socket and its idle containers, once it has finished its calls. With
+    /// none running, start as usual.
+    #[arg(long)]
+    take_over: bool,
 }
 
 /// Serves until a signal; returns the exit status.
@@ -81,31 +97,17 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         eprintln!("hotpool: bad config {}: {error}", args.config.display());
         return 2;
     }
-    let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!(
-                "hotpool: cannot listen on {}: {error}",
-                config.server.listen
-            );
-            return 1;
-        }
-    };
-    let pool = match Pool::builder(driver.clone())
+    let builder = Pool::builder(driver.clone())
         .config(config.pool.clone())
-        .functions(config.functions.iter().cloned())
-        .build()
-        .await
-    {
-        Ok(pool) => pool,
-        Err(error @ BuildError::Claim(ClaimError::Owned { .. })) => {
-            eprintln!("hotpool: {error}");
-            return 2;
-        }
-        Err(error) => {
-            eprintln!("hotpool: {error}");
-            return 1;
-        }
+        .functions(config.functions.iter().cloned());
+    let started = if args.take_over {
+        take_over(builder, &config).await
+    } else {
+        bind_and_build(builder, &config).await
+    };
+    let (listener, pool) = match started {
+        Ok(started) => started,
+        Err(status) => return status,
     };
     let direct = config
         .functions
@@ -153,28 +155,174 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         config,
         stopping.clone(),
     ));
+    let handover = match HandoverListener::bind(&pool.claim().handover_path()) {
+        Ok(handover) => Some(handover),
+        Err(error) => {
+            tracing::warn!(%error, "no hand-over socket: `serve --take-over` cannot take this pool over");
+            None
+        }
+    };
+    let socket = listener.as_raw_fd();
     let shutdown = tokio::spawn({
         let (pool, stopping) = (pool.clone(), stopping.clone());
         async move {
-            super::stop_signal().await;
-            println!("hotpool: shutting down: finishing calls in flight, removing containers");
+            let asked = async {
+                match &handover {
+                    Some(handover) => handover.requested(socket).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let handing_over = tokio::select! {
+                () = super::stop_signal() => false,
+                asked = asked => asked.is_ok(),
+            };
+            if handing_over {
+                println!(
+                    "hotpool: handing over to the next server: finishing calls in flight, letting idle containers go"
+                );
+            } else {
+                println!("hotpool: shutting down: finishing calls in flight, removing containers");
+            }
             stopping.cancel();
-            pool.shutdown().await
+            let leftovers = if handing_over {
+                pool.hand_over().await
+            } else {
+                pool.shutdown().await
+            };
+            (handing_over, leftovers)
         }
     });
     connections::serve(listener, router(state), limits, stopping).await;
-    let leftovers = shutdown.await.unwrap_or_else(|_| {
+    let (handed_over, leftovers) = shutdown.await.unwrap_or_else(|_| {
         // The shutdown itself failed: nothing says what it removed.
         let mut unknown = Leftovers::default();
         unknown.unswept = true;
-        unknown
+        (false, unknown)
     });
     if leftovers.is_empty() {
-        println!("hotpool: stopped; every container removed");
+        if handed_over {
+            println!("hotpool: handed over; idle containers left to the next server");
+        } else {
+            println!("hotpool: stopped; every container removed");
+        }
         return 0;
     }
     println!("hotpool: stopped; {}", left_behind(&leftovers, &pool_name));
     1
+}
+
+/// Binds the server's address, then builds the pool (claiming its name): a
+/// port in use exits 1 before the pool is touched, a name owned by a running
+/// server exits 2.
+async fn bind_and_build(
+    builder: PoolBuilder<AnyDriver>,
+    config: &ServeConfig,
+) -> Result<(TcpListener, Pool<AnyDriver>), i32> {
+    let listener = bind(config.server.listen).await?;
+    let pool = match builder.build().await {
+        Ok(pool) => pool,
+        Err(error @ BuildError::Claim(ClaimError::Owned { .. })) => {
+            eprintln!("hotpool: {error} (`hotpool serve --take-over` takes it over)");
+            return Err(2);
+        }
+        Err(error) => {
+            eprintln!("hotpool: {error}");
+            return Err(1);
+        }
+    };
+    Ok((listener, pool))
+}
+
+/// Takes the pool over from the server of it running here, if one is: gets
+/// its listening socket, waits for it to finish its calls and let its
+/// containers go, and builds the pool, taking them over. With none running,
+/// binds and builds as usual.
+async fn take_over(
+    builder: PoolBuilder<AnyDriver>,
+    config: &ServeConfig,
+) -> Result<(TcpListener, Pool<AnyDriver>), i32> {
+    let owner = match builder.clone().build().await {
+        Ok(pool) => {
+            println!(
+                "hotpool: no server of pool {} runs here; starting",
+                config.pool.name
+            );
+            return Ok((bind(config.server.listen).await?, pool));
+        }
+        Err(BuildError::Claim(ClaimError::Owned { owner, .. })) => owner,
+        Err(error) => {
+            eprintln!("hotpool: {error}");
+            return Err(1);
+        }
+    };
+    let Some(path) = owner.handover.clone() else {
+        eprintln!(
+            "hotpool: pool {} is owned by {owner}, which takes no hand-over",
+            config.pool.name
+        );
+        return Err(2);
+    };
+    let listener = match handover::request(&path).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "hotpool: {owner} did not hand pool {} over: {error}",
+                config.pool.name
+            );
+            return Err(2);
+        }
+    };
+    println!("hotpool: {owner} is handing pool {} over", config.pool.name);
+    let listener = match listener.local_addr() {
+        Ok(address) if address == config.server.listen || config.server.listen.port() == 0 => {
+            TcpListener::from_std(listener).map_err(|error| {
+                eprintln!("hotpool: cannot use the socket handed over: {error}");
+                1
+            })?
+        }
+        Ok(address) => {
+            println!(
+                "hotpool: the server listened on {address}; listening on {} instead",
+                config.server.listen
+            );
+            bind(config.server.listen).await?
+        }
+        Err(error) => {
+            eprintln!("hotpool: cannot use the socket handed over: {error}");
+            return Err(1);
+        }
+    };
+    // The owner lets go of the name once its calls are done and its
+    // containers let go: at most its shutdown and removal timeouts.
+    let patience = config.pool.shutdown_timeout + config.pool.removal_timeout + HANDOVER_MARGIN;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match builder.clone().build().await {
+            Ok(pool) => return Ok((listener, pool)),
+            Err(BuildError::Claim(ClaimError::Owned { .. }))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(CLAIM_PAUSE).await;
+            }
+            Err(error) => {
+                eprintln!("hotpool: {error}");
+                return Err(1);
+            }
+        }
+    }
+}
+
+/// How much longer than its timeouts a server handing over may take.
+const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
+/// How often the next server tries the name while the owner lets it go.
+const CLAIM_PAUSE: Duration = Duration::from_millis(20);
+
+/// Listens on `address`; a port in use exits 1.
+async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, i32> {
+    TcpListener::bind(address).await.map_err(|error| {
+        eprintln!("hotpool: cannot listen on {address}: {error}");
+        1
+    })
 }
 
 /// The line that says what a stop left on the engine.

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 
 /// Why a pool name could not be claimed. Nothing was touched either way.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,9 @@ pub struct PoolOwner {
     pub same_pid_namespace: bool,
     /// Its host name (a container's own, if it runs in one), if it said.
     pub hostname: Option<String>,
+    /// Where it takes a request to hand the pool over (`hotpool serve
+    /// --take-over`), if it may.
+    pub handover: Option<PathBuf>,
 }
 
 impl PoolOwner {
@@ -54,6 +58,7 @@ impl PoolOwner {
             pid: Some(std::process::id()),
             same_pid_namespace: true,
             hostname: this_hostname(),
+            handover: None,
         }
     }
 }
@@ -94,6 +99,7 @@ mod tests {
             pid: Some(1234),
             same_pid_namespace: true,
             hostname: Some("node-1".into()),
+            handover: None,
         };
         let error = ClaimError::Owned {
             pool: "serve".into(),

@@ -99,6 +99,7 @@ impl Default for PoolConfig {
 }
 
 /// Builds a [`Pool`].
+#[derive(Clone)]
 pub struct PoolBuilder<D: Driver> {
     driver: D,
     config: PoolConfig,
@@ -300,6 +301,11 @@ impl<D: Driver> Pool<D> {
     /// timeout plus the removal timeout after it began.
     pub async fn shutdown(&self) -> Leftovers {
         self.inner.shutdown().await
+    }
+
+    /// The pool's claim of its name ([`Driver::claim_pool`]).
+    pub fn claim(&self) -> &D::Claim {
+        self.inner.claim()
     }
 
     /// Hands the pool over to its next owner: as [`Pool::shutdown`], but its

@@ -91,7 +91,7 @@ pub(crate) struct Inner<D: Driver> {
     /// Bounds the containers being created and started at once.
     starts: Semaphore,
     /// The pool's name on its engine, owned while this lives.
-    _claim: D::Claim,
+    claim: D::Claim,
 }
 
 pub(crate) fn busy(reason: impl Into<String>) -> CallError {
@@ -129,8 +129,13 @@ impl<D: Driver> Inner<D> {
             calls_done: Notify::new(),
             removals: Arc::new(Removals::new()),
             starts: Semaphore::new(STARTS_AT_ONCE),
-            _claim: claim,
+            claim,
         })
+    }
+
+    /// The claim of the pool's name.
+    pub(crate) fn claim(&self) -> &D::Claim {
+        &self.claim
     }
 
     /// Itself as an `Arc`; it is only ever reached through one.

@@ -61,9 +61,11 @@ impl PoolLock {
                     let mut record = String::new();
                     // An owner that cannot be read is still an owner.
                     let _ = file.read_to_string(&mut record);
+                    let mut owner = owner_from(&record);
+                    owner.handover = Some(handover_path(&path));
                     return Err(ClaimError::Owned {
                         pool: pool.to_owned(),
-                        owner: owner_from(&record),
+                        owner,
                     });
                 }
                 Err(TryLockError::Error(e)) => return Err(failed(with_path(&path, e))),
@@ -88,6 +90,17 @@ impl PoolLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Where the owner takes a request to hand the pool over, beside the
+    /// lock file (`<pool>.handover`).
+    pub fn handover_path(&self) -> PathBuf {
+        handover_path(&self.path)
+    }
+}
+
+/// The hand-over socket of the pool whose lock file is `lock`.
+fn handover_path(lock: &Path) -> PathBuf {
+    lock.with_extension("handover")
 }
 
 impl Drop for PoolLock {
@@ -160,6 +173,7 @@ fn owner_from(record: &str) -> PoolOwner {
         pid: field("pid").and_then(|pid| pid.parse().ok()),
         same_pid_namespace: namespace.is_some() && namespace == pid_namespace(),
         hostname: field("hostname"),
+        handover: None,
     }
 }
 
