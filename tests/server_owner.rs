@@ -10,9 +10,11 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use support::server::PATIENCE;
 use support::server::{
     KilledServerFiles, Server, containers_of, docker_ps, error_of, eventually, function,
     ids_listed_by,
@@ -71,7 +73,8 @@ fn a_second_server_of_one_pool_exits_2_naming_the_first_and_touches_nothing() {
     assert_eq!(
         stderr.trim_end(),
         format!(
-            "hotpool: pool \"{}\" on this engine is owned by a running hotpool (pid {})",
+            "hotpool: pool \"{}\" on this engine is owned by a running hotpool (pid {}) \
+             (`hotpool serve --take-over` takes it over)",
             first.pool,
             first.pid()
         ),
@@ -202,10 +205,21 @@ fn the_next_server_takes_over_the_idle_containers_a_killed_owner_left_and_remove
             .all(|id| !changed.contains(id)),
         "a container of a spec that changed is removed"
     );
+    let dirs = runtime_dirs_of_process(first_pid);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let mut pipes: Vec<String> = std::fs::read_dir(&dirs[0])
+        .expect("the killed server's directory")
+        .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name != "lock")
+        .collect();
+    pipes.sort();
     assert_eq!(
-        runtime_dirs_of_process(first_pid),
-        Vec::<PathBuf>::new(),
-        "the killed server's pipe directories are moved or removed"
+        pipes
+            .iter()
+            .map(|name| name.split('-').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["echo", "web"],
+        "the pipes of the containers taken over stay where their containers have them; the rest go"
     );
     for (name, body) in [("echo", "after"), ("web", "after")] {
         let answer = next.invoke(name, body.as_bytes());
@@ -233,6 +247,11 @@ fn the_next_server_takes_over_the_idle_containers_a_killed_owner_left_and_remove
         "the lock file the killed server left names the next one: {record}"
     );
     next.stop();
+    assert_eq!(
+        runtime_dirs_of_process(first_pid),
+        Vec::<PathBuf>::new(),
+        "the killed server's directory goes with the last of its containers"
+    );
 }
 
 #[test]
@@ -370,5 +389,160 @@ fn no_byte_written_for_a_call_before_a_kill_reaches_a_caller_after_it() {
             "{body}: {answer}"
         );
     }
+    next.stop();
+}
+
+/// A loader's tally: calls done (of each function), and those that failed,
+/// or began after `since` and met no warm container.
+struct Tally {
+    done: [AtomicUsize; 2],
+    failed: Mutex<Vec<String>>,
+    since: Mutex<Instant>,
+    cold: AtomicUsize,
+}
+
+/// The functions the loaders call, in the order of [`Tally::done`].
+const LOADED: [&str; 2] = ["echo", "web"];
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            done: Default::default(),
+            failed: Mutex::default(),
+            since: Mutex::new(Instant::now()),
+            cold: AtomicUsize::new(0),
+        }
+    }
+
+    fn done(&self) -> [usize; 2] {
+        [0, 1].map(|i| self.done[i].load(Ordering::Acquire))
+    }
+
+    /// Counts cold calls from now on only.
+    fn count_cold_from_now(&self) {
+        *self.since.lock().unwrap() = Instant::now();
+        self.cold.store(0, Ordering::Release);
+    }
+}
+
+/// Calls function `LOADED[which]` on `addr` one after another until `stop`.
+fn keep_calling(
+    addr: SocketAddr,
+    which: usize,
+    stop: &Arc<AtomicBool>,
+    tally: &Arc<Tally>,
+) -> std::thread::JoinHandle<()> {
+    let (stop, tally, function) = (stop.clone(), tally.clone(), LOADED[which]);
+    std::thread::spawn(move || {
+        for n in 0.. {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            let body = format!("{function}-{n}");
+            let began = Instant::now();
+            match support::http::post(addr, &format!("/invoke/{function}"), body.as_bytes()) {
+                Ok(answer) if answer.status == 200 && answer.text() == body => {
+                    let counted = began >= *tally.since.lock().unwrap();
+                    if counted && answer.header("hotpool-start") != Some("hot") {
+                        tally.cold.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                Ok(answer) => tally
+                    .failed
+                    .lock()
+                    .unwrap()
+                    .push(format!("{body}: {answer}")),
+                Err(error) => tally
+                    .failed
+                    .lock()
+                    .unwrap()
+                    .push(format!("{body}: {error}")),
+            }
+            tally.done[which].fetch_add(1, Ordering::AcqRel);
+        }
+    })
+}
+
+/// The test function's mode, and the format, of each loaded function.
+fn name_cmd(name: &str) -> &'static str {
+    if name == "echo" { "line" } else { "http" }
+}
+
+#[test]
+fn a_server_taking_over_gets_the_socket_and_the_idle_containers_and_no_call_fails() {
+    // A fixed keep-alive: no prewarm, so what starts is what calls ask for.
+    let keep = "keep_alive = \"fixed:10m\"";
+    let functions = LOADED.map(|name| function(name, name_cmd(name), name_cmd(name), keep));
+    let mut first = Server::start("takeover", "", &functions);
+    let _guard = PoolGuard(first.pool.clone());
+    // Two callers per function, each one call at a time.
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::new()));
+    let callers: Vec<_> = [0, 0, 1, 1]
+        .into_iter()
+        .map(|which| keep_calling(first.addr, which, &stop, &tally))
+        .collect();
+    let containers = || LOADED.map(|name| containers_of_function(&first.pool, name));
+    // Settled: each function served 10 calls that started no container.
+    let mut last = (containers(), tally.done());
+    eventually("the pool settles", || {
+        let now = (containers(), tally.done());
+        if (0..2).any(|i| now.1[i] < last.1[i] + 10) {
+            return false;
+        }
+        let same = now.0 == last.0;
+        last = now;
+        same
+    });
+    let warm = last.0;
+    tally.count_cold_from_now();
+    let before = tally.done();
+
+    let mut next = first.take_over();
+    let status = first.wait_within(PATIENCE);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the server handing over exits 0; stdout:\n{}\nstderr:\n{}",
+        first.stdout.text(),
+        first.stderr.text()
+    );
+    assert!(
+        first.stdout.text().contains("handed over"),
+        "{}",
+        first.stdout.text()
+    );
+    next.wait_until_healthy();
+    let handed = tally.done();
+    eventually(
+        "20 more calls of each function through the next server",
+        || {
+            let done = tally.done();
+            (0..2).all(|i| done[i] >= handed[i] + 20)
+        },
+    );
+    stop.store(true, Ordering::Release);
+    for caller in callers {
+        caller.join().expect("a caller thread");
+    }
+    assert!(
+        handed.iter().sum::<usize>() > before.iter().sum::<usize>(),
+        "calls went on while the servers changed places"
+    );
+    assert_eq!(
+        *tally.failed.lock().unwrap(),
+        Vec::<String>::new(),
+        "no call failed"
+    );
+    assert_eq!(
+        tally.cold.load(Ordering::Acquire),
+        0,
+        "no call met a cold container"
+    );
+    assert_eq!(adopted_by(&next), 4, "{}", next.stderr.text());
+    assert_eq!(
+        LOADED.map(|name| containers_of_function(&next.pool, name)),
+        warm,
+        "the same containers serve, none started"
+    );
     next.stop();
 }

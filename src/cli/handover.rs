@@ -2,8 +2,8 @@
 //! (`hotpool serve --take-over`), with no connection refused and no warm
 //! container lost.
 //!
-//! The owner of a pool listens on a Unix socket beside its lock file
-//! (`pools/<engine>/<pool>.handover`, its user's alone). The next server,
+//! The owner of a pool listens on a Unix socket in the runtime directory
+//! (`handover/<digest of its lock file's path>`, its user's alone). The next server,
 //! refused the pool's name, asks there and gets back the listening TCP socket
 //! itself (`SCM_RIGHTS`): one socket, never closed, so connections that arrive
 //! while the two change places wait in its queue. The owner then stops
@@ -14,7 +14,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,9 +33,16 @@ pub(crate) struct HandoverListener {
 }
 
 impl HandoverListener {
-    /// Listens at `path`. The pool's owner alone binds it, so what is there
-    /// already was left by an owner that died.
+    /// Listens at `path` (its directory made, for its user alone). The
+    /// pool's owner alone binds it, so what is there already was left by an
+    /// owner that died.
     pub(crate) fn bind(path: &Path) -> io::Result<HandoverListener> {
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}

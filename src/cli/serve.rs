@@ -176,29 +176,29 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
                 () = super::stop_signal() => false,
                 asked = asked => asked.is_ok(),
             };
+            stopping.cancel();
             if handing_over {
+                // The calls of the connections still open finish first.
                 println!(
                     "hotpool: handing over to the next server: finishing calls in flight, letting idle containers go"
                 );
-            } else {
-                println!("hotpool: shutting down: finishing calls in flight, removing containers");
+                return None;
             }
-            stopping.cancel();
-            let leftovers = if handing_over {
-                pool.hand_over().await
-            } else {
-                pool.shutdown().await
-            };
-            (handing_over, leftovers)
+            println!("hotpool: shutting down: finishing calls in flight, removing containers");
+            Some(pool.shutdown().await)
         }
     });
     connections::serve(listener, router(state), limits, stopping).await;
-    let (handed_over, leftovers) = shutdown.await.unwrap_or_else(|_| {
-        // The shutdown itself failed: nothing says what it removed.
-        let mut unknown = Leftovers::default();
-        unknown.unswept = true;
-        (false, unknown)
-    });
+    let (handed_over, leftovers) = match shutdown.await {
+        Ok(Some(leftovers)) => (false, leftovers),
+        Ok(None) => (true, pool.hand_over().await),
+        Err(_) => {
+            // The shutdown itself failed: nothing says what it removed.
+            let mut unknown = Leftovers::default();
+            unknown.unswept = true;
+            (false, unknown)
+        }
+    };
     if leftovers.is_empty() {
         if handed_over {
             println!("hotpool: handed over; idle containers left to the next server");

@@ -252,6 +252,13 @@ impl Cookie for AnyCookie {
         }
     }
 
+    async fn release(&self) -> bool {
+        match self {
+            AnyCookie::Docker(cookie) => cookie.release().await,
+            AnyCookie::Containerd(cookie) => cookie.release().await,
+        }
+    }
+
     fn cpu_time(&self) -> Option<Duration> {
         match self {
             AnyCookie::Docker(cookie) => cookie.cpu_time(),

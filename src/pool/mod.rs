@@ -163,9 +163,7 @@ impl<D: Driver> PoolBuilder<D> {
             inner.register(spec);
         }
         let (adopted, removed) = inner.adopt_leftovers().await.map_err(BuildError::Sweep)?;
-        if adopted + removed > 0 {
-            tracing::info!(adopted, removed, pool = %inner.config.name, "took over and removed the containers an earlier run left");
-        }
+        tracing::info!(adopted, removed, pool = %inner.config.name, "took over and removed the containers an earlier run left");
         inner.tracker.spawn(inner.clone().reaper());
         Ok(Pool { inner })
     }

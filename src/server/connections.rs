@@ -4,20 +4,23 @@
 //! A slow or idle client can hold one connection slot at most until the head
 //! timeout; past `max_connections` the server stops accepting, so waiting clients
 //! queue in the kernel's backlog instead of costing file descriptors. On stop, the
-//! listener closes, connections finish the request they are serving, and whatever
-//! is still open when the drain deadline passes (a client holding a half-sent
-//! head, say) is cut: stopping never waits on a client.
+//! listener closes, connections finish the request they are serving (one
+//! accepted whose first request had not begun yet is served that request: its
+//! client connected to send it), and whatever is still open when the drain
+//! deadline passes (a client holding a half-sent head, say) is cut: stopping
+//! never waits on a client.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::http1;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +48,6 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -68,16 +70,23 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (begin, begun) = watch::channel(false);
+        let app = app.clone();
+        let service = service_fn(move |request| {
+            begin.send_replace(true);
+            TowerToHyperService::new(app.clone()).call(request)
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
         connections.spawn(async move {
             // A client that resets or times out is its own problem, not the server's.
-            let _ = connection.await;
+            let _ = serve_until_stopped(connection, begun, &stop).await;
             drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.drain_timeout, drained)
         .await
         .is_err()
     {
@@ -87,4 +96,26 @@ pub async fn serve(
         );
     }
     connections.shutdown().await;
+}
+
+/// Serves `connection` until it ends, or until `stop` fires and it has then
+/// finished the request it serves. One accepted but whose first request has
+/// not begun yet (`begun`) is given until it begins, as the head timeout
+/// bounds: its client connected to send one, and may have sent it already.
+async fn serve_until_stopped<C: GracefulConnection>(
+    connection: C,
+    mut begun: watch::Receiver<bool>,
+    stop: &CancellationToken,
+) -> Result<(), C::Error> {
+    tokio::pin!(connection);
+    tokio::select! {
+        done = connection.as_mut() => return done,
+        () = stop.cancelled() => {}
+    }
+    tokio::select! {
+        done = connection.as_mut() => return done,
+        _ = begun.wait_for(|begun| *begun) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }

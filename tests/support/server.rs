@@ -219,11 +219,39 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("hotpool.toml");
         std::fs::write(&path, format!("{head}{}", functions.join("\n"))).expect("write the config");
+        Server::spawn((dir, path, head), addr, pool, env, &[])
+    }
 
+    /// Starts `hotpool serve --take-over` on a copy of this server's config
+    /// file as it is now, and does not wait for it.
+    pub fn take_over(&self) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hotpool.toml");
+        std::fs::copy(&self.config.0, &path).expect("copy the config");
+        let head = self.config.1.clone();
+        Server::spawn(
+            (dir, path, head),
+            self.addr,
+            &self.pool,
+            &[],
+            &["--take-over"],
+        )
+    }
+
+    /// Starts `hotpool serve` on config file `path` (in `dir`, with `head`
+    /// its `[server]` and `[pool]` tables), with `args` after it.
+    fn spawn(
+        (dir, path, head): (tempfile::TempDir, PathBuf, String),
+        addr: SocketAddr,
+        pool: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hotpool"))
             .arg("serve")
             .arg("--config")
             .arg(&path)
+            .args(args)
             .env("HOTPOOL_LOG", "info")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())

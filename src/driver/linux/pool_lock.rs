@@ -91,16 +91,22 @@ impl PoolLock {
         &self.path
     }
 
-    /// Where the owner takes a request to hand the pool over, beside the
-    /// lock file (`<pool>.handover`).
+    /// Where the owner takes a request to hand the pool over: in the runtime
+    /// directory's `handover/`, named by a digest of the lock file's path, as
+    /// a socket's path must be short.
     pub fn handover_path(&self) -> PathBuf {
         handover_path(&self.path)
     }
 }
 
-/// The hand-over socket of the pool whose lock file is `lock`.
+/// The hand-over socket of the pool whose lock file is `lock`
+/// (`ROOT/pools/ENGINE/POOL.lock`).
 fn handover_path(lock: &Path) -> PathBuf {
-    lock.with_extension("handover")
+    use sha2::{Digest, Sha256};
+    let root = lock.ancestors().nth(3).unwrap_or_else(|| Path::new("/"));
+    let digest = Sha256::digest(lock.as_os_str().as_encoded_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    root.join("handover").join(name)
 }
 
 impl Drop for PoolLock {
