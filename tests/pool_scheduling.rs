@@ -1,6 +1,7 @@
 //! The pool's scheduling rules, how registering a function again changes
-//! them, and that a pool name has one owner, fast and deterministic: the
-//! in-process driver and tokio's paused clock.
+//! them, that a pool name has one owner, and what a pool hands over to the
+//! next owner of its name and what that one takes over, fast and
+//! deterministic: the in-process driver and tokio's paused clock.
 //! The same rules are tried on the real engine in `pool_engine.rs`.
 
 use std::time::Duration;
@@ -937,4 +938,284 @@ async fn a_pool_name_has_one_owner_on_a_driver_and_the_first_keeps_its_container
     next.expect("the name is free once its pool is gone")
         .shutdown()
         .await;
+}
+
+/// A pool of the tests' name on `driver`, built with `specs` as its
+/// functions: it takes over what the last owner of the name let go. Returns
+/// once the removals its build began are done.
+async fn next_pool(
+    driver: &InProcessDriver,
+    budget: u64,
+    specs: &[FunctionSpec],
+) -> Pool<InProcessDriver> {
+    let pool = Pool::builder(driver.clone())
+        .name("scheduling-test")
+        .memory_budget(budget)
+        .shutdown_timeout(Duration::from_secs(5))
+        .functions(specs.iter().cloned())
+        .build()
+        .await
+        .expect("the next pool");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    pool
+}
+
+/// The in-process function answering HTTP.
+fn http_spec(name: &str) -> FunctionSpec {
+    let mut spec = spec(name);
+    spec.format = Format::Http;
+    spec.cmd = vec!["http".into()];
+    spec
+}
+
+/// `count` calls of `spec` at once, so that as many containers serve them.
+async fn calls_at_once(pool: &Pool<InProcessDriver>, spec: &FunctionSpec, count: usize) {
+    let calls = (0..count).map(|i| call(pool, spec, if i == 0 { "!sleep 10" } else { "x" }));
+    for answer in join_all(calls).await {
+        answer.unwrap();
+    }
+}
+
+/// (idle, busy) containers of each function, by name.
+fn idle_and_busy(pool: &Pool<InProcessDriver>) -> Vec<(String, usize, usize)> {
+    pool.status()
+        .functions
+        .into_iter()
+        .map(|f| (f.name, f.idle, f.busy))
+        .collect()
+}
+
+/// Calls `spec` through `pool`: how it started, and its answer.
+async fn started_and_answer(
+    pool: &Pool<InProcessDriver>,
+    spec: &FunctionSpec,
+    body: &str,
+) -> (Start, String) {
+    let response = pool
+        .register(spec.clone())
+        .call(Request::new(body.to_owned()))
+        .await
+        .unwrap();
+    (
+        response.start,
+        String::from_utf8(response.body.to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_handed_over_has_its_idle_containers_served_hot_by_the_next() {
+    let (first, driver) = pool(GIB).await;
+    let (mut line, http) = (spec("line"), http_spec("http"));
+    line.max_concurrency = 2;
+    calls_at_once(&first, &line, 2).await;
+    assert_eq!(
+        call(&first, &http, "first body").await.unwrap(),
+        "first body"
+    );
+    assert_eq!(driver.statistics().created, 3);
+
+    assert!(first.hand_over().await.is_empty());
+    drop(first);
+    let stats = driver.statistics();
+    assert_eq!(
+        (stats.released, stats.closed),
+        (3, 0),
+        "let go, not removed"
+    );
+
+    let next = next_pool(&driver, GIB, &[line.clone(), http.clone()]).await;
+    let stats = driver.statistics();
+    assert_eq!((stats.adopted, stats.closed), (3, 0));
+    assert_eq!(
+        idle_and_busy(&next),
+        [("http".into(), 1, 0), ("line".into(), 2, 0)]
+    );
+    assert_eq!(
+        started_and_answer(&next, &http, "second body").await,
+        (Start::Hot, "second body".into())
+    );
+    let both = join_all([
+        started_and_answer(&next, &line, "!sleep 10"),
+        started_and_answer(&next, &line, "b"),
+    ])
+    .await;
+    assert_eq!(
+        both,
+        [(Start::Hot, "slept".into()), (Start::Hot, "b".into())]
+    );
+    assert_eq!(driver.statistics().created, 3, "the next pool started none");
+
+    next.shutdown().await;
+    assert_eq!(driver.statistics().closed, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_in_a_call_at_the_hand_over_deadline_is_removed_not_handed_over() {
+    let (first, driver) = pool(GIB).await;
+    let mut echo = spec("echo");
+    echo.max_concurrency = 2;
+    calls_at_once(&first, &echo, 2).await;
+    let cut = tokio::spawn({
+        let (first, echo) = (first.clone(), echo.clone());
+        async move { call(&first, &echo, "!sleep 60000").await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(idle_and_busy(&first), [("echo".into(), 1, 1)]);
+
+    // The shutdown timeout (5 s) passes with the call still in its container.
+    assert!(first.hand_over().await.is_empty());
+    assert!(cut.await.unwrap().is_err(), "the call was cut");
+    drop(first);
+    let stats = driver.statistics();
+    assert_eq!((stats.released, stats.closed), (1, 1));
+
+    let next = next_pool(&driver, GIB, std::slice::from_ref(&echo)).await;
+    let stats = driver.statistics();
+    assert_eq!((stats.adopted, stats.closed), (1, 1), "only the idle one");
+    assert_eq!(idle_and_busy(&next), [("echo".into(), 1, 0)]);
+    next.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_let_go_in_a_call_is_removed_not_taken_over() {
+    use hotpool::driver::{Cookie, Task};
+    use hotpool::pool::POOL_LABEL;
+    use tokio::io::AsyncWriteExt;
+
+    let (first, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    call(&first, &echo, "warm").await.unwrap();
+    first.hand_over().await;
+    drop(first);
+
+    // An owner took it over, wrote a request and let it go before the answer.
+    let left = driver
+        .leftovers(POOL_LABEL, "scheduling-test")
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    let mut task = Task::new(left[0].task_id.clone(), "echo", "echo-image");
+    task.command = vec!["line".into()];
+    let mut owner = driver.adopt(&left[0], task).await.unwrap();
+    let running = owner.run().await.unwrap();
+    running.mark.as_ref().unwrap().busy();
+    let mut stdin = running.stdin.unwrap();
+    stdin.write_all(b"!sleep 1000\n").await.unwrap();
+    assert!(owner.release().await);
+    drop((owner, running.stdout, stdin));
+    assert_eq!(driver.statistics().adopted, 1);
+
+    let next = next_pool(&driver, GIB, std::slice::from_ref(&echo)).await;
+    let stats = driver.statistics();
+    assert_eq!((stats.adopted, stats.closed), (1, 1), "refused and removed");
+    assert!(next.status().functions[0].idle == 0);
+    assert_eq!(
+        started_and_answer(&next, &echo, "after").await,
+        (Start::Cold, "after".into())
+    );
+    assert_eq!(driver.statistics().created, 2);
+    next.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_ends_while_let_go_is_removed_not_taken_over() {
+    let (first, driver) = pool(GIB).await;
+    let echo = spec("echo");
+    call(&first, &echo, "warm").await.unwrap();
+    first.hand_over().await;
+    drop(first);
+    driver.kill_all();
+
+    let next = next_pool(&driver, GIB, std::slice::from_ref(&echo)).await;
+    let stats = driver.statistics();
+    assert_eq!((stats.adopted, stats.closed), (0, 1));
+    let (start, _) = started_and_answer(&next, &echo, "after").await;
+    assert_eq!(start, Start::Cold);
+    next.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn containers_of_a_changed_spec_or_of_no_configured_function_are_removed() {
+    let (first, driver) = pool(GIB).await;
+    let (kept, env, memory, gone) = (spec("kept"), spec("env"), spec("memory"), spec("gone"));
+    for spec in [&kept, &env, &memory, &gone] {
+        call(&first, spec, "warm").await.unwrap();
+    }
+    first.hand_over().await;
+    drop(first);
+    assert_eq!(driver.statistics().released, 4);
+
+    let mut new_env = env.clone();
+    new_env.env.insert("GREETING".into(), "hello".into());
+    let mut new_memory = memory.clone();
+    new_memory.memory *= 2;
+    let next = next_pool(
+        &driver,
+        GIB,
+        &[kept.clone(), new_env.clone(), new_memory.clone()],
+    )
+    .await;
+    let stats = driver.statistics();
+    assert_eq!((stats.adopted, stats.closed), (1, 3));
+    for (spec, start) in [
+        (&kept, Start::Hot),
+        (&new_env, Start::Cold),
+        (&new_memory, Start::Cold),
+    ] {
+        let answer = started_and_answer(&next, spec, "call").await;
+        assert_eq!(answer, (start, "call".into()), "{}", spec.name);
+    }
+    next.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn adoption_stays_within_each_function_s_concurrency_and_the_memory_budget() {
+    let (first, driver) = pool(GIB).await;
+    let (mut a, b, c) = (spec("a"), spec("b"), spec("c"));
+    a.max_concurrency = 3;
+    calls_at_once(&first, &a, 3).await;
+    call(&first, &b, "warm").await.unwrap();
+    call(&first, &c, "warm").await.unwrap();
+    first.hand_over().await;
+    drop(first);
+    assert_eq!(driver.statistics().released, 5);
+
+    // Room for two containers of `a` and one more.
+    a.max_concurrency = 2;
+    let next = next_pool(&driver, 3 * 64 * MIB, &[a.clone(), b.clone(), c.clone()]).await;
+    let stats = driver.statistics();
+    assert_eq!(
+        (stats.adopted, stats.closed),
+        (3, 2),
+        "two refused, not adopted"
+    );
+    assert_eq!(
+        idle_and_busy(&next),
+        [("a".into(), 2, 0), ("b".into(), 1, 0), ("c".into(), 0, 0)]
+    );
+    assert_eq!(next.status().memory_reserved, 3 * 64 * MIB);
+    next.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_leaves_nothing_for_the_next_pool_to_take_over() {
+    let (first, driver) = pool(GIB).await;
+    let (line, http) = (spec("line"), http_spec("http"));
+    call(&first, &line, "warm").await.unwrap();
+    call(&first, &http, "warm").await.unwrap();
+    assert!(first.shutdown().await.is_empty());
+    drop(first);
+    let left = driver
+        .leftovers(hotpool::pool::POOL_LABEL, "scheduling-test")
+        .await
+        .unwrap();
+    assert_eq!(left, []);
+    let stats = driver.statistics();
+    assert_eq!((stats.created, stats.closed, stats.released), (2, 2, 0));
+
+    let next = next_pool(&driver, GIB, &[line.clone(), http.clone()]).await;
+    assert_eq!(driver.statistics().adopted, 0);
+    let (start, _) = started_and_answer(&next, &line, "after").await;
+    assert_eq!(start, Start::Cold);
+    next.shutdown().await;
 }

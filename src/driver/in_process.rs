@@ -4,32 +4,51 @@
 //! sandbox.
 //!
 //! A task's command picks the behaviour, as the test function's modes do:
-//! `["line"]` answers each request line with the same line, `["echo"]` copies stdin
-//! to stdout until EOF and exits. In `line` mode a request starting with `!` is a
-//! command: `!exit N`, `!oom`, `!kill-self`, `!garbage` (two lines for one request),
-//! `!sleep MS`, `!close-stdout` (close stdout and run on, never answering),
-//! `!close-stdout-exit MS N` (close stdout, then exit with code N MS
-//! milliseconds later). The image `missing` cannot be prepared (`image_not_found`).
+//! `["line"]` answers each request line with the same line, `["http"]` answers
+//! each HTTP request with a 200 carrying its body and its `Hotpool-Call-Id`,
+//! `["echo"]` copies stdin to stdout until EOF and exits. In `line` mode a
+//! request starting with `!` is a command: `!exit N`, `!oom`, `!kill-self`,
+//! `!garbage` (two lines for one request), `!sleep MS`, `!close-stdout` (close
+//! stdout and run on, never answering), `!close-stdout-exit MS N` (close
+//! stdout, then exit with code N MS milliseconds later). The image `missing`
+//! cannot be prepared (`image_not_found`).
 //!
 //! Its "engine" is the driver: a pool name is claimed on one driver and its
 //! clones, so tests that each make their own driver can all use the default
 //! pool name at once. [`InProcessDriver::wedge`] makes that engine stop
 //! answering, as a deadlocked one does.
+//!
+//! The engine lists its containers by label until they are removed, as a real
+//! one does, whether a cookie owns them or not: a hot container let go
+//! ([`Cookie::release`]), or whose cookie was dropped (its owner died), runs
+//! on with its pipes and its between-calls mark, and a clone of the driver
+//! (the next owner) can take it over ([`Driver::adopt`]) if it is marked idle.
+//! The driver holds hotpool's ends of a hot container's pipes besides its
+//! owner, as a real container's init does: an owner letting go of them closes
+//! nothing. A container let go does not end itself (there is no orphan
+//! timeout here).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, copy, duplex};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream,
+    ReadBuf, copy, duplex,
+};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::docker::{FUNCTION_LABEL, LABEL};
 use super::{
-    BoxRead, BoxWrite, CallMark, ClaimError, Cookie, Driver, EngineTraits, PoolOwner, RunResult,
-    Running, Task,
+    BoxRead, BoxWrite, CallMark, ClaimError, Cookie, Driver, EngineTraits, Leftover, PoolOwner,
+    RunResult, Running, TASK_LABEL, Task,
 };
 use crate::error::CallError;
 
@@ -45,12 +64,16 @@ type ExitSender = Arc<watch::Sender<Option<RunResult>>>;
 pub struct InProcessStatistics {
     /// Containers prepared.
     pub created: usize,
-    /// Containers closed.
+    /// Containers removed (closed, or removed as leftovers), each once.
     pub closed: usize,
     /// The most containers being closed at once.
     pub most_closing: usize,
     /// The most containers being prepared at once.
     pub most_preparing: usize,
+    /// Containers let go for a next owner ([`Cookie::release`]).
+    pub released: usize,
+    /// Containers taken over ([`Driver::adopt`]).
+    pub adopted: usize,
 }
 
 struct Shared {
@@ -62,8 +85,10 @@ struct Shared {
     most_closing: AtomicUsize,
     preparing: AtomicUsize,
     most_preparing: AtomicUsize,
-    /// How each running function ends, for [`InProcessDriver::kill_all`].
-    running: Mutex<Vec<(ExitSender, tokio::task::AbortHandle)>>,
+    released: AtomicUsize,
+    adopted: AtomicUsize,
+    /// Every container prepared and not removed, by its engine id.
+    containers: Mutex<BTreeMap<String, Arc<Container>>>,
     /// The pool names claimed on this driver.
     claimed: Mutex<HashSet<String>>,
     /// Whether the engine answers no more ([`InProcessDriver::wedge`]).
@@ -76,9 +101,102 @@ impl Shared {
         let mut wedged = self.wedged.subscribe();
         let _ = wedged.wait_for(|wedged| !wedged).await;
     }
+
+    /// Kills and removes `container`, taking the close delay; counts it
+    /// closed unless it was gone already.
+    async fn remove(&self, container: &Container) {
+        self.answering().await;
+        let closing = self.closing.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_closing.fetch_max(closing, Ordering::SeqCst);
+        if !self.close_delay.is_zero() {
+            tokio::time::sleep(self.close_delay).await;
+        }
+        self.closing.fetch_sub(1, Ordering::SeqCst);
+        container.kill();
+        if lock(&self.containers)
+            .remove(&container.engine_id)
+            .is_some()
+        {
+            self.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
-/// Runs tasks as tokio tasks in this process. Cheap to clone.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A container as the engine knows it, from its prepare to its removal.
+struct Container {
+    engine_id: String,
+    task_id: String,
+    /// The task's labels, with `hotpool=1`, `hotpool.function` and the task's id.
+    labels: BTreeMap<String, String>,
+    exit: ExitSender,
+    /// The function, once it runs.
+    function: Mutex<Option<AbortHandle>>,
+    /// Where its owner notes whether it is between calls.
+    mark: CallMark,
+    /// hotpool's ends of a hot container's stdin and stdout, once handed out.
+    ends: Mutex<Option<(End, End)>>,
+    /// A cookie holds it: it was neither let go nor left by a dropped cookie.
+    owned: AtomicBool,
+}
+
+impl Container {
+    fn kill(&self) {
+        if let Some(function) = lock(&self.function).as_ref() {
+            function.abort();
+        }
+        set_exit(&self.exit, exited(137, ""));
+    }
+
+    fn ended(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+}
+
+/// hotpool's end of a hot container's pipe, held by the container as well as
+/// by its owner: dropping the owner's handle closes nothing.
+#[derive(Clone)]
+struct End(Arc<Mutex<DuplexStream>>);
+
+impl End {
+    fn new(stream: DuplexStream) -> End {
+        End(Arc::new(Mutex::new(stream)))
+    }
+}
+
+impl AsyncRead for End {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for End {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *lock(&self.0)).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)
+    }
+}
+
+/// Runs tasks as tokio tasks in this process. Cheap to clone; clones share
+/// one engine.
 #[derive(Clone)]
 pub struct InProcessDriver {
     shared: Arc<Shared>,
@@ -97,7 +215,9 @@ impl InProcessDriver {
                 most_closing: AtomicUsize::new(0),
                 preparing: AtomicUsize::new(0),
                 most_preparing: AtomicUsize::new(0),
-                running: Mutex::new(Vec::new()),
+                released: AtomicUsize::new(0),
+                adopted: AtomicUsize::new(0),
+                containers: Mutex::new(BTreeMap::new()),
                 claimed: Mutex::new(HashSet::new()),
                 wedged: watch::channel(false).0,
             }),
@@ -119,16 +239,10 @@ impl InProcessDriver {
     /// Kills every running function from outside, as `docker kill` would: each
     /// exits with 137 and its stdout ends.
     pub fn kill_all(&self) {
-        let running = std::mem::take(
-            &mut *self
-                .shared
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for (exit, function) in running {
-            function.abort();
-            set_exit(&exit, exited(137, ""));
+        for container in lock(&self.shared.containers).values() {
+            if lock(&container.function).is_some() {
+                container.kill();
+            }
         }
     }
 
@@ -141,11 +255,32 @@ impl InProcessDriver {
 
     /// What the driver has done so far.
     pub fn statistics(&self) -> InProcessStatistics {
+        let shared = &self.shared;
         InProcessStatistics {
-            created: self.shared.created.load(Ordering::SeqCst),
-            closed: self.shared.closed.load(Ordering::SeqCst),
-            most_closing: self.shared.most_closing.load(Ordering::SeqCst),
-            most_preparing: self.shared.most_preparing.load(Ordering::SeqCst),
+            created: shared.created.load(Ordering::SeqCst),
+            closed: shared.closed.load(Ordering::SeqCst),
+            most_closing: shared.most_closing.load(Ordering::SeqCst),
+            most_preparing: shared.most_preparing.load(Ordering::SeqCst),
+            released: shared.released.load(Ordering::SeqCst),
+            adopted: shared.adopted.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The cookie of `container` for `task`; `adopted`: taken over, its
+    /// `run` hands out the pipes it kept.
+    fn cookie(&self, container: Arc<Container>, task: Task, adopted: bool) -> InProcessCookie {
+        InProcessCookie {
+            shared: self.shared.clone(),
+            container,
+            mode: task.command.first().cloned().unwrap_or_default(),
+            memory: task.memory,
+            timeout: task.timeout,
+            plumbing: Mutex::new((task.input, task.stdout)),
+            output: Mutex::new(None),
+            started: None,
+            adopted,
+            closed: AtomicBool::new(false),
+            released: CancellationToken::new(),
         }
     }
 }
@@ -158,11 +293,7 @@ pub struct InProcessClaim {
 
 impl Drop for InProcessClaim {
     fn drop(&mut self) {
-        self.shared
-            .claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.pool);
+        lock(&self.shared.claimed).remove(&self.pool);
     }
 }
 
@@ -179,11 +310,7 @@ impl Driver for InProcessDriver {
     }
 
     async fn claim_pool(&self, pool: &str) -> Result<InProcessClaim, ClaimError> {
-        let mut claimed = self
-            .shared
-            .claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut claimed = lock(&self.shared.claimed);
         if !claimed.insert(pool.to_owned()) {
             return Err(ClaimError::Owned {
                 pool: pool.to_owned(),
@@ -196,7 +323,7 @@ impl Driver for InProcessDriver {
         })
     }
 
-    async fn prepare(&self, task: Task) -> Result<InProcessCookie, CallError> {
+    async fn prepare(&self, mut task: Task) -> Result<InProcessCookie, CallError> {
         self.shared.answering().await;
         let preparing = self.shared.preparing.fetch_add(1, Ordering::SeqCst) + 1;
         self.shared
@@ -210,26 +337,34 @@ impl Driver for InProcessDriver {
                 message: "no such image in this process".into(),
             });
         }
-        self.shared.created.fetch_add(1, Ordering::SeqCst);
-        let (exit, _) = watch::channel(None);
-        Ok(InProcessCookie {
-            shared: self.shared.clone(),
-            mode: task.command.first().cloned().unwrap_or_default(),
-            memory: task.memory,
-            timeout: task.timeout,
-            plumbing: Mutex::new((task.input, task.stdout)),
-            exit: Arc::new(exit),
+        let number = self.shared.created.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut labels = std::mem::take(&mut task.labels);
+        labels.extend([
+            (LABEL.to_owned(), "1".to_owned()),
+            (FUNCTION_LABEL.to_owned(), task.function.clone()),
+            (TASK_LABEL.to_owned(), task.id.clone()),
+        ]);
+        let container = Arc::new(Container {
+            // Zero-padded: the engine lists its containers in creation order.
+            engine_id: format!("in-process-{number:06}"),
+            task_id: task.id.clone(),
+            labels,
+            exit: Arc::new(watch::channel(None).0),
             function: Mutex::new(None),
-            output: Mutex::new(None),
-            started: None,
-            closed: AtomicBool::new(false),
-        })
+            mark: CallMark::in_memory(),
+            ends: Mutex::new(None),
+            owned: AtomicBool::new(true),
+        });
+        lock(&self.shared.containers).insert(container.engine_id.clone(), container.clone());
+        Ok(self.cookie(container, task, false))
     }
 
-    async fn remove_labelled(&self, _key: &str, _value: &str) -> Result<usize, CallError> {
-        self.shared.answering().await;
-        // Nothing outlives this process.
-        Ok(0)
+    async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, CallError> {
+        let leftovers = self.leftovers(key, value).await?;
+        for leftover in &leftovers {
+            self.remove_leftover(leftover).await?;
+        }
+        Ok(leftovers.len())
     }
 
     async fn ping(&self) -> Result<(), CallError> {
@@ -243,20 +378,78 @@ impl Driver for InProcessDriver {
     fn removal_deadline(&self) -> Duration {
         self.shared.close_delay + Duration::from_secs(1)
     }
+
+    /// Every container labelled `key=value`, as an engine lists them: owned
+    /// ones too (only the pool's claim keeps a live owner's from here).
+    async fn leftovers(&self, key: &str, value: &str) -> Result<Vec<Leftover>, CallError> {
+        self.shared.answering().await;
+        Ok(lock(&self.shared.containers)
+            .values()
+            .filter(|container| container.labels.get(key).map(String::as_str) == Some(value))
+            .map(|container| {
+                Leftover::new(
+                    &container.task_id,
+                    &container.engine_id,
+                    container.labels.clone(),
+                )
+            })
+            .collect())
+    }
+
+    /// Takes over a running hot container that no cookie owns and whose
+    /// mark says it is between calls.
+    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<InProcessCookie, CallError> {
+        self.shared.answering().await;
+        let refused =
+            |why: &str| CallError::engine(format!("container {}: {why}", leftover.engine_id));
+        let container = lock(&self.shared.containers)
+            .get(&leftover.engine_id)
+            .cloned()
+            .ok_or_else(|| refused("no such container"))?;
+        if container.ended() {
+            return Err(refused("it has ended"));
+        }
+        if lock(&container.ends).is_none() {
+            return Err(refused("it is no running hot container"));
+        }
+        if !container.mark.is_idle() {
+            return Err(refused("it was left in a call"));
+        }
+        if container.owned.swap(true, Ordering::SeqCst) {
+            return Err(refused("its owner still holds it"));
+        }
+        self.shared.adopted.fetch_add(1, Ordering::SeqCst);
+        Ok(self.cookie(container, task, true))
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> Result<(), CallError> {
+        let container = lock(&self.shared.containers)
+            .get(&leftover.engine_id)
+            .cloned();
+        match container {
+            Some(container) => self.shared.remove(&container).await,
+            None => self.shared.answering().await,
+        }
+        Ok(())
+    }
 }
 
-/// A prepared in-process container.
+/// A prepared in-process container, or one taken over.
 pub struct InProcessCookie {
     shared: Arc<Shared>,
+    container: Arc<Container>,
     mode: String,
     memory: u64,
     timeout: Option<Duration>,
     plumbing: Mutex<(Option<BoxRead>, Option<BoxWrite>)>,
-    exit: Arc<watch::Sender<Option<RunResult>>>,
-    function: Mutex<Option<JoinHandle<()>>>,
     output: Mutex<Option<JoinHandle<()>>>,
     started: Option<Instant>,
+    /// Taken over: `run` hands out the container's pipes, starting nothing.
+    adopted: bool,
+    /// Closed or let go: the cookie touches the container no more.
     closed: AtomicBool,
+    /// Let go for a next owner: `wait` returns.
+    released: CancellationToken,
 }
 
 /// Records how the function ended, unless something already did.
@@ -277,12 +470,7 @@ fn exited(code: i64, stderr_tail: &str) -> RunResult {
     })
 }
 
-async fn serve_lines(
-    stdin: DuplexStream,
-    mut stdout: DuplexStream,
-    memory: u64,
-    exit: Arc<watch::Sender<Option<RunResult>>>,
-) {
+async fn serve_lines(stdin: DuplexStream, mut stdout: DuplexStream, memory: u64, exit: ExitSender) {
     let mut lines = BufReader::new(stdin);
     let mut line = String::new();
     loop {
@@ -329,21 +517,69 @@ async fn serve_lines(
     }
 }
 
-async fn serve_echo(
-    mut stdin: DuplexStream,
-    mut stdout: DuplexStream,
-    exit: Arc<watch::Sender<Option<RunResult>>>,
-) {
+async fn serve_echo(mut stdin: DuplexStream, mut stdout: DuplexStream, exit: ExitSender) {
     let _ = copy(&mut stdin, &mut stdout).await;
     let _ = stdout.shutdown().await;
     set_exit(&exit, Ok(()));
 }
 
+/// Answers each HTTP request with a 200 carrying its body and its call id.
+async fn serve_http(stdin: DuplexStream, mut stdout: DuplexStream, exit: ExitSender) {
+    let mut requests = BufReader::new(stdin);
+    let mut line = String::new();
+    loop {
+        let (mut length, mut call_id) = (0, String::new());
+        loop {
+            line.clear();
+            match requests.read_line(&mut line).await {
+                Ok(0) | Err(_) => return set_exit(&exit, Ok(())),
+                Ok(_) => {}
+            }
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                // The request line, or the blank line that ends the head.
+                if line.trim_end().is_empty() {
+                    break;
+                }
+                continue;
+            };
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("hotpool-call-id") {
+                call_id = value.trim().to_owned();
+            }
+        }
+        let mut body = vec![0; length];
+        if requests.read_exact(&mut body).await.is_err() {
+            return set_exit(&exit, Ok(()));
+        }
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nHotpool-Call-Id: {call_id}\r\nContent-Length: {length}\r\n\r\n"
+        )
+        .into_bytes();
+        answer.extend(body);
+        if stdout.write_all(&answer).await.is_err() {
+            return set_exit(&exit, Ok(()));
+        }
+    }
+}
+
 impl Cookie for InProcessCookie {
     async fn run(&mut self) -> Result<Running, CallError> {
+        self.started = Some(Instant::now());
+        let mark = Some(self.container.mark.clone());
+        if self.adopted {
+            let (stdin, stdout) = lock(&self.container.ends)
+                .clone()
+                .ok_or_else(|| CallError::engine("the container kept no pipes"))?;
+            return Ok(Running {
+                stdin: Some(Box::new(stdin)),
+                stdout: Some(Box::new(stdout)),
+                mark,
+            });
+        }
         let (container_stdin, mut caller_stdin) = duplex(64 * 1024);
         let (container_stdout, mut caller_stdout) = duplex(64 * 1024);
-        let exit = self.exit.clone();
+        let exit = self.container.exit.clone();
         let function = match self.mode.as_str() {
             "line" => tokio::spawn(serve_lines(
                 container_stdin,
@@ -351,25 +587,29 @@ impl Cookie for InProcessCookie {
                 self.memory,
                 exit,
             )),
+            "http" => tokio::spawn(serve_http(container_stdin, container_stdout, exit)),
             "echo" => tokio::spawn(serve_echo(container_stdin, container_stdout, exit)),
             other => {
                 let message = format!("unknown mode {other:?}\n");
                 tokio::spawn(async move { set_exit(&exit, exited(64, &message)) })
             }
         };
-        self.shared
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((self.exit.clone(), function.abort_handle()));
-        *self.function.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(function);
-        self.started = Some(Instant::now());
-        let (input, sink) =
-            std::mem::take(self.plumbing.get_mut().unwrap_or_else(|e| e.into_inner()));
+        *lock(&self.container.function) = Some(function.abort_handle());
+        let (input, sink) = std::mem::take(&mut *lock(&self.plumbing));
+        if input.is_none() && sink.is_none() {
+            // Hot: the container holds hotpool's ends too, as its init would.
+            let ends = (End::new(caller_stdin), End::new(caller_stdout));
+            *lock(&self.container.ends) = Some(ends.clone());
+            return Ok(Running {
+                stdin: Some(Box::new(ends.0)),
+                stdout: Some(Box::new(ends.1)),
+                mark,
+            });
+        }
         let mut running = Running {
             stdin: None,
             stdout: None,
-            mark: Some(CallMark::in_memory()),
+            mark,
         };
         match input {
             Some(mut input) => {
@@ -386,7 +626,7 @@ impl Cookie for InProcessCookie {
                     let _ = copy(&mut caller_stdout, &mut sink).await;
                     let _ = sink.flush().await;
                 });
-                *self.output.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(output);
+                *lock(&self.output) = Some(output);
             }
             None => running.stdout = Some(Box::new(caller_stdout)),
         }
@@ -394,7 +634,7 @@ impl Cookie for InProcessCookie {
     }
 
     async fn wait(&self, cancel: &CancellationToken) -> RunResult {
-        let mut exit = self.exit.subscribe();
+        let mut exit = self.container.exit.subscribe();
         // A timeout too long to add is no deadline.
         let deadline = self
             .timeout
@@ -414,7 +654,7 @@ impl Cookie for InProcessCookie {
         };
         let interrupted = tokio::select! {
             result = ended => {
-                let output = self.output.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let output = lock(&self.output).take();
                 if let Some(output) = output {
                     let _ = output.await;
                 }
@@ -422,43 +662,54 @@ impl Cookie for InProcessCookie {
             }
             () = sleep => CallError::Timeout { timeout: self.timeout.unwrap_or_default() },
             () = cancel.cancelled() => CallError::Cancelled,
+            () = self.released.cancelled() => {
+                return Err(CallError::engine("let go for a next owner"));
+            }
         };
         let _ = self.kill().await;
         Err(interrupted)
     }
 
+    /// Kills the function, unless the container was let go.
     async fn kill(&self) -> Result<(), CallError> {
         self.shared.answering().await;
-        if let Some(function) = self
-            .function
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            function.abort();
+        if !self.released.is_cancelled() {
+            self.container.kill();
         }
-        set_exit(&self.exit, exited(137, ""));
         Ok(())
     }
 
     async fn close(&self) {
         self.shared.answering().await;
         if !self.closed.swap(true, Ordering::SeqCst) {
-            let closing = self.shared.closing.fetch_add(1, Ordering::SeqCst) + 1;
-            self.shared
-                .most_closing
-                .fetch_max(closing, Ordering::SeqCst);
-            if !self.shared.close_delay.is_zero() {
-                tokio::time::sleep(self.shared.close_delay).await;
-            }
-            self.shared.closing.fetch_sub(1, Ordering::SeqCst);
-            let _ = self.kill().await;
-            self.shared
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(exit, _)| exit.borrow().is_none());
-            self.shared.closed.fetch_add(1, Ordering::SeqCst);
+            self.shared.remove(&self.container).await;
+        }
+    }
+
+    /// Lets a running hot container go, its pipes and mark kept with it;
+    /// closes any other.
+    async fn release(&self) -> bool {
+        let hot = lock(&self.container.ends).is_some() && !self.container.ended();
+        if !hot {
+            self.close().await;
+            return false;
+        }
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.container.owned.store(false, Ordering::SeqCst);
+        self.released.cancel();
+        self.shared.released.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+/// A cookie dropped unclosed leaves its container running without an owner,
+/// as an owner that dies does.
+impl Drop for InProcessCookie {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            self.container.owned.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -505,6 +756,8 @@ mod tests {
                 closed: 1,
                 most_closing: 1,
                 most_preparing: 1,
+                released: 0,
+                adopted: 0,
             }
         );
     }
@@ -567,6 +820,107 @@ mod tests {
         assert_eq!(driver.ping().await, Ok(()));
         cookie.close().await;
         assert_eq!(driver.statistics().closed, 1);
+    }
+
+    /// Writes `request` as a line and reads the answer line.
+    async fn exchange(running: &mut (BoxWrite, BufReader<BoxRead>), request: &str) -> String {
+        running.0.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        running.1.read_line(&mut answer).await.unwrap();
+        answer
+    }
+
+    fn pipes(running: Running) -> (BoxWrite, BufReader<BoxRead>) {
+        (
+            running.stdin.unwrap(),
+            BufReader::new(running.stdout.unwrap()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hot_container_let_go_runs_on_for_a_clone_to_take_over() {
+        let driver = InProcessDriver::new(Duration::ZERO);
+        let mut hot = task("line");
+        hot.labels.insert("hotpool.pool".into(), "p".into());
+        let mut cookie = driver.prepare(hot).await.unwrap();
+        let mut first = pipes(cookie.run().await.unwrap());
+        assert_eq!(exchange(&mut first, "a\n").await, "a\n");
+        assert!(cookie.release().await);
+        let ended = cookie.wait(&CancellationToken::new()).await;
+        assert_eq!(ended, Err(CallError::engine("let go for a next owner")));
+        drop((cookie, first));
+
+        let next = driver.clone();
+        let left = next.leftovers("hotpool.pool", "p").await.unwrap();
+        let labels = [
+            ("hotpool", "1"),
+            ("hotpool.function", "f"),
+            ("hotpool.pool", "p"),
+            ("hotpool.task", "t"),
+        ];
+        let labels = labels.map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+        assert_eq!(left, [Leftover::new("t", "in-process-000001", labels)]);
+        assert_eq!(next.leftovers("hotpool.pool", "other").await.unwrap(), []);
+        let mut adopted = next.adopt(&left[0], task("line")).await.unwrap();
+        let running = adopted.run().await.unwrap();
+        assert!(running.mark.as_ref().unwrap().is_idle());
+        let mut second = pipes(running);
+        assert_eq!(
+            exchange(&mut second, "b\n").await,
+            "b\n",
+            "the same function"
+        );
+        let stats = driver.statistics();
+        assert_eq!((stats.created, stats.released, stats.adopted), (1, 1, 1));
+        assert_eq!(stats.closed, 0);
+        adopted.close().await;
+        assert_eq!(driver.statistics().closed, 1);
+        assert_eq!(next.leftovers("hotpool.pool", "p").await.unwrap(), []);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_running_ownerless_container_marked_idle_is_taken_over() {
+        let driver = InProcessDriver::new(Duration::ZERO);
+        let mut cookies = Vec::new();
+        let mut marks = Vec::new();
+        for _ in 0..4 {
+            let mut cookie = driver.prepare(task("line")).await.unwrap();
+            marks.push(cookie.run().await.unwrap().mark.unwrap());
+            cookies.push(cookie);
+        }
+        let left = driver.leftovers("hotpool", "1").await.unwrap();
+        assert_eq!(left.len(), 4, "owned ones are listed too");
+        let refused = |n: usize, why: &str| {
+            let leftover = &left[n];
+            let driver = driver.clone();
+            let why = why.to_owned();
+            async move {
+                let error = driver.adopt(leftover, task("line")).await.err().unwrap();
+                assert!(error.to_string().contains(&why), "{error}");
+            }
+        };
+        refused(0, "its owner still holds it").await;
+        marks[1].busy();
+        assert!(cookies[1].release().await);
+        refused(1, "it was left in a call").await;
+        cookies[2].kill().await.unwrap();
+        assert!(!cookies[2].release().await, "an ended one is closed");
+        refused(2, "no such container").await;
+        // An owner that dies leaves its containers to the next.
+        drop(cookies.pop());
+        let _next_owner = driver.adopt(&left[3], task("line")).await.unwrap();
+        refused(3, "its owner still holds it").await;
+
+        // Removing a leftover under its owner ends its owner's wait.
+        driver.remove_leftover(&left[0]).await.unwrap();
+        let ended = cookies[0].wait(&CancellationToken::new()).await;
+        assert_eq!(
+            ended.err().map(|e| e.kind()),
+            Some(crate::ErrorKind::Exited)
+        );
+        cookies[0].close().await;
+        let stats = driver.statistics();
+        assert_eq!((stats.closed, stats.released, stats.adopted), (2, 1, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,6 +8,7 @@
 //! another function that the eviction policies rank lowest. A container that dies
 //! while idle leaves its stack before anyone gets it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -457,9 +458,19 @@ impl<D: Driver> Inner<D> {
     pub(crate) async fn adopt_leftovers(&self) -> Result<(usize, usize), CallError> {
         use futures_util::StreamExt;
         let found = self.driver.leftovers(POOL_LABEL, &self.config.name).await?;
-        let outcomes = futures_util::stream::iter(found)
-            .map(|leftover| async move {
-                let taken = match self.adoptable(&leftover) {
+        // Chosen in turn before any is taken over: a container past its
+        // function's concurrency takes no memory another function's could use.
+        let mut chosen = HashMap::new();
+        let verdicts: Vec<_> = found
+            .into_iter()
+            .map(|leftover| {
+                let verdict = self.adoptable(&leftover, &mut chosen);
+                (leftover, verdict)
+            })
+            .collect();
+        let outcomes = futures_util::stream::iter(verdicts)
+            .map(|(leftover, verdict)| async move {
+                let taken = match verdict {
                     Ok((pool, memory)) => self
                         .adopt(&pool, &leftover, memory)
                         .await
@@ -488,11 +499,13 @@ impl<D: Driver> Inner<D> {
         Ok(counts)
     }
 
-    /// The function version `leftover` may join, with its memory reserved;
-    /// else why not.
+    /// The function version `leftover` may join, with its memory reserved,
+    /// if fewer than its concurrency are `chosen` for it already (none runs
+    /// yet as the pool is built); else why not.
     fn adoptable(
         &self,
         leftover: &Leftover,
+        chosen: &mut HashMap<FunctionKey, usize>,
     ) -> Result<(Arc<FunctionPool<D>>, Reservation), String> {
         let function = leftover
             .labels
@@ -508,10 +521,16 @@ impl<D: Driver> Inner<D> {
         if leftover.labels.get(SPEC_LABEL) != Some(&fingerprint) {
             return Err(format!("{function}'s container spec changed"));
         }
+        let count = chosen.entry(pool.key).or_default();
+        let concurrency = pool.limits().max_concurrency;
+        if *count >= concurrency {
+            return Err(format!("{function} runs at most {concurrency} containers"));
+        }
         let memory = self
             .budget
             .try_reserve(pool.container.memory)
             .ok_or("the memory budget is full")?;
+        *count += 1;
         Ok((pool, memory))
     }
 
