@@ -473,7 +473,8 @@ fn a_server_taking_over_gets_the_socket_and_the_idle_containers_and_no_call_fail
     // A fixed keep-alive: no prewarm, so what starts is what calls ask for.
     let keep = "keep_alive = \"fixed:10m\"";
     let functions = LOADED.map(|name| function(name, name_cmd(name), name_cmd(name), keep));
-    let mut first = Server::start("takeover", "", &functions);
+    // As the DaemonSet runs it: once it has handed over, it waits to be stopped.
+    let mut first = Server::start_with_args("takeover", &functions, &["--wait-after-handover"]);
     let _guard = PoolGuard(first.pool.clone());
     // Two callers per function, each one call at a time.
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::new()));
@@ -498,20 +499,24 @@ fn a_server_taking_over_gets_the_socket_and_the_idle_containers_and_no_call_fail
     let before = tally.done();
 
     let mut next = first.take_over();
-    let status = first.wait_within(PATIENCE);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "the server handing over exits 0; stdout:\n{}\nstderr:\n{}",
-        first.stdout.text(),
-        first.stderr.text()
-    );
+    eventually("the server that handed over waits to be stopped", || {
+        first.stdout.text().contains("waiting for SIGTERM")
+    });
     assert!(
         first.stdout.text().contains("handed over"),
         "{}",
         first.stdout.text()
     );
     next.wait_until_healthy();
+    first.terminate();
+    let status = first.wait_within(PATIENCE);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the server that handed over exits 0 when stopped; stdout:\n{}\nstderr:\n{}",
+        first.stdout.text(),
+        first.stderr.text()
+    );
     let handed = tally.done();
     eventually(
         "20 more calls of each function through the next server",

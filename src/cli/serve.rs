@@ -38,7 +38,7 @@ use crate::server::auth::Tokens;
 use crate::server::connections::{self, ConnectionLimits};
 use crate::server::engine_health::{self, EngineHealth};
 use crate::server::{AppState, router};
-use hotpool::driver::{AnyDriver, ClaimError, Driver, Transport};
+use hotpool::driver::{AnyDriver, ClaimError, Driver, PoolLock, Transport};
 use hotpool::pool::{BuildError, Leftovers, POOL_LABEL, Pool, PoolBuilder};
 
 use super::handover::{self, HandoverListener};
@@ -54,6 +54,11 @@ pub(crate) struct ServeArgs {
     /// none running, start as usual.
     #[arg(long)]
     take_over: bool,
+    /// Once it has handed the pool over, wait for SIGTERM or SIGINT and then
+    /// exit 0, touching nothing, rather than exit at once (a Kubernetes pod
+    /// that would otherwise be restarted, and take the pool back).
+    #[arg(long)]
+    wait_after_handover: bool,
 }
 
 /// Serves until a signal; returns the exit status.
@@ -155,9 +160,11 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         config,
         stopping.clone(),
     ));
-    let handover = match HandoverListener::bind(&pool.claim().handover_path()) {
-        Ok(handover) => Some(handover),
-        Err(error) => {
+    let handover_path = pool.with_claim(PoolLock::handover_path);
+    let handover = match handover_path.map(|path| HandoverListener::bind(&path)) {
+        Some(Ok(handover)) => Some(handover),
+        None => None,
+        Some(Err(error)) => {
             tracing::warn!(%error, "no hand-over socket: `serve --take-over` cannot take this pool over");
             None
         }
@@ -199,16 +206,22 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
             (false, unknown)
         }
     };
-    if leftovers.is_empty() {
+    let status = if leftovers.is_empty() {
         if handed_over {
             println!("hotpool: handed over; idle containers left to the next server");
         } else {
             println!("hotpool: stopped; every container removed");
         }
-        return 0;
+        0
+    } else {
+        println!("hotpool: stopped; {}", left_behind(&leftovers, &pool_name));
+        1
+    };
+    if handed_over && args.wait_after_handover {
+        println!("hotpool: waiting for SIGTERM or SIGINT");
+        super::stop_signal().await;
     }
-    println!("hotpool: stopped; {}", left_behind(&leftovers, &pool_name));
-    1
+    status
 }
 
 /// Binds the server's address, then builds the pool (claiming its name): a

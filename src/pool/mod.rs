@@ -301,18 +301,19 @@ impl<D: Driver> Pool<D> {
         self.inner.shutdown().await
     }
 
-    /// The pool's claim of its name ([`Driver::claim_pool`]).
-    pub fn claim(&self) -> &D::Claim {
-        self.inner.claim()
+    /// What `with` makes of the pool's claim of its name
+    /// ([`Driver::claim_pool`]); `None` once the pool handed over.
+    pub fn with_claim<R>(&self, with: impl FnOnce(&D::Claim) -> R) -> Option<R> {
+        self.inner.with_claim(with)
     }
 
     /// Hands the pool over to its next owner: as [`Pool::shutdown`], but its
     /// idle hot containers (and those whose call ends in time) are let go
     /// rather than removed ([`crate::driver::Cookie::release`]), to be taken
     /// over by the next pool of the name as it is built
-    /// ([`PoolBuilder::functions`]); the rest are removed. Drop the pool
-    /// (every clone and handle) to release its name for the next owner.
-    /// Containers the driver cannot let go are removed.
+    /// ([`PoolBuilder::functions`]); the rest are removed. The pool lets go
+    /// of its name as this returns, so the next owner can build; it takes no
+    /// more calls. Containers the driver cannot let go are removed.
     pub async fn hand_over(&self) -> Leftovers {
         self.inner.hand_over().await
     }

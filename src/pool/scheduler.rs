@@ -92,7 +92,8 @@ pub(crate) struct Inner<D: Driver> {
     /// Bounds the containers being created and started at once.
     starts: Semaphore,
     /// The pool's name on its engine, owned while this lives.
-    claim: D::Claim,
+    /// Held until the pool is dropped, or hands over.
+    claim: Mutex<Option<D::Claim>>,
 }
 
 pub(crate) fn busy(reason: impl Into<String>) -> CallError {
@@ -130,13 +131,18 @@ impl<D: Driver> Inner<D> {
             calls_done: Notify::new(),
             removals: Arc::new(Removals::new()),
             starts: Semaphore::new(STARTS_AT_ONCE),
-            claim,
+            claim: Mutex::new(Some(claim)),
         })
     }
 
-    /// The claim of the pool's name.
-    pub(crate) fn claim(&self) -> &D::Claim {
-        &self.claim
+    /// What `with` makes of the claim of the pool's name; `None` once the
+    /// pool handed over.
+    pub(crate) fn with_claim<R>(&self, with: impl FnOnce(&D::Claim) -> R) -> Option<R> {
+        self.claim
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(with)
     }
 
     /// Itself as an `Arc`; it is only ever reached through one.
@@ -854,10 +860,12 @@ impl<D: Driver> Inner<D> {
     }
 
     /// [`Inner::shutdown`], but its idle containers are let go for the next
-    /// owner of the pool rather than removed, and what the engine lists
-    /// besides is not swept.
+    /// owner of the pool rather than removed, what the engine lists besides
+    /// is not swept, and the pool's name is let go at the end.
     pub(crate) async fn hand_over(&self) -> Leftovers {
-        self.leave(EvictionReason::HandedOver).await
+        let leftovers = self.leave(EvictionReason::HandedOver).await;
+        drop(self.claim.lock().unwrap_or_else(|e| e.into_inner()).take());
+        leftovers
     }
 
     /// Stops taking calls and, once they are done or cut, drains every

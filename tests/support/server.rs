@@ -109,6 +109,25 @@ pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus
     }
 }
 
+/// A config file of pool `pool` listening on `addr`, with `[server]` and
+/// `[pool]` lines `extras` and the `functions` tables: its directory, its
+/// path, and its `[server]` and `[pool]` tables.
+fn config_file(
+    pool: &str,
+    addr: SocketAddr,
+    (server_extra, pool_extra): (&str, &str),
+    functions: &[String],
+) -> (tempfile::TempDir, PathBuf, String) {
+    let head = format!(
+        "[server]\nlisten = \"{addr}\"\n{server_extra}\n\n\
+         [pool]\nname = \"{pool}\"\nmemory_budget = \"1g\"\n{pool_extra}\n\n"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hotpool.toml");
+    std::fs::write(&path, format!("{head}{}", functions.join("\n"))).expect("write the config");
+    (dir, path, head)
+}
+
 /// A running `hotpool serve`. Dropping it sends SIGTERM and waits for the exit;
 /// [`Server::stop`] does the same and asserts a clean exit with no container left.
 pub struct Server {
@@ -212,14 +231,18 @@ impl Server {
         functions: &[String],
         env: &[(&str, &str)],
     ) -> Server {
-        let head = format!(
-            "[server]\nlisten = \"{addr}\"\n{server_extra}\n\n\
-             [pool]\nname = \"{pool}\"\nmemory_budget = \"1g\"\n{pool_extra}\n\n"
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("hotpool.toml");
-        std::fs::write(&path, format!("{head}{}", functions.join("\n"))).expect("write the config");
-        Server::spawn((dir, path, head), addr, pool, env, &[])
+        let config = config_file(pool, addr, (server_extra, pool_extra), functions);
+        Server::spawn(config, addr, pool, env, &[])
+    }
+
+    /// [`Server::start`] with `args` after `serve --config FILE`.
+    pub fn start_with_args(test: &str, functions: &[String], args: &[&str]) -> Server {
+        let pool = format!("server-test-{test}-{}", std::process::id());
+        let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+        let config = config_file(&pool, addr, ("", "shutdown_timeout = \"30s\""), functions);
+        let mut server = Server::spawn(config, addr, &pool, &[], args);
+        server.wait_until_healthy();
+        server
     }
 
     /// Starts `hotpool serve --take-over` on a copy of this server's config
