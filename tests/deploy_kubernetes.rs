@@ -223,12 +223,26 @@ fn check_daemonset(all: &[Value], variant: &Variant) {
         container["securityContext"]["runAsUser"], 0,
         "{name}: the engine's socket is root's"
     );
-    assert_eq!(container["ports"][0]["containerPort"], listen.port());
-    assert_eq!(container["ports"][0]["name"], "http");
+    // An update takes over on each node: the new pod beside the old one, on
+    // the node's network (the listening socket is handed over), with no
+    // declared port to keep it off the node.
+    assert_eq!(pod["hostNetwork"], true, "{name}");
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet", "{name}");
+    let rolling = &daemonset["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(
+        (&rolling["maxSurge"], &rolling["maxUnavailable"]),
+        (&Value::from(1), &Value::from(0)),
+        "{name}"
+    );
+    assert!(container.get("ports").is_none(), "{name}: a host port");
     // Ready while the engine answers; alive while the server does.
     for (probe, path) in [("readinessProbe", "/healthz"), ("livenessProbe", "/livez")] {
         assert_eq!(text(container, &format!("/{probe}/httpGet/path")), path);
-        assert_eq!(text(container, &format!("/{probe}/httpGet/port")), "http");
+        assert_eq!(
+            container[probe]["httpGet"]["port"],
+            listen.port(),
+            "{name}: {probe}"
+        );
     }
     let mount_of = |volume: &str| {
         container["volumeMounts"]
@@ -249,7 +263,9 @@ fn check_daemonset(all: &[Value], variant: &Variant) {
         [
             "serve",
             "--config",
-            &format!("{}/hotpool.toml", text(mount_of("config"), "/mountPath"))
+            &format!("{}/hotpool.toml", text(mount_of("config"), "/mountPath")),
+            "--take-over",
+            "--wait-after-handover",
         ]
     );
 
@@ -305,6 +321,7 @@ fn check_daemonset(all: &[Value], variant: &Variant) {
         );
     }
     assert_eq!(service["spec"]["ports"][0]["port"], listen.port());
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], listen.port());
 }
 
 /// Whether a pod of `daemonset` may run on a node labelled `node` (its
