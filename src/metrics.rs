@@ -22,6 +22,9 @@ pub const CONTAINER_START_SECONDS: &str = "hotpool_container_start_seconds";
 pub const CONTAINERS: &str = "hotpool_containers";
 /// Containers evicted, by function and reason.
 pub const EVICTIONS_TOTAL: &str = "hotpool_evictions_total";
+/// Containers an earlier owner of the pool left, by function and outcome, as
+/// a build found them: `adopted` (taken over), or why one was removed.
+pub const ADOPTED_CONTAINERS_TOTAL: &str = "hotpool_adopted_containers_total";
 /// The memory limits of live containers, added up.
 pub const MEMORY_RESERVED_BYTES: &str = "hotpool_memory_reserved_bytes";
 /// The pool's memory budget.
@@ -86,6 +89,11 @@ pub fn describe() {
         EVICTIONS_TOTAL,
         Unit::Count,
         "Containers removed from the pool, by function and reason."
+    );
+    describe_counter!(
+        ADOPTED_CONTAINERS_TOTAL,
+        Unit::Count,
+        "Containers an earlier owner of the pool left, as hotpool found them when it started, by function and outcome: adopted (taken over), or why it was removed (not_configured, spec_changed, over_concurrency, over_budget, in_call, ended, wrote_while_idle, unproven)."
     );
     describe_gauge!(
         MEMORY_RESERVED_BYTES,

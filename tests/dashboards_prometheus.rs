@@ -1,5 +1,7 @@
 //! The shipped dashboards against real parts: the real `hotpool serve` on the real
-//! engine, driven through every call outcome, scraped by a real Prometheus (Debian's
+//! engine, having taken the pool over from another (`--take-over`, so that it
+//! counts containers taken over and removed), driven through every call outcome,
+//! scraped by a real Prometheus (Debian's
 //! `prometheus`, configured from `dashboards/prometheus.yml`). Its `/metrics` must
 //! pass `promtool check metrics`, and every query of every dashboard panel must
 //! come back from Prometheus with data.
@@ -156,7 +158,9 @@ fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result
 // ---------------------------------------------------------------------------
 // hotpool serve and its load.
 
-fn hotpool_config(pool: &str, image: &str) -> String {
+/// The config of the test's servers; `http_env` is the `http` function's
+/// environment (a TOML inline table), part of its container spec.
+fn hotpool_config(pool: &str, image: &str, http_env: &str) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -183,6 +187,7 @@ name = "http"
 image = "{image}"
 cmd = ["http"]
 format = "http"
+env = {http_env}
 
 [[function]]
 name = "cold"
@@ -205,16 +210,24 @@ max_queue = 1
     )
 }
 
-/// Starts `hotpool serve` and returns it with the address it listens on.
-fn start_hotpool(dir: &Path, pool: &str) -> (Running, String) {
-    let config = dir.join("hotpool.toml");
-    std::fs::write(&config, hotpool_config(pool, testfn_image())).unwrap();
+/// Starts `hotpool serve` with `config` (written to `dir/file`) and `args`,
+/// and returns it with the address it listens on.
+fn start_hotpool(
+    what: &'static str,
+    dir: &Path,
+    file: &str,
+    config: &str,
+    args: &[&str],
+) -> (Running, String) {
+    let path = dir.join(file);
+    std::fs::write(&path, config).unwrap();
     let (mut server, lines) = Running::spawn(
-        "hotpool serve",
+        what,
         Command::new(env!("CARGO_BIN_EXE_hotpool"))
             .arg("serve")
             .arg("--config")
-            .arg(&config),
+            .arg(&path)
+            .args(args),
     );
     let addr = loop {
         match lines.recv_timeout(Duration::from_secs(120)) {
@@ -293,6 +306,41 @@ fn function_status(addr: &str, name: &str) -> Result<Value, String> {
         .as_array()
         .and_then(|list| list.iter().find(|f| f["name"] == name).cloned())
         .ok_or_else(|| format!("{name} is not in /functions: {}", reply.text()))
+}
+
+/// Starts a server that warms a container of `line` and one of `http`, and
+/// a second one that takes the pool over from it (`--take-over`) with
+/// `http`'s container spec changed: it takes `line`'s container over and
+/// removes `http`'s, and counts both. Returns the second, and where it
+/// listens: on the first one's socket.
+fn take_over_warm_containers(dir: &Path, pool: &str) -> (Running, String) {
+    let image = testfn_image();
+    let config = hotpool_config(pool, image, "{}");
+    let (mut first, addr) = start_hotpool("hotpool serve (first)", dir, "first.toml", &config, &[]);
+    for function in ["line", "http"] {
+        assert_eq!(call_ok(&addr, function, "warm", "warm"), "cold");
+    }
+    let changed = hotpool_config(pool, image, r#"{ CHANGED = "1" }"#);
+    let (next, handed) = start_hotpool(
+        "hotpool serve (next)",
+        dir,
+        "next.toml",
+        &changed,
+        &["--take-over"],
+    );
+    assert_eq!(
+        handed, addr,
+        "the next server listens on the first's socket"
+    );
+    let status = eventually("the first server exits", Duration::from_secs(60), || {
+        first.exited().ok_or_else(|| "still running".to_owned())
+    });
+    assert!(status.success(), "{status}\n{}", first.log());
+    let found = hotpool_counter(&addr, "hotpool_adopted_containers_total");
+    let wanted = [(("http", "spec_changed"), 1.0), (("line", "adopted"), 1.0)]
+        .map(|((function, outcome), count)| ((function.to_owned(), outcome.to_owned()), count));
+    assert_eq!(found, BTreeMap::from(wanted), "{}", next.log());
+    (next, addr)
 }
 
 /// Every outcome once or more, hot and cold successes, and a CPU-heavy call.
@@ -499,16 +547,22 @@ fn query(prometheus: &str, expr: &str) -> Result<Vec<Sample>, String> {
         .collect())
 }
 
-/// `hotpool_calls_total` by (function, outcome).
+/// A counter by (function, outcome).
 type Calls = BTreeMap<(String, String), f64>;
 
 /// `hotpool_calls_total` as hotpool reports it now.
 fn hotpool_calls(addr: &str) -> Calls {
+    hotpool_counter(addr, "hotpool_calls_total")
+}
+
+/// Counter `name`, labelled by function and outcome, as hotpool reports it now.
+fn hotpool_counter(addr: &str, name: &str) -> Calls {
     let page = http(addr, "GET", "/metrics", b"")
         .expect("GET /metrics")
         .text();
+    let prefix = format!("{name}{{");
     page.lines()
-        .filter_map(|line| line.strip_prefix("hotpool_calls_total{"))
+        .filter_map(|line| line.strip_prefix(&prefix))
         .map(|rest| {
             let (labels, value) = rest.split_once("} ").expect("a sample line");
             let label = |name: &str| {
@@ -692,7 +746,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .unwrap()
         .subsec_nanos();
     let pool = format!("test-dashboards-{}-{nanos}", std::process::id());
-    let (mut server, addr) = start_hotpool(dir.path(), &pool);
+    let (mut server, addr) = take_over_warm_containers(dir.path(), &pool);
     let (mut prometheus, prom) = start_prometheus(dir.path(), &addr);
 
     // Round one creates every series; Prometheus scrapes them before round two
@@ -753,6 +807,27 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
          $__rate_interval {RATE_INTERVAL}):\n  {}",
         rejected.join("\n  "),
         empty.join("\n  ")
+    );
+    // What the server found at its start, as Prometheus has it.
+    let found: BTreeMap<String, f64> = query(
+        &prom,
+        "sum by (function, outcome) (hotpool_adopted_containers_total)",
+    )
+    .expect("query the leftovers")
+    .into_iter()
+    .map(|(labels, value)| {
+        (
+            format!("{}/{}", labels["function"], labels["outcome"]),
+            value,
+        )
+    })
+    .collect();
+    assert_eq!(
+        found,
+        BTreeMap::from([
+            ("http/spec_changed".to_owned(), 1.0),
+            ("line/adopted".to_owned(), 1.0)
+        ])
     );
 
     // Shut both down; hotpool removes every container it started.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use hotpool::driver::containerd::{ContainerdCookie, ContainerdDriver, ContainerdOptions};
-use hotpool::driver::{Cookie, Driver, IO_LABEL, RunResult, Task, Transport};
+use hotpool::driver::{AdoptRefusal, Cookie, Driver, IO_LABEL, RunResult, Task, Transport};
 use hotpool::error::{CallError, ErrorKind};
 use hotpool::pool::POOL_LABEL;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -586,6 +586,7 @@ async fn a_container_left_in_a_call_is_refused_and_removed_with_what_a_prepare_l
         .err()
         .expect("a container in a call is refused");
     assert!(refused.to_string().contains("in a call"), "{refused}");
+    assert_eq!(refused.refusal, AdoptRefusal::InCall, "{refused}");
     driver.remove_leftover(&found[0]).await.expect("removed");
     assert_nothing_left(&pool, &[&id]).await;
     assert_eq!(

@@ -14,6 +14,7 @@ use hotpool::pool::{
     STARTS_AT_ONCE, Start, TIMEOUT_MARGIN,
 };
 use hotpool::{CallError, ErrorKind};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 const MIB: u64 = 1 << 20;
 /// How long the in-process driver takes to start a container.
@@ -960,6 +961,54 @@ async fn next_pool(
     pool
 }
 
+/// `hotpool_adopted_containers_total` as this test's pools count it: a
+/// recorder of the test's thread alone (a paused-clock test runs on one).
+struct Adoptions {
+    handle: PrometheusHandle,
+    _guard: metrics::LocalRecorderGuard<'static>,
+}
+
+impl Adoptions {
+    fn record() -> Adoptions {
+        let recorder: &'static PrometheusRecorder =
+            Box::leak(Box::new(PrometheusBuilder::new().build_recorder()));
+        Adoptions {
+            handle: recorder.handle(),
+            _guard: metrics::set_default_local_recorder(recorder),
+        }
+    }
+
+    /// Every (function, outcome) counted, with its count.
+    fn counted(&self) -> Vec<(String, String, u64)> {
+        let mut counted: Vec<_> = (self.handle.render().lines())
+            .filter_map(|line| line.strip_prefix("hotpool_adopted_containers_total{"))
+            .map(|rest| {
+                let (labels, value) = rest.split_once("} ").expect(rest);
+                let label = |name: &str| {
+                    (labels.split(','))
+                        .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                        .and_then(|value| value.strip_suffix('"'))
+                        .expect(labels)
+                        .to_owned()
+                };
+                let value = value.parse().expect(value);
+                (label("function"), label("outcome"), value)
+            })
+            .collect();
+        counted.sort();
+        counted
+    }
+}
+
+/// `(function, outcome, count)` as [`Adoptions::counted`] has them.
+fn counts(expected: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
+    let mut counts: Vec<_> = (expected.iter())
+        .map(|&(function, outcome, count)| (function.to_owned(), outcome.to_owned(), count))
+        .collect();
+    counts.sort();
+    counts
+}
+
 /// The in-process function answering HTTP.
 fn http_spec(name: &str) -> FunctionSpec {
     let mut spec = spec(name);
@@ -1004,6 +1053,7 @@ async fn started_and_answer(
 
 #[tokio::test(start_paused = true)]
 async fn a_pool_handed_over_has_its_idle_containers_served_hot_by_the_next() {
+    let adoptions = Adoptions::record();
     let (first, driver) = pool(GIB).await;
     let (mut line, http) = (spec("line"), http_spec("http"));
     line.max_concurrency = 2;
@@ -1026,6 +1076,10 @@ async fn a_pool_handed_over_has_its_idle_containers_served_hot_by_the_next() {
     let next = next_pool(&driver, GIB, &[line.clone(), http.clone()]).await;
     let stats = driver.statistics();
     assert_eq!((stats.adopted, stats.closed), (3, 0));
+    assert_eq!(
+        adoptions.counted(),
+        counts(&[("http", "adopted", 1), ("line", "adopted", 2)])
+    );
     assert_eq!(
         idle_and_busy(&next),
         [("http".into(), 1, 0), ("line".into(), 2, 0)]
@@ -1082,6 +1136,7 @@ async fn a_container_let_go_in_a_call_is_removed_not_taken_over() {
     use hotpool::pool::POOL_LABEL;
     use tokio::io::AsyncWriteExt;
 
+    let adoptions = Adoptions::record();
     let (first, driver) = pool(GIB).await;
     let echo = spec("echo");
     call(&first, &echo, "warm").await.unwrap();
@@ -1108,6 +1163,7 @@ async fn a_container_let_go_in_a_call_is_removed_not_taken_over() {
     let next = next_pool(&driver, GIB, std::slice::from_ref(&echo)).await;
     let stats = driver.statistics();
     assert_eq!((stats.adopted, stats.closed), (1, 1), "refused and removed");
+    assert_eq!(adoptions.counted(), counts(&[("echo", "in_call", 1)]));
     assert!(next.status().functions[0].idle == 0);
     assert_eq!(
         started_and_answer(&next, &echo, "after").await,
@@ -1119,6 +1175,7 @@ async fn a_container_let_go_in_a_call_is_removed_not_taken_over() {
 
 #[tokio::test(start_paused = true)]
 async fn a_container_that_ends_while_let_go_is_removed_not_taken_over() {
+    let adoptions = Adoptions::record();
     let (first, driver) = pool(GIB).await;
     let echo = spec("echo");
     call(&first, &echo, "warm").await.unwrap();
@@ -1129,6 +1186,7 @@ async fn a_container_that_ends_while_let_go_is_removed_not_taken_over() {
     let next = next_pool(&driver, GIB, std::slice::from_ref(&echo)).await;
     let stats = driver.statistics();
     assert_eq!((stats.adopted, stats.closed), (0, 1));
+    assert_eq!(adoptions.counted(), counts(&[("echo", "ended", 1)]));
     let (start, _) = started_and_answer(&next, &echo, "after").await;
     assert_eq!(start, Start::Cold);
     next.shutdown().await;
@@ -1136,27 +1194,41 @@ async fn a_container_that_ends_while_let_go_is_removed_not_taken_over() {
 
 #[tokio::test(start_paused = true)]
 async fn containers_of_a_changed_spec_or_of_no_configured_function_are_removed() {
+    let adoptions = Adoptions::record();
     let (first, driver) = pool(GIB).await;
     let (kept, env, memory, gone) = (spec("kept"), spec("env"), spec("memory"), spec("gone"));
-    for spec in [&kept, &env, &memory, &gone] {
+    let cold = spec("cold");
+    for spec in [&kept, &env, &memory, &gone, &cold] {
         call(&first, spec, "warm").await.unwrap();
     }
     first.hand_over().await;
     drop(first);
-    assert_eq!(driver.statistics().released, 4);
+    assert_eq!(driver.statistics().released, 5);
 
     let mut new_env = env.clone();
     new_env.env.insert("GREETING".into(), "hello".into());
     let mut new_memory = memory.clone();
     new_memory.memory *= 2;
+    let mut now_cold = cold.clone();
+    now_cold.format = Format::Cold;
     let next = next_pool(
         &driver,
         GIB,
-        &[kept.clone(), new_env.clone(), new_memory.clone()],
+        &[kept.clone(), new_env.clone(), new_memory.clone(), now_cold],
     )
     .await;
     let stats = driver.statistics();
-    assert_eq!((stats.adopted, stats.closed), (1, 3));
+    assert_eq!((stats.adopted, stats.closed), (1, 4));
+    assert_eq!(
+        adoptions.counted(),
+        counts(&[
+            ("kept", "adopted", 1),
+            ("env", "spec_changed", 1),
+            ("memory", "spec_changed", 1),
+            ("cold", "spec_changed", 1),
+            ("gone", "not_configured", 1),
+        ])
+    );
     for (spec, start) in [
         (&kept, Start::Hot),
         (&new_env, Start::Cold),
@@ -1170,6 +1242,7 @@ async fn containers_of_a_changed_spec_or_of_no_configured_function_are_removed()
 
 #[tokio::test(start_paused = true)]
 async fn adoption_stays_within_each_function_s_concurrency_and_the_memory_budget() {
+    let adoptions = Adoptions::record();
     let (first, driver) = pool(GIB).await;
     let (mut a, b, c) = (spec("a"), spec("b"), spec("c"));
     a.max_concurrency = 3;
@@ -1188,6 +1261,15 @@ async fn adoption_stays_within_each_function_s_concurrency_and_the_memory_budget
         (stats.adopted, stats.closed),
         (3, 2),
         "two refused, not adopted"
+    );
+    assert_eq!(
+        adoptions.counted(),
+        counts(&[
+            ("a", "adopted", 2),
+            ("a", "over_concurrency", 1),
+            ("b", "adopted", 1),
+            ("c", "over_budget", 1),
+        ])
     );
     assert_eq!(
         idle_and_busy(&next),

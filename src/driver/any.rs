@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::containerd::{ContainerdCookie, ContainerdDriver, ContainerdOptions};
 use super::docker::{DockerCookie, DockerDriver, DockerOptions};
 use super::{
-    ClaimError, Cookie, Driver, EngineTraits, Leftover, PoolLock, RunResult, Running, Task,
+    AdoptError, ClaimError, Cookie, Driver, EngineTraits, Leftover, PoolLock, RunResult, Running,
+    Task,
 };
 use crate::error::CallError;
 
@@ -205,7 +206,7 @@ impl Driver for AnyDriver {
         }
     }
 
-    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<AnyCookie, CallError> {
+    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<AnyCookie, AdoptError> {
         match self {
             AnyDriver::Docker(driver) => driver.adopt(leftover, task).await.map(AnyCookie::Docker),
             AnyDriver::Containerd(driver) => driver

@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::docker::{FUNCTION_LABEL, LABEL};
 use super::{
-    BoxRead, BoxWrite, CallMark, ClaimError, Cookie, Driver, EngineTraits, Leftover, PoolOwner,
-    RunResult, Running, TASK_LABEL, Task,
+    AdoptError, AdoptRefusal, BoxRead, BoxWrite, CallMark, ClaimError, Cookie, Driver,
+    EngineTraits, Leftover, PoolOwner, RunResult, Running, TASK_LABEL, Task,
 };
 use crate::error::CallError;
 
@@ -398,25 +398,27 @@ impl Driver for InProcessDriver {
 
     /// Takes over a running hot container that no cookie owns and whose
     /// mark says it is between calls.
-    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<InProcessCookie, CallError> {
+    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<InProcessCookie, AdoptError> {
         self.shared.answering().await;
-        let refused =
-            |why: &str| CallError::engine(format!("container {}: {why}", leftover.engine_id));
+        let refused = |refusal, why: &str| AdoptError::new(refusal, &leftover.engine_id, why);
         let container = lock(&self.shared.containers)
             .get(&leftover.engine_id)
             .cloned()
-            .ok_or_else(|| refused("no such container"))?;
+            .ok_or_else(|| refused(AdoptRefusal::Ended, "no such container"))?;
         if container.ended() {
-            return Err(refused("it has ended"));
+            return Err(refused(AdoptRefusal::Ended, "it has ended"));
         }
         if lock(&container.ends).is_none() {
-            return Err(refused("it is no running hot container"));
+            return Err(refused(
+                AdoptRefusal::Unproven,
+                "it is no running hot container",
+            ));
         }
         if !container.mark.is_idle() {
-            return Err(refused("it was left in a call"));
+            return Err(refused(AdoptRefusal::InCall, "it was left in a call"));
         }
         if container.owned.swap(true, Ordering::SeqCst) {
-            return Err(refused("its owner still holds it"));
+            return Err(refused(AdoptRefusal::Unproven, "its owner still holds it"));
         }
         self.shared.adopted.fetch_add(1, Ordering::SeqCst);
         Ok(self.cookie(container, task, true))
@@ -890,26 +892,28 @@ mod tests {
         }
         let left = driver.leftovers("hotpool", "1").await.unwrap();
         assert_eq!(left.len(), 4, "owned ones are listed too");
-        let refused = |n: usize, why: &str| {
+        let refused = |n: usize, refusal: AdoptRefusal, why: &str| {
             let leftover = &left[n];
             let driver = driver.clone();
             let why = why.to_owned();
             async move {
                 let error = driver.adopt(leftover, task("line")).await.err().unwrap();
                 assert!(error.to_string().contains(&why), "{error}");
+                assert_eq!(error.refusal, refusal, "{error}");
             }
         };
-        refused(0, "its owner still holds it").await;
+        let owned = "its owner still holds it";
+        refused(0, AdoptRefusal::Unproven, owned).await;
         marks[1].busy();
         assert!(cookies[1].release().await);
-        refused(1, "it was left in a call").await;
+        refused(1, AdoptRefusal::InCall, "it was left in a call").await;
         cookies[2].kill().await.unwrap();
         assert!(!cookies[2].release().await, "an ended one is closed");
-        refused(2, "no such container").await;
+        refused(2, AdoptRefusal::Ended, "no such container").await;
         // An owner that dies leaves its containers to the next.
         drop(cookies.pop());
         let _next_owner = driver.adopt(&left[3], task("line")).await.unwrap();
-        refused(3, "its owner still holds it").await;
+        refused(3, AdoptRefusal::Unproven, owned).await;
 
         // Removing a leftover under its owner ends its owner's wait.
         driver.remove_leftover(&left[0]).await.unwrap();

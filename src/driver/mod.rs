@@ -336,6 +336,53 @@ impl Leftover {
     }
 }
 
+/// Why a driver did not take a leftover over ([`Driver::adopt`]), whatever
+/// the engine: what a pool counts as the outcome of a leftover it removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AdoptRefusal {
+    /// It was in a call: its mark says so, or part of a request waits
+    /// unread on its stdin.
+    InCall,
+    /// It is no longer running: its function, or its container, ended.
+    Ended,
+    /// It wrote to stdout while no call was in it.
+    WroteWhileIdle,
+    /// Anything else that leaves it unproven between calls: it has no direct
+    /// pipes, they are not the driver's, the engine could not say.
+    Unproven,
+}
+
+/// A leftover the driver did not take over: why, and in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AdoptError {
+    /// Why, as a pool counts it.
+    pub refusal: AdoptRefusal,
+    /// What the driver found.
+    pub message: String,
+}
+
+impl AdoptError {
+    /// A refusal of container `container` for `refusal`: `why`.
+    pub fn new(refusal: AdoptRefusal, container: &str, why: impl fmt::Display) -> AdoptError {
+        AdoptError {
+            refusal,
+            message: format!("container {container}: {why}"),
+        }
+    }
+}
+
+impl From<CallError> for AdoptError {
+    /// An engine that failed to answer proves nothing.
+    fn from(error: CallError) -> AdoptError {
+        AdoptError {
+            refusal: AdoptRefusal::Unproven,
+            message: error.to_string(),
+        }
+    }
+}
+
 /// `6 MiB`, or `1500 bytes` for what is no whole number of MiB.
 fn mebibytes(bytes: u64) -> String {
     if bytes.is_multiple_of(1 << 20) {
@@ -407,19 +454,20 @@ pub trait Driver: Clone + Send + Sync + 'static {
     /// Takes over `leftover` as a container of `task` (whose spec the caller
     /// matched to the leftover's), if it is provably between calls: its
     /// cookie's [`Cookie::run`] then hands out its pipes without starting
-    /// anything. A leftover that cannot be proven so is refused, and is
-    /// the caller's to remove (with [`Driver::remove_labelled`]).
+    /// anything. A leftover that cannot be proven so is refused, saying why
+    /// ([`AdoptRefusal`]), and is the caller's to remove (with
+    /// [`Driver::remove_leftover`]).
     fn adopt(
         &self,
         leftover: &Leftover,
         task: Task,
-    ) -> impl Future<Output = Result<Self::Cookie, CallError>> + Send {
+    ) -> impl Future<Output = Result<Self::Cookie, AdoptError>> + Send {
         let _ = task;
-        let refused = CallError::engine(format!(
-            "{} cannot take over container {}",
-            self.traits().name,
-            leftover.engine_id
-        ));
+        let refused = AdoptError::new(
+            AdoptRefusal::Unproven,
+            &leftover.engine_id,
+            format!("{} cannot take containers over", self.traits().name),
+        );
         async move { Err(refused) }
     }
 

@@ -1,4 +1,5 @@
-//! A hot container: its driver cookie, its pipes, how it ended, and why it left.
+//! A hot container: its driver cookie, its pipes, how it ended, and why it
+//! left; and what became of one an earlier owner of the pool left.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use super::collector::CallTag;
 use super::readings::Readings;
 use super::spec::FunctionKey;
 use super::stdout::Stdout;
-use crate::driver::{BoxWrite, CallMark, Cookie, Driver, RunResult};
+use crate::driver::{AdoptError, AdoptRefusal, BoxWrite, CallMark, Cookie, Driver, RunResult};
 use crate::error::CallError;
 
 /// A container's stderr log, beside the rest of a container's parts.
@@ -66,6 +67,82 @@ impl EvictionReason {
             CallError::Timeout { .. } => EvictionReason::Timeout,
             _ => EvictionReason::Exited,
         }
+    }
+}
+
+/// What became of a container an earlier owner of the pool left, as a build
+/// found it; the `outcome` label of `hotpool_adopted_containers_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Adoption {
+    /// Taken over, idle and hot.
+    Adopted,
+    /// Removed: it names no function, or one not configured now.
+    NotConfigured,
+    /// Removed: its function's container spec changed (or it is cold now).
+    SpecChanged,
+    /// Removed: its function had as many containers as its concurrency.
+    OverConcurrency,
+    /// Removed: the memory budget had no room for it.
+    OverBudget,
+    /// Removed: it was in a call.
+    InCall,
+    /// Removed: it had ended.
+    Ended,
+    /// Removed: it wrote to stdout while idle.
+    WroteWhileIdle,
+    /// Removed: nothing proved it between calls.
+    Unproven,
+}
+
+impl Adoption {
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Adoption::Adopted => "adopted",
+            Adoption::NotConfigured => "not_configured",
+            Adoption::SpecChanged => "spec_changed",
+            Adoption::OverConcurrency => "over_concurrency",
+            Adoption::OverBudget => "over_budget",
+            Adoption::InCall => "in_call",
+            Adoption::Ended => "ended",
+            Adoption::WroteWhileIdle => "wrote_while_idle",
+            Adoption::Unproven => "unproven",
+        }
+    }
+}
+
+/// Why a leftover was not taken over: its outcome, and in words for the log.
+#[derive(Debug)]
+pub(crate) struct NotAdopted {
+    pub(crate) outcome: Adoption,
+    pub(crate) why: String,
+}
+
+impl NotAdopted {
+    pub(crate) fn new(outcome: Adoption, why: impl Into<String>) -> NotAdopted {
+        NotAdopted {
+            outcome,
+            why: why.into(),
+        }
+    }
+}
+
+impl From<AdoptError> for NotAdopted {
+    fn from(error: AdoptError) -> NotAdopted {
+        let outcome = match error.refusal {
+            AdoptRefusal::InCall => Adoption::InCall,
+            AdoptRefusal::Ended => Adoption::Ended,
+            AdoptRefusal::WroteWhileIdle => Adoption::WroteWhileIdle,
+            AdoptRefusal::Unproven => Adoption::Unproven,
+        };
+        NotAdopted::new(outcome, error.message)
+    }
+}
+
+impl From<CallError> for NotAdopted {
+    /// A container that failed to come up as one of the pool's proves nothing.
+    fn from(error: CallError) -> NotAdopted {
+        NotAdopted::new(Adoption::Unproven, error.to_string())
     }
 }
 

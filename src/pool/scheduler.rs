@@ -24,7 +24,9 @@ use super::PoolConfig;
 use super::budget::{MemoryBudget, Reservation};
 use super::checked_out::{CheckedOut, Lender};
 use super::collector::{CallTag, StatsCollector};
-use super::container::{EvictionReason, HotContainer, Pipes, Slot, StderrLog};
+use super::container::{
+    Adoption, EvictionReason, HotContainer, NotAdopted, Pipes, Slot, StderrLog,
+};
 use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
 use super::readings::Readings;
@@ -459,8 +461,9 @@ impl<D: Driver> Inner<D> {
     /// running (it crashed, say) that are provably between calls and whose
     /// spec a registered function's current version has, as far as their
     /// function's concurrency and the memory budget allow; removes every
-    /// other container of the pool's label. Says how many it took over and
-    /// how many it removed.
+    /// other container of the pool's label. Counts each, with what became
+    /// of it, in `hotpool_adopted_containers_total`; says how many it took
+    /// over and how many it removed.
     pub(crate) async fn adopt_leftovers(&self) -> Result<(usize, usize), CallError> {
         use futures_util::StreamExt;
         let found = self.driver.leftovers(POOL_LABEL, &self.config.name).await?;
@@ -481,12 +484,19 @@ impl<D: Driver> Inner<D> {
                         .adopt(&pool, &leftover, memory)
                         .await
                         .map(|slot| self.settle_adopted(&pool, slot)),
-                    Err(why) => Err(CallError::engine(why)),
+                    Err(refused) => Err(refused),
                 };
+                let outcome = match &taken {
+                    Ok(()) => Adoption::Adopted,
+                    Err(refused) => refused.outcome,
+                };
+                let function = leftover.labels.get(FUNCTION_LABEL).cloned();
+                metrics::counter!(crate::metrics::ADOPTED_CONTAINERS_TOTAL, "function" => function.unwrap_or_default(), "outcome" => outcome.as_str())
+                    .increment(1);
                 match taken {
                     Ok(()) => Ok(true),
-                    Err(why) => {
-                        tracing::info!(container = %leftover.engine_id, %why, "not taking over a container an earlier run left; removing it");
+                    Err(NotAdopted { outcome, why }) => {
+                        tracing::info!(container = %leftover.engine_id, outcome = outcome.as_str(), %why, "not taking over a container an earlier run left; removing it");
                         self.driver.remove_leftover(&leftover).await.map(|()| false)
                     }
                 }
@@ -512,30 +522,37 @@ impl<D: Driver> Inner<D> {
         &self,
         leftover: &Leftover,
         chosen: &mut HashMap<FunctionKey, usize>,
-    ) -> Result<(Arc<FunctionPool<D>>, Reservation), String> {
+    ) -> Result<(Arc<FunctionPool<D>>, Reservation), NotAdopted> {
         let function = leftover
             .labels
             .get(FUNCTION_LABEL)
-            .ok_or("it names no function")?;
-        let pool = self
-            .current(function)
-            .map_err(|_| format!("{function} is not configured"))?;
+            .ok_or_else(|| NotAdopted::new(Adoption::NotConfigured, "it names no function"))?;
+        let pool = self.current(function).map_err(|_| {
+            NotAdopted::new(
+                Adoption::NotConfigured,
+                format!("{function} is not configured"),
+            )
+        })?;
+        let changed = |why: String| NotAdopted::new(Adoption::SpecChanged, why);
         if pool.format() == Format::Cold {
-            return Err(format!("{function} is cold now"));
+            return Err(changed(format!("{function} is cold now")));
         }
         let fingerprint = pool.container.fingerprint(&pool.name);
         if leftover.labels.get(SPEC_LABEL) != Some(&fingerprint) {
-            return Err(format!("{function}'s container spec changed"));
+            return Err(changed(format!("{function}'s container spec changed")));
         }
         let count = chosen.entry(pool.key).or_default();
         let concurrency = pool.limits().max_concurrency;
         if *count >= concurrency {
-            return Err(format!("{function} runs at most {concurrency} containers"));
+            return Err(NotAdopted::new(
+                Adoption::OverConcurrency,
+                format!("{function} runs at most {concurrency} containers"),
+            ));
         }
         let memory = self
             .budget
             .try_reserve(pool.container.memory)
-            .ok_or("the memory budget is full")?;
+            .ok_or_else(|| NotAdopted::new(Adoption::OverBudget, "the memory budget is full"))?;
         *count += 1;
         Ok((pool, memory))
     }
@@ -559,13 +576,13 @@ impl<D: Driver> Inner<D> {
         pool: &Arc<FunctionPool<D>>,
         leftover: &Leftover,
         memory: Reservation,
-    ) -> Result<Slot<D>, CallError> {
+    ) -> Result<Slot<D>, NotAdopted> {
         let prefix = format!("{}-", pool.name);
         let Some(suffix) = leftover.task_id.strip_prefix(&prefix) else {
-            return Err(CallError::engine(format!(
-                "container {} is no task of {}",
-                leftover.engine_id, pool.name
-            )));
+            return Err(NotAdopted::new(
+                Adoption::Unproven,
+                format!("it is no task of {}", pool.name),
+            ));
         };
         let (task, wiring) = self.hot_task(pool, suffix);
         let id = task.id.clone();

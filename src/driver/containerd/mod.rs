@@ -38,6 +38,7 @@ mod spec;
 mod transfer;
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +55,10 @@ use containerd_client::types::v1::Status as TaskStatus;
 use dashmap::DashMap;
 use tonic::Code;
 
-use super::{ClaimError, Driver, EngineTraits, IO_LABEL, Leftover, TASK_LABEL, Task};
+use super::{
+    AdoptError, AdoptRefusal, ClaimError, Driver, EngineTraits, IO_LABEL, Leftover, TASK_LABEL,
+    Task,
+};
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
 use crate::driver::linux::direct::{self, LazyRuntimeDir};
@@ -472,13 +476,13 @@ impl Driver for ContainerdDriver {
             .collect())
     }
 
-    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<ContainerdCookie, CallError> {
+    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<ContainerdCookie, AdoptError> {
         let id = &leftover.engine_id;
-        let refused = |why: String| CallError::engine(format!("container {id}: {why}"));
+        let refused = |refusal, why: &dyn fmt::Display| AdoptError::new(refusal, id, why);
         let io = leftover
             .labels
             .get(IO_LABEL)
-            .ok_or_else(|| refused("it has no direct pipes".into()))?;
+            .ok_or_else(|| refused(AdoptRefusal::Unproven, &"it has no direct pipes"))?;
         let client = &self.engine.client;
         let get = client.request(GetRequest {
             container_id: id.clone(),
@@ -486,15 +490,15 @@ impl Driver for ContainerdDriver {
         });
         let pid = call("task_get", QUICK, client.tasks().get(get))
             .await
-            .map_err(|status| refused(status.message().to_owned()))?
+            .map_err(|status| refused(AdoptRefusal::Unproven, &status.message()))?
             .process
             .filter(|process| process.status == TaskStatus::Running as i32 && process.pid > 0)
             .map(|process| process.pid)
-            .ok_or_else(|| refused("it is not running".into()))?;
+            .ok_or_else(|| refused(AdoptRefusal::Ended, &"it is not running"))?;
         let runtime = self.engine.runtime.get().await?;
         let (dir, one_way) = runtime
             .take_over(Path::new(io))
-            .map_err(|e| refused(e.to_string()))?;
+            .map_err(|e| refused(e.refusal(), &e))?;
         Ok(ContainerdCookie::adopted(
             self.engine.clone(),
             id.clone(),

@@ -27,6 +27,7 @@ mod engine_stats;
 mod pull;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,8 +44,8 @@ pub use cookie::DockerCookie;
 pub use deadlines::Deadlines;
 
 use super::{
-    ClaimError, Driver, EngineCallError, EngineTraits, IO_LABEL, Leftover, MIN_TMP_SIZE,
-    TASK_LABEL, TMP_BYTES_PER_INODE, Task, Transport,
+    AdoptError, AdoptRefusal, ClaimError, Driver, EngineCallError, EngineTraits, IO_LABEL,
+    Leftover, MIN_TMP_SIZE, TASK_LABEL, TMP_BYTES_PER_INODE, Task, Transport,
 };
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
@@ -467,13 +468,13 @@ impl Driver for DockerDriver {
             .collect())
     }
 
-    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<DockerCookie, CallError> {
+    async fn adopt(&self, leftover: &Leftover, task: Task) -> Result<DockerCookie, AdoptError> {
         let refused =
-            |why: String| CallError::engine(format!("container {}: {why}", leftover.engine_id));
+            |refusal, why: &dyn fmt::Display| AdoptError::new(refusal, &leftover.engine_id, why);
         let io = leftover
             .labels
             .get(IO_LABEL)
-            .ok_or_else(|| refused("it has no direct pipes".into()))?;
+            .ok_or_else(|| refused(AdoptRefusal::Unproven, &"it has no direct pipes"))?;
         let info = self
             .engine
             .timed(
@@ -483,17 +484,17 @@ impl Driver for DockerDriver {
                     .inspect_container(&leftover.engine_id, None),
             )
             .await
-            .map_err(|e| refused(e.to_string()))?;
+            .map_err(|e| refused(AdoptRefusal::Unproven, &e))?;
         let pid = info
             .state
             .filter(|state| state.running == Some(true))
             .and_then(|state| state.pid)
             .filter(|pid| *pid > 0)
-            .ok_or_else(|| refused("it is not running".into()))?;
+            .ok_or_else(|| refused(AdoptRefusal::Ended, &"it is not running"))?;
         let runtime = self.engine.runtime.get().await?;
         let (dir, one_way) = runtime
             .take_over(Path::new(io))
-            .map_err(|e| refused(e.to_string()))?;
+            .map_err(|e| refused(e.refusal(), &e))?;
         Ok(DockerCookie::adopted(
             self.engine.clone(),
             leftover.engine_id.clone(),

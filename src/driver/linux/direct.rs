@@ -42,7 +42,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::net::unix::pipe;
 
 use super::call_mark::MappedWord;
-use crate::driver::{CallMark, Task};
+use crate::driver::{AdoptRefusal, CallMark, Task};
 use crate::error::CallError;
 
 /// Where the init program appears inside a container.
@@ -393,6 +393,18 @@ pub(crate) enum TakeOverError {
     WroteWhileIdle,
     #[error("{0}")]
     Io(io::Error),
+}
+
+impl TakeOverError {
+    /// The refusal a pool counts it as.
+    pub(crate) fn refusal(&self) -> AdoptRefusal {
+        match self {
+            TakeOverError::InCall | TakeOverError::RequestUnread => AdoptRefusal::InCall,
+            TakeOverError::Ended => AdoptRefusal::Ended,
+            TakeOverError::WroteWhileIdle => AdoptRefusal::WroteWhileIdle,
+            TakeOverError::NotOurs | TakeOverError::Io(_) => AdoptRefusal::Unproven,
+        }
+    }
 }
 
 /// How many bytes the pipe `pipe` holds unread.
