@@ -12,14 +12,13 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use hotpool::driver::containerd::ContainerdDriver;
 use hotpool::driver::{Cookie, Driver, Running, Task};
 use hotpool::error::CallError;
 use hotpool::pool::POOL_LABEL;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio_util::sync::CancellationToken;
 
-use support::containerd::{CONTAINERD_21, TestImage, options};
+use support::containerd::{CONTAINERD_21, ExtraGuard, TestImage, options};
 
 /// Runs `scripts/containerd-extra 2.1` with `args`, and asserts it succeeded.
 fn containerd_extra(args: &[&str]) {
@@ -75,23 +74,13 @@ fn hot_task(image: &TestImage, pool: &str) -> Task {
     task
 }
 
-/// Removes what the test left in the daemon, even if it failed half-way; and
-/// starts the daemon again if the test stopped it.
-struct Restore {
-    driver: ContainerdDriver,
-    pool: String,
-}
+/// Starts the daemon again when dropped, if the test stopped it and failed
+/// before it started it.
+struct Running21;
 
-impl Drop for Restore {
+impl Drop for Running21 {
     fn drop(&mut self) {
         containerd_extra(&[]);
-        let (driver, pool) = (self.driver.clone(), self.pool.clone());
-        let removed = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(driver.remove_labelled(POOL_LABEL, &pool))
-        });
-        let _ = removed.join();
     }
 }
 
@@ -102,10 +91,13 @@ async fn a_restart_of_containerd_loses_no_hot_container_and_no_call() {
         return;
     };
     let pool = format!("restart-test-{}", hotpool::driver::new_id());
-    let _restore = Restore {
-        driver: driver.clone(),
+    // Dropped after the daemon is up again: its containers and the image go.
+    let _guard = ExtraGuard {
+        daemon: &CONTAINERD_21,
+        image: image.name.clone(),
         pool: pool.clone(),
     };
+    let _running = Running21;
     let mut cookie = driver.prepare(hot_task(&image, &pool)).await.unwrap();
     let mut hot = Hot::new(cookie.run().await.unwrap());
     assert_eq!(hot.call("before").await, "before");
