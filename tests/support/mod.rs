@@ -15,6 +15,7 @@ pub mod pool;
 pub mod prepare;
 pub mod registry;
 pub mod server;
+pub mod takeover;
 pub mod token_front;
 pub mod wedge;
 
