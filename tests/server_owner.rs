@@ -7,34 +7,25 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use support::server::PATIENCE;
 use support::server::{
-    KilledServerFiles, Server, containers_of, docker_ps, error_of, eventually, function,
-    ids_listed_by,
+    KilledServerFiles, Server, docker_ps, error_of, eventually, function, ids_listed_by,
+};
+use support::takeover::{
+    LOADED, Tally, adopted_by, containers_of_function, keep_calling, load, loopback, name_cmd,
+    sorted_containers_of,
 };
 use support::{PoolGuard, free_port, pool_locks_of, runtime_dirs_of_process};
 
 /// The ids of the running containers labelled `hotpool.pool=<pool>`.
 fn running_containers_of(pool: &str) -> Vec<String> {
     docker_ps(&["--filter", &format!("label=hotpool.pool={pool}")])
-}
-
-/// [`containers_of`], sorted.
-fn sorted_containers_of(pool: &str) -> Vec<String> {
-    let mut ids = containers_of(pool);
-    ids.sort();
-    ids
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 #[test]
@@ -117,36 +108,6 @@ fn a_second_server_of_one_pool_exits_2_naming_the_first_and_touches_nothing() {
         Vec::<PathBuf>::new(),
         "the server removes its lock file as it exits"
     );
-}
-
-/// The ids of the containers of function `function` in pool `pool`.
-fn containers_of_function(pool: &str, function: &str) -> Vec<String> {
-    let mut ids = docker_ps(&[
-        "-a",
-        "--filter",
-        &format!("label=hotpool.pool={pool}"),
-        "--filter",
-        &format!("label=hotpool.function={function}"),
-    ]);
-    ids.sort();
-    ids
-}
-
-/// How many containers the server said it took over as it started.
-fn adopted_by(server: &Server) -> u64 {
-    eventually("the server says what it took over", || {
-        server.stderr.text().contains("took over and removed")
-    });
-    let log = server.stderr.text();
-    let line = log
-        .lines()
-        .find(|line| line.contains("took over and removed"))
-        .unwrap_or_else(|| panic!("the server says what it took over: {log}"));
-    let count = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("adopted="))
-        .unwrap_or_else(|| panic!("{line}"));
-    count.parse().unwrap_or_else(|_| panic!("{line}"))
 }
 
 #[test]
@@ -289,27 +250,6 @@ fn a_hot_container_whose_owner_was_killed_ends_itself_after_the_orphan_timeout()
     );
 }
 
-/// Calls `function` with `body` until `stop`, counting the calls that end
-/// (well or not) in `done`; the answers do not matter.
-fn load(
-    server: &Server,
-    calls: [(&'static str, &'static str); 2],
-    stop: &Arc<AtomicBool>,
-    done: &Arc<AtomicUsize>,
-) -> std::thread::JoinHandle<()> {
-    let (addr, stop, done) = (server.addr, stop.clone(), done.clone());
-    std::thread::spawn(move || {
-        for round in 0.. {
-            if stop.load(Ordering::Acquire) {
-                return;
-            }
-            let (function, body) = calls[round % 2];
-            let _ = support::http::post(addr, &format!("/invoke/{function}"), body.as_bytes());
-            done.fetch_add(1, Ordering::AcqRel);
-        }
-    })
-}
-
 #[test]
 fn no_byte_written_for_a_call_before_a_kill_reaches_a_caller_after_it() {
     let functions = [
@@ -390,82 +330,6 @@ fn no_byte_written_for_a_call_before_a_kill_reaches_a_caller_after_it() {
         );
     }
     next.stop();
-}
-
-/// A loader's tally: calls done (of each function), and those that failed,
-/// or began after `since` and met no warm container.
-struct Tally {
-    done: [AtomicUsize; 2],
-    failed: Mutex<Vec<String>>,
-    since: Mutex<Instant>,
-    cold: AtomicUsize,
-}
-
-/// The functions the loaders call, in the order of [`Tally::done`].
-const LOADED: [&str; 2] = ["echo", "web"];
-
-impl Tally {
-    fn new() -> Tally {
-        Tally {
-            done: Default::default(),
-            failed: Mutex::default(),
-            since: Mutex::new(Instant::now()),
-            cold: AtomicUsize::new(0),
-        }
-    }
-
-    fn done(&self) -> [usize; 2] {
-        [0, 1].map(|i| self.done[i].load(Ordering::Acquire))
-    }
-
-    /// Counts cold calls from now on only.
-    fn count_cold_from_now(&self) {
-        *self.since.lock().unwrap() = Instant::now();
-        self.cold.store(0, Ordering::Release);
-    }
-}
-
-/// Calls function `LOADED[which]` on `addr` one after another until `stop`.
-fn keep_calling(
-    addr: SocketAddr,
-    which: usize,
-    stop: &Arc<AtomicBool>,
-    tally: &Arc<Tally>,
-) -> std::thread::JoinHandle<()> {
-    let (stop, tally, function) = (stop.clone(), tally.clone(), LOADED[which]);
-    std::thread::spawn(move || {
-        for n in 0.. {
-            if stop.load(Ordering::Acquire) {
-                return;
-            }
-            let body = format!("{function}-{n}");
-            let began = Instant::now();
-            match support::http::post(addr, &format!("/invoke/{function}"), body.as_bytes()) {
-                Ok(answer) if answer.status == 200 && answer.text() == body => {
-                    let counted = began >= *tally.since.lock().unwrap();
-                    if counted && answer.header("hotpool-start") != Some("hot") {
-                        tally.cold.fetch_add(1, Ordering::AcqRel);
-                    }
-                }
-                Ok(answer) => tally
-                    .failed
-                    .lock()
-                    .unwrap()
-                    .push(format!("{body}: {answer}")),
-                Err(error) => tally
-                    .failed
-                    .lock()
-                    .unwrap()
-                    .push(format!("{body}: {error}")),
-            }
-            tally.done[which].fetch_add(1, Ordering::AcqRel);
-        }
-    })
-}
-
-/// The test function's mode, and the format, of each loaded function.
-fn name_cmd(name: &str) -> &'static str {
-    if name == "echo" { "line" } else { "http" }
 }
 
 #[test]
@@ -550,4 +414,86 @@ fn a_server_taking_over_gets_the_socket_and_the_idle_containers_and_no_call_fail
         "the same containers serve, none started"
     );
     next.stop();
+}
+
+#[test]
+fn of_servers_taking_over_at_once_one_takes_every_idle_container_and_the_others_touch_nothing() {
+    let keep = "keep_alive = \"fixed:10m\"\nmax_concurrency = 4\ntimeout = \"60s\"";
+    let functions = [function("echo", "line", "line", keep)];
+    let mut first = Server::start_with_args("takers", &functions, &[]);
+    let _guard = PoolGuard(first.pool.clone());
+    // Three warm containers: three calls at once.
+    let calls: Vec<_> = (0..3)
+        .map(|_| first.invoke_in_background("echo", b"!sleep 1500"))
+        .collect();
+    first.wait_for_count(
+        "echo",
+        "/containers/busy",
+        3,
+        &calls.iter().collect::<Vec<_>>(),
+    );
+    for call in calls {
+        assert_eq!(call.join().status, 200);
+    }
+    let warm = containers_of_function(&first.pool, "echo");
+    assert_eq!(warm.len(), 3, "three warm containers");
+
+    // Takers 10 ms apart, from before the owner hands over until after it
+    // has gone: some ask the owner, some come while the pool has no owner
+    // between two servers, some find the next one.
+    let mut takers: Vec<Server> = Vec::new();
+    let mut gone: Option<Instant> = None;
+    while takers.len() < 40 && gone.is_none_or(|gone| gone.elapsed() < Duration::from_millis(300)) {
+        takers.push(first.take_over());
+        std::thread::sleep(Duration::from_millis(10));
+        if gone.is_none() && first.wait_within(Duration::ZERO).is_some() {
+            gone = Some(Instant::now());
+        }
+    }
+    let status = first.wait_within(PATIENCE);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the owner hands over and exits 0; stderr:\n{}",
+        first.stderr.text()
+    );
+    eventually("all takers but one exit", || {
+        takers
+            .iter_mut()
+            .map(|taker| taker.wait_within(Duration::ZERO).is_none())
+            .filter(|&running| running)
+            .count()
+            == 1
+    });
+    let survivor = takers
+        .iter_mut()
+        .position(|taker| taker.wait_within(Duration::ZERO).is_none())
+        .expect("one taker serves");
+    let mut survivor = takers.swap_remove(survivor);
+    for mut taker in takers {
+        let code = taker.wait_within(Duration::ZERO).and_then(|s| s.code());
+        let log = format!(
+            "stdout:\n{}\nstderr:\n{}",
+            taker.stdout.text(),
+            taker.stderr.text()
+        );
+        match code {
+            // It handed the pool on to a later taker.
+            Some(0) => assert!(log.contains("handed over"), "{log}"),
+            // It lost, and touched nothing.
+            Some(2) => assert!(!log.contains("took over and removed"), "{log}"),
+            _ => panic!("a taker exited {code:?}; {log}"),
+        }
+    }
+    survivor.wait_until_healthy();
+    assert_eq!(adopted_by(&survivor), 3, "{}", survivor.stderr.text());
+    assert_eq!(
+        containers_of_function(&survivor.pool, "echo"),
+        warm,
+        "the same containers serve, none started or removed"
+    );
+    let answer = survivor.invoke("echo", b"after");
+    assert_eq!((answer.status, answer.text().as_str()), (200, "after"));
+    assert_eq!(answer.header("hotpool-start"), Some("hot"), "{answer}");
+    survivor.stop();
 }

@@ -11,6 +11,11 @@
 //! ([`hotpool::pool::Pool::hand_over`]) and exits, which frees the pool's
 //! name; the next server claims it, takes the containers over as it builds
 //! its pool, and accepts on the socket.
+//!
+//! A server refuses a process that started before it began to listen here:
+//! that one set out to take the pool from the server before it, and lost the
+//! race to this one; taking the pool from the winner would only start the
+//! hand-over again.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -22,6 +27,8 @@ use std::time::Duration;
 /// What the next server sends, and what the owner answers with the socket.
 const REQUEST: &[u8] = b"hand over\n";
 const REPLY: &[u8] = b"handing over\n";
+/// What the owner answers a process that started before it listened.
+const RACED: &[u8] = b"refused: you started before this server took the pool\n";
 
 /// How long either side waits for the other's few bytes.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,6 +37,9 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct HandoverListener {
     listener: tokio::net::UnixListener,
     path: PathBuf,
+    /// When it began to listen, in clock ticks since boot (as
+    /// `/proc/PID/stat` gives a process's start); `None` if unknown.
+    listening_since: Option<u64>,
 }
 
 impl HandoverListener {
@@ -52,26 +62,37 @@ impl HandoverListener {
         Ok(HandoverListener {
             listener,
             path: path.to_owned(),
+            listening_since: ticks_since_boot(),
         })
     }
 
     /// Waits for a process of this user (or root) to ask for the pool, and
     /// sends it `socket`, the listening TCP socket. Anything else that
-    /// connects is sent away.
+    /// connects is sent away, and a process that started before this
+    /// listener is refused.
     pub(crate) async fn requested(&self, socket: RawFd) -> io::Result<()> {
         loop {
             let (stream, _) = self.listener.accept().await?;
-            let allowed = stream
-                .peer_cred()
-                .is_ok_and(|peer| peer.uid() == 0 || peer.uid() == current_uid());
-            if !allowed {
+            let Ok(peer) = stream.peer_cred() else {
+                continue;
+            };
+            if peer.uid() != 0 && peer.uid() != current_uid() {
                 continue;
             }
+            let raced = match (peer.pid().and_then(process_start), self.listening_since) {
+                (Some(started), Some(listening)) => started < listening,
+                // A process of another PID namespace, or no /proc: allowed.
+                _ => false,
+            };
             let stream = stream.into_std()?;
-            let answered = tokio::task::spawn_blocking(move || answer(stream, socket))
+            let answered = tokio::task::spawn_blocking(move || answer(stream, socket, raced))
                 .await
                 .map_err(io::Error::other)?;
             match answered {
+                Ok(()) if raced => tracing::warn!(
+                    pid = peer.pid(),
+                    "refused the pool to a server that started before this one took it"
+                ),
                 Ok(()) => return Ok(()),
                 Err(error) => tracing::warn!(%error, "a hand-over request failed"),
             }
@@ -85,8 +106,9 @@ impl Drop for HandoverListener {
     }
 }
 
-/// Reads the request on `stream` and answers it with `socket`.
-fn answer(mut stream: UnixStream, socket: RawFd) -> io::Result<()> {
+/// Reads the request on `stream` and answers it with `socket`, or refuses
+/// it if `raced`.
+fn answer(mut stream: UnixStream, socket: RawFd, raced: bool) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
     stream.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
@@ -94,6 +116,9 @@ fn answer(mut stream: UnixStream, socket: RawFd) -> io::Result<()> {
     stream.read_exact(&mut request)?;
     if request != REQUEST {
         return Err(io::Error::other("not a hand-over request"));
+    }
+    if raced {
+        return stream.write_all(RACED);
     }
     send_with_fd(&stream, REPLY, socket)
 }
@@ -108,9 +133,13 @@ pub(crate) async fn request(path: &Path) -> io::Result<std::net::TcpListener> {
         stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
         stream.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
         stream.write_all(REQUEST)?;
-        let (reply, socket) = receive_with_fd(&stream, REPLY.len())?;
+        let (reply, socket) = receive_with_fd(&stream, RACED.len().max(REPLY.len()))?;
         if reply != REPLY {
-            return Err(io::Error::other("the owner did not agree to hand over"));
+            let said = String::from_utf8_lossy(&reply);
+            return Err(io::Error::other(match said.trim() {
+                "" => "the owner closed the request unanswered".to_owned(),
+                said => format!("the owner answered {said:?}"),
+            }));
         }
         let socket = socket.ok_or_else(|| io::Error::other("the owner sent no socket"))?;
         let listener = std::net::TcpListener::from(socket);
@@ -177,6 +206,24 @@ fn receive_with_fd(stream: &UnixStream, length: usize) -> io::Result<(Vec<u8>, O
     }
 }
 
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`).
+fn process_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Clock ticks since boot now, on the clock of [`process_start`].
+fn ticks_since_boot() -> Option<u64> {
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then_some((seconds * per_second as f64) as u64)
+}
+
 fn current_uid() -> u32 {
     // SAFETY: getuid cannot fail and touches no memory.
     unsafe { libc::getuid() }
@@ -190,7 +237,9 @@ mod tests {
     async fn the_next_server_gets_the_owners_listening_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.handover");
-        let owner = HandoverListener::bind(&path).unwrap();
+        let mut owner = HandoverListener::bind(&path).unwrap();
+        // This test process asks, and it started before the owner listened.
+        owner.listening_since = Some(0);
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = socket.local_addr().unwrap();
         let (handed, received) = tokio::join!(owner.requested(socket.as_raw_fd()), request(&path));
@@ -206,6 +255,29 @@ mod tests {
         assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
         drop(owner);
         assert!(!path.exists(), "the owner's socket goes with it");
+    }
+
+    #[tokio::test]
+    async fn a_process_started_before_the_owner_listened_is_refused_and_the_owner_waits_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.handover");
+        let owner = HandoverListener::bind(&path).unwrap();
+        assert!(
+            process_start(std::process::id() as i32) < owner.listening_since,
+            "this process started before the owner listened"
+        );
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let waiting = owner.requested(socket.as_raw_fd());
+        tokio::pin!(waiting);
+        let refused = tokio::select! {
+            refused = request(&path) => refused,
+            _ = &mut waiting => panic!("the owner handed over to a process that raced"),
+        };
+        let error = refused.unwrap_err().to_string();
+        assert!(error.contains("started before this server"), "{error}");
+        // The owner still waits for a request it may answer.
+        let still = tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting).await;
+        assert!(still.is_err(), "the owner stopped waiting: {still:?}");
     }
 
     #[tokio::test]

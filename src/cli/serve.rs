@@ -106,7 +106,7 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         .config(config.pool.clone())
         .functions(config.functions.iter().cloned());
     let started = if args.take_over {
-        take_over(builder, &config).await
+        take_over(builder, &config, &driver).await
     } else {
         bind_and_build(builder, &config).await
     };
@@ -250,60 +250,79 @@ async fn bind_and_build(
 /// its listening socket, waits for it to finish its calls and let its
 /// containers go, and builds the pool, taking them over. With none running,
 /// binds and builds as usual.
+///
+/// Nothing of the pool is touched until the address is this server's own or
+/// the owner has handed it over: with the address in use and no owner (a
+/// server that took the pool over an instant ago and has not claimed it yet),
+/// it exits 2, so two servers taking over at once never both build, and the
+/// one that loses never removes the containers the other is about to take.
 async fn take_over(
     builder: PoolBuilder<AnyDriver>,
     config: &ServeConfig,
+    driver: &AnyDriver,
 ) -> Result<(TcpListener, Pool<AnyDriver>), i32> {
-    let owner = match builder.clone().build().await {
-        Ok(pool) => {
-            println!(
-                "hotpool: no server of pool {} runs here; starting",
-                config.pool.name
-            );
-            return Ok((bind(config.server.listen).await?, pool));
+    let pool_name = &config.pool.name;
+    let address = config.server.listen;
+    let (owner, own_listener) = match TcpListener::bind(address).await {
+        // Nobody listens here: start, unless an owner listens elsewhere.
+        Ok(listener) => match builder.clone().build().await {
+            Ok(pool) => {
+                println!("hotpool: no server of pool {pool_name} runs here; starting");
+                return Ok((listener, pool));
+            }
+            Err(BuildError::Claim(ClaimError::Owned { owner, .. })) => (owner, Some(listener)),
+            Err(error) => {
+                eprintln!("hotpool: {error}");
+                return Err(1);
+            }
+        },
+        // Someone listens: only ask who owns the pool, touching nothing.
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            match driver.claim_pool(pool_name).await {
+                Ok(claim) => {
+                    drop(claim);
+                    eprintln!(
+                        "hotpool: cannot listen on {address}: {error}, and no server owns pool {pool_name} \
+                         (another server may be taking it over): touched nothing"
+                    );
+                    return Err(2);
+                }
+                Err(ClaimError::Owned { owner, .. }) => (owner, None),
+                Err(error) => {
+                    eprintln!("hotpool: {error}");
+                    return Err(1);
+                }
+            }
         }
-        Err(BuildError::Claim(ClaimError::Owned { owner, .. })) => owner,
         Err(error) => {
-            eprintln!("hotpool: {error}");
+            eprintln!("hotpool: cannot listen on {address}: {error}");
             return Err(1);
         }
     };
     let Some(path) = owner.handover.clone() else {
-        eprintln!(
-            "hotpool: pool {} is owned by {owner}, which takes no hand-over",
-            config.pool.name
-        );
+        eprintln!("hotpool: pool {pool_name} is owned by {owner}, which takes no hand-over");
         return Err(2);
     };
-    let listener = match handover::request(&path).await {
+    let handed = match handover::request(&path).await {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!(
-                "hotpool: {owner} did not hand pool {} over: {error}",
-                config.pool.name
-            );
+            eprintln!("hotpool: {owner} did not hand pool {pool_name} over: {error}");
             return Err(2);
         }
     };
-    println!("hotpool: {owner} is handing pool {} over", config.pool.name);
-    let listener = match listener.local_addr() {
-        Ok(address) if address == config.server.listen || config.server.listen.port() == 0 => {
-            TcpListener::from_std(listener).map_err(|error| {
-                eprintln!("hotpool: cannot use the socket handed over: {error}");
-                1
-            })?
+    println!("hotpool: {owner} is handing pool {pool_name} over");
+    let listener = match own_listener {
+        Some(listener) if address.port() != 0 => {
+            let theirs = handed
+                .local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string());
+            println!("hotpool: the server listened on {theirs}; listening on {address} instead");
+            listener
         }
-        Ok(address) => {
-            println!(
-                "hotpool: the server listened on {address}; listening on {} instead",
-                config.server.listen
-            );
-            bind(config.server.listen).await?
-        }
-        Err(error) => {
+        _ => TcpListener::from_std(handed).map_err(|error| {
             eprintln!("hotpool: cannot use the socket handed over: {error}");
-            return Err(1);
-        }
+            1
+        })?,
     };
     // The owner lets go of the name once its calls are done and its
     // containers let go: at most its shutdown and removal timeouts.
