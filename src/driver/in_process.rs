@@ -45,11 +45,11 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::docker::{FUNCTION_LABEL, LABEL};
 use super::{
     AdoptError, AdoptRefusal, BoxRead, BoxWrite, CallMark, ClaimError, Cookie, Driver,
     EngineTraits, Leftover, PoolOwner, RunResult, Running, TASK_LABEL, Task,
 };
+use super::{FUNCTION_LABEL, LABEL};
 use crate::error::CallError;
 
 /// The image name that fails to prepare.

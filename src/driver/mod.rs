@@ -65,6 +65,12 @@ use tokio_util::sync::CancellationToken;
 use crate::error::CallError;
 use crate::stats::Stat;
 
+/// The label every hotpool container carries, with the value `1`.
+pub const LABEL: &str = "hotpool";
+
+/// The label naming the function a container was made for.
+pub const FUNCTION_LABEL: &str = "hotpool.function";
+
 /// The label naming the task a container was made for.
 pub const TASK_LABEL: &str = "hotpool.task";
 

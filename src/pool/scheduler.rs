@@ -30,13 +30,11 @@ use super::container::{
 use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
 use super::readings::Readings;
-use super::spec::Format;
-use super::spec::{FunctionKey, FunctionSpec, Limits};
+use super::spec::{Format, FunctionKey, FunctionSpec, Limits};
 use super::state::{Arrival, EvictionClock};
 use super::stdout::Stdout;
 use super::teardown::{Leftovers, Removals};
-use crate::driver::docker::FUNCTION_LABEL;
-use crate::driver::{Cookie, Driver, Leftover, Running, Task};
+use crate::driver::{Cookie, Driver, FUNCTION_LABEL, Leftover, Running, Task};
 use crate::error::CallError;
 use crate::format::{self, FrameError};
 
@@ -93,8 +91,8 @@ pub(crate) struct Inner<D: Driver> {
     pub(crate) removals: Arc<Removals>,
     /// Bounds the containers being created and started at once.
     starts: Semaphore,
-    /// The pool's name on its engine, owned while this lives.
-    /// Held until the pool is dropped, or hands over.
+    /// The claim of the pool's name on its engine: held until the pool is
+    /// dropped, or hands over.
     claim: Mutex<Option<D::Claim>>,
 }
 

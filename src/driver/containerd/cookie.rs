@@ -47,7 +47,7 @@ use super::events::{self, Watch};
 use super::groups::Membership;
 use super::pull::{self, ImageConfig};
 use super::spec::{self, SpecInput};
-use super::{Engine, FUNCTION_LABEL, LABEL, SIGKILL};
+use super::{Engine, SIGKILL};
 use crate::driver::linux::cgroup::CgroupCounters;
 use crate::driver::linux::direct::{self, Direct, Ended, IoDir};
 use crate::driver::linux::footprint::Footprint;
@@ -57,6 +57,7 @@ use crate::driver::wiring::Copiers;
 use crate::driver::{
     BoxRead, BoxWrite, Cookie, IO_LABEL, RunResult, Running, StatSink, TASK_LABEL, Task, Transport,
 };
+use crate::driver::{FUNCTION_LABEL, LABEL};
 use crate::error::CallError;
 use crate::stats::{Stat, names};
 

@@ -71,11 +71,6 @@ use groups::ShimGroups;
 /// The engine's name in metrics and messages.
 pub const ENGINE: &str = "containerd";
 
-/// The label every hotpool container carries, with the value `1`.
-pub const LABEL: &str = "hotpool";
-/// The label naming the function a container serves.
-pub const FUNCTION_LABEL: &str = "hotpool.function";
-
 /// The smallest memory limit tasks may have: 6 MiB, as on Docker (runc's own
 /// setup runs in the container's cgroup and needs a few MiB).
 pub const MIN_MEMORY: u64 = 6 << 20;

@@ -41,10 +41,11 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
+use super::Engine;
 use super::client::{QUICK, SLOW, call, gone_is_fine};
 use super::content::{self, WriteError};
 use super::registry::{Registry, RegistryError, read_capped};
-use super::{Engine, LABEL};
+use crate::driver::LABEL;
 use crate::driver::linux::credentials;
 use crate::error::CallError;
 use crate::id::new_id;

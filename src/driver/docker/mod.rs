@@ -44,8 +44,8 @@ pub use cookie::DockerCookie;
 pub use deadlines::Deadlines;
 
 use super::{
-    AdoptError, AdoptRefusal, ClaimError, Driver, EngineCallError, EngineTraits, IO_LABEL,
-    Leftover, MIN_TMP_SIZE, TASK_LABEL, TMP_BYTES_PER_INODE, Task, Transport,
+    AdoptError, AdoptRefusal, ClaimError, Driver, EngineCallError, EngineTraits, FUNCTION_LABEL,
+    IO_LABEL, LABEL, Leftover, MIN_TMP_SIZE, TASK_LABEL, TMP_BYTES_PER_INODE, Task, Transport,
 };
 use crate::driver::PoolLock;
 use crate::driver::linux::credentials;
@@ -60,10 +60,6 @@ const REMOVE_ATTEMPTS: u32 = 5;
 /// The engine's name in metrics and messages.
 pub const ENGINE: &str = "docker";
 
-/// The label every hotpool container carries, with the value `1`.
-pub const LABEL: &str = "hotpool";
-/// The label naming the function a container serves.
-pub const FUNCTION_LABEL: &str = "hotpool.function";
 /// The smallest memory limit the engine accepts: 6 MiB.
 pub const MIN_MEMORY: u64 = 6 << 20;
 
