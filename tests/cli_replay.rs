@@ -50,11 +50,15 @@ fn replay_reports_the_issues_keys_and_a_longer_keep_alive_saves_cold_starts() {
             "cold_ratio",
             "cold_starts",
             "container_starts",
+            "engine_start_s",
             "idle_gb_s",
             "invocations",
             "p75_function_cold_pct",
+            "p99_starts_per_s",
+            "peak_starts_per_s",
             "prewarms_used",
             "prewarms_wasted",
+            "start_wait_s",
             "total_gb_s",
             "wall_s"
         ]
@@ -69,6 +73,13 @@ fn replay_reports_the_issues_keys_and_a_longer_keep_alive_saves_cold_starts() {
         assert!(number("cold_ratio") <= 1.0);
         assert!(number("idle_gb_s") > 0.0 && number("idle_gb_s") <= number("total_gb_s"));
         assert!((0.0..=100.0).contains(&number("p75_function_cold_pct")));
+        assert!(number("peak_starts_per_s") >= number("p99_starts_per_s"));
+        assert!(number("peak_starts_per_s") > 0.0);
+        assert!(number("start_wait_s") >= 0.0);
+        assert!(
+            (number("engine_start_s") - 0.105 * number("container_starts")).abs() < 1e-6,
+            "the default cost per start"
+        );
     }
     let cold = |report: &Value| report["cold_starts"].as_u64().unwrap();
     let idle = |report: &Value| report["idle_gb_s"].as_f64().unwrap();

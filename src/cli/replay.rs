@@ -33,6 +33,14 @@ pub(crate) struct ReplayArgs {
     /// How each minute's calls spread over it: uniform (the default) or equidistant.
     #[arg(long)]
     arrivals: Option<Arrivals>,
+    /// The most containers starting at once; more wait for a slot, and their
+    /// calls with them (default 16, the pool's own limit; 0: any number).
+    #[arg(long)]
+    start_slots: Option<usize>,
+    /// What one start costs the engine in CPU time, for `engine_start_s`
+    /// (default 105ms, measured for Docker on the development machine).
+    #[arg(long, value_parser = units::parse_duration)]
+    engine_start_cost: Option<Duration>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -46,6 +54,12 @@ impl ReplayArgs {
         options.cold_start = self.cold_start.unwrap_or(options.cold_start);
         options.seed = self.seed.unwrap_or(options.seed);
         options.arrivals = self.arrivals.unwrap_or(options.arrivals);
+        options.start_slots = match self.start_slots {
+            Some(0) => None,
+            Some(slots) => Some(slots),
+            None => options.start_slots,
+        };
+        options.engine_start_cost = self.engine_start_cost.unwrap_or(options.engine_start_cost);
         options
     }
 }
@@ -103,11 +117,14 @@ fn print_table(args: &ReplayArgs, options: &Options, trace: &Trace, report: &Rep
         .memory_budget
         .map_or_else(|| "none".to_owned(), units::show_bytes);
     println!(
-        "hotpool replay {}: {} functions, policy {}, memory budget {budget}, cold start {}, seed {}, {} arrivals",
+        "hotpool replay {}: {} functions, policy {}, memory budget {budget}, cold start {}, {} starts at once, seed {}, {} arrivals",
         args.prefix.display(),
         trace.function_count(),
         options.policy,
         humantime::format_duration(options.cold_start),
+        options
+            .start_slots
+            .map_or_else(|| "any number of".to_owned(), |slots| slots.to_string()),
         options.seed,
         options.arrivals,
     );
@@ -132,6 +149,16 @@ fn print_table(args: &ReplayArgs, options: &Options, trace: &Trace, report: &Rep
                 "{} ({:.2}% of calls: the cold ratio of a simulator that counts a cold call per start)",
                 report.container_starts,
                 percent(report.container_starts),
+            ),
+        ),
+        (
+            "starts per second",
+            format!(
+                "peak {}, p99 {:.0}; {:.0} s waited for a start slot; {:.0} engine CPU-s",
+                report.peak_starts_per_s,
+                report.p99_starts_per_s,
+                report.start_wait_s,
+                report.engine_start_s
             ),
         ),
         (

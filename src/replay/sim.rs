@@ -25,6 +25,7 @@ const DAY_NS: u64 = MINUTES as u64 * MINUTE_NS;
 /// Concurrency and queue of every function: as many as its calls need.
 const UNLIMITED: usize = u32::MAX as usize;
 const BYTES_PER_GB: f64 = (1u64 << 30) as f64;
+const SECOND_NS: u64 = 1_000_000_000;
 
 /// A memory budget that cannot hold one container of a function.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -211,6 +212,17 @@ struct Simulation {
     prewarms_wasted: u64,
     memory_waits: u64,
     longest_memory_wait: u64,
+    /// The most containers starting at once.
+    start_slots: usize,
+    /// Containers starting now.
+    starting: usize,
+    /// Starts waiting for a slot (their memory held): function, since when.
+    waiting_for_slot: VecDeque<(usize, u64)>,
+    /// Time starts waited for a slot, in nanoseconds.
+    start_wait: u64,
+    /// Starts begun in each second of the day.
+    starts_per_second: Vec<u32>,
+    engine_start_cost: Duration,
 }
 
 /// Nanoseconds of `[from, to)` within the day.
@@ -266,6 +278,12 @@ impl Simulation {
             prewarms_wasted: 0,
             memory_waits: 0,
             longest_memory_wait: 0,
+            start_slots: options.start_slots.unwrap_or(usize::MAX).max(1),
+            starting: 0,
+            waiting_for_slot: VecDeque::new(),
+            start_wait: 0,
+            starts_per_second: vec![0; (DAY_NS / SECOND_NS) as usize],
+            engine_start_cost: options.engine_start_cost,
         };
         // As the pool's reaper looks at a function once it is registered.
         for function in 0..sim.functions.len() {
@@ -304,6 +322,7 @@ impl Simulation {
             let now = self.instant(at);
             match event {
                 Event::Started(function) => {
+                    self.slot_freed(at);
                     let changes = self.functions[function]
                         .state
                         .started(Container { calls: 0 }, now);
@@ -476,13 +495,39 @@ impl Simulation {
         self.parked = parked;
     }
 
+    /// Holds the memory of a container of `function` from `at` and starts it
+    /// when a start slot is free, as the pool's starts take their turn once
+    /// their memory is reserved.
     fn begin_start(&mut self, function: usize, at: u64) {
-        let memory = self.functions[function].memory;
-        self.held += memory;
+        self.held += self.functions[function].memory;
         self.container_starts += 1;
+        if self.starting < self.start_slots {
+            self.take_slot(function, at, at);
+        } else {
+            self.waiting_for_slot.push_back((function, at));
+        }
+    }
+
+    /// A start of `function` that began to wait at `since` takes a slot at `at`.
+    fn take_slot(&mut self, function: usize, since: u64, at: u64) {
+        self.starting += 1;
+        self.start_wait += at - since;
+        if let Some(second) = self.starts_per_second.get_mut((at / SECOND_NS) as usize) {
+            *second += 1;
+        }
         let ready = at.saturating_add(self.cold_start);
-        self.busy_integral += u128::from(memory) * u128::from(within_day(at, ready));
+        // Starting, or waiting to: held but not idle.
+        let memory = self.functions[function].memory;
+        self.busy_integral += u128::from(memory) * u128::from(within_day(since, ready));
         let _ = self.push(ready, Event::Started(function));
+    }
+
+    /// A start ended at `at`: the longest-waiting start takes its slot.
+    fn slot_freed(&mut self, at: u64) {
+        self.starting -= 1;
+        if let Some((function, since)) = self.waiting_for_slot.pop_front() {
+            self.take_slot(function, since, at);
+        }
     }
 
     /// Whether a container of `function` fits the budget, after evicting idle
@@ -544,6 +589,12 @@ impl Simulation {
             .map(|f| 100.0 * f.cold as f64 / f.calls as f64)
             .collect();
         cold_pct.sort_by(f64::total_cmp);
+        let mut per_second: Vec<f64> = self
+            .starts_per_second
+            .iter()
+            .map(|&n| f64::from(n))
+            .collect();
+        per_second.sort_by(f64::total_cmp);
         Report {
             invocations: self.invocations,
             cold_starts: self.cold_starts,
@@ -558,6 +609,10 @@ impl Simulation {
             warm_after_wait: self.warm_after_wait,
             memory_waits: self.memory_waits,
             longest_memory_wait_s: self.longest_memory_wait as f64 / 1e9,
+            start_wait_s: self.start_wait as f64 / 1e9,
+            peak_starts_per_s: self.starts_per_second.iter().copied().max().unwrap_or(0),
+            p99_starts_per_s: percentile(&per_second, 0.99),
+            engine_start_s: self.container_starts as f64 * self.engine_start_cost.as_secs_f64(),
         }
     }
 }
@@ -582,15 +637,19 @@ mod tests {
     /// Replays `functions` with `policy`, evenly spread arrivals and a 250 ms
     /// cold start.
     fn replay(functions: &[TestFunction], policy: &str, budget: Option<u64>) -> Report {
-        let dir = tempfile::tempdir().unwrap();
-        let trace = Trace::load(&write(dir.path(), functions)).unwrap();
         let options = Options {
             policy: policy.parse().unwrap(),
             memory_budget: budget,
             arrivals: Arrivals::Equidistant,
             ..Options::default()
         };
-        simulate(&trace, &options, |_| {}).unwrap()
+        replay_with(functions, &options)
+    }
+
+    fn replay_with(functions: &[TestFunction], options: &Options) -> Report {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = Trace::load(&write(dir.path(), functions)).unwrap();
+        simulate(&trace, options, |_| {}).unwrap()
     }
 
     /// A function of 1 GB containers whose calls run `duration_ms`.
@@ -628,6 +687,33 @@ mod tests {
         assert_gb_s(report.idle_gb_s, 10.0 * 30.0);
         assert_gb_s(report.total_gb_s, 10.0 * 31.25);
         assert_eq!(report.p75_function_cold_pct, 100.0);
+    }
+
+    #[test]
+    fn starts_beyond_the_slots_wait_for_one_and_hold_their_memory_meanwhile() {
+        // Three functions whose first calls arrive at once.
+        let functions = ["a", "b", "c"].map(|name| function(name, vec![(0, 1)], 1000.0));
+        let options = |start_slots| Options {
+            policy: "fixed:30s".parse().unwrap(),
+            arrivals: Arrivals::Equidistant,
+            start_slots,
+            engine_start_cost: Duration::from_millis(100),
+            ..Options::default()
+        };
+        let free = replay_with(&functions, &options(None));
+        assert_eq!(free.start_wait_s, 0.0);
+        let one = replay_with(&functions, &options(Some(1)));
+        // One at a time: the second waits one cold start, the third two.
+        assert!((one.start_wait_s - 0.75).abs() < 1e-9, "{one:?}");
+        assert_eq!(one.cold_starts, 3);
+        // Waiting holds memory, and is not idle.
+        assert_gb_s(one.idle_gb_s, free.idle_gb_s);
+        assert_gb_s(one.total_gb_s, free.total_gb_s + 0.75);
+        for report in [&free, &one] {
+            assert_eq!(report.peak_starts_per_s, 3, "all begin in the first second");
+            assert_eq!(report.p99_starts_per_s, 0.0, "no start in most seconds");
+            assert!((report.engine_start_s - 0.3).abs() < 1e-9, "{report:?}");
+        }
     }
 
     #[test]
