@@ -4,9 +4,9 @@
 //!
 //! - A function that exits as its owner lets it go is not taken over (counted
 //!   `ended`), and its next calls start a container and answer.
-//! - A function that writes unasked while idle, as it is let go or later, is
-//!   refused at adoption (`wrote_while_idle`) or evicted, and no caller gets
-//!   its bytes as a body.
+//! - A function that writes unasked while idle, as it is let go (http and
+//!   line) or later (http), is refused at adoption (`wrote_while_idle`) or
+//!   evicted, and no caller gets its bytes as a body.
 //! - A next server whose memory budget is smaller than the warm containers
 //!   need takes over what fits, removes the rest (`over_budget`), serves, and
 //!   stops with nothing left.
@@ -147,19 +147,23 @@ fn a_function_writing_while_idle_across_a_take_over_is_refused_or_evicted_and_no
  {
     let functions = [
         function("web", "http", "http", KEEP),
+        function("liner", "line", "line", KEEP),
         function("late", "http", "http", KEEP),
         function("echo", "line", "line", KEEP),
     ];
     let (mut first, _guard, _files) = first_server("hostile-write", &functions);
-    // Writes its answer again as its owner lets it go: between the release
-    // and the adoption.
-    let answer = first.invoke("web", b"!late-unowned stale");
-    assert_eq!((answer.status, answer.text()), (200, "stale".to_owned()));
-    let web = only_container(&first, "web");
-    // Owned, it writes nothing unasked: the next call is its own, and hot.
-    let answer = first.invoke("web", b"still");
-    assert_eq!((answer.status, answer.text()), (200, "still".to_owned()));
-    assert_eq!(answer.header("hotpool-start"), Some("hot"), "{answer}");
+    // Write their answer again as their owner lets them go: between the
+    // release and the adoption. A line's bytes say nothing of whose they are.
+    let mut let_go = Vec::new();
+    for function in ["web", "liner"] {
+        let answer = first.invoke(function, b"!late-unowned stale");
+        assert_eq!((answer.status, answer.text()), (200, "stale".to_owned()));
+        // Owned, it writes nothing unasked: the next call is its own, and hot.
+        let answer = first.invoke(function, b"still");
+        assert_eq!((answer.status, answer.text()), (200, "still".to_owned()));
+        assert_eq!(answer.header("hotpool-start"), Some("hot"), "{answer}");
+        let_go.push((function, only_container(&first, function)));
+    }
     // Writes its answer again 1.5 s later: whichever server owns it then.
     let answer = first.invoke("late", b"!late 1500 stale");
     assert_eq!((answer.status, answer.text()), (200, "stale".to_owned()));
@@ -170,21 +174,29 @@ fn a_function_writing_while_idle_across_a_take_over_is_refused_or_evicted_and_no
     let next = hand_over(&mut first);
     let adopted = adopted_by(&next);
     let refused = refused_by(&next);
-    assert!(
-        refused_as(&refused, &web, "wrote_while_idle"),
-        "the container that wrote as it was let go is refused: {refused:?}"
-    );
+    for (function, id) in &let_go {
+        assert!(
+            refused_as(&refused, id, "wrote_while_idle"),
+            "{function}'s container, which wrote as it was let go, is refused: {refused:?}"
+        );
+    }
     assert_eq!(
         adopted as usize + refused.len(),
-        3,
+        4,
         "every leftover is counted once: {refused:?}"
     );
     assert_eq!(containers_of_function(&next.pool, "echo"), [echo]);
 
     let mut answers = Vec::new();
     for n in 0..20 {
-        let body = format!("after-web-{n}");
-        answers.push(("web", body.clone(), next.invoke("web", body.as_bytes())));
+        for function in ["web", "liner"] {
+            let body = format!("after-{function}-{n}");
+            answers.push((
+                function,
+                body.clone(),
+                next.invoke(function, body.as_bytes()),
+            ));
+        }
     }
     // Calls until the container that wrote 1.5 s later is gone: refused as
     // it was taken over, or evicted after.
@@ -214,10 +226,12 @@ fn a_function_writing_while_idle_across_a_take_over_is_refused_or_evicted_and_no
             "{function}: {body}: {answer}"
         );
     }
-    assert!(
-        !containers_of_function(&next.pool, "web").contains(&web),
-        "the refused container is removed"
-    );
+    for (function, id) in &let_go {
+        assert!(
+            !containers_of_function(&next.pool, function).contains(id),
+            "the refused container of {function} is removed"
+        );
+    }
     next.stop();
 }
 
