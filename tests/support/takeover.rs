@@ -147,3 +147,23 @@ pub fn keep_calling(
 pub fn name_cmd(name: &str) -> &'static str {
     if name == "echo" { "line" } else { "http" }
 }
+
+/// The containers a server said, as it started, it did not take over: each
+/// one's engine id and the outcome it counted (`ended`, `over_budget`...).
+pub fn refused_by(server: &Server) -> Vec<(String, String)> {
+    adopted_by(server);
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            .trim_matches('"')
+            .to_owned()
+    };
+    server
+        .stderr
+        .text()
+        .lines()
+        .filter(|line| line.contains("not taking over a container"))
+        .map(|line| (field(line, "container="), field(line, "outcome=")))
+        .collect()
+}

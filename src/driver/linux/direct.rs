@@ -306,7 +306,10 @@ impl RuntimeDir {
     /// It is refused, and the directory removed, unless it is a container's
     /// directory under this runtime directory whose mark says it is between
     /// calls, whose function still runs, and whose pipes hold no byte: none of
-    /// a request unread, none written while idle, no verdict.
+    /// a request unread, none written while idle, no verdict. A directory (or
+    /// pipe) that is gone counts as an ended function: a driver removes one
+    /// only once its function is gone (an owner that let it go does so as it
+    /// exits, racing the next owner) or with its container.
     pub(crate) fn take_over(&self, from: &Path) -> Result<(IoDir, OneWay), TakeOverError> {
         let is_ours = from.file_name().is_some()
             && from.parent().and_then(Path::parent) == Some(self.root.as_path());
@@ -316,6 +319,7 @@ impl RuntimeDir {
         let path = from.to_owned();
         let mark = match MappedWord::open(&path.join(MARK)) {
             Ok(word) => CallMark::mapped(word),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(TakeOverError::Ended),
             Err(e) => {
                 let _ = fs::remove_dir_all(&path);
                 return Err(TakeOverError::Io(e));
@@ -337,8 +341,9 @@ impl RuntimeDir {
                 .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW)
                 .open(dir.path.join(name))
                 .map_err(|e| match e.raw_os_error() {
-                    // No reader: the function (or its init) is gone.
-                    Some(libc::ENXIO) => TakeOverError::Ended,
+                    // No reader: the function (or its init) is gone; or
+                    // its pipes are, removed as its function was found gone.
+                    Some(libc::ENXIO | libc::ENOENT) => TakeOverError::Ended,
                     _ => TakeOverError::Io(e),
                 })?;
             match pipe.metadata() {
@@ -926,6 +931,40 @@ mod tests {
         assert!(!path.exists(), "a refused container's pipes are removed");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_container_whose_function_ended_once_let_go_is_refused_as_ended() {
+        // A function that ends after one answer.
+        let (mut child, side) =
+            run_init(Duration::from_secs(600), false, &["head", "-n", "1"]).await;
+        let HotpoolSide {
+            _root: root,
+            _runtime: runtime,
+            dir,
+            mut stdin,
+            mut stdout,
+            status,
+        } = side;
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"one\n")
+            .await
+            .unwrap();
+        stdout.read_exact(&mut [0u8; 4]).await.unwrap();
+        dir.mark().idle();
+        let path = dir.path().to_owned();
+        drop((stdin, stdout, status));
+        dir.release();
+        // It ends before its driver goes, which then removes its pipes.
+        child.wait().unwrap();
+        drop(runtime);
+        assert!(
+            !path.exists(),
+            "a dead container's pipes go with its driver"
+        );
+
+        let next = RuntimeDir::install(root.path()).unwrap();
+        let refused = next.take_over(&path).map(drop);
+        assert!(matches!(refused, Err(TakeOverError::Ended)), "{refused:?}");
     }
 
     #[tokio::test]

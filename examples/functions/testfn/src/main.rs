@@ -42,7 +42,10 @@
 //! `!garbage` (write bytes that break the framing), `!spin MS`, `!whoami` (answer
 //! the container's hostname, which the engine sets to its id), `!flood` (write to
 //! stdout without end), `!late MS MSG` (answer MSG, then the same answer again MS
-//! milliseconds later, unasked), `!fork` (start a `linger` child, then answer
+//! milliseconds later, unasked), `!late-unowned MSG` (answer MSG, then the
+//! same answer again, unasked, once no owner holds the direct transport's owner
+//! pipe: as its owner lets it go), `!exit-unowned` (answer `watching`, then
+//! exit with code 3 once no owner holds the owner pipe), `!fork` (start a `linger` child, then answer
 //! `forked`), `!fork-exit N` (start a `linger` child, then exit with code N),
 //! `!fork-late-exit N` (start a `late-writer` child, then exit with code N),
 //! `!close-stdout` (close stdout and sleep, never answering), `!close-stdout-exit
@@ -164,23 +167,70 @@ fn write_out(bytes: &[u8]) {
     out.flush().expect("flush");
 }
 
-/// `late MS MSG`: the delay and the answer of a command that answers twice.
-fn late_answer(command: &[u8]) -> Option<(Duration, Vec<u8>)> {
+/// When a command that answers twice answers again.
+enum Again {
+    After(Duration),
+    /// Once no owner holds the container ([`when_unowned`]).
+    Unowned,
+}
+
+/// `late MS MSG` or `late-unowned MSG`: when, and the answer of a command that
+/// answers twice.
+fn late_answer(command: &[u8]) -> Option<(Again, Vec<u8>)> {
+    if let Some(answer) = command.strip_prefix(b"late-unowned ") {
+        return Some((Again::Unowned, answer.to_vec()));
+    }
     let text = std::str::from_utf8(command.strip_prefix(b"late ")?).ok()?;
     let (ms, answer) = text.split_once(' ').unwrap_or((text, ""));
     Some((
-        Duration::from_millis(ms.parse().ok()?),
+        Again::After(Duration::from_millis(ms.parse().ok()?)),
         answer.as_bytes().to_vec(),
     ))
 }
 
-/// Writes `message` again after `delay`, from another thread, as if a call were
-/// still answering while the next one runs.
-fn answer_again_later(delay: Duration, message: Vec<u8>) {
+/// Writes `message` again `when` it says, from another thread, as if a call
+/// were still answering while the next one runs. Gives `answer`, or why the
+/// owner pipe cannot be watched.
+fn answer_again_later(when: Again, message: Vec<u8>, answer: Vec<u8>) -> Vec<u8> {
+    match when {
+        Again::After(delay) => {
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                write_out(&message);
+            });
+            answer
+        }
+        Again::Unowned => match when_unowned(move || write_out(&message)) {
+            Ok(()) => answer,
+            Err(e) => e.to_string().into_bytes(),
+        },
+    }
+}
+
+/// Runs `then` on a thread of its own once no owner holds the direct
+/// transport's owner pipe (it is looked at every millisecond: an owner lets
+/// go and the next one takes over within milliseconds).
+fn when_unowned(then: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    let mut owner = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/.hotpool/io/owner")?;
     std::thread::spawn(move || {
-        std::thread::sleep(delay);
-        write_out(&message);
+        let mut bytes = [0u8; 64];
+        loop {
+            match owner.read(&mut bytes) {
+                // End-of-file: no writer, so no owner, holds it.
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        then();
     });
+    Ok(())
 }
 
 /// Runs a hot-mode command (the body after `!`); returns the bytes to answer with.
@@ -246,6 +296,10 @@ fn command(body: &[u8]) -> Vec<u8> {
                 Err(e) => e.to_string().into_bytes(),
             }
         }
+        "exit-unowned" => match when_unowned(|| std::process::exit(3)) {
+            Ok(()) => b"watching".to_vec(),
+            Err(e) => e.to_string().into_bytes(),
+        },
         "close-stdout" => close_and_sleep(&[1]),
         "close-stdout-exit" => {
             let (ms, code) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -326,9 +380,8 @@ fn serve_lines() {
                 continue;
             }
             Some(body) => match late_answer(body) {
-                Some((delay, answer)) => {
-                    answer_again_later(delay, [&answer[..], b"\n"].concat());
-                    answer
+                Some((when, answer)) => {
+                    answer_again_later(when, [&answer[..], b"\n"].concat(), answer)
                 }
                 None => command(body),
             },
@@ -386,9 +439,9 @@ fn serve_http() {
                 b"hop-by-hop".to_vec(),
             ),
             Some(command_body) => match late_answer(command_body) {
-                Some((delay, answer)) => {
-                    answer_again_later(delay, http_response(&call_id, "200 OK", "", &answer));
-                    ("200 OK", "", answer)
+                Some((when, answer)) => {
+                    let again = http_response(&call_id, "200 OK", "", &answer);
+                    ("200 OK", "", answer_again_later(when, again, answer))
                 }
                 None => ("200 OK", "", command(command_body)),
             },
