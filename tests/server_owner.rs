@@ -19,7 +19,7 @@ use support::server::{
 };
 use support::takeover::{
     LOADED, Tally, adopted_by, containers_of_function, keep_calling, load, loopback, name_cmd,
-    sorted_containers_of,
+    sorted_containers_of, warm_up,
 };
 use support::{PoolGuard, free_port, pool_locks_of, runtime_dirs_of_process};
 
@@ -422,21 +422,8 @@ fn of_servers_taking_over_at_once_one_takes_every_idle_container_and_the_others_
     let functions = [function("echo", "line", "line", keep)];
     let mut first = Server::start_with_args("takers", &functions, &[]);
     let _guard = PoolGuard(first.pool.clone());
-    // Three warm containers: three calls at once.
-    let calls: Vec<_> = (0..3)
-        .map(|_| first.invoke_in_background("echo", b"!sleep 1500"))
-        .collect();
-    first.wait_for_count(
-        "echo",
-        "/containers/busy",
-        3,
-        &calls.iter().collect::<Vec<_>>(),
-    );
-    for call in calls {
-        assert_eq!(call.join().status, 200);
-    }
-    let warm = containers_of_function(&first.pool, "echo");
-    assert_eq!(warm.len(), 3, "three warm containers");
+    // Three warm containers.
+    let warm = warm_up(&first, "echo", 3);
 
     // Takers 10 ms apart, from before the owner hands over until after it
     // has gone: some ask the owner, some come while the pool has no owner

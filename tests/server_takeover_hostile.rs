@@ -16,7 +16,7 @@ mod support;
 use std::path::PathBuf;
 
 use support::server::{KilledServerFiles, PATIENCE, Server, error_of, eventually, function};
-use support::takeover::{adopted_by, containers_of_function, refused_by};
+use support::takeover::{adopted_by, containers_of_function, refused_by, warm_up};
 use support::{PoolGuard, runtime_dirs_of_process};
 
 /// No prewarm and no idle timeout: what runs is what the calls started.
@@ -240,21 +240,8 @@ fn a_taker_with_a_smaller_memory_budget_takes_over_what_fits_and_removes_the_res
     let extra = format!("{KEEP}\nmax_concurrency = 4\ntimeout = \"60s\"");
     let functions = [function("echo", "line", "line", &extra)];
     let (mut first, _guard, _files) = first_server("hostile-budget", &functions);
-    // Four warm containers of 32 MiB: four calls at once.
-    let calls: Vec<_> = (0..4)
-        .map(|_| first.invoke_in_background("echo", b"!sleep 1500"))
-        .collect();
-    first.wait_for_count(
-        "echo",
-        "/containers/busy",
-        4,
-        &calls.iter().collect::<Vec<_>>(),
-    );
-    for call in calls {
-        assert_eq!(call.join().status, 200);
-    }
-    let warm = containers_of_function(&first.pool, "echo");
-    assert_eq!(warm.len(), 4, "four warm containers");
+    // Four warm containers of 32 MiB.
+    let warm = warm_up(&first, "echo", 4);
     let first_pid = first.pid();
 
     // The next server's budget holds two of them.

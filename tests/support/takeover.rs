@@ -167,3 +167,23 @@ pub fn refused_by(server: &Server) -> Vec<(String, String)> {
         .map(|line| (field(line, "container="), field(line, "outcome=")))
         .collect()
 }
+
+/// Makes `count` containers of line function `function` warm on `server`
+/// (as many calls at once, each held 1.5 s) and returns their ids, sorted.
+pub fn warm_up(server: &Server, function: &str, count: usize) -> Vec<String> {
+    let calls: Vec<_> = (0..count)
+        .map(|_| server.invoke_in_background(function, b"!sleep 1500"))
+        .collect();
+    server.wait_for_count(
+        function,
+        "/containers/busy",
+        count as u64,
+        &calls.iter().collect::<Vec<_>>(),
+    );
+    for call in calls {
+        assert_eq!(call.join().status, 200);
+    }
+    let warm = containers_of_function(&server.pool, function);
+    assert_eq!(warm.len(), count, "{count} warm containers");
+    warm
+}
