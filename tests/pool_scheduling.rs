@@ -1292,6 +1292,7 @@ async fn a_shutdown_leaves_nothing_for_the_next_pool_to_take_over() {
         .await
         .unwrap();
     assert_eq!(left, []);
+    assert_eq!(driver.left_policies("scheduling-test"), None, "nor learned");
     let stats = driver.statistics();
     assert_eq!((stats.created, stats.closed, stats.released), (2, 2, 0));
 
@@ -1300,4 +1301,113 @@ async fn a_shutdown_leaves_nothing_for_the_next_pool_to_take_over() {
     let (start, _) = started_and_answer(&next, &line, "after").await;
     assert_eq!(start, Start::Cold);
     next.shutdown().await;
+}
+
+/// A function on the adaptive keep-alive.
+fn adaptive_spec(name: &str) -> FunctionSpec {
+    let mut spec = spec(name);
+    spec.keep_alive = KeepAlive::ADAPTIVE;
+    spec
+}
+
+/// Calls `spec` twenty times, two seconds apart: its adaptive policy learns
+/// that its container is taken again after two seconds idle, and lets an idle
+/// one go soon after that, not after the ten minutes it starts with.
+async fn teach(pool: &Pool<InProcessDriver>, spec: &FunctionSpec) {
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        call(pool, spec, &format!("call {i}")).await.unwrap();
+    }
+}
+
+/// The idle containers of `pool`'s only function two seconds from now and
+/// ten seconds from now.
+async fn idle_after_2_and_10_s(pool: &Pool<InProcessDriver>) -> [usize; 2] {
+    let idle = || pool.status().functions[0].idle;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_2 = idle();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    [at_2, idle()]
+}
+
+/// A pool on a new driver that learned `taught`'s calls and handed over: the
+/// driver, and what it left.
+async fn taught_and_handed_over(taught: &FunctionSpec) -> (InProcessDriver, Vec<u8>) {
+    let (first, driver) = pool(GIB).await;
+    teach(&first, taught).await;
+    call(&first, &spec("fixed"), "warm").await.unwrap();
+    first.hand_over().await;
+    drop(first);
+    let left = driver
+        .left_policies("scheduling-test")
+        .expect("learned policies left");
+    (driver, left)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_pool_s_keep_alive_starts_from_what_the_handed_over_one_learned() {
+    let adaptive = adaptive_spec("adaptive");
+    // What the pool itself does with an idle container, once it learned.
+    let (learned, _) = pool(GIB).await;
+    teach(&learned, &adaptive).await;
+    let kept_by_the_first = idle_after_2_and_10_s(&learned).await;
+    assert_eq!(kept_by_the_first, [1, 0], "kept past 2 s, gone by 10 s");
+    learned.shutdown().await;
+
+    let (driver, left) = taught_and_handed_over(&adaptive).await;
+    let left: serde_json::Value = serde_json::from_slice(&left).unwrap();
+    let functions = &left["functions"];
+    assert_eq!(functions["adaptive"]["keep_alive"], "adaptive");
+    assert_eq!(functions["adaptive"]["learned"]["policy"], "adaptive");
+    assert!(
+        functions.get("fixed").is_none(),
+        "a fixed one learns nothing"
+    );
+
+    let next = next_pool(&driver, GIB, std::slice::from_ref(&adaptive)).await;
+    assert_eq!(driver.statistics().adopted, 1);
+    assert_eq!(driver.left_policies("scheduling-test"), None, "taken");
+    assert_eq!(idle_after_2_and_10_s(&next).await, kept_by_the_first);
+    next.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_keep_alive_starts_afresh_after_a_hand_over() {
+    let adaptive = adaptive_spec("adaptive");
+    let (driver, _) = taught_and_handed_over(&adaptive).await;
+    let mut changed = adaptive.clone();
+    changed.keep_alive = "adaptive:2999".parse().unwrap();
+    let next = next_pool(&driver, GIB, std::slice::from_ref(&changed)).await;
+    assert_eq!(driver.statistics().adopted, 1, "the same container spec");
+    assert_eq!(driver.left_policies("scheduling-test"), None, "taken");
+    assert_eq!(
+        idle_after_2_and_10_s(&next).await,
+        [1, 1],
+        "a fresh policy keeps an idle container ten minutes"
+    );
+    next.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn learned_policies_that_cannot_be_read_are_ignored_and_the_pool_is_built() {
+    let adaptive = adaptive_spec("adaptive");
+    let (driver, left) = taught_and_handed_over(&adaptive).await;
+    let too_large = vec![b' '; hotpool::driver::MAX_POLICIES_BYTES as usize + 1];
+    let cut_short = left[..left.len() / 2].to_vec();
+    let mut wrong_bins: serde_json::Value = serde_json::from_slice(&left).unwrap();
+    wrong_bins["functions"]["adaptive"]["learned"]["pooled"]["reused"] = serde_json::json!([1.0]);
+    let wrong_bins = serde_json::to_vec(&wrong_bins).unwrap();
+    for broken in [too_large, cut_short, b"\xff\x00".to_vec(), wrong_bins] {
+        driver.set_left_policies("scheduling-test", broken);
+        let next = next_pool(&driver, GIB, std::slice::from_ref(&adaptive)).await;
+        assert_eq!(driver.left_policies("scheduling-test"), None, "taken");
+        assert_eq!(idle_and_busy(&next), [("adaptive".into(), 1, 0)]);
+        assert_eq!(
+            idle_after_2_and_10_s(&next).await,
+            [1, 1],
+            "the policy starts afresh"
+        );
+        // Handed over again, with nothing learned since: a fresh policy's.
+        next.hand_over().await;
+    }
 }

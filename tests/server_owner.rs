@@ -3,7 +3,9 @@
 //! of its containers (nor its call in flight); a port in use exits 1, as
 //! untouched; the next server of a pool whose owner was killed outright takes
 //! over its idle hot containers and removes the rest, and with no next server
-//! they end themselves after the pool's `orphan_timeout`.
+//! they end themselves after the pool's `orphan_timeout`. A server taking
+//! over (`--take-over`) gets the socket, the idle containers, and what the
+//! keep-alive policies learned.
 
 mod support;
 
@@ -483,4 +485,54 @@ fn of_servers_taking_over_at_once_one_takes_every_idle_container_and_the_others_
     assert_eq!((answer.status, answer.text().as_str()), (200, "after"));
     assert_eq!(answer.header("hotpool-start"), Some("hot"), "{answer}");
     survivor.stop();
+}
+
+#[test]
+fn a_server_taking_over_keeps_what_the_keep_alive_policy_learned() {
+    let functions = [function(
+        "echo",
+        "line",
+        "line",
+        "keep_alive = \"adaptive\"",
+    )];
+    let mut first = Server::start_with_args("takeover-policy", &functions, &[]);
+    let _guard = PoolGuard(first.pool.clone());
+    // One call after another, each taking the container the last one left
+    // at once: the policy learns to let an idle one go after a second, not
+    // after the ten minutes it starts with.
+    for i in 0..20 {
+        let answer = first.invoke("echo", format!("call {i}").as_bytes());
+        assert_eq!(answer.status, 200, "call {i}");
+    }
+    let [lock] = &pool_locks_of(&first.pool)[..] else {
+        panic!("one lock of {}", first.pool);
+    };
+    let policies = PathBuf::from(format!("{}.policy", lock.display()));
+
+    let mut next = first.take_over();
+    next.wait_until_healthy();
+    let status = first.wait_within(PATIENCE);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "stderr:\n{}",
+        first.stderr.text()
+    );
+    // Logged once it is built, having restored the policies.
+    adopted_by(&next);
+    assert!(!policies.exists(), "the next server took the file");
+    let log = next.stderr.text();
+    let restored = log
+        .lines()
+        .find(|line| line.contains("restored what the keep-alive policies"));
+    assert!(
+        restored.is_some_and(|line| line.contains(" functions=1")),
+        "{log}"
+    );
+    assert_eq!(next.invoke("echo", b"after").status, 200);
+    // A fresh policy would keep it ten minutes, past the patience.
+    eventually("the idle container goes as the policy learned", || {
+        containers_of_function(&next.pool, "echo").is_empty()
+    });
+    next.stop();
 }

@@ -5,10 +5,37 @@
 //! two live pools of one name on one engine would remove each other's
 //! containers. A driver therefore gives a pool name to one claim at a time, and
 //! a pool claims its name before it touches any container.
+//!
+//! A claim also carries what a pool hands the next owner of its name besides
+//! its containers ([`PoolClaim`]): what its keep-alive policies learned.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+
+/// The most bytes of learned policies a claim takes from an earlier owner:
+/// more is refused unread.
+pub const MAX_POLICIES_BYTES: u64 = 32 << 20;
+
+/// A claimed pool name ([`super::Driver::claim_pool`]), held until dropped.
+/// Through it a pool leaves what its keep-alive policies learned to the next
+/// owner of the name as it hands over, and that owner takes it; a claim that
+/// keeps nothing (the default) makes every next owner's policies start afresh.
+pub trait PoolClaim: Send + Sync + 'static {
+    /// Keeps `policies` (opaque to the claim) for the next owner of the name,
+    /// replacing any kept before. Called by the holder just before it lets go.
+    fn leave_policies(&self, policies: &[u8]) -> io::Result<()> {
+        let _ = policies;
+        Ok(())
+    }
+
+    /// Takes what an earlier owner left ([`PoolClaim::leave_policies`]), so it
+    /// is kept no more: `None` if nothing was. More than
+    /// [`MAX_POLICIES_BYTES`] fails, and is gone all the same.
+    fn take_policies(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+}
 
 /// Why a pool name could not be claimed. Nothing was touched either way.
 #[derive(Debug, thiserror::Error)]

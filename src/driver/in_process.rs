@@ -27,8 +27,13 @@
 //! owner, as a real container's init does: an owner letting go of them closes
 //! nothing. A container let go does not end itself (there is no orphan
 //! timeout here).
+//!
+//! What a pool's keep-alive policies learned, left to the next owner of its
+//! name as it hands over ([`PoolClaim`]), the driver keeps in memory by pool
+//! name, where a test can look at it or put other bytes in its place
+//! ([`InProcessDriver::left_policies`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,7 +52,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AdoptError, AdoptRefusal, BoxRead, BoxWrite, CallMark, ClaimError, Cookie, Driver,
-    EngineTraits, Leftover, PoolOwner, RunResult, Running, TASK_LABEL, Task,
+    EngineTraits, Leftover, MAX_POLICIES_BYTES, PoolClaim, PoolOwner, RunResult, Running,
+    TASK_LABEL, Task,
 };
 use super::{FUNCTION_LABEL, LABEL};
 use crate::error::CallError;
@@ -91,6 +97,8 @@ struct Shared {
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
     /// The pool names claimed on this driver.
     claimed: Mutex<HashSet<String>>,
+    /// What pools left to the next owner of their name, by name.
+    left_policies: Mutex<HashMap<String, Vec<u8>>>,
     /// Whether the engine answers no more ([`InProcessDriver::wedge`]).
     wedged: watch::Sender<bool>,
 }
@@ -219,6 +227,7 @@ impl InProcessDriver {
                 adopted: AtomicUsize::new(0),
                 containers: Mutex::new(BTreeMap::new()),
                 claimed: Mutex::new(HashSet::new()),
+                left_policies: Mutex::default(),
                 wedged: watch::channel(false).0,
             }),
         }
@@ -244,6 +253,18 @@ impl InProcessDriver {
                 container.kill();
             }
         }
+    }
+
+    /// The learned policies a pool of name `pool` left to its next owner, not
+    /// taken yet.
+    pub fn left_policies(&self, pool: &str) -> Option<Vec<u8>> {
+        lock(&self.shared.left_policies).get(pool).cloned()
+    }
+
+    /// Puts `policies` where a pool of name `pool` leaves its learned policies
+    /// to the next owner, as a broken or hostile file would be.
+    pub fn set_left_policies(&self, pool: &str, policies: Vec<u8>) {
+        lock(&self.shared.left_policies).insert(pool.to_owned(), policies);
     }
 
     /// Makes the engine stop answering (`true`), as a deadlocked one does:
@@ -289,6 +310,22 @@ impl InProcessDriver {
 pub struct InProcessClaim {
     shared: Arc<Shared>,
     pool: String,
+}
+
+impl PoolClaim for InProcessClaim {
+    fn leave_policies(&self, policies: &[u8]) -> io::Result<()> {
+        lock(&self.shared.left_policies).insert(self.pool.clone(), policies.to_vec());
+        Ok(())
+    }
+
+    fn take_policies(&self) -> io::Result<Option<Vec<u8>>> {
+        match lock(&self.shared.left_policies).remove(&self.pool) {
+            Some(policies) if policies.len() as u64 > MAX_POLICIES_BYTES => Err(io::Error::other(
+                format!("larger than {MAX_POLICIES_BYTES} bytes"),
+            )),
+            left => Ok(left),
+        }
+    }
 }
 
 impl Drop for InProcessClaim {

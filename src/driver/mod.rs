@@ -47,7 +47,7 @@ mod wiring;
 pub use crate::id::new_id;
 pub use any::{AnyCookie, AnyDriver, EngineChoice, EngineKind};
 pub use call_mark::CallMark;
-pub use claim::{ClaimError, PoolOwner};
+pub use claim::{ClaimError, MAX_POLICIES_BYTES, PoolClaim, PoolOwner};
 pub use cpus::Cpus;
 pub use linux::pool_lock::PoolLock;
 
@@ -404,7 +404,7 @@ pub trait Driver: Clone + Send + Sync + 'static {
     type Cookie: Cookie;
 
     /// A claimed pool name: the claim holds until it is dropped.
-    type Claim: Send + Sync + 'static;
+    type Claim: PoolClaim;
 
     /// What the engine accepts and can do.
     fn traits(&self) -> EngineTraits;

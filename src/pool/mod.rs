@@ -18,7 +18,9 @@
 //! ([`BuildError::Claim`]) and touches nothing. What an earlier run left is
 //! taken over where it is provably between calls and one of the functions the
 //! build names ([`PoolBuilder::functions`]) would have started it, and removed
-//! otherwise: a crash of its owner costs a pool no warm container.
+//! otherwise: a crash of its owner costs a pool no warm container. An owner
+//! that hands over ([`Pool::hand_over`]) leaves the next what its keep-alive
+//! policies learned besides.
 //!
 //! A name has one current version. Registering a spec again with the same
 //! container spec (image, command, environment, format, memory, ...) applies its
@@ -34,6 +36,7 @@ mod container;
 mod function;
 mod function_log;
 mod function_metrics;
+mod learned;
 mod policy;
 mod readings;
 mod sampler;
@@ -153,15 +156,19 @@ impl<D: Driver> PoolBuilder<D> {
     /// is provably between calls (the driver says: [`Driver::adopt`]) and one
     /// of the [`PoolBuilder::functions`] would have started it (its spec
     /// fingerprint matches), as far as that function's concurrency and the
-    /// memory budget allow; every other one is removed. If a live pool owns
-    /// the name, fails with [`BuildError::Claim`] having touched nothing. The
-    /// pool holds the claim until it is dropped.
+    /// memory budget allow; every other one is removed. Before that, if the
+    /// earlier owner handed over ([`Pool::hand_over`]), the keep-alive policy
+    /// of each of those functions whose keep-alive is unchanged starts from
+    /// what it had learned; one that cannot be read is logged and ignored. If
+    /// a live pool owns the name, fails with [`BuildError::Claim`] having
+    /// touched nothing. The pool holds the claim until it is dropped.
     pub async fn build(self) -> Result<Pool<D>, BuildError> {
         let claim = self.driver.claim_pool(&self.config.name).await?;
         let inner = Inner::new(self.driver, self.config, claim);
         for spec in self.functions {
             inner.register(spec);
         }
+        inner.with_claim(|claim| inner.restore_policies(claim));
         let (adopted, removed) = inner.adopt_leftovers().await.map_err(BuildError::Sweep)?;
         tracing::info!(adopted, removed, pool = %inner.config.name, "took over and removed the containers an earlier run left");
         inner.tracker.spawn(inner.clone().reaper());
@@ -313,7 +320,10 @@ impl<D: Driver> Pool<D> {
     /// over by the next pool of the name as it is built
     /// ([`PoolBuilder::functions`]); the rest are removed. The pool lets go
     /// of its name as this returns, so the next owner can build; it takes no
-    /// more calls. Containers the driver cannot let go are removed.
+    /// more calls. Containers the driver cannot let go are removed. What each
+    /// function's keep-alive policy learned is left to the next owner too,
+    /// through the claim ([`crate::driver::PoolClaim::leave_policies`]), just
+    /// before the name is let go.
     pub async fn hand_over(&self) -> Leftovers {
         self.inner.hand_over().await
     }

@@ -62,7 +62,7 @@ pub(crate) struct Inner<D: Driver> {
     /// Every version, current and draining, by key.
     pub(crate) versions: DashMap<FunctionKey, Arc<FunctionPool<D>>>,
     /// The current version of each registered function.
-    current: DashMap<Arc<str>, Arc<FunctionPool<D>>>,
+    pub(super) current: DashMap<Arc<str>, Arc<FunctionPool<D>>>,
     /// Every live hot container, by id, so shutdown can reach busy ones.
     containers: DashMap<String, Arc<HotContainer<D>>>,
     pub(crate) budget: Arc<MemoryBudget>,
@@ -104,7 +104,7 @@ pub(crate) fn busy(reason: impl Into<String>) -> CallError {
 }
 
 /// The state machines' clock: tokio's, so paused-time tests drive it too.
-fn now() -> std::time::Instant {
+pub(super) fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
@@ -876,10 +876,14 @@ impl<D: Driver> Inner<D> {
 
     /// [`Inner::shutdown`], but its idle containers are let go for the next
     /// owner of the pool rather than removed, what the engine lists besides
-    /// is not swept, and the pool's name is let go at the end.
+    /// is not swept, and the pool's name is let go at the end, once what the
+    /// keep-alive policies learned is left to the next owner.
     pub(crate) async fn hand_over(&self) -> Leftovers {
         let leftovers = self.leave(EvictionReason::HandedOver).await;
-        drop(self.claim.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let claim = self.claim.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(claim) = claim {
+            self.leave_policies(&claim);
+        }
         leftovers
     }
 

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::container::EvictionReason;
-use super::policy::{self, EvictionPolicy, Found, IdleContainer, KeepAlivePolicy};
+use super::policy::{self, EvictionPolicy, Found, IdleContainer, KeepAlivePolicy, Learned};
 use super::spec::{Eviction, KeepAlive, Limits};
 
 /// A container as the state machine sees it: how many calls it served, which the
@@ -177,6 +177,30 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         }
         actions.start = self.launches();
         actions
+    }
+
+    /// What its keep-alive policy learned, as of `now`, and the choice of
+    /// policy that learned it; `None` if the policy learns nothing.
+    pub(crate) fn learned(&self, now: Instant) -> Option<(KeepAlive, Learned)> {
+        Some((self.keep_alive_choice, self.keep_alive.learned(now)?))
+    }
+
+    /// Its keep-alive policy starts from what the policy `choice` `learned`,
+    /// as of `now`; says why not if `choice` is not its policy now or what it
+    /// learned cannot be taken.
+    pub(crate) fn restore(
+        &mut self,
+        choice: KeepAlive,
+        learned: Learned,
+        now: Instant,
+    ) -> Result<(), String> {
+        if choice != self.keep_alive_choice {
+            return Err(format!(
+                "learned under keep-alive {choice}, which is {} now",
+                self.keep_alive_choice
+            ));
+        }
+        self.keep_alive.restore(learned, now)
     }
 
     /// A call arrives: it takes the newest idle container, or waits (`waiter()`

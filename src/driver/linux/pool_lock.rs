@@ -14,13 +14,18 @@
 //!
 //! Engine-neutral: the caller names the engine (the Docker driver, by the
 //! engine's ID), so two engines on one host each have their own names.
+//!
+//! What a pool's keep-alive policies learned goes to the next owner in a file
+//! beside the lock, `<pool>.lock.policy` (mode 0600): written whole as the
+//! owner hands over, before it lets go, and removed by the next owner as it
+//! reads it ([`PoolClaim`]).
 
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::driver::claim::{self, ClaimError, PoolOwner};
+use crate::driver::claim::{self, ClaimError, MAX_POLICIES_BYTES, PoolClaim, PoolOwner};
 
 /// A pool name claimed on one engine: held while this lives.
 #[derive(Debug)]
@@ -107,6 +112,65 @@ fn handover_path(lock: &Path) -> PathBuf {
     let digest = Sha256::digest(lock.as_os_str().as_encoded_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     root.join("handover").join(name)
+}
+
+impl PoolClaim for PoolLock {
+    /// Writes `<lock file>.policy`, whole or not at all: into a temporary file
+    /// renamed over it.
+    fn leave_policies(&self, policies: &[u8]) -> io::Result<()> {
+        let path = policies_path(&self.path);
+        let temporary = PathBuf::from(format!("{}.tmp", path.display()));
+        let _ = std::fs::remove_file(&temporary);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(|e| with_path(&temporary, e))?;
+        file.write_all(policies)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&temporary);
+                with_path(&path, e)
+            })
+    }
+
+    /// Reads and removes `<lock file>.policy`; one that is no regular file
+    /// (a link, a pipe) is not read.
+    fn take_policies(&self) -> io::Result<Option<Vec<u8>>> {
+        let path = policies_path(&self.path);
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        if matches!(&opened, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            return Ok(None);
+        }
+        // Whatever it holds, it is read once.
+        let _ = std::fs::remove_file(&path);
+        let read = || {
+            let file = opened?;
+            if !file.metadata()?.is_file() {
+                return Err(io::Error::other("not a regular file"));
+            }
+            let mut policies = Vec::new();
+            file.take(MAX_POLICIES_BYTES + 1)
+                .read_to_end(&mut policies)?;
+            if policies.len() as u64 > MAX_POLICIES_BYTES {
+                return Err(io::Error::other(format!(
+                    "larger than {MAX_POLICIES_BYTES} bytes"
+                )));
+            }
+            Ok(Some(policies))
+        };
+        read().map_err(|e| with_path(&path, e))
+    }
+}
+
+/// Where the policies left to the next owner of the pool locked by `lock` are.
+fn policies_path(lock: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.policy", lock.display()))
 }
 
 impl Drop for PoolLock {
@@ -284,5 +348,52 @@ mod tests {
         assert_eq!(file_name(".."), "%2E%2E");
         assert_eq!(file_name("J6XR:GSSN"), "J6XR%3AGSSN");
         assert_ne!(file_name("a%2Fb"), file_name("a/b"));
+    }
+
+    #[test]
+    fn policies_left_beside_the_lock_are_taken_once_by_the_next_claim() {
+        let root = tempfile::tempdir().unwrap();
+        let first = PoolLock::take(root.path(), "engine", "serve").unwrap();
+        assert_eq!(first.take_policies().unwrap(), None, "nothing left yet");
+        first.leave_policies(b"old").unwrap();
+        first.leave_policies(b"learned").unwrap();
+        let path = policies_path(first.path());
+        assert_eq!(path.file_name().unwrap(), "serve.lock.policy");
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(first);
+        let next = PoolLock::take(root.path(), "engine", "serve").unwrap();
+        assert_eq!(
+            next.take_policies().unwrap().as_deref(),
+            Some(&b"learned"[..])
+        );
+        assert!(!path.exists(), "removed as it is read");
+        assert_eq!(next.take_policies().unwrap(), None);
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["serve.lock"], "no temporary file stays");
+    }
+
+    #[test]
+    fn policies_too_large_or_not_in_a_file_are_refused_unread_and_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let claim = PoolLock::take(root.path(), "engine", "serve").unwrap();
+        let path = policies_path(claim.path());
+        let large = File::create(&path).unwrap();
+        large.set_len(MAX_POLICIES_BYTES + 1).unwrap();
+        let error = claim.take_policies().unwrap_err();
+        assert!(error.to_string().contains("larger than"), "{error}");
+        assert!(!path.exists());
+        // A pipe nobody writes to: opening or reading it would wait forever.
+        let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let error = claim.take_policies().unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        assert!(!path.exists());
+        std::os::unix::fs::symlink(claim.path(), &path).unwrap();
+        assert!(claim.take_policies().is_err(), "a link is not followed");
+        assert!(!path.exists() && claim.path().exists());
     }
 }

@@ -46,11 +46,18 @@
 //! a prewarm did not miss the container last removed at its level, so the
 //! keep-alive learns that removing it cost no cold start: with the forecast
 //! covering rises, surplus containers go sooner.
+//!
+//! **Learned.** What it hands on ([`AdaptiveLearned`]): the spells and the
+//! timeouts they chose, the weight of the next one, the last idle gaps and how
+//! long the function has been idle. The rates of the last calls and the last
+//! removed containers are not: they are about the last seconds.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{Found, KeepAlivePolicy, after};
+use serde::{Deserialize, Serialize};
+
+use super::{CENTURY, Found, KeepAlivePolicy, Learned, after, aged};
 
 /// The idle timeout before anything is learned, if the break-even time is longer.
 const PRIOR_TIMEOUT: Duration = Duration::from_secs(600);
@@ -84,6 +91,8 @@ const FORECAST_HORIZON: Duration = Duration::from_secs(1);
 const RATE_EVENTS: usize = 16;
 const FORECAST_MIN_ARRIVALS: f64 = 1.0;
 const FORECAST_DEVIATIONS: f64 = 1.0;
+/// The weight past which every weight is scaled down, before they overflow.
+const RESCALE_ABOVE: f64 = 1e200;
 
 /// The idle spells seen at some levels: lengths of those that ended in reuse,
 /// by bin, and the count of all, each weighted by the policy's `weight` at the
@@ -289,7 +298,7 @@ impl KeepAlivePolicy for Adaptive {
         let weight = self.weight;
         self.class_mut(in_flight + 1).all += weight;
         self.pooled.all += weight;
-        if self.weight > 1e200 {
+        if self.weight > RESCALE_ABOVE {
             self.rescale();
         }
     }
@@ -330,6 +339,102 @@ impl KeepAlivePolicy for Adaptive {
     fn next_change(&self, now: Instant) -> Option<Instant> {
         let (start, end) = self.prewarm_window()?;
         [start, end].into_iter().find(|at| *at > now)
+    }
+
+    fn learned(&self, now: Instant) -> Option<Learned> {
+        Some(Learned::Adaptive(AdaptiveLearned {
+            pooled: LearnedSpells::from(&self.pooled),
+            by_level: self.by_level.iter().map(LearnedSpells::from).collect(),
+            weight: self.weight,
+            gaps: self.gaps.iter().copied().collect(),
+            idle_for: self
+                .idle_since
+                .filter(|_| self.running == 0)
+                .map(|since| now.saturating_duration_since(since)),
+        }))
+    }
+
+    fn restore(&mut self, learned: Learned, now: Instant) -> Result<(), String> {
+        let Learned::Adaptive(learned) = learned else {
+            return Err("learned by another policy".into());
+        };
+        if !(1.0..=RESCALE_ABOVE).contains(&learned.weight) {
+            return Err(format!("weight {} out of range", learned.weight));
+        }
+        if learned.by_level.len() > LEVEL_CLASSES || learned.gaps.len() > REGULAR_GAPS {
+            return Err("more classes or gaps than it keeps".into());
+        }
+        if learned.gaps.iter().any(|gap| *gap > CENTURY) {
+            return Err("an idle gap over a century".into());
+        }
+        let pooled = learned.pooled.spells()?;
+        let by_level = learned
+            .by_level
+            .iter()
+            .map(LearnedSpells::spells)
+            .collect::<Result<_, _>>()?;
+        self.pooled = pooled;
+        self.by_level = by_level;
+        self.weight = learned.weight;
+        self.gaps = learned.gaps.into();
+        self.running = 0;
+        self.idle_since = aged(now, learned.idle_for);
+        Ok(())
+    }
+}
+
+/// What an [`Adaptive`] learned (see the module's doc), its times as ages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AdaptiveLearned {
+    pooled: LearnedSpells,
+    by_level: Vec<LearnedSpells>,
+    weight: f64,
+    gaps: Vec<Duration>,
+    /// How long no call had run; `None` if one ran.
+    idle_for: Option<Duration>,
+}
+
+/// [`Spells`] as they are handed on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LearnedSpells {
+    reused: Vec<f64>,
+    all: f64,
+    timeout: Option<Duration>,
+}
+
+impl From<&Spells> for LearnedSpells {
+    fn from(spells: &Spells) -> LearnedSpells {
+        LearnedSpells {
+            reused: spells.reused.to_vec(),
+            all: spells.all,
+            timeout: spells.timeout,
+        }
+    }
+}
+
+impl LearnedSpells {
+    /// The spells, if they are spells a policy could hold.
+    fn spells(&self) -> Result<Spells, String> {
+        let reused: [f64; BINS] = self
+            .reused
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("{} bins, not {BINS}", self.reused.len()))?;
+        let count = |c: &f64| c.is_finite() && *c >= 0.0;
+        if !reused.iter().chain([&self.all]).all(count) {
+            return Err("a count that is not a finite weight".into());
+        }
+        if self
+            .timeout
+            .is_some_and(|timeout| !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout))
+        {
+            return Err("a timeout out of range".into());
+        }
+        Ok(Spells {
+            reused,
+            all: self.all,
+            timeout: self.timeout,
+        })
     }
 }
 
@@ -710,5 +815,93 @@ mod tests {
             None,
             "its container is still there when due"
         );
+    }
+
+    /// A new policy like `policy` (`memory`, `cold_start_gb_s`) restored
+    /// `later` from what `policy` learned as of `now`, handed on as JSON.
+    fn handed_on(
+        policy: &Adaptive,
+        (memory, cold_start_gb_s): (u64, f64),
+        now: Instant,
+        later: Instant,
+    ) -> Adaptive {
+        let json = serde_json::to_string(&policy.learned(now).expect("it learns")).unwrap();
+        let mut next = Adaptive::new(memory, cold_start_gb_s);
+        next.restore(serde_json::from_str(&json).unwrap(), later)
+            .unwrap();
+        next
+    }
+
+    #[test]
+    fn a_policy_handed_on_keeps_the_timeouts_it_learned() {
+        let settings = (256 * MIB, 3000.0);
+        let mut policy = Adaptive::new(settings.0, settings.1);
+        let start = Instant::now();
+        let now = reused_after(&mut policy, start, 1, Duration::from_secs(30), 50);
+        let now = reused_after(&mut policy, now, 3, Duration::from_secs(5), 20);
+        let next = handed_on(&policy, settings, now, now + Duration::from_secs(7));
+        let fresh = Adaptive::new(settings.0, settings.1);
+        for level in [1, 2, 3, 10] {
+            assert_eq!(next.timeout(level), policy.timeout(level), "level {level}");
+        }
+        assert_ne!(next.timeout(1), fresh.timeout(1));
+        assert_ne!(
+            next.timeout(3),
+            next.timeout(1),
+            "by level, not only pooled"
+        );
+        assert_eq!(next.weight, policy.weight);
+        assert_eq!(next.pooled.reused, policy.pooled.reused);
+    }
+
+    #[test]
+    fn a_policy_handed_on_prewarms_clockwork_calls_when_they_are_due() {
+        let settings = (256 * MIB, 0.001);
+        let mut policy = Adaptive::new(settings.0, settings.1);
+        let mut now = Instant::now();
+        let gap = Duration::from_secs(10);
+        for _ in 0..=REGULAR_GAPS {
+            policy.call_arrived(now, Found::Nothing, 1);
+            now += Duration::from_millis(100);
+            policy.call_returned(now, 0);
+            now += gap;
+        }
+        let ended = now - gap;
+        // Handed on 3 s into the idle gap; restored in another process whose
+        // clock reads 50 s more: the window is as far from now as it was.
+        let (at, later) = (
+            ended + Duration::from_secs(3),
+            ended + Duration::from_secs(53),
+        );
+        let next = handed_on(&policy, settings, at, later);
+        let (start, end) = policy.prewarm_window().expect("clockwork");
+        let shift = Duration::from_secs(50);
+        assert_eq!(next.prewarm_window(), Some((start + shift, end + shift)));
+        assert_eq!(next.prewarm(start + shift), 1);
+        assert_eq!(
+            Adaptive::new(settings.0, settings.1).prewarm_window(),
+            None,
+            "a fresh one waits for gaps"
+        );
+    }
+
+    #[test]
+    fn what_no_policy_could_have_learned_is_refused_and_changes_nothing() {
+        let settings = (256 * MIB, 3000.0);
+        let mut policy = Adaptive::new(settings.0, settings.1);
+        let now = reused_after(&mut policy, Instant::now(), 1, Duration::from_secs(30), 50);
+        let Some(Learned::Adaptive(learned)) = policy.learned(now) else {
+            panic!("adaptive learns");
+        };
+        let mut broken = [learned.clone(), learned.clone(), learned.clone(), learned];
+        broken[0].weight = f64::INFINITY;
+        broken[1].pooled.reused.pop();
+        broken[2].pooled.reused[0] = -1.0;
+        broken[3].by_level[0].timeout = Some(Duration::from_secs(365 * 86400));
+        for learned in broken {
+            let mut next = Adaptive::new(settings.0, settings.1);
+            assert!(next.restore(Learned::Adaptive(learned), now).is_err());
+            assert_eq!(next.timeout(1), PRIOR_TIMEOUT, "unchanged");
+        }
     }
 }

@@ -10,10 +10,15 @@
 //! percentile is 0, the container simply stays until then. While the histogram
 //! is not representative (too few idle times, too many beyond four hours, or
 //! bin counts too even to predict from), a fixed keep-alive applies.
+//!
+//! What it hands on ([`HistogramLearned`]) is the histogram and how long the
+//! function has been idle.
 
 use std::time::{Duration, Instant};
 
-use super::{Found, KeepAlivePolicy, after};
+use serde::{Deserialize, Serialize};
+
+use super::{Found, KeepAlivePolicy, Learned, after, aged};
 
 /// The width of a bin.
 const BIN: Duration = Duration::from_secs(60);
@@ -176,6 +181,52 @@ impl KeepAlivePolicy for HybridHistogram {
         .into_iter()
         .find(|at| *at > now)
     }
+
+    fn learned(&self, now: Instant) -> Option<Learned> {
+        Some(Learned::Histogram(HistogramLearned {
+            bins: self.bins.clone(),
+            out_of_bounds: self.out_of_bounds,
+            samples: self.samples,
+            idle_for: self
+                .idle_since
+                .filter(|_| self.running == 0)
+                .map(|since| now.saturating_duration_since(since)),
+        }))
+    }
+
+    fn restore(&mut self, learned: Learned, now: Instant) -> Result<(), String> {
+        let Learned::Histogram(learned) = learned else {
+            return Err("learned by another policy".into());
+        };
+        if learned.bins.len() != BINS {
+            return Err(format!("{} bins, not {BINS}", learned.bins.len()));
+        }
+        let counted: u64 = learned.bins.iter().map(|&c| u64::from(c)).sum::<u64>()
+            + u64::from(learned.out_of_bounds);
+        if counted != u64::from(learned.samples) {
+            return Err(format!(
+                "{counted} idle times counted, {} recorded",
+                learned.samples
+            ));
+        }
+        self.bins = learned.bins;
+        self.out_of_bounds = learned.out_of_bounds;
+        self.samples = learned.samples;
+        self.running = 0;
+        self.idle_since = aged(now, learned.idle_for);
+        self.windows = self.representative().then(|| self.windows_now());
+        Ok(())
+    }
+}
+
+/// What a [`HybridHistogram`] learned, its times as ages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct HistogramLearned {
+    bins: Vec<u32>,
+    out_of_bounds: u32,
+    samples: u32,
+    /// How long no call had run; `None` if one ran.
+    idle_for: Option<Duration>,
 }
 
 #[cfg(test)]
@@ -249,5 +300,45 @@ mod tests {
         let ended = periodic(&mut policy, start, 30 * MINUTE, 3);
         assert_eq!(policy.idle_until(ended, 1), ended + FALLBACK);
         assert_eq!(policy.prewarm(ended + 29 * MINUTE), 0);
+    }
+
+    #[test]
+    fn a_histogram_handed_on_unloads_and_prewarms_alike() {
+        let start = Instant::now();
+        let mut policy = HybridHistogram::new();
+        let ended = periodic(&mut policy, start, 30 * MINUTE, 20);
+        let at = ended + MINUTE;
+        let json = serde_json::to_string(&policy.learned(at).unwrap()).unwrap();
+        let shift = Duration::from_secs(3600);
+        let mut next = HybridHistogram::new();
+        next.restore(serde_json::from_str(&json).unwrap(), at + shift)
+            .unwrap();
+        assert_eq!(next.windows, policy.windows);
+        assert!(next.windows.is_some(), "representative");
+        let prewarm_at = ended + policy.windows.unwrap().prewarm;
+        assert_eq!(next.next_change(at + shift), Some(prewarm_at + shift));
+        assert_eq!(next.prewarm(prewarm_at + shift), 1);
+        assert_eq!(next.idle_until(ended + shift, 1), ended + shift, "unloaded");
+        assert_eq!(
+            HybridHistogram::new().idle_until(ended, 1),
+            ended + FALLBACK,
+            "a fresh one keeps it"
+        );
+    }
+
+    #[test]
+    fn a_histogram_whose_counts_do_not_add_up_is_refused() {
+        let mut policy = HybridHistogram::new();
+        periodic(&mut policy, Instant::now(), 30 * MINUTE, 20);
+        let Some(Learned::Histogram(mut learned)) = policy.learned(Instant::now()) else {
+            panic!("the histogram learns");
+        };
+        learned.samples += 1;
+        let mut next = HybridHistogram::new();
+        assert!(
+            next.restore(Learned::Histogram(learned), Instant::now())
+                .is_err()
+        );
+        assert_eq!(next.samples, 0);
     }
 }

@@ -5,9 +5,16 @@
 //!
 //! The defaults keep today's behaviour: a fixed idle timeout
 //! ([`FixedKeepAlive`]) and least-recently-used eviction ([`LeastRecentlyUsed`]).
+//!
+//! A keep-alive policy that learns can say what it learned as a [`Learned`]
+//! value, and a new instance of it can start from one: that is how a pool hands
+//! it to the next owner of its name. Its times are ages at the moment it was
+//! taken, never `Instant`s, as it crosses processes.
 
 use std::fmt;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 mod adaptive;
 mod histogram;
@@ -45,7 +52,36 @@ pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
 
     /// The next time after `now` that [`KeepAlivePolicy::prewarm`] may change.
     fn next_change(&self, now: Instant) -> Option<Instant>;
+
+    /// What it learned so far, as of `now`; `None` if it learns nothing.
+    fn learned(&self, _now: Instant) -> Option<Learned> {
+        None
+    }
+
+    /// Starts from what an instance of the same policy `learned`, taken as of
+    /// `now`, in place of what this one learned; says why not if it cannot
+    /// (another policy's, or values no instance would hold), changing nothing.
+    fn restore(&mut self, _learned: Learned, _now: Instant) -> Result<(), String> {
+        Err("this policy learns nothing".into())
+    }
 }
+
+/// What a keep-alive policy learned, by policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub(crate) enum Learned {
+    Adaptive(adaptive::AdaptiveLearned),
+    Histogram(histogram::HistogramLearned),
+}
+
+/// The instant `age` before `now`, if the clock reaches that far back.
+fn aged(now: Instant, age: Option<Duration>) -> Option<Instant> {
+    now.checked_sub(age?)
+}
+
+/// A century: a time that long is never, and a restored policy holds no longer
+/// one.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// What a call found when it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +194,7 @@ impl EvictionPolicy for GreedyDual {
 /// `timeout` after `from`; a timeout too long to add is a century, which is never.
 pub(crate) fn after(from: Instant, timeout: Duration) -> Instant {
     from.checked_add(timeout)
-        .or_else(|| from.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .or_else(|| from.checked_add(CENTURY))
         .unwrap_or(from)
 }
 
