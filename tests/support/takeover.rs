@@ -57,13 +57,20 @@ impl Engine {
     }
 
     /// Starts a server of pool `server-test-<test>-<pid>` on the engine, with
-    /// `functions` and `args` after `serve --config FILE`, and waits until
-    /// it is healthy.
-    pub fn start(&self, test: &str, functions: &[String], args: &[&str]) -> Server {
+    /// `functions` and `args` after `serve --config FILE`, its environment
+    /// having `env` too, and waits until it is healthy.
+    pub fn start(
+        &self,
+        test: &str,
+        functions: &[String],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(key, value)| (key.as_str(), value.as_str()))
+            .chain(env.iter().copied())
             .collect();
         Server::start_with_env_args(test, ("", &self.pool_extra), functions, &env, args)
     }
@@ -145,12 +152,13 @@ pub fn load(
 }
 
 /// A loader's tally: calls done (of each function), and those that failed,
-/// or began after `since` and met no warm container.
+/// or began after `since` and met no warm container (each as its body, the
+/// answer and its call id).
 pub struct Tally {
     pub done: [AtomicUsize; 2],
     pub failed: Mutex<Vec<String>>,
     pub since: Mutex<Instant>,
-    pub cold: AtomicUsize,
+    pub cold: Mutex<Vec<String>>,
 }
 
 /// The functions the loaders call, in the order of [`Tally::done`].
@@ -162,7 +170,7 @@ impl Tally {
             done: Default::default(),
             failed: Mutex::default(),
             since: Mutex::new(Instant::now()),
-            cold: AtomicUsize::new(0),
+            cold: Mutex::default(),
         }
     }
 
@@ -173,7 +181,7 @@ impl Tally {
     /// Counts cold calls from now on only.
     pub fn count_cold_from_now(&self) {
         *self.since.lock().unwrap() = Instant::now();
-        self.cold.store(0, Ordering::Release);
+        self.cold.lock().unwrap().clear();
     }
 }
 
@@ -195,8 +203,14 @@ pub fn keep_calling(
             match super::http::post(addr, &format!("/invoke/{function}"), body.as_bytes()) {
                 Ok(answer) if answer.status == 200 && answer.text() == body => {
                     let counted = began >= *tally.since.lock().unwrap();
-                    if counted && answer.header("hotpool-start") != Some("hot") {
-                        tally.cold.fetch_add(1, Ordering::AcqRel);
+                    let start = answer.header("hotpool-start");
+                    if counted && start != Some("hot") {
+                        let call = answer.header("hotpool-call-id").unwrap_or("?");
+                        tally
+                            .cold
+                            .lock()
+                            .unwrap()
+                            .push(format!("{body}: {answer} call_id={call}"));
                     }
                 }
                 Ok(answer) => tally
@@ -238,7 +252,7 @@ pub fn a_killed_owners_idle_containers_are_taken_over(engine: &Engine, test: &st
         engine.function("web", "http", "http", ""),
         engine.function("changed", "line", "line", ""),
     ];
-    let mut first = engine.start(test, &functions, &[]);
+    let mut first = engine.start(test, &functions, &[], &[]);
     let _guard = (engine.guard)(first.pool.clone());
     let pool = first.pool.clone();
     let of = |function| engine.containers_of_function(&pool, function);
@@ -348,7 +362,9 @@ pub fn a_taker_gets_the_socket_and_the_idle_containers_and_no_call_fails(
     let keep = "keep_alive = \"fixed:10m\"";
     let functions = LOADED.map(|name| engine.function(name, name_cmd(name), name_cmd(name), keep));
     // As the DaemonSet runs it: once it has handed over, it waits to be stopped.
-    let mut first = engine.start(test, &functions, &["--wait-after-handover"]);
+    // Each call logged with its call id, to tell which server served a cold one.
+    let log = [("HOTPOOL_LOG", "info,hotpool::server=debug")];
+    let mut first = engine.start(test, &functions, &["--wait-after-handover"], &log);
     let _guard = (engine.guard)(first.pool.clone());
     // Two callers per function, each one call at a time.
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::new()));
@@ -357,14 +373,28 @@ pub fn a_taker_gets_the_socket_and_the_idle_containers_and_no_call_fails(
         .map(|which| keep_calling(first.addr, which, &stop, &tally))
         .collect();
     let containers = || LOADED.map(|name| engine.containers_of_function(&first.pool, name));
-    // Settled: each function served 10 calls that started no container.
+    // Settled: each function has its two callers' containers up, none
+    // starting (the engine lists a container long before its start is done,
+    // and a call may yet meet it cold), and served 10 calls that started none.
+    let up = |name: &str| {
+        let counts = &first.function_status(name)["containers"];
+        (
+            counts["idle"].as_u64(),
+            counts["busy"].as_u64(),
+            counts["starting"].as_u64(),
+        )
+    };
     let mut last = (containers(), tally.done());
     eventually("the pool settles", || {
         let now = (containers(), tally.done());
         if (0..2).any(|i| now.1[i] < last.1[i] + 10) {
             return false;
         }
-        let same = now.0 == last.0;
+        let same = now.0 == last.0
+            && LOADED.iter().all(|name| match up(name) {
+                (Some(idle), Some(busy), Some(0)) => idle + busy == 2,
+                _ => false,
+            });
         last = now;
         same
     });
@@ -412,10 +442,23 @@ pub fn a_taker_gets_the_socket_and_the_idle_containers_and_no_call_fails(
         Vec::<String>::new(),
         "no call failed"
     );
+    let cold = tally.cold.lock().unwrap().clone();
+    let served_by = |server: &Server, which: &str| -> String {
+        let log = server.stderr.text();
+        cold.iter()
+            .filter_map(|call| call.rsplit("call_id=").next())
+            .flat_map(|id| log.lines().filter(move |line| line.contains(id)))
+            .map(|line| format!("{which}: {line}\n"))
+            .collect()
+    };
     assert_eq!(
-        tally.cold.load(Ordering::Acquire),
-        0,
-        "no call met a cold container"
+        cold,
+        Vec::<String>::new(),
+        "no call met a cold container; their lines in the servers' logs:\n{}{}\
+         the next server's stderr:\n{}",
+        served_by(&first, "first"),
+        served_by(&next, "next"),
+        next.stderr.text()
     );
     assert_eq!(adopted_by(&next), 4, "{}", next.stderr.text());
     assert_eq!(
