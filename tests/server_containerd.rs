@@ -2,8 +2,10 @@
 //! image pulled by hotpool from a real registry into its own namespace, a line
 //! function served cold then hot over the direct transport, a death typed, the
 //! engine's health in `/healthz`, and nothing left in containerd after a stop;
-//! and `examples/hotpool-containerd.toml`'s functions served as the README's
-//! containerd quick start serves them.
+//! `examples/hotpool-containerd.toml`'s functions served as the README's
+//! containerd quick start serves them; and the take-overs of
+//! `tests/server_owner.rs` (after a kill -9, and `serve --take-over`) on
+//! containerd, the same scenarios from `support::takeover`.
 
 mod support;
 
@@ -16,6 +18,7 @@ use support::containerd::{
 };
 use support::registry::{PASSWORD, Registry, USER};
 use support::server::{KilledServerFiles, Server, error_of, eventually};
+use support::takeover;
 use support::{driver, hello_image, repo_root, testfn_image};
 
 /// Where `scripts/registry` pushes the example images, as the example names it.
@@ -197,5 +200,25 @@ fn stop_leaving_nothing(server: Server, runtime: &tokio::runtime::Runtime) {
         left,
         Default::default(),
         "containerd holds nothing of {pool}"
+    );
+}
+
+#[test]
+fn the_next_server_takes_over_the_idle_containers_a_killed_owner_left_and_removes_the_rest() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let image = runtime.block_on(TestImage::push("hotpool-testfn-crash"));
+    takeover::a_killed_owners_idle_containers_are_taken_over(
+        &support::containerd::engine(&image),
+        "containerd-killed",
+    );
+}
+
+#[test]
+fn a_server_taking_over_gets_the_socket_and_the_idle_containers_and_no_call_fails() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let image = runtime.block_on(TestImage::push("hotpool-testfn-handover"));
+    takeover::a_taker_gets_the_socket_and_the_idle_containers_and_no_call_fails(
+        &support::containerd::engine(&image),
+        "containerd-takeover",
     );
 }

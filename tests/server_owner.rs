@@ -20,8 +20,7 @@ use support::server::{
     KilledServerFiles, Server, docker_ps, error_of, eventually, function, ids_listed_by,
 };
 use support::takeover::{
-    LOADED, Tally, adopted_by, containers_of_function, keep_calling, load, loopback, name_cmd,
-    sorted_containers_of, warm_up,
+    self, Engine, adopted_by, containers_of_function, load, loopback, sorted_containers_of, warm_up,
 };
 use support::{PoolGuard, free_port, pool_locks_of, runtime_dirs_of_process};
 
@@ -114,107 +113,7 @@ fn a_second_server_of_one_pool_exits_2_naming_the_first_and_touches_nothing() {
 
 #[test]
 fn the_next_server_takes_over_the_idle_containers_a_killed_owner_left_and_removes_the_rest() {
-    let functions = [
-        function(
-            "echo",
-            "line",
-            "line",
-            "max_concurrency = 4\ntimeout = \"60s\"",
-        ),
-        function("web", "http", "http", ""),
-        function("changed", "line", "line", ""),
-    ];
-    let mut first = Server::start("owner-killed", "", &functions);
-    let _guard = PoolGuard(first.pool.clone());
-    // 30 s is a margin for the kill and the next start, not a speed.
-    let in_call = first.invoke_in_background("echo", b"!sleep 30000");
-    first.wait_for_count("echo", "/containers/busy", 1, &[&in_call]);
-    let busy = containers_of_function(&first.pool, "echo");
-    assert_eq!(first.invoke("echo", b"warm").status, 200);
-    let idle: Vec<String> = containers_of_function(&first.pool, "echo")
-        .into_iter()
-        .filter(|id| !busy.contains(id))
-        .collect();
-    assert_eq!(
-        (busy.len(), idle.len()),
-        (1, 1),
-        "one echo container in a call, one idle"
-    );
-    assert_eq!(first.invoke("web", b"warm").status, 200);
-    assert_eq!(first.invoke("changed", b"warm").status, 200);
-    let web = containers_of_function(&first.pool, "web");
-    let changed = containers_of_function(&first.pool, "changed");
-    let first_pid = first.pid();
-    let _files = KilledServerFiles {
-        pool: first.pool.clone(),
-        pid: first_pid,
-    };
-    first.kill();
-
-    let mut functions = functions.to_vec();
-    functions[2] = function("changed", "line", "line", "env = { NEW = \"1\" }");
-    let mut next = Server::launch(&first.pool, loopback(free_port()), "", "", &functions);
-    next.wait_until_healthy();
-    assert_eq!(adopted_by(&next), 2, "{}", next.stderr.text());
-    assert_eq!(
-        containers_of_function(&next.pool, "echo"),
-        idle,
-        "the idle echo container is taken over, the one in a call removed"
-    );
-    assert_eq!(containers_of_function(&next.pool, "web"), web, "taken over");
-    assert!(
-        containers_of_function(&next.pool, "changed")
-            .iter()
-            .all(|id| !changed.contains(id)),
-        "a container of a spec that changed is removed"
-    );
-    let dirs = runtime_dirs_of_process(first_pid);
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    let mut pipes: Vec<String> = std::fs::read_dir(&dirs[0])
-        .expect("the killed server's directory")
-        .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
-        .filter(|name| name != "lock")
-        .collect();
-    pipes.sort();
-    assert_eq!(
-        pipes
-            .iter()
-            .map(|name| name.split('-').next().unwrap())
-            .collect::<Vec<_>>(),
-        ["echo", "web"],
-        "the pipes of the containers taken over stay where their containers have them; the rest go"
-    );
-    for (name, body) in [("echo", "after"), ("web", "after")] {
-        let answer = next.invoke(name, body.as_bytes());
-        assert_eq!(
-            (answer.status, answer.text()),
-            (200, body.to_owned()),
-            "{answer}"
-        );
-        assert_eq!(
-            answer.header("hotpool-start"),
-            Some("hot"),
-            "{name}: {answer}"
-        );
-    }
-    assert_eq!(
-        containers_of_function(&next.pool, "echo"),
-        idle,
-        "served by the same container"
-    );
-    let locks = pool_locks_of(&next.pool);
-    assert_eq!(locks.len(), 1, "{locks:?}");
-    let record = std::fs::read_to_string(&locks[0]).expect("read the lock file");
-    assert!(
-        record.starts_with(&format!("pid {}\n", next.pid())),
-        "the lock file the killed server left names the next one: {record}"
-    );
-    next.stop();
-    assert_eq!(
-        runtime_dirs_of_process(first_pid),
-        Vec::<PathBuf>::new(),
-        "the killed server's directory goes with the last of its containers"
-    );
+    takeover::a_killed_owners_idle_containers_are_taken_over(&Engine::docker(), "owner-killed");
 }
 
 #[test]
@@ -336,86 +235,10 @@ fn no_byte_written_for_a_call_before_a_kill_reaches_a_caller_after_it() {
 
 #[test]
 fn a_server_taking_over_gets_the_socket_and_the_idle_containers_and_no_call_fails() {
-    // A fixed keep-alive: no prewarm, so what starts is what calls ask for.
-    let keep = "keep_alive = \"fixed:10m\"";
-    let functions = LOADED.map(|name| function(name, name_cmd(name), name_cmd(name), keep));
-    // As the DaemonSet runs it: once it has handed over, it waits to be stopped.
-    let mut first = Server::start_with_args("takeover", &functions, &["--wait-after-handover"]);
-    let _guard = PoolGuard(first.pool.clone());
-    // Two callers per function, each one call at a time.
-    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::new()));
-    let callers: Vec<_> = [0, 0, 1, 1]
-        .into_iter()
-        .map(|which| keep_calling(first.addr, which, &stop, &tally))
-        .collect();
-    let containers = || LOADED.map(|name| containers_of_function(&first.pool, name));
-    // Settled: each function served 10 calls that started no container.
-    let mut last = (containers(), tally.done());
-    eventually("the pool settles", || {
-        let now = (containers(), tally.done());
-        if (0..2).any(|i| now.1[i] < last.1[i] + 10) {
-            return false;
-        }
-        let same = now.0 == last.0;
-        last = now;
-        same
-    });
-    let warm = last.0;
-    tally.count_cold_from_now();
-    let before = tally.done();
-
-    let mut next = first.take_over();
-    eventually("the server that handed over waits to be stopped", || {
-        first.stdout.text().contains("waiting for SIGTERM")
-    });
-    assert!(
-        first.stdout.text().contains("handed over"),
-        "{}",
-        first.stdout.text()
+    takeover::a_taker_gets_the_socket_and_the_idle_containers_and_no_call_fails(
+        &Engine::docker(),
+        "takeover",
     );
-    next.wait_until_healthy();
-    first.terminate();
-    let status = first.wait_within(PATIENCE);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "the server that handed over exits 0 when stopped; stdout:\n{}\nstderr:\n{}",
-        first.stdout.text(),
-        first.stderr.text()
-    );
-    let handed = tally.done();
-    eventually(
-        "20 more calls of each function through the next server",
-        || {
-            let done = tally.done();
-            (0..2).all(|i| done[i] >= handed[i] + 20)
-        },
-    );
-    stop.store(true, Ordering::Release);
-    for caller in callers {
-        caller.join().expect("a caller thread");
-    }
-    assert!(
-        handed.iter().sum::<usize>() > before.iter().sum::<usize>(),
-        "calls went on while the servers changed places"
-    );
-    assert_eq!(
-        *tally.failed.lock().unwrap(),
-        Vec::<String>::new(),
-        "no call failed"
-    );
-    assert_eq!(
-        tally.cold.load(Ordering::Acquire),
-        0,
-        "no call met a cold container"
-    );
-    assert_eq!(adopted_by(&next), 4, "{}", next.stderr.text());
-    assert_eq!(
-        LOADED.map(|name| containers_of_function(&next.pool, name)),
-        warm,
-        "the same containers serve, none started"
-    );
-    next.stop();
 }
 
 #[test]

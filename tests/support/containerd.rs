@@ -22,6 +22,7 @@ use hotpool::driver::containerd::{ContainerdDriver, ContainerdOptions};
 use tempfile::TempDir;
 
 use super::registry::{PASSWORD, Registry, USER};
+use super::takeover::Engine;
 
 /// Where the tests find containerd.
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
@@ -149,6 +150,69 @@ fn remove_pool(socket: &'static str, pool: &str) {
     if let Ok(Err(e)) = removed {
         eprintln!("the guard of pool {pool} could not clean up: {e}");
     }
+}
+
+/// containerd as the take-over scenarios run `hotpool serve` on: `[engine]
+/// kind = "containerd"`, `image` pulled by the server with its registry's
+/// credentials.
+pub fn engine(image: &TestImage) -> Engine {
+    let credentials = image.docker_config().to_str().unwrap().to_owned();
+    Engine {
+        image: image.name.clone(),
+        pool_extra: "shutdown_timeout = \"30s\"\n\n[engine]\nkind = \"containerd\"".to_owned(),
+        env: vec![("DOCKER_CONFIG".to_owned(), credentials)],
+        containers_of_function,
+        holds_nothing_of: |pool, ids| {
+            let (label, ids) = (pool.to_owned(), ids.to_vec());
+            let left = block_on(async move {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                leftovers(hotpool::pool::POOL_LABEL, &label, &ids).await
+            });
+            assert_eq!(
+                left,
+                Leftovers::default(),
+                "containerd holds nothing of {pool}"
+            );
+        },
+        guard: |pool| Box::new(PoolGuard(pool)),
+    }
+}
+
+/// The ids of the containers of function `function` in pool `pool` in
+/// hotpool's namespace, sorted.
+pub fn containers_of_function(pool: &str, function: &str) -> Vec<String> {
+    let filter = format!(
+        "labels.\"{}\"==\"{pool}\",labels.\"{}\"==\"{function}\"",
+        hotpool::pool::POOL_LABEL,
+        hotpool::driver::FUNCTION_LABEL
+    );
+    let output = Command::new("ctr")
+        .args(["--address", SOCKET, "--namespace", NAMESPACE])
+        .args(["containers", "ls", "--quiet", &filter])
+        .output()
+        .expect("run ctr containers ls");
+    assert!(
+        output.status.success(),
+        "ctr containers ls {filter}: {output:?}"
+    );
+    let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Runs `future` to its end on a runtime of its own, on a thread of its own
+/// (the caller may be in a runtime).
+fn block_on<T: Send + 'static>(future: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(future)
+    })
+    .join()
+    .expect("the runtime's thread")
 }
 
 /// What containerd still holds of a test, in hotpool's namespace.

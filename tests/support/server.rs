@@ -140,6 +140,10 @@ pub struct Server {
     exited: Option<ExitStatus>,
     /// The config file, and its `[server]` and `[pool]` tables.
     config: (PathBuf, String),
+    /// The `[server]` and `[pool]` lines besides the defaults, and the
+    /// environment it started with, for the servers that come after it.
+    extras: (String, String),
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -202,10 +206,21 @@ impl Server {
         functions: &[String],
         env: &[(&str, &str)],
     ) -> Server {
+        Server::start_with_env_args(test, (server_extra, pool_extra), functions, env, &[])
+    }
+
+    /// [`Server::start_with_env`] with `args` after `serve --config FILE`.
+    pub fn start_with_env_args(
+        test: &str,
+        extras: (&str, &str),
+        functions: &[String],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let pool = format!("server-test-{test}-{}", std::process::id());
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
-        let mut server =
-            Server::launch_with_env(&pool, addr, (server_extra, pool_extra), functions, env);
+        let config = config_file(&pool, addr, extras, functions);
+        let mut server = Server::spawn(config, addr, &pool, (extras, env), args);
         server.wait_until_healthy();
         server
     }
@@ -231,18 +246,32 @@ impl Server {
         functions: &[String],
         env: &[(&str, &str)],
     ) -> Server {
-        let config = config_file(pool, addr, (server_extra, pool_extra), functions);
-        Server::spawn(config, addr, pool, env, &[])
+        let extras = (server_extra, pool_extra);
+        let config = config_file(pool, addr, extras, functions);
+        Server::spawn(config, addr, pool, (extras, env), &[])
     }
 
     /// [`Server::start`] with `args` after `serve --config FILE`.
     pub fn start_with_args(test: &str, functions: &[String], args: &[&str]) -> Server {
-        let pool = format!("server-test-{test}-{}", std::process::id());
+        let extras = ("", "shutdown_timeout = \"30s\"");
+        Server::start_with_env_args(test, extras, functions, &[], args)
+    }
+
+    /// Starts the next server of this one's pool on a free port, with the
+    /// same `[server]` and `[pool]` lines and environment but `functions`,
+    /// and does not wait for it.
+    pub fn launch_next(&self, functions: &[String]) -> Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
-        let config = config_file(&pool, addr, ("", "shutdown_timeout = \"30s\""), functions);
-        let mut server = Server::spawn(config, addr, &pool, &[], args);
-        server.wait_until_healthy();
-        server
+        let env: Vec<(&str, &str)> = self.env().collect();
+        let extras = (self.extras.0.as_str(), self.extras.1.as_str());
+        Server::launch_with_env(&self.pool, addr, extras, functions, &env)
+    }
+
+    /// The environment the server started with besides the test's own.
+    fn env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
     }
 
     /// Starts `hotpool serve --take-over` on a copy of this server's config
@@ -252,22 +281,25 @@ impl Server {
         let path = dir.path().join("hotpool.toml");
         std::fs::copy(&self.config.0, &path).expect("copy the config");
         let head = self.config.1.clone();
+        let env: Vec<(&str, &str)> = self.env().collect();
+        let extras = (self.extras.0.as_str(), self.extras.1.as_str());
         Server::spawn(
             (dir, path, head),
             self.addr,
             &self.pool,
-            &[],
+            (extras, &env),
             &["--take-over"],
         )
     }
 
     /// Starts `hotpool serve` on config file `path` (in `dir`, with `head`
-    /// its `[server]` and `[pool]` tables), with `args` after it.
+    /// its `[server]` and `[pool]` tables, written with `extras`), in an
+    /// environment with `env` too, with `args` after it.
     fn spawn(
         (dir, path, head): (tempfile::TempDir, PathBuf, String),
         addr: SocketAddr,
         pool: &str,
-        env: &[(&str, &str)],
+        (extras, env): ((&str, &str), &[(&str, &str)]),
         args: &[&str],
     ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hotpool"))
@@ -297,6 +329,11 @@ impl Server {
             readers,
             exited: None,
             config: (path, head),
+            extras: (extras.0.to_owned(), extras.1.to_owned()),
+            env: env
+                .iter()
+                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
+                .collect(),
             _dir: dir,
         }
     }
