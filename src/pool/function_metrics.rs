@@ -8,13 +8,14 @@
 //! `hotpool serve` does); handles taken with none installed record nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use metrics::{Counter, Gauge, Histogram};
 
 use super::call::Start;
 use crate::metrics::{
-    CALL_DURATION_SECONDS, CALL_QUEUE_SECONDS, CALLS_TOTAL, CONTAINERS, TASK_CPU_RATIO,
-    TASK_MEMORY_BYTES,
+    CALL_DURATION_SECONDS, CALL_QUEUE_SECONDS, CALLS_TOTAL, CONTAINERS, MIN_IDLE_SHORT,
+    TASK_CPU_RATIO, TASK_MEMORY_BYTES,
 };
 use crate::stats::CallStats;
 
@@ -24,6 +25,9 @@ pub(crate) struct FunctionMetrics {
     idle: Gauge,
     busy: Gauge,
     starting: Gauge,
+    floor_short: Gauge,
+    /// What `floor_short` was last set to.
+    last_floor_short: AtomicUsize,
     queue_seconds: Histogram,
     hot_seconds: Histogram,
     cold_seconds: Histogram,
@@ -41,6 +45,8 @@ impl FunctionMetrics {
             idle: containers("idle"),
             busy: containers("busy"),
             starting: containers("starting"),
+            floor_short: metrics::gauge!(MIN_IDLE_SHORT, "function" => name.clone()),
+            last_floor_short: AtomicUsize::new(0),
             queue_seconds: metrics::histogram!(CALL_QUEUE_SECONDS, "function" => name.clone()),
             hot_seconds: duration(Start::Hot),
             cold_seconds: duration(Start::Cold),
@@ -55,6 +61,21 @@ impl FunctionMetrics {
         self.idle.set(idle as f64);
         self.busy.set(busy as f64);
         self.starting.set(starting as f64);
+    }
+
+    /// `hotpool_min_idle_short`: the warm floor of `min_idle` lacks `short`
+    /// containers the memory budget cannot hold; logged once per change.
+    pub(crate) fn floor_short(&self, short: usize, min_idle: usize) {
+        let before = self.last_floor_short.swap(short, Ordering::AcqRel);
+        if before == short {
+            return;
+        }
+        self.floor_short.set(short as f64);
+        if short > 0 {
+            tracing::warn!(function = %self.name, min_idle, short, "the memory budget cannot hold the function's warm floor: it lacks {short} of {min_idle} idle containers");
+        } else {
+            tracing::info!(function = %self.name, min_idle, "the function's warm floor is met again");
+        }
     }
 
     /// `hotpool_call_queue_seconds`: how long a call waited for a container.
@@ -105,6 +126,7 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             let metrics = FunctionMetrics::new(&Arc::from("echo"));
             metrics.containers(1, 2, 3);
+            metrics.floor_short(1, 2);
             metrics.count_call("success");
             metrics.count_call("success");
             metrics.count_call("timeout");
@@ -121,6 +143,7 @@ mod tests {
             r#"hotpool_containers{function="echo",state="idle"} 1"#,
             r#"hotpool_containers{function="echo",state="busy"} 2"#,
             r#"hotpool_containers{function="echo",state="starting"} 3"#,
+            r#"hotpool_min_idle_short{function="echo"} 1"#,
             r#"hotpool_calls_total{function="echo",outcome="success"} 2"#,
             r#"hotpool_calls_total{function="echo",outcome="timeout"} 1"#,
             r#"hotpool_call_duration_seconds_count{function="echo",start="hot"} 1"#,

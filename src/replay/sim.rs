@@ -243,6 +243,7 @@ impl Simulation {
                 spec.eviction = eviction;
                 spec.max_concurrency = UNLIMITED;
                 spec.max_queue = UNLIMITED;
+                spec.min_idle = options.min_idle;
                 let (_, _, limits) = spec.split();
                 Function {
                     state: FunctionState::new(&limits, function.memory),
@@ -359,13 +360,18 @@ impl Simulation {
                 container,
                 prewarmed,
                 start,
+                fill,
             } => {
                 self.prewarms_used += u64::from(prewarmed);
                 self.idle_change(function, -1);
                 self.serve(function, container, duration, at);
                 self.start(function, start, at);
+                self.fill_floor(function, fill, at);
             }
-            Arrival::Queued { start } => self.start(function, start, at),
+            Arrival::Queued { start, fill } => {
+                self.start(function, start, at);
+                self.fill_floor(function, fill, at);
+            }
             Arrival::Full | Arrival::Draining => {
                 unreachable!("a replayed function has no concurrency limit and never drains")
             }
@@ -379,6 +385,7 @@ impl Simulation {
         let Actions {
             grant,
             start,
+            fill,
             retire,
             refuse,
             wake,
@@ -405,6 +412,7 @@ impl Simulation {
             self.room_changed = true;
         }
         self.start(function, start, at);
+        self.fill_floor(function, fill, at);
         if let Some((call, container)) = grant {
             if matches!(cause, Cause::Started) {
                 self.cold_starts += 1;
@@ -468,6 +476,22 @@ impl Simulation {
                     self.parked.push(function);
                 }
                 parked.push_back(at);
+            }
+        }
+    }
+
+    /// Starts `count` containers of `function`'s warm floor with memory that is
+    /// free, as the pool does; one that does not fit is refused.
+    fn fill_floor(&mut self, function: usize, count: usize, at: u64) {
+        let memory = self.functions[function].memory;
+        for _ in 0..count {
+            if self.budget.is_some_and(|budget| self.held + memory > budget) {
+                let now = self.instant(at);
+                let changes = self.functions[function].state.fill_refused(now);
+                // No container was freed: as after a tick that retired none.
+                self.carry_out(function, changes, at, Cause::Tick);
+            } else {
+                self.begin_start(function, at);
             }
         }
     }
