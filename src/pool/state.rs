@@ -731,7 +731,7 @@ mod tests {
     fn a_call_waits_for_one_start_and_gets_the_container() {
         let now = Instant::now();
         let mut state = state(2, 0);
-        let Arrival::Queued { start: 1 } = state.call_arrives(now, || call(1)) else {
+        let Arrival::Queued { start: 1, .. } = state.call_arrives(now, || call(1)) else {
             panic!("the first call starts one container")
         };
         let actions = state.started("c1", now);
@@ -788,13 +788,13 @@ mod tests {
         let first = call(1);
         assert!(matches!(
             state.call_arrives(start, || first.clone()),
-            Arrival::Queued { start: 1 }
+            Arrival::Queued { start: 1, .. }
         ));
         let (_, c1) = state.started("c1", start).grant.expect("granted");
         let second = call(2);
         assert!(matches!(
             state.call_arrives(start, || second.clone()),
-            Arrival::Queued { start: 1 }
+            Arrival::Queued { start: 1, .. }
         ));
         second.left.set(true);
         let back = state.returned(c1, secs(start, 1));
@@ -832,7 +832,7 @@ mod tests {
         let mut state = state(2, 1);
         let starts: Vec<_> = (0..3)
             .map(|i| match state.call_arrives(now, || call(i)) {
-                Arrival::Queued { start } => start,
+                Arrival::Queued { start, .. } => start,
                 other => panic!("call {i} should wait: {other:?}"),
             })
             .collect();
@@ -845,11 +845,11 @@ mod tests {
         let now = Instant::now();
         let mut state = state(2, 5);
         let gone = call(1);
-        let Arrival::Queued { start: 1 } = state.call_arrives(now, || gone.clone()) else {
+        let Arrival::Queued { start: 1, .. } = state.call_arrives(now, || gone.clone()) else {
             panic!("one start")
         };
         gone.left.set(true);
-        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+        let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("the starting container serves the live waiter")
         };
         let (waiter, _) = state.started("c", now).grant.expect("granted");
@@ -878,7 +878,7 @@ mod tests {
         let Arrival::Ready { .. } = state.call_arrives(now, || call(1)) else {
             panic!("ready")
         };
-        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+        let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("no room to start while c is busy")
         };
         assert_eq!(state.evicted_busy().start, 1);
@@ -945,7 +945,7 @@ mod tests {
         let Arrival::Ready { .. } = state.call_arrives(now, || call(1)) else {
             panic!("c stays")
         };
-        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+        let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("no room")
         };
         assert_eq!(state.set_limits(&limits(2, 5, 60), now).start, 1);
@@ -1040,13 +1040,14 @@ mod tests {
                     container,
                     prewarmed,
                     start: 0,
+                    ..
                 } => {
                     if i >= 9 {
                         assert!(prewarmed, "call {i} is served by a prewarm");
                     }
                     container
                 }
-                Arrival::Queued { start: 1 } => state.started("c", now).grant.expect("granted").1,
+                Arrival::Queued { start: 1, .. } => state.started("c", now).grant.expect("granted").1,
                 other => panic!("{other:?}"),
             });
         }
