@@ -1206,6 +1206,7 @@ mod tests {
             timeout = "1500ms"
             idle_timeout = "2m"
             max_concurrency = 8
+            min_idle = 2
             max_queue = 0
             queue_timeout = "250ms"
             env = { KEY = "value", EMPTY = "" }
@@ -1236,6 +1237,7 @@ mod tests {
         echo.keep_alive = KeepAlive::fixed(Duration::from_secs(120));
         echo.eviction = Eviction::GreedyDual;
         echo.max_concurrency = 8;
+        echo.min_idle = 2;
         echo.max_queue = 0;
         echo.queue_timeout = Duration::from_millis(250);
         echo.env = BTreeMap::from([
@@ -1822,6 +1824,62 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.functions[0].memory, 100 << 20);
+    }
+
+    #[test]
+    fn min_idle_is_the_functions_or_else_the_pools_for_hot_functions() {
+        let min_idle = |text: &str| {
+            let config = ServeConfig::from_toml(text).unwrap();
+            (config.functions.iter())
+                .map(|spec| spec.min_idle)
+                .collect::<Vec<_>>()
+        };
+        let functions = "[[function]]\nname = \"a\"\nimage = \"i\"\nmin_idle = 3\n\
+                         [[function]]\nname = \"b\"\nimage = \"i\"\n\
+                         [[function]]\nname = \"c\"\nimage = \"i\"\nformat = \"cold\"";
+        assert_eq!(min_idle(functions), [3, 0, 0]);
+        assert_eq!(
+            min_idle(&format!("[pool]\nmin_idle = 1\n{functions}")),
+            [3, 1, 0],
+            "a cold function keeps none"
+        );
+        assert_eq!(
+            min_idle(&format!(
+                "[pool]\nmin_idle = 1\n{FUNCTION}\nmin_idle = 0\nformat = \"cold\""
+            )),
+            [0],
+            "0 is allowed anywhere"
+        );
+    }
+
+    #[test]
+    fn bad_min_idle_values_name_the_key_and_the_function() {
+        assert_eq!(
+            function_error("min_idle = 5"),
+            format!("{ECHO}.min_idle: 5 is more than max_concurrency (4)")
+        );
+        assert_eq!(
+            error(&format!("[pool]\nmin_idle = 5\n{FUNCTION}")),
+            format!("{ECHO}.min_idle: 5 (pool.min_idle) is more than max_concurrency (4)")
+        );
+        assert_eq!(
+            function_error("min_idle = 1\nformat = \"cold\""),
+            format!(
+                "{ECHO}.min_idle: a cold function keeps no idle containers: use format = \"line\" or \"http\""
+            )
+        );
+        assert_eq!(
+            function_error("min_idle = -1"),
+            format!("{ECHO}.min_idle: -1 is less than 0")
+        );
+        assert_eq!(
+            function_error("min_idle = \"2\""),
+            format!("{ECHO}.min_idle: expected a whole number, found string \"2\"")
+        );
+        assert!(
+            error("[pool]\nmin_idle = 10001\n[[function]]\nname = \"a\"\nimage = \"i\"")
+                .starts_with("pool.min_idle: 10001 is more than 10000")
+        );
     }
 
     #[test]
