@@ -727,6 +727,44 @@ mod tests {
         }
     }
 
+    fn floored(min_idle: usize) -> State {
+        let mut limits = limits(4, 5, 60);
+        limits.min_idle = min_idle;
+        FunctionState::new(&limits, 64 << 20)
+    }
+
+    #[test]
+    fn the_floor_counts_what_starts_and_is_refilled_when_a_call_takes_one() {
+        let now = Instant::now();
+        let mut state = floored(2);
+        let ticked = state.tick(now);
+        assert_eq!((ticked.start, ticked.fill), (0, 2));
+        assert_eq!(state.tick(now).fill, 0, "starting ones count");
+        for container in ["a", "b"] {
+            let _ = state.started(container, now);
+        }
+        let Arrival::Ready { fill: 1, .. } = state.call_arrives(now, || call(1)) else {
+            panic!("one taken, one started for the floor")
+        };
+    }
+
+    #[test]
+    fn a_floor_start_the_budget_refuses_hands_its_waiter_a_start_of_its_own() {
+        let now = Instant::now();
+        let mut state = floored(1);
+        assert_eq!(state.tick(now).fill, 1);
+        let Arrival::Queued { start: 0, fill: 1 } = state.call_arrives(now, || call(1)) else {
+            panic!("the floor's start serves the call, and the floor wants another")
+        };
+        assert_eq!(state.fill_refused(now).start, 0, "one serves the call");
+        let refused = state.fill_refused(now);
+        assert_eq!(refused.start, 1, "a start that may evict, for the call");
+        assert_eq!(refused.wake, Some(secs(now, 1)), "the floor looks again");
+        assert_eq!(state.floor_short(), 1);
+        assert_eq!(state.tick(now).fill, 0, "not before a second passed");
+        assert_eq!(state.tick(secs(now, 1)).fill, 1);
+    }
+
     #[test]
     fn a_call_waits_for_one_start_and_gets_the_container() {
         let now = Instant::now();

@@ -880,6 +880,26 @@ mod tests {
     }
 
     #[test]
+    fn a_warm_floor_buys_off_a_sparse_functions_cold_starts_with_idle_memory() {
+        let functions = [function("f", vec![(10, 1), (200, 1), (900, 1)], 1000.0)];
+        let options = |min_idle| Options {
+            policy: "fixed:1m".parse().unwrap(),
+            arrivals: Arrivals::Equidistant,
+            min_idle,
+            ..Options::default()
+        };
+        let none = replay_with(&functions, &options(0));
+        assert_eq!((none.cold_starts, none.container_starts), (3, 3));
+        let floor = replay_with(&functions, &options(1));
+        // One started at the start of the day, and one after each call took
+        // the idle one.
+        assert_eq!((floor.cold_starts, floor.container_starts), (0, 4));
+        // A 1 GB container idle all day but for the calls and the starts.
+        assert!(floor.idle_gb_s > 86_000.0, "{floor:?}");
+        assert!(floor.idle_gb_s - none.idle_gb_s > 85_000.0, "{none:?}");
+    }
+
+    #[test]
     fn the_percentile_interpolates_between_ranks() {
         assert_eq!(percentile(&[0.0, 10.0, 20.0, 100.0], 0.75), 40.0);
         assert_eq!(percentile(&[7.0], 0.75), 7.0);
