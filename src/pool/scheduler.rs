@@ -295,7 +295,8 @@ impl<D: Driver> Inner<D> {
 
     fn start_containers(&self, pool: &Arc<FunctionPool<D>>, count: usize) {
         for _ in 0..count {
-            self.tracker.spawn(self.arc().start(pool.clone(), Memory::Reserve));
+            self.tracker
+                .spawn(self.arc().start(pool.clone(), Memory::Reserve));
         }
     }
 
@@ -303,7 +304,8 @@ impl<D: Driver> Inner<D> {
     /// free now.
     fn fill_floor(&self, pool: &Arc<FunctionPool<D>>, count: usize) {
         for _ in 0..count {
-            self.tracker.spawn(self.arc().start(pool.clone(), Memory::IfFree));
+            self.tracker
+                .spawn(self.arc().start(pool.clone(), Memory::IfFree));
         }
     }
 

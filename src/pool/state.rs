@@ -32,9 +32,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::container::EvictionReason;
-use super::policy::{
-    self, EvictionPolicy, Found, IdleContainer, KeepAlivePolicy, Learned, after,
-};
+use super::policy::{self, EvictionPolicy, Found, IdleContainer, KeepAlivePolicy, Learned, after};
 use super::spec::{Eviction, KeepAlive, Limits};
 
 /// A container as the state machine sees it: how many calls it served, which the
@@ -1085,7 +1083,9 @@ mod tests {
                     }
                     container
                 }
-                Arrival::Queued { start: 1, .. } => state.started("c", now).grant.expect("granted").1,
+                Arrival::Queued { start: 1, .. } => {
+                    state.started("c", now).grant.expect("granted").1
+                }
                 other => panic!("{other:?}"),
             });
         }

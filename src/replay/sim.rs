@@ -485,7 +485,10 @@ impl Simulation {
     fn fill_floor(&mut self, function: usize, count: usize, at: u64) {
         let memory = self.functions[function].memory;
         for _ in 0..count {
-            if self.budget.is_some_and(|budget| self.held + memory > budget) {
+            if self
+                .budget
+                .is_some_and(|budget| self.held + memory > budget)
+            {
                 let now = self.instant(at);
                 let changes = self.functions[function].state.fill_refused(now);
                 // No container was freed: as after a tick that retired none.
