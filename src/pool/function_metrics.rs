@@ -40,12 +40,15 @@ impl FunctionMetrics {
     pub(crate) fn new(name: &Arc<str>) -> FunctionMetrics {
         let containers = |state: &'static str| metrics::gauge!(CONTAINERS, "function" => name.clone(), "state" => state);
         let duration = |start: Start| metrics::histogram!(CALL_DURATION_SECONDS, "function" => name.clone(), "start" => start.as_str());
+        let floor_short = metrics::gauge!(MIN_IDLE_SHORT, "function" => name.clone());
+        // At 0 from the start, so a dashboard shows the function before any shortage.
+        floor_short.set(0.0);
         FunctionMetrics {
             name: name.clone(),
             idle: containers("idle"),
             busy: containers("busy"),
             starting: containers("starting"),
-            floor_short: metrics::gauge!(MIN_IDLE_SHORT, "function" => name.clone()),
+            floor_short,
             last_floor_short: AtomicUsize::new(0),
             queue_seconds: metrics::histogram!(CALL_QUEUE_SECONDS, "function" => name.clone()),
             hot_seconds: duration(Start::Hot),
