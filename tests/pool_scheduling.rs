@@ -1574,3 +1574,21 @@ async fn a_floor_whose_starts_fail_waits_longer_after_each_failure() {
     assert_eq!(driver.statistics().created, 0);
     pool.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_built_over_a_handed_over_floor_takes_it_over_and_starts_none() {
+    let (first, driver) = pool(GIB).await;
+    let echo = floored("echo", 2);
+    first.register(echo.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(driver.statistics().created, 2);
+    assert!(first.hand_over().await.is_empty());
+    drop(first);
+    // The floor fills once the take-over is done, with what it took over.
+    let next = next_pool(&driver, GIB, std::slice::from_ref(&echo)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = driver.statistics();
+    assert_eq!((stats.adopted, stats.created, stats.closed), (2, 2, 0));
+    assert_eq!(idle_and_starting(&next, "echo"), (2, 0));
+    next.shutdown().await;
+}

@@ -173,6 +173,8 @@ impl<D: Driver> Inner<D> {
     /// Makes `spec` its name's current version. The same container spec keeps its
     /// containers and takes the new limits in place (a draining version with it
     /// is taken back); another one is a new version, and the old one drains.
+    /// Its warm floor fills at the reaper's next look, which it asks for: at
+    /// once, or once a pool being built has taken over what it may.
     pub(crate) fn register(&self, spec: FunctionSpec) {
         let key = spec.key();
         let name: Arc<str> = spec.name.as_str().into();

@@ -199,8 +199,10 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
 
     /// New limits for the running containers, at `now`. A policy that is chosen
     /// again keeps what it learned; surplus idle containers over a lowered
-    /// concurrency go; a raised floor starts what it lacks, and under a lowered
-    /// one every idle container's keep-alive counts afresh from `now`.
+    /// concurrency go; under a lowered floor every idle container's keep-alive
+    /// counts afresh from `now`, and what a raised one lacks starts at the next
+    /// [`FunctionState::tick`] (so a pool being built takes over its earlier
+    /// owner's containers first).
     pub(crate) fn set_limits(&mut self, limits: &Limits, now: Instant) -> Actions<C, W> {
         self.max_concurrency = limits.max_concurrency;
         self.max_queue = limits.max_queue;
@@ -227,8 +229,6 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
                 .push((surplus.container, EvictionReason::Replaced));
         }
         actions.start = self.launches();
-        actions.fill = self.fills(now);
-        actions.wake = self.floor_wake(now);
         actions
     }
 
