@@ -903,6 +903,27 @@ mod tests {
     }
 
     #[test]
+    fn a_warm_floor_takes_only_free_memory_and_evicts_nothing() {
+        let functions = [
+            function("a", vec![(5, 1)], 1000.0),
+            function("b", vec![(10, 1)], 1000.0),
+        ];
+        let options = Options {
+            policy: "fixed:1m".parse().unwrap(),
+            memory_budget: Some(1 << 30),
+            arrivals: Arrivals::Equidistant,
+            min_idle: 1,
+            ..Options::default()
+        };
+        let report = replay_with(&functions, &options);
+        // a's floor takes the one container's room at the start of the day and
+        // serves its call; b's floor never fits, so b's call starts one, which
+        // evicts a's idle container; neither floor evicts the other's after.
+        assert_eq!((report.cold_starts, report.container_starts), (1, 2));
+        assert_eq!(report.memory_waits, 0);
+    }
+
+    #[test]
     fn the_percentile_interpolates_between_ranks() {
         assert_eq!(percentile(&[0.0, 10.0, 20.0, 100.0], 0.75), 40.0);
         assert_eq!(percentile(&[7.0], 0.75), 7.0);
