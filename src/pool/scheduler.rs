@@ -5,8 +5,9 @@
 //!
 //! The rules themselves live in [`super::state`]; the choices a user can swap in
 //! [`super::policy`]. Under memory pressure a start evicts the idle container of
-//! another function that the eviction policies rank lowest. A container that dies
-//! while idle leaves its stack before anyone gets it.
+//! another function that the eviction policies rank lowest; a start of a warm
+//! floor takes only free memory, so floors never evict each other. A container
+//! that dies while idle leaves its stack before anyone gets it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -424,18 +425,13 @@ impl<D: Driver> Inner<D> {
         let started = Instant::now();
         let reserved = match memory {
             Memory::Reserve => self.reserve(&pool).await,
-            Memory::IfFree => match self.budget.try_reserve(pool.container.memory) {
-                Some(reservation) => Ok(reservation),
-                None => {
-                    let actions = {
-                        let mut state = pool.lock();
-                        let actions = state.fill_refused(now());
-                        pool.publish(&mut state);
-                        actions
-                    };
-                    return self.carry_out(&pool, actions, None);
-                }
-            },
+            Memory::IfFree => {
+                let Some(reservation) = self.budget.try_reserve(pool.container.memory) else {
+                    self.fill_refused(&pool);
+                    return;
+                };
+                Ok(reservation)
+            }
         };
         let result = match reserved {
             Ok(reservation) => self.start_hot(&pool, reservation).await,
@@ -466,6 +462,18 @@ impl<D: Driver> Inner<D> {
                 self.carry_out(&pool, actions, Some(&error));
             }
         }
+    }
+
+    /// A start of `pool`'s warm floor found no free memory: it is not made,
+    /// and the floor is short.
+    fn fill_refused(&self, pool: &Arc<FunctionPool<D>>) {
+        let actions = {
+            let mut state = pool.lock();
+            let actions = state.fill_refused(now());
+            pool.publish(&mut state);
+            actions
+        };
+        self.carry_out(pool, actions, None);
     }
 
     /// Waits for a turn to create and start a container ([`STARTS_AT_ONCE`]);
