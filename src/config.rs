@@ -17,9 +17,10 @@
 //! The defaults are the library's, `PoolConfig::default()` and
 //! `FunctionSpec::new`, but for the pool's name, `serve` (`DEFAULT_POOL_NAME`
 //! says why), and the keep-alive policy, `adaptive` (`DEFAULT_KEEP_ALIVE`); the
-//! server's are [`ServerConfig::default`]. `[pool]`'s `keep_alive`, `eviction`
-//! and `transport` are not the pool's settings but every function's: they are
-//! written into each spec, so a reload applies them like any other setting.
+//! server's are [`ServerConfig::default`]. `[pool]`'s `keep_alive`, `eviction`,
+//! `min_idle` and `transport` are not the pool's settings but every function's:
+//! they are written into each spec (`min_idle` into each hot function's), so a
+//! reload applies them like any other setting.
 //!
 //! Every value is bounded, so a config that loads never panics or fails later:
 //! timeouts up to 24 h (an idle timeout, `fixed:` keep-alive included, up to 365
@@ -197,8 +198,8 @@ impl ServeConfig {
 
     /// The keys read at start only whose values differ in `new`, as key paths
     /// (`server.listen`, `pool.name`), in the order of the file. `[pool]`'s
-    /// `keep_alive`, `eviction` and `transport` are not among them: they are in
-    /// every function's spec.
+    /// `keep_alive`, `eviction`, `min_idle` and `transport` are not among them:
+    /// they are in every function's spec.
     pub fn start_only_changes(&self, new: &ServeConfig) -> Vec<&'static str> {
         // Every field of [server] named, so a new one cannot be forgotten here;
         // for [pool]'s, a test goes through every key the config accepts.
@@ -495,6 +496,7 @@ struct PoolTable {
     removal_timeout: Option<Timeout>,
     keep_alive: Option<KeepAlivePolicy>,
     eviction: Option<EvictionPolicy>,
+    min_idle: Option<Count<0, MAX_CONCURRENCY>>,
     transport: Option<TransportName>,
 }
 
@@ -551,6 +553,7 @@ struct FunctionTable {
     idle_timeout: Option<IdleTimeout>,
     keep_alive: Option<KeepAlivePolicy>,
     max_concurrency: Option<Count<1, MAX_CONCURRENCY>>,
+    min_idle: Option<Count<0, MAX_CONCURRENCY>>,
     max_queue: Option<Count<0, MAX_QUEUE>>,
     queue_timeout: Option<Timeout>,
     env: Option<Env>,
@@ -642,6 +645,8 @@ struct FunctionDefaults {
     keep_alive: KeepAlive,
     /// Every function's eviction policy (`pool.eviction`).
     eviction: Eviction,
+    /// The warm floor of a hot function that sets none (`pool.min_idle`).
+    min_idle: Option<usize>,
     /// The transport of a function that sets none (`pool.transport`).
     transport: Transport,
 }
@@ -672,6 +677,7 @@ impl PoolTable {
                 .keep_alive
                 .map_or(DEFAULT_KEEP_ALIVE, |policy| policy.0),
             eviction: self.eviction.map_or(Eviction::default(), |policy| policy.0),
+            min_idle: self.min_idle.map(|n| n.0),
             transport: self.transport.map_or(Transport::default(), |name| name.0),
         };
         (pool, defaults)
@@ -717,6 +723,34 @@ impl FunctionTable {
         };
         spec.eviction = defaults.eviction;
         spec.max_concurrency = self.max_concurrency.map_or(spec.max_concurrency, |n| n.0);
+        let own_min_idle = self.min_idle.is_some();
+        spec.min_idle = match (self.min_idle, defaults.min_idle) {
+            (Some(Count(0)), _) => 0,
+            (Some(_), _) if !spec.format.is_hot() => {
+                return Err(error(
+                    "min_idle",
+                    "a cold function keeps no idle containers: use format = \"line\" or \"http\""
+                        .to_owned(),
+                ));
+            }
+            (Some(Count(n)), _) => n,
+            (None, Some(n)) if spec.format.is_hot() => n,
+            (None, _) => 0,
+        };
+        if spec.min_idle > spec.max_concurrency {
+            let from_pool = if !own_min_idle {
+                " (pool.min_idle)"
+            } else {
+                ""
+            };
+            return Err(error(
+                "min_idle",
+                format!(
+                    "{}{from_pool} is more than max_concurrency ({})",
+                    spec.min_idle, spec.max_concurrency
+                ),
+            ));
+        }
         spec.max_queue = self.max_queue.map_or(spec.max_queue, |n| n.0);
         spec.queue_timeout = self.queue_timeout.map_or(spec.queue_timeout, |span| span.0);
         spec.env = self.env.map_or(spec.env, |env| env.0);
@@ -1172,6 +1206,7 @@ mod tests {
             timeout = "1500ms"
             idle_timeout = "2m"
             max_concurrency = 8
+            min_idle = 2
             max_queue = 0
             queue_timeout = "250ms"
             env = { KEY = "value", EMPTY = "" }
@@ -1202,6 +1237,7 @@ mod tests {
         echo.keep_alive = KeepAlive::fixed(Duration::from_secs(120));
         echo.eviction = Eviction::GreedyDual;
         echo.max_concurrency = 8;
+        echo.min_idle = 2;
         echo.max_queue = 0;
         echo.queue_timeout = Duration::from_millis(250);
         echo.env = BTreeMap::from([
@@ -1498,7 +1534,7 @@ mod tests {
     #[test]
     fn every_server_and_pool_key_is_either_reloaded_or_named_as_waiting_for_a_restart() {
         // Every function's, so they reload with the functions.
-        const RELOADED_POOL_KEYS: [&str; 3] = ["keep_alive", "eviction", "transport"];
+        const RELOADED_POOL_KEYS: [&str; 4] = ["keep_alive", "eviction", "min_idle", "transport"];
         let on_docker = with_tables(&[], &[]);
         // containerd's own keys are set with its kind, in both configs.
         const ON_CONTAINERD: (&str, &str) = ("kind", "\"containerd\"");
@@ -1526,6 +1562,7 @@ mod tests {
                     ("pool", "name") => "\"other\"",
                     ("pool", "keep_alive") => "\"histogram\"",
                     ("pool", "eviction") => "\"greedy-dual\"",
+                    ("pool", "min_idle") => "1",
                     ("pool", "transport") => "\"attach\"",
                     ("engine", "kind") => "\"docker\"",
                     ("engine", "socket") => "\"/run/other.sock\"",
@@ -1787,6 +1824,62 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.functions[0].memory, 100 << 20);
+    }
+
+    #[test]
+    fn min_idle_is_the_functions_or_else_the_pools_for_hot_functions() {
+        let min_idle = |text: &str| {
+            let config = ServeConfig::from_toml(text).unwrap();
+            (config.functions.iter())
+                .map(|spec| spec.min_idle)
+                .collect::<Vec<_>>()
+        };
+        let functions = "[[function]]\nname = \"a\"\nimage = \"i\"\nmin_idle = 3\n\
+                         [[function]]\nname = \"b\"\nimage = \"i\"\n\
+                         [[function]]\nname = \"c\"\nimage = \"i\"\nformat = \"cold\"";
+        assert_eq!(min_idle(functions), [3, 0, 0]);
+        assert_eq!(
+            min_idle(&format!("[pool]\nmin_idle = 1\n{functions}")),
+            [3, 1, 0],
+            "a cold function keeps none"
+        );
+        assert_eq!(
+            min_idle(&format!(
+                "[pool]\nmin_idle = 1\n{FUNCTION}\nmin_idle = 0\nformat = \"cold\""
+            )),
+            [0],
+            "0 is allowed anywhere"
+        );
+    }
+
+    #[test]
+    fn bad_min_idle_values_name_the_key_and_the_function() {
+        assert_eq!(
+            function_error("min_idle = 5"),
+            format!("{ECHO}.min_idle: 5 is more than max_concurrency (4)")
+        );
+        assert_eq!(
+            error(&format!("[pool]\nmin_idle = 5\n{FUNCTION}")),
+            format!("{ECHO}.min_idle: 5 (pool.min_idle) is more than max_concurrency (4)")
+        );
+        assert_eq!(
+            function_error("min_idle = 1\nformat = \"cold\""),
+            format!(
+                "{ECHO}.min_idle: a cold function keeps no idle containers: use format = \"line\" or \"http\""
+            )
+        );
+        assert_eq!(
+            function_error("min_idle = -1"),
+            format!("{ECHO}.min_idle: -1 is less than 0")
+        );
+        assert_eq!(
+            function_error("min_idle = \"2\""),
+            format!("{ECHO}.min_idle: expected a whole number, found string \"2\"")
+        );
+        assert!(
+            error("[pool]\nmin_idle = 10001\n[[function]]\nname = \"a\"\nimage = \"i\"")
+                .starts_with("pool.min_idle: 10001 is more than 10000")
+        );
     }
 
     #[test]

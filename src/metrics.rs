@@ -41,6 +41,9 @@ pub const IMAGE_PULLS_TOTAL: &str = "hotpool_image_pulls_total";
 /// Prewarmed containers (started before any call asked) by function and outcome:
 /// `used` by a call, or `wasted` (removed unused).
 pub const PREWARMS_TOTAL: &str = "hotpool_prewarms_total";
+/// How many containers a function's warm floor (`min_idle`) lacks because the
+/// memory budget cannot hold them, by function.
+pub const MIN_IDLE_SHORT: &str = "hotpool_min_idle_short";
 /// Function stderr bytes not logged, by function and reason (`per_call`, `rate`,
 /// `too_long`).
 pub const FUNCTION_LOG_DROPPED_BYTES_TOTAL: &str = "hotpool_function_log_dropped_bytes_total";
@@ -84,6 +87,11 @@ pub fn describe() {
         CONTAINERS,
         Unit::Count,
         "Containers by function and state (idle, busy, starting)."
+    );
+    describe_gauge!(
+        MIN_IDLE_SHORT,
+        Unit::Count,
+        "Containers a function's warm floor (min_idle) lacks because the memory budget cannot hold them, by function."
     );
     describe_counter!(
         EVICTIONS_TOTAL,

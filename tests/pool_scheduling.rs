@@ -1411,3 +1411,184 @@ async fn learned_policies_that_cannot_be_read_are_ignored_and_the_pool_is_built(
         next.hand_over().await;
     }
 }
+
+/// `spec("echo")` with a warm floor of `min_idle`.
+fn floored(name: &str, min_idle: usize) -> FunctionSpec {
+    let mut spec = spec(name);
+    spec.min_idle = min_idle;
+    spec
+}
+
+/// The (idle, starting) containers of function `name`.
+fn idle_and_starting(pool: &Pool<InProcessDriver>, name: &str) -> (usize, usize) {
+    let status = pool.status();
+    let function = status
+        .functions
+        .iter()
+        .find(|f| f.name == name && !f.draining)
+        .expect(name);
+    (function.idle, function.starting)
+}
+
+/// The value of the series `series` (name and labels as rendered) in
+/// `handle`'s text, if it is there.
+fn series(handle: &PrometheusHandle, series: &str) -> Option<f64> {
+    handle.render().lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        Some(value.parse().expect(line))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_floor_is_filled_at_build_and_its_first_call_is_hot() {
+    let driver = InProcessDriver::new(START);
+    let pool = Pool::builder(driver.clone())
+        .name("scheduling-test")
+        .memory_budget(GIB)
+        .functions([floored("echo", 2)])
+        .build()
+        .await
+        .expect("pool");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (2, 0));
+    assert_eq!(driver.statistics().created, 2, "no call asked");
+    assert_eq!(pool.status().functions[0].min_idle, 2);
+    let (start, answer) = started_and_answer(&pool, &floored("echo", 2), "first").await;
+    assert_eq!((start, answer.as_str()), (Start::Hot, "first"));
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_takes_a_floor_container_starts_another_and_keep_alive_stops_at_the_floor() {
+    let (pool, driver) = pool(GIB).await;
+    let echo = floored("echo", 2);
+    pool.register(echo.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(driver.statistics().created, 2);
+    let long = tokio::spawn({
+        let (pool, echo) = (pool.clone(), echo.clone());
+        async move { call(&pool, &echo, "!sleep 3000").await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (2, 0), "one more started");
+    assert_eq!(driver.statistics().created, 3);
+    assert_eq!(long.await.unwrap().unwrap(), "slept");
+    assert_eq!(idle_and_starting(&pool, "echo"), (3, 0));
+    // The keep-alive (60 s) lets the surplus go, and no more: the floor holds
+    // the other two however long they sit idle.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (2, 0));
+    assert_eq!(
+        (driver.statistics().created, driver.statistics().closed),
+        (3, 1)
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_floor_container_that_dies_is_replaced() {
+    let (pool, driver) = pool(GIB).await;
+    pool.register(floored("echo", 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (1, 0));
+    driver.kill_all();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (1, 0));
+    assert_eq!(driver.statistics().created, 2, "a new one started");
+    let (start, _) = started_and_answer(&pool, &floored("echo", 1), "x").await;
+    assert_eq!(start, Start::Hot);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_memory_budget_wins_over_the_floor_which_evicts_nobody_and_says_it_is_short() {
+    let metrics = Adoptions::record();
+    // Room for three 64 MiB containers; one is another function's, idle.
+    let (pool, driver) = pool(192 * MIB).await;
+    call(&pool, &spec("other"), "x").await.unwrap();
+    pool.register(floored("echo", 3));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (2, 0), "what fits");
+    assert_eq!(idle_and_starting(&pool, "other"), (1, 0), "not evicted");
+    assert_eq!(driver.statistics().created, 3);
+    let short = r#"hotpool_min_idle_short{function="echo"}"#;
+    assert_eq!(series(&metrics.handle, short), Some(1.0));
+    // Once the other function's container goes, the floor is met.
+    pool.remove("other");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (3, 0));
+    assert_eq!(series(&metrics.handle, short), Some(0.0));
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_raises_the_floor_at_once_and_a_lowered_one_lets_go_by_keep_alive() {
+    let (pool, driver) = pool(GIB).await;
+    pool.register(floored("echo", 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (1, 0));
+    pool.register(floored("echo", 3));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(idle_and_starting(&pool, "echo"), (3, 0));
+    assert_eq!(pool.status().functions.len(), 1, "one version, in place");
+    // Held by the floor well past their keep-alive (60 s).
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    pool.register(floored("echo", 1));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        idle_and_starting(&pool, "echo"),
+        (3, 0),
+        "nothing goes at once"
+    );
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(
+        idle_and_starting(&pool, "echo"),
+        (1, 0),
+        "a keep-alive after the reload"
+    );
+    assert_eq!(
+        (driver.statistics().created, driver.statistics().closed),
+        (3, 2)
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_floor_whose_starts_fail_waits_longer_after_each_failure() {
+    let metrics = Adoptions::record();
+    let (pool, driver) = pool(GIB).await;
+    let mut broken = floored("broken", 1);
+    broken.image = MISSING_IMAGE.into();
+    pool.register(broken);
+    let failed = || {
+        let series_name =
+            r#"hotpool_container_starts_total{function="broken",result="image_not_found"}"#;
+        series(&metrics.handle, series_name).unwrap_or(0.0)
+    };
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Tried at 0, 1, 3 and 7 s: pauses of 1, 2 and 4 s.
+    assert_eq!(failed(), 4.0);
+    tokio::time::sleep(Duration::from_secs(290)).await;
+    // Then 15, 31, 63, 127 and every 60 s after: 187, 247.
+    assert_eq!(failed(), 10.0, "it keeps trying, slowly");
+    assert_eq!(driver.statistics().created, 0);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_built_over_a_handed_over_floor_takes_it_over_and_starts_none() {
+    let (first, driver) = pool(GIB).await;
+    let echo = floored("echo", 2);
+    first.register(echo.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(driver.statistics().created, 2);
+    assert!(first.hand_over().await.is_empty());
+    drop(first);
+    // The floor fills once the take-over is done, with what it took over.
+    let next = next_pool(&driver, GIB, std::slice::from_ref(&echo)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = driver.statistics();
+    assert_eq!((stats.adopted, stats.created, stats.closed), (2, 2, 0));
+    assert_eq!(idle_and_starting(&next, "echo"), (2, 0));
+    next.shutdown().await;
+}

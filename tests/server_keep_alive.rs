@@ -1,7 +1,8 @@
 //! Keep-alive policies in `hotpool serve`, on the real engine: `/functions` shows
 //! each function's policy and when its next idle container goes, and `adaptive`
 //! prewarms a container before calls that come like clockwork, so they are served
-//! warm and counted in `hotpool_prewarms_total`.
+//! warm and counted in `hotpool_prewarms_total`; a warm floor (`min_idle`) has
+//! a container running before any call.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::server::{Server, function};
+use support::server::{Server, containers_of, docker_ps, eventually, function};
 
 /// A hot function's pause between calls: long enough for a prewarm to be worth
 /// it, short enough to keep the test under a minute.
@@ -143,5 +144,38 @@ fn adaptive_prewarms_before_clockwork_calls_and_they_are_served_warm() {
         used >= learned.len() as f64,
         "{used} prewarms used: {starts:?}"
     );
+    server.stop();
+}
+
+#[test]
+fn a_warm_floor_has_a_container_running_before_the_first_call_which_is_hot() {
+    let server = Server::start(
+        "keep-alive-floor",
+        "",
+        &[
+            function("floored", "line", "line", "min_idle = 1"),
+            function("plain", "line", "line", ""),
+        ],
+    );
+    eventually("the floor's container runs, no call made", || {
+        server.function_status("floored")["containers"]["idle"] == 1
+    });
+    let running = docker_ps(&[
+        "--filter",
+        &format!("label=hotpool.pool={}", server.pool),
+        "--filter",
+        "status=running",
+    ]);
+    assert_eq!(running.len(), 1, "one running container, the floor's");
+    assert_eq!(containers_of(&server.pool), running);
+    assert_eq!(server.function_status("floored")["min_idle"], 1);
+    assert_eq!(server.function_status("plain")["min_idle"], 0);
+    let answer = server.invoke("floored", b"first");
+    assert_eq!((answer.status, answer.text()), (200, "first".to_owned()));
+    assert_eq!(answer.header("hotpool-start"), Some("hot"), "{answer}");
+    // The call took the floor's container: another is started for the floor.
+    eventually("the floor is refilled", || {
+        server.function_status("floored")["containers"]["idle"] == 2
+    });
     server.stop();
 }

@@ -2,7 +2,9 @@
 //! limits (a keep-alive policy among them) keep the running containers, a changed
 //! container spec replaces them, removed functions go, new ones appear, a bad
 //! config keeps the running one, and the log says what a reload did: each
-//! `[server]` or `[pool]` key waiting for a restart, or that nothing changed.
+//! `[server]` or `[pool]` key waiting for a restart, or that nothing changed. A
+//! warm floor (`min_idle`) raised starts containers; lowered, they go by their
+//! keep-alive.
 
 mod support;
 
@@ -269,5 +271,56 @@ fn sighup_applies_a_changed_keep_alive_to_the_running_containers() {
         "removed by its keep-alive, not replaced"
     );
     assert_eq!(evictions(&server, "idle", "replaced"), 0.0);
+    server.stop();
+}
+
+#[test]
+fn sighup_raises_and_lowers_a_warm_floor_in_place() {
+    let server = Server::start(
+        "reload-floor",
+        "",
+        &[function(
+            "floor",
+            "line",
+            "line",
+            "keep_alive = \"fixed:1s\"",
+        )],
+    );
+    assert!(containers(&server.pool, "floor").is_empty(), "no floor yet");
+    server.rewrite_config(&function(
+        "floor",
+        "line",
+        "line",
+        "keep_alive = \"fixed:1s\"\nmin_idle = 2",
+    ));
+    server.hang_up();
+    eventually("the raised floor starts two containers", || {
+        server.function_status("floor")["containers"]["idle"] == 2
+    });
+    assert_eq!(server.function_status("floor")["min_idle"], 2);
+    // Held past their one-second keep-alive.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let held = containers(&server.pool, "floor");
+    assert_eq!(held.len(), 2);
+    let call = server.invoke("floor", b"hot");
+    assert_eq!(call.header("hotpool-start"), Some("hot"), "{call}");
+
+    server.rewrite_config(&function(
+        "floor",
+        "line",
+        "line",
+        "keep_alive = \"fixed:1s\"",
+    ));
+    server.hang_up();
+    eventually(
+        "the lowered floor lets its containers go by keep-alive",
+        || containers(&server.pool, "floor").is_empty(),
+    );
+    assert_eq!(server.function_status("floor")["min_idle"], 0);
+    assert!(
+        evictions(&server, "floor", "idle_timeout") >= 2.0,
+        "removed by their keep-alive, not replaced"
+    );
+    assert_eq!(evictions(&server, "floor", "replaced"), 0.0);
     server.stop();
 }

@@ -5,7 +5,7 @@
 //! A config that does not load keeps the running one, with one log line giving
 //! the error as `hotpool serve` would at start. `[server]` and `[pool]` are read
 //! at start only; each changed key of theirs is named, once per reload, as
-//! waiting for the next start. `[pool]`'s `keep_alive`, `eviction` and
+//! waiting for the next start. `[pool]`'s `keep_alive`, `eviction`, `min_idle` and
 //! `transport` are the exception: the config writes them into every function's
 //! spec, so they reload with the functions. One line says which functions were
 //! added, changed, replaced and removed, or that the config is unchanged.

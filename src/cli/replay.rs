@@ -41,6 +41,10 @@ pub(crate) struct ReplayArgs {
     /// (default 105ms, measured for Docker on the development machine).
     #[arg(long, value_parser = units::parse_duration)]
     engine_start_cost: Option<Duration>,
+    /// Every function's warm floor: idle or starting containers kept at all
+    /// times, counted in idle GB-s and starts (default 0).
+    #[arg(long)]
+    min_idle: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -60,6 +64,7 @@ impl ReplayArgs {
             None => options.start_slots,
         };
         options.engine_start_cost = self.engine_start_cost.unwrap_or(options.engine_start_cost);
+        options.min_idle = self.min_idle.unwrap_or(options.min_idle);
         options
     }
 }

@@ -74,7 +74,9 @@ pub(crate) struct FunctionPool<D: Driver> {
 
 impl<D: Driver> FunctionPool<D> {
     pub(crate) fn new(spec: FunctionSpec) -> FunctionPool<D> {
-        let (name, container, limits) = spec.clone().split();
+        let (name, container, mut limits) = spec.clone().split();
+        // A cold function keeps no idle containers.
+        limits.min_idle *= usize::from(container.format.is_hot());
         if container.format.is_hot() {
             // At 0 from the start, so a dashboard shows the function before any prewarm.
             for outcome in ["used", "wasted"] {
@@ -116,12 +118,18 @@ impl<D: Driver> FunctionPool<D> {
 
     /// Takes `spec`'s limits (its container spec is this version's); the state
     /// machine's answer is for the caller to carry out.
-    pub(crate) fn set_limits(&self, spec: FunctionSpec, state: &mut State<D>) -> Actions<D> {
-        let limits = spec.clone().split().2;
+    pub(crate) fn set_limits(
+        &self,
+        spec: FunctionSpec,
+        state: &mut State<D>,
+        now: std::time::Instant,
+    ) -> Actions<D> {
+        let mut limits = spec.clone().split().2;
+        limits.min_idle *= usize::from(self.container.format.is_hot());
         self.log_limits.set(limits.log_per_call, limits.log_rate);
         self.cold.resize(limits.max_concurrency);
         *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(spec);
-        let actions = state.set_limits(&limits);
+        let actions = state.set_limits(&limits, now);
         *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
         actions
     }
@@ -148,7 +156,8 @@ impl<D: Driver> FunctionPool<D> {
         self.cold.enter(max_queue, wait).await
     }
 
-    /// Publishes `hotpool_containers{function,state}`.
+    /// Publishes `hotpool_containers{function,state}` and
+    /// `hotpool_min_idle_short{function}`.
     pub(crate) fn publish(&self, state: &mut State<D>) {
         let counts = state.counts();
         self.metrics.containers(
@@ -156,6 +165,8 @@ impl<D: Driver> FunctionPool<D> {
             counts.busy + self.cold.running(),
             counts.starting,
         );
+        self.metrics
+            .floor_short(state.floor_short(), state.min_idle());
     }
 
     /// A snapshot for [`super::Pool::status`].
@@ -180,6 +191,7 @@ impl<D: Driver> FunctionPool<D> {
                 .idle_deadline()
                 .map(|at| at.saturating_duration_since(tokio::time::Instant::now().into_std())),
             keep_alive: self.limits().keep_alive,
+            min_idle: state.min_idle(),
         }
     }
 }
@@ -320,6 +332,8 @@ pub struct FunctionStatus {
     pub idle_deadline: Option<Duration>,
     /// Its keep-alive policy.
     pub keep_alive: KeepAlive,
+    /// Its warm floor: idle or starting containers it keeps at least.
+    pub min_idle: usize,
 }
 
 #[cfg(test)]

@@ -8,13 +8,14 @@
 //! `hotpool serve` does); handles taken with none installed record nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use metrics::{Counter, Gauge, Histogram};
 
 use super::call::Start;
 use crate::metrics::{
-    CALL_DURATION_SECONDS, CALL_QUEUE_SECONDS, CALLS_TOTAL, CONTAINERS, TASK_CPU_RATIO,
-    TASK_MEMORY_BYTES,
+    CALL_DURATION_SECONDS, CALL_QUEUE_SECONDS, CALLS_TOTAL, CONTAINERS, MIN_IDLE_SHORT,
+    TASK_CPU_RATIO, TASK_MEMORY_BYTES,
 };
 use crate::stats::CallStats;
 
@@ -24,6 +25,9 @@ pub(crate) struct FunctionMetrics {
     idle: Gauge,
     busy: Gauge,
     starting: Gauge,
+    floor_short: Gauge,
+    /// What `floor_short` was last set to.
+    last_floor_short: AtomicUsize,
     queue_seconds: Histogram,
     hot_seconds: Histogram,
     cold_seconds: Histogram,
@@ -36,11 +40,16 @@ impl FunctionMetrics {
     pub(crate) fn new(name: &Arc<str>) -> FunctionMetrics {
         let containers = |state: &'static str| metrics::gauge!(CONTAINERS, "function" => name.clone(), "state" => state);
         let duration = |start: Start| metrics::histogram!(CALL_DURATION_SECONDS, "function" => name.clone(), "start" => start.as_str());
+        let floor_short = metrics::gauge!(MIN_IDLE_SHORT, "function" => name.clone());
+        // At 0 from the start, so a dashboard shows the function before any shortage.
+        floor_short.set(0.0);
         FunctionMetrics {
             name: name.clone(),
             idle: containers("idle"),
             busy: containers("busy"),
             starting: containers("starting"),
+            floor_short,
+            last_floor_short: AtomicUsize::new(0),
             queue_seconds: metrics::histogram!(CALL_QUEUE_SECONDS, "function" => name.clone()),
             hot_seconds: duration(Start::Hot),
             cold_seconds: duration(Start::Cold),
@@ -55,6 +64,21 @@ impl FunctionMetrics {
         self.idle.set(idle as f64);
         self.busy.set(busy as f64);
         self.starting.set(starting as f64);
+    }
+
+    /// `hotpool_min_idle_short`: the warm floor of `min_idle` lacks `short`
+    /// containers the memory budget cannot hold; logged once per change.
+    pub(crate) fn floor_short(&self, short: usize, min_idle: usize) {
+        let before = self.last_floor_short.swap(short, Ordering::AcqRel);
+        if before == short {
+            return;
+        }
+        self.floor_short.set(short as f64);
+        if short > 0 {
+            tracing::warn!(function = %self.name, min_idle, short, "the memory budget cannot hold the function's warm floor: it lacks {short} of {min_idle} idle containers");
+        } else {
+            tracing::info!(function = %self.name, min_idle, "the function's warm floor is met again");
+        }
     }
 
     /// `hotpool_call_queue_seconds`: how long a call waited for a container.
@@ -105,6 +129,7 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             let metrics = FunctionMetrics::new(&Arc::from("echo"));
             metrics.containers(1, 2, 3);
+            metrics.floor_short(1, 2);
             metrics.count_call("success");
             metrics.count_call("success");
             metrics.count_call("timeout");
@@ -121,6 +146,7 @@ mod tests {
             r#"hotpool_containers{function="echo",state="idle"} 1"#,
             r#"hotpool_containers{function="echo",state="busy"} 2"#,
             r#"hotpool_containers{function="echo",state="starting"} 3"#,
+            r#"hotpool_min_idle_short{function="echo"} 1"#,
             r#"hotpool_calls_total{function="echo",outcome="success"} 2"#,
             r#"hotpool_calls_total{function="echo",outcome="timeout"} 1"#,
             r#"hotpool_call_duration_seconds_count{function="echo",start="hot"} 1"#,
@@ -130,5 +156,51 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
+    }
+
+    /// What the subscriber writes, shared.
+    #[derive(Clone, Default)]
+    struct Written(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_short_floor_is_logged_once_per_change() {
+        let written = Written::default();
+        let writer = written.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let metrics = FunctionMetrics::new(&Arc::from("echo"));
+            for short in [0, 1, 1, 1, 2, 2, 0, 0] {
+                metrics.floor_short(short, 2);
+            }
+        });
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains("lacks 1 of 2"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("WARN") && lines[1].contains("lacks 2 of 2"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("INFO") && lines[2].contains("met again"),
+            "{text}"
+        );
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! The rules themselves live in [`super::state`]; the choices a user can swap in
 //! [`super::policy`]. Under memory pressure a start evicts the idle container of
-//! another function that the eviction policies rank lowest. A container that dies
-//! while idle leaves its stack before anyone gets it.
+//! another function that the eviction policies rank lowest; a start of a warm
+//! floor takes only free memory, so floors never evict each other. A container
+//! that dies while idle leaves its stack before anyone gets it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -52,6 +53,17 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// cold together: a thousand calls arriving at once asked dockerd for a
 /// thousand starts, and 839 of them passed their 30 s deadline.
 pub const STARTS_AT_ONCE: usize = 16;
+
+/// Where a start's memory comes from.
+#[derive(Debug, Clone, Copy)]
+enum Memory {
+    /// Reserved, evicting idle containers of other functions or waiting for
+    /// memory up to the queue timeout (a call's start, a prewarm).
+    Reserve,
+    /// Taken only if free now (the warm floor's start): a floor never evicts
+    /// another function's container, nor waits.
+    IfFree,
+}
 
 /// The state every call and background task of one pool shares.
 pub(crate) struct Inner<D: Driver> {
@@ -162,6 +174,8 @@ impl<D: Driver> Inner<D> {
     /// Makes `spec` its name's current version. The same container spec keeps its
     /// containers and takes the new limits in place (a draining version with it
     /// is taken back); another one is a new version, and the old one drains.
+    /// Its warm floor fills at the reaper's next look, which it asks for: at
+    /// once, or once a pool being built has taken over what it may.
     pub(crate) fn register(&self, spec: FunctionSpec) {
         let key = spec.key();
         let name: Arc<str> = spec.name.as_str().into();
@@ -180,7 +194,7 @@ impl<D: Driver> Inner<D> {
             .expect("a current version is registered");
         let actions = {
             let mut state = pool.lock();
-            let actions = pool.set_limits(spec, &mut state);
+            let actions = pool.set_limits(spec, &mut state, now());
             pool.publish(&mut state);
             actions
         };
@@ -246,6 +260,7 @@ impl<D: Driver> Inner<D> {
         let Actions {
             grant,
             start,
+            fill,
             retire,
             refuse,
             wake,
@@ -265,6 +280,7 @@ impl<D: Driver> Inner<D> {
             let _ = waiter.send(Err(refusal));
         }
         self.start_containers(pool, start);
+        self.fill_floor(pool, fill);
         let Some((waiter, slot)) = grant else {
             return;
         };
@@ -282,7 +298,17 @@ impl<D: Driver> Inner<D> {
 
     fn start_containers(&self, pool: &Arc<FunctionPool<D>>, count: usize) {
         for _ in 0..count {
-            self.tracker.spawn(self.arc().start(pool.clone()));
+            self.tracker
+                .spawn(self.arc().start(pool.clone(), Memory::Reserve));
+        }
+    }
+
+    /// Starts `count` containers for `pool`'s warm floor, each only with memory
+    /// free now.
+    fn fill_floor(&self, pool: &Arc<FunctionPool<D>>, count: usize) {
+        for _ in 0..count {
+            self.tracker
+                .spawn(self.arc().start(pool.clone(), Memory::IfFree));
         }
     }
 
@@ -325,8 +351,10 @@ impl<D: Driver> Inner<D> {
                     mut container,
                     prewarmed,
                     start,
+                    fill,
                 } => {
                     self.start_containers(&pool, start);
+                    self.fill_floor(&pool, fill);
                     // Idle before the call came: the call is hot, whoever started it.
                     container.fresh = false;
                     if prewarmed {
@@ -344,8 +372,9 @@ impl<D: Driver> Inner<D> {
                     drained = Some(pool);
                     continue;
                 }
-                Arrival::Queued { start } => {
+                Arrival::Queued { start, fill } => {
                     self.start_containers(&pool, start);
+                    self.fill_floor(&pool, fill);
                     let receiver = receiver.expect("a queued call has its receiver");
                     match self
                         .wait_for_grant(&name, receiver, deadline, limits.queue_timeout)
@@ -392,9 +421,22 @@ impl<D: Driver> Inner<D> {
         }
     }
 
-    async fn start(self: Arc<Self>, pool: Arc<FunctionPool<D>>) {
+    async fn start(self: Arc<Self>, pool: Arc<FunctionPool<D>>, memory: Memory) {
         let started = Instant::now();
-        let result = self.start_hot(&pool).await;
+        let reserved = match memory {
+            Memory::Reserve => self.reserve(&pool).await,
+            Memory::IfFree => {
+                let Some(reservation) = self.budget.try_reserve(pool.container.memory) else {
+                    self.fill_refused(&pool);
+                    return;
+                };
+                Ok(reservation)
+            }
+        };
+        let result = match reserved {
+            Ok(reservation) => self.start_hot(&pool, reservation).await,
+            Err(error) => Err(error),
+        };
         record_start(&pool.name, started, result.as_ref().err());
         if result.is_ok() {
             pool.record_start_cost(started.elapsed());
@@ -413,13 +455,25 @@ impl<D: Driver> Inner<D> {
                 tracing::warn!(function = %pool.name, error = %error, "a container failed to start");
                 let actions = {
                     let mut state = pool.lock();
-                    let actions = state.start_failed();
+                    let actions = state.start_failed(now());
                     pool.publish(&mut state);
                     actions
                 };
                 self.carry_out(&pool, actions, Some(&error));
             }
         }
+    }
+
+    /// A start of `pool`'s warm floor found no free memory: it is not made,
+    /// and the floor is short.
+    fn fill_refused(&self, pool: &Arc<FunctionPool<D>>) {
+        let actions = {
+            let mut state = pool.lock();
+            let actions = state.fill_refused(now());
+            pool.publish(&mut state);
+            actions
+        };
+        self.carry_out(pool, actions, None);
     }
 
     /// Waits for a turn to create and start a container ([`STARTS_AT_ONCE`]);
@@ -441,8 +495,11 @@ impl<D: Driver> Inner<D> {
         }
     }
 
-    async fn start_hot(&self, pool: &Arc<FunctionPool<D>>) -> Result<Slot<D>, CallError> {
-        let memory = self.reserve(pool).await?;
+    async fn start_hot(
+        &self,
+        pool: &Arc<FunctionPool<D>>,
+        memory: Reservation,
+    ) -> Result<Slot<D>, CallError> {
         // A turn once the memory is there: no start waits for memory holding one.
         let Some(turn) = self.start_turn().await else {
             return Err(busy("the pool is shutting down"));
@@ -814,6 +871,8 @@ impl<D: Driver> Inner<D> {
         if let Some(slot) = dead {
             let reason = slot.container.exit_reason();
             self.retire(&pool, slot.container, reason);
+            // Its warm floor may lack one now.
+            self.wake_reaper.notify_one();
         }
     }
 

@@ -4,8 +4,8 @@
 //! A spec splits in two ([`FunctionSpec::split`]): the [`ContainerSpec`] (image,
 //! command, environment, format, memory, ...) is hashed into the version's
 //! [`FunctionKey`], and a change to it starts new containers while the old ones
-//! drain; the [`Limits`] (timeouts, keep-alive, concurrency, queue, logs) apply to
-//! the running containers in place.
+//! drain; the [`Limits`] (timeouts, keep-alive, concurrency, warm floor, queue,
+//! logs) apply to the running containers in place.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -86,6 +86,10 @@ pub struct FunctionSpec {
     pub eviction: Eviction,
     /// The most containers (hot or cold) the function runs at once.
     pub max_concurrency: usize,
+    /// The warm floor: at least this many hot containers are kept idle or
+    /// starting beyond what waiting calls take, within `max_concurrency` and
+    /// as far as the memory budget holds them (0, the default: none).
+    pub min_idle: usize,
     /// The most calls that may wait for a busy container (calls waiting for a
     /// container being started for them do not count); more get `busy` at once.
     pub max_queue: usize,
@@ -130,6 +134,7 @@ impl FunctionSpec {
             keep_alive: KeepAlive::default(),
             eviction: Eviction::default(),
             max_concurrency: 4,
+            min_idle: 0,
             max_queue: 100,
             queue_timeout: Duration::from_secs(10),
             env: BTreeMap::new(),
@@ -169,6 +174,7 @@ impl FunctionSpec {
             keep_alive,
             eviction,
             max_concurrency,
+            min_idle,
             max_queue,
             queue_timeout,
             env,
@@ -199,6 +205,7 @@ impl FunctionSpec {
             keep_alive,
             eviction,
             max_concurrency,
+            min_idle,
             max_queue,
             queue_timeout,
             log_per_call,
@@ -274,6 +281,7 @@ pub(crate) struct Limits {
     pub(crate) keep_alive: KeepAlive,
     pub(crate) eviction: Eviction,
     pub(crate) max_concurrency: usize,
+    pub(crate) min_idle: usize,
     pub(crate) max_queue: usize,
     pub(crate) queue_timeout: Duration,
     pub(crate) log_per_call: u64,
@@ -472,6 +480,7 @@ mod tests {
         limits.timeout = Duration::from_secs(1);
         limits.keep_alive = KeepAlive::fixed(Duration::from_secs(1));
         limits.max_concurrency = 99;
+        limits.min_idle = 2;
         limits.max_queue = 0;
         limits.queue_timeout = Duration::from_secs(1);
         limits.log_per_call = 1;

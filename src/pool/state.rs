@@ -15,12 +15,24 @@
 //! failed start refuses the waiters no other container will serve. When an idle
 //! container goes is the keep-alive policy's call, and which goes first under
 //! memory pressure the eviction policy's.
+//!
+//! The warm floor (`min_idle`): at least that many containers are idle or
+//! starting beyond what waiting calls will take, within `max_concurrency`. Its
+//! starts are asked for apart from the others ([`Actions::fill`]) because they
+//! take only free memory: one the budget cannot hold is reported back
+//! ([`FunctionState::fill_refused`]) and tried again a second later, and the
+//! floor counts as short until it is met. The keep-alive policy removes no idle
+//! container below the floor, prewarms count towards it, and after a failed
+//! start the floor waits, twice as long after each failure in a row, so a
+//! function whose starts keep failing does not spin. A lowered floor retires
+//! nothing at once: the idle containers then present get their keep-alive
+//! counted afresh from the change.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::container::EvictionReason;
-use super::policy::{self, EvictionPolicy, Found, IdleContainer, KeepAlivePolicy, Learned};
+use super::policy::{self, EvictionPolicy, Found, IdleContainer, KeepAlivePolicy, Learned, after};
 use super::spec::{Eviction, KeepAlive, Limits};
 
 /// A container as the state machine sees it: how many calls it served, which the
@@ -40,14 +52,17 @@ pub(crate) trait Waiter {
 pub(crate) enum Arrival<C> {
     /// An idle container, now counted busy; `prewarmed` if it was started before
     /// any call asked and this is its first call. `start` containers must be
-    /// started ahead of the calls the keep-alive policy expects next.
+    /// started ahead of the calls the keep-alive policy expects next, and
+    /// `fill` for the warm floor.
     Ready {
         container: C,
         prewarmed: bool,
         start: usize,
+        fill: usize,
     },
-    /// It waits; `start` containers must be started.
-    Queued { start: usize },
+    /// It waits; `start` containers must be started, and `fill` for the warm
+    /// floor.
+    Queued { start: usize, fill: usize },
     /// Every container is busy and the queue is full.
     Full,
     /// The version drains: the call belongs to the function's current version.
@@ -64,6 +79,11 @@ pub(crate) struct Actions<C, W> {
     /// Start this many containers; each ends in [`FunctionState::started`] or
     /// [`FunctionState::start_failed`].
     pub(crate) start: usize,
+    /// Start this many containers for the warm floor, with memory that is free
+    /// now; each ends in [`FunctionState::started`],
+    /// [`FunctionState::start_failed`] or, if the memory budget cannot hold it,
+    /// [`FunctionState::fill_refused`].
+    pub(crate) fill: usize,
     /// Kill and remove these containers, which have left the accounting.
     pub(crate) retire: Vec<(C, EvictionReason)>,
     /// These waiters get no container from this version: the start error, or (a
@@ -81,6 +101,7 @@ impl<C, W> Default for Actions<C, W> {
         Actions {
             grant: None,
             start: 0,
+            fill: 0,
             retire: Vec::new(),
             refuse: Vec::new(),
             wake: None,
@@ -108,6 +129,13 @@ struct Idle<C> {
     ticket: u64,
 }
 
+/// How long the warm floor waits after a failed start before it starts again;
+/// doubled after each failure in a row, up to [`FLOOR_RETRY_MAX`]. Also how
+/// often a floor the memory budget cannot hold looks for memory again.
+pub(crate) const FLOOR_RETRY: Duration = Duration::from_secs(1);
+/// The longest the warm floor waits after failed starts.
+pub(crate) const FLOOR_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// The state of one function version. `C` is a container, `W` a waiting call.
 pub(crate) struct FunctionState<C, W> {
     /// Least recently returned first; the last is reused first.
@@ -124,6 +152,18 @@ pub(crate) struct FunctionState<C, W> {
     draining: Option<EvictionReason>,
     max_concurrency: usize,
     max_queue: usize,
+    /// The warm floor: idle or starting containers beyond what waiters take.
+    min_idle: usize,
+    /// Failed starts in a row, which the floor's pause doubles with.
+    failed_starts: u32,
+    /// The floor starts nothing before then.
+    floor_paused_until: Option<Instant>,
+    /// The memory budget could not hold a start of the floor, which is not met
+    /// since.
+    floor_out_of_memory: bool,
+    /// When the floor was last lowered: the keep-alive of containers idle
+    /// since before counts from then.
+    floor_lowered: Option<Instant>,
     keep_alive_choice: KeepAlive,
     keep_alive: Box<dyn KeepAlivePolicy>,
     eviction_choice: Eviction,
@@ -144,6 +184,11 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
             draining: None,
             max_concurrency: limits.max_concurrency,
             max_queue: limits.max_queue,
+            min_idle: limits.min_idle,
+            failed_starts: 0,
+            floor_paused_until: None,
+            floor_out_of_memory: false,
+            floor_lowered: None,
             keep_alive_choice: limits.keep_alive,
             keep_alive: policy::keep_alive(limits.keep_alive, memory),
             eviction_choice: limits.eviction,
@@ -152,11 +197,19 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         }
     }
 
-    /// New limits for the running containers. A policy that is chosen again keeps
-    /// what it learned; surplus idle containers over a lowered concurrency go.
-    pub(crate) fn set_limits(&mut self, limits: &Limits) -> Actions<C, W> {
+    /// New limits for the running containers, at `now`. A policy that is chosen
+    /// again keeps what it learned; surplus idle containers over a lowered
+    /// concurrency go; under a lowered floor every idle container's keep-alive
+    /// counts afresh from `now`, and what a raised one lacks starts at the next
+    /// [`FunctionState::tick`] (so a pool being built takes over its earlier
+    /// owner's containers first).
+    pub(crate) fn set_limits(&mut self, limits: &Limits, now: Instant) -> Actions<C, W> {
         self.max_concurrency = limits.max_concurrency;
         self.max_queue = limits.max_queue;
+        if limits.min_idle < self.min_idle {
+            self.floor_lowered = Some(now);
+        }
+        self.min_idle = limits.min_idle;
         if self.keep_alive_choice != limits.keep_alive {
             self.keep_alive_choice = limits.keep_alive;
             self.keep_alive = policy::keep_alive(limits.keep_alive, self.memory);
@@ -219,10 +272,12 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
                 Found::Idle(idle.since)
             };
             self.keep_alive.call_arrived(now, found, level);
+            let start = self.prewarms(now);
             return Arrival::Ready {
                 container: idle.container,
                 prewarmed: idle.prewarmed,
-                start: self.prewarms(now),
+                start,
+                fill: self.fills(now),
             };
         }
         let startable = self.max_concurrency.saturating_sub(self.live());
@@ -232,9 +287,10 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         self.waiting.push_back(waiter());
         let level = self.in_flight();
         self.keep_alive.call_arrived(now, Found::Nothing, level);
-        let launches = self.launches();
+        let start = self.launches() + self.prewarms(now);
         Arrival::Queued {
-            start: launches + self.prewarms(now),
+            start,
+            fill: self.fills(now),
         }
     }
 
@@ -255,6 +311,9 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
     /// A container started at `now`.
     pub(crate) fn started(&mut self, container: C, now: Instant) -> Actions<C, W> {
         self.starting -= 1;
+        // Starts work again: the floor need not wait for its pause to end.
+        self.failed_starts = 0;
+        self.floor_paused_until = None;
         let prewarm = self.prewarming > 0;
         self.prewarming = self.prewarming.saturating_sub(1);
         self.offer(container, now, prewarm)
@@ -266,9 +325,10 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         self.offer(container, now, false)
     }
 
-    /// A start failed: the waiters that no idle or starting container will serve
-    /// are refused, the latest first.
-    pub(crate) fn start_failed(&mut self) -> Actions<C, W> {
+    /// A start failed at `now`: the waiters that no idle or starting container
+    /// will serve are refused, the latest first, and the floor pauses, twice
+    /// as long as after the failure before if that one failed too.
+    pub(crate) fn start_failed(&mut self, now: Instant) -> Actions<C, W> {
         self.starting -= 1;
         self.prewarming = self.prewarming.saturating_sub(1);
         let served = self.idle.len() + self.starting;
@@ -277,7 +337,43 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         for _ in 0..unserved {
             actions.refuse.extend(self.waiting.pop_back());
         }
+        let doublings = self.failed_starts.min(6);
+        self.failed_starts = self.failed_starts.saturating_add(1);
+        let pause = (FLOOR_RETRY * 2u32.pow(doublings)).min(FLOOR_RETRY_MAX);
+        self.floor_paused_until = Some(after(now, pause));
+        actions.wake = self.floor_wake(now);
         actions
+    }
+
+    /// A start of the floor found no room in the memory budget at `now`: the
+    /// floor is short until it is met, and looks for memory again in a
+    /// second. Waiters that counted on the start get one of their own, which
+    /// may evict.
+    pub(crate) fn fill_refused(&mut self, now: Instant) -> Actions<C, W> {
+        self.starting -= 1;
+        self.floor_out_of_memory = true;
+        let retry = after(now, FLOOR_RETRY);
+        self.floor_paused_until = Some(self.floor_paused_until.map_or(retry, |at| at.max(retry)));
+        Actions {
+            start: self.launches(),
+            wake: self.floor_wake(now),
+            ..Actions::default()
+        }
+    }
+
+    /// How many containers the warm floor lacks because the memory budget
+    /// could not hold them (0 while it is met or was never refused memory).
+    pub(crate) fn floor_short(&mut self) -> usize {
+        let lacking = self.min_idle.saturating_sub(self.spare());
+        if lacking == 0 || self.draining.is_some() {
+            self.floor_out_of_memory = false;
+        }
+        if self.floor_out_of_memory { lacking } else { 0 }
+    }
+
+    /// The warm floor.
+    pub(crate) fn min_idle(&self) -> usize {
+        self.min_idle
     }
 
     /// A busy container was evicted by its call; waiters may need another.
@@ -296,34 +392,50 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         Some(self.idle.remove(position).container)
     }
 
-    /// Time passed: idle containers past their keep-alive go, and the prewarms
-    /// the keep-alive policy wants start. Its `wake` says when to tick again
-    /// (`None`: nothing waits for a deadline).
+    /// Time passed: idle containers past their keep-alive go but those the
+    /// floor holds, and the prewarms the keep-alive policy wants and the starts
+    /// the floor lacks begin. Its `wake` says when to tick again (`None`:
+    /// nothing waits for a deadline).
     pub(crate) fn tick(&mut self, now: Instant) -> Actions<C, W> {
         let mut actions = Actions::default();
         // Levels count from the top, so removing a deeper one changes none.
         let top = self.level_at(0);
+        let deadlines: Vec<Instant> = (self.idle.iter().enumerate())
+            .map(|(position, idle)| self.deadline(idle, top - position))
+            .collect();
+        // The oldest go first, so the floor holds the newest.
+        let mut spare = self.spare();
+        let min_idle = if self.draining.is_some() {
+            0
+        } else {
+            self.min_idle
+        };
         let keep_alive = &mut self.keep_alive;
         let mut kept = Vec::with_capacity(self.idle.len());
-        for (position, idle) in self.idle.drain(..).enumerate() {
+        for ((position, idle), until) in self.idle.drain(..).enumerate().zip(deadlines) {
             let level = top - position;
-            let until = keep_alive.idle_until(idle.since, level);
-            if until <= now {
+            if until > now {
+                actions.wake = earliest(actions.wake, Some(until));
+                kept.push(idle);
+            } else if spare <= min_idle {
+                // Held by the floor past its keep-alive.
+                kept.push(idle);
+            } else {
+                spare -= 1;
                 keep_alive.idle_removed(idle.since, level);
                 actions.prewarms_wasted += usize::from(idle.prewarmed);
                 actions
                     .retire
                     .push((idle.container, EvictionReason::IdleTimeout));
-            } else {
-                actions.wake = earliest(actions.wake, Some(until));
-                kept.push(idle);
             }
         }
         self.idle = kept;
         if self.draining.is_none() {
             let prewarm = self.prewarms(now);
             actions.start = prewarm + self.launches();
+            actions.fill = self.fills(now);
             actions.wake = earliest(actions.wake, self.keep_alive.next_change(now));
+            actions.wake = earliest(actions.wake, self.floor_wake(now));
         }
         actions
     }
@@ -393,16 +505,30 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         }
     }
 
-    /// When the next idle container goes, if none is taken before.
-    pub(crate) fn idle_deadline(&self) -> Option<Instant> {
+    /// When the next idle container goes, if none is taken before; `None`
+    /// while the floor holds them all.
+    pub(crate) fn idle_deadline(&mut self) -> Option<Instant> {
+        if self.spare() <= self.min_idle {
+            return None;
+        }
         self.idle
             .iter()
             .enumerate()
-            .map(|(position, idle)| {
-                self.keep_alive
-                    .idle_until(idle.since, self.level_at(position))
-            })
+            .map(|(position, idle)| self.deadline(idle, self.level_at(position)))
             .min()
+    }
+
+    /// When the idle container `idle` at `level` goes, unless the floor holds
+    /// it: when its keep-alive ends, counted from the floor's last lowering if
+    /// it was idle before.
+    fn deadline(&self, idle: &Idle<C>, level: usize) -> Instant {
+        let until = self.keep_alive.idle_until(idle.since, level);
+        match self.floor_lowered {
+            Some(lowered) if idle.since < lowered => {
+                after(lowered, until.saturating_duration_since(idle.since))
+            }
+            _ => until,
+        }
     }
 
     /// Whether a draining version has nothing left.
@@ -455,6 +581,30 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         self.starting += prewarm;
         self.prewarming += prewarm;
         prewarm
+    }
+
+    /// How many containers to start now for the warm floor, within the
+    /// concurrency, unless it pauses after a failure. Counts them starting.
+    fn fills(&mut self, now: Instant) -> usize {
+        if self.draining.is_some() || self.floor_paused_until.is_some_and(|at| now < at) {
+            return 0;
+        }
+        let lacking = self.min_idle.saturating_sub(self.spare());
+        let room = self.max_concurrency.saturating_sub(self.live());
+        let fill = lacking.min(room);
+        self.starting += fill;
+        fill
+    }
+
+    /// When the floor, short now, may start again after its pause.
+    fn floor_wake(&mut self, now: Instant) -> Option<Instant> {
+        let paused = self.floor_paused_until.filter(|at| *at > now)?;
+        (self.draining.is_none() && self.spare() < self.min_idle).then_some(paused)
+    }
+
+    /// Idle and starting containers beyond what waiting calls will take.
+    fn spare(&mut self) -> usize {
+        (self.idle.len() + self.starting).saturating_sub(self.live_waiters())
     }
 
     /// How many containers to start now: one per live waiter that no idle or
@@ -575,11 +725,49 @@ mod tests {
         }
     }
 
+    fn floored(min_idle: usize) -> State {
+        let mut limits = limits(4, 5, 60);
+        limits.min_idle = min_idle;
+        FunctionState::new(&limits, 64 << 20)
+    }
+
+    #[test]
+    fn the_floor_counts_what_starts_and_is_refilled_when_a_call_takes_one() {
+        let now = Instant::now();
+        let mut state = floored(2);
+        let ticked = state.tick(now);
+        assert_eq!((ticked.start, ticked.fill), (0, 2));
+        assert_eq!(state.tick(now).fill, 0, "starting ones count");
+        for container in ["a", "b"] {
+            let _ = state.started(container, now);
+        }
+        let Arrival::Ready { fill: 1, .. } = state.call_arrives(now, || call(1)) else {
+            panic!("one taken, one started for the floor")
+        };
+    }
+
+    #[test]
+    fn a_floor_start_the_budget_refuses_hands_its_waiter_a_start_of_its_own() {
+        let now = Instant::now();
+        let mut state = floored(1);
+        assert_eq!(state.tick(now).fill, 1);
+        let Arrival::Queued { start: 0, fill: 1 } = state.call_arrives(now, || call(1)) else {
+            panic!("the floor's start serves the call, and the floor wants another")
+        };
+        assert_eq!(state.fill_refused(now).start, 0, "one serves the call");
+        let refused = state.fill_refused(now);
+        assert_eq!(refused.start, 1, "a start that may evict, for the call");
+        assert_eq!(refused.wake, Some(secs(now, 1)), "the floor looks again");
+        assert_eq!(state.floor_short(), 1);
+        assert_eq!(state.tick(now).fill, 0, "not before a second passed");
+        assert_eq!(state.tick(secs(now, 1)).fill, 1);
+    }
+
     #[test]
     fn a_call_waits_for_one_start_and_gets_the_container() {
         let now = Instant::now();
         let mut state = state(2, 0);
-        let Arrival::Queued { start: 1 } = state.call_arrives(now, || call(1)) else {
+        let Arrival::Queued { start: 1, .. } = state.call_arrives(now, || call(1)) else {
             panic!("the first call starts one container")
         };
         let actions = state.started("c1", now);
@@ -636,13 +824,13 @@ mod tests {
         let first = call(1);
         assert!(matches!(
             state.call_arrives(start, || first.clone()),
-            Arrival::Queued { start: 1 }
+            Arrival::Queued { start: 1, .. }
         ));
         let (_, c1) = state.started("c1", start).grant.expect("granted");
         let second = call(2);
         assert!(matches!(
             state.call_arrives(start, || second.clone()),
-            Arrival::Queued { start: 1 }
+            Arrival::Queued { start: 1, .. }
         ));
         second.left.set(true);
         let back = state.returned(c1, secs(start, 1));
@@ -680,7 +868,7 @@ mod tests {
         let mut state = state(2, 1);
         let starts: Vec<_> = (0..3)
             .map(|i| match state.call_arrives(now, || call(i)) {
-                Arrival::Queued { start } => start,
+                Arrival::Queued { start, .. } => start,
                 other => panic!("call {i} should wait: {other:?}"),
             })
             .collect();
@@ -693,11 +881,11 @@ mod tests {
         let now = Instant::now();
         let mut state = state(2, 5);
         let gone = call(1);
-        let Arrival::Queued { start: 1 } = state.call_arrives(now, || gone.clone()) else {
+        let Arrival::Queued { start: 1, .. } = state.call_arrives(now, || gone.clone()) else {
             panic!("one start")
         };
         gone.left.set(true);
-        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+        let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("the starting container serves the live waiter")
         };
         let (waiter, _) = state.started("c", now).grant.expect("granted");
@@ -712,7 +900,7 @@ mod tests {
             let _ = state.call_arrives(now, || call(i));
         }
         assert_eq!(state.counts().starting, 2);
-        let failed = state.start_failed();
+        let failed = state.start_failed(now);
         let refused: Vec<_> = failed.refuse.iter().map(|w| w.id).collect();
         assert_eq!(refused, [2, 1], "one start left serves the first caller");
         assert_eq!(state.counts().waiting, 1);
@@ -726,7 +914,7 @@ mod tests {
         let Arrival::Ready { .. } = state.call_arrives(now, || call(1)) else {
             panic!("ready")
         };
-        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+        let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("no room to start while c is busy")
         };
         assert_eq!(state.evicted_busy().start, 1);
@@ -787,16 +975,16 @@ mod tests {
         let now = Instant::now();
         let mut state = state(3, 5);
         with_idle(&mut state, now, &["a", "b", "c"]);
-        let lowered = state.set_limits(&limits(1, 5, 60));
+        let lowered = state.set_limits(&limits(1, 5, 60), now);
         let retired: Vec<_> = lowered.retire.iter().map(|r| r.0).collect();
         assert_eq!(retired, ["a", "b"], "the least recently used go");
         let Arrival::Ready { .. } = state.call_arrives(now, || call(1)) else {
             panic!("c stays")
         };
-        let Arrival::Queued { start: 0 } = state.call_arrives(now, || call(2)) else {
+        let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("no room")
         };
-        assert_eq!(state.set_limits(&limits(2, 5, 60)).start, 1);
+        assert_eq!(state.set_limits(&limits(2, 5, 60), now).start, 1);
     }
 
     #[test]
@@ -804,7 +992,7 @@ mod tests {
         let start = Instant::now();
         let mut state = FunctionState::new(&limits(2, 0, 600), 64 << 20);
         with_idle(&mut state, start, &["a"]);
-        let _ = state.set_limits(&limits(2, 0, 5));
+        let _ = state.set_limits(&limits(2, 0, 5), start);
         let actions = state.tick(secs(start, 6));
         assert_eq!(actions.retire.len(), 1);
     }
@@ -888,13 +1076,16 @@ mod tests {
                     container,
                     prewarmed,
                     start: 0,
+                    ..
                 } => {
                     if i >= 9 {
                         assert!(prewarmed, "call {i} is served by a prewarm");
                     }
                     container
                 }
-                Arrival::Queued { start: 1 } => state.started("c", now).grant.expect("granted").1,
+                Arrival::Queued { start: 1, .. } => {
+                    state.started("c", now).grant.expect("granted").1
+                }
                 other => panic!("{other:?}"),
             });
         }

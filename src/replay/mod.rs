@@ -61,12 +61,15 @@ pub struct Options {
     /// What one start costs the engine, in CPU time: `engine_start_s` is
     /// the starts times this.
     pub engine_start_cost: Duration,
+    /// Every function's warm floor ([`crate::pool::FunctionSpec::min_idle`]):
+    /// its containers count in idle GB-s and container starts.
+    pub min_idle: usize,
 }
 
 impl Default for Options {
     /// The `adaptive` policy, no memory budget, a 250 ms cold start, seed 1,
     /// uniform arrivals, the pool's 16 starts at once, each costing the
-    /// engine [`ENGINE_START_COST`].
+    /// engine [`ENGINE_START_COST`], no warm floor.
     fn default() -> Self {
         Options {
             policy: Policy::KeepAlive(KeepAlive::ADAPTIVE),
@@ -76,6 +79,7 @@ impl Default for Options {
             arrivals: Arrivals::Uniform,
             start_slots: Some(crate::pool::STARTS_AT_ONCE),
             engine_start_cost: ENGINE_START_COST,
+            min_idle: 0,
         }
     }
 }

@@ -243,6 +243,7 @@ impl Simulation {
                 spec.eviction = eviction;
                 spec.max_concurrency = UNLIMITED;
                 spec.max_queue = UNLIMITED;
+                spec.min_idle = options.min_idle;
                 let (_, _, limits) = spec.split();
                 Function {
                     state: FunctionState::new(&limits, function.memory),
@@ -359,13 +360,18 @@ impl Simulation {
                 container,
                 prewarmed,
                 start,
+                fill,
             } => {
                 self.prewarms_used += u64::from(prewarmed);
                 self.idle_change(function, -1);
                 self.serve(function, container, duration, at);
                 self.start(function, start, at);
+                self.fill_floor(function, fill, at);
             }
-            Arrival::Queued { start } => self.start(function, start, at),
+            Arrival::Queued { start, fill } => {
+                self.start(function, start, at);
+                self.fill_floor(function, fill, at);
+            }
             Arrival::Full | Arrival::Draining => {
                 unreachable!("a replayed function has no concurrency limit and never drains")
             }
@@ -379,6 +385,7 @@ impl Simulation {
         let Actions {
             grant,
             start,
+            fill,
             retire,
             refuse,
             wake,
@@ -405,6 +412,7 @@ impl Simulation {
             self.room_changed = true;
         }
         self.start(function, start, at);
+        self.fill_floor(function, fill, at);
         if let Some((call, container)) = grant {
             if matches!(cause, Cause::Started) {
                 self.cold_starts += 1;
@@ -468,6 +476,25 @@ impl Simulation {
                     self.parked.push(function);
                 }
                 parked.push_back(at);
+            }
+        }
+    }
+
+    /// Starts `count` containers of `function`'s warm floor with memory that is
+    /// free, as the pool does; one that does not fit is refused.
+    fn fill_floor(&mut self, function: usize, count: usize, at: u64) {
+        let memory = self.functions[function].memory;
+        for _ in 0..count {
+            if self
+                .budget
+                .is_some_and(|budget| self.held + memory > budget)
+            {
+                let now = self.instant(at);
+                let changes = self.functions[function].state.fill_refused(now);
+                // No container was freed: as after a tick that retired none.
+                self.carry_out(function, changes, at, Cause::Tick);
+            } else {
+                self.begin_start(function, at);
             }
         }
     }
@@ -853,6 +880,47 @@ mod tests {
         assert_eq!(first.invocations, 75 + 1440);
         assert!(first.cold_starts <= first.container_starts);
         assert!(first.idle_gb_s < first.total_gb_s);
+    }
+
+    #[test]
+    fn a_warm_floor_buys_off_a_sparse_functions_cold_starts_with_idle_memory() {
+        let functions = [function("f", vec![(10, 1), (200, 1), (900, 1)], 1000.0)];
+        let options = |min_idle| Options {
+            policy: "fixed:1m".parse().unwrap(),
+            arrivals: Arrivals::Equidistant,
+            min_idle,
+            ..Options::default()
+        };
+        let none = replay_with(&functions, &options(0));
+        assert_eq!((none.cold_starts, none.container_starts), (3, 3));
+        let floor = replay_with(&functions, &options(1));
+        // One started at the start of the day, and one after each call took
+        // the idle one.
+        assert_eq!((floor.cold_starts, floor.container_starts), (0, 4));
+        // A 1 GB container idle all day but for the calls and the starts.
+        assert!(floor.idle_gb_s > 86_000.0, "{floor:?}");
+        assert!(floor.idle_gb_s - none.idle_gb_s > 85_000.0, "{none:?}");
+    }
+
+    #[test]
+    fn a_warm_floor_takes_only_free_memory_and_evicts_nothing() {
+        let functions = [
+            function("a", vec![(5, 1)], 1000.0),
+            function("b", vec![(10, 1)], 1000.0),
+        ];
+        let options = Options {
+            policy: "fixed:1m".parse().unwrap(),
+            memory_budget: Some(1 << 30),
+            arrivals: Arrivals::Equidistant,
+            min_idle: 1,
+            ..Options::default()
+        };
+        let report = replay_with(&functions, &options);
+        // a's floor takes the one container's room at the start of the day and
+        // serves its call; b's floor never fits, so b's call starts one, which
+        // evicts a's idle container; neither floor evicts the other's after.
+        assert_eq!((report.cold_starts, report.container_starts), (1, 2));
+        assert_eq!(report.memory_waits, 0);
     }
 
     #[test]

@@ -277,6 +277,7 @@ async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
                 "keep_alive": spec.keep_alive.to_string(),
                 "eviction": spec.eviction.to_string(),
                 "max_concurrency": spec.max_concurrency,
+                "min_idle": spec.min_idle,
                 "cpus": f64::from(spec.cpus.millis()) / 1000.0,
                 "user": spec.user,
                 "read_only": spec.read_only,
