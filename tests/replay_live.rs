@@ -73,7 +73,10 @@ fn a_slice_sent_to_a_real_server_counts_the_calls_the_simulation_counts() {
     assert!(sent >= 20, "a few dozen calls: {comparison}");
     assert_eq!(comparison["failed"], 0, "{comparison}");
     assert_eq!(live["invocations"].as_u64(), Some(sent), "{comparison}");
-    assert_eq!(simulated["invocations"], live["invocations"], "{comparison}");
+    assert_eq!(
+        simulated["invocations"], live["invocations"],
+        "{comparison}"
+    );
     let cold = live["cold_starts"].as_u64().unwrap();
     let starts = live["container_starts"].as_u64().unwrap();
     assert!(cold >= 1 && cold <= starts, "{comparison}");

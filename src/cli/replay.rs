@@ -41,7 +41,7 @@ pub(crate) struct ReplayArgs {
     /// The most containers starting at once; more wait for a slot, and their
     /// calls with them (default 16, the pool's own limit; 0: any number).
     #[arg(long)]
-    start_slots: Option<usize>,
+    pub(super) start_slots: Option<usize>,
     /// What one start costs the engine in CPU time, for `engine_start_s`
     /// (default 105ms, measured for Docker on the development machine).
     #[arg(long, value_parser = units::parse_duration)]
@@ -79,7 +79,8 @@ pub(crate) struct ReplayArgs {
     /// Send the slice as calls to the server at this URL (started with the
     /// config --write-config wrote, fresh) and set what it measured beside the
     /// simulation; the simulation's cold start is the server's mean container
-    /// start unless --cold-start is given.
+    /// start (its wait for a start turn included, so any number start at once
+    /// unless --start-slots is given) unless --cold-start is given.
     #[arg(long)]
     pub(super) live: Option<String>,
 }

@@ -64,6 +64,11 @@ pub(super) async fn compare(args: ReplayArgs) -> Result<i32, String> {
         && let Some(cold_start) = measured.cold_start
     {
         options.cold_start = cold_start;
+        // The server's start time counts its wait for a start turn: the
+        // simulation must not make its starts wait for a slot again.
+        if args.start_slots.is_none() {
+            options.start_slots = None;
+        }
     }
     let simulated = {
         let options = options.clone();
@@ -121,6 +126,7 @@ fn comparison(simulated: &Report, measured: &live::LiveReport, options: &Options
         "live": live,
         "live_over_simulated": ratios,
         "cold_start_s": options.cold_start.as_secs_f64(),
+        "start_slots": options.start_slots,
         "speed": options.speed,
         "sent": measured.sent,
         "failed": measured.failed,
@@ -130,10 +136,13 @@ fn comparison(simulated: &Report, measured: &live::LiveReport, options: &Options
 
 fn print_table(comparison: &Value, options: &Options) {
     println!(
-        "hotpool replay, live against simulated: policy {}, speed {}, cold start {:.0} ms (simulated), {} calls sent, {} failed, sent p99 {:.1} ms late",
+        "hotpool replay, live against simulated: policy {}, speed {}, cold start {:.0} ms and {} starts at once (simulated), {} calls sent, {} failed, sent p99 {:.1} ms late",
         options.policy,
         options.speed,
         options.cold_start.as_secs_f64() * 1e3,
+        options
+            .start_slots
+            .map_or_else(|| "any number of".to_owned(), |slots| slots.to_string()),
         comparison["sent"],
         comparison["failed"],
         comparison["send_lag_p99_ms"].as_f64().unwrap_or(0.0),
