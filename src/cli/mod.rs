@@ -7,6 +7,7 @@ mod engine_processes;
 mod handover;
 mod reload;
 mod replay;
+mod replay_live;
 mod run;
 mod serve;
 mod warm;

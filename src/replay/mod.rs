@@ -17,10 +17,15 @@
 //!   busy time;
 //! - a container holds its function's memory from the start of its start until
 //!   it is removed; idle memory is what it holds while neither starting nor
-//!   serving; GB are 1024 MB; figures cover the 24-hour day.
+//!   serving; GB are 1024 MB; figures cover the trace's minutes (the 24-hour
+//!   day, or a slice of it: [`Trace::slice`]), run [`Options::speed`] times
+//!   faster.
 
+mod calls;
+pub mod live;
 mod rng;
 mod sim;
+mod slice;
 mod trace;
 
 use std::fmt;
@@ -38,6 +43,7 @@ pub use sim::{BudgetTooSmall, simulate};
 /// of the test function took 2.1 CPU seconds (the shims' own time is not in
 /// it).
 pub const ENGINE_START_COST: Duration = Duration::from_millis(105);
+pub use slice::{SliceError, parse_minutes};
 pub use trace::{Trace, TraceError};
 
 /// How a replay runs.
@@ -64,12 +70,16 @@ pub struct Options {
     /// Every function's warm floor ([`crate::pool::FunctionSpec::min_idle`]):
     /// its containers count in idle GB-s and container starts.
     pub min_idle: usize,
+    /// How many times faster than the trace time runs: arrival times and
+    /// call durations are divided by it (the cold start and the policy are
+    /// not), and so is the span the figures cover.
+    pub speed: f64,
 }
 
 impl Default for Options {
     /// The `adaptive` policy, no memory budget, a 250 ms cold start, seed 1,
     /// uniform arrivals, the pool's 16 starts at once, each costing the
-    /// engine [`ENGINE_START_COST`], no warm floor.
+    /// engine [`ENGINE_START_COST`], no warm floor, at the trace's own speed.
     fn default() -> Self {
         Options {
             policy: Policy::KeepAlive(KeepAlive::ADAPTIVE),
@@ -80,6 +90,7 @@ impl Default for Options {
             start_slots: Some(crate::pool::STARTS_AT_ONCE),
             engine_start_cost: ENGINE_START_COST,
             min_idle: 0,
+            speed: 1.0,
         }
     }
 }

@@ -6,22 +6,20 @@
 //! start that does not fit the memory budget evicts the idle container of another
 //! function that the eviction policies rank lowest, or waits for memory.
 //!
-//! Time is counted in nanoseconds from the start of the day; the state machines
-//! see it as `std::time::Instant`s from a base taken when the replay starts.
+//! Time is counted in nanoseconds from the start of the trace (the day, or a
+//! slice of it), divided by [`Options::speed`]; the state machines see it as
+//! `std::time::Instant`s from a base taken when the replay starts.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::rng::SplitMix64;
-use super::trace::{MINUTES, Trace};
-use super::{Arrivals, Options, Progress, Report};
+use super::calls::{CallSource, MINUTE_NS, compress};
+use super::trace::Trace;
+use super::{Options, Progress, Report};
 use crate::pool::FunctionSpec;
 use crate::pool::state::{Actions, Arrival, EvictionClock, FunctionState, Served, Waiter};
 
-const MINUTE_NS: u64 = 60_000_000_000;
-/// The day the figures cover.
-const DAY_NS: u64 = MINUTES as u64 * MINUTE_NS;
 /// Concurrency and queue of every function: as many as its calls need.
 const UNLIMITED: usize = u32::MAX as usize;
 const BYTES_PER_GB: f64 = (1u64 << 30) as f64;
@@ -58,31 +56,18 @@ pub fn simulate(
         });
     }
     let mut sim = Simulation::new(trace, options);
-    let mut rng = SplitMix64::new(options.seed);
-    let mut arrivals = Vec::new();
-    for minute in 0..MINUTES {
-        arrivals.clear();
-        let start = minute as u64 * MINUTE_NS;
-        for (index, function) in trace.functions.iter().enumerate() {
-            let calls = u64::from(function.per_minute[minute]);
-            for call in 0..calls {
-                let at = start
-                    + match options.arrivals {
-                        Arrivals::Uniform => rng.below(MINUTE_NS),
-                        Arrivals::Equidistant => call * MINUTE_NS / calls,
-                    };
-                let duration = function.durations.at(rng.unit() * 100.0);
-                arrivals.push((at, index as u32, duration));
-            }
-        }
-        arrivals.sort_unstable();
-        for &(at, function, duration) in &arrivals {
-            sim.run_until(at);
-            sim.arrive(function as usize, duration, at);
+    let mut source = CallSource::new(trace, options);
+    let mut calls = Vec::new();
+    let minutes = trace.minutes();
+    for minute in 0..minutes {
+        source.minute(minute, &mut calls);
+        for call in &calls {
+            sim.run_until(call.at);
+            sim.arrive(call.function as usize, call.duration, call.at);
         }
         progress(Progress {
             minute: minute + 1,
-            minutes: MINUTES,
+            minutes,
             invocations: sim.invocations,
         });
     }
@@ -182,6 +167,8 @@ struct Function {
 
 struct Simulation {
     base: Instant,
+    /// When the figures stop: the end of the trace's last minute.
+    end: u64,
     functions: Vec<Function>,
     events: BinaryHeap<Scheduled>,
     seq: u64,
@@ -225,11 +212,6 @@ struct Simulation {
     engine_start_cost: Duration,
 }
 
-/// Nanoseconds of `[from, to)` within the day.
-fn within_day(from: u64, to: u64) -> u64 {
-    to.min(DAY_NS).saturating_sub(from.min(DAY_NS))
-}
-
 impl Simulation {
     fn new(trace: &Trace, options: &Options) -> Simulation {
         let (keep_alive, eviction) = options.policy.split();
@@ -256,8 +238,10 @@ impl Simulation {
                 }
             })
             .collect();
+        let end = compress(trace.minutes() as u64 * MINUTE_NS, options.speed);
         let mut sim = Simulation {
             base: Instant::now(),
+            end,
             functions,
             events: BinaryHeap::new(),
             seq: 0,
@@ -283,7 +267,7 @@ impl Simulation {
             starting: 0,
             waiting_for_slot: VecDeque::new(),
             start_wait: 0,
-            starts_per_second: vec![0; (DAY_NS / SECOND_NS) as usize],
+            starts_per_second: vec![0; end.div_ceil(SECOND_NS) as usize],
             engine_start_cost: options.engine_start_cost,
         };
         // As the pool's reaper looks at a function once it is registered.
@@ -291,6 +275,11 @@ impl Simulation {
             sim.schedule_tick(function, 0);
         }
         sim
+    }
+
+    /// Nanoseconds of `[from, to)` within the figures' span.
+    fn within_end(&self, from: u64, to: u64) -> u64 {
+        to.min(self.end).saturating_sub(from.min(self.end))
     }
 
     fn instant(&self, at: u64) -> Instant {
@@ -310,7 +299,7 @@ impl Simulation {
 
     /// Moves the clock to `at`, adding the memory held meanwhile.
     fn advance(&mut self, at: u64) {
-        let held_for = within_day(self.now, at);
+        let held_for = self.within_end(self.now, at);
         self.held_integral += u128::from(self.held) * u128::from(held_for);
         self.now = self.now.max(at);
     }
@@ -427,7 +416,7 @@ impl Simulation {
     /// Wakes `function` at `at`, unless an earlier tick is pending or the day is
     /// over by then.
     fn schedule_tick(&mut self, function: usize, at: u64) {
-        if at >= DAY_NS
+        if at >= self.end
             || self.functions[function]
                 .tick
                 .is_some_and(|(due, _)| due <= at)
@@ -446,7 +435,7 @@ impl Simulation {
         container.calls += 1;
         let end = at.saturating_add(duration);
         self.busy_integral +=
-            u128::from(self.functions[function].memory) * u128::from(within_day(at, end));
+            u128::from(self.functions[function].memory) * u128::from(self.within_end(at, end));
         let _ = self.push(end, Event::Returned(function, container));
     }
 
@@ -545,7 +534,7 @@ impl Simulation {
         let ready = at.saturating_add(self.cold_start);
         // Starting, or waiting to: held but not idle.
         let memory = self.functions[function].memory;
-        self.busy_integral += u128::from(memory) * u128::from(within_day(since, ready));
+        self.busy_integral += u128::from(memory) * u128::from(self.within_end(since, ready));
         let _ = self.push(ready, Event::Started(function));
     }
 
@@ -607,7 +596,7 @@ impl Simulation {
     }
 
     fn report(mut self, wall: Duration) -> Report {
-        self.advance(DAY_NS);
+        self.advance(self.end);
         let gb_s = |byte_ns: u128| byte_ns as f64 / BYTES_PER_GB / 1e9;
         let mut cold_pct: Vec<f64> = self
             .functions
@@ -646,7 +635,7 @@ impl Simulation {
 
 /// The `q` quantile of sorted `values`, interpolated linearly between ranks; 0
 /// for none.
-fn percentile(values: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(values: &[f64], q: f64) -> f64 {
     let Some(last) = values.len().checked_sub(1) else {
         return 0.0;
     };
@@ -659,6 +648,8 @@ fn percentile(values: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replay::Arrivals;
+    use crate::replay::trace::MINUTES;
     use crate::replay::trace::testing::{TestFunction, write};
 
     /// Replays `functions` with `policy`, evenly spread arrivals and a 250 ms

@@ -135,6 +135,14 @@ impl Trace {
         self.functions.len()
     }
 
+    /// How many minutes it covers: the day, or a slice of it
+    /// ([`Trace::slice`]).
+    pub fn minutes(&self) -> usize {
+        self.functions
+            .first()
+            .map_or(MINUTES, |function| function.per_minute.len())
+    }
+
     /// How many calls it has in all.
     pub fn invocations(&self) -> u64 {
         self.functions
@@ -156,6 +164,16 @@ pub(crate) struct DurationCurve {
 const MIN_DURATION_NS: u64 = 1_000_000;
 
 impl DurationCurve {
+    /// The median duration, in ms.
+    pub(crate) fn median_ms(&self) -> f64 {
+        self.points_ms[3]
+    }
+
+    /// The longest duration, in ms.
+    pub(crate) fn longest_ms(&self) -> f64 {
+        self.points_ms[6]
+    }
+
     /// The duration at percentile `percent` (0 to 100), in nanoseconds.
     pub(crate) fn at(&self, percent: f64) -> u64 {
         let segment = PERCENTILES

@@ -251,6 +251,21 @@ impl Server {
         Server::spawn(config, addr, pool, (extras, env), &[])
     }
 
+    /// Starts a server on the config file `path` (in `dir`, which it keeps),
+    /// written for pool `pool` listening on `addr`, and waits until
+    /// `/healthz` answers.
+    pub fn start_from_file(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        pool: &str,
+        addr: SocketAddr,
+    ) -> Server {
+        let mut server =
+            Server::spawn((dir, path, String::new()), addr, pool, (("", ""), &[]), &[]);
+        server.wait_until_healthy();
+        server
+    }
+
     /// [`Server::start`] with `args` after `serve --config FILE`.
     pub fn start_with_args(test: &str, functions: &[String], args: &[&str]) -> Server {
         let extras = ("", "shutdown_timeout = \"30s\"");

@@ -37,6 +37,10 @@
 //!                  X-Echo-Call-Id)
 //! ```
 //!
+//! A hot mode followed by `--hold MIB` first touches MIB MiB and holds them for
+//! the container's life, as a function of that size does (`hotpool replay`'s
+//! live mode gives each container its trace function's memory so).
+//!
 //! In hot modes a request whose body starts with `!` is a command instead of data:
 //! `!exit N`, `!oom`, `!kill-self`, `!sleep MS`, `!stderr MSG` (then echo MSG),
 //! `!garbage` (write bytes that break the framing), `!spin MS`, `!whoami` (answer
@@ -107,8 +111,22 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        "line" => serve_lines(),
-        "http" => serve_http(),
+        "line" | "http" => {
+            let held = match (arg(1), arg(2).parse::<usize>()) {
+                ("--hold", Ok(mib)) => vec![0x5au8; mib << 20],
+                ("", _) => Vec::new(),
+                _ => {
+                    eprintln!("hotpool-testfn: {mode} takes no argument but --hold MIB");
+                    std::process::exit(64);
+                }
+            };
+            if mode == "line" {
+                serve_lines();
+            } else {
+                serve_http();
+            }
+            drop(std::hint::black_box(held));
+        }
         other => {
             eprintln!("hotpool-testfn: unknown mode {other:?}");
             std::process::exit(64);
