@@ -186,21 +186,11 @@ pub fn containers_of_function(pool: &str, function: &str) -> Vec<String> {
         hotpool::pool::POOL_LABEL,
         hotpool::driver::FUNCTION_LABEL
     );
-    let output = Command::new("ctr")
-        .args(["--address", SOCKET, "--namespace", NAMESPACE])
-        .args(["containers", "ls", "--quiet", &filter])
-        .output()
-        .expect("run ctr containers ls");
-    assert!(
-        output.status.success(),
-        "ctr containers ls {filter}: {output:?}"
-    );
-    let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    ids.sort();
-    ids
+    super::server::ids_listed_by(
+        Command::new("ctr")
+            .args(["--address", SOCKET, "--namespace", NAMESPACE])
+            .args(["containers", "ls", "--quiet", &filter]),
+    )
 }
 
 /// Runs `future` to its end on a runtime of its own, on a thread of its own
