@@ -1,7 +1,14 @@
 //! hotpool's own keep-alive: keep an idle container while the chance that a call
 //! takes it soon is worth its memory, learned online per function; prewarm
 //! ahead of the calls a busy function's recent rates forecast, and before calls
-//! that come like clockwork.
+//! that come like clockwork. Every start is paid for: a prewarm is made only
+//! when the chance that it serves a call beats the price of its start, and
+//! letting a container go counts the start that brings it back.
+//!
+//! **Prices.** One currency, the cold start: a second of idle memory costs
+//! `memory / cold_start_gb_s` of one, and a container start costs
+//! [`START_COST`] of one (the engine's CPU time for a start against the
+//! caller's wait for it, a second of either weighed alike).
 //!
 //! **Keep-alive.** Every idle spell of a container ends one of two ways: a call
 //! takes the container (its length is observed), or the container is removed.
@@ -18,12 +25,16 @@
 //! minimises, per idle spell,
 //!
 //! ```text
-//! memory x E[min(I, T)] x price  +  P(I > T)
+//! memory x E[min(I, T)] x price  +  E[miss; I > T]
 //! ```
 //!
 //! in units of one cold start, where `price` says what a second of idle memory
 //! costs: one cold start is worth `cold_start_gb_s` of it (by default 3000
-//! GB-seconds, fifty minutes of a 1 GiB container). Until it has seen
+//! GB-seconds, fifty minutes of a 1 GiB container). A miss, the container let
+//! go before it was wanted again, costs a cold start when the call found
+//! nothing, and a start ([`START_COST`]) when one was started again ahead of
+//! it: a prewarm served the call, or the forecast wanted a container at that
+//! level again. Until it has seen
 //! a few spells, T is the break-even time itself (a rent-or-buy rule), at most
 //! ten minutes. Nothing is fitted to a trace: the constant that matters is the
 //! price, and it moves the policy along its curve of cold starts against memory.
@@ -33,24 +44,33 @@
 //! idle timeout lets the container go before the next call is due, one is
 //! started [`PREWARM_LEAD`] before then and kept until a tenth past the longest
 //! gap. A prewarm never lets a container go early: it only brings one back.
+//! Such a prewarm goes unused only when the call comes after the window, and
+//! that gap breaks the regularity for the next [`REGULAR_GAPS`]: at most one
+//! in nine is wasted, well under the chance a start needs.
 //!
 //! **Forecast.** A function busy enough to expect at least one call within
-//! [`FORECAST_HORIZON`] (a container start and then some) keeps ready, idle
-//! or starting, the containers the next horizon's calls need: arrivals less
-//! returns, each counted at its rate over the last [`RATE_EVENTS`], plus one
-//! standard deviation of the two as Poisson counts, both over the time a call
-//! stays (the horizon at most: shorter calls come back within it). It reckons again at every
-//! arrival and return, so when calls come faster than containers come back,
-//! starts run ahead of them instead of behind; and the containers it wants are
-//! not let go within the horizon after it last reckoned. A call served by such
-//! a prewarm did not miss the container last removed at its level, so the
-//! keep-alive learns that removing it cost no cold start: with the forecast
-//! covering rises, surplus containers go sooner.
+//! [`FORECAST_HORIZON`] (one container start) keeps ready, idle or starting,
+//! the containers the next horizon's calls need: arrivals less returns, each
+//! counted at its rate over the last [`RATE_EVENTS`], plus
+//! [`FORECAST_DEVIATIONS`] standard deviations of the two as Poisson counts,
+//! both over the time a call stays (the horizon at most: shorter calls come
+//! back within it). The horizon is one start because it reckons again at
+//! every arrival and return: a call further ahead can have its container
+//! started at a later reckoning, still in time, or by then not need it. The
+//! margin is where the chance that the last container it adds serves a call
+//! falls to the price of its start. So when calls come faster than containers
+//! come back, starts run ahead of them instead of behind; and the containers
+//! it wants are not let go within the horizon after it last reckoned. A
+//! container let go at a level the forecast wants again cost a start, not a
+//! cold start, and the keep-alive learns so: with the forecast covering rises,
+//! surplus containers go sooner, but not when they would be started again
+//! soon.
 //!
 //! **Learned.** What it hands on ([`AdaptiveLearned`]): the spells and the
-//! timeouts they chose, the weight of the next one, the last idle gaps and how
-//! long the function has been idle. The rates of the last calls and the last
-//! removed containers are not: they are about the last seconds.
+//! timeouts they chose (with what each miss cost), the weight of the next one,
+//! the last idle gaps and how long the function has been idle. The rates of
+//! the last calls and the last removed containers are not: they are about the
+//! last seconds.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -83,24 +103,37 @@ const REGULAR_SPREAD: f64 = 1.1;
 const MIN_PREWARM_GAP: Duration = Duration::from_secs(4);
 /// How long before a due call a prewarm starts.
 const PREWARM_LEAD: Duration = Duration::from_secs(1);
-/// The demand forecast: the horizon it covers (a start and then some), the
-/// arrivals and returns its rates are measured over, the fewest arrivals in
-/// the horizon for it to act, and how many standard deviations above the
-/// expected deficit it provides for.
-const FORECAST_HORIZON: Duration = Duration::from_secs(1);
+/// The demand forecast: the horizon it covers (one container start: 230 ms
+/// p50 through Docker here, the replay's 250 ms), the arrivals and returns its
+/// rates are measured over, the fewest arrivals in the horizon for it to act,
+/// and how many standard deviations above the expected deficit it provides
+/// for (see [`START_COST`]).
+const FORECAST_HORIZON: Duration = Duration::from_millis(250);
 const RATE_EVENTS: usize = 16;
 const FORECAST_MIN_ARRIVALS: f64 = 1.0;
-const FORECAST_DEVIATIONS: f64 = 1.0;
+const FORECAST_DEVIATIONS: f64 = 0.52;
+/// What one container start costs, in cold starts. A cold start is a call
+/// waiting for a start (250 ms here) and the start itself, which costs the
+/// engine CPU time (105 ms of dockerd and containerd, measured here: see
+/// `crate::replay::ENGINE_START_COST`); a second of either weighed alike, the
+/// start is 105 / 355 of the cold start. A prewarm pays it whether or not a
+/// call comes, so it is worth starting only when the chance that it serves a
+/// call that would otherwise start cold is above it; [`FORECAST_DEVIATIONS`]
+/// is where a normal count exceeds its mean with that chance (P(Z > 0.52) =
+/// 0.30).
+const START_COST: f64 = 0.3;
 /// The weight past which every weight is scaled down, before they overflow.
 const RESCALE_ABOVE: f64 = 1e200;
 
 /// The idle spells seen at some levels: lengths of those that ended in reuse,
-/// by bin, and the count of all, each weighted by the policy's `weight` at the
-/// time it was added (so older ones fade), and the timeout they call for
-/// (`None` while they are too few).
+/// by bin, what letting them go before that would have cost (in cold starts),
+/// and the count of all, each weighted by the policy's `weight` at the time it
+/// was added (so older ones fade), and the timeout they call for (`None` while
+/// they are too few).
 #[derive(Debug, Clone)]
 struct Spells {
     reused: [f64; BINS],
+    missed: [f64; BINS],
     all: f64,
     timeout: Option<Duration>,
 }
@@ -108,6 +141,7 @@ struct Spells {
 impl Spells {
     const NONE: Spells = Spells {
         reused: [0.0; BINS],
+        missed: [0.0; BINS],
         all: 0.0,
         timeout: None,
     };
@@ -222,14 +256,36 @@ impl Adaptive {
             .unwrap_or(self.prior)
     }
 
-    fn observe(&mut self, level: usize, spell: Duration) {
+    /// An idle spell at `level` that ended in reuse after `spell`; letting
+    /// the container go before would have cost `cost` cold starts.
+    fn observe(&mut self, level: usize, spell: Duration, cost: f64) {
         let bin = bin_of(spell);
         let (weight, price) = (self.weight, self.price_per_second);
-        let class = self.class_mut(level);
-        class.reused[bin] += weight;
-        class.timeout = choose_timeout(class, weight, price);
-        self.pooled.reused[bin] += weight;
-        self.pooled.timeout = choose_timeout(&self.pooled, weight, self.price_per_second);
+        let add = |spells: &mut Spells| {
+            spells.reused[bin] += weight;
+            spells.missed[bin] += weight * cost;
+            spells.timeout = choose_timeout(spells, weight, price);
+        };
+        add(self.class_mut(level));
+        add(&mut self.pooled);
+    }
+
+    /// The forecast wants containers up to `wanted`: a container let go at a
+    /// level up to there is started again (or a call finds none), so its
+    /// removal cost a start.
+    fn wanted_again(&mut self, now: Instant, wanted: usize) {
+        for level in self.running + 1..=wanted.min(self.removed.len().saturating_sub(1)) {
+            if let Some(began) = self.removed[level].take() {
+                self.observe(level, now.saturating_duration_since(began), START_COST);
+            }
+        }
+    }
+
+    /// Sets the forecast at `now`, with `running` calls in flight.
+    fn reckon(&mut self, now: Instant) {
+        let wanted = self.running + self.forecast_deficit(now);
+        self.forecast = Some((now, wanted));
+        self.wanted_again(now, wanted);
     }
 
     fn class_mut(&mut self, level: usize) -> &mut Spells {
@@ -240,8 +296,8 @@ impl Adaptive {
         &mut self.by_level[class]
     }
 
-    /// The prewarm window after the function became idle at `since`: when to
-    /// start one, and until when to keep it. `None` unless its gaps are regular.
+    /// The prewarm window after the function became idle: when to start one,
+    /// and until when to keep it. `None` unless its gaps are regular.
     fn prewarm_window(&self) -> Option<(Instant, Instant)> {
         let since = self.idle_since.filter(|_| self.running == 0)?;
         if self.gaps.len() < REGULAR_GAPS {
@@ -262,21 +318,19 @@ impl Adaptive {
 
 impl KeepAlivePolicy for Adaptive {
     fn call_arrived(&mut self, now: Instant, found: Found, level: usize) {
-        let began = match found {
-            Found::Idle(since) => Some(since),
-            Found::Prewarmed => {
-                // The container removed at this level was not missed.
-                self.removed.get_mut(level).and_then(Option::take);
-                None
-            }
-            Found::Nothing => self.removed.get_mut(level).and_then(Option::take),
+        let removed = self.removed.get_mut(level).and_then(Option::take);
+        let (began, cost) = match found {
+            Found::Idle(since) => (Some(since), 1.0),
+            // The container removed at this level was started again.
+            Found::Prewarmed => (removed, START_COST),
+            Found::Nothing => (removed, 1.0),
         };
         if let Some(began) = began {
-            self.observe(level, now.saturating_duration_since(began));
+            self.observe(level, now.saturating_duration_since(began), cost);
         }
         self.arrivals.push(now);
         self.running = level;
-        self.forecast = Some((now, level + self.forecast_deficit(now)));
+        self.reckon(now);
         if level == 1
             && let Some(since) = self.idle_since
         {
@@ -290,7 +344,7 @@ impl KeepAlivePolicy for Adaptive {
     fn call_returned(&mut self, now: Instant, in_flight: usize) {
         self.returns.push(now);
         self.running = in_flight;
-        self.forecast = Some((now, in_flight + self.forecast_deficit(now)));
+        self.reckon(now);
         if in_flight == 0 {
             self.idle_since = Some(now);
         }
@@ -367,6 +421,7 @@ impl KeepAlivePolicy for Adaptive {
         if learned.gaps.iter().any(|gap| *gap > CENTURY) {
             return Err("an idle gap over a century".into());
         }
+
         let pooled = learned.pooled.spells()?;
         let by_level = learned
             .by_level
@@ -394,10 +449,13 @@ pub(crate) struct AdaptiveLearned {
     idle_for: Option<Duration>,
 }
 
-/// [`Spells`] as they are handed on.
+/// [`Spells`] as they are handed on. `missed` is absent from what a policy
+/// before starts were charged handed on: every miss was a cold start then.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct LearnedSpells {
     reused: Vec<f64>,
+    #[serde(default)]
+    missed: Vec<f64>,
     all: f64,
     timeout: Option<Duration>,
 }
@@ -406,6 +464,7 @@ impl From<&Spells> for LearnedSpells {
     fn from(spells: &Spells) -> LearnedSpells {
         LearnedSpells {
             reused: spells.reused.to_vec(),
+            missed: spells.missed.to_vec(),
             all: spells.all,
             timeout: spells.timeout,
         }
@@ -420,8 +479,16 @@ impl LearnedSpells {
             .as_slice()
             .try_into()
             .map_err(|_| format!("{} bins, not {BINS}", self.reused.len()))?;
+        let missed: [f64; BINS] = if self.missed.is_empty() {
+            reused
+        } else {
+            self.missed
+                .as_slice()
+                .try_into()
+                .map_err(|_| format!("{} bins missed, not {BINS}", self.missed.len()))?
+        };
         let count = |c: &f64| c.is_finite() && *c >= 0.0;
-        if !reused.iter().chain([&self.all]).all(count) {
+        if !reused.iter().chain(&missed).chain([&self.all]).all(count) {
             return Err("a count that is not a finite weight".into());
         }
         if self
@@ -432,6 +499,7 @@ impl LearnedSpells {
         }
         Ok(Spells {
             reused,
+            missed,
             all: self.all,
             timeout: self.timeout,
         })
@@ -444,8 +512,10 @@ impl Adaptive {
         let scale = 1.0 / self.weight;
         for spells in self.by_level.iter_mut().chain([&mut self.pooled]) {
             spells.reused.iter_mut().for_each(|count| *count *= scale);
+            spells.missed.iter_mut().for_each(|cost| *cost *= scale);
             spells.all *= scale;
         }
+
         self.weight = 1.0;
     }
 }
@@ -461,17 +531,19 @@ fn choose_timeout(spells: &Spells, weight: f64, price_per_second: f64) -> Option
     let never = (spells.all - observed).max(0.0);
     let mut below_time = 0.0; // sum of spell lengths below the candidate edge
     let mut above = observed; // observed spells at or above it
+    let mut missed: f64 = spells.missed.iter().sum(); // what letting those go costs
     let mut best = (f64::INFINITY, MIN_TIMEOUT);
     for bin in 0..=BINS {
         let edge = edge_s(bin);
         let idle = below_time + edge * (above + never);
-        let cost = price_per_second * idle + above;
+        let cost = price_per_second * idle + missed;
         if cost < best.0 {
             best = (cost, Duration::from_secs_f64(edge));
         }
         if bin < BINS {
             below_time += spells.reused[bin] * middle_s(bin);
             above -= spells.reused[bin];
+            missed -= spells.missed[bin];
         }
     }
     Some(best.1.clamp(MIN_TIMEOUT, MAX_TIMEOUT))
@@ -713,8 +785,8 @@ mod tests {
         );
         let now = end - Duration::from_millis(100);
         let ahead = policy.prewarm(now) - in_flight;
-        // Ten calls due within the horizon, and a margin for chance.
-        assert!((10..=16).contains(&ahead), "{ahead} ahead");
+        // Two and a half calls due within the horizon, and a margin for chance.
+        assert!((3..=5).contains(&ahead), "{ahead} ahead");
         let since = now - Duration::from_secs(10);
         assert_eq!(
             policy.idle_until(since, in_flight + ahead),
@@ -768,30 +840,87 @@ mod tests {
             end,
         );
         let ahead = policy.prewarm(end - Duration::from_millis(1)) - in_flight;
-        // Counted over the whole second, chance alone would ask for about 45.
+        // Counted over the whole horizon, chance alone would ask for about 12.
         assert!((1..=4).contains(&ahead), "{ahead} ahead");
     }
 
+    /// The timeout a policy of `memory` learns when, each round, a container
+    /// goes idle, is removed, and `spell` later a call finds `found`.
+    fn timeout_after_removals(memory: u64, spell: Duration, found: Found) -> Duration {
+        let mut policy = Adaptive::new(memory, 3000.0);
+        let start = Instant::now();
+        let now = reused_after(&mut policy, start, 1, Duration::from_secs(2), 20);
+        for round in 0..50u32 {
+            let began = now + Duration::from_secs(u64::from(round) * 1000);
+            policy.call_returned(began, 0);
+            policy.idle_removed(began, 1);
+            policy.call_arrived(began + spell, found, 1);
+        }
+        policy.timeout(1)
+    }
+
     #[test]
-    fn a_call_served_by_a_prewarm_did_not_miss_the_removed_container() {
-        // Each round: a container goes idle, is removed, and five minutes
-        // later a call comes that finds either nothing or a prewarm.
-        let timeout_after = |found: Found| {
-            let mut policy = Adaptive::new(256 * MIB, 3000.0);
-            let start = Instant::now();
-            let now = reused_after(&mut policy, start, 1, Duration::from_secs(2), 20);
-            for round in 0..50u32 {
-                let began = now + Duration::from_secs(u64::from(round) * 1000);
-                policy.call_returned(began, 0);
-                policy.idle_removed(began, 1);
-                policy.call_arrived(began + Duration::from_secs(300), found, 1);
-            }
-            policy.timeout(1)
-        };
-        let missed = timeout_after(Found::Nothing);
-        let covered = timeout_after(Found::Prewarmed);
-        assert!(missed >= Duration::from_secs(300), "{missed:?}");
-        assert!(covered < Duration::from_secs(10), "{covered:?}");
+    fn a_container_started_again_for_its_call_cost_a_start_not_a_cold_start() {
+        // 10 GiB at 3000 GB-s a cold start: two minutes idle cost 0.4 of one,
+        // more than a start and less than a cold start.
+        let (memory, spell) = (10 * 1024 * MIB, Duration::from_secs(120));
+        let missed = timeout_after_removals(memory, spell, Found::Nothing);
+        assert!(
+            missed >= spell,
+            "a cold start is worth keeping it: {missed:?}"
+        );
+        let restarted = timeout_after_removals(memory, spell, Found::Prewarmed);
+        assert!(restarted < Duration::from_secs(10), "{restarted:?}");
+        // One minute idle costs 0.2 of a cold start: less than the start.
+        let spell = Duration::from_secs(60);
+        let restarted = timeout_after_removals(memory, spell, Found::Prewarmed);
+        assert!(
+            restarted >= spell,
+            "worth keeping rather than starting again: {restarted:?}"
+        );
+    }
+
+    #[test]
+    fn a_removed_container_the_forecast_wants_again_cost_a_start() {
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
+        let now = Instant::now();
+        let began = now - Duration::from_secs(30);
+        for level in [2, 3, 5] {
+            policy.idle_removed(began, level);
+        }
+        policy.running = 1;
+        policy.wanted_again(now, 3);
+        let missed: f64 = policy.pooled.missed.iter().sum();
+        let reused: f64 = policy.pooled.reused.iter().sum();
+        assert_eq!(reused, 2.0, "levels 2 and 3 are wanted again");
+        assert!((missed - 2.0 * START_COST).abs() < 1e-9, "{missed}");
+        assert_eq!(policy.pooled.reused[bin_of(Duration::from_secs(30))], 2.0);
+        assert_eq!(
+            policy.removed[5],
+            Some(began),
+            "level 5 is not wanted: it may still be missed by a call"
+        );
+        assert_eq!(policy.removed[2], None);
+    }
+
+    #[test]
+    fn a_prewarm_margin_stops_where_its_chance_falls_to_a_start() {
+        // Under the margin a prewarm serves a call with at least the chance
+        // a start costs: a normal count exceeds its mean by this many
+        // deviations with that chance.
+        let chance = 0.5 * erfc(FORECAST_DEVIATIONS / std::f64::consts::SQRT_2);
+        assert!((chance - START_COST).abs() < 0.005, "{chance}");
+    }
+
+    /// The complementary error function (Abramowitz and Stegun 7.1.26, to
+    /// 1.5e-7), enough to check a quantile.
+    fn erfc(x: f64) -> f64 {
+        let t = 1.0 / (1.0 + 0.327_591_1 * x);
+        let poly = t
+            * (0.254_829_592
+                + t * (-0.284_496_736
+                    + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+        poly * (-x * x).exp()
     }
 
     #[test]
@@ -883,6 +1012,19 @@ mod tests {
             None,
             "a fresh one waits for gaps"
         );
+    }
+
+    #[test]
+    fn spells_handed_on_before_starts_were_charged_count_every_miss_a_cold_start() {
+        let settings = (256 * MIB, 3000.0);
+        let mut policy = Adaptive::new(settings.0, settings.1);
+        let now = reused_after(&mut policy, Instant::now(), 1, Duration::from_secs(30), 50);
+        let mut json = serde_json::to_value(policy.learned(now).expect("it learns")).unwrap();
+        json["pooled"].as_object_mut().unwrap().remove("missed");
+        let mut next = Adaptive::new(settings.0, settings.1);
+        next.restore(serde_json::from_value(json).unwrap(), now)
+            .unwrap();
+        assert_eq!(next.pooled.missed, next.pooled.reused);
     }
 
     #[test]
