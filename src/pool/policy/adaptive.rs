@@ -716,10 +716,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn clockwork_calls_are_prewarmed_once_their_container_was_let_go() {
-        // A cold start worth little: containers go after a second idle.
-        let mut policy = Adaptive::new(256 * MIB, 0.001);
+    /// Calls of 100 ms, 10 s apart, enough to be clockwork; returns when the
+    /// last ended, and the gap.
+    fn clockwork_calls(policy: &mut Adaptive) -> (Instant, Duration) {
         let mut now = Instant::now();
         let gap = Duration::from_secs(10);
         for _ in 0..=REGULAR_GAPS {
@@ -728,7 +727,14 @@ mod tests {
             policy.call_returned(now, 0);
             now += gap;
         }
-        let ended = now - gap;
+        (now - gap, gap)
+    }
+
+    #[test]
+    fn clockwork_calls_are_prewarmed_once_their_container_was_let_go() {
+        // A cold start worth little: containers go after a second idle.
+        let mut policy = Adaptive::new(256 * MIB, 0.001);
+        let (ended, gap) = clockwork_calls(&mut policy);
         assert_eq!(policy.timeout(1), MIN_TIMEOUT);
         assert_eq!(
             policy.idle_until(ended, 1),
@@ -987,15 +993,7 @@ mod tests {
     fn a_policy_handed_on_prewarms_clockwork_calls_when_they_are_due() {
         let settings = (256 * MIB, 0.001);
         let mut policy = Adaptive::new(settings.0, settings.1);
-        let mut now = Instant::now();
-        let gap = Duration::from_secs(10);
-        for _ in 0..=REGULAR_GAPS {
-            policy.call_arrived(now, Found::Nothing, 1);
-            now += Duration::from_millis(100);
-            policy.call_returned(now, 0);
-            now += gap;
-        }
-        let ended = now - gap;
+        let (ended, _) = clockwork_calls(&mut policy);
         // Handed on 3 s into the idle gap; restored in another process whose
         // clock reads 50 s more: the window is as far from now as it was.
         let (at, later) = (
