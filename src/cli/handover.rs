@@ -261,11 +261,11 @@ mod tests {
     async fn a_process_started_before_the_owner_listened_is_refused_and_the_owner_waits_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.handover");
-        let owner = HandoverListener::bind(&path).unwrap();
-        assert!(
-            process_start(std::process::id() as i32) < owner.listening_since,
-            "this process started before the owner listened"
-        );
+        let mut owner = HandoverListener::bind(&path).unwrap();
+        // The owner began to listen a clock tick after this process started
+        // (here the two may fall in one tick, which counts as not before).
+        let started = process_start(std::process::id() as i32).expect("this process's start");
+        owner.listening_since = Some(started + 1);
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let waiting = owner.requested(socket.as_raw_fd());
         tokio::pin!(waiting);
