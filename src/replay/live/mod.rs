@@ -31,6 +31,15 @@ pub use serve_config::{ServeSetup, function_name, serve_config};
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 const BYTES_PER_GB: f64 = (1u64 << 30) as f64;
+/// How long connecting to the server may take, for a call or a reading.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one reading of `/metrics` may take: a server that stalls fails
+/// the run rather than hang it.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than its own duration a call may take before it is given
+/// up as failed: the written config's 10-minute queue timeout, its call
+/// timeout's minute, and a minute more.
+const CALL_MARGIN: Duration = Duration::from_secs(12 * 60);
 
 /// A live run that could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +79,7 @@ pub async fn run(trace: &Trace, options: &Options, url: &str) -> Result<LiveRepo
     let memory: Vec<u64> = trace.functions.iter().map(|f| f.memory).collect();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
+        .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .map_err(|e| LiveError(format!("an HTTP client: {e}")))?;
     let calls = CallSource::new(trace, options).all();
@@ -93,6 +103,7 @@ pub async fn run(trace: &Trace, options: &Options, url: &str) -> Result<LiveRepo
         lags.push(due.elapsed().as_secs_f64() * 1e3);
         let request = client
             .post(format!("{url}/invoke/{}", names[call.function as usize]))
+            .timeout(Duration::from_nanos(call.duration) + CALL_MARGIN)
             .body(format!(
                 "!sleep {}",
                 (call.duration as f64 / 1e6).round() as u64
@@ -170,6 +181,7 @@ async fn scrape(
     let failed = |e: reqwest::Error| LiveError(format!("reading {url}/metrics: {e}"));
     let response = client
         .get(format!("{url}/metrics"))
+        .timeout(SCRAPE_TIMEOUT)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
