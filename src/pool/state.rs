@@ -586,7 +586,11 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
     /// How many containers to start now for the warm floor, within the
     /// concurrency, unless it pauses after a failure. Counts them starting.
     fn fills(&mut self, now: Instant) -> usize {
-        if self.draining.is_some() || self.floor_paused_until.is_some_and(|at| now < at) {
+        // Most functions have no floor: no pass over the waiters for them.
+        if self.min_idle == 0
+            || self.draining.is_some()
+            || self.floor_paused_until.is_some_and(|at| now < at)
+        {
             return 0;
         }
         let lacking = self.min_idle.saturating_sub(self.spare());
