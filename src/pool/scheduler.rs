@@ -438,14 +438,15 @@ impl<D: Driver> Inner<D> {
             Err(error) => Err(error),
         };
         record_start(&pool.name, started, result.as_ref().err());
+        let took = started.elapsed();
         if result.is_ok() {
-            pool.record_start_cost(started.elapsed());
+            pool.record_start_cost(took);
         }
         match result {
             Ok(slot) => {
                 let actions = {
                     let mut state = pool.lock();
-                    let actions = state.started(slot, now());
+                    let actions = state.started(slot, now(), took);
                     pool.publish(&mut state);
                     actions
                 };

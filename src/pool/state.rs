@@ -308,9 +308,10 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         self.offer(container, now, false)
     }
 
-    /// A container started at `now`.
-    pub(crate) fn started(&mut self, container: C, now: Instant) -> Actions<C, W> {
+    /// A container started at `now`, `took` after it was asked for.
+    pub(crate) fn started(&mut self, container: C, now: Instant, took: Duration) -> Actions<C, W> {
         self.starting -= 1;
+        self.keep_alive.start_took(took);
         // Starts work again: the floor need not wait for its pause to end.
         self.failed_starts = 0;
         self.floor_paused_until = None;
@@ -675,6 +676,9 @@ mod tests {
     use super::*;
     use crate::pool::FunctionSpec;
 
+    /// How long every start in these tests took.
+    const START: Duration = Duration::from_millis(250);
+
     /// A waiting call whose caller can leave.
     #[derive(Debug, Clone)]
     struct Call {
@@ -724,7 +728,7 @@ mod tests {
     fn with_idle(state: &mut State, now: Instant, containers: &[&'static str]) {
         for container in containers {
             state.starting += 1;
-            let actions = state.started(container, now);
+            let actions = state.started(container, now, START);
             assert!(actions.grant.is_none() && actions.retire.is_empty());
         }
     }
@@ -743,7 +747,7 @@ mod tests {
         assert_eq!((ticked.start, ticked.fill), (0, 2));
         assert_eq!(state.tick(now).fill, 0, "starting ones count");
         for container in ["a", "b"] {
-            let _ = state.started(container, now);
+            let _ = state.started(container, now, START);
         }
         let Arrival::Ready { fill: 1, .. } = state.call_arrives(now, || call(1)) else {
             panic!("one taken, one started for the floor")
@@ -774,7 +778,7 @@ mod tests {
         let Arrival::Queued { start: 1, .. } = state.call_arrives(now, || call(1)) else {
             panic!("the first call starts one container")
         };
-        let actions = state.started("c1", now);
+        let actions = state.started("c1", now, START);
         let (waiter, container) = actions.grant.expect("the waiter gets it");
         assert_eq!((waiter.id, container), (1, "c1"));
         assert_eq!(
@@ -830,7 +834,7 @@ mod tests {
             state.call_arrives(start, || first.clone()),
             Arrival::Queued { start: 1, .. }
         ));
-        let (_, c1) = state.started("c1", start).grant.expect("granted");
+        let (_, c1) = state.started("c1", start, START).grant.expect("granted");
         let second = call(2);
         assert!(matches!(
             state.call_arrives(start, || second.clone()),
@@ -840,7 +844,7 @@ mod tests {
         let back = state.returned(c1, secs(start, 1));
         assert!(back.grant.is_none(), "the second caller left");
         // The start made for the call that left comes up idle, on top.
-        let _ = state.started("c2", secs(start, 2));
+        let _ = state.started("c2", secs(start, 2), START);
         let gone = state.tick(secs(start, 100));
         assert_eq!(gone.retire.len(), 2);
         assert_eq!(
@@ -892,7 +896,7 @@ mod tests {
         let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("the starting container serves the live waiter")
         };
-        let (waiter, _) = state.started("c", now).grant.expect("granted");
+        let (waiter, _) = state.started("c", now, START).grant.expect("granted");
         assert_eq!(waiter.id, 2, "the caller who left is skipped");
     }
 
@@ -969,7 +973,7 @@ mod tests {
         ));
         let back = state.returned(busy, now);
         assert_eq!(back.retire, [("idle", EvictionReason::Replaced)]);
-        let started = state.started("late", now);
+        let started = state.started("late", now, START);
         assert_eq!(started.retire, [("late", EvictionReason::Replaced)]);
         assert!(state.is_finished());
     }
@@ -1061,7 +1065,7 @@ mod tests {
         // Calls every 10 s, each served by the one container: regular gaps.
         let container = {
             let _ = state.call_arrives(now, || call(0));
-            state.started("c", now).grant.expect("granted").1
+            state.started("c", now, START).grant.expect("granted").1
         };
         let mut container = Some(container);
         for i in 1..12 {
@@ -1073,7 +1077,7 @@ mod tests {
             now += Duration::from_secs(10);
             let prewarm_due = state.tick(now - Duration::from_secs(1));
             for _ in 0..prewarm_due.start {
-                let _ = state.started("prewarmed", now - Duration::from_millis(900));
+                let _ = state.started("prewarmed", now - Duration::from_millis(900), START);
             }
             container = Some(match state.call_arrives(now, || call(i)) {
                 Arrival::Ready {
@@ -1088,7 +1092,7 @@ mod tests {
                     container
                 }
                 Arrival::Queued { start: 1, .. } => {
-                    state.started("c", now).grant.expect("granted").1
+                    state.started("c", now, START).grant.expect("granted").1
                 }
                 other => panic!("{other:?}"),
             });
@@ -1099,7 +1103,7 @@ mod tests {
         let _ = state.tick(now);
         let due = state.tick(now + Duration::from_secs(9));
         assert_eq!(due.start, 1);
-        let _ = state.started("unused", now + Duration::from_secs(9));
+        let _ = state.started("unused", now + Duration::from_secs(9), START);
         let late = state.tick(now + Duration::from_secs(60));
         assert_eq!((late.retire.len(), late.prewarms_wasted), (1, 1));
     }

@@ -114,8 +114,8 @@ enum Cause {
 
 #[derive(Debug)]
 enum Event {
-    /// A container of the function finished starting.
-    Started(usize),
+    /// A container of the function finished starting; it was asked for at `u64`.
+    Started(usize, u64),
     /// A container of the function finished its call.
     Returned(usize, Container),
     /// The function asked to be woken; `u64` names the request.
@@ -203,8 +203,9 @@ struct Simulation {
     start_slots: usize,
     /// Containers starting now.
     starting: usize,
-    /// Starts waiting for a slot (their memory held): function, since when.
-    waiting_for_slot: VecDeque<(usize, u64)>,
+    /// Starts waiting for a slot (their memory held): function, when it was
+    /// asked for, since when it waits.
+    waiting_for_slot: VecDeque<(usize, u64, u64)>,
     /// Time starts waited for a slot, in nanoseconds.
     start_wait: u64,
     /// Starts begun in each second of the day.
@@ -311,11 +312,13 @@ impl Simulation {
             self.advance(at);
             let now = self.instant(at);
             match event {
-                Event::Started(function) => {
+                Event::Started(function, asked) => {
                     self.slot_freed(at);
-                    let changes = self.functions[function]
-                        .state
-                        .started(Container { calls: 0 }, now);
+                    let took = Duration::from_nanos(at - asked);
+                    let changes =
+                        self.functions[function]
+                            .state
+                            .started(Container { calls: 0 }, now, took);
                     self.carry_out(function, changes, at, Cause::Started);
                 }
                 Event::Returned(function, container) => {
@@ -458,7 +461,7 @@ impl Simulation {
     fn start(&mut self, function: usize, count: usize, at: u64) {
         for _ in 0..count {
             if self.make_room(function) {
-                self.begin_start(function, at);
+                self.begin_start(function, at, at);
             } else {
                 let parked = &mut self.functions[function].parked;
                 if parked.is_empty() {
@@ -483,7 +486,7 @@ impl Simulation {
                 // No container was freed: as after a tick that retired none.
                 self.carry_out(function, changes, at, Cause::Tick);
             } else {
-                self.begin_start(function, at);
+                self.begin_start(function, at, at);
             }
         }
     }
@@ -504,28 +507,29 @@ impl Simulation {
                 self.functions[function].parked.pop_front();
                 self.memory_waits += 1;
                 self.longest_memory_wait = self.longest_memory_wait.max(at - since);
-                self.begin_start(function, at);
+                self.begin_start(function, since, at);
             }
             false
         });
         self.parked = parked;
     }
 
-    /// Holds the memory of a container of `function` from `at` and starts it
-    /// when a start slot is free, as the pool's starts take their turn once
-    /// their memory is reserved.
-    fn begin_start(&mut self, function: usize, at: u64) {
+    /// Holds the memory of a container of `function` (asked for at `asked`)
+    /// from `at` and starts it when a start slot is free, as the pool's starts
+    /// take their turn once their memory is reserved.
+    fn begin_start(&mut self, function: usize, asked: u64, at: u64) {
         self.held += self.functions[function].memory;
         self.container_starts += 1;
         if self.starting < self.start_slots {
-            self.take_slot(function, at, at);
+            self.take_slot(function, asked, at, at);
         } else {
-            self.waiting_for_slot.push_back((function, at));
+            self.waiting_for_slot.push_back((function, asked, at));
         }
     }
 
-    /// A start of `function` that began to wait at `since` takes a slot at `at`.
-    fn take_slot(&mut self, function: usize, since: u64, at: u64) {
+    /// A start of `function`, asked for at `asked`, that began to wait for a
+    /// slot at `since` takes one at `at`.
+    fn take_slot(&mut self, function: usize, asked: u64, since: u64, at: u64) {
         self.starting += 1;
         self.start_wait += at - since;
         if let Some(second) = self.starts_per_second.get_mut((at / SECOND_NS) as usize) {
@@ -535,14 +539,14 @@ impl Simulation {
         // Starting, or waiting to: held but not idle.
         let memory = self.functions[function].memory;
         self.busy_integral += u128::from(memory) * u128::from(self.within_end(since, ready));
-        let _ = self.push(ready, Event::Started(function));
+        let _ = self.push(ready, Event::Started(function, asked));
     }
 
     /// A start ended at `at`: the longest-waiting start takes its slot.
     fn slot_freed(&mut self, at: u64) {
         self.starting -= 1;
-        if let Some((function, since)) = self.waiting_for_slot.pop_front() {
-            self.take_slot(function, since, at);
+        if let Some((function, asked, since)) = self.waiting_for_slot.pop_front() {
+            self.take_slot(function, asked, since, at);
         }
     }
 

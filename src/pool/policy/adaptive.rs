@@ -49,7 +49,8 @@
 //! in nine is wasted, well under the chance a start needs.
 //!
 //! **Forecast.** A function busy enough to expect at least one call within
-//! [`FORECAST_HORIZON`] (one container start) keeps ready, idle or starting,
+//! its horizon (one container start, as its own starts have taken lately)
+//! keeps ready, idle or starting,
 //! the containers the next horizon's calls need: arrivals less returns, each
 //! counted at its rate over the last [`RATE_EVENTS`], plus
 //! [`FORECAST_DEVIATIONS`] standard deviations of the two as Poisson counts,
@@ -69,8 +70,9 @@
 //! **Learned.** What it hands on ([`AdaptiveLearned`]): the spells and the
 //! timeouts they chose (with what each miss cost), the weight of the next one,
 //! the last idle gaps and how long the function has been idle. The rates of
-//! the last calls and the last removed containers are not: they are about the
-//! last seconds.
+//! the last calls, the last removed containers and the horizon are not: they
+//! are about the last seconds (the horizon is measured again at the next
+//! start).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -103,12 +105,18 @@ const REGULAR_SPREAD: f64 = 1.1;
 const MIN_PREWARM_GAP: Duration = Duration::from_secs(4);
 /// How long before a due call a prewarm starts.
 const PREWARM_LEAD: Duration = Duration::from_secs(1);
-/// The demand forecast: the horizon it covers (one container start: 230 ms
-/// p50 through Docker here, the replay's 250 ms), the arrivals and returns its
-/// rates are measured over, the fewest arrivals in the horizon for it to act,
-/// and how many standard deviations above the expected deficit it provides
-/// for (see [`START_COST`]).
-const FORECAST_HORIZON: Duration = Duration::from_millis(250);
+/// The demand forecast: the horizon it covers before the function's first
+/// start is measured (one container start: 230 ms p50 through Docker here, the
+/// replay's 250 ms), the shortest and longest it follows the measured starts
+/// to, and how much of the horizon each start's time makes up (an average
+/// over the last few starts); the arrivals and returns its rates are measured
+/// over, the fewest arrivals in the horizon for it to act, and how many
+/// standard deviations above the expected deficit it provides for (see
+/// [`START_COST`]).
+const FIRST_HORIZON: Duration = Duration::from_millis(250);
+const SHORTEST_HORIZON: Duration = Duration::from_millis(50);
+const LONGEST_HORIZON: Duration = Duration::from_secs(10);
+const HORIZON_WEIGHT: f64 = 0.25;
 const RATE_EVENTS: usize = 16;
 const FORECAST_MIN_ARRIVALS: f64 = 1.0;
 const FORECAST_DEVIATIONS: f64 = 0.52;
@@ -171,6 +179,8 @@ pub(crate) struct Adaptive {
     /// At the last arrival or return: when, and the highest level the
     /// forecast wanted up (the calls in flight and the deficit above them).
     forecast: Option<(Instant, usize)>,
+    /// How far ahead the forecast looks: what a start has taken lately.
+    horizon: Duration,
 }
 
 /// The times of the last [`RATE_EVENTS`] events of one kind.
@@ -222,15 +232,16 @@ impl Adaptive {
             arrivals: Recent::default(),
             returns: Recent::default(),
             forecast: None,
+            horizon: FIRST_HORIZON,
         }
     }
 
     /// Containers, idle or starting, that the calls expected over the next
-    /// [`FORECAST_HORIZON`] need at `now`: arrivals less returns, with a margin
+    /// horizon need at `now`: arrivals less returns, with a margin
     /// for chance (both counted as Poisson at their recent rates); none while
     /// fewer than [`FORECAST_MIN_ARRIVALS`] calls are expected.
     fn forecast_deficit(&self, now: Instant) -> usize {
-        let horizon = FORECAST_HORIZON.as_secs_f64();
+        let horizon = self.horizon.as_secs_f64();
         let (arrival_rate, return_rate) = (self.arrivals.rate(now), self.returns.rate(now));
         if arrival_rate * horizon < FORECAST_MIN_ARRIVALS {
             return 0;
@@ -374,9 +385,7 @@ impl KeepAlivePolicy for Adaptive {
                 let timeout = after(idle_since, self.timeout(level));
                 match self.forecast {
                     // Wanted up: kept through the horizon after the forecast.
-                    Some((at, wanted)) if level <= wanted => {
-                        timeout.max(after(at, FORECAST_HORIZON))
-                    }
+                    Some((at, wanted)) if level <= wanted => timeout.max(after(at, self.horizon)),
                     _ => timeout,
                 }
             }
@@ -388,6 +397,13 @@ impl KeepAlivePolicy for Adaptive {
             .prewarm_window()
             .map_or(0, |(start, end)| usize::from(start <= now && now < end));
         clockwork.max(self.running + self.forecast_deficit(now))
+    }
+
+    fn start_took(&mut self, took: Duration) {
+        let took = took.clamp(SHORTEST_HORIZON, LONGEST_HORIZON);
+        let blended = self.horizon.as_secs_f64() * (1.0 - HORIZON_WEIGHT)
+            + took.as_secs_f64() * HORIZON_WEIGHT;
+        self.horizon = Duration::from_secs_f64(blended);
     }
 
     fn next_change(&self, now: Instant) -> Option<Instant> {
@@ -796,7 +812,7 @@ mod tests {
         let since = now - Duration::from_secs(10);
         assert_eq!(
             policy.idle_until(since, in_flight + ahead),
-            now + FORECAST_HORIZON,
+            now + FIRST_HORIZON,
             "one it wants is kept through the horizon"
         );
         assert_eq!(
@@ -804,6 +820,47 @@ mod tests {
             since + MIN_TIMEOUT,
             "one above goes at its timeout"
         );
+    }
+
+    #[test]
+    fn the_forecast_looks_as_far_ahead_as_the_functions_starts_take() {
+        let mut policy = Adaptive::new(256 * MIB, 0.001);
+        let start = Instant::now();
+        let rising = |policy: &mut Adaptive, start: Instant| {
+            // Ten calls a second that each run a minute: nothing comes back yet.
+            let end = start + Duration::from_secs(5);
+            let in_flight = steady_calls(
+                policy,
+                start,
+                Duration::from_millis(100),
+                Duration::from_secs(60),
+                end,
+            );
+            (in_flight, end - Duration::from_millis(100))
+        };
+        let (in_flight, now) = rising(&mut policy, start);
+        let quick = policy.prewarm(now) - in_flight;
+        // Starts now take two seconds, as on a loaded engine.
+        for _ in 0..40 {
+            policy.start_took(Duration::from_secs(2));
+        }
+        let later = now + Duration::from_secs(100);
+        let (in_flight, now) = rising(&mut policy, later);
+        let slow = policy.prewarm(now) - in_flight;
+        // About 2.5 calls due within 250 ms, 20 within two seconds.
+        assert!((3..=5).contains(&quick), "{quick} ahead");
+        assert!((21..=25).contains(&slow), "{slow} ahead");
+        let kept = policy.idle_until(now - Duration::from_secs(10), in_flight + slow);
+        assert!(
+            kept >= now + Duration::from_millis(1990) && kept <= now + Duration::from_secs(2),
+            "one it wants is kept through the measured horizon: {:?} after now",
+            kept.saturating_duration_since(now)
+        );
+        // A start far out of range counts as the longest horizon: a quarter
+        // of 10 s on three quarters of 2 s.
+        policy.start_took(Duration::from_secs(3600));
+        let horizon = policy.horizon.as_secs_f64();
+        assert!((3.99..=4.0).contains(&horizon), "{horizon} s");
     }
 
     #[test]

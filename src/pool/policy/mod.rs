@@ -50,6 +50,10 @@ pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
     /// How many containers should be up at `now` even with no call asking.
     fn prewarm(&self, now: Instant) -> usize;
 
+    /// A container of the function started: `took` passed from asking for it
+    /// (its memory and its turn included) until it was ready.
+    fn start_took(&mut self, _took: Duration) {}
+
     /// The next time after `now` that [`KeepAlivePolicy::prewarm`] may change.
     fn next_change(&self, now: Instant) -> Option<Instant>;
 
