@@ -18,6 +18,8 @@ pub const CALL_QUEUE_SECONDS: &str = "hotpool_call_queue_seconds";
 pub const CONTAINER_STARTS_TOTAL: &str = "hotpool_container_starts_total";
 /// Container start latency by function.
 pub const CONTAINER_START_SECONDS: &str = "hotpool_container_start_seconds";
+/// Time container starts waited for one of the pool's start turns, by function.
+pub const START_WAIT_SECONDS: &str = "hotpool_start_wait_seconds";
 /// Containers by function and state (`idle`, `busy`, `starting`).
 pub const CONTAINERS: &str = "hotpool_containers";
 /// Containers evicted, by function and reason.
@@ -82,6 +84,11 @@ pub fn describe() {
         CONTAINER_START_SECONDS,
         Unit::Seconds,
         "Time to start a container (pull, create, attach, start), by function."
+    );
+    describe_histogram!(
+        START_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time container starts waited for one of the pool's start turns (at most 16 start at once), prewarms' included, by function."
     );
     describe_gauge!(
         CONTAINERS,

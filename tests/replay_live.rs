@@ -88,5 +88,14 @@ fn a_slice_sent_to_a_real_server_counts_the_calls_the_simulation_counts() {
         comparison["cold_start_s"].as_f64().unwrap() > 0.0,
         "the simulation starts containers as long as the server's took: {comparison}"
     );
+    // A start's wait for its turn is part of the start's time.
+    let waited = live["start_wait_s"]
+        .as_f64()
+        .expect("the starts' waits are measured");
+    let started = comparison["cold_start_s"].as_f64().unwrap() * starts as f64;
+    assert!(
+        (0.0..=started + 1e-3).contains(&waited),
+        "{waited} s of waits in {started} s of starts: {comparison}"
+    );
     server.stop();
 }

@@ -9,7 +9,7 @@ use hotpool::replay::{self, Options, Report, live};
 use super::replay::ReplayArgs;
 
 /// The keys set side by side, in the order shown.
-const COMPARED: [&str; 10] = [
+const COMPARED: [&str; 11] = [
     "invocations",
     "cold_starts",
     "cold_ratio",
@@ -20,6 +20,7 @@ const COMPARED: [&str; 10] = [
     "prewarms_used",
     "prewarms_wasted",
     "peak_starts_per_s",
+    "start_wait_s",
 ];
 
 /// Writes the config of the slice to `--write-config`'s file.
@@ -103,9 +104,7 @@ fn comparison(simulated: &Report, measured: &live::LiveReport, options: &Options
         _ => unreachable!("a report is an object"),
     };
     let simulated = as_map(simulated);
-    let mut live = as_map(&measured.report);
-    // Not measured live.
-    live.insert("start_wait_s".to_owned(), Value::Null);
+    let live = as_map(&measured.report);
     let mut ratios = Map::new();
     for key in COMPARED {
         let (Some(s), Some(l)) = (simulated[key].as_f64(), live[key].as_f64()) else {

@@ -234,7 +234,7 @@ impl<D: Driver> Inner<D> {
             current_call,
             pool.log_limits.clone(),
         ));
-        let Some(turn) = self.start_turn().await else {
+        let Some(turn) = self.start_turn(&pool.name).await else {
             return Err(busy("the pool is shutting down"));
         };
         let starting = Instant::now();

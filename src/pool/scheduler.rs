@@ -477,13 +477,18 @@ impl<D: Driver> Inner<D> {
         self.carry_out(pool, actions, None);
     }
 
-    /// Waits for a turn to create and start a container ([`STARTS_AT_ONCE`]);
-    /// `None` if the pool began shutting down first.
-    pub(crate) async fn start_turn(&self) -> Option<SemaphorePermit<'_>> {
-        tokio::select! {
-            turn = self.starts.acquire() => Some(turn.expect("the semaphore is never closed")),
-            () = self.closing.cancelled() => None,
-        }
+    /// Waits for a turn to create and start a container of `function`
+    /// ([`STARTS_AT_ONCE`]), and counts the wait; `None` if the pool began
+    /// shutting down first.
+    pub(crate) async fn start_turn(&self, function: &Arc<str>) -> Option<SemaphorePermit<'_>> {
+        let asked = Instant::now();
+        let turn = tokio::select! {
+            turn = self.starts.acquire() => turn.expect("the semaphore is never closed"),
+            () = self.closing.cancelled() => return None,
+        };
+        metrics::histogram!(crate::metrics::START_WAIT_SECONDS, "function" => function.clone())
+            .record(asked.elapsed().as_secs_f64());
+        Some(turn)
     }
 
     /// Carries out the actions of a container coming free, and says so if it went
@@ -502,7 +507,7 @@ impl<D: Driver> Inner<D> {
         memory: Reservation,
     ) -> Result<Slot<D>, CallError> {
         // A turn once the memory is there: no start waits for memory holding one.
-        let Some(turn) = self.start_turn().await else {
+        let Some(turn) = self.start_turn(&pool.name).await else {
             return Err(busy("the pool is shutting down"));
         };
         let (task, wiring) = self.hot_task(pool, &crate::id::new_id());

@@ -50,9 +50,10 @@ pub struct LiveError(String);
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LiveReport {
-    /// The figures the simulation reports, measured; `start_wait_s` is not
-    /// measured (0), `peak_starts_per_s` and `p99_starts_per_s` are from the
-    /// starts counter sampled every [`SAMPLE_EVERY`].
+    /// The figures the simulation reports, measured; `start_wait_s` is the
+    /// starts' waits for a start turn, `peak_starts_per_s` and
+    /// `p99_starts_per_s` are from the starts counter sampled every
+    /// [`SAMPLE_EVERY`].
     pub report: Report,
     /// The mean container start, if any started.
     pub cold_start: Option<Duration>,
@@ -155,7 +156,7 @@ pub async fn run(trace: &Trace, options: &Options, url: &str) -> Result<LiveRepo
         warm_after_wait: 0,
         memory_waits: 0,
         longest_memory_wait_s: 0.0,
-        start_wait_s: 0.0,
+        start_wait_s: total(|f| f.start_wait_seconds),
         peak_starts_per_s: memory.peak_starts_per_s,
         p99_starts_per_s: memory.p99_starts_per_s,
         engine_start_s: container_starts as f64 * options.engine_start_cost.as_secs_f64(),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::metrics::{
     CALL_DURATION_SECONDS, CALLS_TOTAL, CONTAINER_START_SECONDS, CONTAINER_STARTS_TOTAL,
-    CONTAINERS, PREWARMS_TOTAL,
+    CONTAINERS, PREWARMS_TOTAL, START_WAIT_SECONDS,
 };
 
 /// One function's figures in one scrape.
@@ -22,6 +22,8 @@ pub(crate) struct FunctionFigures {
     pub(crate) starts: f64,
     /// Seconds those starts took, added up.
     pub(crate) start_seconds: f64,
+    /// Seconds starts waited for a start turn, added up.
+    pub(crate) start_wait_seconds: f64,
     pub(crate) prewarms_used: f64,
     pub(crate) prewarms_wasted: f64,
     pub(crate) idle: f64,
@@ -38,6 +40,7 @@ impl FunctionFigures {
             cold: self.cold - before.cold,
             starts: self.starts - before.starts,
             start_seconds: self.start_seconds - before.start_seconds,
+            start_wait_seconds: self.start_wait_seconds - before.start_wait_seconds,
             prewarms_used: self.prewarms_used - before.prewarms_used,
             prewarms_wasted: self.prewarms_wasted - before.prewarms_wasted,
             ..*self
@@ -75,6 +78,7 @@ pub(crate) fn parse(text: &str) -> HashMap<String, FunctionFigures> {
             (n, _, Some("cold"), _) if n == count_of(CALL_DURATION_SECONDS) => &mut entry.cold,
             (CONTAINER_STARTS_TOTAL, _, _, Some("success")) => &mut entry.starts,
             (n, _, _, _) if n == sum_of(CONTAINER_START_SECONDS) => &mut entry.start_seconds,
+            (n, _, _, _) if n == sum_of(START_WAIT_SECONDS) => &mut entry.start_wait_seconds,
             (PREWARMS_TOTAL, Some("used"), _, _) => &mut entry.prewarms_used,
             (PREWARMS_TOTAL, Some("wasted"), _, _) => &mut entry.prewarms_wasted,
             (CONTAINERS, _, _, _) => {
@@ -126,6 +130,8 @@ hotpool_container_starts_total{function="a",result="success"} 4
 hotpool_container_starts_total{function="a",result="engine_error"} 1
 hotpool_container_start_seconds_sum{function="a"} 1.5
 hotpool_container_start_seconds_count{function="a"} 4
+hotpool_start_wait_seconds_sum{function="a"} 0.25
+hotpool_start_wait_seconds_count{function="a"} 4
 hotpool_prewarms_total{function="a",outcome="used"} 1
 hotpool_prewarms_total{function="a",outcome="wasted"} 2
 hotpool_containers{function="a",state="idle"} 2
@@ -144,6 +150,7 @@ hotpool_memory_reserved_bytes 123
                 cold: 3.0,
                 starts: 4.0,
                 start_seconds: 1.5,
+                start_wait_seconds: 0.25,
                 prewarms_used: 1.0,
                 prewarms_wasted: 2.0,
                 idle: 2.0,
