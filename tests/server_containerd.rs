@@ -2,6 +2,7 @@
 //! image pulled by hotpool from a real registry into its own namespace, a line
 //! function served cold then hot over the direct transport, a death typed, the
 //! engine's health in `/healthz`, and nothing left in containerd after a stop;
+//! a warm floor (`min_idle`) running before the first call;
 //! `examples/hotpool-containerd.toml`'s functions served as the README's
 //! containerd quick start serves them; and the take-overs of
 //! `tests/server_owner.rs` (after a kill -9, and `serve --take-over`) on
@@ -89,6 +90,36 @@ fn a_hot_container_whose_owner_was_killed_ends_itself_after_the_orphan_timeout()
         said.contains("exit code 137"),
         "its init killed the function for want of an owner; it did not end on its stdin closing: {said}"
     );
+}
+
+#[test]
+fn a_warm_floor_on_containerd_runs_a_container_before_the_first_call_which_is_hot() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let image = runtime.block_on(TestImage::push("hotpool-testfn-floor"));
+    let server = serve_echo(&image, "containerd-floor", "min_idle = 1");
+    let _guard = PoolGuard(server.pool.clone());
+    eventually("the floor's container runs, no call made", || {
+        server.function_status("echo")["containers"]["idle"] == 1
+    });
+    assert_eq!(server.function_status("echo")["min_idle"], 1);
+    let label = format!("labels.\"{POOL_LABEL}\"=={}", server.pool);
+    let ids = ctr(&["containers", "ls", "--quiet", &label]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids.len(), 1, "one container, the floor's: {ids:?}");
+    assert!(
+        ctr(&["tasks", "ls"])
+            .lines()
+            .any(|task| task.starts_with(ids[0]) && task.ends_with("RUNNING")),
+        "its task runs"
+    );
+    let first = server.invoke("echo", b"first");
+    assert_eq!((first.status, first.text()), (200, "first".to_owned()));
+    assert_eq!(first.header("hotpool-start"), Some("hot"), "{first}");
+    // The call took the floor's container: another is started for the floor.
+    eventually("the floor is refilled", || {
+        server.function_status("echo")["containers"]["idle"] == 2
+    });
+    stop_leaving_nothing(server, &runtime);
 }
 
 /// `hotpool serve` on containerd, its `[pool]` having `pool_extra` too, with
