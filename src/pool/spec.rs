@@ -523,6 +523,19 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_are_those_of_earlier_builds() {
+        // Pinned: a new owner takes over a hot container only if its
+        // fingerprint is the one the container's owner gave it.
+        let mut echo = FunctionSpec::new("echo", "img");
+        echo.cmd = vec!["line".into()];
+        let (name, container, _) = echo.clone().split();
+        assert_eq!(container.fingerprint(&name), "b0e610033dc4d365");
+        echo.format = Format::Http;
+        let (name, container, _) = echo.split();
+        assert_eq!(container.fingerprint(&name), "2b5be29a63714403");
+    }
+
+    #[test]
     fn formats_parse() {
         assert_eq!("http".parse(), Ok(Format::Http));
         assert!(
