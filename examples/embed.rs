@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Register a function by name; the handle calls its current version.
     let mut spec = FunctionSpec::new("hello", "hotpool-hello-http:dev");
-    spec.format = Format::Http;
+    spec.lifecycle = Format::Http.into();
     spec.memory = 32 << 20;
     spec.timeout = Duration::from_secs(5);
     spec.max_concurrency = 2;

@@ -44,7 +44,7 @@ use crate::units::{
 };
 use hotpool::driver::{Cpus, Transport};
 use hotpool::driver::{EngineChoice, EngineKind, EngineTraits, MIN_TMP_SIZE};
-use hotpool::pool::{Eviction, Format, FunctionSpec, KeepAlive, PoolConfig};
+use hotpool::pool::{Eviction, FunctionSpec, KeepAlive, Lifecycle, PoolConfig};
 
 /// The pool's name when `[pool]` gives none, so its containers are labelled
 /// `hotpool.pool=serve`. The one default that is not the library's
@@ -705,7 +705,7 @@ impl FunctionTable {
             .0;
         let mut spec = FunctionSpec::new(name, image);
         spec.cmd = self.cmd.map_or(spec.cmd, |cmd| cmd.0);
-        spec.format = self.format.map_or(spec.format, |format| format.0);
+        spec.lifecycle = self.format.map_or(spec.lifecycle, |format| format.0);
         spec.memory = self.memory.map_or(spec.memory, |size| size.0);
         spec.timeout = self.timeout.map_or(spec.timeout, |span| span.0);
         spec.keep_alive = match (self.keep_alive, self.idle_timeout) {
@@ -726,7 +726,7 @@ impl FunctionTable {
         let own_min_idle = self.min_idle.is_some();
         spec.min_idle = match (self.min_idle, defaults.min_idle) {
             (Some(Count(0)), _) => 0,
-            (Some(_), _) if !spec.format.is_hot() => {
+            (Some(_), _) if !spec.lifecycle.is_hot() => {
                 return Err(error(
                     "min_idle",
                     "a cold function keeps no idle containers: use format = \"line\" or \"http\""
@@ -734,7 +734,7 @@ impl FunctionTable {
                 ));
             }
             (Some(Count(n)), _) => n,
-            (None, Some(n)) if spec.format.is_hot() => n,
+            (None, Some(n)) if spec.lifecycle.is_hot() => n,
             (None, _) => 0,
         };
         if spec.min_idle > spec.max_concurrency {
@@ -850,7 +850,7 @@ impl TryFrom<Quoted> for Listen {
 /// `cold`, `line` or `http`.
 #[derive(Deserialize)]
 #[serde(try_from = "Quoted")]
-struct FormatName(Format);
+struct FormatName(Lifecycle);
 
 impl TryFrom<Quoted> for FormatName {
     type Error = String;
@@ -1149,6 +1149,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use hotpool::pool::Format;
 
     /// How errors name the function of [`function_error`].
     const ECHO: &str = r#"function "echo" (function[0])"#;
@@ -1231,7 +1232,7 @@ mod tests {
         pool.max_response_bytes = 2 << 20;
         let mut echo = FunctionSpec::new("echo", "hotpool-testfn:dev");
         echo.cmd = vec!["line".into(), "--verbose".into()];
-        echo.format = Format::Http;
+        echo.lifecycle = Format::Http.into();
         echo.memory = 64 << 20;
         echo.timeout = Duration::from_millis(1500);
         echo.keep_alive = KeepAlive::fixed(Duration::from_secs(120));
@@ -1334,7 +1335,7 @@ mod tests {
             "the library's defaults but the keep-alive"
         );
         let spec = &config.functions[0];
-        assert_eq!(spec.format, Format::Line);
+        assert_eq!(spec.lifecycle, Lifecycle::Hot(Format::Line));
         assert_eq!(spec.memory, 128 << 20);
         assert_eq!(spec.timeout, Duration::from_secs(30));
         assert_eq!(spec.keep_alive, KeepAlive::ADAPTIVE);
@@ -1474,15 +1475,15 @@ mod tests {
         let summary: Vec<_> = config
             .functions
             .iter()
-            .map(|f| (f.name.as_str(), f.format, f.cmd.join(" ")))
+            .map(|f| (f.name.as_str(), f.lifecycle, f.cmd.join(" ")))
             .collect();
         assert_eq!(
             summary,
             [
-                ("echo", Format::Line, "line".to_owned()),
-                ("echo-http", Format::Http, "http".to_owned()),
-                ("echo-cold", Format::Cold, "echo".to_owned()),
-                ("hello", Format::Http, String::new()),
+                ("echo", Lifecycle::Hot(Format::Line), "line".to_owned()),
+                ("echo-http", Lifecycle::Hot(Format::Http), "http".to_owned()),
+                ("echo-cold", Lifecycle::Cold, "echo".to_owned()),
+                ("hello", Lifecycle::Hot(Format::Http), String::new()),
             ]
         );
         let echo = &config.functions[0];
@@ -1924,13 +1925,13 @@ mod tests {
             format!(r#"{ECHO}.format: "grpc" is not a format: use cold, line or http"#)
         );
         for (name, format) in [
-            ("cold", Format::Cold),
-            ("line", Format::Line),
-            ("http", Format::Http),
+            ("cold", Lifecycle::Cold),
+            ("line", Lifecycle::Hot(Format::Line)),
+            ("http", Lifecycle::Hot(Format::Http)),
         ] {
             let text = format!("[[function]]\nname = \"a\"\nimage = \"i\"\nformat = \"{name}\"");
             assert_eq!(
-                ServeConfig::from_toml(&text).unwrap().functions[0].format,
+                ServeConfig::from_toml(&text).unwrap().functions[0].lifecycle,
                 format
             );
         }

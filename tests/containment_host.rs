@@ -12,7 +12,7 @@ use std::time::Duration;
 use hotpool::CallError;
 use hotpool::driver::Transport;
 use hotpool::driver::docker::DockerDriver;
-use hotpool::pool::{Format, FunctionSpec};
+use hotpool::pool::{FunctionSpec, Lifecycle};
 
 use support::OnEngine;
 use support::engine::{Confinement, TestEngine};
@@ -287,7 +287,7 @@ async fn cold_containers_are_contained_too<D: TestEngine>(
 ) {
     let pool = new_pool(engine, &format!("containment-cold-{transport}")).await;
     let mut spec = line_spec(&pool, transport, "cold");
-    spec.format = Format::Cold;
+    spec.lifecycle = Lifecycle::Cold;
     spec.tmp_size = 2 * MIB;
     // The line mode answers the one request of a cold call, then sees EOF and exits.
     assert_eq!(ask(&pool, &spec, "!id").await, "1000:1000\n");

@@ -13,7 +13,7 @@ mod support;
 use std::time::Duration;
 
 use hotpool::driver::in_process::InProcessDriver;
-use hotpool::pool::{Format, FunctionSpec, Pool, PoolConfig, Request};
+use hotpool::pool::{Format, FunctionSpec, Lifecycle, Pool, PoolConfig, Request};
 use hotpool::{CallError, ErrorKind};
 
 use hotpool::driver::Transport;
@@ -77,7 +77,7 @@ async fn the_http_example_function_echoes_the_call_id_and_is_served<D: TestEngin
     let image = engine.hello_image().await;
     with_pool(engine, &format!("test-hello-{transport}"), async |pool| {
         let mut hello = FunctionSpec::new("hello", &image.name);
-        hello.format = Format::Http;
+        hello.lifecycle = Format::Http.into();
         hello.memory = 32 * MIB;
         hello.transport = transport;
         for name in ["Ada", "Grace"] {
@@ -152,7 +152,7 @@ async fn a_cold_endless_writer_is_killed_as_a_protocol_error<D: TestEngine>(
         engine,
         &format!("test-cold-flood-{transport}"),
         async |pool| {
-            let mut flood = pool.spec(transport, "cold-flood", Format::Cold);
+            let mut flood = pool.spec(transport, "cold-flood", Lifecycle::Cold);
             flood.cmd = vec!["flood".into()];
             flood.timeout = Duration::from_secs(60);
             let result = pool.register(flood.clone()).call(Request::new("")).await;
@@ -243,9 +243,9 @@ async fn the_longest_timeout_neither_panics_nor_times_out<D: TestEngine>(
         engine,
         &format!("test-longest-timeout-{transport}"),
         async |pool| {
-            for format in [Format::Line, Format::Http, Format::Cold] {
-                let mut function =
-                    pool.spec(transport, &format!("forever-{}", format.as_str()), format);
+            for lifecycle in [Format::Line.into(), Format::Http.into(), Lifecycle::Cold] {
+                let name = format!("forever-{}", lifecycle.as_str());
+                let mut function = pool.spec(transport, &name, lifecycle);
                 function.timeout = Duration::MAX;
                 let response = pool
                     .register(function.clone())
@@ -255,7 +255,7 @@ async fn the_longest_timeout_neither_panics_nor_times_out<D: TestEngine>(
                     response.map(|r| r.body),
                     Ok("patient".into()),
                     "{}",
-                    format.as_str()
+                    lifecycle.as_str()
                 );
             }
         },

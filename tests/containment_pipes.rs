@@ -2,7 +2,7 @@
 //! pipes (issue #19): closes stdout, closes all three, holds them without
 //! answering, exits, closes stdout and dies a moment later, or exits leaving a
 //! child that holds them (silent, or writing). Each case runs on both transports,
-//! in `line` and in `http`; the cold format has its own cases.
+//! in `line` and in `http`; cold functions have their own cases.
 //!
 //! Every call must be answered within its timeout plus a margin (a bound on the
 //! caller's wait, not a speed), with the error the case deserves, and its
@@ -15,7 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use hotpool::driver::Transport;
-use hotpool::pool::{Format, Request, TIMEOUT_MARGIN};
+use hotpool::pool::{Format, Lifecycle, Request, TIMEOUT_MARGIN};
 use hotpool::{CallError, ErrorKind};
 
 use support::OnEngine;
@@ -199,7 +199,7 @@ async fn cold_calls_are_answered_within_their_timeout<D: TestEngine>(
             ];
             for (cmd, expected) in cases {
                 let mode = cmd[0];
-                let mut function = pool.spec(transport, &format!("cold-{mode}"), Format::Cold);
+                let mut function = pool.spec(transport, &format!("cold-{mode}"), Lifecycle::Cold);
                 function.cmd = cmd.iter().map(|arg| arg.to_string()).collect();
                 function.timeout = TIMEOUT;
                 let started = Instant::now();

@@ -34,7 +34,7 @@ const HANG: Duration = Duration::from_secs(90);
 
 fn spec(image: &str, name: &str, format: Format) -> FunctionSpec {
     let mut spec = FunctionSpec::new(name, image);
-    spec.format = format;
+    spec.lifecycle = format.into();
     spec.cmd = vec![format.as_str().to_owned()];
     spec.memory = 32 << 20;
     spec.timeout = Duration::from_secs(1);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use hotpool::driver::{ClaimError, Transport};
-use hotpool::pool::{BuildError, Format, FunctionSpec, KeepAlive, Pool, Request, Start};
+use hotpool::pool::{BuildError, Format, FunctionSpec, KeepAlive, Lifecycle, Pool, Request, Start};
 use hotpool::{CallError, ErrorKind};
 
 use support::OnEngine;
@@ -412,7 +412,7 @@ async fn cold_calls_run_a_container_each_and_remove_it<D: TestEngine>(
     transport: Transport,
 ) {
     let pool = test_pool(engine, &format!("test-cold-{transport}"), 1 << 30).await;
-    let cold = pool.spec(transport, "echo-cold", Format::Cold);
+    let cold = pool.spec(transport, "echo-cold", Lifecycle::Cold);
     for i in 0..3 {
         let response = pool
             .register(cold.clone())

@@ -10,8 +10,8 @@ use futures_util::future::join_all;
 use hotpool::driver::in_process::{InProcessDriver, MISSING_IMAGE};
 use hotpool::driver::{ClaimError, Driver};
 use hotpool::pool::{
-    BuildError, Format, FunctionSpec, KeepAlive, Pool, PoolBuilder, REMOVALS_AT_ONCE, Request,
-    STARTS_AT_ONCE, Start, TIMEOUT_MARGIN,
+    BuildError, Format, FunctionSpec, KeepAlive, Lifecycle, Pool, PoolBuilder, REMOVALS_AT_ONCE,
+    Request, STARTS_AT_ONCE, Start, TIMEOUT_MARGIN,
 };
 use hotpool::{CallError, ErrorKind};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -462,7 +462,7 @@ async fn cold_calls_get_a_container_each_and_answer_before_its_removal() {
     let driver = InProcessDriver::new(START).with_close_delay(REMOVAL);
     let pool = pool_on(driver.clone(), GIB).await;
     let mut cold = spec("cold");
-    cold.format = Format::Cold;
+    cold.lifecycle = Lifecycle::Cold;
     cold.cmd = vec!["echo".into()];
     cold.max_concurrency = 1;
     let function = pool.register(cold.clone());
@@ -1012,7 +1012,7 @@ fn counts(expected: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
 /// The in-process function answering HTTP.
 fn http_spec(name: &str) -> FunctionSpec {
     let mut spec = spec(name);
-    spec.format = Format::Http;
+    spec.lifecycle = Format::Http.into();
     spec.cmd = vec!["http".into()];
     spec
 }
@@ -1210,7 +1210,7 @@ async fn containers_of_a_changed_spec_or_of_no_configured_function_are_removed()
     let mut new_memory = memory.clone();
     new_memory.memory *= 2;
     let mut now_cold = cold.clone();
-    now_cold.format = Format::Cold;
+    now_cold.lifecycle = Lifecycle::Cold;
     let next = next_pool(
         &driver,
         GIB,

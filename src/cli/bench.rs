@@ -5,7 +5,8 @@
 //!
 //! - `floor_hot`: round trips over the pipes of hot containers, no pool;
 //! - `hot`: calls through the pool to hot containers;
-//! - `cold`: calls through the pool in the `cold` format (a container per call);
+//! - `cold`: calls through the pool to a cold function (`format = "cold"`: a
+//!   container per call);
 //! - `floor_cold`: a container per call, run to its end, no pool.
 //!
 //! With `--transport direct`, four more: `floor_direct` and `direct`, the same
@@ -52,9 +53,9 @@ use hotpool::driver::containerd::Footprint;
 use hotpool::driver::{AnyCookie, AnyDriver};
 use hotpool::driver::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, Task, Transport};
 use hotpool::error::CallError;
-use hotpool::format::{FrameError, http, line};
+use hotpool::format::{FrameError, Framing};
 use hotpool::pool::{
-    BuildError, Format, Function, FunctionSpec, KeepAlive, POOL_LABEL, Pool, Request,
+    BuildError, Format, Function, FunctionSpec, KeepAlive, Lifecycle, POOL_LABEL, Pool, Request,
 };
 
 /// Memory limit of every bench container.
@@ -114,10 +115,10 @@ pub(crate) struct BenchArgs {
 
 fn parse_hot_format(text: &str) -> Result<Format, String> {
     match text.parse()? {
-        Format::Cold => {
+        Lifecycle::Hot(format) => Ok(format),
+        Lifecycle::Cold => {
             Err("bench measures a hot format (line or http); cold is measured too".into())
         }
-        hot => Ok(hot),
     }
 }
 
@@ -244,7 +245,7 @@ async fn measure_density(
 ) -> Result<density::Density, String> {
     let body = vec![b'x'; args.payload];
     let transport = transport_on(pool, args.transport);
-    let hot = spec(args, args.format, args.command.clone(), transport);
+    let hot = spec(args, args.format.into(), args.command.clone(), transport);
     let function = pool.register(hot.clone());
     through_pool(&function, &body).await?;
     let time = || async {
@@ -271,10 +272,15 @@ async fn measure(
     // An engine without attach streams (containerd) has the direct modes alone.
     let attach = pool.driver().traits().attach;
     let direct = args.transport == Transport::Direct || !attach;
-    let hot = spec(args, args.format, args.command.clone(), Transport::Attach);
+    let hot = spec(
+        args,
+        args.format.into(),
+        args.command.clone(),
+        Transport::Attach,
+    );
     let cold = spec(
         args,
-        Format::Cold,
+        Lifecycle::Cold,
         args.cold_cmd
             .clone()
             .unwrap_or_else(|| args.command.clone()),
@@ -561,9 +567,14 @@ fn transport_on(pool: &Pool<AnyDriver>, wanted: Transport) -> Transport {
     }
 }
 
-fn spec(args: &BenchArgs, format: Format, cmd: Vec<String>, transport: Transport) -> FunctionSpec {
-    let mut spec = FunctionSpec::new(format!("bench-{format}"), args.image.clone());
-    spec.format = format;
+fn spec(
+    args: &BenchArgs,
+    lifecycle: Lifecycle,
+    cmd: Vec<String>,
+    transport: Transport,
+) -> FunctionSpec {
+    let mut spec = FunctionSpec::new(format!("bench-{lifecycle}"), args.image.clone());
+    spec.lifecycle = lifecycle;
     spec.cmd = cmd;
     spec.memory = MEMORY;
     spec.max_concurrency = args.concurrency;
@@ -609,13 +620,17 @@ impl FloorContainer {
         FloorContainer::started(cookie, spec, max_response).await
     }
 
-    /// Starts `cookie`, a container of `spec`, and takes its pipes; removes
-    /// it if it does not start.
+    /// Starts `cookie`, a container of `spec` (a hot function's), and takes
+    /// its pipes; removes it if it does not start.
     pub(super) async fn started(
         mut cookie: AnyCookie,
         spec: &FunctionSpec,
         max_response: usize,
     ) -> Result<FloorContainer, String> {
+        let Lifecycle::Hot(format) = spec.lifecycle else {
+            cookie.close().await;
+            return Err(format!("{} is cold: it has no hot pipes", spec.name));
+        };
         let failed = |e| format!("a floor container of {} did not start: {e}", spec.name);
         let running = match cookie.run().await {
             Ok(running) => running,
@@ -632,7 +647,7 @@ impl FloorContainer {
             cookie,
             stdin,
             stdout: BufReader::new(stdout),
-            format: spec.format,
+            format,
             timeout: spec.timeout,
             max_response,
         })
@@ -654,18 +669,12 @@ impl FloorContainer {
     }
 
     async fn exchange(&mut self, request: &Request) -> Result<(), FrameError> {
-        match self.format {
-            Format::Line => {
-                line::write_request(&mut self.stdin, &request.body).await?;
-                line::read_response(&mut self.stdout, self.max_response).await?;
-            }
-            Format::Http => {
-                let deadline = http::deadline_after(self.timeout);
-                http::write_request(&mut self.stdin, &request.id, deadline, request).await?;
-                http::read_response(&mut self.stdout, &request.id, self.max_response).await?;
-            }
-            Format::Cold => unreachable!("the bench's hot format is line or http"),
-        }
+        self.format
+            .write_request(&mut self.stdin, request, self.timeout)
+            .await?;
+        self.format
+            .read_response(&mut self.stdout, request, self.max_response)
+            .await?;
         Ok(())
     }
 

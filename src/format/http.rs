@@ -1,4 +1,5 @@
-//! The `http` hot format: one HTTP/1.1 message each way, as fn's http format did.
+//! The `http` hot format, [`Http`]: one HTTP/1.1 message each way, as fn's http
+//! format did.
 //!
 //! The pool writes `POST /` with a Content-Length body, its own `Hotpool-Call-Id` and
 //! `Hotpool-Deadline`, and the caller's end-to-end headers. The function answers with
@@ -20,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{FrameError, FunctionResponse, Request, unsolicited};
+use super::{FrameError, Framing, FunctionResponse, Request, unsolicited};
 
 /// The header carrying the call's id.
 const CALL_ID_HEADER: &str = "Hotpool-Call-Id";
@@ -45,31 +46,55 @@ const HOP_BY_HOP_HEADERS: [&str; 5] = ["connection", "keep-alive", "te", "traile
 /// (a `100 Continue` would break the framing). `Hotpool-*` goes by prefix.
 const FRAMING_HEADERS: [&str; 4] = ["transfer-encoding", "content-length", "host", "expect"];
 
+/// The `http` format.
+#[derive(Debug, Clone, Copy)]
+pub struct Http;
+
+impl Framing for Http {
+    async fn write_request<W: AsyncWrite + Unpin + Send>(
+        &self,
+        stdin: &mut W,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<(), FrameError> {
+        write_message(stdin, deadline_after(timeout), request).await
+    }
+
+    async fn read_response<R: AsyncBufRead + Unpin + Send>(
+        &self,
+        stdout: &mut R,
+        request: &Request,
+        max_body: usize,
+    ) -> Result<FunctionResponse, FrameError> {
+        read_message(stdout, &request.id, max_body).await
+    }
+}
+
 /// When a call with `timeout` that starts now times out, for `Hotpool-Deadline`:
 /// at the latest 9999-12-31T23:59:59.999Z, the latest RFC 3339 can write, also
 /// when the sum does not fit a time.
-pub fn deadline_after(timeout: Duration) -> SystemTime {
+fn deadline_after(timeout: Duration) -> SystemTime {
     let latest = UNIX_EPOCH + LATEST_DEADLINE;
     SystemTime::now()
         .checked_add(timeout)
         .map_or(latest, |deadline| deadline.min(latest))
 }
 
-/// Writes the request message in one write, then flushes.
-pub async fn write_request<W: AsyncWrite + Unpin>(
+/// Writes the request message of call `request.id` in one write, then flushes.
+async fn write_message<W: AsyncWrite + Unpin>(
     stdin: &mut W,
-    call_id: &str,
     deadline: SystemTime,
     request: &Request,
 ) -> Result<(), FrameError> {
-    let message = encode_request(call_id, deadline, request);
+    let message = encode_request(deadline, request);
     stdin.write_all(&message).await?;
     stdin.flush().await?;
     Ok(())
 }
 
 /// The whole request message in one buffer, allocated once.
-fn encode_request(call_id: &str, deadline: SystemTime, request: &Request) -> Vec<u8> {
+fn encode_request(deadline: SystemTime, request: &Request) -> Vec<u8> {
+    let call_id = &request.id;
     let forwarded = || request.headers.iter().filter(|(n, v)| forwards(n, v));
     let headers_len: usize = forwarded().map(|(n, v)| n.len() + v.len() + 4).sum();
     let body = &request.body;
@@ -132,7 +157,7 @@ fn is_token(name: &str) -> bool {
 }
 
 /// Reads the response to call `call_id`, whose body is at most `max_body` bytes.
-pub async fn read_response<R: AsyncBufRead + Unpin>(
+async fn read_message<R: AsyncBufRead + Unpin>(
     stdout: &mut R,
     call_id: &str,
     max_body: usize,
@@ -373,7 +398,7 @@ mod tests {
     async fn read_all(bytes: &[u8]) -> Result<FunctionResponse, FrameError> {
         let stamped = stamped(bytes);
         let mut stdout = &stamped[..];
-        read_response(&mut stdout, ID, MAX).await
+        read_message(&mut stdout, ID, MAX).await
     }
 
     fn protocol_error(result: Result<FunctionResponse, FrameError>) -> String {
@@ -417,8 +442,9 @@ mod tests {
     #[tokio::test]
     async fn request_carries_framing_call_id_deadline_and_body() {
         let mut stdin = Vec::new();
-        let request = Request::new(BINARY);
-        write_request(&mut stdin, "call-1", deadline(), &request)
+        let mut request = Request::new(BINARY);
+        request.id = "call-1".into();
+        write_message(&mut stdin, deadline(), &request)
             .await
             .unwrap();
         let (headers, body) = parse_request(&stdin);
@@ -461,7 +487,7 @@ mod tests {
         }
         let mut stdin = Counting(0);
         let request = Request::new("body").with_header("X-A", "1");
-        write_request(&mut stdin, "id", deadline(), &request)
+        write_message(&mut stdin, deadline(), &request)
             .await
             .unwrap();
         assert_eq!(stdin.0, 1);
@@ -487,9 +513,10 @@ mod tests {
         ] {
             request = request.with_header(name, "caller");
         }
-        let request = request.with_header("X-Last", "2");
+        let mut request = request.with_header("X-Last", "2");
+        request.id = "pool-id".into();
         let mut stdin = Vec::new();
-        write_request(&mut stdin, "pool-id", deadline(), &request)
+        write_message(&mut stdin, deadline(), &request)
             .await
             .unwrap();
         let (headers, _) = parse_request(&stdin);
@@ -521,7 +548,7 @@ mod tests {
             .with_header("", "empty")
             .with_header("X-Fine", "tab\tand unicode \u{e9}");
         let mut stdin = Vec::new();
-        write_request(&mut stdin, "id", deadline(), &request)
+        write_message(&mut stdin, deadline(), &request)
             .await
             .unwrap();
         let (headers, body) = parse_request(&stdin);
@@ -564,15 +591,18 @@ mod tests {
         let (pool_out, mut stdin) = split(pool);
         let mut stdout = BufReader::new(pool_out);
         let big: Vec<u8> = (0..1 << 20).map(|i| (i % 256) as u8).collect();
-        for (call, body) in [BINARY.to_vec(), Vec::new(), big].into_iter().enumerate() {
-            let call_id = format!("call-{call}");
+        for body in [BINARY.to_vec(), Vec::new(), big] {
             let request = Request::new(body.clone());
-            write_request(&mut stdin, &call_id, deadline(), &request)
+            let timeout = Duration::from_secs(1);
+            Http.write_request(&mut stdin, &request, timeout)
                 .await
                 .unwrap();
-            let response = read_response(&mut stdout, &call_id, MAX).await.unwrap();
+            let response = Http
+                .read_response(&mut stdout, &request, MAX)
+                .await
+                .unwrap();
             assert_eq!(response.status, 201);
-            assert_eq!(response.headers, [("X-Call".to_owned(), call_id)]);
+            assert_eq!(response.headers, [("X-Call".to_owned(), request.id)]);
             assert_eq!(response.body, body);
         }
         stdin.shutdown().await.unwrap();
@@ -617,7 +647,7 @@ mod tests {
         );
         let bytes = stamped(&response_bytes(&head, BINARY));
         let mut stdout = BufReader::with_capacity(3, &bytes[..]);
-        let response = read_response(&mut stdout, ID, MAX).await.unwrap();
+        let response = read_message(&mut stdout, ID, MAX).await.unwrap();
         assert_eq!(response.headers, [("X-A".to_owned(), "b".to_owned())]);
         assert_eq!(response.body, BINARY);
     }
@@ -632,7 +662,7 @@ mod tests {
         ));
         tokio::spawn(async move { function.write_all(&sent).await.unwrap() });
         let mut stdout = BufReader::new(pool);
-        let response = read_response(&mut stdout, ID, MAX).await.unwrap();
+        let response = read_message(&mut stdout, ID, MAX).await.unwrap();
         assert_eq!(response.body, body);
     }
 
@@ -710,7 +740,7 @@ mod tests {
     #[tokio::test]
     async fn body_larger_than_max_is_protocol() {
         let bytes = stamped(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n123456");
-        let message = protocol_error(read_response(&mut &bytes[..], ID, 5).await);
+        let message = protocol_error(read_message(&mut &bytes[..], ID, 5).await);
         assert!(message.contains("larger than 5 bytes"), "{message}");
     }
 
@@ -721,7 +751,7 @@ mod tests {
         let head = format!("HTTP/1.1 200 OK\r\nX-Big: {}", "a".repeat(MAX_HEAD_BYTES));
         function.write_all(head.as_bytes()).await.unwrap();
         let mut stdout = BufReader::new(pool);
-        let message = protocol_error(read_response(&mut stdout, ID, MAX).await);
+        let message = protocol_error(read_message(&mut stdout, ID, MAX).await);
         assert!(
             message.contains("head is larger than 65536 bytes"),
             "{message}"
@@ -763,22 +793,19 @@ mod tests {
             .write_all(b"HTTP/1.1 200 OK\r\nHotpool-Call-Id: a\r\nContent-Length: 1\r\n\r\na")
             .await
             .unwrap();
-        let first = read_response(&mut stdout, "a", MAX).await.unwrap();
+        let first = read_message(&mut stdout, "a", MAX).await.unwrap();
         assert_eq!(first.body, "a");
         function
             .write_all(b"HTTP/1.1 200 OK\r\nHotpool-Call-Id: b\r\nContent-Length: 1\r\n\r\nb")
             .await
             .unwrap();
-        assert_eq!(
-            read_response(&mut stdout, "b", MAX).await.unwrap().body,
-            "b"
-        );
+        assert_eq!(read_message(&mut stdout, "b", MAX).await.unwrap().body, "b");
     }
 
     #[tokio::test]
     async fn response_without_the_call_id_is_protocol() {
         let mut stdout: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-        let message = protocol_error(read_response(&mut stdout, ID, MAX).await);
+        let message = protocol_error(read_message(&mut stdout, ID, MAX).await);
         assert!(message.contains("no Hotpool-Call-Id"), "{message}");
     }
 
@@ -790,7 +817,7 @@ mod tests {
         let answer =
             b"HTTP/1.1 200 OK\r\nhotpool-call-id: earlier\r\nContent-Length: 6\r\n\r\nsecret";
         function.write_all(answer).await.unwrap();
-        let message = protocol_error(read_response(&mut stdout, "later", MAX).await);
+        let message = protocol_error(read_message(&mut stdout, "later", MAX).await);
         assert!(
             message.contains("another call's Hotpool-Call-Id"),
             "{message}"
@@ -862,7 +889,7 @@ mod tests {
     async fn request_with_the_longest_timeout_carries_a_deadline() {
         let mut stdin = Vec::new();
         let deadline = deadline_after(Duration::MAX);
-        write_request(&mut stdin, "id", deadline, &Request::new("x"))
+        write_message(&mut stdin, deadline, &Request::new("x"))
             .await
             .unwrap();
         let (headers, _) = parse_request(&stdin);

@@ -1,23 +1,51 @@
-//! The `line` hot format: one request line in, one response line out.
+//! The `line` hot format, [`Line`]: one request line in, one response line out.
 //!
 //! The request is the body and `\n` (the caller guarantees the body has no `\n`); the
-//! response is the function's next line, without its `\n`.
+//! response is the function's next line, without its `\n`, with status 200 and no
+//! headers.
 //!
 //! stdout ending before the `\n`, even in the middle of a line, is
 //! [`FrameError::Closed`]: the container died mid-answer and the engine says why
 //! (exit code, OOM) better than a half line does. A line longer than the limit and a
 //! second line already received with the first are [`FrameError::Protocol`].
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{FrameError, unsolicited};
+use super::{FrameError, Framing, FunctionResponse, Request, unsolicited};
+
+/// The `line` format.
+#[derive(Debug, Clone, Copy)]
+pub struct Line;
+
+impl Framing for Line {
+    async fn write_request<W: AsyncWrite + Unpin + Send>(
+        &self,
+        stdin: &mut W,
+        request: &Request,
+        _timeout: Duration,
+    ) -> Result<(), FrameError> {
+        write_line(stdin, &request.body).await
+    }
+
+    async fn read_response<R: AsyncBufRead + Unpin + Send>(
+        &self,
+        stdout: &mut R,
+        _request: &Request,
+        max_body: usize,
+    ) -> Result<FunctionResponse, FrameError> {
+        Ok(FunctionResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: read_line(stdout, max_body).await?,
+        })
+    }
+}
 
 /// Writes `body` and `\n` in one write, then flushes.
-pub async fn write_request<W: AsyncWrite + Unpin>(
-    stdin: &mut W,
-    body: &[u8],
-) -> Result<(), FrameError> {
+async fn write_line<W: AsyncWrite + Unpin>(stdin: &mut W, body: &[u8]) -> Result<(), FrameError> {
     debug_assert!(!body.contains(&b'\n'), "a line body must not contain \\n");
     let mut line = Vec::with_capacity(body.len() + 1);
     line.extend_from_slice(body);
@@ -31,7 +59,7 @@ pub async fn write_request<W: AsyncWrite + Unpin>(
 ///
 /// Never waits past the `\n`: bytes behind it count only if they came in the same
 /// read, and then they are unsolicited output.
-pub async fn read_response<R: AsyncBufRead + Unpin>(
+async fn read_line<R: AsyncBufRead + Unpin>(
     stdout: &mut R,
     max_bytes: usize,
 ) -> Result<Bytes, FrameError> {
@@ -112,7 +140,7 @@ mod tests {
     #[tokio::test]
     async fn request_is_the_body_and_a_newline_in_one_write() {
         let mut stdin = CountingWriter::default();
-        write_request(&mut stdin, b"hello").await.unwrap();
+        write_line(&mut stdin, b"hello").await.unwrap();
         assert_eq!(stdin.bytes, b"hello\n");
         assert_eq!(stdin.writes, 1);
     }
@@ -132,9 +160,18 @@ mod tests {
         let (pool_out, mut stdin) = split(pool);
         let mut stdout = BufReader::new(pool_out);
         for body in ["one", "two", ""] {
-            write_request(&mut stdin, body.as_bytes()).await.unwrap();
-            let response = read_response(&mut stdout, MAX).await.unwrap();
-            assert_eq!(response, body.to_uppercase().as_bytes());
+            let request = Request::new(body);
+            let timeout = Duration::from_secs(1);
+            Line.write_request(&mut stdin, &request, timeout)
+                .await
+                .unwrap();
+            let response = Line
+                .read_response(&mut stdout, &request, MAX)
+                .await
+                .unwrap();
+            assert_eq!(response.status, 200);
+            assert!(response.headers.is_empty());
+            assert_eq!(response.body, body.to_uppercase().as_bytes());
         }
         stdin.shutdown().await.unwrap();
         server.await.unwrap();
@@ -150,7 +187,7 @@ mod tests {
             function.write_all(b"\n").await.unwrap();
         });
         let mut stdout = BufReader::new(pool);
-        let response = read_response(&mut stdout, MAX).await.unwrap();
+        let response = read_line(&mut stdout, MAX).await.unwrap();
         assert_eq!(response.len(), body.len());
         assert_eq!(response, body);
     }
@@ -158,14 +195,14 @@ mod tests {
     #[tokio::test]
     async fn line_split_over_tiny_reads_is_joined() {
         let mut stdout = BufReader::with_capacity(2, &b"hello\n"[..]);
-        assert_eq!(read_response(&mut stdout, MAX).await.unwrap(), "hello");
+        assert_eq!(read_line(&mut stdout, MAX).await.unwrap(), "hello");
     }
 
     #[tokio::test]
     async fn eof_before_any_byte_is_closed() {
         let mut stdout: &[u8] = b"";
         assert!(matches!(
-            read_response(&mut stdout, MAX).await,
+            read_line(&mut stdout, MAX).await,
             Err(FrameError::Closed)
         ));
     }
@@ -174,7 +211,7 @@ mod tests {
     async fn eof_in_the_middle_of_a_line_is_closed() {
         let mut stdout: &[u8] = b"half a li";
         assert!(matches!(
-            read_response(&mut stdout, MAX).await,
+            read_line(&mut stdout, MAX).await,
             Err(FrameError::Closed)
         ));
     }
@@ -182,13 +219,13 @@ mod tests {
     #[tokio::test]
     async fn line_of_exactly_max_bytes_is_accepted() {
         let mut stdout: &[u8] = b"12345\n";
-        assert_eq!(read_response(&mut stdout, 5).await.unwrap(), "12345");
+        assert_eq!(read_line(&mut stdout, 5).await.unwrap(), "12345");
     }
 
     #[tokio::test]
     async fn line_longer_than_max_is_protocol() {
         let mut stdout: &[u8] = b"123456\n";
-        let message = protocol_error(read_response(&mut stdout, 5).await);
+        let message = protocol_error(read_line(&mut stdout, 5).await);
         assert!(message.contains("longer than 5 bytes"), "{message}");
     }
 
@@ -198,7 +235,7 @@ mod tests {
         let (mut function, pool) = duplex(64);
         function.write_all(b"0123456789").await.unwrap();
         let mut stdout = BufReader::new(pool);
-        let message = protocol_error(read_response(&mut stdout, 5).await);
+        let message = protocol_error(read_line(&mut stdout, 5).await);
         assert!(message.contains("longer than"), "{message}");
         drop(function);
     }
@@ -206,7 +243,7 @@ mod tests {
     #[tokio::test]
     async fn second_line_already_received_is_protocol() {
         let mut stdout: &[u8] = b"one\ntwo\n";
-        let message = protocol_error(read_response(&mut stdout, MAX).await);
+        let message = protocol_error(read_line(&mut stdout, MAX).await);
         assert!(message.contains("unsolicited output"), "{message}");
         assert!(message.contains("two"), "{message}");
     }
@@ -216,7 +253,7 @@ mod tests {
         let (mut function, pool) = duplex(64);
         let mut stdout = BufReader::new(pool);
         function.write_all(b"first\n").await.unwrap();
-        assert_eq!(read_response(&mut stdout, MAX).await.unwrap(), "first");
+        assert_eq!(read_line(&mut stdout, MAX).await.unwrap(), "first");
         function.write_all(b"second\n").await.unwrap();
         drop(function);
         let mut rest = Vec::new();

@@ -1,26 +1,39 @@
 //! The hot formats: how one call travels over a hot container's stdin and stdout.
 //!
-//! A hot container serves many calls over the same pipes, one at a time.
-//! [`line`](mod@line) frames a call as one line each way; [`http`] as one HTTP/1.1
-//! message each way with a Content-Length body. Both report failures as a [`FrameError`]: the pipe ended
-//! ([`FrameError::Closed`], the caller asks the engine why), the function broke the
-//! framing ([`FrameError::Protocol`]), or the pipe itself failed ([`FrameError::Io`]).
+//! A hot container serves many calls over the same pipes, one at a time, each
+//! framed by the function's [`Format`]. Every format implements [`Framing`]: write
+//! a call's request, then read its response. [`Line`] frames a call as one line
+//! each way; [`Http`] as one HTTP/1.1 message each way with a Content-Length body;
+//! [`Format`] picks one of the two at run time and hands each call to it, by a
+//! `match`, with no allocation or dynamic dispatch. Each reports failures as a
+//! [`FrameError`]: the pipe ended ([`FrameError::Closed`], the caller asks the
+//! engine why), the function broke the framing ([`FrameError::Protocol`]), or the
+//! pipe itself failed ([`FrameError::Io`]).
+//!
+//! A cold function has no format: one container serves one call, and the
+//! container's life frames it (the body is its whole stdin, its whole stdout the
+//! response), which is [`crate::pool::Lifecycle::Cold`].
 //!
 //! Readers take any [`AsyncBufRead`] (the pool holds a `tokio::io::BufReader`). Bytes
 //! after a response count as unsolicited output only when they were already received
 //! in the same buffer; nothing waits for more. The pool looks for output that
 //! arrived between calls before it hands a container out.
 //!
-//! The framing functions of [`line`](mod@line) and [`http`] are public (as
-//! `hotpool::format`) so that code speaking to a container's pipes without the pool,
-//! like `hotpool bench`'s floors, frames calls byte for byte as the pool does.
+//! [`Framing`] and the formats are public (as `hotpool::format`) so that code
+//! speaking to a container's pipes without the pool, like `hotpool bench`'s
+//! floors, frames calls byte for byte as the pool does.
 
 pub mod http;
 pub mod line;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::FutureExt;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
+
+pub use http::Http;
+pub use line::Line;
 
 /// How many unsolicited bytes a protocol error quotes.
 const QUOTED_BYTES: usize = 32;
@@ -80,6 +93,84 @@ pub enum FrameError {
     /// Reading or writing the pipe failed.
     #[error("the function's pipe failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// How one call's request and response travel over a hot container's pipes.
+///
+/// A call writes its request with [`Framing::write_request`], then reads the
+/// response with [`Framing::read_response`], on the same container's stdin and
+/// stdout, one call at a time. A streamed response would extend the reading half:
+/// its head read apart from a body that is relayed as it comes.
+pub trait Framing {
+    /// Writes `request` to the function's stdin in one write, then flushes;
+    /// `timeout` is how long the call may run (a format may tell the function).
+    fn write_request<W: AsyncWrite + Unpin + Send>(
+        &self,
+        stdin: &mut W,
+        request: &Request,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), FrameError>> + Send;
+
+    /// Reads the function's response to `request`, whose body is at most
+    /// `max_body` bytes.
+    fn read_response<R: AsyncBufRead + Unpin + Send>(
+        &self,
+        stdout: &mut R,
+        request: &Request,
+        max_body: usize,
+    ) -> impl Future<Output = Result<FunctionResponse, FrameError>> + Send;
+}
+
+/// The format of a hot function's calls, as its config names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// One request line in, one response line out: [`Line`].
+    Line,
+    /// HTTP/1.1 messages with Content-Length bodies: [`Http`].
+    Http,
+}
+
+impl Format {
+    /// The name used in config: `line` or `http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Line => "line",
+            Format::Http => "http",
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Hands each call to [`Line`] or [`Http`].
+impl Framing for Format {
+    async fn write_request<W: AsyncWrite + Unpin + Send>(
+        &self,
+        stdin: &mut W,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<(), FrameError> {
+        match self {
+            Format::Line => Line.write_request(stdin, request, timeout).await,
+            Format::Http => Http.write_request(stdin, request, timeout).await,
+        }
+    }
+
+    async fn read_response<R: AsyncBufRead + Unpin + Send>(
+        &self,
+        stdout: &mut R,
+        request: &Request,
+        max_body: usize,
+    ) -> Result<FunctionResponse, FrameError> {
+        match self {
+            Format::Line => Line.read_response(stdout, request, max_body).await,
+            Format::Http => Http.read_response(stdout, request, max_body).await,
+        }
+    }
 }
 
 /// Before a call: `Ok` if nothing is waiting on stdout.

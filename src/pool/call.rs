@@ -1,4 +1,5 @@
-//! One call: through a hot container's pipes, or in a container of its own (cold).
+//! One call: through a hot container's pipes, framed by the function's format
+//! ([`Framing`]), or in a container of its own (cold).
 //!
 //! Every call is counted in `hotpool_calls_total` once, with its outcome, or as
 //! `cancelled` when its caller dropped it. A cold function's output is buffered up
@@ -22,10 +23,10 @@ use super::function_metrics::FunctionMetrics;
 use super::readings::Readings;
 use super::sampler::sample_counters;
 use super::scheduler::{Inner, busy, record_start};
-use super::spec::Format;
+use super::spec::Lifecycle;
 use crate::driver::{Cookie, Driver};
 use crate::error::{CallError, ErrorKind};
-use crate::format::{self, FrameError, FunctionResponse, Request};
+use crate::format::{Format, FrameError, Framing, FunctionResponse, Request};
 use crate::stats::{CallStats, Usage};
 
 /// How long past its timeout a hot call may be answered, at most.
@@ -90,9 +91,9 @@ impl<D: Driver> Inner<D> {
             outcome: ErrorKind::Cancelled.as_str(),
         };
         let started = Instant::now();
-        let result = match pool.format() {
-            Format::Cold => self.call_cold(&pool, &request, started).await,
-            Format::Line | Format::Http => self.call_hot(pool.clone(), &request, started).await,
+        let result = match pool.lifecycle() {
+            Lifecycle::Hot(format) => self.call_hot(pool.clone(), format, &request, started).await,
+            Lifecycle::Cold => self.call_cold(&pool, &request, started).await,
         };
         count.outcome = match &result {
             Ok(_) => "success",
@@ -108,6 +109,7 @@ impl<D: Driver> Inner<D> {
     async fn call_hot(
         &self,
         pool: Arc<FunctionPool<D>>,
+        format: Format,
         request: &Request,
         started: Instant,
     ) -> Result<Response, CallError> {
@@ -140,7 +142,7 @@ impl<D: Driver> Inner<D> {
         let exchange = async {
             tokio::select! {
                 biased;
-                answer = exchange(pool.format(), &mut slot.pipes, request, timeout, max) => answer,
+                answer = exchange(format, &mut slot.pipes, request, timeout, max) => answer,
                 () = container.died().cancelled() => Err(FrameError::Closed),
                 never = sampling => match never {},
             }
@@ -287,6 +289,7 @@ impl<D: Driver> Inner<D> {
     }
 }
 
+/// One call over a hot container's pipes: its request, then its response.
 async fn exchange(
     format: Format,
     pipes: &mut Pipes,
@@ -294,23 +297,12 @@ async fn exchange(
     timeout: Duration,
     max_response: usize,
 ) -> Result<FunctionResponse, FrameError> {
-    match format {
-        Format::Line => {
-            format::line::write_request(&mut pipes.stdin, &request.body).await?;
-            let body = format::line::read_response(&mut pipes.stdout, max_response).await?;
-            Ok(FunctionResponse {
-                status: 200,
-                headers: Vec::new(),
-                body,
-            })
-        }
-        Format::Http => {
-            let deadline = format::http::deadline_after(timeout);
-            format::http::write_request(&mut pipes.stdin, &request.id, deadline, request).await?;
-            format::http::read_response(&mut pipes.stdout, &request.id, max_response).await
-        }
-        Format::Cold => unreachable!("cold calls have no hot pipes"),
-    }
+    format
+        .write_request(&mut pipes.stdin, request, timeout)
+        .await?;
+    format
+        .read_response(&mut pipes.stdout, request, max_response)
+        .await
 }
 
 fn respond(

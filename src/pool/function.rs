@@ -14,7 +14,7 @@ use super::checked_out::CheckedOut;
 use super::container::Slot;
 use super::function_log::LogLimits;
 use super::function_metrics::FunctionMetrics;
-use super::spec::{ContainerSpec, Format, FunctionKey, FunctionSpec, KeepAlive, Limits};
+use super::spec::{ContainerSpec, FunctionKey, FunctionSpec, KeepAlive, Lifecycle, Limits};
 use super::state::{Counts, FunctionState, Served, Waiter};
 use crate::driver::Driver;
 use crate::error::CallError;
@@ -76,8 +76,8 @@ impl<D: Driver> FunctionPool<D> {
     pub(crate) fn new(spec: FunctionSpec) -> FunctionPool<D> {
         let (name, container, mut limits) = spec.clone().split();
         // A cold function keeps no idle containers.
-        limits.min_idle *= usize::from(container.format.is_hot());
-        if container.format.is_hot() {
+        limits.min_idle *= usize::from(container.lifecycle.is_hot());
+        if container.lifecycle.is_hot() {
             // At 0 from the start, so a dashboard shows the function before any prewarm.
             for outcome in ["used", "wasted"] {
                 metrics::counter!(crate::metrics::PREWARMS_TOTAL, "function" => name.clone(), "outcome" => outcome)
@@ -125,7 +125,7 @@ impl<D: Driver> FunctionPool<D> {
         now: std::time::Instant,
     ) -> Actions<D> {
         let mut limits = spec.clone().split().2;
-        limits.min_idle *= usize::from(self.container.format.is_hot());
+        limits.min_idle *= usize::from(self.container.lifecycle.is_hot());
         self.log_limits.set(limits.log_per_call, limits.log_rate);
         self.cold.resize(limits.max_concurrency);
         *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(spec);
@@ -143,8 +143,8 @@ impl<D: Driver> FunctionPool<D> {
         *self.start_cost.lock().unwrap_or_else(|e| e.into_inner()) = took;
     }
 
-    pub(crate) fn format(&self) -> Format {
-        self.container.format
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.container.lifecycle
     }
 
     /// Waits for a cold slot, within the queue limits; `None` past `wait`.
@@ -181,7 +181,7 @@ impl<D: Driver> FunctionPool<D> {
         FunctionStatus {
             name: self.name.to_string(),
             key: self.key,
-            format: self.container.format,
+            lifecycle: self.container.lifecycle,
             idle,
             busy: busy + self.cold.running(),
             starting,
@@ -316,8 +316,8 @@ pub struct FunctionStatus {
     pub name: String,
     /// The key of this version (its name and container spec).
     pub key: FunctionKey,
-    /// Its format.
-    pub format: Format,
+    /// Its lifecycle, and a hot one's format.
+    pub lifecycle: Lifecycle,
     /// Hot containers waiting for a call.
     pub idle: usize,
     /// Containers serving a call (hot or cold).

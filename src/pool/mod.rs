@@ -23,7 +23,7 @@
 //! policies learned besides.
 //!
 //! A name has one current version. Registering a spec again with the same
-//! container spec (image, command, environment, format, memory, ...) applies its
+//! container spec (image, command, environment, lifecycle, memory, ...) applies its
 //! limits (timeouts, keep-alive, concurrency, queue, logs) to the running
 //! containers; a different container spec makes a new version, and the old one
 //! drains: its idle containers go at once, its busy ones when their call ends.
@@ -49,11 +49,11 @@ mod teardown;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::format::Request;
+pub use crate::format::{Format, Request};
 pub use call::{Response, Start, TIMEOUT_MARGIN};
 pub use function::FunctionStatus;
 pub use scheduler::{POOL_LABEL, SPEC_LABEL, STARTS_AT_ONCE};
-pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
+pub use spec::{Eviction, FunctionKey, FunctionSpec, KeepAlive, Lifecycle};
 pub use teardown::{Leftovers, REMOVALS_AT_ONCE};
 
 use crate::driver::{ClaimError, Driver};
@@ -362,9 +362,9 @@ impl<D: Driver> Function<D> {
         async move { inner.call(&name, request).await }
     }
 
-    /// The format of its current version; `None` once it was removed.
-    pub fn format(&self) -> Option<Format> {
-        Some(self.inner.current(&self.name).ok()?.format())
+    /// The lifecycle of its current version; `None` once it was removed.
+    pub fn lifecycle(&self) -> Option<Lifecycle> {
+        Some(self.inner.current(&self.name).ok()?.lifecycle())
     }
 
     /// Its current spec; `None` once it was removed.

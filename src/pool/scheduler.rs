@@ -31,7 +31,7 @@ use super::container::{
 use super::function::{Actions, FunctionPool, Grant, Refusal};
 use super::policy::after;
 use super::readings::Readings;
-use super::spec::{Format, FunctionKey, FunctionSpec, Limits};
+use super::spec::{FunctionKey, FunctionSpec, Lifecycle, Limits};
 use super::state::{Arrival, EvictionClock};
 use super::stdout::Stdout;
 use super::teardown::{Leftovers, Removals};
@@ -595,7 +595,7 @@ impl<D: Driver> Inner<D> {
             )
         })?;
         let changed = |why: String| NotAdopted::new(Adoption::SpecChanged, why);
-        if pool.format() == Format::Cold {
+        if pool.lifecycle() == Lifecycle::Cold {
             return Err(changed(format!("{function} is cold now")));
         }
         let fingerprint = pool.container.fingerprint(&pool.name);

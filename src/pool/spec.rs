@@ -1,8 +1,8 @@
-//! What a function is: its spec, the format it speaks, and what of it makes two
-//! containers interchangeable.
+//! What a function is: its spec, its lifecycle (hot in a format, or cold), and
+//! what of it makes two containers interchangeable.
 //!
 //! A spec splits in two ([`FunctionSpec::split`]): the [`ContainerSpec`] (image,
-//! command, environment, format, memory, ...) is hashed into the version's
+//! command, environment, lifecycle, memory, ...) is hashed into the version's
 //! [`FunctionKey`], and a change to it starts new containers while the old ones
 //! drain; the [`Limits`] (timeouts, keep-alive, concurrency, warm floor, queue,
 //! logs) apply to the running containers in place.
@@ -15,48 +15,59 @@ use std::time::Duration;
 
 use crate::driver::Cpus;
 use crate::driver::{DEFAULT_TMP_SIZE, DEFAULT_USER, Task, Transport};
+use crate::format::Format;
 
-/// How requests and responses travel over a container's stdin and stdout.
+/// How a function's containers live: each serves many calls (hot) or one
+/// (cold). The config names it by its `format`: `line` or `http` for a hot
+/// function in that format, `cold` for a cold one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Format {
-    /// One container per call: the body on stdin, stdin closed, stdout until exit.
+pub enum Lifecycle {
+    /// Each container serves many calls, one at a time, framed over its stdin
+    /// and stdout in this format.
+    Hot(Format),
+    /// One container per call, and no framing: the container's life frames
+    /// the call. The body is its whole stdin, closed after it; its whole
+    /// stdout, until it exits, is the response (status 200, no headers).
     Cold,
-    /// Hot: one request line in, one response line out.
-    Line,
-    /// Hot: HTTP/1.1 messages with Content-Length bodies over stdin/stdout.
-    Http,
 }
 
-impl Format {
-    /// The name used in config: `cold`, `line`, `http`.
+impl Lifecycle {
+    /// The name used in config (its `format`): `cold`, `line` or `http`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Format::Cold => "cold",
-            Format::Line => "line",
-            Format::Http => "http",
+            Lifecycle::Hot(format) => format.as_str(),
+            Lifecycle::Cold => "cold",
         }
     }
 
-    /// Whether containers of this format serve many calls.
+    /// Whether its containers serve many calls.
     pub fn is_hot(self) -> bool {
-        self != Format::Cold
+        self != Lifecycle::Cold
     }
 }
 
-impl fmt::Display for Format {
+impl From<Format> for Lifecycle {
+    /// A hot function's, in `format`.
+    fn from(format: Format) -> Lifecycle {
+        Lifecycle::Hot(format)
+    }
+}
+
+impl fmt::Display for Lifecycle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for Format {
+impl FromStr for Lifecycle {
     type Err = String;
 
+    /// Parses the config's `format`: `cold`, `line` or `http`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
-            "cold" => Ok(Format::Cold),
-            "line" => Ok(Format::Line),
-            "http" => Ok(Format::Http),
+            "cold" => Ok(Lifecycle::Cold),
+            "line" => Ok(Lifecycle::Hot(Format::Line)),
+            "http" => Ok(Lifecycle::Hot(Format::Http)),
             other => Err(format!("{other:?} is not a format: use cold, line or http")),
         }
     }
@@ -73,8 +84,9 @@ pub struct FunctionSpec {
     pub image: String,
     /// Command and arguments; empty runs the image's default.
     pub cmd: Vec<String>,
-    /// How calls travel over the pipes.
-    pub format: Format,
+    /// Whether its containers serve many calls or one, and in which format
+    /// hot calls travel over the pipes (the config's `format`).
+    pub lifecycle: Lifecycle,
     /// Memory limit of each container, in bytes (swap disabled).
     pub memory: u64,
     /// How long one call may run.
@@ -119,7 +131,7 @@ pub struct FunctionSpec {
 }
 
 impl FunctionSpec {
-    /// A spec with the defaults: `line` format, 128 MiB, 30 s timeout, 60 s idle
+    /// A spec with the defaults: hot in the `line` format, 128 MiB, 30 s timeout, 60 s idle
     /// timeout, 4 containers, 100 queued calls waiting at most 10 s, no network,
     /// one CPU, user `1000:1000`, a read-only root with a 64 MiB `/tmp`, and logs
     /// of at most 1 MiB per call and 256 KiB/s per container.
@@ -128,7 +140,7 @@ impl FunctionSpec {
             name: name.into(),
             image: image.into(),
             cmd: Vec::new(),
-            format: Format::Line,
+            lifecycle: Lifecycle::Hot(Format::Line),
             memory: 128 << 20,
             timeout: Duration::from_secs(30),
             keep_alive: KeepAlive::default(),
@@ -168,7 +180,7 @@ impl FunctionSpec {
             name,
             image,
             cmd,
-            format,
+            lifecycle,
             memory,
             timeout,
             keep_alive,
@@ -190,7 +202,7 @@ impl FunctionSpec {
         let container = ContainerSpec {
             image,
             cmd,
-            format,
+            lifecycle,
             memory,
             env,
             network,
@@ -217,11 +229,11 @@ impl FunctionSpec {
 
 /// What makes a function's containers: two versions with equal container specs
 /// share their containers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct ContainerSpec {
     pub(crate) image: String,
     pub(crate) cmd: Vec<String>,
-    pub(crate) format: Format,
+    pub(crate) lifecycle: Lifecycle,
     pub(crate) memory: u64,
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) network: Option<String>,
@@ -230,6 +242,45 @@ pub(crate) struct ContainerSpec {
     pub(crate) tmp_size: u64,
     pub(crate) read_only: bool,
     pub(crate) transport: Transport,
+}
+
+/// Written as the derived `Debug` of the spec was while a cold function's
+/// format was a third [`Format`] (`format: Line`, `Http` or `Cold`): the
+/// fingerprint hashes this text, and containers of earlier builds keep theirs.
+impl fmt::Debug for ContainerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ContainerSpec {
+            image,
+            cmd,
+            lifecycle,
+            memory,
+            env,
+            network,
+            cpus,
+            user,
+            tmp_size,
+            read_only,
+            transport,
+        } = self;
+        let format = match lifecycle {
+            Lifecycle::Hot(Format::Line) => "Line",
+            Lifecycle::Hot(Format::Http) => "Http",
+            Lifecycle::Cold => "Cold",
+        };
+        f.debug_struct("ContainerSpec")
+            .field("image", image)
+            .field("cmd", cmd)
+            .field("format", &format_args!("{format}"))
+            .field("memory", memory)
+            .field("env", env)
+            .field("network", network)
+            .field("cpus", cpus)
+            .field("user", user)
+            .field("tmp_size", tmp_size)
+            .field("read_only", read_only)
+            .field("transport", transport)
+            .finish()
+    }
 }
 
 impl ContainerSpec {
@@ -451,7 +502,9 @@ mod tests {
         let mut memory = base.clone();
         memory.memory += 1;
         let mut format = base.clone();
-        format.format = Format::Http;
+        format.lifecycle = Format::Http.into();
+        let mut cold = base.clone();
+        cold.lifecycle = Lifecycle::Cold;
         let mut cpus = base.clone();
         cpus.cpus = "0.5".parse().unwrap();
         let mut user = base.clone();
@@ -464,7 +517,7 @@ mod tests {
         transport.transport = Transport::Attach;
         assert_eq!(base.key(), base.clone().key());
         for changed in [
-            env, memory, format, cpus, user, tmp_size, read_only, transport,
+            env, memory, format, cold, cpus, user, tmp_size, read_only, transport,
         ] {
             assert_ne!(base.key(), changed.key());
         }
@@ -523,11 +576,32 @@ mod tests {
     }
 
     #[test]
-    fn formats_parse() {
-        assert_eq!("http".parse(), Ok(Format::Http));
+    fn fingerprints_are_those_of_earlier_builds() {
+        // Pinned: a new owner takes over a hot container only if its
+        // fingerprint is the one the container's owner gave it.
+        let mut echo = FunctionSpec::new("echo", "img");
+        echo.cmd = vec!["line".into()];
+        let (name, container, _) = echo.clone().split();
+        assert_eq!(container.fingerprint(&name), "b0e610033dc4d365");
+        echo.lifecycle = Format::Http.into();
+        let (name, container, _) = echo.split();
+        assert_eq!(container.fingerprint(&name), "2b5be29a63714403");
+    }
+
+    #[test]
+    fn lifecycles_parse_from_the_format_they_display() {
+        for lifecycle in [
+            Lifecycle::Cold,
+            Lifecycle::Hot(Format::Line),
+            Lifecycle::Hot(Format::Http),
+        ] {
+            assert_eq!(lifecycle.to_string().parse(), Ok(lifecycle));
+        }
+        assert_eq!("http".parse(), Ok(Lifecycle::Hot(Format::Http)));
+        assert_eq!("cold".parse(), Ok(Lifecycle::Cold));
         assert!(
             "grpc"
-                .parse::<Format>()
+                .parse::<Lifecycle>()
                 .unwrap_err()
                 .contains("cold, line or http")
         );

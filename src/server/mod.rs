@@ -49,7 +49,7 @@ use engine_health::EngineHealth;
 use error::{ApiError, CALL_ID, Reason};
 use hotpool::driver::Driver;
 use hotpool::error::CallError;
-use hotpool::pool::{Format, Pool, Request};
+use hotpool::pool::{Format, Lifecycle, Pool, Request};
 
 /// What every request handler shares.
 pub struct AppState<D: Driver> {
@@ -194,13 +194,13 @@ async fn invoke<D: Driver>(
         .await
         .map_err(refused)?;
     let found = state.pool.function(&name).and_then(|f| {
-        let format = f.format()?;
-        Some((f, format))
+        let lifecycle = f.lifecycle()?;
+        Some((f, lifecycle))
     });
-    let Some((function, format)) = found else {
+    let Some((function, lifecycle)) = found else {
         return Err(refused(Reason::Call(CallError::UnknownFunction { name })));
     };
-    if format == Format::Line && body.contains(&b'\n') {
+    if lifecycle == Lifecycle::Hot(Format::Line) && body.contains(&b'\n') {
         return Err(refused(Reason::NotOneLine { function: name }));
     }
     let mut request = Request::new(body);
@@ -234,7 +234,7 @@ async fn invoke<D: Driver>(
                     out.append(key, value);
                 }
             }
-            if format != Format::Http {
+            if lifecycle != Lifecycle::Hot(Format::Http) {
                 out.insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/octet-stream"),
@@ -271,7 +271,7 @@ async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
                 "name": spec.name,
                 "image": spec.image,
                 "cmd": spec.cmd,
-                "format": spec.format.as_str(),
+                "format": spec.lifecycle.as_str(),
                 "memory_bytes": spec.memory,
                 "timeout_ms": spec.timeout.as_millis(),
                 "keep_alive": spec.keep_alive.to_string(),

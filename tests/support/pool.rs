@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use hotpool::driver::Transport;
-use hotpool::pool::{Format, FunctionSpec, Pool};
+use hotpool::pool::{FunctionSpec, Lifecycle, Pool};
 
 use super::OnEngine;
 use super::engine::TestEngine;
@@ -34,10 +34,15 @@ impl<D: TestEngine> std::ops::Deref for TestPool<D> {
 }
 
 impl<D: TestEngine> TestPool<D> {
-    /// The test function speaking `format` (`cold` echoes) over `transport`,
-    /// 32 MiB, a 20 s timeout.
-    pub fn spec(&self, transport: Transport, name: &str, format: Format) -> FunctionSpec {
-        spec_of(&self.engine.image, transport, name, format)
+    /// The test function hot in a format (its command) or cold (it echoes)
+    /// over `transport`, 32 MiB, a 20 s timeout.
+    pub fn spec(
+        &self,
+        transport: Transport,
+        name: &str,
+        lifecycle: impl Into<Lifecycle>,
+    ) -> FunctionSpec {
+        spec_of(&self.engine.image, transport, name, lifecycle)
     }
 }
 
@@ -75,12 +80,17 @@ pub async fn test_pool<D: TestEngine>(engine: OnEngine<D>, name: &str, budget: u
     }
 }
 
-/// The test function of `image` speaking `format` (`cold` echoes) over
-/// `transport`, 32 MiB, a 20 s timeout.
-pub fn spec_of(image: &str, transport: Transport, name: &str, format: Format) -> FunctionSpec {
+/// The test function of `image` hot in a format (its command) or cold (it
+/// echoes) over `transport`, 32 MiB, a 20 s timeout.
+pub fn spec_of(
+    image: &str,
+    transport: Transport,
+    name: &str,
+    lifecycle: impl Into<Lifecycle>,
+) -> FunctionSpec {
     let mut spec = FunctionSpec::new(name, image);
-    spec.format = format;
-    spec.cmd = vec![format.as_str().replace("cold", "echo")];
+    spec.lifecycle = lifecycle.into();
+    spec.cmd = vec![spec.lifecycle.as_str().replace("cold", "echo")];
     spec.memory = 32 * MIB;
     spec.timeout = Duration::from_secs(20);
     spec.queue_timeout = Duration::from_secs(60);
