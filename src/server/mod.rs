@@ -5,6 +5,12 @@
 //!   `Hotpool-Stats: cpu_ratio=...; memory_bytes=...; samples=N`). Errors are JSON
 //!   `{"error":{"kind":"...","message":"...","call_id":"..."}}` with the status of
 //!   their kind; `busy` adds `Retry-After`.
+//! - `GET /calls/{id}/log`: the stderr of call `id` (its `Hotpool-Call-Id`), one
+//!   record a line, escaped as in the server's log, `text/plain; charset=utf-8`,
+//!   with `Hotpool-Call-State: running|succeeded|failed`, while the pool keeps it
+//!   ([`hotpool::pool::Pool::call_log`]; bounded by `[server] call_logs`); a
+//!   call that wrote nothing has an empty log. A 404 `unknown_call` once the log
+//!   was dropped, or for a call never seen.
 //! - `GET /functions`: the configured functions, their limits and keep-alive
 //!   policy, their containers, and when the next idle one goes
 //!   (`idle_deadline_ms`, null when none is idle).
@@ -73,6 +79,7 @@ pub struct AppState<D: Driver> {
 pub fn router<D: Driver>(state: Arc<AppState<D>>) -> Router {
     Router::new()
         .route("/invoke/{name}", post(invoke::<D>))
+        .route("/calls/{id}/log", get(call_log::<D>))
         .route("/functions", get(functions::<D>))
         .route("/healthz", get(healthz::<D>))
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
@@ -160,6 +167,7 @@ async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, R
 }
 
 const START: HeaderName = HeaderName::from_static("hotpool-start");
+const CALL_STATE: HeaderName = HeaderName::from_static("hotpool-call-state");
 const STATS: HeaderName = HeaderName::from_static("hotpool-stats");
 
 /// Logs a call whose client went away before it ended (status 499).
@@ -257,6 +265,30 @@ async fn invoke<D: Driver>(
             Err(ApiError::from(error).in_call(&call_id))
         }
     }
+}
+
+/// `GET /calls/{id}/log`: the call's stderr as the pool keeps it.
+async fn call_log<D: Driver>(
+    State(state): State<Arc<AppState<D>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(log) = state.pool.call_log(&id) else {
+        return Err(ApiError::from(Reason::UnknownCall {
+            call_id: id.clone(),
+        })
+        .in_call(&id));
+    };
+    let mut response = Response::new(Body::from(log.text));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CALL_STATE, HeaderValue::from_static(log.state.as_str()));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(CALL_ID, value);
+    }
+    Ok(response)
 }
 
 async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
