@@ -3,13 +3,57 @@
 //! id the server does not keep; the same tokens as `/invoke`; and a function
 //! flooding stderr call after call, which must keep the store within
 //! `[server] call_logs` while a failed call's log outlives the successful ones.
-//! The real binary on Docker, testfn's `!stderr`, `!log-ctrl`, `!log-flood` and
-//! `!exit`.
+//! The real binary on Docker and containerd (the token check, the HTTP layer's,
+//! on Docker alone), testfn's `!stderr`, `!log-ctrl`, `!log-flood` and `!exit`.
 
 mod support;
 
+use support::cli_engine::Engine;
 use support::http::{self, HttpResponse};
-use support::server::{Server, error_of, eventually, function};
+use support::server::{Server, error_of, eventually, function, function_of};
+
+/// The name of the pool of [`start`]'s server for `test` on `engine`, for a
+/// guard made before it starts (so dropped after it stops).
+fn pool_of(engine: &Engine, test: &str) -> String {
+    format!(
+        "server-test-{test}-{}-{}",
+        engine.name(),
+        std::process::id()
+    )
+}
+
+/// A server on `engine` of one `line` function, `name`, with `[server]` lines
+/// `server_extra` and function lines `function_extra`; its pool is
+/// [`pool_of`]`(engine, test)`.
+fn start(
+    engine: &Engine,
+    test: &str,
+    server_extra: &str,
+    (name, function_extra): (&str, &str),
+) -> Server {
+    let server = Server::start_with_env(
+        &format!("{test}-{}", engine.name()),
+        server_extra,
+        &format!("shutdown_timeout = \"30s\"\n\n{}", engine.config_table()),
+        &[function_of(
+            &engine.image,
+            name,
+            "line",
+            "line",
+            function_extra,
+        )],
+        &engine.env(),
+    );
+    assert_eq!(server.pool, pool_of(engine, test));
+    server
+}
+
+/// Stops `server`: it exits 0, and none of its containers is left on `engine`.
+fn stop(engine: &Engine, server: Server) {
+    let pool = server.pool.clone();
+    server.stop();
+    assert_eq!(engine.containers_of(&pool), Vec::<String>::new());
+}
 
 /// `GET /calls/<call_id>/log`.
 fn log_of(server: &Server, call_id: &str) -> HttpResponse {
@@ -50,9 +94,10 @@ fn metric(server: &Server, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-#[test]
-fn a_calls_stderr_comes_back_by_its_id() {
-    let server = Server::start("call-logs", "", &[function("echo", "line", "line", "")]);
+per_engine_binary!(a_calls_stderr_comes_back_by_its_id);
+fn a_calls_stderr_comes_back_by_its_id(engine: Engine) {
+    let _guard = engine.guard(&pool_of(&engine, "call-logs"));
+    let server = start(&engine, "call-logs", "", ("echo", ""));
 
     let said = server.invoke("echo", b"!stderr hello from the call");
     assert_eq!(said.status, 200, "{said}");
@@ -95,9 +140,10 @@ fn a_calls_stderr_comes_back_by_its_id() {
     let error = error_of(&unknown);
     assert_eq!(error["kind"], "unknown_call", "{unknown}");
     assert_eq!(error["call_id"], "no-such-call", "{unknown}");
-    server.stop();
+    stop(&engine, server);
 }
 
+// Decided by the HTTP layer, not the engine: on Docker alone.
 #[test]
 fn a_call_log_needs_a_token_as_calls_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,19 +188,16 @@ fn a_call_log_needs_a_token_as_calls_do() {
     server.stop();
 }
 
-#[test]
-fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it() {
+per_engine_binary!(a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it);
+fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it(engine: Engine) {
     const BOUND: f64 = (1 << 20) as f64;
     const CALLS: usize = 24;
-    let server = Server::start(
+    let _guard = engine.guard(&pool_of(&engine, "call-logs-flood"));
+    let server = start(
+        &engine,
         "call-logs-flood",
         "call_logs = \"1m\"",
-        &[function(
-            "flood",
-            "line",
-            "line",
-            "log_per_call = \"256k\"\nlog_rate = \"64m\"",
-        )],
+        ("flood", "log_per_call = \"256k\"\nlog_rate = \"64m\""),
     );
     let failed = server.invoke("flood", b"!exit 3");
     assert_eq!(failed.status, 502, "{failed}");
@@ -213,5 +256,5 @@ fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it() {
         ),
         0.0
     );
-    server.stop();
+    stop(&engine, server);
 }
