@@ -23,25 +23,28 @@ fn pool_of(engine: &Engine, test: &str) -> String {
 }
 
 /// A server on `engine` of one `line` function, `name`, with `[server]` lines
-/// `server_extra` and function lines `function_extra`; its pool is
-/// [`pool_of`]`(engine, test)`.
+/// `server_extra` and function lines `function_extra`, and the `[[function]]`
+/// tables `more`; its pool is [`pool_of`]`(engine, test)`.
 fn start(
     engine: &Engine,
     test: &str,
     server_extra: &str,
     (name, function_extra): (&str, &str),
+    more: &[String],
 ) -> Server {
+    let mut functions = vec![function_of(
+        &engine.image,
+        name,
+        "line",
+        "line",
+        function_extra,
+    )];
+    functions.extend_from_slice(more);
     let server = Server::start_with_env(
         &format!("{test}-{}", engine.name()),
         server_extra,
         &format!("shutdown_timeout = \"30s\"\n\n{}", engine.config_table()),
-        &[function_of(
-            &engine.image,
-            name,
-            "line",
-            "line",
-            function_extra,
-        )],
+        &functions,
         &engine.env(),
     );
     assert_eq!(server.pool, pool_of(engine, test));
@@ -97,7 +100,13 @@ fn metric(server: &Server, metric: &str, labels: &[&str]) -> f64 {
 per_engine_binary!(a_calls_stderr_comes_back_by_its_id);
 fn a_calls_stderr_comes_back_by_its_id(engine: Engine) {
     let _guard = engine.guard(&pool_of(&engine, "call-logs"));
-    let server = start(&engine, "call-logs", "", ("echo", ""));
+    // A cold function that writes a line on stderr, then echoes.
+    let cold = format!(
+        "[[function]]\nname = \"cold\"\nimage = \"{}\"\ncmd = [\"stderr\", \"cold and alone\"]\n\
+         format = \"cold\"\nmemory = \"32m\"\n",
+        engine.image
+    );
+    let server = start(&engine, "call-logs", "", ("echo", ""), &[cold]);
 
     let said = server.invoke("echo", b"!stderr hello from the call");
     assert_eq!(said.status, 200, "{said}");
@@ -110,6 +119,11 @@ fn a_calls_stderr_comes_back_by_its_id(engine: Engine) {
     );
     assert_eq!(log.header("hotpool-call-state"), Some("succeeded"), "{log}");
     assert_eq!(log.header("hotpool-call-id"), Some(id.as_str()), "{log}");
+
+    // A cold call's container logs under its call too.
+    let cold = server.invoke("cold", b"body");
+    assert_eq!((cold.status, cold.text().as_str()), (200, "body"), "{cold}");
+    wait_for_log(&server, &call_id_of(&cold), "cold and alone\n");
 
     // A call that wrote nothing is known, its log empty.
     let quiet = server.invoke("echo", b"quiet");
@@ -198,6 +212,7 @@ fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it(engi
         "call-logs-flood",
         "call_logs = \"1m\"",
         ("flood", "log_per_call = \"256k\"\nlog_rate = \"64m\""),
+        &[],
     );
     let failed = server.invoke("flood", b"!exit 3");
     assert_eq!(failed.status, 502, "{failed}");
