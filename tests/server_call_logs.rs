@@ -3,10 +3,15 @@
 //! id the server does not keep; the same tokens as `/invoke`; and a function
 //! flooding stderr call after call, which must keep the store within
 //! `[server] call_logs` while a failed call's log outlives the successful ones.
-//! The real binary on Docker and containerd (the token check, the HTTP layer's,
-//! on Docker alone), testfn's `!stderr`, `!log-ctrl`, `!log-flood` and `!exit`.
+//! `?follow=1` streams the log of a call in flight until the call ends. The real
+//! binary on Docker and containerd (the token check and the follow, the HTTP
+//! layer's, on Docker alone), testfn's `!stderr`, `!log-ctrl`, `!log-flood`,
+//! `!log-storm`, `!sleep` and `!exit`.
 
 mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
 
 use support::cli_engine::Engine;
 use support::http::{self, HttpResponse};
@@ -272,4 +277,81 @@ fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it(engi
         0.0
     );
     stop(&engine, server);
+}
+
+// The HTTP layer's and the store's, not the engine's: on Docker alone.
+#[test]
+fn a_call_in_flight_is_followed_until_it_ends() {
+    let server = Server::start(
+        "call-logs-follow",
+        "",
+        &[function("storm", "line", "line", "log_rate = \"16k\"")],
+    );
+    // A thread of the container writes stderr for ever, tagged with the call in
+    // it: this one, then the next.
+    let storming = server.invoke("storm", b"!log-storm");
+    assert_eq!(storming.text(), "storming", "{storming}");
+    let first = call_id_of(&storming);
+    let sleeping = server.invoke_in_background("storm", b"!sleep 10000");
+    // The id of the call in flight, as the server's log shows it.
+    let mut in_flight = None;
+    eventually(
+        "the storm's lines are logged under the sleeping call",
+        || {
+            in_flight = (server.stderr.text().lines())
+                .filter_map(|line| line.split_once("function=storm call_id="))
+                .filter_map(|(_, rest)| rest.split_whitespace().next())
+                .find(|id| *id != first)
+                .map(str::to_owned);
+            in_flight.is_some()
+        },
+    );
+    let id = in_flight.unwrap();
+    sleeping.assert_running();
+
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    write!(
+        stream,
+        "GET /calls/{id}/log?follow=1 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    )
+    .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("\r\n\r\n")
+        || !String::from_utf8_lossy(&received).contains("flood ")
+    {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended early: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buffer[..n]);
+    }
+    // Lines came while the call still ran.
+    sleeping.assert_running();
+    stream.read_to_end(&mut received).unwrap();
+    let followed = http::parse(&received).unwrap();
+    assert_eq!(followed.status, 200, "{followed}");
+    assert_eq!(followed.header("hotpool-call-state"), Some("running"));
+    assert_eq!(followed.header("transfer-encoding"), Some("chunked"));
+    let answered = sleeping.join();
+    assert_eq!(answered.status, 200, "{answered}");
+    assert_eq!(call_id_of(&answered), id);
+
+    // The stream ended once the call had: it holds what the log held then.
+    let log = log_of(&server, &id);
+    assert_eq!(log.header("hotpool-call-state"), Some("succeeded"), "{log}");
+    let (followed, kept) = (followed.text(), log.text());
+    assert!(
+        kept.starts_with(&followed),
+        "the followed log is not the start of the kept one:\n{followed}\n---\n{kept}"
+    );
+    assert!(followed.lines().filter(|l| l.starts_with("flood ")).count() > 10);
+
+    let refused = server.get(&format!("/calls/{id}/log?follow=yes"));
+    assert_eq!(refused.status, 400, "{refused}");
+    assert_eq!(error_of(&refused)["kind"], "bad_request", "{refused}");
+    server.stop();
 }

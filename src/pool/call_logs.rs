@@ -16,9 +16,17 @@
 //! even once every other entry is gone is dropped, and the entry says that its
 //! log was cut. Calls refused before they ran (`busy`, `unknown_function`) keep
 //! no entry, so a storm of refusals cannot push out the logs of failed calls.
+//!
+//! A [`CallLogFollower`] reads one call's log as it grows: what is there, then
+//! each record as it comes, until the call has ended (and [`FOLLOW_LINGER`]
+//! more, for its last lines), its log is cut or its entry is dropped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::error::{CallError, ErrorKind};
 
@@ -29,6 +37,10 @@ pub const ENTRY_OVERHEAD: u64 = 256;
 
 /// The first capacity of an entry's text.
 const FIRST_CAPACITY: usize = 256;
+
+/// How long a follower waits for late lines once the call has ended: stderr is
+/// read apart from the answer, so its last lines may come a moment after it.
+pub const FOLLOW_LINGER: Duration = Duration::from_millis(250);
 
 /// What a call's log says after its text when lines of it did not fit.
 const CUT_NOTICE: &str = "hotpool: the rest of this call's log did not fit the call log store\n";
@@ -73,6 +85,9 @@ pub struct CallLog {
     pub text: String,
     /// Whether the call still runs, or how it ended.
     pub state: CallState,
+    /// Lines of it did not fit the store and were dropped, as were all after
+    /// them; `text` ends saying so.
+    pub cut: bool,
 }
 
 /// The store of recent calls' logs. One per pool; cheap to share behind an `Arc`.
@@ -80,6 +95,8 @@ pub struct CallLogs {
     max_bytes: u64,
     max_entries: usize,
     store: Mutex<Store>,
+    /// Wakes followers: a log grew, a call ended, an entry went.
+    changed: Notify,
     bytes: metrics::Gauge,
     /// Entries dropped to make room, by [`CallState::class`] and state.
     evicted: [metrics::Counter; 3],
@@ -136,6 +153,7 @@ impl CallLogs {
             max_bytes,
             max_entries,
             store: Mutex::default(),
+            changed: Notify::new(),
             bytes: metrics::gauge!(crate::metrics::CALL_LOGS_BYTES),
             evicted,
         };
@@ -145,16 +163,37 @@ impl CallLogs {
 
     /// The log of call `id`, while it is kept.
     pub fn get(&self, id: &str) -> Option<CallLog> {
+        self.get_from(id, 0)
+    }
+
+    /// The log of call `id` from byte `from` of its text on (the length of
+    /// what an earlier read gave: a log only grows), while it is kept.
+    pub fn get_from(&self, id: &str, from: usize) -> Option<CallLog> {
         let store = self.lock();
         let entry = store.entries.get(id)?;
-        let mut text = entry.text.clone();
+        let mut text = entry.text.get(from..).unwrap_or_default().to_owned();
         if entry.cut {
             text.push_str(CUT_NOTICE);
         }
         Some(CallLog {
             text,
             state: entry.state,
+            cut: entry.cut,
         })
+    }
+
+    /// A follower of the log of call `id`, if it is kept.
+    pub fn follow(self: &Arc<Self>, id: &str) -> Option<CallLogFollower> {
+        self.lock()
+            .entries
+            .contains_key(id)
+            .then(|| CallLogFollower {
+                logs: self.clone(),
+                id: id.to_owned(),
+                from: 0,
+                ended: None,
+                done: false,
+            })
     }
 
     /// Bytes the entries cost now, overhead included; never above the store's
@@ -226,6 +265,7 @@ impl CallLogs {
             let entry = store.entries.get_mut(id).expect("the entry is kept");
             let Some(target) = target else {
                 entry.cut = true;
+                self.changed.notify_waiters();
                 return;
             };
             entry.text.reserve_exact(target - len);
@@ -238,6 +278,7 @@ impl CallLogs {
         // The allocator may have given more than asked: never keep more than allowed.
         self.make_room(&mut store, 0, 0, Some(id));
         self.publish(&store);
+        self.changed.notify_waiters();
     }
 
     /// Call `id` ended with `outcome`: its entry learns how, or goes if the call
@@ -266,6 +307,7 @@ impl CallLogs {
         store.bytes -= (before - after) as u64;
         store.set_state(id, seq, old, state);
         self.publish(&store);
+        self.changed.notify_waiters();
     }
 
     /// Drops entries, other than `keep`, until `bytes` more bytes and `entries`
@@ -293,6 +335,7 @@ impl CallLogs {
                     CallState::Running => 2,
                 };
                 self.evicted[index].increment(1);
+                self.changed.notify_waiters();
             }
         }
         true
@@ -326,6 +369,55 @@ impl Store {
         if let Some(entry) = self.entries.get_mut(id) {
             entry.state = new;
         }
+    }
+}
+
+/// Reads one call's log as it grows ([`CallLogs::follow`]).
+pub struct CallLogFollower {
+    logs: Arc<CallLogs>,
+    id: String,
+    /// The bytes of its text given so far.
+    from: usize,
+    /// When it was first seen ended, plus [`FOLLOW_LINGER`].
+    ended: Option<Instant>,
+    done: bool,
+}
+
+impl CallLogFollower {
+    /// The text the log gained since the last chunk: at once if there is
+    /// some, else as soon as there is. `None` once the call has ended and
+    /// [`FOLLOW_LINGER`] passed with nothing new, or the log was cut (its last
+    /// chunk says so) or dropped from the store.
+    pub async fn next(&mut self) -> Option<String> {
+        while !self.done {
+            // Listen before reading: a line in between would otherwise be missed.
+            let changed = self.logs.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let Some(log) = self.logs.get_from(&self.id, self.from) else {
+                break;
+            };
+            self.from += log.text.len();
+            if log.cut {
+                self.done = true;
+                return Some(log.text);
+            }
+            if !log.text.is_empty() {
+                return Some(log.text);
+            }
+            if log.state == CallState::Running {
+                changed.await;
+                continue;
+            }
+            let linger = *self
+                .ended
+                .get_or_insert_with(|| Instant::now() + FOLLOW_LINGER);
+            if tokio::time::timeout_at(linger, changed).await.is_err() {
+                break;
+            }
+        }
+        self.done = true;
+        None
     }
 }
 
@@ -515,6 +607,71 @@ mod tests {
         assert!(text.starts_with(&format!("{line}\n{line}\n")), "{text}");
         assert!(text.ends_with(CUT_NOTICE), "{text}");
         assert!(text.len() < 2 * 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_gets_each_line_as_it_comes_until_the_call_has_ended() {
+        let logs = Arc::new(CallLogs::new(1 << 20, 100));
+        assert!(
+            logs.follow("a").is_none(),
+            "an unknown call has nothing to follow"
+        );
+        logs.begin("a");
+        logs.append("a", "before");
+        let mut follower = logs.follow("a").unwrap();
+        assert_eq!(follower.next().await.as_deref(), Some("before\n"));
+        let writer = {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                logs.append("a", "during");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                logs.end("a", OK);
+                tokio::time::sleep(FOLLOW_LINGER / 2).await;
+                logs.append("a", "late");
+            })
+        };
+        assert_eq!(follower.next().await.as_deref(), Some("during\n"));
+        assert_eq!(follower.next().await.as_deref(), Some("late\n"));
+        // Ended, and nothing more within the linger.
+        assert_eq!(follower.next().await, None);
+        assert_eq!(follower.next().await, None);
+        writer.await.unwrap();
+        assert_eq!(logs.get("a").unwrap().text, "before\nduring\nlate\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_ends_when_its_log_is_cut_or_dropped() {
+        // Room for one entry with 256 bytes of text and a little more.
+        let logs = Arc::new(CallLogs::new(ENTRY_OVERHEAD + 1 + 256 + 40, 100));
+        logs.begin("a");
+        let mut follower = logs.follow("a").unwrap();
+        logs.append("a", &"x".repeat(99));
+        assert_eq!(follower.next().await.map(|t| t.len()), Some(100));
+        // The third line of 100 bytes does not fit.
+        logs.append("a", &"y".repeat(99));
+        logs.append("a", &"z".repeat(99));
+        let rest = follower.next().await.unwrap();
+        assert!(rest.starts_with(&"y".repeat(99)), "{rest}");
+        assert!(rest.ends_with(CUT_NOTICE), "{rest}");
+        assert_eq!(follower.next().await, None);
+
+        let logs = Arc::new(store(2));
+        logs.begin("b");
+        let mut dropped = logs.follow("b").unwrap();
+        let evicting = {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Room for two: "b", the oldest, goes, though it still runs.
+                logs.begin("c");
+                logs.begin("d");
+            })
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(10), dropped.next()).await;
+        assert_eq!(ended, Ok(None), "the follower ends when its log goes");
+        evicting.await.unwrap();
+        assert!(logs.get("b").is_none());
     }
 
     #[test]

@@ -52,7 +52,7 @@ use std::time::Duration;
 
 pub use crate::format::Request;
 pub use call::{Response, Start, TIMEOUT_MARGIN};
-pub use call_logs::{CallLog, CallLogs, CallState, ENTRY_OVERHEAD};
+pub use call_logs::{CallLog, CallLogFollower, CallLogs, CallState, ENTRY_OVERHEAD, FOLLOW_LINGER};
 pub use function::FunctionStatus;
 pub use scheduler::{POOL_LABEL, SPEC_LABEL, STARTS_AT_ONCE};
 pub use spec::{Eviction, Format, FunctionKey, FunctionSpec, KeepAlive};
@@ -302,6 +302,13 @@ impl<D: Driver> Pool<D> {
     /// calls refused before they ran (`busy`, `unknown_function`) keep none.
     pub fn call_log(&self, call_id: &str) -> Option<CallLog> {
         self.inner.call_logs.get(call_id)
+    }
+
+    /// A reader of the log of call `call_id` as it grows (a call in flight),
+    /// while the pool keeps it: what it holds, then each record as it comes,
+    /// until the call has ended and [`FOLLOW_LINGER`] passed.
+    pub fn follow_call_log(&self, call_id: &str) -> Option<CallLogFollower> {
+        self.inner.call_logs.follow(call_id)
     }
 
     /// The store of recent calls' logs, to see what it holds.

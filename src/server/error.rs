@@ -60,6 +60,12 @@ pub enum Reason {
         /// The id asked for.
         call_id: String,
     },
+    /// The query string asks for what the route does not have.
+    #[error("bad query: {detail}")]
+    BadQuery {
+        /// What was wrong with it.
+        detail: String,
+    },
     /// The request carries no configured bearer token.
     #[error("this server needs `Authorization: Bearer <token>` with a configured token")]
     Unauthorized,
@@ -101,7 +107,9 @@ impl Reason {
             Reason::UnknownCall { .. } => "unknown_call",
             Reason::Unauthorized => "unauthorized",
             Reason::BodyTooLarge { .. } => "body_too_large",
-            Reason::MalformedBody { .. } | Reason::NotOneLine { .. } => "bad_request",
+            Reason::MalformedBody { .. } | Reason::NotOneLine { .. } | Reason::BadQuery { .. } => {
+                "bad_request"
+            }
             Reason::BodyTimeout { .. } => "body_timeout",
             Reason::Call(error) => error.kind().as_str(),
         }
@@ -114,7 +122,9 @@ impl Reason {
             Reason::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Reason::Unauthorized => StatusCode::UNAUTHORIZED,
             Reason::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::MalformedBody { .. } | Reason::NotOneLine { .. } => StatusCode::BAD_REQUEST,
+            Reason::MalformedBody { .. } | Reason::NotOneLine { .. } | Reason::BadQuery { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Reason::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Reason::Call(error) => call_status(error.kind()),
         }
@@ -130,7 +140,10 @@ impl Reason {
             | Reason::BodyTooLarge { .. }
             | Reason::MalformedBody { .. }
             | Reason::BodyTimeout { .. } => true,
-            Reason::NotOneLine { .. } | Reason::UnknownCall { .. } | Reason::Call(_) => false,
+            Reason::NotOneLine { .. }
+            | Reason::UnknownCall { .. }
+            | Reason::BadQuery { .. }
+            | Reason::Call(_) => false,
         }
     }
 }
