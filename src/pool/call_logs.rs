@@ -98,7 +98,8 @@ pub struct CallLogs {
     /// Wakes followers: a log grew, a call ended, an entry went.
     changed: Notify,
     bytes: metrics::Gauge,
-    /// Entries dropped to make room, by [`CallState::class`] and state.
+    /// Entries dropped to make room, by the call's state then: succeeded,
+    /// failed, running.
     evicted: [metrics::Counter; 3],
 }
 
