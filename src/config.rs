@@ -64,6 +64,8 @@ const MAX_MESSAGE_SIZE: u64 = 1 << 30;
 const MAX_CONCURRENCY: usize = 10_000;
 /// The most calls that may wait for one function.
 const MAX_QUEUE: usize = 1_000_000;
+/// The largest store of recent calls' logs that may be allowed: 16 GiB.
+const MAX_CALL_LOGS: u64 = 16 << 30;
 /// The most client connections the server may be allowed at once.
 const MAX_CONNECTIONS: usize = 1_000_000;
 /// The most stats points that may be kept per call.
@@ -75,7 +77,7 @@ pub struct ServeConfig {
     /// The HTTP server (`[server]`).
     pub server: ServerConfig,
     /// The pool's settings (`[pool]`, and `server.max_response` as
-    /// `max_response_bytes`).
+    /// `max_response_bytes`, `server.call_logs` as `call_logs_bytes`).
     pub pool: PoolConfig,
     /// The container engine (`[engine]`): read at start only.
     pub engine: EngineChoice,
@@ -95,6 +97,10 @@ pub struct ServerConfig {
     /// The largest response a function may return, in bytes (`max_response`,
     /// default the pool's `max_response_bytes`, `6m`; at most `1g`).
     pub max_response: u64,
+    /// The most bytes the logs of recent calls may hold for `GET /calls/{id}/log`
+    /// (`call_logs`, default the pool's `call_logs_bytes`, `64m`; `0` keeps none;
+    /// at most `16g`).
+    pub call_logs: u64,
     /// How long a client may take to send a request head (`header_timeout`,
     /// default `10s`).
     pub header_timeout: Duration,
@@ -112,14 +118,15 @@ pub struct ServerConfig {
 }
 
 impl Default for ServerConfig {
-    /// Listen on `127.0.0.1:8080`, bodies up to 6 MiB, responses up to the pool's
-    /// default, 10 s for a request head and 30 s for its body, 512 connections, no
+    /// Listen on `127.0.0.1:8080`, bodies up to 6 MiB, responses and call logs up
+    /// to the pool's defaults, 10 s for a request head and 30 s for its body, 512 connections, no
     /// authentication.
     fn default() -> ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body: 6 << 20,
             max_response: PoolConfig::default().max_response_bytes as u64,
+            call_logs: PoolConfig::default().call_logs_bytes,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 512,
@@ -207,6 +214,7 @@ impl ServeConfig {
             listen,
             max_body,
             max_response,
+            call_logs,
             header_timeout,
             body_timeout,
             max_connections,
@@ -218,6 +226,7 @@ impl ServeConfig {
             ("server.listen", *listen != server.listen),
             ("server.max_body", *max_body != server.max_body),
             ("server.max_response", *max_response != server.max_response),
+            ("server.call_logs", *call_logs != server.call_logs),
             (
                 "server.header_timeout",
                 *header_timeout != server.header_timeout,
@@ -477,6 +486,7 @@ struct ServerTable {
     listen: Option<Listen>,
     max_body: Option<Size<1, MAX_MESSAGE_SIZE>>,
     max_response: Option<Size<1, MAX_MESSAGE_SIZE>>,
+    call_logs: Option<Size<0, MAX_CALL_LOGS>>,
     header_timeout: Option<Timeout>,
     body_timeout: Option<Timeout>,
     max_connections: Option<Count<1, MAX_CONNECTIONS>>,
@@ -610,6 +620,7 @@ impl ServerTable {
             max_response: self
                 .max_response
                 .map_or(defaults.max_response, |size| size.0),
+            call_logs: self.call_logs.map_or(defaults.call_logs, |size| size.0),
             header_timeout: self
                 .header_timeout
                 .map_or(defaults.header_timeout, |span| span.0),
@@ -671,6 +682,7 @@ impl PoolTable {
             .removal_timeout
             .map_or(pool.removal_timeout, |span| span.0);
         pool.max_response_bytes = usize::try_from(server.max_response).unwrap_or(usize::MAX);
+        pool.call_logs_bytes = server.call_logs;
         let defaults = FunctionDefaults {
             memory_budget: pool.memory_budget,
             keep_alive: self
@@ -1178,6 +1190,7 @@ mod tests {
             listen = "0.0.0.0:9090"
             max_body = "1m"
             max_response = "2m"
+            call_logs = "3m"
             header_timeout = "3s"
             body_timeout = "4s"
             max_connections = 64
@@ -1230,6 +1243,7 @@ mod tests {
         pool.orphan_timeout = Duration::from_secs(90);
         pool.removal_timeout = Duration::from_secs(7);
         pool.max_response_bytes = 2 << 20;
+        pool.call_logs_bytes = 3 << 20;
         let mut echo = FunctionSpec::new("echo", "hotpool-testfn:dev");
         echo.cmd = vec!["line".into(), "--verbose".into()];
         echo.lifecycle = Format::Http.into();
@@ -1261,6 +1275,7 @@ mod tests {
                 listen: "0.0.0.0:9090".parse().unwrap(),
                 max_body: 1 << 20,
                 max_response: 2 << 20,
+                call_logs: 3 << 20,
                 header_timeout: Duration::from_secs(3),
                 body_timeout: Duration::from_secs(4),
                 max_connections: 64,
@@ -1313,6 +1328,8 @@ mod tests {
         assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.server.max_body, 6 << 20);
         assert_eq!(config.server.max_response, 6 << 20);
+        assert_eq!(config.server.call_logs, 64 << 20);
+        assert_eq!(config.pool.call_logs_bytes, 64 << 20);
         assert_eq!(config.server.header_timeout, Duration::from_secs(10));
         assert_eq!(config.server.body_timeout, Duration::from_secs(30));
         assert_eq!(config.server.max_connections, 512);
@@ -1551,7 +1568,7 @@ mod tests {
                 };
                 let other = match (table, key.as_str()) {
                     (_, "listen") => "\"127.0.0.1:1\"",
-                    (_, "max_body" | "max_response" | "memory_budget") => "\"1g\"",
+                    (_, "max_body" | "max_response" | "call_logs" | "memory_budget") => "\"1g\"",
                     (
                         _,
                         "header_timeout" | "body_timeout" | "shutdown_timeout" | "orphan_timeout"
@@ -2221,6 +2238,8 @@ mod tests {
         };
         let config = server("max_response = \"1g\"\nmax_body = \"1g\"").unwrap();
         assert_eq!((config.max_response, config.max_body), (1 << 30, 1 << 30));
+        let config = server("call_logs = \"0\"").unwrap();
+        assert_eq!(config.call_logs, 0, "0 keeps no call's log");
         let config = server("auth_tokens_file = \"tokens\"").unwrap();
         assert_eq!(config.auth_tokens_file, Some(PathBuf::from("tokens")));
         assert!(!config.metrics_auth);
@@ -2232,6 +2251,15 @@ mod tests {
             (
                 "max_body = \"1t\"",
                 "server.max_body: \"1t\" is more than 1g",
+            ),
+            (
+                "call_logs = \"17g\"",
+                "server.call_logs: \"17g\" is more than 16g",
+            ),
+            (
+                "call_logs = \"lots\"",
+                "server.call_logs: \"lots\" is not a size: expected a number with an optional unit, \
+                 like 64m or 2g",
             ),
             (
                 "max_response = \"0\"",

@@ -49,6 +49,12 @@ pub const MIN_IDLE_SHORT: &str = "hotpool_min_idle_short";
 /// Function stderr bytes not logged, by function and reason (`per_call`, `rate`,
 /// `too_long`).
 pub const FUNCTION_LOG_DROPPED_BYTES_TOTAL: &str = "hotpool_function_log_dropped_bytes_total";
+/// What the store of recent calls' logs holds, in bytes, each entry's overhead
+/// included.
+pub const CALL_LOGS_BYTES: &str = "hotpool_call_logs_bytes";
+/// Calls' logs dropped from the store to make room, by the call's state then
+/// (`succeeded`, `failed`, `running`).
+pub const CALL_LOGS_EVICTED_TOTAL: &str = "hotpool_call_logs_evicted_total";
 /// Records of hotpool's own log dropped because its stderr did not keep up.
 pub const LOG_DROPPED_TOTAL: &str = "hotpool_log_dropped_total";
 
@@ -144,6 +150,16 @@ pub fn describe() {
         FUNCTION_LOG_DROPPED_BYTES_TOTAL,
         Unit::Bytes,
         "Function stderr bytes not logged, by function and reason (per_call: over the call's log_per_call budget; rate: over the container's log_rate; too_long: past 16 KiB in one line)."
+    );
+    describe_gauge!(
+        CALL_LOGS_BYTES,
+        Unit::Bytes,
+        "What the store of recent calls' logs (GET /calls/{id}/log) holds, each entry's overhead included."
+    );
+    describe_counter!(
+        CALL_LOGS_EVICTED_TOTAL,
+        Unit::Count,
+        "Calls' logs dropped from the store to make room, by the call's state then (succeeded, failed, running)."
     );
     describe_counter!(
         LOG_DROPPED_TOTAL,

@@ -235,6 +235,7 @@ impl<D: Driver> Inner<D> {
             pool.name.clone(),
             current_call,
             pool.log_limits.clone(),
+            self.call_logs.clone(),
         ));
         let Some(turn) = self.start_turn(&pool.name).await else {
             return Err(busy("the pool is shutting down"));

@@ -11,11 +11,15 @@
 //! counted in `hotpool_function_log_dropped_bytes_total`, and said in one warning
 //! record, "N bytes of stderr dropped", when logging resumes, the call changes,
 //! stderr goes quiet (the driver flushes the log then), or the container is gone.
+//! Each record of a call, those warnings included, also joins that call's entry in
+//! the pool's [`CallLogs`], where it can be read back by the call's id.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::call_logs::CallLogs;
 
 /// The longest record: a longer line is cut here and the rest of it dropped.
 pub(crate) const MAX_RECORD_BYTES: usize = 16 * 1024;
@@ -128,6 +132,8 @@ pub(crate) struct StderrLog {
     dropped: [metrics::Counter; 3],
     /// The escaped text of the record being logged (kept to reuse its allocation).
     text: String,
+    /// Where each call's records are kept to be read back.
+    kept: Arc<CallLogs>,
 }
 
 impl StderrLog {
@@ -135,6 +141,7 @@ impl StderrLog {
         function: Arc<str>,
         current_call: Arc<Mutex<Option<String>>>,
         limits: Arc<LogLimits>,
+        kept: Arc<CallLogs>,
     ) -> StderrLog {
         let dropped = Cut::ALL.map(|cut| {
             metrics::counter!(
@@ -161,6 +168,7 @@ impl StderrLog {
             unsaid_since: None,
             dropped,
             text: String::new(),
+            kept,
         }
     }
 
@@ -261,6 +269,10 @@ impl StderrLog {
         if total == 0 {
             return;
         }
+        let message = format!(
+            "{total} bytes of stderr dropped (log_per_call {} bytes, log_rate {} bytes/s, lines cut at {MAX_RECORD_BYTES} bytes)",
+            self.per_call, self.rate.rate,
+        );
         tracing::warn!(
             target: "hotpool::function",
             function = %self.function,
@@ -269,10 +281,11 @@ impl StderrLog {
             over_call_budget = per_call,
             over_rate = rate,
             lines_too_long = too_long,
-            "{total} bytes of stderr dropped (log_per_call {} bytes, log_rate {} bytes/s, lines cut at {MAX_RECORD_BYTES} bytes)",
-            self.per_call,
-            self.rate.rate,
+            "{message}",
         );
+        if let Some(call) = &self.call {
+            self.kept.append(call, &format!("hotpool: {message}"));
+        }
     }
 
     fn log(&mut self, line: &[u8], truncated: bool) {
@@ -284,6 +297,9 @@ impl StderrLog {
             tracing::info!(target: "hotpool::function", function = %self.function, %call_id, truncated, "{}", self.text);
         } else {
             tracing::info!(target: "hotpool::function", function = %self.function, %call_id, "{}", self.text);
+        }
+        if let Some(call) = &self.call {
+            self.kept.append(call, &self.text);
         }
     }
 }
@@ -362,7 +378,13 @@ mod tests {
     /// its rate limit starts from.
     fn stderr_log(per_call: u64, rate: u64) -> (StderrLog, Arc<Mutex<Option<String>>>, Instant) {
         let call = Arc::new(Mutex::new(Some("call-1".to_owned())));
-        let log = StderrLog::new("f".into(), call.clone(), LogLimits::new(per_call, rate));
+        let kept = Arc::new(CallLogs::new(1 << 20, 100));
+        let log = StderrLog::new(
+            "f".into(),
+            call.clone(),
+            LogLimits::new(per_call, rate),
+            kept,
+        );
         let start = log.rate.refilled;
         (log, call, start)
     }
@@ -537,6 +559,38 @@ mod tests {
         });
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(!out[0].contains("truncated"));
+    }
+
+    #[test]
+    fn each_call_keeps_its_records_and_drop_notices_to_be_read_back() {
+        let (mut log, call, start) = stderr_log(250, 1 << 20);
+        let kept = log.kept.clone();
+        kept.begin("call-1");
+        kept.begin("call-2");
+        records(|| {
+            log.feed(b"one \x1b[2J\n", start);
+            // Over the budget of 250: two lines kept, the rest dropped and said.
+            log.feed(&lines(4), start);
+            *call.lock().unwrap() = Some("call-2".to_owned());
+            log.feed(b"two\n", start);
+            // Not kept: no call in the container, or one the store never saw.
+            *call.lock().unwrap() = None;
+            log.feed(b"between calls\n", start);
+            *call.lock().unwrap() = Some("call-3".to_owned());
+            log.feed(b"three\n", start);
+        });
+        let first = kept.get("call-1").unwrap().text;
+        let lines: Vec<_> = first.lines().collect();
+        assert_eq!(lines.len(), 4, "{first}");
+        assert_eq!(lines[0], "one \\x1b[2J");
+        assert!(lines[1].starts_with("line 0") && lines[2].starts_with("line 0"));
+        assert!(
+            lines[3].starts_with("hotpool: 200 bytes of stderr dropped (log_per_call 250 bytes"),
+            "{first}"
+        );
+        assert_eq!(kept.get("call-2").unwrap().text, "two\n");
+        assert!(kept.get("call-3").is_none());
+        assert_eq!(kept.len(), 2);
     }
 
     #[test]

@@ -30,6 +30,7 @@
 
 mod budget;
 mod call;
+mod call_logs;
 mod checked_out;
 mod collector;
 mod container;
@@ -51,6 +52,7 @@ use std::time::Duration;
 
 pub use crate::format::{Format, Request};
 pub use call::{Response, Start, TIMEOUT_MARGIN};
+pub use call_logs::{CallLog, CallLogFollower, CallLogs, CallState, ENTRY_OVERHEAD, FOLLOW_LINGER};
 pub use function::FunctionStatus;
 pub use scheduler::{POOL_LABEL, SPEC_LABEL, STARTS_AT_ONCE};
 pub use spec::{Eviction, FunctionKey, FunctionSpec, KeepAlive, Lifecycle};
@@ -58,6 +60,7 @@ pub use teardown::{Leftovers, REMOVALS_AT_ONCE};
 
 use crate::driver::{ClaimError, Driver};
 use crate::error::CallError;
+use call_logs::CallLogEntry;
 use scheduler::Inner;
 
 /// Settings of a whole pool.
@@ -84,6 +87,11 @@ pub struct PoolConfig {
     /// is gone without removing it (killed outright): it waits that long,
     /// warm, for an owner, then ends itself ([`crate::driver::Task::orphan_timeout`]).
     pub orphan_timeout: Duration,
+    /// The most bytes the logs of recent calls may hold ([`Pool::call_log`]),
+    /// each entry counted with its overhead ([`ENTRY_OVERHEAD`]); 0 keeps none.
+    pub call_logs_bytes: u64,
+    /// The most calls whose logs are kept; 0 keeps none.
+    pub call_logs_entries: usize,
 }
 
 impl Default for PoolConfig {
@@ -97,6 +105,8 @@ impl Default for PoolConfig {
             max_response_bytes: 6 << 20,
             stats_max_points: 240,
             orphan_timeout: Duration::from_secs(10 * 60),
+            call_logs_bytes: 64 << 20,
+            call_logs_entries: 100_000,
         }
     }
 }
@@ -283,6 +293,29 @@ impl<D: Driver> Pool<D> {
         }
     }
 
+    /// The stderr of call `call_id` (by [`Request::id`], the server's
+    /// `Hotpool-Call-Id`) as its function's containers logged it, while the
+    /// pool keeps it: from the call's start, with lines that come shortly after
+    /// it ended, until the store of recent calls' logs
+    /// ([`PoolConfig::call_logs_bytes`]) drops it to make room, those of calls
+    /// that succeeded first. `None` for a call it never saw or no longer keeps;
+    /// calls refused before they ran (`busy`, `unknown_function`) keep none.
+    pub fn call_log(&self, call_id: &str) -> Option<CallLog> {
+        self.inner.call_logs.get(call_id)
+    }
+
+    /// A reader of the log of call `call_id` as it grows (a call in flight),
+    /// while the pool keeps it: what it holds, then each record as it comes,
+    /// until the call has ended and [`FOLLOW_LINGER`] passed.
+    pub fn follow_call_log(&self, call_id: &str) -> Option<CallLogFollower> {
+        self.inner.call_logs.follow(call_id)
+    }
+
+    /// The store of recent calls' logs, to see what it holds.
+    pub fn call_logs(&self) -> &CallLogs {
+        &self.inner.call_logs
+    }
+
     /// The pool's settings.
     pub fn config(&self) -> &PoolConfig {
         &self.inner.config
@@ -359,7 +392,12 @@ impl<D: Driver> Function<D> {
         request: Request,
     ) -> impl Future<Output = Result<Response, CallError>> + 'static {
         let (inner, name) = (self.inner.clone(), self.name.clone());
-        async move { inner.call(&name, request).await }
+        async move {
+            let log = CallLogEntry::open(inner.call_logs.clone(), &request.id);
+            let result = inner.call(&name, request).await;
+            log.end(&result);
+            result
+        }
     }
 
     /// The lifecycle of its current version; `None` once it was removed.

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::PoolConfig;
 use super::budget::{MemoryBudget, Reservation};
+use super::call_logs::CallLogs;
 use super::checked_out::{CheckedOut, Lender};
 use super::collector::{CallTag, StatsCollector};
 use super::container::{
@@ -78,6 +79,8 @@ pub(crate) struct Inner<D: Driver> {
     /// Every live hot container, by id, so shutdown can reach busy ones.
     containers: DashMap<String, Arc<HotContainer<D>>>,
     pub(crate) budget: Arc<MemoryBudget>,
+    /// The logs of recent calls, fed by their containers' stderr.
+    pub(crate) call_logs: Arc<CallLogs>,
     /// Where engine stats samples of calls go.
     pub(crate) collector: StatsCollector,
     /// Starts, removals and container watchers; shutdown waits for all of them.
@@ -127,6 +130,10 @@ impl<D: Driver> Inner<D> {
             driver,
             budget: MemoryBudget::new(config.memory_budget),
             collector: StatsCollector::start(config.stats_max_points),
+            call_logs: Arc::new(CallLogs::new(
+                config.call_logs_bytes,
+                config.call_logs_entries,
+            )),
             config,
             versions: DashMap::new(),
             current: DashMap::new(),
@@ -664,6 +671,7 @@ impl<D: Driver> Inner<D> {
             pool.name.clone(),
             current_call.clone(),
             pool.log_limits.clone(),
+            self.call_logs.clone(),
         ));
         let stats_key = self.collector.next_id();
         let call_tag = Arc::new(CallTag::default());

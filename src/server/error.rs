@@ -35,7 +35,7 @@ pub struct ApiError {
 pub enum Reason {
     /// No route has this path.
     #[error(
-        "no route {method} {path}; the API has POST /invoke/{{name}}, GET /functions, GET /healthz, GET /livez, GET /metrics"
+        "no route {method} {path}; the API has POST /invoke/{{name}}, GET /calls/{{id}}/log, GET /functions, GET /healthz, GET /livez, GET /metrics"
     )]
     NoRoute {
         /// The request's method.
@@ -50,6 +50,21 @@ pub enum Reason {
         method: Method,
         /// The request's path.
         path: String,
+    },
+    /// No log of this call is kept: the server never saw the call, it was refused
+    /// before it ran, or its log was dropped to make room.
+    #[error(
+        "no log of call {call_id} is kept: the call is unknown, was refused before it ran, or its log was dropped to keep [server] call_logs"
+    )]
+    UnknownCall {
+        /// The id asked for.
+        call_id: String,
+    },
+    /// The query string asks for what the route does not have.
+    #[error("bad query: {detail}")]
+    BadQuery {
+        /// What was wrong with it.
+        detail: String,
     },
     /// The request carries no configured bearer token.
     #[error("this server needs `Authorization: Bearer <token>` with a configured token")]
@@ -89,9 +104,12 @@ impl Reason {
         match self {
             Reason::NoRoute { .. } => "not_found",
             Reason::MethodNotAllowed { .. } => "method_not_allowed",
+            Reason::UnknownCall { .. } => "unknown_call",
             Reason::Unauthorized => "unauthorized",
             Reason::BodyTooLarge { .. } => "body_too_large",
-            Reason::MalformedBody { .. } | Reason::NotOneLine { .. } => "bad_request",
+            Reason::MalformedBody { .. } | Reason::NotOneLine { .. } | Reason::BadQuery { .. } => {
+                "bad_request"
+            }
             Reason::BodyTimeout { .. } => "body_timeout",
             Reason::Call(error) => error.kind().as_str(),
         }
@@ -100,11 +118,13 @@ impl Reason {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            Reason::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Reason::NoRoute { .. } | Reason::UnknownCall { .. } => StatusCode::NOT_FOUND,
             Reason::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Reason::Unauthorized => StatusCode::UNAUTHORIZED,
             Reason::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::MalformedBody { .. } | Reason::NotOneLine { .. } => StatusCode::BAD_REQUEST,
+            Reason::MalformedBody { .. } | Reason::NotOneLine { .. } | Reason::BadQuery { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Reason::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Reason::Call(error) => call_status(error.kind()),
         }
@@ -120,7 +140,10 @@ impl Reason {
             | Reason::BodyTooLarge { .. }
             | Reason::MalformedBody { .. }
             | Reason::BodyTimeout { .. } => true,
-            Reason::NotOneLine { .. } | Reason::Call(_) => false,
+            Reason::NotOneLine { .. }
+            | Reason::UnknownCall { .. }
+            | Reason::BadQuery { .. }
+            | Reason::Call(_) => false,
         }
     }
 }
@@ -332,6 +355,28 @@ mod tests {
         assert_eq!(response.status(), 404);
         assert_eq!(header(&response, "hotpool-call-id"), None);
         assert_eq!(header(&response, "connection"), Some("close"));
+    }
+
+    #[test]
+    fn an_unknown_call_log_is_404_naming_the_call() {
+        let error = ApiError::from(Reason::UnknownCall {
+            call_id: "c9".into(),
+        })
+        .in_call("c9");
+        let json = error.json();
+        assert_eq!(json["error"]["kind"], "unknown_call");
+        assert_eq!(json["error"]["call_id"], "c9");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("no log of call c9 is kept"),
+            "{json}"
+        );
+        let response = error.into_response();
+        assert_eq!(response.status(), 404);
+        assert_eq!(header(&response, "hotpool-call-id"), Some("c9"));
+        assert_eq!(header(&response, "connection"), None);
     }
 
     #[test]

@@ -5,6 +5,14 @@
 //!   `Hotpool-Stats: cpu_ratio=...; memory_bytes=...; samples=N`). Errors are JSON
 //!   `{"error":{"kind":"...","message":"...","call_id":"..."}}` with the status of
 //!   their kind; `busy` adds `Retry-After`.
+//! - `GET /calls/{id}/log`: the stderr of call `id` (its `Hotpool-Call-Id`), one
+//!   record a line, escaped as in the server's log, `text/plain; charset=utf-8`,
+//!   with `Hotpool-Call-State: running|succeeded|failed`, while the pool keeps it
+//!   ([`hotpool::pool::Pool::call_log`]; bounded by `[server] call_logs`); a
+//!   call that wrote nothing has an empty log. A 404 `unknown_call` once the log
+//!   was dropped, or for a call never seen. `?follow=1` streams it instead:
+//!   what it holds, then each record as it comes, until the call has ended (and
+//!   [`hotpool::pool::FOLLOW_LINGER`] more for its last lines).
 //! - `GET /functions`: the configured functions, their limits and keep-alive
 //!   policy, their containers, and when the next idle one goes
 //!   (`idle_deadline_ms`, null when none is idle).
@@ -35,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request as HttpRequest, State};
+use axum::extract::{Path, RawQuery, Request as HttpRequest, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -73,6 +81,7 @@ pub struct AppState<D: Driver> {
 pub fn router<D: Driver>(state: Arc<AppState<D>>) -> Router {
     Router::new()
         .route("/invoke/{name}", post(invoke::<D>))
+        .route("/calls/{id}/log", get(call_log::<D>))
         .route("/functions", get(functions::<D>))
         .route("/healthz", get(healthz::<D>))
         .route("/livez", get(|| async { Json(json!({"status": "ok"})) }))
@@ -160,6 +169,7 @@ async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, R
 }
 
 const START: HeaderName = HeaderName::from_static("hotpool-start");
+const CALL_STATE: HeaderName = HeaderName::from_static("hotpool-call-state");
 const STATS: HeaderName = HeaderName::from_static("hotpool-stats");
 
 /// Logs a call whose client went away before it ended (status 499).
@@ -259,6 +269,73 @@ async fn invoke<D: Driver>(
     }
 }
 
+/// Whether a call log's query string (`follow=1`) asks to follow it.
+fn follows(query: Option<&str>) -> Result<bool, Reason> {
+    let mut follow = false;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, "1"));
+        if key != "follow" {
+            return Err(Reason::BadQuery {
+                detail: format!("{key}: the only parameter is follow=1"),
+            });
+        }
+        follow = match value {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            other => {
+                return Err(Reason::BadQuery {
+                    detail: format!("follow={other}: use follow=1 or follow=0"),
+                });
+            }
+        };
+    }
+    Ok(follow)
+}
+
+/// `GET /calls/{id}/log`: the call's stderr as the pool keeps it; with
+/// `follow=1`, streamed as it grows.
+async fn call_log<D: Driver>(
+    State(state): State<Arc<AppState<D>>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let follow = follows(query.as_deref()).map_err(|reason| ApiError::from(reason).in_call(&id))?;
+    let unknown = || {
+        ApiError::from(Reason::UnknownCall {
+            call_id: id.clone(),
+        })
+        .in_call(&id)
+    };
+    let log = state.pool.call_log(&id).ok_or_else(unknown)?;
+    let body = if follow {
+        let follower = state.pool.follow_call_log(&id).ok_or_else(unknown)?;
+        Body::from_stream(futures_util::stream::unfold(
+            follower,
+            |mut follower| async {
+                let chunk = follower.next().await?;
+                Some((Ok::<_, std::convert::Infallible>(chunk), follower))
+            },
+        ))
+    } else {
+        Body::from(log.text)
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CALL_STATE, HeaderValue::from_static(log.state.as_str()));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(CALL_ID, value);
+    }
+    Ok(response)
+}
+
 async fn functions<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Json {
     let status = state.pool.status();
     let list: Vec<Value> = state
@@ -310,4 +387,29 @@ async fn metrics<D: Driver>(State(state): State<Arc<AppState<D>>>) -> Response {
         .map(|m| m.render())
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_log_follows_with_follow_1_and_refuses_other_parameters() {
+        for (query, follow) in [
+            (None, false),
+            (Some(""), false),
+            (Some("follow=1"), true),
+            (Some("follow"), true),
+            (Some("follow=true"), true),
+            (Some("follow=0"), false),
+            (Some("follow=1&follow=0"), false),
+        ] {
+            assert_eq!(follows(query).unwrap(), follow, "{query:?}");
+        }
+        for query in ["follow=yes", "tail=10", "follow=1&x"] {
+            let refused = follows(Some(query)).unwrap_err();
+            assert_eq!(refused.kind(), "bad_request", "{query}");
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        }
+    }
 }
