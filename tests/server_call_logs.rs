@@ -130,11 +130,12 @@ fn a_calls_stderr_comes_back_by_its_id(engine: Engine) {
     assert_eq!((cold.status, cold.text().as_str()), (200, "body"), "{cold}");
     wait_for_log(&server, &call_id_of(&cold), "cold and alone\n");
 
-    // A call that wrote nothing is known, its log empty.
+    // A call that wrote nothing has no log: it cost the store nothing.
     let quiet = server.invoke("echo", b"quiet");
     assert_eq!(quiet.status, 200, "{quiet}");
     let log = log_of(&server, &call_id_of(&quiet));
-    assert_eq!((log.status, log.text()), (200, String::new()), "{log}");
+    assert_eq!(log.status, 404, "{log}");
+    assert_eq!(error_of(&log)["kind"], "unknown_call", "{log}");
 
     // Control characters and bytes that are not UTF-8 come back escaped.
     let controls = server.invoke("echo", b"!log-ctrl");

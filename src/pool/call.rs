@@ -16,9 +16,11 @@ use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::call_logs::{CallLogs, CallState};
 use super::collector::CallTag;
 use super::container::{EvictionReason, Pipes, StderrLog};
 use super::function::{ColdRefusal, FunctionPool};
+use super::function_log::{CurrentCall, begin_call, end_call};
 use super::function_metrics::FunctionMetrics;
 use super::readings::Readings;
 use super::sampler::sample_counters;
@@ -125,7 +127,8 @@ impl<D: Driver> Inner<D> {
         };
         let container = slot.container.clone();
         // Kept after the call: stderr the function wrote during it may arrive late.
-        set_call(&container.current_call, &request.id);
+        begin_call(&container.current_call, &request.id);
+        let mut log_end = LogEnd::new(&container.current_call, &self.call_logs, &request.id);
         let call_key = self.collector.next_id();
         container.call_tag.begin(call_key);
         let call_started = Instant::now();
@@ -159,6 +162,7 @@ impl<D: Driver> Inner<D> {
                 );
                 slot.pipes.stdout.release();
                 slot.pipes.mark_idle();
+                log_end.now(CallState::Succeeded);
                 checked.check_in();
                 let stats = self
                     .collector
@@ -230,13 +234,14 @@ impl<D: Driver> Inner<D> {
         task.timeout = Some(limits.timeout);
         task.input = Some(Box::new(std::io::Cursor::new(request.body.clone())));
         task.stdout = Some(Box::new(output.clone()));
-        let current_call = Arc::new(Mutex::new(Some(request.id.clone())));
+        let current_call = Arc::new(Mutex::new(CurrentCall::of(&request.id)));
         task.stderr = Box::new(StderrLog::new(
             pool.name.clone(),
-            current_call,
+            current_call.clone(),
             pool.log_limits.clone(),
             self.call_logs.clone(),
         ));
+        let mut log_end = LogEnd::new(&current_call, &self.call_logs, &request.id);
         let Some(turn) = self.start_turn(&pool.name).await else {
             return Err(busy("the pool is shutting down"));
         };
@@ -279,6 +284,7 @@ impl<D: Driver> Inner<D> {
             (Err(error), _) => return Err(error),
             (Ok(()), output) => output?,
         };
+        log_end.now(CallState::Succeeded);
         Ok(Response {
             call_id: request.id.clone(),
             start: Start::Cold,
@@ -348,8 +354,39 @@ fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
     pool.metrics.queued(started.elapsed().as_secs_f64());
 }
 
-fn set_call(current: &Mutex<Option<String>>, call_id: &str) {
-    *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(call_id.to_owned());
+/// Tells the log of a call how the call ended, before its container goes to
+/// another call ([`LogEnd::now`]) or as it is dropped: as failed, unless said
+/// otherwise (a caller that went away is a call that failed).
+struct LogEnd<'a> {
+    current: &'a Mutex<CurrentCall>,
+    logs: &'a CallLogs,
+    id: &'a str,
+    said: bool,
+}
+
+impl<'a> LogEnd<'a> {
+    fn new(current: &'a Mutex<CurrentCall>, logs: &'a CallLogs, id: &'a str) -> LogEnd<'a> {
+        LogEnd {
+            current,
+            logs,
+            id,
+            said: false,
+        }
+    }
+
+    /// The call ended at `state`.
+    fn now(&mut self, state: CallState) {
+        self.said = true;
+        end_call(self.current, self.id, self.logs, state);
+    }
+}
+
+impl Drop for LogEnd<'_> {
+    fn drop(&mut self) {
+        if !self.said {
+            end_call(self.current, self.id, self.logs, CallState::Failed);
+        }
+    }
 }
 
 /// Counts one call in `hotpool_calls_total` when dropped: with its outcome, or as

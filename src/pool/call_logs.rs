@@ -1,12 +1,13 @@
 //! The stderr of recent calls, kept in memory so that one call's log can be read
 //! back by its id ([`super::Pool::call_log`], `GET /calls/{id}/log`).
 //!
-//! The pool opens an entry as a call begins and tells it the call's outcome as it
-//! ends; a container's stderr log ([`super::function_log`]) appends each record
-//! it logs under a call, escaped as in hotpool's own log, and its "N bytes of
-//! stderr dropped" notices. Lines that come after the call ended (stderr is read
-//! apart from stdout, so the last ones may) still join its entry while it is kept;
-//! lines for a call with no entry (never opened, or dropped) are dropped.
+//! A call's entry opens with the first record its container's stderr log
+//! ([`super::function_log`]) logs under it: each record, escaped as in hotpool's
+//! own log, and its "N bytes of stderr dropped" notices. So a call that writes
+//! nothing to stderr costs the store nothing (and has no log to read back), and
+//! neither does a call refused before it ran. The call's end tells the entry how
+//! it ended, if it has one; a record that comes after the call ended (stderr is
+//! read apart from stdout, so the last ones may) opens it knowing already.
 //!
 //! The store is bounded twice: by bytes, each entry counted at
 //! [`ENTRY_OVERHEAD`] plus its id and the capacity of its text (not just the
@@ -14,8 +15,7 @@
 //! call first, those of calls that succeeded before any other: a failed call's
 //! log (or one still running) is kept in preference. A line that would not fit
 //! even once every other entry is gone is dropped, and the entry says that its
-//! log was cut. Calls refused before they ran (`busy`, `unknown_function`) keep
-//! no entry, so a storm of refusals cannot push out the logs of failed calls.
+//! log was cut.
 //!
 //! A [`CallLogFollower`] reads one call's log as it grows: what is there, then
 //! each record as it comes, until the call has ended (and [`FOLLOW_LINGER`]
@@ -27,8 +27,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-use crate::error::{CallError, ErrorKind};
 
 /// What each entry costs besides its id and its text: its slot in the map of ids
 /// (with the spare room the map keeps), its place in the eviction order, the
@@ -213,13 +211,11 @@ impl CallLogs {
         self.len() == 0
     }
 
-    /// Opens the entry of call `id`, which is running, making room for it; one
-    /// already open is kept, running again.
-    pub(crate) fn begin(&self, id: &str) {
+    /// Opens the entry of call `id`, which stands at `state`, making room for
+    /// it; one already open is kept as it is.
+    pub(crate) fn open(&self, id: &str, state: CallState) {
         let mut store = self.lock();
-        if let Some(entry) = store.entries.get(id) {
-            let (seq, state) = (entry.seq, entry.state);
-            store.set_state(id, seq, state, CallState::Running);
+        if store.entries.contains_key(id) {
             return;
         }
         let cost = ENTRY_OVERHEAD + id.len() as u64;
@@ -229,12 +225,12 @@ impl CallLogs {
         let id: Arc<str> = id.into();
         let seq = store.next;
         store.next += 1;
-        store.order[CallState::Running.class()].insert(seq, id.clone());
+        store.order[state.class()].insert(seq, id.clone());
         store.entries.insert(
             id,
             Entry {
                 seq,
-                state: CallState::Running,
+                state,
                 text: String::new(),
                 cut: false,
             },
@@ -282,22 +278,11 @@ impl CallLogs {
         self.changed.notify_waiters();
     }
 
-    /// Call `id` ended with `outcome`: its entry learns how, or goes if the call
-    /// was refused before it ran (and logged nothing).
-    /// `outcome` is `None` when the caller went away before the call ended.
-    pub(crate) fn end(&self, id: &str, outcome: Option<Result<(), ErrorKind>>) {
+    /// Call `id` ended, at `state`: its entry, if it has one, learns so.
+    pub(crate) fn end(&self, id: &str, state: CallState) {
         let mut store = self.lock();
         let Some(entry) = store.entries.get_mut(id) else {
             return;
-        };
-        let state = match outcome {
-            Some(Ok(_)) => CallState::Succeeded,
-            Some(Err(ErrorKind::Busy | ErrorKind::UnknownFunction)) if entry.text.is_empty() => {
-                store.remove(id);
-                self.publish(&store);
-                return;
-            }
-            Some(Err(_)) | None => CallState::Failed,
         };
         // What it wrote is all it will write, or nearly: give back the spare room.
         let before = entry.text.capacity();
@@ -422,48 +407,12 @@ impl CallLogFollower {
     }
 }
 
-/// A call's entry while the call runs: opened by [`CallLogEntry::open`], ended by
-/// [`CallLogEntry::end`] with the call's result, or as failed if dropped first
-/// (the caller went away).
-pub(crate) struct CallLogEntry {
-    logs: Arc<CallLogs>,
-    id: String,
-    ended: bool,
-}
-
-impl CallLogEntry {
-    /// Opens the entry of call `id` in `logs`.
-    pub(crate) fn open(logs: Arc<CallLogs>, id: &str) -> CallLogEntry {
-        logs.begin(id);
-        CallLogEntry {
-            logs,
-            id: id.to_owned(),
-            ended: false,
-        }
-    }
-
-    /// The call ended with `result`.
-    pub(crate) fn end<T>(mut self, result: &Result<T, CallError>) {
-        self.ended = true;
-        let outcome = result.as_ref().map(|_| ()).map_err(CallError::kind);
-        self.logs.end(&self.id, Some(outcome));
-    }
-}
-
-impl Drop for CallLogEntry {
-    fn drop(&mut self) {
-        if !self.ended {
-            self.logs.end(&self.id, None);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const OK: Option<Result<(), ErrorKind>> = Some(Ok(()));
-    const FAILED: Option<Result<(), ErrorKind>> = Some(Err(ErrorKind::Timeout));
+    const OK: CallState = CallState::Succeeded;
+    const FAILED: CallState = CallState::Failed;
 
     /// A store whose entries cost exactly `ENTRY_OVERHEAD + 1 + text capacity`
     /// (one-letter ids), with room for `entries` empty ones.
@@ -478,7 +427,7 @@ mod tests {
     #[test]
     fn a_call_logs_lines_and_its_outcome() {
         let logs = CallLogs::new(1 << 20, 100);
-        logs.begin("a");
+        logs.open("a", CallState::Running);
         assert_eq!(logs.get("a").unwrap().state, CallState::Running);
         assert_eq!(text(&logs, "a").unwrap(), "");
         logs.append("a", "first");
@@ -489,7 +438,7 @@ mod tests {
         let log = logs.get("a").unwrap();
         assert_eq!(log.text, "first\nsecond\nlate\n");
         assert_eq!(log.state, CallState::Succeeded);
-        logs.begin("b");
+        logs.open("b", CallState::Running);
         logs.end("b", FAILED);
         assert_eq!(logs.get("b").unwrap().state, CallState::Failed);
         assert_eq!(logs.len(), 2);
@@ -508,10 +457,10 @@ mod tests {
     fn the_oldest_call_goes_first() {
         let logs = store(3);
         for id in ["a", "b", "c"] {
-            logs.begin(id);
+            logs.open(id, CallState::Running);
             logs.end(id, OK);
         }
-        logs.begin("d");
+        logs.open("d", CallState::Running);
         assert!(logs.get("a").is_none(), "the oldest went");
         for id in ["b", "c", "d"] {
             assert!(logs.get(id).is_some(), "{id} is kept");
@@ -523,37 +472,35 @@ mod tests {
     fn a_failed_or_running_call_is_kept_before_one_that_succeeded() {
         // One-letter ids: f failed, r running, s succeeded, then n and l.
         let logs = store(3);
-        logs.begin("f");
+        logs.open("f", CallState::Running);
         logs.end("f", FAILED);
-        logs.begin("r");
-        logs.begin("s");
+        logs.open("r", CallState::Running);
+        logs.open("s", CallState::Running);
         logs.end("s", OK);
         // Full: the one that succeeded goes, though it is the newest.
-        logs.begin("n");
+        logs.open("n", CallState::Running);
         assert!(logs.get("s").is_none());
         assert!(logs.get("f").is_some() && logs.get("r").is_some());
         // With no success left, the oldest of the others goes.
-        logs.begin("l");
+        logs.open("l", CallState::Running);
         assert!(logs.get("f").is_none());
         assert!(logs.get("r").is_some() && logs.get("n").is_some());
-        // A caller that went away counts as failed.
-        logs.end("n", None);
+        logs.end("n", FAILED);
         assert_eq!(logs.get("n").unwrap().state, CallState::Failed);
     }
 
     #[test]
-    fn calls_refused_before_they_ran_keep_no_entry() {
+    fn an_entry_opened_after_its_call_ended_knows_how_and_a_second_open_changes_nothing() {
         let logs = CallLogs::new(1 << 20, 100);
-        logs.begin("busy");
-        logs.end("busy", Some(Err(ErrorKind::Busy)));
-        logs.begin("unknown");
-        logs.end("unknown", Some(Err(ErrorKind::UnknownFunction)));
-        // A call that failed otherwise keeps its entry, empty or not.
-        logs.begin("exited");
-        logs.end("exited", Some(Err(ErrorKind::Exited)));
-        assert_eq!(logs.get("exited").unwrap().state, CallState::Failed);
+        logs.open("late", CallState::Failed);
+        logs.append("late", "after the answer");
+        logs.open("late", CallState::Running);
+        let log = logs.get("late").unwrap();
+        assert_eq!(
+            (log.text.as_str(), log.state),
+            ("after the answer\n", CallState::Failed)
+        );
         assert_eq!(logs.len(), 1);
-        assert_eq!(logs.bytes(), ENTRY_OVERHEAD + "exited".len() as u64);
     }
 
     #[test]
@@ -563,7 +510,7 @@ mod tests {
         let line = "x".repeat(99);
         for call in 0..500 {
             let id = format!("call-{call:04}");
-            logs.begin(&id);
+            logs.open(&id, CallState::Running);
             for _ in 0..20 {
                 logs.append(&id, &line);
                 assert!(logs.bytes() <= max, "{} > {max}", logs.bytes());
@@ -586,7 +533,7 @@ mod tests {
     fn the_number_of_entries_is_bounded_too() {
         let logs = CallLogs::new(1 << 20, 2);
         for id in ["a", "b", "c"] {
-            logs.begin(id);
+            logs.open(id, CallState::Running);
         }
         assert_eq!(logs.len(), 2);
         assert!(logs.get("a").is_none());
@@ -595,8 +542,8 @@ mod tests {
     #[test]
     fn a_log_too_large_for_the_store_is_cut_and_says_so() {
         let logs = CallLogs::new(2 * 1024, 100);
-        logs.begin("old");
-        logs.begin("big");
+        logs.open("old", CallState::Running);
+        logs.open("big", CallState::Running);
         let line = "y".repeat(499);
         for _ in 0..10 {
             logs.append("big", &line);
@@ -617,7 +564,7 @@ mod tests {
             logs.follow("a").is_none(),
             "an unknown call has nothing to follow"
         );
-        logs.begin("a");
+        logs.open("a", CallState::Running);
         logs.append("a", "before");
         let mut follower = logs.follow("a").unwrap();
         assert_eq!(follower.next().await.as_deref(), Some("before\n"));
@@ -645,7 +592,7 @@ mod tests {
     async fn a_follower_ends_when_its_log_is_cut_or_dropped() {
         // Room for one entry with 256 bytes of text and a little more.
         let logs = Arc::new(CallLogs::new(ENTRY_OVERHEAD + 1 + 256 + 40, 100));
-        logs.begin("a");
+        logs.open("a", CallState::Running);
         let mut follower = logs.follow("a").unwrap();
         logs.append("a", &"x".repeat(99));
         assert_eq!(follower.next().await.map(|t| t.len()), Some(100));
@@ -658,15 +605,15 @@ mod tests {
         assert_eq!(follower.next().await, None);
 
         let logs = Arc::new(store(2));
-        logs.begin("b");
+        logs.open("b", CallState::Running);
         let mut dropped = logs.follow("b").unwrap();
         let evicting = {
             let logs = logs.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 // Room for two: "b", the oldest, goes, though it still runs.
-                logs.begin("c");
-                logs.begin("d");
+                logs.open("c", CallState::Running);
+                logs.open("d", CallState::Running);
             })
         };
         let ended = tokio::time::timeout(Duration::from_secs(10), dropped.next()).await;
@@ -678,7 +625,7 @@ mod tests {
     #[test]
     fn a_store_of_no_bytes_keeps_nothing() {
         let logs = CallLogs::new(0, 100);
-        logs.begin("a");
+        logs.open("a", CallState::Running);
         logs.append("a", "line");
         assert!(logs.get("a").is_none());
         assert_eq!(logs.bytes(), 0);

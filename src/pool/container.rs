@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::Reservation;
 use super::collector::CallTag;
+use super::function_log::CurrentCall;
 use super::readings::Readings;
 use super::spec::FunctionKey;
 use super::stdout::Stdout;
@@ -154,7 +155,7 @@ pub(crate) struct HotContainer<D: Driver> {
     pub(crate) key: FunctionKey,
     pub(crate) cookie: D::Cookie,
     /// The call in it now (or last), for its stderr lines.
-    pub(crate) current_call: Arc<Mutex<Option<String>>>,
+    pub(crate) current_call: Arc<Mutex<CurrentCall>>,
     /// Its key in the stats thread.
     pub(crate) stats_key: u64,
     /// The call in it now, for its stats samples.
@@ -170,7 +171,7 @@ impl<D: Driver> HotContainer<D> {
         id: String,
         key: FunctionKey,
         cookie: D::Cookie,
-        current_call: Arc<Mutex<Option<String>>>,
+        current_call: Arc<Mutex<CurrentCall>>,
         (stats_key, call_tag): (u64, Arc<CallTag>),
         memory: Reservation,
     ) -> HotContainer<D> {

@@ -12,14 +12,16 @@
 //! record, "N bytes of stderr dropped", when logging resumes, the call changes,
 //! stderr goes quiet (the driver flushes the log then), or the container is gone.
 //! Each record of a call, those warnings included, also joins that call's entry in
-//! the pool's [`CallLogs`], where it can be read back by the call's id.
+//! the pool's [`CallLogs`], where it can be read back by the call's id; the
+//! call's first record opens the entry, knowing how the call ended if it has
+//! ([`CurrentCall`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::call_logs::CallLogs;
+use super::call_logs::{CallLogs, CallState};
 
 /// The longest record: a longer line is cut here and the rest of it dropped.
 pub(crate) const MAX_RECORD_BYTES: usize = 16 * 1024;
@@ -110,13 +112,78 @@ impl LogLimits {
     }
 }
 
+/// The call in a container now, as the pool sets it and the container's
+/// stderr log reads it: its id (kept after the call has ended, as stderr may
+/// come late), how it ended once it has, whether its log has an entry in the
+/// store, and the call before it, with how it ended.
+#[derive(Debug, Default)]
+pub(crate) struct CurrentCall {
+    id: Option<String>,
+    ended: Option<CallState>,
+    kept: bool,
+    previous: Option<(String, CallState)>,
+}
+
+impl CurrentCall {
+    /// The call `id`, running.
+    pub(crate) fn of(id: &str) -> CurrentCall {
+        CurrentCall {
+            id: Some(id.to_owned()),
+            ..CurrentCall::default()
+        }
+    }
+
+    /// How call `id` stands, if it is this one or the one before.
+    fn state_of(&self, id: &str) -> Option<CallState> {
+        if self.id.as_deref() == Some(id) {
+            return Some(self.ended.unwrap_or(CallState::Running));
+        }
+        match &self.previous {
+            Some((previous, ended)) if previous == id => Some(*ended),
+            _ => None,
+        }
+    }
+}
+
+/// Call `id` begins in the container whose call `current` is.
+pub(crate) fn begin_call(current: &Mutex<CurrentCall>, id: &str) {
+    let mut current = lock(current);
+    let previous = current.id.take().zip(current.ended);
+    *current = CurrentCall {
+        previous,
+        ..CurrentCall::of(id)
+    };
+}
+
+/// Call `id`, the one in `current`, ended at `state`: its log's entry, if it
+/// has one, learns so (a call that logged nothing costs the store nothing).
+pub(crate) fn end_call(current: &Mutex<CurrentCall>, id: &str, logs: &CallLogs, state: CallState) {
+    let kept = {
+        let mut current = lock(current);
+        if current.id.as_deref() != Some(id) {
+            return;
+        }
+        current.ended = Some(state);
+        current.kept
+    };
+    if kept {
+        logs.end(id, state);
+    }
+}
+
+fn lock(current: &Mutex<CurrentCall>) -> std::sync::MutexGuard<'_, CurrentCall> {
+    current.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A container's stderr, as log records tagged with the function and the call.
 pub(crate) struct StderrLog {
     function: Arc<str>,
     /// The call in the container now (set by the pool).
-    current_call: Arc<Mutex<Option<String>>>,
+    current_call: Arc<Mutex<CurrentCall>>,
     /// The call the records are tagged with and the budget counts for.
     call: Option<String>,
+    /// Whether `call`'s log has an entry in the store yet.
+    call_kept: bool,
     /// Bytes logged for `call`.
     call_bytes: u64,
     limits: Arc<LogLimits>,
@@ -139,7 +206,7 @@ pub(crate) struct StderrLog {
 impl StderrLog {
     pub(crate) fn new(
         function: Arc<str>,
-        current_call: Arc<Mutex<Option<String>>>,
+        current_call: Arc<Mutex<CurrentCall>>,
         limits: Arc<LogLimits>,
         kept: Arc<CallLogs>,
     ) -> StderrLog {
@@ -158,6 +225,7 @@ impl StderrLog {
             function,
             current_call,
             call: None,
+            call_kept: false,
             call_bytes: 0,
             per_call: limits.per_call.load(Ordering::Relaxed),
             rate: RateLimit::new(limits.rate.load(Ordering::Relaxed), Instant::now()),
@@ -194,14 +262,38 @@ impl StderrLog {
     /// Tags what follows with the call in the container now; a new call gets a new
     /// budget, and what the last one dropped is said first.
     fn follow_call(&mut self) {
-        let current = self.current_call.lock().unwrap_or_else(|e| e.into_inner());
-        if *current != self.call {
-            let next = current.clone();
+        let current = lock(&self.current_call);
+        if current.id != self.call {
+            let next = current.id.clone();
             drop(current);
             self.say_dropped();
             self.call = next;
+            self.call_kept = false;
             self.call_bytes = 0;
         }
+    }
+
+    /// Keeps `text` in the log of the call it is tagged with, opening the
+    /// call's entry with its first record.
+    fn keep(&mut self, text: &str) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        if !self.call_kept {
+            // Under the call's lock: an end that does not see `kept` set has
+            // set `ended` for the entry to open with.
+            let mut current = lock(&self.current_call);
+            // A call two calls back has ended, how is no longer known: its
+            // entry counts as succeeded, the first to go.
+            let state = current.state_of(call).unwrap_or(CallState::Succeeded);
+            if current.id.as_deref() == Some(call.as_str()) {
+                current.kept = true;
+            }
+            self.kept.open(call, state);
+            drop(current);
+            self.call_kept = true;
+        }
+        self.kept.append(call, text);
     }
 
     /// Adds `piece`, the bytes of one line up to its newline (`ends_line`) or up to
@@ -283,9 +375,7 @@ impl StderrLog {
             lines_too_long = too_long,
             "{message}",
         );
-        if let Some(call) = &self.call {
-            self.kept.append(call, &format!("hotpool: {message}"));
-        }
+        self.keep(&format!("hotpool: {message}"));
     }
 
     fn log(&mut self, line: &[u8], truncated: bool) {
@@ -298,9 +388,9 @@ impl StderrLog {
         } else {
             tracing::info!(target: "hotpool::function", function = %self.function, %call_id, "{}", self.text);
         }
-        if let Some(call) = &self.call {
-            self.kept.append(call, &self.text);
-        }
+        let text = std::mem::take(&mut self.text);
+        self.keep(&text);
+        self.text = text;
     }
 }
 
@@ -376,8 +466,8 @@ mod tests {
 
     /// A log of function `f` with these limits, in call `call-1`, and the instant
     /// its rate limit starts from.
-    fn stderr_log(per_call: u64, rate: u64) -> (StderrLog, Arc<Mutex<Option<String>>>, Instant) {
-        let call = Arc::new(Mutex::new(Some("call-1".to_owned())));
+    fn stderr_log(per_call: u64, rate: u64) -> (StderrLog, Arc<Mutex<CurrentCall>>, Instant) {
+        let call = Arc::new(Mutex::new(CurrentCall::of("call-1")));
         let kept = Arc::new(CallLogs::new(1 << 20, 100));
         let log = StderrLog::new(
             "f".into(),
@@ -424,7 +514,7 @@ mod tests {
             let (mut log, call, start) = stderr_log(1 << 20, 1 << 20);
             log.feed(b"first\nsec", start);
             log.feed(b"ond\r\n", start);
-            *call.lock().unwrap() = Some("call-2".to_owned());
+            begin_call(&call, "call-2");
             log.feed(b"third\nunfinished", start);
         });
         assert_eq!(out.len(), 4, "{out:?}");
@@ -468,7 +558,7 @@ mod tests {
             }
             log.flush().unwrap();
             // The next call has a budget of its own.
-            *call.lock().unwrap() = Some("call-2".to_owned());
+            begin_call(&call, "call-2");
             log.feed(&lines(1), start);
         });
         let logged: Vec<_> = out.iter().filter(|r| r.contains(": line ")).collect();
@@ -487,7 +577,7 @@ mod tests {
         let out = records(|| {
             let (mut log, call, start) = stderr_log(100, 1 << 20);
             log.feed(&lines(3), start);
-            *call.lock().unwrap() = Some("call-2".to_owned());
+            begin_call(&call, "call-2");
             log.feed(&lines(1), start);
         });
         assert_eq!(out.len(), 3, "{out:?}");
@@ -565,19 +655,19 @@ mod tests {
     fn each_call_keeps_its_records_and_drop_notices_to_be_read_back() {
         let (mut log, call, start) = stderr_log(250, 1 << 20);
         let kept = log.kept.clone();
-        kept.begin("call-1");
-        kept.begin("call-2");
         records(|| {
             log.feed(b"one \x1b[2J\n", start);
             // Over the budget of 250: two lines kept, the rest dropped and said.
             log.feed(&lines(4), start);
-            *call.lock().unwrap() = Some("call-2".to_owned());
+            end_call(&call, "call-1", &kept, CallState::Failed);
+            begin_call(&call, "call-2");
             log.feed(b"two\n", start);
-            // Not kept: no call in the container, or one the store never saw.
-            *call.lock().unwrap() = None;
+            // Not kept: no call in the container.
+            *call.lock().unwrap() = CurrentCall::default();
             log.feed(b"between calls\n", start);
-            *call.lock().unwrap() = Some("call-3".to_owned());
-            log.feed(b"three\n", start);
+            // Quiet: no entry.
+            begin_call(&call, "call-3");
+            end_call(&call, "call-3", &kept, CallState::Succeeded);
         });
         let first = kept.get("call-1").unwrap().text;
         let lines: Vec<_> = first.lines().collect();
@@ -588,9 +678,49 @@ mod tests {
             lines[3].starts_with("hotpool: 200 bytes of stderr dropped (log_per_call 250 bytes"),
             "{first}"
         );
-        assert_eq!(kept.get("call-2").unwrap().text, "two\n");
-        assert!(kept.get("call-3").is_none());
+        assert_eq!(kept.get("call-1").unwrap().state, CallState::Failed);
+        let second = kept.get("call-2").unwrap();
+        assert_eq!(
+            (second.text.as_str(), second.state),
+            ("two\n", CallState::Running)
+        );
+        assert!(
+            kept.get("call-3").is_none(),
+            "a call that wrote nothing has no entry"
+        );
         assert_eq!(kept.len(), 2);
+    }
+
+    #[test]
+    fn a_record_that_comes_after_its_call_ended_opens_the_entry_knowing_how() {
+        let (mut log, call, start) = stderr_log(1 << 20, 1 << 20);
+        let kept = log.kept.clone();
+        end_call(&call, "call-1", &kept, CallState::Failed);
+        // Another call's end changes nothing of this one.
+        end_call(&call, "call-0", &kept, CallState::Succeeded);
+        records(|| log.feed(b"late\n", start));
+        assert_eq!(kept.get("call-1").unwrap().state, CallState::Failed);
+        // The next call began before the last lines of this one were read.
+        records(|| log.feed(b"first of two\n", start));
+        begin_call(&call, "call-2");
+        records(|| {
+            log.feed(b"two\n", start);
+            end_call(&call, "call-2", &kept, CallState::Succeeded);
+        });
+        assert_eq!(kept.get("call-2").unwrap().state, CallState::Succeeded);
+        // A record of call-1 read only now, once call-2 began: still call-1's.
+        let mut lagging = StderrLog::new(
+            "f".into(),
+            call.clone(),
+            LogLimits::new(1 << 20, 1 << 20),
+            kept.clone(),
+        );
+        lagging.call = Some("call-1".to_owned());
+        lagging.keep("lagging");
+        assert_eq!(
+            kept.get("call-1").unwrap().text,
+            "late\nfirst of two\nlagging\n"
+        );
     }
 
     #[test]

@@ -60,7 +60,6 @@ pub use teardown::{Leftovers, REMOVALS_AT_ONCE};
 
 use crate::driver::{ClaimError, Driver};
 use crate::error::CallError;
-use call_logs::CallLogEntry;
 use scheduler::Inner;
 
 /// Settings of a whole pool.
@@ -295,11 +294,11 @@ impl<D: Driver> Pool<D> {
 
     /// The stderr of call `call_id` (by [`Request::id`], the server's
     /// `Hotpool-Call-Id`) as its function's containers logged it, while the
-    /// pool keeps it: from the call's start, with lines that come shortly after
-    /// it ended, until the store of recent calls' logs
+    /// pool keeps it: from the call's first record, with lines that come shortly
+    /// after it ended, until the store of recent calls' logs
     /// ([`PoolConfig::call_logs_bytes`]) drops it to make room, those of calls
-    /// that succeeded first. `None` for a call it never saw or no longer keeps;
-    /// calls refused before they ran (`busy`, `unknown_function`) keep none.
+    /// that succeeded first. `None` for a call that logged nothing, one it never
+    /// saw, or one it no longer keeps.
     pub fn call_log(&self, call_id: &str) -> Option<CallLog> {
         self.inner.call_logs.get(call_id)
     }
@@ -392,12 +391,7 @@ impl<D: Driver> Function<D> {
         request: Request,
     ) -> impl Future<Output = Result<Response, CallError>> + 'static {
         let (inner, name) = (self.inner.clone(), self.name.clone());
-        async move {
-            let log = CallLogEntry::open(inner.call_logs.clone(), &request.id);
-            let result = inner.call(&name, request).await;
-            log.end(&result);
-            result
-        }
+        async move { inner.call(&name, request).await }
     }
 
     /// The lifecycle of its current version; `None` once it was removed.

@@ -30,6 +30,7 @@ use super::container::{
     Adoption, EvictionReason, HotContainer, NotAdopted, Pipes, Slot, StderrLog,
 };
 use super::function::{Actions, FunctionPool, Grant, Refusal};
+use super::function_log::CurrentCall;
 use super::policy::after;
 use super::readings::Readings;
 use super::spec::{FunctionKey, FunctionSpec, Lifecycle, Limits};
@@ -665,7 +666,7 @@ impl<D: Driver> Inner<D> {
     /// The task of a hot container of `pool` with id `id`: its stderr goes to
     /// the pool's log under the call in it, its samples to the collector.
     fn hot_task(&self, pool: &FunctionPool<D>, id: &str) -> (Task, HotWiring) {
-        let current_call = Arc::new(Mutex::new(None));
+        let current_call: Arc<Mutex<CurrentCall>> = Arc::default();
         let mut task = self.task(pool, id);
         task.stderr = Box::new(StderrLog::new(
             pool.name.clone(),
@@ -1112,7 +1113,7 @@ impl<D: Driver> Inner<D> {
 /// What a hot container's task shares with the pool: the call in it (its
 /// stderr lines are tagged with it) and its stats key and call tag.
 struct HotWiring {
-    current_call: Arc<Mutex<Option<String>>>,
+    current_call: Arc<Mutex<CurrentCall>>,
     stats: (u64, Arc<CallTag>),
 }
 

@@ -54,7 +54,7 @@ pub enum Reason {
     /// No log of this call is kept: the server never saw the call, it was refused
     /// before it ran, or its log was dropped to make room.
     #[error(
-        "no log of call {call_id} is kept: the call is unknown, was refused before it ran, or its log was dropped to keep [server] call_logs"
+        "no log of call {call_id} is kept: the call wrote nothing to stderr, is unknown, or its log was dropped to keep [server] call_logs"
     )]
     UnknownCall {
         /// The id asked for.

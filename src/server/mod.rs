@@ -8,9 +8,9 @@
 //! - `GET /calls/{id}/log`: the stderr of call `id` (its `Hotpool-Call-Id`), one
 //!   record a line, escaped as in the server's log, `text/plain; charset=utf-8`,
 //!   with `Hotpool-Call-State: running|succeeded|failed`, while the pool keeps it
-//!   ([`hotpool::pool::Pool::call_log`]; bounded by `[server] call_logs`); a
-//!   call that wrote nothing has an empty log. A 404 `unknown_call` once the log
-//!   was dropped, or for a call never seen. `?follow=1` streams it instead:
+//!   ([`hotpool::pool::Pool::call_log`]; bounded by `[server] call_logs`). A
+//!   404 `unknown_call` for a call that wrote nothing, once the log was
+//!   dropped, or for a call never seen. `?follow=1` streams it instead:
 //!   what it holds, then each record as it comes, until the call has ended (and
 //!   [`hotpool::pool::FOLLOW_LINGER`] more for its last lines).
 //! - `GET /functions`: the configured functions, their limits and keep-alive
