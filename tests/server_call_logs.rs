@@ -86,22 +86,6 @@ fn wait_for_log(server: &Server, call_id: &str, text: &str) -> HttpResponse {
     log_of(server, call_id)
 }
 
-/// The sum of the series of `metric` on `/metrics` that have all of `labels`.
-fn metric(server: &Server, metric: &str, labels: &[&str]) -> f64 {
-    let scraped = server.get("/metrics");
-    assert_eq!(scraped.status, 200, "{scraped}");
-    scraped
-        .text()
-        .lines()
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(series, _)| {
-            series.split('{').next() == Some(metric)
-                && labels.iter().all(|label| series.contains(label))
-        })
-        .filter_map(|(_, value)| value.parse::<f64>().ok())
-        .sum()
-}
-
 per_engine_binary!(a_calls_stderr_comes_back_by_its_id);
 fn a_calls_stderr_comes_back_by_its_id(engine: Engine) {
     let _guard = engine.guard(&pool_of(&engine, "call-logs"));
@@ -232,7 +216,7 @@ fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it(engi
         assert_eq!(response.status, 200, "{response}");
         assert_eq!(response.text(), "flooded 200000");
         flooded.push(call_id_of(&response));
-        let held = metric(&server, "hotpool_call_logs_bytes", &[]);
+        let held = server.metric("hotpool_call_logs_bytes", &[]);
         assert!(
             0.0 < held && held <= BOUND,
             "the store holds {held} bytes, bound {BOUND}"
@@ -249,7 +233,7 @@ fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it(engi
                 .count()
                 > 100
     });
-    let held = metric(&server, "hotpool_call_logs_bytes", &[]);
+    let held = server.metric("hotpool_call_logs_bytes", &[]);
     assert!(held <= BOUND, "the store holds {held} bytes, bound {BOUND}");
 
     // The oldest successful logs made room; the failed one stayed.
@@ -262,19 +246,9 @@ fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it(engi
         (200, "exiting with 3\n"),
         "{kept}"
     );
-    assert!(
-        metric(
-            &server,
-            "hotpool_call_logs_evicted_total",
-            &["state=\"succeeded\""]
-        ) >= 1.0
-    );
+    assert!(server.metric("hotpool_call_logs_evicted_total", &["state=\"succeeded\""]) >= 1.0);
     assert_eq!(
-        metric(
-            &server,
-            "hotpool_call_logs_evicted_total",
-            &["state=\"failed\""]
-        ),
+        server.metric("hotpool_call_logs_evicted_total", &["state=\"failed\""]),
         0.0
     );
     stop(&engine, server);

@@ -418,6 +418,23 @@ impl Server {
             .unwrap_or_else(|e| panic!("GET {path}: {e}; server stderr:\n{}", self.stderr.text()))
     }
 
+    /// The sum of the samples of `metric` on `/metrics` whose labels hold every
+    /// one of `labels` (`name="value"`); 0 with none.
+    pub fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
+        let scraped = self.get("/metrics");
+        assert_eq!(scraped.status, 200, "{scraped}");
+        scraped
+            .text()
+            .lines()
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter(|(series, _)| {
+                series.split('{').next() == Some(metric)
+                    && labels.iter().all(|label| series.contains(label))
+            })
+            .filter_map(|(_, value)| value.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The entry of `name` in `GET /functions`.
     pub fn function_status(&self, name: &str) -> Value {
         let listed = self.get("/functions").json();
