@@ -10,9 +10,11 @@
 //! can fail; [`metrics`] names what the pool measures; [`replay`] runs the pool's
 //! scheduling core through a day of a real trace on a virtual clock.
 //!
-//! `hotpool serve` (the HTTP server, its config and the CLI) is the binary of this
-//! package, behind the default `server` feature; an embedder turns it off with
-//! `default-features = false`. The `test-util` feature adds the in-process driver.
+//! `hotpool serve` (its config and the CLI) is the binary of this package, behind
+//! the default `server` feature, as is its HTTP API, [`server`] (a router over any
+//! driver's pool, so it can also be served, or tested, in-process); an embedder
+//! turns it off with `default-features = false`. The `test-util` feature adds the
+//! in-process driver.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -24,6 +26,8 @@ pub mod image;
 pub mod metrics;
 pub mod pool;
 pub mod replay;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod stats;
 
 pub use error::{CallError, ErrorKind};

@@ -1,12 +1,12 @@
 //! The `hotpool` command: `run` (one cold call), `serve` (the pool over HTTP),
 //! `bench` (the pool against the engine's floor). A crate of its own on top of the
-//! `hotpool` library: the server, its config and the CLI live here.
+//! `hotpool` library (whose `server` module is the HTTP API): the config, the
+//! logging and the CLI live here.
 
 mod cli;
 mod config;
 mod exporter;
 mod log_queue;
-mod server;
 mod units;
 
 use std::io::IsTerminal;

@@ -17,13 +17,13 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::error::call_error_json;
 use crate::units::{parse_bytes, parse_bytes_at_least, parse_timeout, parse_user};
 use hotpool::driver::Cpus;
 use hotpool::driver::MIN_TMP_SIZE;
 use hotpool::driver::{AnyDriver, Cookie, DEFAULT_USER, Driver, Task, Transport};
 use hotpool::error::CallError;
 use hotpool::image::parse_image;
+use hotpool::server::error::call_error_json;
 use hotpool::stats::{CallStats, Stat};
 
 /// The most points `--stats-json` keeps, as fn did.

@@ -14,7 +14,7 @@
 //! containers. The server handing over exits 0.
 //!
 //! While it serves, a prober pings the engine every few seconds for
-//! `/healthz` ([`crate::server::engine_health`]).
+//! `/healthz` ([`hotpool::server::engine_health`]).
 //!
 //! SIGINT or SIGTERM stop taking calls and connections, let calls in flight
 //! finish within the pool's shutdown timeout (a client that never finishes its
@@ -34,12 +34,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
-use crate::server::auth::Tokens;
-use crate::server::connections::{self, ConnectionLimits};
-use crate::server::engine_health::{self, EngineHealth};
-use crate::server::{AppState, router};
 use hotpool::driver::{AnyDriver, ClaimError, Driver, PoolLock, Transport};
 use hotpool::pool::{BuildError, Leftovers, POOL_LABEL, Pool, PoolBuilder};
+use hotpool::server::auth::Tokens;
+use hotpool::server::connections::{self, ConnectionLimits};
+use hotpool::server::engine_health::{self, EngineHealth};
+use hotpool::server::{AppState, router};
 
 use super::handover::{self, HandoverListener};
 

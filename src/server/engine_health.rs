@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use hotpool::driver::Driver;
+use crate::driver::Driver;
 use tokio_util::sync::CancellationToken;
 
 /// How often the engine is pinged.

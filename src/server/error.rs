@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Json;
-use hotpool::error::{CallError, ErrorKind};
+use crate::error::{CallError, ErrorKind};
 
 /// The header carrying the id of the call an answer belongs to.
 pub(super) const CALL_ID: HeaderName = HeaderName::from_static("hotpool-call-id");

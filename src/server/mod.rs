@@ -8,11 +8,11 @@
 //! - `GET /calls/{id}/log`: the stderr of call `id` (its `Hotpool-Call-Id`), one
 //!   record a line, escaped as in the server's log, `text/plain; charset=utf-8`,
 //!   with `Hotpool-Call-State: running|succeeded|failed`, while the pool keeps it
-//!   ([`hotpool::pool::Pool::call_log`]; bounded by `[server] call_logs`). A
+//!   ([`crate::pool::Pool::call_log`]; bounded by `[server] call_logs`). A
 //!   404 `unknown_call` for a call that wrote nothing, once the log was
 //!   dropped, or for a call never seen. `?follow=1` streams it instead:
 //!   what it holds, then each record as it comes, until the call has ended (and
-//!   [`hotpool::pool::FOLLOW_LINGER`] more for its last lines).
+//!   [`crate::pool::FOLLOW_LINGER`] more for its last lines).
 //! - `GET /functions`: the configured functions, their limits and keep-alive
 //!   policy, their containers, and when the next idle one goes
 //!   (`idle_deadline_ms`, null when none is idle).
@@ -52,12 +52,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
+use crate::driver::Driver;
+use crate::error::CallError;
+use crate::pool::{Format, Lifecycle, Pool, Request};
 use auth::Tokens;
 use engine_health::EngineHealth;
 use error::{ApiError, CALL_ID, Reason};
-use hotpool::driver::Driver;
-use hotpool::error::CallError;
-use hotpool::pool::{Format, Lifecycle, Pool, Request};
 
 /// What every request handler shares.
 pub struct AppState<D: Driver> {
@@ -146,7 +146,7 @@ async fn authenticate<D: Driver>(
     };
     match &state.tokens {
         Some(tokens) if !open && !tokens.admits(request.headers()) => {
-            let call_id = hotpool::driver::new_id();
+            let call_id = crate::driver::new_id();
             tracing::info!(%call_id, method = %request.method(), path = request.uri().path(), "unauthorized: no good bearer token");
             ApiError::from(Reason::Unauthorized)
                 .in_call(&call_id)
@@ -198,7 +198,7 @@ async fn invoke<D: Driver>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let call_id = hotpool::driver::new_id();
+    let call_id = crate::driver::new_id();
     let refused = |reason: Reason| ApiError::from(reason).in_call(&call_id);
     let body = read_body(body, state.max_body, state.body_timeout)
         .await
