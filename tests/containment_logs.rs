@@ -185,15 +185,7 @@ impl Server {
     fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
         let response = http::get(self.addr, "/metrics").expect("GET /metrics");
         assert_eq!(response.status, 200, "/metrics: {response}");
-        let text = response.text();
-        text.lines()
-            .filter_map(|line| line.rsplit_once(' '))
-            .filter(|(series, _)| {
-                series.split('{').next() == Some(metric)
-                    && labels.iter().all(|label| series.contains(label))
-            })
-            .filter_map(|(_, value)| value.parse::<f64>().ok())
-            .sum()
+        support::server::metric_sum(&response.text(), metric, labels)
     }
 
     /// The server's stderr so far, last 8 KiB (for failure messages).

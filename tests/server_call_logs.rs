@@ -4,8 +4,8 @@
 //! flooding stderr call after call, which must keep the store within
 //! `[server] call_logs` while a failed call's log outlives the successful ones.
 //! `?follow=1` streams the log of a call in flight until the call ends. The real
-//! binary on Docker and containerd (the token check and the follow, the HTTP
-//! layer's, on Docker alone), testfn's `!stderr`, `!log-ctrl`, `!log-flood`,
+//! binary on Docker and containerd (the token check, the HTTP layer's, on
+//! Docker alone; `tests/server_router.rs` checks it in-process too), testfn's `!stderr`, `!log-ctrl`, `!log-flood`,
 //! `!log-storm`, `!sleep` and `!exit`.
 
 mod support;
@@ -254,13 +254,15 @@ fn a_stderr_flood_stays_within_call_logs_and_a_failed_calls_log_outlives_it(engi
     stop(&engine, server);
 }
 
-// The HTTP layer's and the store's, not the engine's: on Docker alone.
-#[test]
-fn a_call_in_flight_is_followed_until_it_ends() {
-    let server = Server::start(
+per_engine_binary!(a_call_in_flight_is_followed_until_it_ends);
+fn a_call_in_flight_is_followed_until_it_ends(engine: Engine) {
+    let _guard = engine.guard(&pool_of(&engine, "call-logs-follow"));
+    let server = start(
+        &engine,
         "call-logs-follow",
         "",
-        &[function("storm", "line", "line", "log_rate = \"16k\"")],
+        ("storm", "log_rate = \"16k\""),
+        &[],
     );
     // A thread of the container writes stderr for ever, tagged with the call in
     // it: this one, then the next.
@@ -328,5 +330,5 @@ fn a_call_in_flight_is_followed_until_it_ends() {
     let refused = server.get(&format!("/calls/{id}/log?follow=yes"));
     assert_eq!(refused.status, 400, "{refused}");
     assert_eq!(error_of(&refused)["kind"], "bad_request", "{refused}");
-    server.stop();
+    stop(&engine, server);
 }

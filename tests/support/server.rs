@@ -423,16 +423,7 @@ impl Server {
     pub fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
         let scraped = self.get("/metrics");
         assert_eq!(scraped.status, 200, "{scraped}");
-        scraped
-            .text()
-            .lines()
-            .filter_map(|line| line.rsplit_once(' '))
-            .filter(|(series, _)| {
-                series.split('{').next() == Some(metric)
-                    && labels.iter().all(|label| series.contains(label))
-            })
-            .filter_map(|(_, value)| value.parse::<f64>().ok())
-            .sum()
+        metric_sum(&scraped.text(), metric, labels)
     }
 
     /// The entry of `name` in `GET /functions`.
@@ -585,6 +576,19 @@ impl Background {
     pub fn join(self) -> HttpResponse {
         self.handle.join().expect("the background call")
     }
+}
+
+/// The sum of the samples of `metric` in the Prometheus text `page` whose
+/// labels hold every one of `labels` (`name="value"`); 0 with none.
+pub fn metric_sum(page: &str, metric: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(metric)
+                && labels.iter().all(|label| series.contains(label))
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
 }
 
 /// The error object of a JSON error response, after checking that its
