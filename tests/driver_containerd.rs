@@ -405,7 +405,7 @@ async fn a_whole_shim_group_is_killed_at_once_without_a_failed_kill() {
     assert_nothing_left(&pool, &ids).await;
 }
 
-/// The pid of the shim serving a running container: the parent of its PID 1,
+/// The pid of the shim serving a running container: the parent of its init,
 /// found on the host as the process whose cgroup is the container's.
 fn shim_of(cookie: &ContainerdCookie) -> u32 {
     let id = cookie.container_id();
@@ -413,12 +413,21 @@ fn shim_of(cookie: &ContainerdCookie) -> u32 {
     let procs = std::fs::read_to_string(&procs)
         .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/hotpool/{id}/cgroup.procs")))
         .unwrap_or_else(|e| panic!("the processes of {id}: {e}"));
-    let init = procs
+    let pids: Vec<u32> = procs
         .lines()
-        .filter_map(|pid| pid.trim().parse::<u32>().ok())
-        .min()
-        .expect("a process in the container");
-    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+        .filter_map(|pid| pid.trim().parse().ok())
+        .collect();
+    // The container's init is the process whose parent is outside it (not the
+    // lowest pid: pids wrap around, and a child may have a lower one).
+    pids.iter()
+        .map(|&pid| parent_of(pid))
+        .find(|parent| !pids.contains(parent))
+        .expect("a process in the container whose parent is outside it")
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
         .find_map(|line| line.strip_prefix("PPid:"))
