@@ -64,6 +64,8 @@ const MAX_MESSAGE_SIZE: u64 = 1 << 30;
 const MAX_CONCURRENCY: usize = 10_000;
 /// The most calls that may wait for one function.
 const MAX_QUEUE: usize = 1_000_000;
+/// The largest streamed response that may be allowed: 1 TiB.
+const MAX_STREAM_SIZE: u64 = 1 << 40;
 /// The largest store of recent calls' logs that may be allowed: 16 GiB.
 const MAX_CALL_LOGS: u64 = 16 << 30;
 /// The most client connections the server may be allowed at once.
@@ -97,6 +99,12 @@ pub struct ServerConfig {
     /// The largest response a function may return, in bytes (`max_response`,
     /// default the pool's `max_response_bytes`, `6m`; at most `1g`).
     pub max_response: u64,
+    /// The most body bytes a streamed (chunked) response may carry
+    /// (`max_stream`, default the pool's `max_stream_bytes`, `4g`; at most `1t`).
+    pub max_stream: u64,
+    /// The longest a streamed response may be silent between two pieces
+    /// (`stream_idle_timeout`, default `30s`).
+    pub stream_idle_timeout: Duration,
     /// The most bytes the logs of recent calls may hold for `GET /calls/{id}/log`
     /// (`call_logs`, default the pool's `call_logs_bytes`, `64m`; `0` keeps none;
     /// at most `16g`).
@@ -126,6 +134,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body: 6 << 20,
             max_response: PoolConfig::default().max_response_bytes as u64,
+            max_stream: PoolConfig::default().max_stream_bytes as u64,
+            stream_idle_timeout: PoolConfig::default().stream_idle_timeout,
             call_logs: PoolConfig::default().call_logs_bytes,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -214,6 +224,8 @@ impl ServeConfig {
             listen,
             max_body,
             max_response,
+            max_stream,
+            stream_idle_timeout,
             call_logs,
             header_timeout,
             body_timeout,
@@ -226,6 +238,11 @@ impl ServeConfig {
             ("server.listen", *listen != server.listen),
             ("server.max_body", *max_body != server.max_body),
             ("server.max_response", *max_response != server.max_response),
+            ("server.max_stream", *max_stream != server.max_stream),
+            (
+                "server.stream_idle_timeout",
+                *stream_idle_timeout != server.stream_idle_timeout,
+            ),
             ("server.call_logs", *call_logs != server.call_logs),
             (
                 "server.header_timeout",
@@ -486,6 +503,8 @@ struct ServerTable {
     listen: Option<Listen>,
     max_body: Option<Size<1, MAX_MESSAGE_SIZE>>,
     max_response: Option<Size<1, MAX_MESSAGE_SIZE>>,
+    max_stream: Option<Size<1, MAX_STREAM_SIZE>>,
+    stream_idle_timeout: Option<Timeout>,
     call_logs: Option<Size<0, MAX_CALL_LOGS>>,
     header_timeout: Option<Timeout>,
     body_timeout: Option<Timeout>,
@@ -620,6 +639,10 @@ impl ServerTable {
             max_response: self
                 .max_response
                 .map_or(defaults.max_response, |size| size.0),
+            max_stream: self.max_stream.map_or(defaults.max_stream, |size| size.0),
+            stream_idle_timeout: self
+                .stream_idle_timeout
+                .map_or(defaults.stream_idle_timeout, |span| span.0),
             call_logs: self.call_logs.map_or(defaults.call_logs, |size| size.0),
             header_timeout: self
                 .header_timeout
@@ -682,6 +705,8 @@ impl PoolTable {
             .removal_timeout
             .map_or(pool.removal_timeout, |span| span.0);
         pool.max_response_bytes = usize::try_from(server.max_response).unwrap_or(usize::MAX);
+        pool.max_stream_bytes = usize::try_from(server.max_stream).unwrap_or(usize::MAX);
+        pool.stream_idle_timeout = server.stream_idle_timeout;
         pool.call_logs_bytes = server.call_logs;
         let defaults = FunctionDefaults {
             memory_budget: pool.memory_budget,
@@ -1190,6 +1215,8 @@ mod tests {
             listen = "0.0.0.0:9090"
             max_body = "1m"
             max_response = "2m"
+            max_stream = "5g"
+            stream_idle_timeout = "5s"
             call_logs = "3m"
             header_timeout = "3s"
             body_timeout = "4s"
@@ -1243,6 +1270,8 @@ mod tests {
         pool.orphan_timeout = Duration::from_secs(90);
         pool.removal_timeout = Duration::from_secs(7);
         pool.max_response_bytes = 2 << 20;
+        pool.max_stream_bytes = 5 << 30;
+        pool.stream_idle_timeout = Duration::from_secs(5);
         pool.call_logs_bytes = 3 << 20;
         let mut echo = FunctionSpec::new("echo", "hotpool-testfn:dev");
         echo.cmd = vec!["line".into(), "--verbose".into()];
@@ -1275,6 +1304,8 @@ mod tests {
                 listen: "0.0.0.0:9090".parse().unwrap(),
                 max_body: 1 << 20,
                 max_response: 2 << 20,
+                max_stream: 5 << 30,
+                stream_idle_timeout: Duration::from_secs(5),
                 call_logs: 3 << 20,
                 header_timeout: Duration::from_secs(3),
                 body_timeout: Duration::from_secs(4),
@@ -1568,10 +1599,17 @@ mod tests {
                 };
                 let other = match (table, key.as_str()) {
                     (_, "listen") => "\"127.0.0.1:1\"",
-                    (_, "max_body" | "max_response" | "call_logs" | "memory_budget") => "\"1g\"",
                     (
                         _,
-                        "header_timeout" | "body_timeout" | "shutdown_timeout" | "orphan_timeout"
+                        "max_body" | "max_response" | "max_stream" | "call_logs" | "memory_budget",
+                    ) => "\"1g\"",
+                    (
+                        _,
+                        "header_timeout"
+                        | "body_timeout"
+                        | "stream_idle_timeout"
+                        | "shutdown_timeout"
+                        | "orphan_timeout"
                         | "removal_timeout",
                     ) => "\"1s\"",
                     (_, "max_connections" | "stats_max_points") => "1",
@@ -2251,6 +2289,14 @@ mod tests {
             (
                 "max_body = \"1t\"",
                 "server.max_body: \"1t\" is more than 1g",
+            ),
+            (
+                "max_stream = \"2t\"",
+                "server.max_stream: \"2t\" is more than 1t",
+            ),
+            (
+                "stream_idle_timeout = \"0s\"",
+                "server.stream_idle_timeout: \"0s\" must be more than 0",
             ),
             (
                 "call_logs = \"17g\"",

@@ -104,6 +104,12 @@ pub enum CallError {
         /// The timeout that was exceeded.
         timeout: Duration,
     },
+    /// A streamed response went silent for longer than its idle timeout.
+    #[error("the function's stream was silent longer than {}", humantime::format_duration(*idle_timeout))]
+    StreamStalled {
+        /// The longest silence allowed between two pieces of a stream.
+        idle_timeout: Duration,
+    },
     /// The caller went away.
     #[error("the call was cancelled")]
     Cancelled,
@@ -186,7 +192,7 @@ impl CallError {
             CallError::Oom { .. } => ErrorKind::Oom,
             CallError::Exited { .. } => ErrorKind::Exited,
             CallError::ProtocolError { .. } => ErrorKind::ProtocolError,
-            CallError::Timeout { .. } => ErrorKind::Timeout,
+            CallError::Timeout { .. } | CallError::StreamStalled { .. } => ErrorKind::Timeout,
             CallError::Cancelled => ErrorKind::Cancelled,
             CallError::Busy { .. } => ErrorKind::Busy,
             CallError::ImageNotFound { .. } => ErrorKind::ImageNotFound,

@@ -6,7 +6,9 @@
 //! A task's command picks the behaviour, as the test function's modes do:
 //! `["line"]` answers each request line with the same line, `["http"]` answers
 //! each HTTP request with a 200 carrying its body and its `Hotpool-Call-Id`,
-//! `["echo"]` copies stdin to stdout until EOF and exits. In `line` mode a
+//! `["echo"]` copies stdin to stdout until EOF and exits. An `http` request
+//! `!stream N`, `!stream-forever` or `!stream-stall` is answered with a
+//! chunked stream ([`InProcessStatistics::streamed`] counts its bytes). In `line` mode a
 //! request starting with `!` is a command: `!exit N`, `!oom`, `!kill-self`,
 //! `!garbage` (two lines for one request), `!sleep MS`, `!close-stdout` (close
 //! stdout and run on, never answering), `!close-stdout-exit MS N` (close
@@ -80,6 +82,8 @@ pub struct InProcessStatistics {
     pub released: usize,
     /// Containers taken over ([`Driver::adopt`]).
     pub adopted: usize,
+    /// Bytes of streamed bodies `http` functions wrote (`!stream` commands).
+    pub streamed: usize,
 }
 
 struct Shared {
@@ -93,6 +97,7 @@ struct Shared {
     most_preparing: AtomicUsize,
     released: AtomicUsize,
     adopted: AtomicUsize,
+    streamed: Arc<AtomicUsize>,
     /// Every container prepared and not removed, by its engine id.
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
     /// The pool names claimed on this driver.
@@ -225,6 +230,7 @@ impl InProcessDriver {
                 most_preparing: AtomicUsize::new(0),
                 released: AtomicUsize::new(0),
                 adopted: AtomicUsize::new(0),
+                streamed: Arc::default(),
                 containers: Mutex::new(BTreeMap::new()),
                 claimed: Mutex::new(HashSet::new()),
                 left_policies: Mutex::default(),
@@ -284,6 +290,7 @@ impl InProcessDriver {
             most_preparing: shared.most_preparing.load(Ordering::SeqCst),
             released: shared.released.load(Ordering::SeqCst),
             adopted: shared.adopted.load(Ordering::SeqCst),
+            streamed: shared.streamed.load(Ordering::SeqCst),
         }
     }
 
@@ -562,8 +569,14 @@ async fn serve_echo(mut stdin: DuplexStream, mut stdout: DuplexStream, exit: Exi
     set_exit(&exit, Ok(()));
 }
 
-/// Answers each HTTP request with a 200 carrying its body and its call id.
-async fn serve_http(stdin: DuplexStream, mut stdout: DuplexStream, exit: ExitSender) {
+/// Answers each HTTP request with a 200 carrying its body and its call id, or
+/// with a stream for a `!stream` command, counting its bytes in `streamed`.
+async fn serve_http(
+    stdin: DuplexStream,
+    mut stdout: DuplexStream,
+    streamed: Arc<AtomicUsize>,
+    exit: ExitSender,
+) {
     let mut requests = BufReader::new(stdin);
     let mut line = String::new();
     loop {
@@ -591,14 +604,60 @@ async fn serve_http(stdin: DuplexStream, mut stdout: DuplexStream, exit: ExitSen
         if requests.read_exact(&mut body).await.is_err() {
             return set_exit(&exit, Ok(()));
         }
-        let mut answer = format!(
-            "HTTP/1.1 200 OK\r\nHotpool-Call-Id: {call_id}\r\nContent-Length: {length}\r\n\r\n"
-        )
-        .into_bytes();
-        answer.extend(body);
-        if stdout.write_all(&answer).await.is_err() {
+        let written = match body.strip_prefix(b"!") {
+            Some(command) if command.starts_with(b"stream") => {
+                stream(&mut stdout, &call_id, command, &streamed).await
+            }
+            _ => {
+                let mut answer = format!(
+                    "HTTP/1.1 200 OK\r\nHotpool-Call-Id: {call_id}\r\nContent-Length: {length}\r\n\r\n"
+                )
+                .into_bytes();
+                answer.extend(body);
+                stdout.write_all(&answer).await
+            }
+        };
+        if written.is_err() {
             return set_exit(&exit, Ok(()));
         }
+    }
+}
+
+/// Answers call `call_id` with a chunked body: `stream N` sends N `data: I`
+/// events, `stream-forever` 16 KiB chunks without end, `stream-stall` one
+/// chunk and then nothing; counts the body's bytes in `streamed`.
+async fn stream(
+    stdout: &mut DuplexStream,
+    call_id: &str,
+    command: &[u8],
+    streamed: &AtomicUsize,
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nHotpool-Call-Id: {call_id}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stdout.write_all(head.as_bytes()).await?;
+    let command = String::from_utf8_lossy(command);
+    let mut send = async |data: &[u8]| {
+        let chunk = [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
+        stdout.write_all(&chunk).await?;
+        streamed.fetch_add(data.len(), Ordering::SeqCst);
+        io::Result::Ok(())
+    };
+    match command.split_whitespace().collect::<Vec<_>>()[..] {
+        ["stream-forever"] => loop {
+            send(&[b'f'; 16 << 10]).await?;
+        },
+        ["stream-stall"] => {
+            send(b"first\n").await?;
+            std::future::pending().await
+        }
+        ["stream", count] => {
+            for i in 1..=count.parse().unwrap_or(1) {
+                send(format!("data: {i}\n\n").as_bytes()).await?;
+            }
+            stdout.write_all(b"0\r\n\r\n").await
+        }
+        _ => stdout.write_all(b"not a stream command\r\n\r\n").await,
     }
 }
 
@@ -626,7 +685,12 @@ impl Cookie for InProcessCookie {
                 self.memory,
                 exit,
             )),
-            "http" => tokio::spawn(serve_http(container_stdin, container_stdout, exit)),
+            "http" => tokio::spawn(serve_http(
+                container_stdin,
+                container_stdout,
+                self.shared.streamed.clone(),
+                exit,
+            )),
             "echo" => tokio::spawn(serve_echo(container_stdin, container_stdout, exit)),
             other => {
                 let message = format!("unknown mode {other:?}\n");
@@ -797,6 +861,7 @@ mod tests {
                 most_preparing: 1,
                 released: 0,
                 adopted: 0,
+                streamed: 0,
             }
         );
     }

@@ -4,7 +4,8 @@
 //! The pool writes `POST /` with a Content-Length body, its own `Hotpool-Call-Id` and
 //! `Hotpool-Deadline`, and the caller's end-to-end headers. The function answers with
 //! a status line (200 to 599), headers that echo `Hotpool-Call-Id`, and a
-//! Content-Length body (no chunked encoding); bodies are binary-safe. The echoed id
+//! Content-Length body, or a chunked one ([`super::chunked`]) that may stream to
+//! the caller as it comes ([`Framing::read_reply`]); bodies are binary-safe. The echoed id
 //! ties each answer to its call: a late or stray answer carries another id and is a
 //! protocol error, never another caller's response. Hop-by-hop headers and the
 //! function's `Hotpool-*` headers never reach the caller.
@@ -21,7 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{FrameError, Framing, FunctionResponse, Request, unsolicited};
+use super::chunked::Chunks;
+use super::{FrameError, Framing, FunctionResponse, Reply, Request, StreamHead, unsolicited};
 
 /// The header carrying the call's id.
 const CALL_ID_HEADER: &str = "Hotpool-Call-Id";
@@ -67,6 +69,15 @@ impl Framing for Http {
         max_body: usize,
     ) -> Result<FunctionResponse, FrameError> {
         read_message(stdout, &request.id, max_body).await
+    }
+
+    async fn read_reply<R: AsyncBufRead + Unpin + Send>(
+        &self,
+        stdout: &mut R,
+        request: &Request,
+        max_body: usize,
+    ) -> Result<Reply, FrameError> {
+        read_reply(stdout, &request.id, max_body).await
     }
 }
 
@@ -156,29 +167,72 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Reads the response to call `call_id`, whose body is at most `max_body` bytes.
+/// Reads the response to call `call_id`, whose body is at most `max_body` bytes;
+/// a chunked one is read to its end too.
 async fn read_message<R: AsyncBufRead + Unpin>(
     stdout: &mut R,
     call_id: &str,
     max_body: usize,
 ) -> Result<FunctionResponse, FrameError> {
+    match read_reply(stdout, call_id, max_body).await? {
+        Reply::Whole(response) => Ok(response),
+        Reply::Chunked(head) => {
+            let mut chunks = Chunks::new();
+            let mut body = BytesMut::new();
+            while let Some(piece) = chunks.next(stdout).await? {
+                if body.len() + piece.len() > max_body {
+                    return Err(too_large(max_body));
+                }
+                body.extend_from_slice(&piece);
+            }
+            Ok(FunctionResponse {
+                status: head.status,
+                headers: head.headers,
+                body: body.freeze(),
+            })
+        }
+    }
+}
+
+/// Reads the response to call `call_id` whole if it has a Content-Length (at
+/// most `max_body` bytes), or up to its chunked body.
+async fn read_reply<R: AsyncBufRead + Unpin>(
+    stdout: &mut R,
+    call_id: &str,
+    max_body: usize,
+) -> Result<Reply, FrameError> {
     let (head, buffered_after) = read_head(stdout, call_id).await?;
-    if head.content_length > max_body {
+    let content_length = match head.body {
+        BodyLength::Chunked => {
+            return Ok(Reply::Chunked(StreamHead {
+                status: head.status,
+                headers: head.headers,
+            }));
+        }
+        BodyLength::Fixed(length) => length,
+    };
+    if content_length > max_body {
         return Err(FrameError::Protocol(format!(
-            "the function's response body of {} bytes is larger than {max_body} bytes",
-            head.content_length
+            "the function's response body of {content_length} bytes is larger than {max_body} bytes"
         )));
     }
-    if head.content_length == 0 && buffered_after > 0 {
+    if content_length == 0 && buffered_after > 0 {
         let extra = stdout.fill_buf().await?;
         return Err(unsolicited("after its response", extra));
     }
-    let body = read_body(stdout, head.content_length).await?;
-    Ok(FunctionResponse {
+    let body = read_body(stdout, content_length).await?;
+    Ok(Reply::Whole(FunctionResponse {
         status: head.status,
         headers: head.headers,
         body,
-    })
+    }))
+}
+
+/// The error for a chunked body past `max_body` bytes.
+fn too_large(max_body: usize) -> FrameError {
+    FrameError::Protocol(format!(
+        "the function's chunked response body is larger than {max_body} bytes"
+    ))
 }
 
 /// A parsed response head.
@@ -187,7 +241,16 @@ struct Head {
     status: u16,
     /// The headers that pass back to the caller, in order.
     headers: Vec<(String, String)>,
-    content_length: usize,
+    body: BodyLength,
+}
+
+/// How a response's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyLength {
+    /// `Content-Length` bytes.
+    Fixed(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
 /// Reads and parses the head, consuming exactly its bytes; also says how many bytes
@@ -246,17 +309,21 @@ fn parse_head(bytes: &[u8], call_id: &str) -> Result<Option<(usize, Head)>, Fram
         }
     };
     let mut content_length = None;
+    let mut chunked = false;
     let mut answers_the_call = false;
     let mut has_connection = false;
     let mut headers = Vec::with_capacity(response.headers.len());
     for header in response.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(FrameError::Protocol(
-                "the function's response has Transfer-Encoding: only Content-Length bodies are supported".into(),
-            ));
-        }
-        if name.eq_ignore_ascii_case("content-length") {
+            if chunked || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(FrameError::Protocol(format!(
+                    "the function's response has Transfer-Encoding {:?}: only one, chunked, is supported",
+                    String::from_utf8_lossy(header.value)
+                )));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
             content_length = Some(merge_content_length(content_length, header.value)?);
         } else if name.eq_ignore_ascii_case(CALL_ID_HEADER) {
             if header.value != call_id.as_bytes() {
@@ -286,10 +353,20 @@ fn parse_head(bytes: &[u8], call_id: &str) -> Result<Option<(usize, Head)>, Fram
             "the function answered with status {status}: a response's status is 200 to 599"
         )));
     }
-    let Some(content_length) = content_length else {
-        return Err(FrameError::Protocol(
-            "the function sent a response without Content-Length".into(),
-        ));
+    let body = match (content_length, chunked) {
+        (Some(length), false) => BodyLength::Fixed(length),
+        (None, true) => BodyLength::Chunked,
+        (Some(_), true) => {
+            return Err(FrameError::Protocol(
+                "the function's response has both Content-Length and Transfer-Encoding".into(),
+            ));
+        }
+        (None, false) => {
+            return Err(FrameError::Protocol(
+                "the function sent a response without Content-Length or Transfer-Encoding: chunked"
+                    .into(),
+            ));
+        }
     };
     if has_connection {
         headers.retain(|(name, _)| !listed_in_connection(response.headers, name));
@@ -297,7 +374,7 @@ fn parse_head(bytes: &[u8], call_id: &str) -> Result<Option<(usize, Head)>, Fram
     let head = Head {
         status,
         headers,
-        content_length,
+        body,
     };
     Ok(Some((head_len, head)))
 }
@@ -710,10 +787,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn transfer_encoding_is_protocol() {
-        let bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n";
-        let message = protocol_error(read_all(bytes).await);
-        assert!(message.contains("Transfer-Encoding"), "{message}");
+    async fn a_chunked_body_is_read_whole_within_the_limit() {
+        let bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nX-Kept: yes\r\n\r\n4\r\nbody\r\n3\r\n \r\n\r\n0\r\n\r\n";
+        let response = read_all(bytes).await.unwrap();
+        assert_eq!(response.body, Bytes::from_static(b"body \r\n"));
+        assert_eq!(response.headers, [("X-Kept".into(), "yes".into())]);
+        let stamped = stamped(bytes);
+        let mut stdout = &stamped[..];
+        let error = read_message(&mut stdout, ID, 5).await.unwrap_err();
+        assert!(
+            matches!(&error, FrameError::Protocol(m) if m.contains("larger than 5 bytes")),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_head_is_read_alone_for_its_body_to_stream() {
+        let stamped = stamped(
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
+        );
+        let mut stdout = &stamped[..];
+        let Reply::Chunked(head) = read_reply(&mut stdout, ID, MAX).await.unwrap() else {
+            panic!("a chunked response streams");
+        };
+        assert_eq!(head.status, 201);
+        assert!(head.headers.is_empty(), "{:?}", head.headers);
+        assert!(stdout.starts_with(b"4\r\nbody"), "the body is left to read");
+    }
+
+    #[tokio::test]
+    async fn other_transfer_codings_and_two_framings_are_protocol() {
+        for framing in [
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 4",
+        ] {
+            let bytes = format!("HTTP/1.1 200 OK\r\n{framing}\r\n\r\n4\r\nbody\r\n0\r\n\r\n");
+            let message = protocol_error(read_all(bytes.as_bytes()).await);
+            assert!(
+                message.contains("Transfer-Encoding"),
+                "{framing}: {message}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! A hot container serves many calls over the same pipes, one at a time, each
 //! framed by the function's [`Format`]. Every format implements [`Framing`]: write
 //! a call's request, then read its response. [`Line`] frames a call as one line
-//! each way; [`Http`] as one HTTP/1.1 message each way with a Content-Length body;
+//! each way; [`Http`] as one HTTP/1.1 message each way, whose response body may
+//! be chunked and stream ([`Reply`], [`chunked`]);
 //! [`Format`] picks one of the two at run time and hands each call to it, by a
 //! `match`, with no allocation or dynamic dispatch. Each reports failures as a
 //! [`FrameError`]: the pipe ended ([`FrameError::Closed`], the caller asks the
@@ -23,6 +24,7 @@
 //! speaking to a container's pipes without the pool, like `hotpool bench`'s
 //! floors, frames calls byte for byte as the pool does.
 
+pub mod chunked;
 pub mod http;
 pub mod line;
 
@@ -80,6 +82,25 @@ pub struct FunctionResponse {
     pub body: Bytes,
 }
 
+/// A response read as far as its body may stream ([`Framing::read_reply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The whole response.
+    Whole(FunctionResponse),
+    /// A head whose chunked body follows on stdout, read with [`chunked::Chunks`].
+    Chunked(StreamHead),
+}
+
+/// The head of a response whose body streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamHead {
+    /// The status the function answered with.
+    pub status: u16,
+    /// The function's headers in order, without framing ones.
+    pub headers: Vec<(String, String)>,
+}
+
 /// Why a call could not be framed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -99,8 +120,8 @@ pub enum FrameError {
 ///
 /// A call writes its request with [`Framing::write_request`], then reads the
 /// response with [`Framing::read_response`], on the same container's stdin and
-/// stdout, one call at a time. A streamed response would extend the reading half:
-/// its head read apart from a body that is relayed as it comes.
+/// stdout, one call at a time. [`Framing::read_reply`] reads a response that may
+/// stream: its head apart from a body relayed as it comes.
 pub trait Framing {
     /// Writes `request` to the function's stdin in one write, then flushes;
     /// `timeout` is how long the call may run (a format may tell the function).
@@ -119,6 +140,19 @@ pub trait Framing {
         request: &Request,
         max_body: usize,
     ) -> impl Future<Output = Result<FunctionResponse, FrameError>> + Send;
+
+    /// Reads the function's response to `request` as [`Framing::read_response`]
+    /// does, but stops after the head of one whose body streams
+    /// ([`Reply::Chunked`]); by default no response streams.
+    fn read_reply<R: AsyncBufRead + Unpin + Send>(
+        &self,
+        stdout: &mut R,
+        request: &Request,
+        max_body: usize,
+    ) -> impl Future<Output = Result<Reply, FrameError>> + Send {
+        self.read_response(stdout, request, max_body)
+            .map(|read| read.map(Reply::Whole))
+    }
 }
 
 /// The format of a hot function's calls, as its config names it.
@@ -169,6 +203,18 @@ impl Framing for Format {
         match self {
             Format::Line => Line.read_response(stdout, request, max_body).await,
             Format::Http => Http.read_response(stdout, request, max_body).await,
+        }
+    }
+
+    async fn read_reply<R: AsyncBufRead + Unpin + Send>(
+        &self,
+        stdout: &mut R,
+        request: &Request,
+        max_body: usize,
+    ) -> Result<Reply, FrameError> {
+        match self {
+            Format::Line => Line.read_reply(stdout, request, max_body).await,
+            Format::Http => Http.read_reply(stdout, request, max_body).await,
         }
     }
 }

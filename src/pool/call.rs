@@ -18,17 +18,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::call_logs::{CallLogs, CallState};
 use super::collector::CallTag;
-use super::container::{EvictionReason, Pipes, StderrLog};
+use super::container::{EvictionReason, HotContainer, Pipes, StderrLog};
 use super::function::{ColdRefusal, FunctionPool};
 use super::function_log::{CurrentCall, begin_call, end_call};
-use super::function_metrics::FunctionMetrics;
 use super::readings::Readings;
 use super::sampler::sample_counters;
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::Lifecycle;
+use super::stream::{Answer, Relay};
 use crate::driver::{Cookie, Driver};
 use crate::error::{CallError, ErrorKind};
-use crate::format::{Format, FrameError, Framing, FunctionResponse, Request};
+use crate::format::{Format, FrameError, Framing, FunctionResponse, Reply, Request, StreamHead};
 use crate::stats::{CallStats, Usage};
 
 /// How long past its timeout a hot call may be answered, at most.
@@ -82,30 +82,49 @@ pub struct Response {
 }
 
 impl<D: Driver> Inner<D> {
-    /// Runs one call of function `name` and records it in the metrics.
-    pub(crate) async fn call(&self, name: &str, request: Request) -> Result<Response, CallError> {
-        let Some(_in_flight) = self.enter() else {
+    /// Runs one call of function `name` and records it in the metrics; a
+    /// chunked response streams, carrying at most `stream_limit` body bytes
+    /// (a whole one is at most the pool's `max_response_bytes`).
+    pub(crate) async fn call(
+        &self,
+        name: &str,
+        request: Request,
+        stream_limit: usize,
+    ) -> Result<Answer, CallError> {
+        let Some(in_flight) = self.enter() else {
             return Err(busy("the pool is shutting down"));
         };
         let pool = self.current(name)?;
         let mut count = CallCount {
-            metrics: &pool.metrics,
+            pool: pool.clone(),
             outcome: ErrorKind::Cancelled.as_str(),
         };
         let started = Instant::now();
         let result = match pool.lifecycle() {
-            Lifecycle::Hot(format) => self.call_hot(pool.clone(), format, &request, started).await,
-            Lifecycle::Cold => self.call_cold(&pool, &request, started).await,
+            Lifecycle::Hot(format) => {
+                self.call_hot(pool.clone(), format, &request, started, stream_limit)
+                    .await
+            }
+            Lifecycle::Cold => self
+                .call_cold(&pool, &request, started)
+                .await
+                .map(Hot::Whole),
         };
-        count.outcome = match &result {
-            Ok(_) => "success",
-            Err(error) => error.kind().as_str(),
-        };
-        if let Ok(response) = &result {
-            pool.metrics
-                .succeeded(response.start, started.elapsed().as_secs_f64());
+        match result {
+            Ok(Hot::Whole(response)) => {
+                count.outcome = "success";
+                pool.metrics
+                    .succeeded(response.start, started.elapsed().as_secs_f64());
+                Ok(Answer::Whole(response))
+            }
+            Ok(Hot::Streaming(head, relay)) => Ok(Answer::Streaming(
+                relay.spawn(request.id, head, count, in_flight, started),
+            )),
+            Err(error) => {
+                count.outcome = error.kind().as_str();
+                Err(error)
+            }
         }
-        result
     }
 
     async fn call_hot(
@@ -114,10 +133,10 @@ impl<D: Driver> Inner<D> {
         format: Format,
         request: &Request,
         started: Instant,
-    ) -> Result<Response, CallError> {
+        stream_limit: usize,
+    ) -> Result<Hot<D>, CallError> {
         let (pool, limits, mut checked) = self.checkout(pool).await?;
-        let pool = &pool;
-        record_queue(pool, started);
+        record_queue(&pool, started);
         let slot = checked.begin_call();
         slot.calls += 1;
         let start = if std::mem::replace(&mut slot.fresh, false) {
@@ -151,9 +170,9 @@ impl<D: Driver> Inner<D> {
             }
         };
         let outcome = tokio::time::timeout(timeout, exchange).await;
-        let sampled = container.call_tag.end();
         match outcome {
-            Ok(Ok(answer)) => {
+            Ok(Ok(Reply::Whole(answer))) => {
+                let sampled = container.call_tag.end();
                 let usage = usage_since(
                     &container.cookie,
                     &mut slot.readings,
@@ -169,26 +188,36 @@ impl<D: Driver> Inner<D> {
                     .finish(container.stats_key, call_key, usage, sampled)
                     .await;
                 pool.metrics.used(&stats);
-                Ok(respond(request, start, answer, stats))
+                Ok(Hot::Whole(respond(request, start, answer, stats)))
             }
+            Ok(Ok(Reply::Chunked(head))) => Ok(Hot::Streaming(
+                head,
+                Relay {
+                    inner: self.arc(),
+                    pool,
+                    checked,
+                    log_end,
+                    call_key,
+                    cpu_before,
+                    call_started,
+                    timeout,
+                    limit: stream_limit,
+                    start,
+                },
+            )),
             Ok(Err(FrameError::Protocol(detail))) => {
+                container.call_tag.end();
                 checked.evict(EvictionReason::ProtocolError);
                 Err(CallError::ProtocolError { detail })
             }
             Ok(Err(FrameError::Closed | FrameError::Io(_))) => {
-                let until_deadline = timeout.saturating_sub(call_started.elapsed());
-                let grace = until_deadline.max(TIMEOUT_MARGIN);
-                let error =
-                    container
-                        .death(grace)
-                        .await
-                        .unwrap_or_else(|| CallError::ProtocolError {
-                            detail: "the function closed its stdout but kept running".into(),
-                        });
+                container.call_tag.end();
+                let error = death_verdict(&container, timeout, call_started).await;
                 checked.evict(EvictionReason::of_death(&error));
                 Err(error)
             }
             Err(_) => {
+                container.call_tag.end();
                 checked.evict(EvictionReason::Timeout);
                 Err(CallError::Timeout { timeout })
             }
@@ -296,20 +325,46 @@ impl<D: Driver> Inner<D> {
     }
 }
 
-/// One call over a hot container's pipes: its request, then its response.
+/// How a hot call went: answered whole, or with a head whose body streams.
+enum Hot<D: Driver> {
+    Whole(Response),
+    Streaming(StreamHead, Relay<D>),
+}
+
+/// One call over a hot container's pipes: its request, then its response (up
+/// to the body, if that streams).
 async fn exchange(
     format: Format,
     pipes: &mut Pipes,
     request: &Request,
     timeout: Duration,
     max_response: usize,
-) -> Result<FunctionResponse, FrameError> {
+) -> Result<Reply, FrameError> {
     format
         .write_request(&mut pipes.stdin, request, timeout)
         .await?;
     format
-        .read_response(&mut pipes.stdout, request, max_response)
+        .read_reply(&mut pipes.stdout, request, max_response)
         .await
+}
+
+/// Why a call's container closed its stdout at `call_started` + some time,
+/// with `timeout` the call's: the engine's verdict on its death, awaited until
+/// the call's deadline and at least [`TIMEOUT_MARGIN`], or a protocol error if
+/// it runs on.
+pub(super) async fn death_verdict<D: Driver>(
+    container: &HotContainer<D>,
+    timeout: Duration,
+    call_started: Instant,
+) -> CallError {
+    let until_deadline = timeout.saturating_sub(call_started.elapsed());
+    let grace = until_deadline.max(TIMEOUT_MARGIN);
+    container
+        .death(grace)
+        .await
+        .unwrap_or_else(|| CallError::ProtocolError {
+            detail: "the function closed its stdout but kept running".into(),
+        })
 }
 
 fn respond(
@@ -330,7 +385,7 @@ fn respond(
 
 /// What a call that started at `started` used: CPU time since `cpu_before`,
 /// over its wall time, and memory now.
-fn usage_since(
+pub(super) fn usage_since(
     cookie: &impl Cookie,
     readings: &mut Readings,
     cpu_before: Option<Duration>,
@@ -357,48 +412,48 @@ fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
 /// Tells the log of a call how the call ended, before its container goes to
 /// another call ([`LogEnd::now`]) or as it is dropped: as failed, unless said
 /// otherwise (a caller that went away is a call that failed).
-struct LogEnd<'a> {
-    current: &'a Mutex<CurrentCall>,
-    logs: &'a CallLogs,
-    id: &'a str,
+pub(crate) struct LogEnd {
+    current: Arc<Mutex<CurrentCall>>,
+    logs: Arc<CallLogs>,
+    id: String,
     said: bool,
 }
 
-impl<'a> LogEnd<'a> {
-    fn new(current: &'a Mutex<CurrentCall>, logs: &'a CallLogs, id: &'a str) -> LogEnd<'a> {
+impl LogEnd {
+    fn new(current: &Arc<Mutex<CurrentCall>>, logs: &Arc<CallLogs>, id: &str) -> LogEnd {
         LogEnd {
-            current,
-            logs,
-            id,
+            current: current.clone(),
+            logs: logs.clone(),
+            id: id.to_owned(),
             said: false,
         }
     }
 
     /// The call ended at `state`.
-    fn now(&mut self, state: CallState) {
+    pub(super) fn now(&mut self, state: CallState) {
         self.said = true;
-        end_call(self.current, self.id, self.logs, state);
+        end_call(&self.current, &self.id, &self.logs, state);
     }
 }
 
-impl Drop for LogEnd<'_> {
+impl Drop for LogEnd {
     fn drop(&mut self) {
         if !self.said {
-            end_call(self.current, self.id, self.logs, CallState::Failed);
+            end_call(&self.current, &self.id, &self.logs, CallState::Failed);
         }
     }
 }
 
 /// Counts one call in `hotpool_calls_total` when dropped: with its outcome, or as
 /// `cancelled` if the caller dropped the call before it had one.
-struct CallCount<'a> {
-    metrics: &'a FunctionMetrics,
-    outcome: &'static str,
+pub(crate) struct CallCount<D: Driver> {
+    pool: Arc<FunctionPool<D>>,
+    pub(super) outcome: &'static str,
 }
 
-impl Drop for CallCount<'_> {
+impl<D: Driver> Drop for CallCount<D> {
     fn drop(&mut self) {
-        self.metrics.count_call(self.outcome);
+        self.pool.metrics.count_call(self.outcome);
     }
 }
 

@@ -65,7 +65,8 @@ impl EvictionReason {
         match error {
             CallError::Oom { .. } => EvictionReason::Oom,
             CallError::ProtocolError { .. } => EvictionReason::ProtocolError,
-            CallError::Timeout { .. } => EvictionReason::Timeout,
+            CallError::Timeout { .. } | CallError::StreamStalled { .. } => EvictionReason::Timeout,
+            CallError::Cancelled => EvictionReason::Cancelled,
             _ => EvictionReason::Exited,
         }
     }

@@ -45,6 +45,7 @@ mod scheduler;
 mod spec;
 pub(crate) mod state;
 mod stdout;
+mod stream;
 mod teardown;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ pub use call_logs::{CallLog, CallLogFollower, CallLogs, CallState, ENTRY_OVERHEA
 pub use function::FunctionStatus;
 pub use scheduler::{POOL_LABEL, SPEC_LABEL, STARTS_AT_ONCE};
 pub use spec::{Eviction, FunctionKey, FunctionSpec, KeepAlive, Lifecycle};
+pub use stream::{Answer, BodyStream, QUEUED_PIECES, StreamingResponse};
 pub use teardown::{Leftovers, REMOVALS_AT_ONCE};
 
 use crate::driver::{ClaimError, Driver};
@@ -78,8 +80,13 @@ pub struct PoolConfig {
     /// not removed by then are left to the next owner of the pool, or to their
     /// own end ([`PoolConfig::orphan_timeout`]); the shutdown says which.
     pub removal_timeout: Duration,
-    /// The largest response body a function may return, in bytes.
+    /// The largest response body a function may return whole, in bytes.
     pub max_response_bytes: usize,
+    /// The most body bytes a streamed response may carry
+    /// ([`Function::call_streamed`]).
+    pub max_stream_bytes: usize,
+    /// The longest a streamed response may be silent between two pieces.
+    pub stream_idle_timeout: Duration,
     /// The most engine stats points kept per call ([`crate::stats::decimate`]).
     pub stats_max_points: usize,
     /// How long a hot container on the direct transport outlives a pool that
@@ -102,6 +109,8 @@ impl Default for PoolConfig {
             removal_timeout: Duration::from_secs(30),
             // Lambda's and fn's payload limit.
             max_response_bytes: 6 << 20,
+            max_stream_bytes: 4 << 30,
+            stream_idle_timeout: Duration::from_secs(30),
             stats_max_points: 240,
             orphan_timeout: Duration::from_secs(10 * 60),
             call_logs_bytes: 64 << 20,
@@ -385,13 +394,35 @@ impl<D: Driver> Function<D> {
 
     /// Calls the function with `request`: in a hot container (started if none is
     /// free), or in a new container for `cold` functions. A function removed since
-    /// gives `unknown_function`. The call does not borrow the handle.
+    /// gives `unknown_function`. A chunked response is read whole, up to
+    /// [`PoolConfig::max_response_bytes`] as any other. The call does not borrow
+    /// the handle.
     pub fn call(
         &self,
         request: Request,
     ) -> impl Future<Output = Result<Response, CallError>> + 'static {
         let (inner, name) = (self.inner.clone(), self.name.clone());
-        async move { inner.call(&name, request).await }
+        async move {
+            let limit = inner.config.max_response_bytes;
+            match inner.call(&name, request, limit).await? {
+                Answer::Whole(response) => Ok(response),
+                Answer::Streaming(streaming) => streaming.collect().await,
+            }
+        }
+    }
+
+    /// Calls the function as [`Function::call`] does, but a chunked response
+    /// streams: its body comes as the function writes it, up to
+    /// [`PoolConfig::max_stream_bytes`], and is cut as [`BodyStream`] says.
+    pub fn call_streamed(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Answer, CallError>> + 'static {
+        let (inner, name) = (self.inner.clone(), self.name.clone());
+        async move {
+            let limit = inner.config.max_stream_bytes;
+            inner.call(&name, request, limit).await
+        }
     }
 
     /// The lifecycle of its current version; `None` once it was removed.

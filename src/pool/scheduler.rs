@@ -166,7 +166,7 @@ impl<D: Driver> Inner<D> {
     }
 
     /// Itself as an `Arc`; it is only ever reached through one.
-    fn arc(&self) -> Arc<Inner<D>> {
+    pub(crate) fn arc(&self) -> Arc<Inner<D>> {
         self.this
             .upgrade()
             .expect("the pool is alive while it is used")

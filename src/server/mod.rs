@@ -54,7 +54,7 @@ use serde_json::{Value, json};
 
 use crate::driver::Driver;
 use crate::error::CallError;
-use crate::pool::{Format, Lifecycle, Pool, Request};
+use crate::pool::{Answer, Format, Lifecycle, Pool, Request};
 use auth::Tokens;
 use engine_health::EngineHealth;
 use error::{ApiError, CALL_ID, Reason};
@@ -226,47 +226,61 @@ async fn invoke<D: Driver>(
         call_id: &call_id,
         finished: false,
     };
-    let result = function.call(request).await;
+    let result = function.call_streamed(request).await;
     abandoned.finished = true;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-    match result {
-        Ok(answer) => {
-            tracing::debug!(function = %name, %call_id, status = answer.status, elapsed_ms, start = answer.start.as_str(), "call");
-            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut response = Response::new(Body::from(answer.body));
-            *response.status_mut() = status;
-            let out = response.headers_mut();
-            for (key, value) in &answer.headers {
-                if let (Ok(key), Ok(value)) = (
-                    HeaderName::try_from(key.as_str()),
-                    HeaderValue::from_str(value),
-                ) {
-                    out.append(key, value);
-                }
-            }
-            if lifecycle != Lifecycle::Hot(Format::Http) {
-                out.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-            }
-            out.insert(
-                CALL_ID,
-                HeaderValue::from_str(&call_id).unwrap_or(HeaderValue::from_static("-")),
-            );
-            out.insert(START, HeaderValue::from_static(answer.start.as_str()));
-            if let Some(stats) = &answer.stats
-                && let Ok(value) = HeaderValue::from_str(&stats.header_value())
-            {
-                out.insert(STATS, value);
-            }
-            Ok(response)
-        }
+    let answer = match result {
+        Ok(answer) => answer,
         Err(error) => {
             tracing::info!(function = %name, %call_id, kind = error.kind().as_str(), elapsed_ms, error = %error, "call failed");
-            Err(ApiError::from(error).in_call(&call_id))
+            return Err(ApiError::from(error).in_call(&call_id));
+        }
+    };
+    let (status, start, headers, body, stats) = match answer {
+        Answer::Whole(whole) => (
+            whole.status,
+            whole.start,
+            whole.headers,
+            Body::from(whole.body),
+            whole.stats,
+        ),
+        Answer::Streaming(streaming) => (
+            streaming.status,
+            streaming.start,
+            streaming.headers,
+            Body::from_stream(streaming.body),
+            None,
+        ),
+    };
+    tracing::debug!(function = %name, %call_id, status, elapsed_ms, start = start.as_str(), "call");
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let out = response.headers_mut();
+    for (key, value) in &headers {
+        if let (Ok(key), Ok(value)) = (
+            HeaderName::try_from(key.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            out.append(key, value);
         }
     }
+    if lifecycle != Lifecycle::Hot(Format::Http) {
+        out.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    out.insert(
+        CALL_ID,
+        HeaderValue::from_str(&call_id).unwrap_or(HeaderValue::from_static("-")),
+    );
+    out.insert(START, HeaderValue::from_static(start.as_str()));
+    if let Some(stats) = &stats
+        && let Ok(value) = HeaderValue::from_str(&stats.header_value())
+    {
+        out.insert(STATS, value);
+    }
+    Ok(response)
 }
 
 /// Whether a call log's query string (`follow=1`) asks to follow it.

@@ -58,7 +58,13 @@
 //! `!status-lie` (write endless bytes, or a false `exit 0`, to the direct
 //! transport's status pipe), `!owner-grab` (try to open the direct transport's
 //! owner pipe for writing, as its owner does: answer `grabbed` or the error). `http` only: `!upgrade` (answer `101 Switching
-//! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`).
+//! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`),
+//! and streams with a chunked body (`Content-Type: text/event-stream`):
+//! `!stream N MS [SIZE]` (N chunks, `data: I` events or SIZE bytes each, MS
+//! milliseconds apart), `!stream-forever` (64 KiB chunks without end),
+//! `!stream-stall` (one chunk, then silence), `!stream-lie` (a chunk longer
+//! than its size says), `!stream-twice` (a whole stream, then a second
+//! response in the same write).
 //! Anything else is echoed.
 
 mod host;
@@ -444,6 +450,10 @@ fn serve_http() {
                 write_out(b"this is not HTTP\r\n\r\n");
                 continue;
             }
+            Some(streaming) if streaming.starts_with(b"stream") => {
+                stream(&call_id, &String::from_utf8_lossy(streaming));
+                continue;
+            }
             Some(b"upgrade") => (
                 "101 Switching Protocols",
                 "Upgrade: websocket\r\nConnection: Upgrade\r\n",
@@ -466,6 +476,51 @@ fn serve_http() {
             None => ("200 OK", "", body),
         };
         write_out(&http_response(&call_id, status, headers, &response));
+    }
+}
+
+/// Answers call `call_id` with a chunked body, as streaming command `command`
+/// says (the `!stream` commands of the module's doc).
+fn stream(call_id: &str, command: &str) {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let number = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+    write_out(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+             Hotpool-Call-Id: {call_id}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let chunk = |data: &[u8]| [format!("{:x}\r\n", data.len()).as_bytes(), data, b"\r\n"].concat();
+    match words[0] {
+        "stream" => {
+            let (count, pause) = (number(1).unwrap_or(1), number(2).unwrap_or(0));
+            for i in 1..=count {
+                let data = match number(3) {
+                    Some(size) => vec![b'a' + (i % 26) as u8; size as usize],
+                    None => format!("data: {i}\n\n").into_bytes(),
+                };
+                write_out(&chunk(&data));
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            write_out(b"0\r\n\r\n");
+        }
+        "stream-forever" => {
+            let data = chunk(&[b'f'; 64 << 10]);
+            loop {
+                write_out(&data);
+            }
+        }
+        "stream-stall" => {
+            write_out(&chunk(b"first\n"));
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        "stream-lie" => write_out(b"3\r\nhello\r\n0\r\n\r\n"),
+        "stream-twice" => {
+            let second = http_response(call_id, "200 OK", "", b"second");
+            write_out(&[&chunk(b"first")[..], b"0\r\n\r\n", &second].concat());
+        }
+        other => panic!("no streaming command {other}"),
     }
 }
 

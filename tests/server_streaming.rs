@@ -1,0 +1,299 @@
+//! Streamed responses through `hotpool serve` on Docker and containerd: an
+//! `http` function's chunked body reaches the client as the function writes it,
+//! and each hostile stream (one that stalls after a chunk, lies in a chunk size,
+//! sends a second response, streams forever, or outlasts its timeout) is cut:
+//! the client sees the stream end abnormally, never cleanly, the container is
+//! evicted and the call counted with its kind. A client that reads one byte a
+//! second holds one container and a bounded amount of hotpool's memory while
+//! other calls are served; when it goes away the call counts as cancelled.
+//! The real binary, testfn's `!stream` commands (`pool_streaming.rs` has the
+//! same rules on the in-process driver under a paused clock).
+
+mod support;
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::cli_engine::Engine;
+use support::server::{Server, eventually, function_of};
+
+/// How long the client waits for any byte before it gives up.
+const CLIENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A streamed answer being read, chunk by chunk.
+struct Streamed {
+    reader: BufReader<TcpStream>,
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+/// How a stream read to its end ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The terminating chunk came.
+    Clean,
+    /// The connection ended (or failed) before it: the stream was cut.
+    Cut,
+}
+
+impl Streamed {
+    /// Sends `body` to `/invoke/{function}` and reads the answer's head.
+    fn call(addr: SocketAddr, function: &str, body: &str) -> Streamed {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(CLIENT_PATIENCE)).unwrap();
+        write!(
+            stream,
+            "POST /invoke/{function} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).expect("a status line");
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("a header line");
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        Streamed {
+            reader,
+            status,
+            headers,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next chunk's data; `Ok(None)` at the terminating chunk, an error if
+    /// the stream ended or broke before it.
+    fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut size_line = String::new();
+        if self.reader.read_line(&mut size_line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let size = usize::from_str_radix(size_line.trim_end(), 16)
+            .map_err(|_| io::Error::other(format!("bad chunk size line {size_line:?}")))?;
+        let mut data = vec![0; size + 2];
+        self.reader.read_exact(&mut data)?;
+        if !data.ends_with(b"\r\n") {
+            return Err(io::Error::other("a chunk without its CRLF"));
+        }
+        data.truncate(size);
+        if size == 0 {
+            let mut end = String::new();
+            self.reader.read_line(&mut end)?;
+            return Ok(None);
+        }
+        Ok(Some(data))
+    }
+
+    /// Reads the rest: the body, and how the stream ended.
+    fn read_to_end(&mut self) -> (Vec<u8>, End) {
+        let mut body = Vec::new();
+        loop {
+            match self.next_chunk() {
+                Ok(Some(data)) => body.extend_from_slice(&data),
+                Ok(None) => return (body, End::Clean),
+                Err(_) => return (body, End::Cut),
+            }
+        }
+    }
+}
+
+fn start(engine: &Engine, test: &str, server_extra: &str, function_extra: &str) -> Server {
+    Server::start_with_env(
+        &format!("{test}-{}", engine.name()),
+        server_extra,
+        &format!("shutdown_timeout = \"30s\"\n\n{}", engine.config_table()),
+        &[
+            function_of(&engine.image, "streams", "http", "http", function_extra),
+            function_of(&engine.image, "echo", "line", "line", ""),
+        ],
+        &engine.env(),
+    )
+}
+
+fn stop(engine: &Engine, server: Server) {
+    let pool = server.pool.clone();
+    server.stop();
+    assert_eq!(engine.containers_of(&pool), Vec::<String>::new());
+}
+
+/// The calls of `streams` counted with `outcome`.
+fn outcomes(server: &Server, outcome: &str) -> f64 {
+    server.metric(
+        "hotpool_calls_total",
+        &["function=\"streams\"", &format!("outcome=\"{outcome}\"")],
+    )
+}
+
+/// The container answering `!whoami`.
+fn whoami(server: &Server) -> String {
+    let mut answer = Streamed::call(server.addr, "streams", "!whoami");
+    assert_eq!(answer.status, 200);
+    let length: usize = answer.header("content-length").unwrap().parse().unwrap();
+    let mut body = vec![0; length];
+    answer.reader.read_exact(&mut body).unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+per_engine_binary!(a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut);
+fn a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut(engine: Engine) {
+    let _guard = engine.guard(&format!(
+        "server-test-streams-{}-{}",
+        engine.name(),
+        std::process::id()
+    ));
+    let server = start(
+        &engine,
+        "streams",
+        "max_stream = \"1m\"\nstream_idle_timeout = \"2s\"",
+        "timeout = \"6s\"",
+    );
+
+    // 100 events, 5 ms apart: all of them, in order, framed by hotpool.
+    let container = whoami(&server);
+    let mut events = Streamed::call(server.addr, "streams", "!stream 100 5");
+    assert_eq!(events.status, 200);
+    assert_eq!(events.header("content-type"), Some("text/event-stream"));
+    assert_eq!(events.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(events.header("hotpool-start"), Some("hot"));
+    assert!(events.header("hotpool-call-id").is_some());
+    let (body, end) = events.read_to_end();
+    assert_eq!(end, End::Clean);
+    let expected: String = (1..=100).map(|i| format!("data: {i}\n\n")).collect();
+    assert_eq!(String::from_utf8(body).unwrap(), expected);
+    assert_eq!(
+        whoami(&server),
+        container,
+        "a clean stream gives its container back"
+    );
+    assert_eq!(outcomes(&server, "success"), 3.0);
+
+    // A chunk, then silence: the chunk reaches the client while the function
+    // still runs (it sleeps ten minutes), then the idle timeout cuts it.
+    let mut stalled = Streamed::call(server.addr, "streams", "!stream-stall");
+    assert_eq!(
+        stalled.next_chunk().unwrap().as_deref(),
+        Some(&b"first\n"[..])
+    );
+    assert_eq!(stalled.read_to_end(), (Vec::new(), End::Cut));
+    eventually("the stalled stream counted as a timeout", || {
+        outcomes(&server, "timeout") == 1.0
+    });
+    assert_ne!(
+        whoami(&server),
+        container,
+        "the stalled container was evicted"
+    );
+
+    // A lying chunk size, a second response after the stream, and a stream
+    // without end (past max_stream): each is cut as a protocol error.
+    for (command, most) in [
+        ("!stream-lie", 3),
+        ("!stream-twice", 5),
+        ("!stream-forever", 1 << 20),
+    ] {
+        let mut hostile = Streamed::call(server.addr, "streams", command);
+        assert_eq!(hostile.status, 200, "{command}");
+        let (body, end) = hostile.read_to_end();
+        assert_eq!(end, End::Cut, "{command}");
+        assert!(body.len() <= most, "{command}: {} bytes", body.len());
+    }
+    eventually("three streams counted as protocol errors", || {
+        outcomes(&server, "protocol_error") == 3.0
+    });
+
+    // Events 100 ms apart, never silent for 2 s, for longer than the 6 s
+    // timeout: cut at the timeout.
+    let mut long = Streamed::call(server.addr, "streams", "!stream 1000 100");
+    let (body, end) = long.read_to_end();
+    assert_eq!(end, End::Cut);
+    assert!(
+        body.starts_with(b"data: 1\n\n"),
+        "it streamed before the cut"
+    );
+    eventually("the long stream counted as a timeout", || {
+        outcomes(&server, "timeout") == 2.0
+    });
+
+    // Other functions were never touched.
+    let echo = server.invoke("echo", b"still here");
+    assert_eq!((echo.status, echo.text().as_str()), (200, "still here"));
+    stop(&engine, server);
+}
+
+/// hotpool's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+per_engine_binary!(a_client_reading_a_byte_a_second_holds_one_container_and_bounded_memory);
+fn a_client_reading_a_byte_a_second_holds_one_container_and_bounded_memory(engine: Engine) {
+    let _guard = engine.guard(&format!(
+        "server-test-slow-reader-{}-{}",
+        engine.name(),
+        std::process::id()
+    ));
+    let server = start(&engine, "slow-reader", "", "timeout = \"60s\"");
+    assert!(!whoami(&server).is_empty());
+    let before = rss_bytes(server.pid());
+
+    // 256 MiB in 64 KiB chunks, read a byte a second.
+    let mut slow = Streamed::call(server.addr, "streams", "!stream 4096 0 65536");
+    assert_eq!(slow.status, 200);
+    let mut byte = [0u8];
+    for _ in 0..5 {
+        slow.reader.read_exact(&mut byte).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let grown = rss_bytes(server.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 << 20,
+        "hotpool grew by {grown} bytes while a client read slowly"
+    );
+    // Other calls are served meanwhile, the same function's by another container.
+    let echo = server.invoke("echo", b"served");
+    assert_eq!((echo.status, echo.text().as_str()), (200, "served"));
+    let events = server.invoke("streams", b"!stream 3 0");
+    assert_eq!(events.status, 200, "{events}");
+    assert_eq!(events.text(), "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    assert_eq!(events.header("hotpool-start"), Some("cold"), "{events}");
+
+    // The client goes away: the call is cancelled and its container evicted.
+    drop(slow);
+    eventually("the abandoned stream counted as cancelled", || {
+        outcomes(&server, "cancelled") == 1.0
+    });
+    let functions = server.get("/functions").json();
+    let streams = functions["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "streams")
+        .unwrap()
+        .clone();
+    assert_eq!(streams["containers"]["busy"], 0, "{streams}");
+    stop(&engine, server);
+}
