@@ -60,8 +60,8 @@
 //! owner pipe for writing, as its owner does: answer `grabbed` or the error). `http` only: `!upgrade` (answer `101 Switching
 //! Protocols`), `!hop-by-hop` (answer with hop-by-hop headers besides `X-Kept`),
 //! and streams with a chunked body (`Content-Type: text/event-stream`):
-//! `!stream N MS [SIZE]` (N chunks, `data: I` events or SIZE bytes each, MS
-//! milliseconds apart), `!stream-forever` (64 KiB chunks without end),
+//! `!stream N MS [SIZE]` (N chunks, `data: I` events or SIZE bytes each, each
+//! after MS milliseconds), `!stream-forever` (64 KiB chunks without end),
 //! `!stream-stall` (one chunk, then silence), `!stream-lie` (a chunk longer
 //! than its size says), `!stream-twice` (a whole stream, then a second
 //! response in the same write).
@@ -500,8 +500,8 @@ fn stream(call_id: &str, command: &str) {
                     Some(size) => vec![b'a' + (i % 26) as u8; size as usize],
                     None => format!("data: {i}\n\n").into_bytes(),
                 };
-                write_out(&chunk(&data));
                 std::thread::sleep(Duration::from_millis(pause));
+                write_out(&chunk(&data));
             }
             write_out(b"0\r\n\r\n");
         }
