@@ -99,8 +99,9 @@ pub struct ServerConfig {
     /// The largest response a function may return, in bytes (`max_response`,
     /// default the pool's `max_response_bytes`, `6m`; at most `1g`).
     pub max_response: u64,
-    /// The most body bytes a streamed (chunked) response may carry
-    /// (`max_stream`, default the pool's `max_stream_bytes`, `4g`; at most `1t`).
+    /// The most body bytes a streamed (chunked) response, or request into an
+    /// `http` function, may carry (`max_stream`, default the pool's
+    /// `max_stream_bytes`, `4g`; at most `1t`).
     pub max_stream: u64,
     /// The longest a streamed response may be silent between two pieces
     /// (`stream_idle_timeout`, default `30s`).

@@ -110,6 +110,13 @@ pub enum CallError {
         /// The longest silence allowed between two pieces of a stream.
         idle_timeout: Duration,
     },
+    /// The caller's streamed request body failed, or passed its limit; the
+    /// call was cut.
+    #[error("the request body failed: {detail}")]
+    RequestBody {
+        /// What failed.
+        detail: String,
+    },
     /// The caller went away.
     #[error("the call was cancelled")]
     Cancelled,
@@ -193,7 +200,7 @@ impl CallError {
             CallError::Exited { .. } => ErrorKind::Exited,
             CallError::ProtocolError { .. } => ErrorKind::ProtocolError,
             CallError::Timeout { .. } | CallError::StreamStalled { .. } => ErrorKind::Timeout,
-            CallError::Cancelled => ErrorKind::Cancelled,
+            CallError::Cancelled | CallError::RequestBody { .. } => ErrorKind::Cancelled,
             CallError::Busy { .. } => ErrorKind::Busy,
             CallError::ImageNotFound { .. } => ErrorKind::ImageNotFound,
             CallError::ImageUnauthorized { .. } => ErrorKind::ImageUnauthorized,

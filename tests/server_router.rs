@@ -52,6 +52,7 @@ impl InProcessServer {
                 pool: pool.clone(),
                 max_body: 1 << 20,
                 body_timeout: Duration::from_secs(10),
+                max_stream: 4 << 20,
                 metrics: None,
                 tokens: tokens.map(|text| Tokens::parse(text).expect("a token")),
                 metrics_auth: false,

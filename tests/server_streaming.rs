@@ -6,6 +6,8 @@
 //! evicted and the call counted with its kind. A client that reads one byte a
 //! second holds one container and a bounded amount of hotpool's memory while
 //! other calls are served; when it goes away the call counts as cancelled.
+//! A chunked upload streams into the function past `max_body`, in full duplex
+//! with a streamed answer, and one past `max_stream` is cut.
 //! The real binary, testfn's `!stream` commands (`pool_streaming.rs` has the
 //! same rules on the in-process driver under a paused clock).
 
@@ -48,6 +50,39 @@ impl Streamed {
             body.len()
         )
         .unwrap();
+        Streamed::answer_on(stream)
+    }
+
+    /// Sends a chunked request to `/invoke/{function}` with `header` lines,
+    /// its body `pieces` written by a thread of its own (which ends with the
+    /// body, or at the first failed write), and reads the answer's head.
+    fn upload(
+        addr: SocketAddr,
+        function: &str,
+        header: &str,
+        pieces: impl Iterator<Item = Vec<u8>> + Send + 'static,
+    ) -> (Streamed, std::thread::JoinHandle<io::Result<()>>) {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(CLIENT_PATIENCE)).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let head = format!(
+            "POST /invoke/{function} HTTP/1.1\r\nHost: {addr}\r\n\
+             Transfer-Encoding: chunked\r\n{header}\r\n"
+        );
+        let sending = std::thread::spawn(move || {
+            writer.write_all(head.as_bytes())?;
+            for piece in pieces {
+                writer.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                writer.write_all(&piece)?;
+                writer.write_all(b"\r\n")?;
+            }
+            writer.write_all(b"0\r\n\r\n")
+        });
+        (Streamed::answer_on(stream), sending)
+    }
+
+    /// Reads the head of the answer coming on `stream`.
+    fn answer_on(stream: TcpStream) -> Streamed {
         let mut reader = BufReader::new(stream);
         let mut status_line = String::new();
         reader.read_line(&mut status_line).expect("a status line");
@@ -146,10 +181,7 @@ fn outcomes(server: &Server, outcome: &str) -> f64 {
 fn whoami(server: &Server) -> String {
     let mut answer = Streamed::call(server.addr, "streams", "!whoami");
     assert_eq!(answer.status, 200);
-    let length: usize = answer.header("content-length").unwrap().parse().unwrap();
-    let mut body = vec![0; length];
-    answer.reader.read_exact(&mut body).unwrap();
-    String::from_utf8(body).unwrap()
+    String::from_utf8(whole_body(&mut answer)).unwrap()
 }
 
 per_engine_binary!(a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut);
@@ -235,6 +267,82 @@ fn a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut(engine:
     // Other functions were never touched.
     let echo = server.invoke("echo", b"still here");
     assert_eq!((echo.status, echo.text().as_str()), (200, "still here"));
+    stop(&engine, server);
+}
+
+/// Reads a whole `Content-Length` body.
+fn whole_body(answer: &mut Streamed) -> Vec<u8> {
+    let length: usize = answer.header("content-length").unwrap().parse().unwrap();
+    let mut body = vec![0; length];
+    answer.reader.read_exact(&mut body).unwrap();
+    body
+}
+
+/// `count` pieces of 64 KiB, each of one byte value, and their FNV-1a hash.
+fn pieces(count: usize) -> (impl Iterator<Item = Vec<u8>> + Send + 'static, u64) {
+    let piece = |i: usize| vec![(i % 251) as u8; 64 << 10];
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for i in 0..count {
+        for byte in piece(i) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    ((0..count).map(piece), hash)
+}
+
+per_engine_binary!(a_chunked_upload_larger_than_max_body_streams_into_the_function_in_full_duplex);
+fn a_chunked_upload_larger_than_max_body_streams_into_the_function_in_full_duplex(engine: Engine) {
+    let _guard = engine.guard(&format!(
+        "server-test-uploads-{}-{}",
+        engine.name(),
+        std::process::id()
+    ));
+    let server = start(
+        &engine,
+        "uploads",
+        "max_body = \"1m\"\nmax_stream = \"20m\"",
+        "timeout = \"60s\"",
+    );
+    let container = whoami(&server);
+    let before = rss_bytes(server.pid());
+
+    // 16 MiB, sixteen times max_body, into a function that holds a chunk at a
+    // time: it counts and hashes every byte; hotpool never held it whole.
+    let (body, hash) = pieces(256);
+    let (mut counted, sending) = Streamed::upload(server.addr, "streams", "", body);
+    assert_eq!(counted.status, 200);
+    sending.join().unwrap().expect("the body was sent");
+    let answer = String::from_utf8(whole_body(&mut counted)).unwrap();
+    assert_eq!(answer, format!("bytes={} fnv={hash:016x}", 256 << 16));
+    let grown = rss_bytes(server.pid()).saturating_sub(before);
+    assert!(
+        grown < 12 << 20,
+        "hotpool grew by {grown} bytes over a 16 MiB upload"
+    );
+    assert_eq!(whoami(&server), container, "the container served on");
+
+    // 8 MiB streamed back chunk by chunk as it goes in: only full duplex
+    // gets through (the pipes hold 64 KiB each way).
+    let (body, _) = pieces(128);
+    let (mut echoed, sending) =
+        Streamed::upload(server.addr, "streams", "X-Echo-Stream: 1\r\n", body);
+    assert_eq!(echoed.status, 200);
+    let (received, end) = echoed.read_to_end();
+    assert_eq!(end, End::Clean);
+    sending.join().unwrap().expect("the body was sent");
+    let (sent, _) = pieces(128);
+    assert_eq!(received, sent.flatten().collect::<Vec<u8>>());
+    assert_eq!(whoami(&server), container, "the container served on");
+
+    // Past max_stream: the call is cut and its container, half a request in
+    // its stdin, evicted; the client gets 413 if it can still read.
+    let (body, _) = pieces(24 * 16);
+    let (refused, _sending) = Streamed::upload(server.addr, "streams", "", body);
+    assert_ne!(refused.status, 200);
+    eventually("the cut upload counted as cancelled", || {
+        outcomes(&server, "cancelled") == 1.0
+    });
+    assert_ne!(whoami(&server), container, "the cut container was evicted");
     stop(&engine, server);
 }
 

@@ -143,6 +143,7 @@ pub(crate) async fn serve(args: ServeArgs) -> i32 {
         pool: pool.clone(),
         max_body: usize::try_from(config.server.max_body).unwrap_or(usize::MAX),
         body_timeout: config.server.body_timeout,
+        max_stream: usize::try_from(config.server.max_stream).unwrap_or(usize::MAX),
         metrics: Some(metrics),
         tokens,
         metrics_auth: config.server.metrics_auth,

@@ -11,10 +11,13 @@
 //! line or trailer section are [`FrameError::Protocol`]; stdout ending
 //! anywhere is [`FrameError::Closed`], as in the other formats. Bytes already
 //! received after the last chunk are unsolicited output.
+//!
+//! A request body streamed into a function is written with [`write_chunk`]
+//! and [`write_last`].
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{FrameError, unsolicited};
 
@@ -127,6 +130,26 @@ impl Chunks {
             }
         }
     }
+}
+
+/// Writes `data` as one chunk (nothing for no data: an empty chunk would end
+/// the body) and flushes.
+pub async fn write_chunk<W: AsyncWrite + Unpin>(stdin: &mut W, data: &[u8]) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    stdin
+        .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    stdin.write_all(data).await?;
+    stdin.write_all(b"\r\n").await?;
+    stdin.flush().await
+}
+
+/// Writes the last chunk, which ends the body, and flushes.
+pub async fn write_last<W: AsyncWrite + Unpin>(stdin: &mut W) -> std::io::Result<()> {
+    stdin.write_all(b"0\r\n\r\n").await?;
+    stdin.flush().await
 }
 
 /// The error for a chunk of `size` bytes not followed by CRLF.
@@ -297,6 +320,18 @@ mod tests {
         let bytes = b"2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
         let unasked = protocol_error(decode(bytes).await);
         assert!(unasked.contains("unsolicited output"), "{unasked}");
+    }
+
+    #[tokio::test]
+    async fn written_chunks_decode_to_what_was_written() {
+        let mut written = Vec::new();
+        for data in [&b"first"[..], b"", &[b'x'; 70_000][..]] {
+            write_chunk(&mut written, data).await.unwrap();
+        }
+        write_last(&mut written).await.unwrap();
+        let body = decode(&written).await.unwrap();
+        assert_eq!(body.len(), 5 + 70_000);
+        assert!(body.starts_with(b"firstxx"));
     }
 
     #[tokio::test]

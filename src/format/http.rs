@@ -97,25 +97,30 @@ async fn write_message<W: AsyncWrite + Unpin>(
     deadline: SystemTime,
     request: &Request,
 ) -> Result<(), FrameError> {
-    let message = encode_request(deadline, request);
+    let message = encode_request(deadline, request, false);
     stdin.write_all(&message).await?;
     stdin.flush().await?;
     Ok(())
 }
 
-/// The whole request message in one buffer, allocated once.
-fn encode_request(deadline: SystemTime, request: &Request) -> Vec<u8> {
+/// The whole request message in one buffer, allocated once; `chunked`: only
+/// its head, saying its body follows chunked.
+fn encode_request(deadline: SystemTime, request: &Request, chunked: bool) -> Vec<u8> {
     let call_id = &request.id;
     let forwarded = || request.headers.iter().filter(|(n, v)| forwards(n, v));
     let headers_len: usize = forwarded().map(|(n, v)| n.len() + v.len() + 4).sum();
     let body = &request.body;
     let mut message =
         Vec::with_capacity(POOL_HEAD_BYTES + call_id.len() + headers_len + body.len());
+    message.extend_from_slice(b"POST / HTTP/1.1\r\nHost: hotpool\r\n");
+    if chunked {
+        message.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    } else {
+        write!(message, "Content-Length: {}\r\n", body.len()).expect("a Vec takes any write");
+    }
     write!(
         message,
-        "POST / HTTP/1.1\r\nHost: hotpool\r\nContent-Length: {}\r\n\
-         {CALL_ID_HEADER}: {call_id}\r\n{DEADLINE_HEADER}: {}\r\n",
-        body.len(),
+        "{CALL_ID_HEADER}: {call_id}\r\n{DEADLINE_HEADER}: {}\r\n",
         humantime::format_rfc3339_millis(deadline),
     )
     .expect("writing to a Vec cannot fail");
@@ -125,8 +130,27 @@ fn encode_request(deadline: SystemTime, request: &Request) -> Vec<u8> {
         }
     }
     message.extend_from_slice(b"\r\n");
-    message.extend_from_slice(body);
+    if !chunked {
+        message.extend_from_slice(body);
+    }
     message
+}
+
+impl Http {
+    /// Writes the head of `request`, whose body follows in chunks
+    /// ([`super::chunked::write_chunk`], then [`super::chunked::write_last`]),
+    /// and flushes; `timeout` as in [`Framing::write_request`].
+    pub async fn write_streamed_head<W: AsyncWrite + Unpin + Send>(
+        &self,
+        stdin: &mut W,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<(), FrameError> {
+        let head = encode_request(deadline_after(timeout), request, true);
+        stdin.write_all(&head).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
 }
 
 /// Whether a caller header goes to the function: end-to-end, not framing, not the

@@ -26,9 +26,12 @@ use super::sampler::sample_counters;
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::Lifecycle;
 use super::stream::{Answer, Relay};
+use super::upload::{self, Pump, PumpError, RequestBody};
 use crate::driver::{Cookie, Driver};
 use crate::error::{CallError, ErrorKind};
-use crate::format::{Format, FrameError, Framing, FunctionResponse, Reply, Request, StreamHead};
+use crate::format::{
+    Format, FrameError, Framing, FunctionResponse, Http, Reply, Request, StreamHead,
+};
 use crate::stats::{CallStats, Usage};
 
 /// How long past its timeout a hot call may be answered, at most.
@@ -84,12 +87,15 @@ pub struct Response {
 impl<D: Driver> Inner<D> {
     /// Runs one call of function `name` and records it in the metrics; a
     /// chunked response streams, carrying at most `stream_limit` body bytes
-    /// (a whole one is at most the pool's `max_response_bytes`).
+    /// (a whole one is at most the pool's `max_response_bytes`). With
+    /// `upload`, the request's body streams in from it, chunked, at most
+    /// `stream_limit` bytes too (`http` functions only).
     pub(crate) async fn call(
         &self,
         name: &str,
         request: Request,
         stream_limit: usize,
+        upload: Option<RequestBody>,
     ) -> Result<Answer, CallError> {
         let Some(in_flight) = self.enter() else {
             return Err(busy("the pool is shutting down"));
@@ -100,12 +106,23 @@ impl<D: Driver> Inner<D> {
             outcome: ErrorKind::Cancelled.as_str(),
         };
         let started = Instant::now();
-        let result = match pool.lifecycle() {
-            Lifecycle::Hot(format) => {
-                self.call_hot(pool.clone(), format, &request, started, stream_limit)
+        let result = match (pool.lifecycle(), upload) {
+            (Lifecycle::Hot(Format::Http), Some(upload)) => {
+                let upload = Some((upload, stream_limit));
+                let hot = self.call_hot(pool.clone(), Format::Http, &request, started, upload);
+                hot.await
+            }
+            (lifecycle, Some(_)) => Err(CallError::RequestBody {
+                detail: format!(
+                    "{name} is a {} function: only http functions take a streamed request body",
+                    lifecycle.as_str()
+                ),
+            }),
+            (Lifecycle::Hot(format), None) => {
+                self.call_hot(pool.clone(), format, &request, started, None)
                     .await
             }
-            Lifecycle::Cold => self
+            (Lifecycle::Cold, None) => self
                 .call_cold(&pool, &request, started)
                 .await
                 .map(Hot::Whole),
@@ -117,9 +134,14 @@ impl<D: Driver> Inner<D> {
                     .succeeded(response.start, started.elapsed().as_secs_f64());
                 Ok(Answer::Whole(response))
             }
-            Ok(Hot::Streaming(head, relay)) => Ok(Answer::Streaming(
-                relay.spawn(request.id, head, count, in_flight, started),
-            )),
+            Ok(Hot::Streaming(head, relay)) => Ok(Answer::Streaming(relay.spawn(
+                request.id,
+                head,
+                count,
+                in_flight,
+                started,
+                stream_limit,
+            ))),
             Err(error) => {
                 count.outcome = error.kind().as_str();
                 Err(error)
@@ -133,7 +155,7 @@ impl<D: Driver> Inner<D> {
         format: Format,
         request: &Request,
         started: Instant,
-        stream_limit: usize,
+        upload: Option<(RequestBody, usize)>,
     ) -> Result<Hot<D>, CallError> {
         let (pool, limits, mut checked) = self.checkout(pool).await?;
         record_queue(&pool, started);
@@ -164,14 +186,14 @@ impl<D: Driver> Inner<D> {
         let exchange = async {
             tokio::select! {
                 biased;
-                answer = exchange(format, &mut slot.pipes, request, timeout, max) => answer,
-                () = container.died().cancelled() => Err(FrameError::Closed),
+                answer = exchange(format, &mut slot.pipes, request, timeout, max, upload) => answer,
+                () = container.died().cancelled() => Err(PumpError::Pipe(FrameError::Closed)),
                 never = sampling => match never {},
             }
         };
         let outcome = tokio::time::timeout(timeout, exchange).await;
         match outcome {
-            Ok(Ok(Reply::Whole(answer))) => {
+            Ok(Ok((Reply::Whole(answer), _))) => {
                 let sampled = container.call_tag.end();
                 let usage = usage_since(
                     &container.cookie,
@@ -190,7 +212,7 @@ impl<D: Driver> Inner<D> {
                 pool.metrics.used(&stats);
                 Ok(Hot::Whole(respond(request, start, answer, stats)))
             }
-            Ok(Ok(Reply::Chunked(head))) => Ok(Hot::Streaming(
+            Ok(Ok((Reply::Chunked(head), upload))) => Ok(Hot::Streaming(
                 head,
                 Relay {
                     inner: self.arc(),
@@ -201,16 +223,21 @@ impl<D: Driver> Inner<D> {
                     cpu_before,
                     call_started,
                     timeout,
-                    limit: stream_limit,
                     start,
+                    upload,
                 },
             )),
-            Ok(Err(FrameError::Protocol(detail))) => {
+            Ok(Err(PumpError::Body(error))) => {
+                container.call_tag.end();
+                checked.evict(EvictionReason::Cancelled);
+                Err(error)
+            }
+            Ok(Err(PumpError::Pipe(FrameError::Protocol(detail)))) => {
                 container.call_tag.end();
                 checked.evict(EvictionReason::ProtocolError);
                 Err(CallError::ProtocolError { detail })
             }
-            Ok(Err(FrameError::Closed | FrameError::Io(_))) => {
+            Ok(Err(PumpError::Pipe(FrameError::Closed | FrameError::Io(_)))) => {
                 container.call_tag.end();
                 let error = death_verdict(&container, timeout, call_started).await;
                 checked.evict(EvictionReason::of_death(&error));
@@ -332,20 +359,47 @@ enum Hot<D: Driver> {
 }
 
 /// One call over a hot container's pipes: its request, then its response (up
-/// to the body, if that streams).
+/// to the body, if that streams). With `upload` (a body and its limit), the
+/// request's body streams in while the response is read; if the response
+/// streams before the body is all in, the [`Pump`] writing it comes back too.
 async fn exchange(
     format: Format,
     pipes: &mut Pipes,
     request: &Request,
     timeout: Duration,
     max_response: usize,
-) -> Result<Reply, FrameError> {
-    format
-        .write_request(&mut pipes.stdin, request, timeout)
-        .await?;
-    format
-        .read_reply(&mut pipes.stdout, request, max_response)
+    upload: Option<(RequestBody, usize)>,
+) -> Result<(Reply, Option<Pump>), PumpError> {
+    let Some((body, limit)) = upload else {
+        format
+            .write_request(&mut pipes.stdin, request, timeout)
+            .await
+            .map_err(PumpError::Pipe)?;
+        let reply = format.read_reply(&mut pipes.stdout, request, max_response);
+        return Ok((reply.await.map_err(PumpError::Pipe)?, None));
+    };
+    Http.write_streamed_head(&mut pipes.stdin, request, timeout)
         .await
+        .map_err(PumpError::Pipe)?;
+    let stdin = std::mem::replace(&mut pipes.stdin, Box::new(tokio::io::sink()));
+    let mut pump = upload::pump(stdin, body, limit);
+    let read = format.read_reply(&mut pipes.stdout, request, max_response);
+    tokio::pin!(read);
+    let reply = tokio::select! {
+        reply = &mut read => reply.map_err(PumpError::Pipe)?,
+        (stdin, pumped) = &mut pump => {
+            pipes.stdin = stdin;
+            pumped?;
+            return Ok((read.await.map_err(PumpError::Pipe)?, None));
+        }
+    };
+    if let Reply::Chunked(_) = reply {
+        return Ok((reply, Some(pump)));
+    }
+    let (stdin, pumped) = pump.await;
+    pipes.stdin = stdin;
+    pumped?;
+    Ok((reply, None))
 }
 
 /// Why a call's container closed its stdout at `call_started` + some time,

@@ -66,7 +66,7 @@ impl EvictionReason {
             CallError::Oom { .. } => EvictionReason::Oom,
             CallError::ProtocolError { .. } => EvictionReason::ProtocolError,
             CallError::Timeout { .. } | CallError::StreamStalled { .. } => EvictionReason::Timeout,
-            CallError::Cancelled => EvictionReason::Cancelled,
+            CallError::Cancelled | CallError::RequestBody { .. } => EvictionReason::Cancelled,
             _ => EvictionReason::Exited,
         }
     }

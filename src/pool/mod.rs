@@ -47,6 +47,7 @@ pub(crate) mod state;
 mod stdout;
 mod stream;
 mod teardown;
+mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,7 @@ pub use scheduler::{POOL_LABEL, SPEC_LABEL, STARTS_AT_ONCE};
 pub use spec::{Eviction, FunctionKey, FunctionSpec, KeepAlive, Lifecycle};
 pub use stream::{Answer, BodyStream, QUEUED_PIECES, StreamingResponse};
 pub use teardown::{Leftovers, REMOVALS_AT_ONCE};
+pub use upload::RequestBody;
 
 use crate::driver::{ClaimError, Driver};
 use crate::error::CallError;
@@ -82,8 +84,8 @@ pub struct PoolConfig {
     pub removal_timeout: Duration,
     /// The largest response body a function may return whole, in bytes.
     pub max_response_bytes: usize,
-    /// The most body bytes a streamed response may carry
-    /// ([`Function::call_streamed`]).
+    /// The most body bytes a streamed response, or request, may carry
+    /// ([`Function::call_streamed`], [`Function::call_with_body`]).
     pub max_stream_bytes: usize,
     /// The longest a streamed response may be silent between two pieces.
     pub stream_idle_timeout: Duration,
@@ -404,7 +406,7 @@ impl<D: Driver> Function<D> {
         let (inner, name) = (self.inner.clone(), self.name.clone());
         async move {
             let limit = inner.config.max_response_bytes;
-            match inner.call(&name, request, limit).await? {
+            match inner.call(&name, request, limit, None).await? {
                 Answer::Whole(response) => Ok(response),
                 Answer::Streaming(streaming) => streaming.collect().await,
             }
@@ -421,7 +423,27 @@ impl<D: Driver> Function<D> {
         let (inner, name) = (self.inner.clone(), self.name.clone());
         async move {
             let limit = inner.config.max_stream_bytes;
-            inner.call(&name, request, limit).await
+            inner.call(&name, request, limit, None).await
+        }
+    }
+
+    /// Calls the function as [`Function::call_streamed`] does, its request's
+    /// body streaming in from `body` (`request.body` is not sent): to an `http`
+    /// function, as a chunked request written as `body` yields it, at most
+    /// [`PoolConfig::max_stream_bytes`], while its answer is read (it may
+    /// answer, or stream, before the body is all in). Functions of other
+    /// formats need their body whole: they give [`CallError::RequestBody`]
+    /// (of kind `cancelled`), as does a body that fails or passes the limit,
+    /// which cuts the call.
+    pub fn call_with_body(
+        &self,
+        request: Request,
+        body: RequestBody,
+    ) -> impl Future<Output = Result<Answer, CallError>> + 'static {
+        let (inner, name) = (self.inner.clone(), self.name.clone());
+        async move {
+            let limit = inner.config.max_stream_bytes;
+            inner.call(&name, request, limit, Some(body)).await
         }
     }
 

@@ -36,7 +36,8 @@ use super::container::EvictionReason;
 use super::function::FunctionPool;
 use super::sampler::sample_counters;
 use super::scheduler::{InFlight, Inner};
-use crate::driver::Driver;
+use super::upload::{Pump, PumpError};
+use crate::driver::{BoxWrite, Driver};
 use crate::error::CallError;
 use crate::format::chunked::Chunks;
 use crate::format::{FrameError, StreamHead};
@@ -163,14 +164,15 @@ pub(crate) struct Relay<D: Driver> {
     pub(crate) cpu_before: Option<Duration>,
     pub(crate) call_started: Instant,
     pub(crate) timeout: Duration,
-    /// The most body bytes the stream may carry.
-    pub(crate) limit: usize,
     pub(crate) start: Start,
+    /// The request's body, still streaming in: it holds the container's stdin.
+    pub(crate) upload: Option<Pump>,
 }
 
 impl<D: Driver> Relay<D> {
     /// Starts relaying the body of the call whose response began with `head`,
-    /// as a task of the pool; `count` and `in_flight` end with it.
+    /// at most `limit` bytes, as a task of the pool; `count` and `in_flight`
+    /// end with it.
     pub(crate) fn spawn(
         self,
         call_id: String,
@@ -178,18 +180,13 @@ impl<D: Driver> Relay<D> {
         count: CallCount<D>,
         in_flight: InFlight<D>,
         started: Instant,
+        limit: usize,
     ) -> StreamingResponse {
         let (sender, pieces) = mpsc::channel(QUEUED_PIECES);
         let ending = Arc::new(Mutex::new(None));
         let (tracker, start) = (self.inner.tracker.clone(), self.start);
-        let run = self.run(
-            call_id.clone(),
-            sender,
-            ending.clone(),
-            count,
-            in_flight,
-            started,
-        );
+        let ends = (count, in_flight, started, limit);
+        let run = self.run(call_id.clone(), sender, ending.clone(), ends);
         tracker.spawn(run);
         StreamingResponse {
             call_id,
@@ -210,16 +207,17 @@ impl<D: Driver> Relay<D> {
         call_id: String,
         sender: mpsc::Sender<Bytes>,
         ending: Arc<Mutex<Ending>>,
-        mut count: CallCount<D>,
-        in_flight: InFlight<D>,
-        started: Instant,
+        (mut count, in_flight, started, limit): (CallCount<D>, InFlight<D>, Instant, usize),
     ) {
-        let relayed = self.relay(&sender).await;
+        let relayed = self.relay(&sender, limit).await;
         let container = self.checked.slot().container.clone();
         let sampled = container.call_tag.end();
         let end = match relayed {
-            Ok(()) => {
+            Ok(stdin) => {
                 let slot = self.checked.slot();
+                if let Some(stdin) = stdin {
+                    slot.pipes.stdin = stdin;
+                }
                 let usage = usage_since(
                     &container.cookie,
                     &mut slot.readings,
@@ -253,8 +251,13 @@ impl<D: Driver> Relay<D> {
         drop((sender, count, in_flight));
     }
 
-    /// Relays the body to `sender` until its clean end, or why it was cut.
-    async fn relay(&mut self, sender: &mpsc::Sender<Bytes>) -> Result<(), CallError> {
+    /// Relays the body, at most `limit` bytes, to `sender` until its clean end
+    /// (with the container's stdin, if an upload held it), or why it was cut.
+    async fn relay(
+        &mut self,
+        sender: &mpsc::Sender<Bytes>,
+        limit: usize,
+    ) -> Result<Option<BoxWrite>, CallError> {
         let deadline = self.call_started + self.timeout;
         let idle_timeout = self.inner.config.stream_idle_timeout;
         let container = self.checked.slot().container.clone();
@@ -273,12 +276,24 @@ impl<D: Driver> Relay<D> {
             timeout: self.timeout,
         };
         let stdout = &mut self.checked.slot().pipes.stdout;
+        let mut upload = self.upload.take();
+        let mut stdin = None;
         let mut chunks = Chunks::new();
         let mut relayed = 0usize;
+        let closed = |container| death_verdict(container, self.timeout, self.call_started);
         loop {
             let read = tokio::select! {
                 biased;
                 read = tokio::time::timeout(idle_timeout, chunks.next(stdout)) => read,
+                (pipe, pumped) = async { upload.as_mut().expect("a pump").await }, if upload.is_some() => {
+                    upload = None;
+                    stdin = Some(pipe);
+                    match pumped {
+                        Ok(()) => continue,
+                        Err(PumpError::Body(error)) => return Err(error),
+                        Err(PumpError::Pipe(_)) => return Err(closed(&container).await),
+                    }
+                }
                 () = container.died().cancelled() => Ok(Err(FrameError::Closed)),
                 () = sender.closed() => return Err(CallError::Cancelled),
                 () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
@@ -286,21 +301,20 @@ impl<D: Driver> Relay<D> {
             };
             let piece = match read {
                 Ok(Ok(Some(piece))) => piece,
-                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(None)) => break,
                 Ok(Err(FrameError::Protocol(detail))) => {
                     return Err(CallError::ProtocolError { detail });
                 }
                 Ok(Err(FrameError::Closed | FrameError::Io(_))) => {
-                    return Err(death_verdict(&container, self.timeout, self.call_started).await);
+                    return Err(closed(&container).await);
                 }
                 Err(_silent) => return Err(CallError::StreamStalled { idle_timeout }),
             };
             relayed += piece.len();
-            if relayed > self.limit {
+            if relayed > limit {
                 return Err(CallError::ProtocolError {
                     detail: format!(
-                        "the function's streamed response passed its limit of {} bytes",
-                        self.limit
+                        "the function's streamed response passed its limit of {limit} bytes"
                     ),
                 });
             }
@@ -308,6 +322,19 @@ impl<D: Driver> Relay<D> {
                 sent = sender.send(piece) => sent.map_err(|_| CallError::Cancelled)?,
                 () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
             }
+        }
+        // The answer is whole; the request may still be coming in.
+        let Some(pump) = upload else {
+            return Ok(stdin);
+        };
+        tokio::select! {
+            (pipe, pumped) = pump => match pumped {
+                Ok(()) => Ok(Some(pipe)),
+                Err(PumpError::Body(error)) => Err(error),
+                Err(PumpError::Pipe(_)) => Err(closed(&container).await),
+            },
+            () = sender.closed() => Err(CallError::Cancelled),
+            () = tokio::time::sleep_until(deadline) => Err(timed_out()),
         }
     }
 }

@@ -48,13 +48,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 use crate::driver::Driver;
 use crate::error::CallError;
-use crate::pool::{Answer, Format, Lifecycle, Pool, Request};
+use crate::pool::{Answer, Format, Lifecycle, Pool, Request, RequestBody};
 use auth::Tokens;
 use engine_health::EngineHealth;
 use error::{ApiError, CALL_ID, Reason};
@@ -65,8 +66,11 @@ pub struct AppState<D: Driver> {
     pub pool: Pool<D>,
     /// The largest request body accepted, in bytes.
     pub max_body: usize,
-    /// How long a request body may take to arrive.
+    /// How long a request body may take to arrive (one read whole).
     pub body_timeout: Duration,
+    /// The largest request body streamed into an `http` function (sent
+    /// chunked), in bytes; such a body arrives within the call's timeout.
+    pub max_stream: usize,
     /// Renders `/metrics`; `None` serves an empty page.
     pub metrics: Option<PrometheusHandle>,
     /// The bearer tokens that let requests in; `None`: no authentication.
@@ -200,40 +204,101 @@ async fn invoke<D: Driver>(
 ) -> Result<Response, ApiError> {
     let call_id = crate::driver::new_id();
     let refused = |reason: Reason| ApiError::from(reason).in_call(&call_id);
-    let body = read_body(body, state.max_body, state.body_timeout)
-        .await
-        .map_err(refused)?;
     let found = state.pool.function(&name).and_then(|f| {
         let lifecycle = f.lifecycle()?;
         Some((f, lifecycle))
     });
+    let chunked = headers
+        .get(header::TRANSFER_ENCODING)
+        .is_some_and(|coding| coding.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    if let Some((function, Lifecycle::Hot(Format::Http))) = &found
+        && chunked
+    {
+        let (upload, cut) = upload(body, state.max_stream);
+        let request = request_of(&call_id, Bytes::new(), &headers);
+        let called = function.call_with_body(request, upload);
+        return answer(&name, &call_id, Lifecycle::Hot(Format::Http), called)
+            .await
+            .map_err(|error| match (error, cut.lock().unwrap().take()) {
+                (CallError::RequestBody { .. }, Some(reason)) => refused(reason),
+                (error, _) => refused(Reason::Call(error)),
+            });
+    }
+    let body = read_body(body, state.max_body, state.body_timeout)
+        .await
+        .map_err(refused)?;
     let Some((function, lifecycle)) = found else {
         return Err(refused(Reason::Call(CallError::UnknownFunction { name })));
     };
     if lifecycle == Lifecycle::Hot(Format::Line) && body.contains(&b'\n') {
         return Err(refused(Reason::NotOneLine { function: name }));
     }
+    let request = request_of(&call_id, body, &headers);
+    answer(&name, &call_id, lifecycle, function.call_streamed(request))
+        .await
+        .map_err(|error| refused(Reason::Call(error)))
+}
+
+/// The request of call `call_id` with `body` and the caller's `headers`.
+fn request_of(call_id: &str, body: Bytes, headers: &HeaderMap) -> Request {
     let mut request = Request::new(body);
-    request.id = call_id.clone();
+    request.id = call_id.to_owned();
     request.headers = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
+    request
+}
 
+/// A request body streamed into a function, at most `max` bytes; a body
+/// past it, or one that fails, ends in an error, and says why in the reason
+/// the second half holds then.
+fn upload(body: Body, max: usize) -> (RequestBody, Arc<std::sync::Mutex<Option<Reason>>>) {
+    let cut = Arc::new(std::sync::Mutex::new(None));
+    let said = cut.clone();
+    let mut received = 0usize;
+    let pieces = body.into_data_stream().map(move |piece| {
+        let refused = |reason: Reason| {
+            let message = reason.to_string();
+            *said.lock().unwrap() = Some(reason);
+            std::io::Error::other(message)
+        };
+        let piece = piece.map_err(|error| {
+            refused(Reason::MalformedBody {
+                detail: error.to_string(),
+            })
+        })?;
+        received += piece.len();
+        if received > max {
+            return Err(refused(Reason::BodyTooLarge { max }));
+        }
+        Ok(piece)
+    });
+    (RequestBody::new(pieces), cut)
+}
+
+/// The answer to call `call_id` of function `name`, whose `lifecycle` is
+/// given, once `called` has it: whole or streaming, with hotpool's headers.
+async fn answer(
+    name: &str,
+    call_id: &str,
+    lifecycle: Lifecycle,
+    called: impl Future<Output = Result<Answer, CallError>>,
+) -> Result<Response, CallError> {
     let started = Instant::now();
     let mut abandoned = Abandoned {
-        function: &name,
-        call_id: &call_id,
+        function: name,
+        call_id,
         finished: false,
     };
-    let result = function.call_streamed(request).await;
+    let result = called.await;
     abandoned.finished = true;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let answer = match result {
         Ok(answer) => answer,
         Err(error) => {
             tracing::info!(function = %name, %call_id, kind = error.kind().as_str(), elapsed_ms, error = %error, "call failed");
-            return Err(ApiError::from(error).in_call(&call_id));
+            return Err(error);
         }
     };
     let (status, start, headers, body, stats) = match answer {
@@ -272,7 +337,7 @@ async fn invoke<D: Driver>(
     }
     out.insert(
         CALL_ID,
-        HeaderValue::from_str(&call_id).unwrap_or(HeaderValue::from_static("-")),
+        HeaderValue::from_str(call_id).unwrap_or(HeaderValue::from_static("-")),
     );
     out.insert(START, HeaderValue::from_static(start.as_str()));
     if let Some(stats) = &stats

@@ -64,7 +64,10 @@
 //! after MS milliseconds), `!stream-forever` (64 KiB chunks without end),
 //! `!stream-stall` (one chunk, then silence), `!stream-lie` (a chunk longer
 //! than its size says), `!stream-twice` (a whole stream, then a second
-//! response in the same write).
+//! response in the same write). A chunked request (a body streamed in) is read
+//! a chunk at a time and answered with its length and FNV-1a hash, `bytes=N
+//! fnv=HEX`, or with `X-Echo-Stream` in the request, streamed back chunk by
+//! chunk as it is read.
 //! Anything else is echoed.
 
 mod host;
@@ -443,6 +446,11 @@ fn serve_http() {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0);
         let call_id = header("hotpool-call-id").unwrap_or_default();
+        if header("transfer-encoding").is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
+        {
+            take_upload(&mut input, &call_id, header("x-echo-stream").is_some());
+            continue;
+        }
         let mut body = vec![0; content_length];
         input.read_exact(&mut body).expect("read body");
         let (status, headers, response) = match body.strip_prefix(b"!") {
@@ -476,6 +484,45 @@ fn serve_http() {
             None => ("200 OK", "", body),
         };
         write_out(&http_response(&call_id, status, headers, &response));
+    }
+}
+
+/// Reads a chunked request body from `input` as it comes, holding one chunk at
+/// a time, and answers call `call_id` with its length and FNV-1a hash
+/// (`bytes=N fnv=HEX`), or, with `echo`, streams each chunk back as it is read.
+fn take_upload(input: &mut impl BufRead, call_id: &str, echo: bool) {
+    if echo {
+        write_out(
+            format!(
+                "HTTP/1.1 200 OK\r\nHotpool-Call-Id: {call_id}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    let (mut bytes, mut hash) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+    loop {
+        let mut size_line = String::new();
+        input.read_line(&mut size_line).expect("a chunk size line");
+        let size = usize::from_str_radix(size_line.trim_end(), 16).expect("a chunk size");
+        let mut chunk = vec![0; size + 2];
+        input.read_exact(&mut chunk).expect("a chunk");
+        chunk.truncate(size);
+        if size == 0 {
+            break;
+        }
+        bytes += size as u64;
+        for byte in &chunk {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3);
+        }
+        if echo {
+            write_out(&[format!("{size:x}\r\n").as_bytes(), &chunk, b"\r\n"].concat());
+        }
+    }
+    if echo {
+        write_out(b"0\r\n\r\n");
+    } else {
+        let answer = format!("bytes={bytes} fnv={hash:016x}");
+        write_out(&http_response(call_id, "200 OK", "", answer.as_bytes()));
     }
 }
 
