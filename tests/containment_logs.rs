@@ -9,253 +9,89 @@
 
 mod support;
 
+use std::time::Duration;
+
 use hotpool::driver::Transport;
 
-use std::any::Any;
-use std::io::Read;
-use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
 use support::cli_engine::Engine;
-use support::http::{self, HttpResponse};
-
-/// How long a server may take to answer, or to exit after SIGTERM.
-const PATIENCE: Duration = Duration::from_secs(120);
+use support::server::{Launch, Server, eventually};
 
 /// The defaults of `FunctionSpec`: what a call may log, and a container per second.
 const LOG_PER_CALL: u64 = 1 << 20;
+
+/// How long the slow reader of hotpool's stderr sleeps after each 4 KiB: 16
+/// KiB/s, far less than floods write.
+const SLOW_READER: Duration = Duration::from_millis(250);
 
 /// A `[[function]]` table: testfn on `engine` in mode `cmd` with the `line` format.
 fn function(engine: &Engine, name: &str, cmd: &str) -> String {
     support::server::function_of(&engine.image, name, cmd, "line", "")
 }
 
-/// How the test reads the server's stderr.
-#[derive(Clone, Copy)]
-enum Reader {
-    /// As fast as it comes.
-    Fast,
-    /// 4 KiB every quarter of a second: 16 KiB/s, far less than floods write.
-    Slow,
+/// The name of the pool of [`start`]'s server for `test` on `engine` over
+/// `transport`, for a guard made before it starts (so dropped after it stops).
+fn pool_of(engine: &Engine, transport: Transport, test: &str) -> String {
+    format!(
+        "server-test-logs-{test}-{}-{transport}-{}",
+        engine.name(),
+        std::process::id()
+    )
 }
 
-/// Output of a child process, collected by a thread so its pipe never fills (or,
-/// for [`Reader::Slow`], fills and stays full).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn drain(&self, mut from: impl Read + Send + 'static, reader: Reader) -> JoinHandle<()> {
-        let into = self.0.clone();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = from.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                into.lock().unwrap().extend_from_slice(&buffer[..n]);
-                if let Reader::Slow = reader {
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            }
-        })
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes()).into_owned()
-    }
+/// Starts a server on `engine` whose pool is [`pool_of`]`(engine, transport,
+/// test)` serving `functions` over `transport`, its stderr read with a pause
+/// of `stderr_pause` after each read, and waits until `/healthz` answers. Its
+/// stderr is a pipe, not a terminal, and `NO_COLOR` is unset.
+fn start(
+    engine: &Engine,
+    transport: Transport,
+    test: &str,
+    functions: &[String],
+    stderr_pause: Duration,
+) -> Server {
+    let pool_extra = format!(
+        "shutdown_timeout = \"30s\"\ntransport = \"{transport}\"\n\n{}",
+        engine.config_table()
+    );
+    let launch = Launch {
+        unset: vec!["NO_COLOR".to_owned()],
+        stderr_pause,
+        ..Launch::with_env(&engine.env())
+    };
+    let name = format!("logs-{test}-{}-{transport}", engine.name());
+    let server = Server::start_launched(&name, ("", &pool_extra), functions, launch, &[]);
+    assert_eq!(server.pool, pool_of(engine, transport, test));
+    server
 }
 
-/// Polls `condition` until it holds, failing with `what` after [`PATIENCE`].
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if condition() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting until {what}");
+/// A call that must answer 200 with `answer`; returns its call id.
+fn call_ok(server: &Server, function: &str, body: &str, answer: &str) -> String {
+    let response = server.invoke(function, body.as_bytes());
+    assert_eq!(response.status, 200, "{function} {body:?}: {response}");
+    assert_eq!(response.text(), answer, "{function} {body:?}: {response}");
+    response
+        .header("hotpool-call-id")
+        .expect("a Hotpool-Call-Id header")
+        .to_owned()
 }
 
-/// A running `hotpool serve`. Dropping it (a failed test) stops it and removes its
-/// containers; [`Server::stop`] asserts a clean exit with no container left.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    pool: String,
-    engine: Engine,
-    stderr: Captured,
-    readers: Vec<JoinHandle<()>>,
-    exited: Option<ExitStatus>,
-    _dir: tempfile::TempDir,
-    /// Removes the pool's containers after the drop of a server that failed
-    /// to.
-    _guard: Box<dyn Any>,
-}
-
-impl Server {
-    /// Starts a server on `engine` whose pool is
-    /// `logs-test-<test>-<engine>-<transport>-<pid>` serving `functions` over
-    /// `transport`, its stderr read by `reader`, and waits until `/healthz`
-    /// answers. Its stderr is a pipe, not a terminal, and `NO_COLOR` is unset.
-    fn start(
-        engine: Engine,
-        transport: Transport,
-        test: &str,
-        functions: &[String],
-        reader: Reader,
-    ) -> Server {
-        let pool = format!(
-            "logs-test-{test}-{}-{transport}-{}",
-            engine.name(),
-            std::process::id()
-        );
-        let addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-        let config = format!(
-            "[server]\nlisten = \"{addr}\"\n\n[pool]\nname = \"{pool}\"\n\
-             memory_budget = \"1g\"\nshutdown_timeout = \"30s\"\ntransport = \"{transport}\"\n\n\
-             {}\n{}",
-            engine.config_table(),
-            functions.join("\n")
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("hotpool.toml");
-        std::fs::write(&path, config).expect("write the config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hotpool"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env("HOTPOOL_LOG", "info")
-            .envs(engine.env())
-            .env_remove("NO_COLOR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start hotpool serve");
-        let stderr = Captured::default();
-        let readers = vec![
-            Captured::default().drain(child.stdout.take().unwrap(), Reader::Fast),
-            stderr.drain(child.stderr.take().unwrap(), reader),
-        ];
-        let server = Server {
-            child,
-            addr,
-            _guard: engine.guard(&pool),
-            pool,
-            engine,
-            stderr,
-            readers,
-            exited: None,
-            _dir: dir,
-        };
-        eventually("hotpool serve answers /healthz", || {
-            http::get(server.addr, "/healthz").is_ok_and(|r| r.status == 200)
-        });
-        server
-    }
-
-    /// `POST /invoke/<function>`; it must answer (any status).
-    fn invoke(&self, function: &str, body: &str) -> HttpResponse {
-        let path = format!("/invoke/{function}");
-        http::post(self.addr, &path, body.as_bytes())
-            .unwrap_or_else(|e| panic!("POST {path}: {e}; server stderr so far:\n{}", self.log()))
-    }
-
-    /// A call that must answer 200 with `answer`; returns its call id.
-    fn call_ok(&self, function: &str, body: &str, answer: &str) -> String {
-        let response = self.invoke(function, body);
-        assert_eq!(response.status, 200, "{function} {body:?}: {response}");
-        assert_eq!(response.text(), answer, "{function} {body:?}: {response}");
-        response
-            .header("hotpool-call-id")
-            .expect("a Hotpool-Call-Id header")
-            .to_owned()
-    }
-
-    /// The sum of the series of `metric` that have all of `labels` (0 if none).
-    fn metric(&self, metric: &str, labels: &[&str]) -> f64 {
-        let response = http::get(self.addr, "/metrics").expect("GET /metrics");
-        assert_eq!(response.status, 200, "/metrics: {response}");
-        support::server::metric_sum(&response.text(), metric, labels)
-    }
-
-    /// The server's stderr so far, last 8 KiB (for failure messages).
-    fn log(&self) -> String {
-        let text = self.stderr.text();
-        let mut start = text.len().saturating_sub(8 << 10);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        text[start..].to_owned()
-    }
-
-    /// Sends SIGTERM and waits for the exit, up to [`PATIENCE`].
-    fn terminate_and_wait(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + PATIENCE;
-            while self.exited.is_none() && Instant::now() < deadline {
-                self.exited = self.child.try_wait().expect("wait for the server");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        if self.exited.is_some() {
-            for reader in self.readers.drain(..) {
-                let _ = reader.join();
-            }
-        }
-        self.exited
-    }
-
-    /// Asserts that the server drove the test's engine; SIGTERM, then asserts
-    /// exit status 0 and that no container of the pool is left; returns
-    /// everything the server wrote to stderr.
-    fn stop(mut self) -> Vec<u8> {
-        let engine = format!("engine=\"{}\"", self.engine.name());
-        assert!(
-            self.metric("hotpool_engine_api_seconds_count", &[&engine]) > 0.0,
-            "the server's engine calls are not {engine}"
-        );
-        let status = self.terminate_and_wait();
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "hotpool serve did not exit 0 after SIGTERM ({status:?}); stderr:\n{}",
-            self.log()
-        );
-        assert_eq!(
-            self.engine.containers_of(&self.pool),
-            Vec::<String>::new(),
-            "containers of pool {} are left after shutdown",
-            self.pool
-        );
-        self.stderr.bytes()
-    }
-}
-
-impl Drop for Server {
-    /// A test that failed early: stop the server and kill it if it does not go,
-    /// without panicking again (its guard then removes its containers).
-    fn drop(&mut self) {
-        if self.exited.is_some() {
-            return;
-        }
-        if self.terminate_and_wait().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Asserts that `server` drove `engine`; SIGTERM, then asserts exit status 0
+/// and that no container of the pool is left on `engine` (nor in Docker);
+/// returns everything the server wrote to stderr.
+fn stop(engine: &Engine, server: Server) -> String {
+    let label = format!("engine=\"{}\"", engine.name());
+    assert!(
+        server.metric("hotpool_engine_api_seconds_count", &[&label]) > 0.0,
+        "the server's engine calls are not {label}"
+    );
+    let (pool, stderr) = (server.pool.clone(), server.stderr.clone());
+    server.stop();
+    assert_eq!(
+        engine.containers_of(&pool),
+        Vec::<String>::new(),
+        "containers of pool {pool} are left after shutdown"
+    );
+    stderr.text()
 }
 
 /// The records of hotpool's log that carry `call_id`.
@@ -285,10 +121,11 @@ fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server(
         function(&engine, "flood-b", "line"),
         function(&engine, "echo", "line"),
     ];
-    let server = Server::start(engine, transport, "slow-reader", &functions, Reader::Slow);
+    let _guard = engine.guard(&pool_of(&engine, transport, "slow-reader"));
+    let server = start(&engine, transport, "slow-reader", &functions, SLOW_READER);
     // Two containers write stderr as fast as they can for as long as they live.
-    server.call_ok("flood-a", "!log-storm", "storming");
-    server.call_ok("flood-b", "!log-storm", "storming");
+    call_ok(&server, "flood-a", "!log-storm", "storming");
+    call_ok(&server, "flood-b", "!log-storm", "storming");
     // Both floods reach hotpool, faster than their rate limit: hundreds of KiB
     // each, against a reader that takes 16 KiB a second.
     let rate_cut = |flooder: &str| {
@@ -301,19 +138,24 @@ fn a_slow_log_reader_and_two_log_floods_do_not_stall_the_server(
         rate_cut("flood-a") > 0.0 && rate_cut("flood-b") > 0.0
     });
     for i in 0..20 {
-        let health = http::get(server.addr, "/healthz").expect("GET /healthz");
+        let health = server.get("/healthz");
         assert_eq!(health.status, 200, "/healthz: {health}");
-        server.call_ok("echo", &format!("hello {i}"), &format!("hello {i}"));
+        call_ok(
+            &server,
+            "echo",
+            &format!("hello {i}"),
+            &format!("hello {i}"),
+        );
     }
     // The flooders themselves still serve calls.
-    server.call_ok("flood-a", "still here", "still here");
-    server.call_ok("flood-b", "still here", "still here");
+    call_ok(&server, "flood-a", "still here", "still here");
+    call_ok(&server, "flood-b", "still here", "still here");
     // What the reader cannot take is dropped and counted, not queued without end.
     eventually("hotpool drops log records it cannot write", || {
         server.metric("hotpool_log_dropped_total", &[]) > 0.0
     });
     // The flooding containers are stopped and removed, the server exits.
-    server.stop();
+    stop(&engine, server);
 }
 
 per_engine_binary_transport!(a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped);
@@ -322,9 +164,15 @@ fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(
     transport: Transport,
 ) {
     let functions = [function(&engine, "flood", "line")];
-    let server = Server::start(engine, transport, "flood", &functions, Reader::Fast);
+    let _guard = engine.guard(&pool_of(&engine, transport, "flood"));
+    let server = start(&engine, transport, "flood", &functions, Duration::ZERO);
     const FLOOD: u64 = 8_000_000;
-    let call_id = server.call_ok("flood", &format!("!log-flood {FLOOD}"), "flooded 8000000");
+    let call_id = call_ok(
+        &server,
+        "flood",
+        &format!("!log-flood {FLOOD}"),
+        "flooded 8000000",
+    );
     // Every byte is logged or said dropped (once stderr is quiet for a moment).
     let (mut logged, mut dropped, mut notes) = (0, 0, 0);
     eventually("the flood is all logged or said dropped", || {
@@ -348,7 +196,7 @@ fn a_log_flood_is_cut_to_its_budget_with_the_rest_said_dropped(
         &["function=\"flood\""],
     );
     assert!(cut > 0.0, "the cut is not counted in the metric");
-    server.stop();
+    stop(&engine, server);
 }
 
 per_engine_binary_transport!(
@@ -362,10 +210,11 @@ fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(
         function(&engine, "ctrl", "line"),
         function(&engine, "fail", "line"),
     ];
-    let server = Server::start(engine, transport, "escape", &functions, Reader::Fast);
+    let _guard = engine.guard(&pool_of(&engine, transport, "escape"));
+    let server = start(&engine, transport, "escape", &functions, Duration::ZERO);
     // stderr travels apart from stdout: a call's records are awaited before the
     // next call, or they could arrive during it and carry its id.
-    let ctrl = server.call_ok("ctrl", "!log-ctrl", "wrote controls");
+    let ctrl = call_ok(&server, "ctrl", "!log-ctrl", "wrote controls");
     let escaped = "ctrl \\x1b[31mred\\x1b[0m \\x1b[2J cr\\rhidden bell\\x07 nul\\x00 bad\\xff end";
     eventually("the control characters are logged, escaped", || {
         records_of(&server.stderr.text(), &ctrl)
@@ -373,7 +222,7 @@ fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(
             .any(|r| r.contains(escaped))
     });
     // 100 000 bytes without a newline: one record of 16 KiB, the rest said dropped.
-    let nonl = server.call_ok("ctrl", "!log-nonl 100000", "wrote 100000");
+    let nonl = call_ok(&server, "ctrl", "!log-nonl 100000", "wrote 100000");
     eventually("the rest of the long line is said dropped", || {
         let log = server.stderr.text();
         let said: u64 = records_of(&log, &nonl)
@@ -394,13 +243,13 @@ fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(
     // A call that fails after writing control characters (in a container of its
     // own: ctrl's stderr is inside a cut line until its next newline): its error
     // keeps the raw stderr tail, and hotpool's record of the failure stays one line.
-    let again = server.call_ok("fail", "!log-ctrl", "wrote controls");
+    let again = call_ok(&server, "fail", "!log-ctrl", "wrote controls");
     eventually("the second control line is logged", || {
         records_of(&server.stderr.text(), &again)
             .iter()
             .any(|r| r.contains(escaped))
     });
-    let exited = server.invoke("fail", "!exit 3");
+    let exited = server.invoke("fail", b"!exit 3");
     assert_eq!(exited.status, 502, "{exited}");
     let error = &exited.json()["error"];
     assert_eq!(error["kind"], "exited", "{exited}");
@@ -412,7 +261,7 @@ fn function_logs_are_escaped_cut_at_16_kib_and_hotpools_log_has_no_colours(
     assert!(tail.ends_with(" end\nexiting with 3\n"), "{tail:?}");
     assert!(tail.len() <= 4096, "the tail is {} bytes", tail.len());
 
-    let log = String::from_utf8_lossy(&server.stop()).into_owned();
+    let log = stop(&engine, server);
     let failed: Vec<_> = log.lines().filter(|r| r.contains("call failed")).collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(

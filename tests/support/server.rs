@@ -38,7 +38,17 @@ pub fn function_of(image: &str, name: &str, cmd: &str, format: &str, extra: &str
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
-    pub fn drain(&self, mut from: impl Read + Send + 'static) -> JoinHandle<()> {
+    pub fn drain(&self, from: impl Read + Send + 'static) -> JoinHandle<()> {
+        self.drain_paced(from, Duration::ZERO)
+    }
+
+    /// [`Captured::drain`], sleeping `pause` after each read of 4 KiB at most:
+    /// a reader slower than the writer leaves the pipe full.
+    pub fn drain_paced(
+        &self,
+        mut from: impl Read + Send + 'static,
+        pause: Duration,
+    ) -> JoinHandle<()> {
         let into = self.0.clone();
         std::thread::spawn(move || {
             let mut buffer = [0u8; 4096];
@@ -47,6 +57,9 @@ impl Captured {
                     break;
                 }
                 into.lock().unwrap().extend_from_slice(&buffer[..n]);
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
         })
     }
@@ -58,14 +71,33 @@ impl Captured {
 
 /// Polls `condition` until it holds, failing with `what` after [`PATIENCE`].
 pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if condition() {
-            return;
+    eventually_within(what, PATIENCE, || {
+        condition().then_some(()).ok_or_else(String::new)
+    })
+}
+
+/// Polls `check` until it gives a value and returns it, failing with `what`
+/// and the last complaint `check` made (if not empty) after `within`.
+pub fn eventually_within<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                let last = if last.is_empty() {
+                    last
+                } else {
+                    format!("; last: {last}")
+                };
+                panic!("timed out waiting until {what}{last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("timed out waiting until {what}");
 }
 
 /// The ids of the containers labelled `hotpool.pool=<pool>`, whatever their state.
@@ -128,6 +160,34 @@ fn config_file(
     (dir, path, head)
 }
 
+/// How the test runs a server's process besides its config file and
+/// arguments: its environment, and how fast it reads its stderr.
+#[derive(Clone, Default)]
+pub struct Launch {
+    /// Variables set besides the harness's `HOTPOOL_LOG=info` and
+    /// `NO_COLOR=1`, which they override.
+    pub env: Vec<(String, String)>,
+    /// Variables removed from the environment after that: the harness's, the
+    /// test's own or `env`'s.
+    pub unset: Vec<String>,
+    /// The pause of the test's reader of the server's stderr after each read
+    /// ([`Captured::drain_paced`]): zero takes it as fast as it comes.
+    pub stderr_pause: Duration,
+}
+
+impl Launch {
+    /// `env` besides the harness's environment, stderr read as it comes.
+    pub fn with_env(env: &[(&str, &str)]) -> Launch {
+        Launch {
+            env: env
+                .iter()
+                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
+                .collect(),
+            ..Launch::default()
+        }
+    }
+}
+
 /// A running `hotpool serve`. Dropping it sends SIGTERM and waits for the exit;
 /// [`Server::stop`] does the same and asserts a clean exit with no container left.
 pub struct Server {
@@ -140,10 +200,10 @@ pub struct Server {
     exited: Option<ExitStatus>,
     /// The config file, and its `[server]` and `[pool]` tables.
     config: (PathBuf, String),
-    /// The `[server]` and `[pool]` lines besides the defaults, and the
-    /// environment it started with, for the servers that come after it.
+    /// The `[server]` and `[pool]` lines besides the defaults, and how it was
+    /// launched, for the servers that come after it.
     extras: (String, String),
-    env: Vec<(String, String)>,
+    launch: Launch,
     _dir: tempfile::TempDir,
 }
 
@@ -217,10 +277,21 @@ impl Server {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Server {
+        Server::start_launched(test, extras, functions, Launch::with_env(env), args)
+    }
+
+    /// [`Server::start_with_env_args`], the process launched as `launch` says.
+    pub fn start_launched(
+        test: &str,
+        extras: (&str, &str),
+        functions: &[String],
+        launch: Launch,
+        args: &[&str],
+    ) -> Server {
         let pool = format!("server-test-{test}-{}", std::process::id());
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
         let config = config_file(&pool, addr, extras, functions);
-        let mut server = Server::spawn(config, addr, &pool, (extras, env), args);
+        let mut server = Server::spawn(config, addr, &pool, (extras, launch), args);
         server.wait_until_healthy();
         server
     }
@@ -248,7 +319,7 @@ impl Server {
     ) -> Server {
         let extras = (server_extra, pool_extra);
         let config = config_file(pool, addr, extras, functions);
-        Server::spawn(config, addr, pool, (extras, env), &[])
+        Server::spawn(config, addr, pool, (extras, Launch::with_env(env)), &[])
     }
 
     /// Starts a server on the config file `path` (in `dir`, which it keeps),
@@ -260,8 +331,8 @@ impl Server {
         pool: &str,
         addr: SocketAddr,
     ) -> Server {
-        let mut server =
-            Server::spawn((dir, path, String::new()), addr, pool, (("", ""), &[]), &[]);
+        let config = (dir, path, String::new());
+        let mut server = Server::spawn(config, addr, pool, (("", ""), Launch::default()), &[]);
         server.wait_until_healthy();
         server
     }
@@ -273,20 +344,13 @@ impl Server {
     }
 
     /// Starts the next server of this one's pool on a free port, with the
-    /// same `[server]` and `[pool]` lines and environment but `functions`,
-    /// and does not wait for it.
+    /// same `[server]` and `[pool]` lines and launch but `functions`, and
+    /// does not wait for it.
     pub fn launch_next(&self, functions: &[String]) -> Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
-        let env: Vec<(&str, &str)> = self.env().collect();
         let extras = (self.extras.0.as_str(), self.extras.1.as_str());
-        Server::launch_with_env(&self.pool, addr, extras, functions, &env)
-    }
-
-    /// The environment the server started with besides the test's own.
-    fn env(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.env
-            .iter()
-            .map(|(key, value)| (key.as_str(), value.as_str()))
+        let config = config_file(&self.pool, addr, extras, functions);
+        Server::spawn(config, addr, &self.pool, (extras, self.launch.clone()), &[])
     }
 
     /// Starts `hotpool serve --take-over` on a copy of this server's config
@@ -296,35 +360,39 @@ impl Server {
         let path = dir.path().join("hotpool.toml");
         std::fs::copy(&self.config.0, &path).expect("copy the config");
         let head = self.config.1.clone();
-        let env: Vec<(&str, &str)> = self.env().collect();
         let extras = (self.extras.0.as_str(), self.extras.1.as_str());
         Server::spawn(
             (dir, path, head),
             self.addr,
             &self.pool,
-            (extras, &env),
+            (extras, self.launch.clone()),
             &["--take-over"],
         )
     }
 
     /// Starts `hotpool serve` on config file `path` (in `dir`, with `head`
-    /// its `[server]` and `[pool]` tables, written with `extras`), in an
-    /// environment with `env` too, with `args` after it.
+    /// its `[server]` and `[pool]` tables, written with `extras`), launched as
+    /// `launch` says, with `args` after it.
     fn spawn(
         (dir, path, head): (tempfile::TempDir, PathBuf, String),
         addr: SocketAddr,
         pool: &str,
-        (extras, env): ((&str, &str), &[(&str, &str)]),
+        (extras, launch): ((&str, &str), Launch),
         args: &[&str],
     ) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hotpool"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hotpool"));
+        command
             .arg("serve")
             .arg("--config")
             .arg(&path)
             .args(args)
             .env("HOTPOOL_LOG", "info")
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
+            .envs(launch.env.iter().map(|(key, value)| (key, value)));
+        for name in &launch.unset {
+            command.env_remove(name);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -333,7 +401,7 @@ impl Server {
         let (stdout, stderr) = (Captured::default(), Captured::default());
         let readers = vec![
             stdout.drain(child.stdout.take().unwrap()),
-            stderr.drain(child.stderr.take().unwrap()),
+            stderr.drain_paced(child.stderr.take().unwrap(), launch.stderr_pause),
         ];
         Server {
             child,
@@ -345,10 +413,7 @@ impl Server {
             exited: None,
             config: (path, head),
             extras: (extras.0.to_owned(), extras.1.to_owned()),
-            env: env
-                .iter()
-                .map(|&(key, value)| (key.to_owned(), value.to_owned()))
-                .collect(),
+            launch,
             _dir: dir,
         }
     }
@@ -398,6 +463,34 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until the server says on stdout where it listens (`hotpool
+    /// serving ... on http://ADDR (pid N)`) and returns that address: the
+    /// port of a server told to listen on port 0, or of the socket it took
+    /// over.
+    pub fn announced_addr(&mut self) -> SocketAddr {
+        eventually_within("hotpool serve says where it listens", PATIENCE, || {
+            let stdout = self.stdout.text();
+            let announced = stdout
+                .lines()
+                .find_map(|line| line.split_once(" on http://"))
+                .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+            if let Some(addr) = announced {
+                return Ok(addr);
+            }
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                panic!(
+                    "hotpool serve exited ({status}) before saying where it listens; \
+                     stdout:\n{stdout}\nstderr:\n{}",
+                    self.stderr.text()
+                );
+            }
+            Err(format!(
+                "stdout:\n{stdout}\nstderr:\n{}",
+                self.stderr.text()
+            ))
+        })
     }
 
     /// The server's process id.
