@@ -282,22 +282,28 @@ impl<D: Driver> Relay<D> {
         let mut relayed = 0usize;
         let closed = |container| death_verdict(container, self.timeout, self.call_started);
         loop {
-            let read = tokio::select! {
-                biased;
-                read = tokio::time::timeout(idle_timeout, chunks.next(stdout)) => read,
-                (pipe, pumped) = async { upload.as_mut().expect("a pump").await }, if upload.is_some() => {
-                    upload = None;
-                    stdin = Some(pipe);
-                    match pumped {
-                        Ok(()) => continue,
-                        Err(PumpError::Body(error)) => return Err(error),
-                        Err(PumpError::Pipe(_)) => return Err(closed(&container).await),
+            // One read per piece, kept across the upload's end: a read
+            // dropped half-way would lose the bytes it took.
+            let read = tokio::time::timeout(idle_timeout, chunks.next(stdout));
+            tokio::pin!(read);
+            let read = loop {
+                tokio::select! {
+                    biased;
+                    read = &mut read => break read,
+                    (pipe, pumped) = async { upload.as_mut().expect("a pump").await }, if upload.is_some() => {
+                        upload = None;
+                        stdin = Some(pipe);
+                        match pumped {
+                            Ok(()) => {}
+                            Err(PumpError::Body(error)) => return Err(error),
+                            Err(PumpError::Pipe(_)) => return Err(closed(&container).await),
+                        }
                     }
+                    () = container.died().cancelled() => break Ok(Err(FrameError::Closed)),
+                    () = sender.closed() => return Err(CallError::Cancelled),
+                    () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+                    never = &mut sampling => match never {},
                 }
-                () = container.died().cancelled() => Ok(Err(FrameError::Closed)),
-                () = sender.closed() => return Err(CallError::Cancelled),
-                () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
-                never = &mut sampling => match never {},
             };
             let piece = match read {
                 Ok(Ok(Some(piece))) => piece,
