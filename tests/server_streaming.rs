@@ -1,6 +1,7 @@
 //! Streamed responses through `hotpool serve` on Docker and containerd: an
 //! `http` function's chunked body reaches the client as the function writes it,
-//! and each hostile stream (one that stalls after a chunk, lies in a chunk size,
+//! and each hostile stream (one that stalls after a chunk or a chunk's size
+//! line, lies in a chunk size,
 //! sends a second response, streams forever, or outlasts its timeout) is cut:
 //! the client sees the stream end abnormally, never cleanly, the container is
 //! evicted and the call counted with its kind. A client that reads one byte a
@@ -225,8 +226,11 @@ fn a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut(engine:
         Some(&b"first\n"[..])
     );
     assert_eq!(stalled.read_to_end(), (Vec::new(), End::Cut));
-    eventually("the stalled stream counted as a timeout", || {
-        outcomes(&server, "timeout") == 1.0
+    // A chunk's size line, then silence: nothing of it reaches the client.
+    let mut header_only = Streamed::call(server.addr, "streams", "!stream-stall-header");
+    assert_eq!(header_only.read_to_end(), (Vec::new(), End::Cut));
+    eventually("both stalled streams counted as timeouts", || {
+        outcomes(&server, "timeout") == 2.0
     });
     assert_ne!(
         whoami(&server),
@@ -261,7 +265,7 @@ fn a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut(engine:
         "it streamed before the cut"
     );
     eventually("the long stream counted as a timeout", || {
-        outcomes(&server, "timeout") == 2.0
+        outcomes(&server, "timeout") == 3.0
     });
 
     // Other functions were never touched.

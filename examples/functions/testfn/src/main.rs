@@ -62,7 +62,8 @@
 //! and streams with a chunked body (`Content-Type: text/event-stream`):
 //! `!stream N MS [SIZE]` (N chunks, `data: I` events or SIZE bytes each, each
 //! after MS milliseconds), `!stream-forever` (64 KiB chunks without end),
-//! `!stream-stall` (one chunk, then silence), `!stream-lie` (a chunk longer
+//! `!stream-stall` (one chunk, then silence), `!stream-stall-header` (a chunk's
+//! size line, then silence), `!stream-lie` (a chunk longer
 //! than its size says), `!stream-twice` (a whole stream, then a second
 //! response in the same write). A chunked request (a body streamed in) is read
 //! a chunk at a time and answered with its length and FNV-1a hash, `bytes=N
@@ -560,6 +561,10 @@ fn stream(call_id: &str, command: &str) {
         }
         "stream-stall" => {
             write_out(&chunk(b"first\n"));
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        "stream-stall-header" => {
+            write_out(b"10\r\n");
             std::thread::sleep(Duration::from_secs(600));
         }
         "stream-lie" => write_out(b"3\r\nhello\r\n0\r\n\r\n"),
