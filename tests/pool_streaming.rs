@@ -21,6 +21,21 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest silence in a stream.
 const IDLE: Duration = Duration::from_secs(3);
 
+/// A pool whose streams carry at most `max_stream` bytes, on an in-process
+/// driver, and its http function `streams`.
+async fn streams(
+    max_stream: usize,
+) -> (
+    InProcessDriver,
+    Pool<InProcessDriver>,
+    Function<InProcessDriver>,
+) {
+    let driver = InProcessDriver::new(Duration::from_millis(200));
+    let pool = pool(&driver, max_stream).await;
+    let function = register(&pool);
+    (driver, pool, function)
+}
+
 async fn pool(driver: &InProcessDriver, max_stream: usize) -> Pool<InProcessDriver> {
     let mut config = PoolConfig::default();
     config.name = "streaming-test".into();
@@ -81,9 +96,7 @@ async fn next_call_is(function: &Function<InProcessDriver>, start: Start) {
 
 #[tokio::test(start_paused = true)]
 async fn a_stream_comes_piece_by_piece_and_gives_its_container_back() {
-    let driver = InProcessDriver::new(Duration::from_millis(200));
-    let pool = pool(&driver, 1 << 30).await;
-    let function = register(&pool);
+    let (driver, pool, function) = streams(1 << 30).await;
     let mut streaming = streamed(&function, "!stream 100").await;
     assert_eq!(streaming.status, 200);
     assert!(
@@ -113,9 +126,7 @@ async fn a_stream_comes_piece_by_piece_and_gives_its_container_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_caller_that_reads_nothing_holds_a_bounded_number_of_bytes_and_leaving_cuts_the_stream() {
-    let driver = InProcessDriver::new(Duration::from_millis(200));
-    let pool = pool(&driver, 1 << 40).await;
-    let function = register(&pool);
+    let (driver, pool, function) = streams(1 << 40).await;
     let streaming = streamed(&function, "!stream-forever").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let held = driver.statistics().streamed;
@@ -146,9 +157,7 @@ async fn a_caller_that_reads_nothing_holds_a_bounded_number_of_bytes_and_leaving
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_stream_is_cut_after_the_idle_timeout() {
-    let driver = InProcessDriver::new(Duration::from_millis(200));
-    let pool = pool(&driver, 1 << 30).await;
-    let function = register(&pool);
+    let (_driver, pool, function) = streams(1 << 30).await;
     let mut streaming = streamed(&function, "!stream-stall").await;
     let (body, cut) = read_to_end(&mut streaming).await;
     assert_eq!(body, b"first\n", "what came before the silence was relayed");
@@ -162,9 +171,7 @@ async fn a_silent_stream_is_cut_after_the_idle_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn the_calls_timeout_bounds_a_stream_whose_caller_is_slow() {
-    let driver = InProcessDriver::new(Duration::from_millis(200));
-    let pool = pool(&driver, 1 << 40).await;
-    let function = register(&pool);
+    let (_driver, pool, function) = streams(1 << 40).await;
     let mut streaming = streamed(&function, "!stream-forever").await;
     let started = tokio::time::Instant::now();
     let mut read = 0;
@@ -189,10 +196,8 @@ async fn the_calls_timeout_bounds_a_stream_whose_caller_is_slow() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stream_past_its_limit_is_cut_and_a_whole_call_past_max_response_fails() {
-    let driver = InProcessDriver::new(Duration::from_millis(200));
     let limit = 10 * PIECE;
-    let pool = pool(&driver, limit).await;
-    let function = register(&pool);
+    let (_driver, pool, function) = streams(limit).await;
     let mut streaming = streamed(&function, "!stream-forever").await;
     let (body, cut) = read_to_end(&mut streaming).await;
     let cut = cut.expect("an endless stream is cut");

@@ -151,8 +151,22 @@ impl Streamed {
     }
 }
 
-fn start(engine: &Engine, test: &str, server_extra: &str, function_extra: &str) -> Server {
-    Server::start_with_env(
+/// A server on `engine` for `test` with `[server]` lines `server_extra`, of
+/// the `http` function `streams` (with `function_extra`) and the `line`
+/// function `echo`, and the guard that removes its pool's containers after it.
+fn start(
+    engine: &Engine,
+    test: &str,
+    server_extra: &str,
+    function_extra: &str,
+) -> (Box<dyn std::any::Any>, Server) {
+    let pool = format!(
+        "server-test-{test}-{}-{}",
+        engine.name(),
+        std::process::id()
+    );
+    let guard = engine.guard(&pool);
+    let server = Server::start_with_env(
         &format!("{test}-{}", engine.name()),
         server_extra,
         &format!("shutdown_timeout = \"30s\"\n\n{}", engine.config_table()),
@@ -161,7 +175,9 @@ fn start(engine: &Engine, test: &str, server_extra: &str, function_extra: &str) 
             function_of(&engine.image, "echo", "line", "line", ""),
         ],
         &engine.env(),
-    )
+    );
+    assert_eq!(server.pool, pool);
+    (guard, server)
 }
 
 fn stop(engine: &Engine, server: Server) {
@@ -187,12 +203,7 @@ fn whoami(server: &Server) -> String {
 
 per_engine_binary!(a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut);
 fn a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut(engine: Engine) {
-    let _guard = engine.guard(&format!(
-        "server-test-streams-{}-{}",
-        engine.name(),
-        std::process::id()
-    ));
-    let server = start(
+    let (_guard, server) = start(
         &engine,
         "streams",
         "max_stream = \"1m\"\nstream_idle_timeout = \"2s\"",
@@ -296,12 +307,7 @@ fn pieces(count: usize) -> (impl Iterator<Item = Vec<u8>> + Send + 'static, u64)
 
 per_engine_binary!(a_chunked_upload_larger_than_max_body_streams_into_the_function_in_full_duplex);
 fn a_chunked_upload_larger_than_max_body_streams_into_the_function_in_full_duplex(engine: Engine) {
-    let _guard = engine.guard(&format!(
-        "server-test-uploads-{}-{}",
-        engine.name(),
-        std::process::id()
-    ));
-    let server = start(
+    let (_guard, server) = start(
         &engine,
         "uploads",
         "max_body = \"1m\"\nmax_stream = \"20m\"",
@@ -363,12 +369,7 @@ fn rss_bytes(pid: u32) -> u64 {
 
 per_engine_binary!(a_client_reading_a_byte_a_second_holds_one_container_and_bounded_memory);
 fn a_client_reading_a_byte_a_second_holds_one_container_and_bounded_memory(engine: Engine) {
-    let _guard = engine.guard(&format!(
-        "server-test-slow-reader-{}-{}",
-        engine.name(),
-        std::process::id()
-    ));
-    let server = start(&engine, "slow-reader", "", "timeout = \"60s\"");
+    let (_guard, server) = start(&engine, "slow-reader", "", "timeout = \"60s\"");
     assert!(!whoami(&server).is_empty());
     let before = rss_bytes(server.pid());
 
