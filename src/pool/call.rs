@@ -6,6 +6,7 @@
 //! to the pool's response limit; the container is killed as soon as it writes more,
 //! and removed after the answer, not before it.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -102,7 +103,7 @@ impl<D: Driver> Inner<D> {
         };
         let pool = self.current(name)?;
         let mut count = CallCount {
-            pool: pool.clone(),
+            pool: Cow::Borrowed(&pool),
             outcome: ErrorKind::Cancelled.as_str(),
         };
         let started = Instant::now();
@@ -137,7 +138,7 @@ impl<D: Driver> Inner<D> {
             Ok(Hot::Streaming(head, relay)) => Ok(Answer::Streaming(relay.spawn(
                 request.id,
                 head,
-                count,
+                count.into_owned(),
                 in_flight,
                 started,
                 stream_limit,
@@ -218,7 +219,7 @@ impl<D: Driver> Inner<D> {
                     inner: self.arc(),
                     pool,
                     checked,
-                    log_end,
+                    log_end: log_end.into_owned(),
                     call_key,
                     cpu_before,
                     call_started,
@@ -465,22 +466,37 @@ fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
 
 /// Tells the log of a call how the call ended, before its container goes to
 /// another call ([`LogEnd::now`]) or as it is dropped: as failed, unless said
-/// otherwise (a caller that went away is a call that failed).
-pub(crate) struct LogEnd {
-    current: Arc<Mutex<CurrentCall>>,
-    logs: Arc<CallLogs>,
-    id: String,
+/// otherwise (a caller that went away is a call that failed). It borrows
+/// what it needs while the call does, and owns it once a stream outlives the
+/// call's frame ([`LogEnd::into_owned`]).
+pub(crate) struct LogEnd<'a> {
+    current: Cow<'a, Arc<Mutex<CurrentCall>>>,
+    logs: Cow<'a, Arc<CallLogs>>,
+    id: Cow<'a, str>,
     said: bool,
 }
 
-impl LogEnd {
-    fn new(current: &Arc<Mutex<CurrentCall>>, logs: &Arc<CallLogs>, id: &str) -> LogEnd {
+impl<'a> LogEnd<'a> {
+    fn new(current: &'a Arc<Mutex<CurrentCall>>, logs: &'a Arc<CallLogs>, id: &'a str) -> Self {
         LogEnd {
-            current: current.clone(),
-            logs: logs.clone(),
-            id: id.to_owned(),
+            current: Cow::Borrowed(current),
+            logs: Cow::Borrowed(logs),
+            id: Cow::Borrowed(id),
             said: false,
         }
+    }
+
+    /// The same, owning what it borrowed.
+    fn into_owned(mut self) -> LogEnd<'static> {
+        let owned = LogEnd {
+            current: Cow::Owned(self.current.as_ref().clone()),
+            logs: Cow::Owned(self.logs.as_ref().clone()),
+            id: Cow::Owned(self.id.to_string()),
+            said: self.said,
+        };
+        // Said by the owned one.
+        self.said = true;
+        owned
     }
 
     /// The call ended at `state`.
@@ -490,7 +506,7 @@ impl LogEnd {
     }
 }
 
-impl Drop for LogEnd {
+impl Drop for LogEnd<'_> {
     fn drop(&mut self) {
         if !self.said {
             end_call(&self.current, &self.id, &self.logs, CallState::Failed);
@@ -499,15 +515,31 @@ impl Drop for LogEnd {
 }
 
 /// Counts one call in `hotpool_calls_total` when dropped: with its outcome, or as
-/// `cancelled` if the caller dropped the call before it had one.
-pub(crate) struct CallCount<D: Driver> {
-    pool: Arc<FunctionPool<D>>,
+/// `cancelled` if the caller dropped the call before it had one. Borrows its
+/// function's pool, or owns it once a stream outlives the call's frame.
+pub(crate) struct CallCount<'a, D: Driver> {
+    pool: Cow<'a, Arc<FunctionPool<D>>>,
     pub(super) outcome: &'static str,
 }
 
-impl<D: Driver> Drop for CallCount<D> {
+impl<D: Driver> CallCount<'_, D> {
+    /// The same, owning its pool.
+    fn into_owned(mut self) -> CallCount<'static, D> {
+        let owned = CallCount {
+            pool: Cow::Owned(self.pool.as_ref().clone()),
+            outcome: self.outcome,
+        };
+        // Counted by the owned one.
+        self.outcome = "";
+        owned
+    }
+}
+
+impl<D: Driver> Drop for CallCount<'_, D> {
     fn drop(&mut self) {
-        self.pool.metrics.count_call(self.outcome);
+        if !self.outcome.is_empty() {
+            self.pool.metrics.count_call(self.outcome);
+        }
     }
 }
 

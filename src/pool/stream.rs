@@ -159,7 +159,7 @@ pub(crate) struct Relay<D: Driver> {
     pub(crate) inner: Arc<Inner<D>>,
     pub(crate) pool: Arc<FunctionPool<D>>,
     pub(crate) checked: CheckedOut<D>,
-    pub(crate) log_end: LogEnd,
+    pub(crate) log_end: LogEnd<'static>,
     pub(crate) call_key: u64,
     pub(crate) cpu_before: Option<Duration>,
     pub(crate) call_started: Instant,
@@ -177,7 +177,7 @@ impl<D: Driver> Relay<D> {
         self,
         call_id: String,
         head: StreamHead,
-        count: CallCount<D>,
+        count: CallCount<'static, D>,
         in_flight: InFlight<D>,
         started: Instant,
         limit: usize,
@@ -207,7 +207,12 @@ impl<D: Driver> Relay<D> {
         call_id: String,
         sender: mpsc::Sender<Bytes>,
         ending: Arc<Mutex<Ending>>,
-        (mut count, in_flight, started, limit): (CallCount<D>, InFlight<D>, Instant, usize),
+        (mut count, in_flight, started, limit): (
+            CallCount<'static, D>,
+            InFlight<D>,
+            Instant,
+            usize,
+        ),
     ) {
         let relayed = self.relay(&sender, limit).await;
         let container = self.checked.slot().container.clone();
