@@ -8,7 +8,8 @@
 //! second holds one container and a bounded amount of hotpool's memory while
 //! other calls are served; when it goes away the call counts as cancelled.
 //! A chunked upload streams into the function past `max_body`, in full duplex
-//! with a streamed answer, and one past `max_stream` is cut.
+//! with a streamed answer, and one past `max_stream` is cut, as is one into a
+//! function that never reads it or dies while it comes.
 //! The real binary, testfn's `!stream` commands (`pool_streaming.rs` has the
 //! same rules on the in-process driver under a paused clock).
 
@@ -278,6 +279,27 @@ fn a_stream_reaches_the_client_as_written_and_each_hostile_stream_is_cut(engine:
     eventually("the long stream counted as a timeout", || {
         outcomes(&server, "timeout") == 3.0
     });
+
+    // Uploads into a function that answers and never reads its body (the
+    // pipe fills; the call's timeout ends it), and into one that dies as the
+    // body comes: each is counted with its kind and its container evicted,
+    // whatever the client, still sending, manages to read.
+    let mut serving = whoami(&server);
+    for (how, kind) in [("ignore", "timeout"), ("exit", "exited")] {
+        let counted = outcomes(&server, kind);
+        let (body, _) = pieces(8);
+        let addr = server.addr;
+        let header = format!("X-Upload: {how}\r\n");
+        // The client's own fate is not the point (a reset may end its
+        // thread): the server's count and the engine are.
+        std::thread::spawn(move || drop(Streamed::upload(addr, "streams", &header, body)));
+        eventually(&format!("an upload met by {how} counted as {kind}"), || {
+            outcomes(&server, kind) == counted + 1.0
+        });
+        let next = whoami(&server);
+        assert_ne!(next, serving, "{how}: the container was evicted");
+        serving = next;
+    }
 
     // Other functions were never touched.
     let echo = server.invoke("echo", b"still here");

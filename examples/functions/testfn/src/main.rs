@@ -68,7 +68,8 @@
 //! response in the same write). A chunked request (a body streamed in) is read
 //! a chunk at a time and answered with its length and FNV-1a hash, `bytes=N
 //! fnv=HEX`, or with `X-Echo-Stream` in the request, streamed back chunk by
-//! chunk as it is read.
+//! chunk as it is read; with `X-Upload: ignore` answered at once and never
+//! read, with `X-Upload: exit` met by an exit with code 5.
 //! Anything else is echoed.
 
 mod host;
@@ -449,7 +450,18 @@ fn serve_http() {
         let call_id = header("hotpool-call-id").unwrap_or_default();
         if header("transfer-encoding").is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
         {
-            take_upload(&mut input, &call_id, header("x-echo-stream").is_some());
+            match header("x-upload").as_deref() {
+                // Answers at once and never reads the body.
+                Some("ignore") => {
+                    write_out(&http_response(&call_id, "200 OK", "", b"ignored"));
+                    std::thread::sleep(Duration::from_secs(600));
+                }
+                Some("exit") => {
+                    eprintln!("exiting mid-upload");
+                    std::process::exit(5);
+                }
+                _ => take_upload(&mut input, &call_id, header("x-echo-stream").is_some()),
+            }
             continue;
         }
         let mut body = vec![0; content_length];
