@@ -1592,3 +1592,62 @@ async fn a_pool_built_over_a_handed_over_floor_takes_it_over_and_starts_none() {
     assert_eq!(idle_and_starting(&next, "echo"), (2, 0));
     next.shutdown().await;
 }
+
+/// The spells of a timer that fans out: three calls of 5 s at once, a minute
+/// apart, of 1 GiB containers whose cold start is worth 20 GB-s, so keeping
+/// one through the 55 s gap costs almost three cold starts and starting it
+/// again a third of one. Once the spells are known to come like clockwork,
+/// the containers go as the function becomes idle, three start a second
+/// before the next spell is due, and its calls are all served hot.
+#[tokio::test(start_paused = true)]
+async fn a_timers_fan_out_is_let_go_between_spells_and_started_again_before_it_is_due() {
+    let (pool, driver) = pool(16 * GIB).await;
+    let mut timer = spec("timer");
+    timer.memory = GIB;
+    timer.timeout = Duration::from_secs(10);
+    timer.keep_alive = "adaptive:20".parse().unwrap();
+    let period = Duration::from_secs(60);
+    let first = tokio::time::Instant::now();
+    let status = || pool.status().functions[0].clone();
+    let mut starts_per_spell = Vec::new();
+    for spell in 0..12u32 {
+        tokio::time::sleep_until(first + period * spell).await;
+        let function = pool.register(timer.clone());
+        let calls = (0..3).map(|_| function.call(Request::new("!sleep 5000")));
+        let answers = join_all(calls).await;
+        let starts: Vec<Start> = answers
+            .into_iter()
+            .map(|a| a.expect("a spell's call").start)
+            .collect();
+        starts_per_spell.push(starts);
+        if spell >= 9 {
+            // The clockwork is known (nine spells began a minute apart).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                status().idle,
+                0,
+                "let go as the function became idle (spell {spell})"
+            );
+            tokio::time::sleep_until(first + period * (spell + 1) - Duration::from_millis(500))
+                .await;
+            let up = status();
+            assert_eq!(
+                up.idle + up.starting,
+                3,
+                "started again before the next spell: {up:?}"
+            );
+        }
+    }
+    for (spell, starts) in starts_per_spell.iter().enumerate().skip(10) {
+        assert_eq!(
+            starts,
+            &[Start::Hot; 3],
+            "spell {spell}: {starts_per_spell:?}"
+        );
+    }
+    assert!(
+        driver.statistics().created >= 3 * 10,
+        "a start per container per spell"
+    );
+    pool.shutdown().await;
+}
