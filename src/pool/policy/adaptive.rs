@@ -1353,6 +1353,24 @@ mod tests {
     }
 
     #[test]
+    fn idle_gaps_handed_on_by_an_earlier_policy_are_ignored_and_the_rest_kept() {
+        let settings = (256 * MIB, 0.001);
+        let mut policy = Adaptive::new(settings.0, settings.1);
+        let (ended, _) = clockwork_calls(&mut policy);
+        let mut json = serde_json::to_value(policy.learned(ended).expect("it learns")).unwrap();
+        let learned = json.as_object_mut().unwrap();
+        learned.remove("beginnings");
+        learned.remove("busy_spells");
+        learned.insert("gaps".into(), serde_json::json!([{"secs": 10, "nanos": 0}]));
+        let mut next = Adaptive::new(settings.0, settings.1);
+        next.restore(serde_json::from_value(json).unwrap(), ended)
+            .unwrap();
+        assert_eq!(next.weight, policy.weight, "what it learned is kept");
+        assert!(next.weight > 1.0);
+        assert_eq!(next.window, None, "its clockwork is learned afresh");
+    }
+
+    #[test]
     fn what_no_policy_could_have_learned_is_refused_and_changes_nothing() {
         let settings = (256 * MIB, 3000.0);
         let mut policy = Adaptive::new(settings.0, settings.1);
