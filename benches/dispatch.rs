@@ -1,6 +1,8 @@
 //! Dispatch through the pool with the in-process driver, against the same round
 //! trip over the same in-memory pipes without the pool: what the pool itself costs
 //! per call (checkout, framing, check-in, metrics), with no engine in the way.
+//! `pool` is on the library's default keep-alive (fixed), `pool_adaptive` on
+//! `hotpool serve`'s (`adaptive`, which reckons at every arrival and return).
 //!
 //! Target: at least 200k calls/s on one function.
 
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use hotpool::driver::in_process::InProcessDriver;
 use hotpool::driver::{Cookie, Driver, Task};
-use hotpool::pool::{FunctionSpec, Pool, Request};
+use hotpool::pool::{Function, FunctionSpec, KeepAlive, Pool, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -27,11 +29,20 @@ fn bench(c: &mut Criterion) {
     let driver = InProcessDriver::new(Duration::ZERO);
     let mut spec = FunctionSpec::new("echo", "in-process");
     spec.cmd = vec!["line".into()];
-    let (pool, echo) = runtime.block_on(async {
+    let mut adaptive_spec = spec.clone();
+    adaptive_spec.name = "echo-adaptive".into();
+    adaptive_spec.keep_alive = KeepAlive::ADAPTIVE;
+    let (pool, echo, adaptive) = runtime.block_on(async {
         let pool = Pool::builder(driver.clone()).build().await.expect("pool");
         let echo = pool.register(spec);
-        echo.call(Request::new("warm")).await.expect("warm call");
-        (pool, echo)
+        let adaptive = pool.register(adaptive_spec);
+        for function in [&echo, &adaptive] {
+            function
+                .call(Request::new("warm"))
+                .await
+                .expect("warm call");
+        }
+        (pool, echo, adaptive)
     });
     // The floor: one container of the same driver, driven by hand.
     let (mut stdin, mut stdout, _cookie) = runtime.block_on(async {
@@ -47,17 +58,19 @@ fn bench(c: &mut Criterion) {
     });
 
     let mut group = c.benchmark_group("dispatch_line_echo");
-    group.bench_function("pool", |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let response = echo.call(Request::new("hello")).await.expect("call");
-                    black_box(response);
-                }
-                start.elapsed()
-            })
+    let through = |function: &Function<InProcessDriver>, iters: u64| {
+        runtime.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let response = function.call(Request::new("hello")).await.expect("call");
+                black_box(response);
+            }
+            start.elapsed()
         })
+    };
+    group.bench_function("pool", |b| b.iter_custom(|iters| through(&echo, iters)));
+    group.bench_function("pool_adaptive", |b| {
+        b.iter_custom(|iters| through(&adaptive, iters))
     });
     group.bench_function("pipes", |b| {
         b.iter_custom(|iters| {
@@ -83,5 +96,6 @@ fn main() {
     bench(&mut criterion);
     criterion.final_summary();
     support::print_ratio("dispatch_line_echo", "pool", "pipes");
+    support::print_ratio("dispatch_line_echo", "pool_adaptive", "pool");
     support::print_rate("dispatch_line_echo", "pool", 200_000.0);
 }

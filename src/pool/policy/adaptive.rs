@@ -83,6 +83,7 @@
 //! start).
 
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -383,30 +384,35 @@ impl Adaptive {
     /// whole periods later (the median of what they say). `None` unless all
     /// but [`IRREGULAR_PERIODS`] periods are within [`REGULAR_SPREAD`] of it.
     fn next_due(&self) -> Option<(Instant, Duration)> {
-        if self.beginnings.len() <= REGULAR_PERIODS {
+        // Called as the function becomes idle, after every call of a lone
+        // caller: on the stack.
+        let mut beginnings = [self.beginnings.front().copied()?; REGULAR_PERIODS + 1];
+        if self.beginnings.len() != beginnings.len() {
             return None;
         }
-        let beginnings: Vec<Instant> = self.beginnings.iter().copied().collect();
-        let mut periods: Vec<Duration> = beginnings
-            .windows(2)
-            .map(|pair| pair[1].saturating_duration_since(pair[0]))
-            .collect();
+        for (slot, began) in beginnings.iter_mut().zip(&self.beginnings) {
+            *slot = *began;
+        }
+        let mut periods = [Duration::ZERO; REGULAR_PERIODS];
+        for (period, pair) in periods.iter_mut().zip(beginnings.windows(2)) {
+            *period = pair[1].saturating_duration_since(pair[0]);
+        }
         periods.sort_unstable();
-        let period = periods[periods.len() / 2];
+        let period = periods[REGULAR_PERIODS / 2];
         let alike = periods
             .iter()
             .filter(|p| p.as_secs_f64() <= period.as_secs_f64() * REGULAR_SPREAD)
             .filter(|p| p.as_secs_f64() * REGULAR_SPREAD >= period.as_secs_f64())
             .count();
-        if alike + IRREGULAR_PERIODS < periods.len() {
+        if alike + IRREGULAR_PERIODS < REGULAR_PERIODS {
             return None;
         }
-        let count = beginnings.len();
-        let mut said: Vec<Instant> = (beginnings.iter().enumerate())
-            .map(|(i, began)| after(*began, period * (count - i) as u32))
-            .collect();
+        let mut said = beginnings;
+        for (periods_on, began) in (1..=said.len()).rev().zip(&mut said) {
+            *began = after(*began, period * periods_on as u32);
+        }
         said.sort_unstable();
-        Some((said[count / 2], period))
+        Some((said[said.len() / 2], period))
     }
 
     /// The clockwork prewarm after the function became idle at `since`:
@@ -425,10 +431,12 @@ impl Adaptive {
         // call with at least that chance); until they are known, the one
         // container each spell needs.
         let (levels, span, longest_span) = if self.busy_spells.len() == REGULAR_PERIODS {
-            let mut peaks: Vec<usize> = self.busy_spells.iter().map(|busy| busy.peak).collect();
+            let (mut peaks, mut spans) = ([0; REGULAR_PERIODS], [Duration::ZERO; REGULAR_PERIODS]);
+            for ((peak, span), busy) in peaks.iter_mut().zip(&mut spans).zip(&self.busy_spells) {
+                (*peak, *span) = (busy.peak, busy.span);
+            }
             peaks.sort_unstable_by(|a, b| b.cmp(a));
             let levels = peaks[(START_COST * REGULAR_PERIODS as f64) as usize];
-            let mut spans: Vec<Duration> = self.busy_spells.iter().map(|busy| busy.span).collect();
             spans.sort_unstable();
             (
                 levels.max(1),
@@ -765,12 +773,18 @@ fn break_even(price_per_second: f64) -> Duration {
 
 /// The lower edge of `bin`, in seconds; `edge_s(0)` is 0.
 fn edge_s(bin: usize) -> f64 {
-    if bin == 0 {
-        0.0
-    } else {
-        FIRST_EDGE_S * 2f64.powf((bin - 1) as f64 / 2.0)
-    }
+    EDGES_S[bin]
 }
+
+/// The bins' lower edges and the last one's upper edge, worked out once: the
+/// timeout is chosen again at every reuse, and a power for each of them took
+/// a quarter of a hot call's time on `adaptive`.
+static EDGES_S: LazyLock<[f64; BINS + 1]> = LazyLock::new(|| {
+    std::array::from_fn(|bin| match bin {
+        0 => 0.0,
+        _ => FIRST_EDGE_S * 2f64.powf((bin - 1) as f64 / 2.0),
+    })
+});
 
 /// A length inside `bin` that stands for it.
 fn middle_s(bin: usize) -> f64 {
