@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use support::server::{Server, containers_of, docker_ps, eventually, function};
 
-/// A hot function's pause between calls: long enough for a prewarm to be worth
-/// it, short enough to keep the test under a minute.
-const CLOCKWORK_GAP: Duration = Duration::from_secs(5);
-/// Calls of the clockwork test: enough gaps for the pattern to be learned, then
-/// calls for prewarmed containers to serve.
+/// A timer's period: long enough for a prewarm to be worth it, short enough to
+/// keep the test about a minute.
+const CLOCKWORK_PERIOD: Duration = Duration::from_secs(5);
+/// Calls of the clockwork test: enough periods for the pattern to be learned,
+/// then calls for prewarmed containers to serve.
 const CLOCKWORK_CALLS: usize = 13;
 
 /// `hotpool_prewarms_total{function,outcome}` as `/metrics` shows it now; `None`
@@ -117,11 +117,15 @@ fn adaptive_prewarms_before_clockwork_calls_and_they_are_served_warm() {
         server.function_status("tick")["keep_alive"],
         "adaptive:0.001"
     );
+    // Calls on a timer's schedule, as a cron job makes them: a period apart
+    // from the first, however long each took. (A caller that sleeps after
+    // each answer instead shortens its period by a cold start once its calls
+    // turn hot, and the clock takes a few spells to follow.)
+    let first = std::time::Instant::now();
     let mut starts = Vec::new();
     for call in 0..CLOCKWORK_CALLS {
-        if call > 0 {
-            std::thread::sleep(CLOCKWORK_GAP);
-        }
+        let due = first + CLOCKWORK_PERIOD * call as u32;
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
         let body = format!("tick {call}");
         let answer = server.invoke("tick", body.as_bytes());
         assert_eq!((answer.status, answer.text()), (200, body), "{answer}");
@@ -134,11 +138,11 @@ fn adaptive_prewarms_before_clockwork_calls_and_they_are_served_warm() {
         server.stderr.text()
     );
     assert_eq!(starts[0], "cold", "the first call starts a container");
-    // Eight equal gaps make the pattern; the calls after them are served warm.
+    // Eight equal periods make the pattern; the calls after them are served warm.
     let learned = &starts[9..];
     assert!(
         learned.iter().all(|start| start == "hot"),
-        "once the gaps are learned every call is served warm, {used} of them by prewarmed containers: {starts:?}"
+        "once the periods are learned every call is served warm, {used} of them by prewarmed containers: {starts:?}"
     );
     assert!(
         used >= learned.len() as f64,
