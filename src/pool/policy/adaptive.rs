@@ -189,11 +189,10 @@ pub(crate) struct Adaptive {
     /// The function's calls in flight, and when it last became idle.
     running: usize,
     idle_since: Option<Instant>,
-    /// Its busy spell under way, or the last one; the last ones, and when
-    /// they began (one more).
-    busy: Busy,
+    /// Its busy spell under way, and its last ones ([`REGULAR_PERIODS`]
+    /// periods' worth, the oldest first).
+    busy: Option<Busy>,
     busy_spells: VecDeque<Busy>,
-    beginnings: VecDeque<Instant>,
     /// Its clockwork prewarm, set as it last became idle.
     window: Option<Window>,
     /// When its last calls arrived and returned.
@@ -209,9 +208,9 @@ pub(crate) struct Adaptive {
 /// A busy spell of the function, from a call that found none in flight until
 /// none is: when it began, the most calls it had in flight at once, and the
 /// time from its first arrival to its last.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Busy {
-    began: Option<Instant>,
+    began: Instant,
     peak: usize,
     span: Duration,
 }
@@ -274,9 +273,8 @@ impl Adaptive {
             removed: Vec::new(),
             running: 0,
             idle_since: None,
-            busy: Busy::default(),
+            busy: None,
             busy_spells: VecDeque::new(),
-            beginnings: VecDeque::new(),
             window: None,
             arrivals: Recent::default(),
             returns: Recent::default(),
@@ -361,21 +359,17 @@ impl Adaptive {
     /// once, outside its window) changes nothing; any other is its latest
     /// spell, and sets the next window.
     fn busy_ended(&mut self, now: Instant) {
-        let Some(began) = self.busy.began else { return };
+        let Some(busy) = self.busy.take() else { return };
         let stray = self.window.is_some_and(|window| {
-            !(window.start..window.end).contains(&began) && self.busy.peak * 2 < window.levels
+            !(window.start..window.end).contains(&busy.began) && busy.peak * 2 < window.levels
         });
         if stray {
             return;
         }
-        if self.beginnings.len() > REGULAR_PERIODS {
-            self.beginnings.pop_front();
-        }
-        self.beginnings.push_back(began);
-        if self.busy_spells.len() == REGULAR_PERIODS {
+        if self.busy_spells.len() > REGULAR_PERIODS {
             self.busy_spells.pop_front();
         }
-        self.busy_spells.push_back(self.busy);
+        self.busy_spells.push_back(busy);
         self.window = self.next_window(now);
     }
 
@@ -383,16 +377,8 @@ impl Adaptive {
     /// between the last ones' beginnings, each of which says when it is due
     /// whole periods later (the median of what they say). `None` unless all
     /// but [`IRREGULAR_PERIODS`] periods are within [`REGULAR_SPREAD`] of it.
-    fn next_due(&self) -> Option<(Instant, Duration)> {
-        // Called as the function becomes idle, after every call of a lone
-        // caller: on the stack.
-        let mut beginnings = [self.beginnings.front().copied()?; REGULAR_PERIODS + 1];
-        if self.beginnings.len() != beginnings.len() {
-            return None;
-        }
-        for (slot, began) in beginnings.iter_mut().zip(&self.beginnings) {
-            *slot = *began;
-        }
+    fn next_due(spells: &[Busy; REGULAR_PERIODS + 1]) -> Option<(Instant, Duration)> {
+        let beginnings = spells.map(|busy| busy.began);
         let mut periods = [Duration::ZERO; REGULAR_PERIODS];
         for (period, pair) in periods.iter_mut().zip(beginnings.windows(2)) {
             *period = pair[1].saturating_duration_since(pair[0]);
@@ -421,31 +407,31 @@ impl Adaptive {
     /// would be gone by then, let go by its timeout or by the price
     /// ([`Window::let_go`]).
     fn next_window(&self, since: Instant) -> Option<Window> {
-        let (due, period) = self.next_due()?;
+        // Worked out as the function becomes idle, after every call of a lone
+        // caller: on the stack.
+        let mut spells = [*self.busy_spells.front()?; REGULAR_PERIODS + 1];
+        if self.busy_spells.len() != spells.len() {
+            return None;
+        }
+        for (slot, busy) in spells.iter_mut().zip(&self.busy_spells) {
+            *slot = *busy;
+        }
+        let (due, period) = Self::next_due(&spells)?;
         let gap = due.saturating_duration_since(since);
         if gap < MIN_PREWARM_GAP {
             return None;
         }
         // Levels are brought back up to the highest that more than a start's
         // price of the last spells reached (so each one brought back serves a
-        // call with at least that chance); until they are known, the one
-        // container each spell needs.
-        let (levels, span, longest_span) = if self.busy_spells.len() == REGULAR_PERIODS {
-            let (mut peaks, mut spans) = ([0; REGULAR_PERIODS], [Duration::ZERO; REGULAR_PERIODS]);
-            for ((peak, span), busy) in peaks.iter_mut().zip(&mut spans).zip(&self.busy_spells) {
-                (*peak, *span) = (busy.peak, busy.span);
-            }
-            peaks.sort_unstable_by(|a, b| b.cmp(a));
-            let levels = peaks[(START_COST * REGULAR_PERIODS as f64) as usize];
-            spans.sort_unstable();
-            (
-                levels.max(1),
-                spans[REGULAR_PERIODS / 2],
-                spans[REGULAR_PERIODS - 1],
-            )
-        } else {
-            (1, Duration::ZERO, Duration::ZERO)
-        };
+        // call with at least that chance).
+        let (mut peaks, mut spans) = ([0; REGULAR_PERIODS], [Duration::ZERO; REGULAR_PERIODS]);
+        for ((peak, span), busy) in peaks.iter_mut().zip(&mut spans).zip(&spells[1..]) {
+            (*peak, *span) = (busy.peak, busy.span);
+        }
+        peaks.sort_unstable_by(|a, b| b.cmp(a));
+        let levels = peaks[(START_COST * REGULAR_PERIODS as f64) as usize].max(1);
+        spans.sort_unstable();
+        let (span, longest_span) = (spans[REGULAR_PERIODS / 2], spans[REGULAR_PERIODS - 1]);
         // A container kept through the gap costs its memory all along; one
         // let go and started again costs a start, and its memory from the
         // prewarm until its call: half a spell's span, on average.
@@ -484,16 +470,16 @@ impl KeepAlivePolicy for Adaptive {
         }
         self.arrivals.push(now);
         if level == 1 {
-            self.busy = Busy {
-                began: Some(now),
-                ..Busy::default()
-            };
+            self.busy = Some(Busy {
+                began: now,
+                peak: 0,
+                span: Duration::ZERO,
+            });
         }
-        self.busy.peak = self.busy.peak.max(level);
-        self.busy.span = self
-            .busy
-            .began
-            .map_or(Duration::ZERO, |began| now.saturating_duration_since(began));
+        if let Some(busy) = &mut self.busy {
+            busy.peak = busy.peak.max(level);
+            busy.span = now.saturating_duration_since(busy.began);
+        }
         self.running = level;
         self.reckon(now);
     }
@@ -574,13 +560,16 @@ impl KeepAlivePolicy for Adaptive {
             pooled: LearnedSpells::from(&self.pooled),
             by_level: self.by_level.iter().map(LearnedSpells::from).collect(),
             weight: self.weight,
-            beginnings: (self.beginnings.iter())
-                .map(|began| now.saturating_duration_since(*began))
-                .collect(),
             busy_spells: self
                 .busy_spells
                 .iter()
-                .map(|busy| (busy.peak, busy.span))
+                .map(|busy| {
+                    (
+                        now.saturating_duration_since(busy.began),
+                        busy.peak,
+                        busy.span,
+                    )
+                })
                 .collect(),
             idle_for: self
                 .idle_since
@@ -596,19 +585,11 @@ impl KeepAlivePolicy for Adaptive {
         if !(1.0..=RESCALE_ABOVE).contains(&learned.weight) {
             return Err(format!("weight {} out of range", learned.weight));
         }
-        if learned.by_level.len() > LEVEL_CLASSES
-            || learned.beginnings.len() > REGULAR_PERIODS + 1
-            || learned.busy_spells.len() > REGULAR_PERIODS
+        if learned.by_level.len() > LEVEL_CLASSES || learned.busy_spells.len() > REGULAR_PERIODS + 1
         {
             return Err("more classes or busy spells than it keeps".into());
         }
-        let spans = learned.busy_spells.iter().map(|(_, span)| span);
-        if learned
-            .beginnings
-            .iter()
-            .chain(spans)
-            .any(|time| *time > CENTURY)
-        {
+        if (learned.busy_spells.iter()).any(|(age, _, span)| *age > CENTURY || *span > CENTURY) {
             return Err("a busy spell over a century".into());
         }
 
@@ -621,17 +602,13 @@ impl KeepAlivePolicy for Adaptive {
         self.pooled = pooled;
         self.by_level = by_level;
         self.weight = learned.weight;
-        self.beginnings = (learned.beginnings.iter())
-            .filter_map(|age| aged(now, Some(*age)))
-            .collect();
         self.busy_spells = (learned.busy_spells.iter())
-            .map(|&(peak, span)| Busy {
-                began: None,
-                peak,
-                span,
+            .filter_map(|&(age, peak, span)| {
+                let began = aged(now, Some(age))?;
+                Some(Busy { began, peak, span })
             })
             .collect();
-        self.busy = Busy::default();
+        self.busy = None;
         self.running = 0;
         self.idle_since = aged(now, learned.idle_for);
         self.window = self.idle_since.and_then(|since| self.next_window(since));
@@ -645,13 +622,11 @@ pub(crate) struct AdaptiveLearned {
     pooled: LearnedSpells,
     by_level: Vec<LearnedSpells>,
     weight: f64,
-    /// How long ago its last busy spells began, and their peaks and spans.
+    /// Its last busy spells: how long ago each began, its peak and its span.
     /// Absent from what a policy that timed idle gaps instead handed on: its
     /// clockwork is learned afresh.
     #[serde(default)]
-    beginnings: Vec<Duration>,
-    #[serde(default)]
-    busy_spells: Vec<(usize, Duration)>,
+    busy_spells: Vec<(Duration, usize, Duration)>,
     /// How long no call had run; `None` if one ran.
     idle_for: Option<Duration>,
 }
@@ -1373,7 +1348,6 @@ mod tests {
         let (ended, _) = clockwork_calls(&mut policy);
         let mut json = serde_json::to_value(policy.learned(ended).expect("it learns")).unwrap();
         let learned = json.as_object_mut().unwrap();
-        learned.remove("beginnings");
         learned.remove("busy_spells");
         learned.insert("gaps".into(), serde_json::json!([{"secs": 10, "nanos": 0}]));
         let mut next = Adaptive::new(settings.0, settings.1);
