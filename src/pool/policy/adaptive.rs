@@ -377,8 +377,7 @@ impl Adaptive {
     /// between the last ones' beginnings, each of which says when it is due
     /// whole periods later (the median of what they say). `None` unless all
     /// but [`IRREGULAR_PERIODS`] periods are within [`REGULAR_SPREAD`] of it.
-    fn next_due(spells: &[Busy; REGULAR_PERIODS + 1]) -> Option<(Instant, Duration)> {
-        let beginnings = spells.map(|busy| busy.began);
+    fn next_due(beginnings: [Instant; REGULAR_PERIODS + 1]) -> Option<(Instant, Duration)> {
         let mut periods = [Duration::ZERO; REGULAR_PERIODS];
         for (period, pair) in periods.iter_mut().zip(beginnings.windows(2)) {
             *period = pair[1].saturating_duration_since(pair[0]);
@@ -409,14 +408,14 @@ impl Adaptive {
     fn next_window(&self, since: Instant) -> Option<Window> {
         // Worked out as the function becomes idle, after every call of a lone
         // caller: on the stack.
-        let mut spells = [*self.busy_spells.front()?; REGULAR_PERIODS + 1];
-        if self.busy_spells.len() != spells.len() {
+        let mut beginnings = [self.busy_spells.front()?.began; REGULAR_PERIODS + 1];
+        if self.busy_spells.len() != beginnings.len() {
             return None;
         }
-        for (slot, busy) in spells.iter_mut().zip(&self.busy_spells) {
-            *slot = *busy;
+        for (slot, busy) in beginnings.iter_mut().zip(&self.busy_spells) {
+            *slot = busy.began;
         }
-        let (due, period) = Self::next_due(&spells)?;
+        let (due, period) = Self::next_due(beginnings)?;
         let gap = due.saturating_duration_since(since);
         if gap < MIN_PREWARM_GAP {
             return None;
@@ -425,7 +424,8 @@ impl Adaptive {
         // price of the last spells reached (so each one brought back serves a
         // call with at least that chance).
         let (mut peaks, mut spans) = ([0; REGULAR_PERIODS], [Duration::ZERO; REGULAR_PERIODS]);
-        for ((peak, span), busy) in peaks.iter_mut().zip(&mut spans).zip(&spells[1..]) {
+        let last = self.busy_spells.iter().skip(1);
+        for ((peak, span), busy) in peaks.iter_mut().zip(&mut spans).zip(last) {
             (*peak, *span) = (busy.peak, busy.span);
         }
         peaks.sort_unstable_by(|a, b| b.cmp(a));
