@@ -1609,10 +1609,10 @@ async fn a_timers_fan_out_is_let_go_between_spells_and_started_again_before_it_i
     let period = Duration::from_secs(60);
     let first = tokio::time::Instant::now();
     let status = || pool.status().functions[0].clone();
+    let function = pool.register(timer);
     let mut starts_per_spell = Vec::new();
     for spell in 0..12u32 {
         tokio::time::sleep_until(first + period * spell).await;
-        let function = pool.register(timer.clone());
         let calls = (0..3).map(|_| function.call(Request::new("!sleep 5000")));
         let answers = join_all(calls).await;
         let starts: Vec<Start> = answers
