@@ -53,7 +53,8 @@
 //! its wait for its call (half a spell), all of them, let go as the function
 //! becomes idle. A spell of a call or two between the spells of a function
 //! whose spells reach many calls at once, outside its window, is a stray: it
-//! leaves the clock alone.
+//! leaves the clock alone, and when the due spell comes while its calls are
+//! still in flight, the spell begins with its own first call in the window.
 //!
 //! **Forecast.** A function busy enough to expect at least one call within
 //! its horizon (one container start, as its own starts have taken lately)
@@ -223,9 +224,20 @@ struct Busy {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Window {
     start: Instant,
+    /// A spell begun before this is not the due one begun early (the clock
+    /// allows a tenth of a period either way).
+    earliest: Instant,
     end: Instant,
     levels: usize,
     let_go: bool,
+}
+
+impl Window {
+    /// Whether `busy` is a stray: a spell of a call or two, begun outside the
+    /// window, of a function whose spells reach many calls at once.
+    fn strays(&self, busy: &Busy) -> bool {
+        !(self.start..self.end).contains(&busy.began) && busy.peak * 2 < self.levels
+    }
 }
 
 /// The times of the last [`RATE_EVENTS`] events of one kind.
@@ -360,9 +372,7 @@ impl Adaptive {
     /// spell, and sets the next window.
     fn busy_ended(&mut self, now: Instant) {
         let Some(busy) = self.busy.take() else { return };
-        let stray = self.window.is_some_and(|window| {
-            !(window.start..window.end).contains(&busy.began) && busy.peak * 2 < window.levels
-        });
+        let stray = self.window.is_some_and(|window| window.strays(&busy));
         if stray {
             return;
         }
@@ -447,9 +457,11 @@ impl Adaptive {
                 .rev()
                 .find(|level| self.timeout(*level) + PREWARM_LEAD < gap)?
         };
+        let allowed = period.mul_f64(REGULAR_SPREAD - 1.0);
         Some(Window {
             start: due.checked_sub(PREWARM_LEAD).unwrap_or(due).max(since),
-            end: after(due, period.mul_f64(REGULAR_SPREAD - 1.0) + longest_span),
+            earliest: due.checked_sub(allowed).unwrap_or(due),
+            end: after(due, allowed + longest_span),
             levels,
             let_go,
         })
@@ -469,7 +481,17 @@ impl KeepAlivePolicy for Adaptive {
             self.observe(level, now.saturating_duration_since(began), cost);
         }
         self.arrivals.push(now);
-        if level == 1 {
+        // The due spell's first call in its window begins it, even while the
+        // calls of a stray from well before are still in flight: the stray
+        // does not move the clock.
+        let due_spell_begins = self.busy.is_some_and(|busy| {
+            self.window.is_some_and(|window| {
+                busy.began < window.earliest
+                    && window.strays(&busy)
+                    && (window.start..window.end).contains(&now)
+            })
+        });
+        if level == 1 || due_spell_begins {
             self.busy = Some(Busy {
                 began: now,
                 peak: 0,
@@ -1025,6 +1047,43 @@ mod tests {
             late.window.expect("still clockwork").start,
             due - PREWARM_LEAD
         );
+    }
+
+    #[test]
+    fn a_stray_still_in_flight_as_the_due_spell_comes_does_not_move_the_clock() {
+        let (mut policy, start, _, period) = clockwork_bursts();
+        let due = start + period * 9;
+        // A stray 50 s before the spell, its call still in flight as the
+        // spell's first ones come: the spell begins with them.
+        let stray = due - Duration::from_secs(50);
+        policy.call_arrived(stray, Found::Nothing, 1);
+        for level in 2..=21 {
+            let at = due + Duration::from_millis(10) * (level - 2) as u32;
+            policy.call_arrived(at, Found::Prewarmed, level);
+        }
+        let ended = due + Duration::from_secs(5);
+        for in_flight in (0..21).rev() {
+            policy.call_returned(ended, in_flight);
+        }
+        let last = policy.busy_spells.back().expect("a spell");
+        assert_eq!((last.began, last.peak), (due, 21));
+        let window = policy.window.expect("still clockwork");
+        assert_eq!(window.start, due + period - PREWARM_LEAD);
+
+        // A spell that begins early, within the clock's tenth of a period,
+        // begins when it began: its first calls are no stray.
+        let due = due + period;
+        let early = due - Duration::from_secs(20);
+        policy.call_arrived(early, Found::Nothing, 1);
+        for level in 2..=21 {
+            let at = due + Duration::from_millis(10) * (level - 2) as u32;
+            policy.call_arrived(at, Found::Prewarmed, level);
+        }
+        for in_flight in (0..21).rev() {
+            policy.call_returned(due + Duration::from_secs(5), in_flight);
+        }
+        let last = policy.busy_spells.back().expect("a spell");
+        assert_eq!((last.began, last.peak), (early, 21));
     }
 
     /// Calls arriving every `gap` from `start`, each running `duration`, until
