@@ -55,6 +55,7 @@
 //! whose spells reach many calls at once, outside its window, is a stray: it
 //! leaves the clock alone, and when the due spell comes while its calls are
 //! still in flight, the spell begins with its own first call in the window.
+//! The clock tells strays so even while no container needs bringing back.
 //!
 //! **Forecast.** A function busy enough to expect at least one call within
 //! its horizon (one container start, as its own starts have taken lately)
@@ -194,7 +195,8 @@ pub(crate) struct Adaptive {
     /// periods' worth, the oldest first).
     busy: Option<Busy>,
     busy_spells: VecDeque<Busy>,
-    /// Its clockwork prewarm, set as it last became idle.
+    /// Its clock and its clockwork prewarm, set as it last became idle.
+    clock: Option<Clock>,
     window: Option<Window>,
     /// When its last calls arrived and returned.
     arrivals: Recent,
@@ -216,6 +218,28 @@ struct Busy {
     span: Duration,
 }
 
+/// When the next busy spell of a function whose spells begin like clockwork
+/// is due: from `start` ([`PREWARM_LEAD`] before due) to `end`, reaching up
+/// to `levels` (see [`Adaptive::next_clock`]). A spell begun before
+/// `earliest` is not the due one begun early (the clock allows a tenth of a
+/// period either way). It tells strays from spells whether or not the
+/// function's containers need bringing back for the spell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Clock {
+    start: Instant,
+    earliest: Instant,
+    end: Instant,
+    levels: usize,
+}
+
+impl Clock {
+    /// Whether `busy` is a stray: a spell of a call or two, begun outside the
+    /// window, of a function whose spells reach many calls at once.
+    fn strays(&self, busy: &Busy) -> bool {
+        !(self.start..self.end).contains(&busy.began) && busy.peak * 2 < self.levels
+    }
+}
+
 /// When the containers of a function whose busy spells begin like clockwork
 /// are started again ahead of the next one, and until when they are kept
 /// waiting for its calls: levels up to `levels`. `let_go` says it pays to let
@@ -224,20 +248,9 @@ struct Busy {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Window {
     start: Instant,
-    /// A spell begun before this is not the due one begun early (the clock
-    /// allows a tenth of a period either way).
-    earliest: Instant,
     end: Instant,
     levels: usize,
     let_go: bool,
-}
-
-impl Window {
-    /// Whether `busy` is a stray: a spell of a call or two, begun outside the
-    /// window, of a function whose spells reach many calls at once.
-    fn strays(&self, busy: &Busy) -> bool {
-        !(self.start..self.end).contains(&busy.began) && busy.peak * 2 < self.levels
-    }
 }
 
 /// The times of the last [`RATE_EVENTS`] events of one kind.
@@ -287,6 +300,7 @@ impl Adaptive {
             idle_since: None,
             busy: None,
             busy_spells: VecDeque::new(),
+            clock: None,
             window: None,
             arrivals: Recent::default(),
             returns: Recent::default(),
@@ -369,10 +383,10 @@ impl Adaptive {
     /// The busy spell under way ended at `now`. A stray one (a call or two
     /// between the spells of a function whose spells reach many calls at
     /// once, outside its window) changes nothing; any other is its latest
-    /// spell, and sets the next window.
+    /// spell, and sets the next clock and window.
     fn busy_ended(&mut self, now: Instant) {
         let Some(busy) = self.busy.take() else { return };
-        let stray = self.window.is_some_and(|window| window.strays(&busy));
+        let stray = self.clock.is_some_and(|clock| clock.strays(&busy));
         if stray {
             return;
         }
@@ -380,7 +394,16 @@ impl Adaptive {
             self.busy_spells.pop_front();
         }
         self.busy_spells.push_back(busy);
-        self.window = self.next_window(now);
+        self.set_clock(now);
+    }
+
+    /// Sets the clock and the clockwork prewarm as the function became idle
+    /// at `since`.
+    fn set_clock(&mut self, since: Instant) {
+        (self.clock, self.window) = match self.next_clock(since) {
+            Some((clock, window)) => (Some(clock), window),
+            None => (None, None),
+        };
     }
 
     /// When the next busy spell is due, and the period: the median time
@@ -410,12 +433,12 @@ impl Adaptive {
         Some((said[said.len() / 2], period))
     }
 
-    /// The clockwork prewarm after the function became idle at `since`:
-    /// `None` unless its busy spells begin like clockwork ([`Self::next_due`]),
-    /// the next is due far enough ahead, and some container it needs then
-    /// would be gone by then, let go by its timeout or by the price
-    /// ([`Window::let_go`]).
-    fn next_window(&self, since: Instant) -> Option<Window> {
+    /// The clock after the function became idle at `since`, `None` unless
+    /// its busy spells begin like clockwork ([`Self::next_due`]) and the next
+    /// is due far enough ahead; and its clockwork prewarm, `None` unless some
+    /// container the next spell needs would be gone by then, let go by its
+    /// timeout or by the price ([`Window::let_go`]).
+    fn next_clock(&self, since: Instant) -> Option<(Clock, Option<Window>)> {
         // Worked out as the function becomes idle, after every call of a lone
         // caller: on the stack.
         let mut beginnings = [self.busy_spells.front()?.began; REGULAR_PERIODS + 1];
@@ -449,22 +472,28 @@ impl Adaptive {
         let restarted =
             START_COST + self.price_per_second * (PREWARM_LEAD + span / 2).as_secs_f64();
         let let_go = kept > LET_GO_MARGIN * restarted;
-        // Else up to the highest level whose timeout lets it go before due.
-        let levels = if let_go {
-            levels
-        } else {
-            (1..=levels)
-                .rev()
-                .find(|level| self.timeout(*level) + PREWARM_LEAD < gap)?
-        };
         let allowed = period.mul_f64(REGULAR_SPREAD - 1.0);
-        Some(Window {
+        let clock = Clock {
             start: due.checked_sub(PREWARM_LEAD).unwrap_or(due).max(since),
             earliest: due.checked_sub(allowed).unwrap_or(due),
             end: after(due, allowed + longest_span),
             levels,
+        };
+        // Else up to the highest level whose timeout lets it go before due.
+        let brought_back = if let_go {
+            Some(levels)
+        } else {
+            (1..=levels)
+                .rev()
+                .find(|level| self.timeout(*level) + PREWARM_LEAD < gap)
+        };
+        let window = brought_back.map(|levels| Window {
+            start: clock.start,
+            end: clock.end,
+            levels,
             let_go,
-        })
+        });
+        Some((clock, window))
     }
 }
 
@@ -485,10 +514,10 @@ impl KeepAlivePolicy for Adaptive {
         // calls of a stray from well before are still in flight: the stray
         // does not move the clock.
         let due_spell_begins = self.busy.is_some_and(|busy| {
-            self.window.is_some_and(|window| {
-                busy.began < window.earliest
-                    && window.strays(&busy)
-                    && (window.start..window.end).contains(&now)
+            self.clock.is_some_and(|clock| {
+                busy.began < clock.earliest
+                    && clock.strays(&busy)
+                    && (clock.start..clock.end).contains(&now)
             })
         });
         if level == 1 || due_spell_begins {
@@ -633,7 +662,10 @@ impl KeepAlivePolicy for Adaptive {
         self.busy = None;
         self.running = 0;
         self.idle_since = aged(now, learned.idle_for);
-        self.window = self.idle_since.and_then(|since| self.next_window(since));
+        match self.idle_since {
+            Some(since) => self.set_clock(since),
+            None => (self.clock, self.window) = (None, None),
+        }
         Ok(())
     }
 }
@@ -1047,6 +1079,24 @@ mod tests {
             late.window.expect("still clockwork").start,
             due - PREWARM_LEAD
         );
+    }
+
+    #[test]
+    fn a_stray_is_told_from_a_spell_while_every_container_is_kept_through_the_gap() {
+        // Memory all but free: every container is kept through the gap, so
+        // nothing is brought back, but the clock still runs.
+        let mut policy = Adaptive::new(1024 * MIB, 1e6);
+        let period = Duration::from_secs(300);
+        let start = Instant::now();
+        let ended = bursts(&mut policy, start, period, &[(20, Duration::ZERO); 9]);
+        assert_eq!(policy.window, None, "nothing to bring back");
+        let clock = policy.clock.expect("clockwork");
+        let stray = ended + Duration::from_secs(60);
+        policy.call_arrived(stray, Found::Nothing, 1);
+        policy.call_returned(stray + Duration::from_secs(1), 0);
+        assert_eq!(policy.clock, Some(clock), "a stray call changes nothing");
+        let last = policy.busy_spells.back().expect("a spell");
+        assert_eq!(last.began, start + period * 8);
     }
 
     #[test]
