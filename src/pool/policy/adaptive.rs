@@ -118,7 +118,7 @@ const MIN_PREWARM_GAP: Duration = Duration::from_secs(4);
 /// Periods among them that may be off, and the rest still regular.
 const IRREGULAR_PERIODS: usize = 2;
 /// How many times what a restart costs keeping a container through the gap
-/// must cost before the clockwork lets it go (see [`Window::let_go`]). A
+/// must cost before the clockwork lets it go (see [`Prewarm::let_go`]). A
 /// restart is a bet on the clock, and a call off it finds nothing; where a
 /// restart saves little, the keep-alive keeps the container. With no margin
 /// the trace's N=200 sample made 4% more starts for 4% less idle memory.
@@ -195,9 +195,8 @@ pub(crate) struct Adaptive {
     /// periods' worth, the oldest first).
     busy: Option<Busy>,
     busy_spells: VecDeque<Busy>,
-    /// Its clock and its clockwork prewarm, set as it last became idle.
+    /// Its clock, with its clockwork prewarm, set as it last became idle.
     clock: Option<Clock>,
-    window: Option<Window>,
     /// When its last calls arrived and returned.
     arrivals: Recent,
     returns: Recent,
@@ -223,13 +222,14 @@ struct Busy {
 /// to `levels` (see [`Adaptive::next_clock`]). A spell begun before
 /// `earliest` is not the due one begun early (the clock allows a tenth of a
 /// period either way). It tells strays from spells whether or not the
-/// function's containers need bringing back for the spell.
+/// function's containers need bringing back for the spell (`prewarm`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Clock {
     start: Instant,
     earliest: Instant,
     end: Instant,
     levels: usize,
+    prewarm: Option<Prewarm>,
 }
 
 impl Clock {
@@ -240,15 +240,13 @@ impl Clock {
     }
 }
 
-/// When the containers of a function whose busy spells begin like clockwork
-/// are started again ahead of the next one, and until when they are kept
-/// waiting for its calls: levels up to `levels`. `let_go` says it pays to let
+/// The containers of a function whose busy spells begin like clockwork that
+/// are started again at its clock's `start` and kept waiting for the spell's
+/// calls until its `end`: levels up to `levels`. `let_go` says it pays to let
 /// those go as the function becomes idle and start them again, rather than
 /// keep them through the gap.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Window {
-    start: Instant,
-    end: Instant,
+struct Prewarm {
     levels: usize,
     let_go: bool,
 }
@@ -301,7 +299,6 @@ impl Adaptive {
             busy: None,
             busy_spells: VecDeque::new(),
             clock: None,
-            window: None,
             arrivals: Recent::default(),
             returns: Recent::default(),
             forecast: None,
@@ -383,7 +380,7 @@ impl Adaptive {
     /// The busy spell under way ended at `now`. A stray one (a call or two
     /// between the spells of a function whose spells reach many calls at
     /// once, outside its window) changes nothing; any other is its latest
-    /// spell, and sets the next clock and window.
+    /// spell, and sets the next clock.
     fn busy_ended(&mut self, now: Instant) {
         let Some(busy) = self.busy.take() else { return };
         let stray = self.clock.is_some_and(|clock| clock.strays(&busy));
@@ -394,16 +391,7 @@ impl Adaptive {
             self.busy_spells.pop_front();
         }
         self.busy_spells.push_back(busy);
-        self.set_clock(now);
-    }
-
-    /// Sets the clock and the clockwork prewarm as the function became idle
-    /// at `since`.
-    fn set_clock(&mut self, since: Instant) {
-        (self.clock, self.window) = match self.next_clock(since) {
-            Some((clock, window)) => (Some(clock), window),
-            None => (None, None),
-        };
+        self.clock = self.next_clock(now);
     }
 
     /// When the next busy spell is due, and the period: the median time
@@ -435,10 +423,10 @@ impl Adaptive {
 
     /// The clock after the function became idle at `since`, `None` unless
     /// its busy spells begin like clockwork ([`Self::next_due`]) and the next
-    /// is due far enough ahead; and its clockwork prewarm, `None` unless some
+    /// is due far enough ahead; its clockwork prewarm is `None` unless some
     /// container the next spell needs would be gone by then, let go by its
-    /// timeout or by the price ([`Window::let_go`]).
-    fn next_clock(&self, since: Instant) -> Option<(Clock, Option<Window>)> {
+    /// timeout or by the price ([`Prewarm::let_go`]).
+    fn next_clock(&self, since: Instant) -> Option<Clock> {
         // Worked out as the function becomes idle, after every call of a lone
         // caller: on the stack.
         let mut beginnings = [self.busy_spells.front()?.began; REGULAR_PERIODS + 1];
@@ -472,13 +460,6 @@ impl Adaptive {
         let restarted =
             START_COST + self.price_per_second * (PREWARM_LEAD + span / 2).as_secs_f64();
         let let_go = kept > LET_GO_MARGIN * restarted;
-        let allowed = period.mul_f64(REGULAR_SPREAD - 1.0);
-        let clock = Clock {
-            start: due.checked_sub(PREWARM_LEAD).unwrap_or(due).max(since),
-            earliest: due.checked_sub(allowed).unwrap_or(due),
-            end: after(due, allowed + longest_span),
-            levels,
-        };
         // Else up to the highest level whose timeout lets it go before due.
         let brought_back = if let_go {
             Some(levels)
@@ -487,13 +468,14 @@ impl Adaptive {
                 .rev()
                 .find(|level| self.timeout(*level) + PREWARM_LEAD < gap)
         };
-        let window = brought_back.map(|levels| Window {
-            start: clock.start,
-            end: clock.end,
+        let allowed = period.mul_f64(REGULAR_SPREAD - 1.0);
+        Some(Clock {
+            start: due.checked_sub(PREWARM_LEAD).unwrap_or(due).max(since),
+            earliest: due.checked_sub(allowed).unwrap_or(due),
+            end: after(due, allowed + longest_span),
             levels,
-            let_go,
-        });
-        Some((clock, window))
+            prewarm: brought_back.map(|levels| Prewarm { levels, let_go }),
+        })
     }
 }
 
@@ -562,16 +544,24 @@ impl KeepAlivePolicy for Adaptive {
     }
 
     fn idle_until(&self, idle_since: Instant, level: usize) -> Instant {
-        match self.window {
+        match self.clock {
             // A prewarmed one, or one back from a call of the spell, waits
             // for the spell's calls through the window.
-            Some(window) if (window.start..window.end).contains(&idle_since) => window.end,
+            Some(Clock {
+                start,
+                end,
+                prewarm: Some(_),
+                ..
+            }) if (start..end).contains(&idle_since) => end,
             // Brought back when due, so it goes as the function is idle.
-            Some(window)
-                if window.let_go
-                    && self.running == 0
-                    && level <= window.levels
-                    && idle_since < window.start =>
+            Some(Clock {
+                start,
+                prewarm: Some(prewarm),
+                ..
+            }) if prewarm.let_go
+                && self.running == 0
+                && level <= prewarm.levels
+                && idle_since < start =>
             {
                 idle_since
             }
@@ -587,8 +577,13 @@ impl KeepAlivePolicy for Adaptive {
     }
 
     fn prewarm(&self, now: Instant) -> usize {
-        let clockwork = match self.window {
-            Some(window) if (window.start..window.end).contains(&now) => window.levels,
+        let clockwork = match self.clock {
+            Some(Clock {
+                start,
+                end,
+                prewarm: Some(prewarm),
+                ..
+            }) if (start..end).contains(&now) => prewarm.levels,
             _ => 0,
         };
         clockwork.max(self.running + self.forecast_deficit(now))
@@ -602,8 +597,8 @@ impl KeepAlivePolicy for Adaptive {
     }
 
     fn next_change(&self, now: Instant) -> Option<Instant> {
-        let window = self.window?;
-        [window.start, window.end].into_iter().find(|at| *at > now)
+        let clock = self.clock.filter(|clock| clock.prewarm.is_some())?;
+        [clock.start, clock.end].into_iter().find(|at| *at > now)
     }
 
     fn learned(&self, now: Instant) -> Option<Learned> {
@@ -662,10 +657,7 @@ impl KeepAlivePolicy for Adaptive {
         self.busy = None;
         self.running = 0;
         self.idle_since = aged(now, learned.idle_for);
-        match self.idle_since {
-            Some(since) => self.set_clock(since),
-            None => (self.clock, self.window) = (None, None),
-        }
+        self.clock = self.idle_since.and_then(|since| self.next_clock(since));
         Ok(())
     }
 }
@@ -1039,11 +1031,12 @@ mod tests {
     #[test]
     fn bursts_that_come_like_clockwork_are_let_go_and_brought_back_whole() {
         let (policy, start, ended, period) = clockwork_bursts();
-        let window = policy.window.expect("clockwork");
-        assert!(window.let_go);
+        let window = policy.clock.expect("clockwork");
+        let prewarm = window.prewarm.expect("brought back");
+        assert!(prewarm.let_go);
         // The last eight peaks were 18-22: the third highest, 20, is reached
         // by 3 in 8, more than a start's price (0.3).
-        assert_eq!(window.levels, 20);
+        assert_eq!(prewarm.levels, 20);
         assert_eq!(policy.idle_until(ended, 20), ended, "let go at once");
         assert!(
             policy.idle_until(ended, 21) > ended,
@@ -1062,11 +1055,11 @@ mod tests {
     #[test]
     fn a_stray_call_or_a_late_spell_leaves_the_clockwork_as_it_was() {
         let (mut policy, _, ended, period) = clockwork_bursts();
-        let window = policy.window.expect("clockwork");
+        let window = policy.clock.expect("clockwork");
         let stray = ended + Duration::from_secs(60);
         policy.call_arrived(stray, Found::Nothing, 1);
         policy.call_returned(stray + Duration::from_secs(1), 0);
-        assert_eq!(policy.window, Some(window), "a stray call changes nothing");
+        assert_eq!(policy.clock, Some(window), "a stray call changes nothing");
 
         // One spell of nine 40 s late: all the others say when the next is due.
         let mut late = Adaptive::new(1024 * MIB, 100.0);
@@ -1076,7 +1069,7 @@ mod tests {
         bursts(&mut late, start, period, &spells);
         let due = start + period * 9;
         assert_eq!(
-            late.window.expect("still clockwork").start,
+            late.clock.expect("still clockwork").start,
             due - PREWARM_LEAD
         );
     }
@@ -1089,8 +1082,8 @@ mod tests {
         let period = Duration::from_secs(300);
         let start = Instant::now();
         let ended = bursts(&mut policy, start, period, &[(20, Duration::ZERO); 9]);
-        assert_eq!(policy.window, None, "nothing to bring back");
         let clock = policy.clock.expect("clockwork");
+        assert_eq!(clock.prewarm, None, "nothing to bring back");
         let stray = ended + Duration::from_secs(60);
         policy.call_arrived(stray, Found::Nothing, 1);
         policy.call_returned(stray + Duration::from_secs(1), 0);
@@ -1117,7 +1110,8 @@ mod tests {
         }
         let last = policy.busy_spells.back().expect("a spell");
         assert_eq!((last.began, last.peak), (due, 21));
-        let window = policy.window.expect("still clockwork");
+        let window = policy.clock.expect("still clockwork");
+        assert!(window.prewarm.is_some());
         assert_eq!(window.start, due + period - PREWARM_LEAD);
 
         // A spell that begins early, within the clock's tenth of a period,
@@ -1363,14 +1357,18 @@ mod tests {
             policy.call_returned(now, 0);
             now += Duration::from_secs(5 + (i % 3) * 10);
         }
-        assert_eq!(policy.window, None);
+        assert_eq!(policy.clock.and_then(|clock| clock.prewarm), None);
         let mut kept = Adaptive::new(256 * MIB, 3000.0);
         for _ in 0..20 {
             kept.call_arrived(now, Found::Nothing, 1);
             kept.call_returned(now, 0);
             now += Duration::from_secs(10);
         }
-        assert_eq!(kept.window, None, "its container is still there when due");
+        assert_eq!(
+            kept.clock.and_then(|clock| clock.prewarm),
+            None,
+            "its container is still there when due"
+        );
     }
 
     /// A new policy like `policy` (`memory`, `cold_start_gb_s`) restored
@@ -1422,16 +1420,17 @@ mod tests {
             ended + Duration::from_secs(53),
         );
         let next = handed_on(&policy, settings, at, later);
-        let window = policy.window.expect("clockwork");
+        let window = policy.clock.expect("clockwork");
         let shift = Duration::from_secs(50);
-        let moved = next.window.expect("clockwork handed on");
+        let moved = next.clock.expect("clockwork handed on");
+        assert_eq!(moved.prewarm, window.prewarm);
         assert_eq!(
             (moved.start, moved.end),
             (window.start + shift, window.end + shift)
         );
         assert_eq!(next.prewarm(window.start + shift), 1);
         assert_eq!(
-            Adaptive::new(settings.0, settings.1).window,
+            Adaptive::new(settings.0, settings.1).clock,
             None,
             "a fresh one waits for spells"
         );
@@ -1464,7 +1463,7 @@ mod tests {
             .unwrap();
         assert_eq!(next.weight, policy.weight, "what it learned is kept");
         assert!(next.weight > 1.0);
-        assert_eq!(next.window, None, "its clockwork is learned afresh");
+        assert_eq!(next.clock, None, "its clockwork is learned afresh");
     }
 
     #[test]
