@@ -38,6 +38,7 @@
 //! naming the first, and touches none of its containers.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -867,6 +868,11 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>, warm: &Warm)
             .min();
         println!("  {}", target.line(value, calls, args.concurrency));
     }
+    if measured("direct").is_some()
+        && let Some(note) = halting_vcpus_note(Path::new("/sys"))
+    {
+        println!("{note}");
+    }
     let verdict = |exited: &str, hot: &str| {
         measured(exited)
             .zip(measured(hot))
@@ -883,9 +889,51 @@ fn report(args: &BenchArgs, modes: &HashMap<&'static str, Samples>, warm: &Warm)
     warm.print();
 }
 
+/// A note for a virtual machine whose idle vCPUs halt at once: the
+/// `haltpoll` cpuidle driver with guest halt polling off
+/// (`guest_halt_poll_ns` 0). There a function blocked between two calls lets
+/// its vCPU halt, and the next request waits for the host to wake it: tens of
+/// microseconds that come and go with the machine's load and with how long
+/// the caller took between calls, so the direct modes' microsecond round trips
+/// measure the host more than hotpool. `None` elsewhere (`sys` is sysfs).
+fn halting_vcpus_note(sys: &Path) -> Option<String> {
+    let read = |path: &str| std::fs::read_to_string(sys.join(path)).ok();
+    let driver = read("devices/system/cpu/cpuidle/current_driver")?;
+    let poll_ns = read("module/haltpoll/parameters/guest_halt_poll_ns")?;
+    (driver.trim() == "haltpoll" && poll_ns.trim() == "0").then(|| {
+        "note: this VM's idle vCPUs halt at once (cpuidle haltpoll, guest_halt_poll_ns 0): \
+         the direct round trips above wait for the host to wake a vCPU, which the \
+         pool's few microseconds between calls can turn into tens; to measure \
+         hotpool rather than that, run with guest halt polling on \
+         (echo 200000 > /sys/module/haltpoll/parameters/guest_halt_poll_ns, as root)"
+            .to_owned()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_note_on_halting_vcpus_shows_only_where_they_halt_at_once() {
+        let sys = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let path = sys.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        assert_eq!(halting_vcpus_note(sys.path()), None, "no cpuidle at all");
+        write("devices/system/cpu/cpuidle/current_driver", "haltpoll\n");
+        assert_eq!(halting_vcpus_note(sys.path()), None, "no haltpoll module");
+        write("module/haltpoll/parameters/guest_halt_poll_ns", "0\n");
+        let note = halting_vcpus_note(sys.path()).expect("haltpoll, polling off");
+        assert!(note.contains("guest_halt_poll_ns"), "{note}");
+        write("module/haltpoll/parameters/guest_halt_poll_ns", "200000\n");
+        assert_eq!(halting_vcpus_note(sys.path()), None, "polling on");
+        write("module/haltpoll/parameters/guest_halt_poll_ns", "0\n");
+        write("devices/system/cpu/cpuidle/current_driver", "acpi_idle\n");
+        assert_eq!(halting_vcpus_note(sys.path()), None, "bare metal's driver");
+    }
 
     fn target(of: (&'static str, &'static str)) -> &'static Target {
         TARGETS
