@@ -30,7 +30,8 @@
 //! each, and the ratios hot/floor_hot and cold/floor_cold (and the direct ones),
 //! each beside its target where the target applies: at the concurrency it is set
 //! for, and with calls enough per mode to hold a p50 against it ([`TARGETS`]);
-//! `--json` prints one JSON object instead.
+//! on a VM whose idle vCPUs halt at once, a note that the direct modes' round
+//! trips wait on the host there; `--json` prints one JSON object instead.
 //!
 //! Its containers carry the pool name `--pool`, which the bench claims on the
 //! engine before it removes anything labelled with it, and holds until its
