@@ -1031,8 +1031,8 @@ mod tests {
     #[test]
     fn bursts_that_come_like_clockwork_are_let_go_and_brought_back_whole() {
         let (policy, start, ended, period) = clockwork_bursts();
-        let window = policy.clock.expect("clockwork");
-        let prewarm = window.prewarm.expect("brought back");
+        let clock = policy.clock.expect("clockwork");
+        let prewarm = clock.prewarm.expect("brought back");
         assert!(prewarm.let_go);
         // The last eight peaks were 18-22: the third highest, 20, is reached
         // by 3 in 8, more than a start's price (0.3).
@@ -1043,11 +1043,11 @@ mod tests {
             "above: by its timeout"
         );
         let due = start + period * 9;
-        assert_eq!(window.start, due - PREWARM_LEAD);
-        assert_eq!(policy.prewarm(window.start - Duration::from_millis(1)), 0);
-        assert_eq!(policy.prewarm(window.start), 20, "the whole spell");
+        assert_eq!(clock.start, due - PREWARM_LEAD);
+        assert_eq!(policy.prewarm(clock.start - Duration::from_millis(1)), 0);
+        assert_eq!(policy.prewarm(clock.start), 20, "the whole spell");
         assert!(
-            policy.idle_until(window.start, 20) > due + Duration::from_millis(200),
+            policy.idle_until(clock.start, 20) > due + Duration::from_millis(200),
             "a prewarmed one waits through the spell"
         );
     }
@@ -1055,11 +1055,11 @@ mod tests {
     #[test]
     fn a_stray_call_or_a_late_spell_leaves_the_clockwork_as_it_was() {
         let (mut policy, _, ended, period) = clockwork_bursts();
-        let window = policy.clock.expect("clockwork");
+        let clock = policy.clock.expect("clockwork");
         let stray = ended + Duration::from_secs(60);
         policy.call_arrived(stray, Found::Nothing, 1);
         policy.call_returned(stray + Duration::from_secs(1), 0);
-        assert_eq!(policy.clock, Some(window), "a stray call changes nothing");
+        assert_eq!(policy.clock, Some(clock), "a stray call changes nothing");
 
         // One spell of nine 40 s late: all the others say when the next is due.
         let mut late = Adaptive::new(1024 * MIB, 100.0);
@@ -1110,9 +1110,9 @@ mod tests {
         }
         let last = policy.busy_spells.back().expect("a spell");
         assert_eq!((last.began, last.peak), (due, 21));
-        let window = policy.clock.expect("still clockwork");
-        assert!(window.prewarm.is_some());
-        assert_eq!(window.start, due + period - PREWARM_LEAD);
+        let clock = policy.clock.expect("still clockwork");
+        assert!(clock.prewarm.is_some());
+        assert_eq!(clock.start, due + period - PREWARM_LEAD);
 
         // A spell that begins early, within the clock's tenth of a period,
         // begins when it began: its first calls are no stray.
@@ -1420,15 +1420,15 @@ mod tests {
             ended + Duration::from_secs(53),
         );
         let next = handed_on(&policy, settings, at, later);
-        let window = policy.clock.expect("clockwork");
+        let clock = policy.clock.expect("clockwork");
         let shift = Duration::from_secs(50);
         let moved = next.clock.expect("clockwork handed on");
-        assert_eq!(moved.prewarm, window.prewarm);
+        assert_eq!(moved.prewarm, clock.prewarm);
         assert_eq!(
             (moved.start, moved.end),
-            (window.start + shift, window.end + shift)
+            (clock.start + shift, clock.end + shift)
         );
-        assert_eq!(next.prewarm(window.start + shift), 1);
+        assert_eq!(next.prewarm(clock.start + shift), 1);
         assert_eq!(
             Adaptive::new(settings.0, settings.1).clock,
             None,
