@@ -6,7 +6,6 @@
 //! to the pool's response limit; the container is killed as soon as it writes more,
 //! and removed after the answer, not before it.
 
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -17,73 +16,24 @@ use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::call_logs::{CallLogs, CallState};
+use super::call_end::{CallCount, LogEnd, death_verdict, usage_since};
+use super::call_logs::CallState;
 use super::collector::CallTag;
-use super::container::{EvictionReason, HotContainer, Pipes, StderrLog};
+use super::container::{EvictionReason, Pipes, StderrLog};
 use super::function::{ColdRefusal, FunctionPool};
-use super::function_log::{CurrentCall, begin_call, end_call};
-use super::readings::Readings;
+use super::function_log::{CurrentCall, begin_call};
+use super::response::{Response, Start};
 use super::sampler::sample_counters;
 use super::scheduler::{Inner, busy, record_start};
 use super::spec::Lifecycle;
 use super::stream::{Answer, Relay};
 use super::upload::{self, Pump, PumpError, RequestBody};
 use crate::driver::{Cookie, Driver};
-use crate::error::{CallError, ErrorKind};
+use crate::error::CallError;
 use crate::format::{
     Format, FrameError, Framing, FunctionResponse, Http, Reply, Request, StreamHead,
 };
-use crate::stats::{CallStats, Usage};
-
-/// How long past its timeout a hot call may be answered, at most.
-///
-/// A call whose container closed stdout waits for the engine to say why until
-/// the call's deadline, and at least this long: a function that dies (exits, is
-/// OOM-killed) is reported within moments of its stdout closing, and the caller
-/// gets that reason. A container still running then closed its stdout but kept
-/// running: it can no longer answer, and the caller gets `protocol_error`.
-/// Stdout is only ever seen closed before the call's deadline, so every answer
-/// comes within the timeout plus this.
-pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
-
-/// Whether a call found its container running, or waited for one to start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Start {
-    /// Served by a container that was already running.
-    Hot,
-    /// Served by a container started for it (every `cold` call).
-    Cold,
-}
-
-impl Start {
-    /// `hot` or `cold`, as in the `Hotpool-Start` header and the `start` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Start::Hot => "hot",
-            Start::Cold => "cold",
-        }
-    }
-}
-
-/// What a call returns.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct Response {
-    /// The call's id (`Hotpool-Call-Id`).
-    pub call_id: String,
-    /// Whether the call met a running container.
-    pub start: Start,
-    /// The function's status: its own for `http`, 200 for `line` and `cold`.
-    pub status: u16,
-    /// The function's headers (`http` only).
-    pub headers: Vec<(String, String)>,
-    /// The function's output.
-    pub body: Bytes,
-    /// What the call used: the engine's samples taken while it ran (decimated and
-    /// averaged) and the container's counters; `None` where the driver has neither.
-    pub stats: Option<CallStats>,
-}
+use crate::stats::CallStats;
 
 impl<D: Driver> Inner<D> {
     /// Runs one call of function `name` and records it in the metrics; a
@@ -102,10 +52,7 @@ impl<D: Driver> Inner<D> {
             return Err(busy("the pool is shutting down"));
         };
         let pool = self.current(name)?;
-        let mut count = CallCount {
-            pool: Cow::Borrowed(&pool),
-            outcome: ErrorKind::Cancelled.as_str(),
-        };
+        let mut count = CallCount::new(&pool);
         let started = Instant::now();
         let result = match (pool.lifecycle(), upload) {
             (Lifecycle::Hot(Format::Http), Some(upload)) => {
@@ -403,25 +350,6 @@ async fn exchange(
     Ok((reply, None))
 }
 
-/// Why a call's container closed its stdout at `call_started` + some time,
-/// with `timeout` the call's: the engine's verdict on its death, awaited until
-/// the call's deadline and at least [`TIMEOUT_MARGIN`], or a protocol error if
-/// it runs on.
-pub(super) async fn death_verdict<D: Driver>(
-    container: &HotContainer<D>,
-    timeout: Duration,
-    call_started: Instant,
-) -> CallError {
-    let until_deadline = timeout.saturating_sub(call_started.elapsed());
-    let grace = until_deadline.max(TIMEOUT_MARGIN);
-    container
-        .death(grace)
-        .await
-        .unwrap_or_else(|| CallError::ProtocolError {
-            detail: "the function closed its stdout but kept running".into(),
-        })
-}
-
 fn respond(
     request: &Request,
     start: Start,
@@ -438,109 +366,8 @@ fn respond(
     }
 }
 
-/// What a call that started at `started` used: CPU time since `cpu_before`,
-/// over its wall time, and memory now.
-pub(super) fn usage_since(
-    cookie: &impl Cookie,
-    readings: &mut Readings,
-    cpu_before: Option<Duration>,
-    started: Instant,
-) -> Option<Usage> {
-    let now = Instant::now();
-    let cpu = readings.cpu_at_end(now, || cookie.cpu_time())?;
-    let cpu = cpu.saturating_sub(cpu_before?).as_secs_f64();
-    Some(Usage {
-        cpu_ratio: cpu
-            / now
-                .saturating_duration_since(started)
-                .as_secs_f64()
-                .max(1e-9),
-        cpu_seconds: cpu,
-        memory_bytes: readings.memory(now, || cookie.memory_bytes())?,
-    })
-}
-
 fn record_queue<D: Driver>(pool: &FunctionPool<D>, started: Instant) {
     pool.metrics.queued(started.elapsed().as_secs_f64());
-}
-
-/// Tells the log of a call how the call ended, before its container goes to
-/// another call ([`LogEnd::now`]) or as it is dropped: as failed, unless said
-/// otherwise (a caller that went away is a call that failed). It borrows
-/// what it needs while the call does, and owns it once a stream outlives the
-/// call's frame ([`LogEnd::into_owned`]).
-pub(crate) struct LogEnd<'a> {
-    current: Cow<'a, Arc<Mutex<CurrentCall>>>,
-    logs: Cow<'a, Arc<CallLogs>>,
-    id: Cow<'a, str>,
-    said: bool,
-}
-
-impl<'a> LogEnd<'a> {
-    fn new(current: &'a Arc<Mutex<CurrentCall>>, logs: &'a Arc<CallLogs>, id: &'a str) -> Self {
-        LogEnd {
-            current: Cow::Borrowed(current),
-            logs: Cow::Borrowed(logs),
-            id: Cow::Borrowed(id),
-            said: false,
-        }
-    }
-
-    /// The same, owning what it borrowed.
-    fn into_owned(mut self) -> LogEnd<'static> {
-        let owned = LogEnd {
-            current: Cow::Owned(self.current.as_ref().clone()),
-            logs: Cow::Owned(self.logs.as_ref().clone()),
-            id: Cow::Owned(self.id.to_string()),
-            said: self.said,
-        };
-        // Said by the owned one.
-        self.said = true;
-        owned
-    }
-
-    /// The call ended at `state`.
-    pub(super) fn now(&mut self, state: CallState) {
-        self.said = true;
-        end_call(&self.current, &self.id, &self.logs, state);
-    }
-}
-
-impl Drop for LogEnd<'_> {
-    fn drop(&mut self) {
-        if !self.said {
-            end_call(&self.current, &self.id, &self.logs, CallState::Failed);
-        }
-    }
-}
-
-/// Counts one call in `hotpool_calls_total` when dropped: with its outcome, or as
-/// `cancelled` if the caller dropped the call before it had one. Borrows its
-/// function's pool, or owns it once a stream outlives the call's frame.
-pub(crate) struct CallCount<'a, D: Driver> {
-    pool: Cow<'a, Arc<FunctionPool<D>>>,
-    pub(super) outcome: &'static str,
-}
-
-impl<D: Driver> CallCount<'_, D> {
-    /// The same, owning its pool.
-    fn into_owned(mut self) -> CallCount<'static, D> {
-        let owned = CallCount {
-            pool: Cow::Owned(self.pool.as_ref().clone()),
-            outcome: self.outcome,
-        };
-        // Counted by the owned one.
-        self.outcome = "";
-        owned
-    }
-}
-
-impl<D: Driver> Drop for CallCount<'_, D> {
-    fn drop(&mut self) {
-        if !self.outcome.is_empty() {
-            self.pool.metrics.count_call(self.outcome);
-        }
-    }
 }
 
 /// Collects a cold container's stdout, up to a limit; past it, keeps nothing more

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use metrics::{Counter, Gauge, Histogram};
 
-use super::call::Start;
+use super::response::Start;
 use crate::metrics::{
     CALL_DURATION_SECONDS, CALL_QUEUE_SECONDS, CALLS_TOTAL, CONTAINERS, MIN_IDLE_SHORT,
     TASK_CPU_RATIO, TASK_MEMORY_BYTES,

@@ -30,6 +30,7 @@
 
 mod budget;
 mod call;
+mod call_end;
 mod call_logs;
 mod checked_out;
 mod collector;
@@ -40,6 +41,7 @@ mod function_metrics;
 mod learned;
 mod policy;
 mod readings;
+mod response;
 mod sampler;
 mod scheduler;
 mod spec;
@@ -53,9 +55,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::format::{Format, Request};
-pub use call::{Response, Start, TIMEOUT_MARGIN};
+pub use call_end::TIMEOUT_MARGIN;
 pub use call_logs::{CallLog, CallLogFollower, CallLogs, CallState, ENTRY_OVERHEAD, FOLLOW_LINGER};
 pub use function::FunctionStatus;
+pub use response::{Response, Start};
 pub use scheduler::{POOL_LABEL, SPEC_LABEL, STARTS_AT_ONCE};
 pub use spec::{Eviction, FunctionKey, FunctionSpec, KeepAlive, Lifecycle};
 pub use stream::{Answer, BodyStream, QUEUED_PIECES, StreamingResponse};

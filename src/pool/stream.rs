@@ -29,11 +29,12 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::call::{CallCount, LogEnd, Response, Start, death_verdict, usage_since};
+use super::call_end::{CallCount, LogEnd, death_verdict, usage_since};
 use super::call_logs::CallState;
 use super::checked_out::CheckedOut;
 use super::container::EvictionReason;
 use super::function::FunctionPool;
+use super::response::{Response, Start};
 use super::sampler::sample_counters;
 use super::scheduler::{InFlight, Inner};
 use super::upload::{Pump, PumpError};
