@@ -1,4 +1,5 @@
-//! Image references: which registry, repository and tag or digest an image names.
+//! Image references: which registry, repository and tag or digest an image names,
+//! and which of an image's platforms this host runs (`this_architecture`).
 //!
 //! [`parse_image`] keeps the semantics of fn's `ParseImage` (Docker Hub names get
 //! `library/`, a missing tag is `latest`) and fixes what it got wrong: the first
@@ -89,6 +90,17 @@ pub fn parse_image(image: &str) -> ImageRef {
         repository,
         tag,
         digest,
+    }
+}
+
+/// This host's architecture as OCI platforms name it.
+pub(crate) fn this_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
     }
 }
 

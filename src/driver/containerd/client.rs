@@ -28,6 +28,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::ENGINE;
 use crate::driver::EngineCallError;
+use crate::driver::LABEL;
 
 /// The deadline of a call that only reads or writes records.
 pub(crate) const QUICK: Duration = Duration::from_secs(10);
@@ -206,6 +207,11 @@ pub(crate) fn gone_is_fine<T>(result: Result<T, Status>) -> Result<(), Status> {
         Err(status) if status.code() == Code::NotFound => Ok(()),
         Err(status) => Err(status),
     }
+}
+
+/// The labels of what hotpool makes outside containers: images, leases.
+pub(crate) fn hotpool_labels() -> HashMap<String, String> {
+    HashMap::from([(LABEL.to_owned(), "1".to_owned())])
 }
 
 /// A containerd filter matching objects whose label `key` is `value`

@@ -42,14 +42,13 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
 use super::Engine;
-use super::client::{QUICK, SLOW, call, gone_is_fine};
+use super::client::{QUICK, SLOW, call, gone_is_fine, hotpool_labels};
 use super::content::{self, WriteError};
 use super::registry::{Registry, RegistryError, read_capped};
-use crate::driver::LABEL;
 use crate::driver::linux::credentials;
 use crate::error::CallError;
 use crate::id::new_id;
-use crate::image::{ImageRef, parse_image};
+use crate::image::{ImageRef, parse_image, this_architecture};
 
 /// How long a pull's lease holds what it wrote if hotpool dies mid-pull.
 const PULL_LEASE_EXPIRY: Duration = Duration::from_secs(3600);
@@ -580,11 +579,6 @@ async fn snapshot_exists(engine: &Engine, key: &str) -> Result<bool, Status> {
     }
 }
 
-/// The labels of what hotpool makes outside containers: images, leases.
-pub(super) fn hotpool_labels() -> HashMap<String, String> {
-    HashMap::from([(LABEL.to_owned(), "1".to_owned())])
-}
-
 /// The chain IDs of layers with uncompressed digests `diff_ids`: the first
 /// is its diff ID, each next `sha256("<chain below> <diff ID>")`.
 fn chain_ids(diff_ids: &[String]) -> Vec<String> {
@@ -659,17 +653,6 @@ fn this_platform(manifests: &[Blob]) -> Result<&Blob, String> {
                 .is_some_and(|p| p.os == "linux" && p.architecture == architecture)
         })
         .ok_or_else(|| format!("the image has no manifest for linux/{architecture}"))
-}
-
-/// This host's architecture as OCI platforms name it.
-pub(super) fn this_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
 }
 
 /// An image config, as far as hotpool reads it.

@@ -51,12 +51,12 @@ use prost_types::Any;
 use tonic::{Code, Status, Streaming};
 
 use super::Engine;
-use super::client::{QUICK, SLOW, call};
+use super::client::{QUICK, SLOW, call, hotpool_labels};
 use super::registry::is_loopback;
 use crate::driver::linux::credentials;
 use crate::error::CallError;
 use crate::id::new_id;
-use crate::image::{DOCKER_HUB, ImageRef};
+use crate::image::{DOCKER_HUB, ImageRef, this_architecture};
 
 /// How long one pull through the Transfer service may take, end to end (the
 /// other path's lease holds for an hour; a pull is one call here).
@@ -209,7 +209,7 @@ async fn transfer(
     let platform = this_platform();
     let store = ImageStore {
         name: name.to_owned(),
-        labels: super::pull::hotpool_labels(),
+        labels: hotpool_labels(),
         platforms: vec![platform.clone()],
         unpacks: vec![UnpackConfiguration {
             platform: Some(platform),
@@ -289,7 +289,7 @@ fn any(type_url: &str, message: &impl Message) -> Any {
 fn this_platform() -> Platform {
     Platform {
         os: "linux".to_owned(),
-        architecture: super::pull::this_architecture().to_owned(),
+        architecture: this_architecture().to_owned(),
         ..Default::default()
     }
 }
