@@ -21,7 +21,7 @@ use crate::units;
 #[derive(Debug, Args)]
 pub(crate) struct ReplayArgs {
     /// The trace: PREFIX_inv.csv, PREFIX_run.csv and PREFIX_mem.csv.
-    pub(super) prefix: PathBuf,
+    prefix: PathBuf,
     /// Every function's policy: fixed:DURATION, histogram, adaptive (the default),
     /// or lru / greedy-dual (idle containers go only for the memory budget).
     #[arg(long)]
@@ -31,7 +31,7 @@ pub(crate) struct ReplayArgs {
     memory_budget: Option<u64>,
     /// How long a container takes to start (default 250ms).
     #[arg(long, value_parser = units::parse_duration)]
-    pub(super) cold_start: Option<Duration>,
+    cold_start: Option<Duration>,
     /// Seeds arrival times and durations (default 1).
     #[arg(long)]
     seed: Option<u64>,
@@ -41,7 +41,7 @@ pub(crate) struct ReplayArgs {
     /// The most containers starting at once; more wait for a slot, and their
     /// calls with them (default 16, the pool's own limit; 0: any number).
     #[arg(long)]
-    pub(super) start_slots: Option<usize>,
+    start_slots: Option<usize>,
     /// What one start costs the engine in CPU time, for `engine_start_s`
     /// (default 105ms, measured for Docker on the development machine).
     #[arg(long, value_parser = units::parse_duration)]
@@ -52,7 +52,7 @@ pub(crate) struct ReplayArgs {
     min_idle: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
-    pub(super) json: bool,
+    json: bool,
     /// Replay only this many functions: the busiest in the minutes among those
     /// whose calls there keep less than one container busy on average.
     #[arg(long)]
@@ -66,7 +66,7 @@ pub(crate) struct ReplayArgs {
     speed: Option<f64>,
     /// Write the `hotpool serve` config of the slice to this file, and exit.
     #[arg(long)]
-    pub(super) write_config: Option<PathBuf>,
+    write_config: Option<PathBuf>,
     /// With --write-config: the server's address (default 127.0.0.1:8080).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -86,7 +86,7 @@ pub(crate) struct ReplayArgs {
     /// start (its wait for a start turn included, so any number start at once
     /// unless --start-slots is given) unless --cold-start is given.
     #[arg(long)]
-    pub(super) live: Option<String>,
+    live: Option<String>,
 }
 
 /// A factor more than zero.
@@ -98,7 +98,7 @@ fn parse_speed(text: &str) -> Result<f64, String> {
 }
 
 impl ReplayArgs {
-    pub(super) fn options(&self) -> Options {
+    fn options(&self) -> Options {
         let mut options = Options::default();
         options.policy = self.policy.unwrap_or(options.policy);
         options.memory_budget = self.memory_budget;
@@ -117,7 +117,7 @@ impl ReplayArgs {
     }
 
     /// The trace, or the slice of it asked for.
-    pub(crate) fn trace(&self) -> Result<Trace, String> {
+    fn trace(&self) -> Result<Trace, String> {
         let trace = Trace::load(&self.prefix).map_err(|e| e.to_string())?;
         if self.functions.is_none() && self.minutes.is_none() {
             return Ok(trace);
@@ -129,7 +129,7 @@ impl ReplayArgs {
     }
 
     /// Where and how the server of `--write-config` runs.
-    pub(crate) fn serve_setup(&self) -> replay::live::ServeSetup {
+    fn serve_setup(&self) -> replay::live::ServeSetup {
         let mut setup = replay::live::ServeSetup::default();
         setup.listen = self.listen.unwrap_or(setup.listen);
         setup.pool = self.pool.clone().unwrap_or(setup.pool);
@@ -141,10 +141,21 @@ impl ReplayArgs {
 
 /// Runs the replay; returns the exit status.
 pub(crate) async fn replay(args: ReplayArgs) -> i32 {
-    let done = if args.write_config.is_some() {
-        replay_live::write_config(&args).map(|()| 0)
-    } else if args.live.is_some() {
-        replay_live::compare(args).await
+    let done = if let Some(path) = &args.write_config {
+        args.trace()
+            .and_then(|trace| {
+                replay_live::write_config(path, &trace, &args.options(), &args.serve_setup())
+            })
+            .map(|()| 0)
+    } else if let Some(url) = &args.live {
+        let given = replay_live::Given {
+            cold_start: args.cold_start.is_some(),
+            start_slots: args.start_slots.is_some(),
+        };
+        match args.trace() {
+            Ok(trace) => replay_live::compare(url, trace, args.options(), given, args.json).await,
+            Err(message) => Err(message),
+        }
     } else {
         let work = tokio::task::spawn_blocking(move || run(&args));
         work.await.expect("the replay does not panic").map(|()| 0)

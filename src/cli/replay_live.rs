@@ -2,11 +2,11 @@
 //! `hotpool serve` config, and the comparison of what that server measured
 //! with the simulation of the same slice ([`hotpool::replay::live`]).
 
+use std::path::Path;
+
 use serde_json::{Map, Value, json};
 
-use hotpool::replay::{self, Options, Report, live};
-
-use super::replay::ReplayArgs;
+use hotpool::replay::{self, Options, Report, Trace, live};
 
 /// The keys set side by side, in the order shown.
 const COMPARED: [&str; 11] = [
@@ -23,16 +23,15 @@ const COMPARED: [&str; 11] = [
     "start_wait_s",
 ];
 
-/// Writes the config of the slice to `--write-config`'s file.
-pub(super) fn write_config(args: &ReplayArgs) -> Result<(), String> {
-    let path = args
-        .write_config
-        .as_ref()
-        .expect("--write-config was given");
-    let trace = args.trace()?;
-    let options = args.options();
-    let setup = args.serve_setup();
-    let text = live::serve_config(&trace, &options, &setup);
+/// Writes the config of the slice `trace`, replayed with `options` by a server
+/// set up as `setup` says, to `path` (`--write-config`'s file).
+pub(super) fn write_config(
+    path: &Path,
+    trace: &Trace,
+    options: &Options,
+    setup: &live::ServeSetup,
+) -> Result<(), String> {
+    let text = live::serve_config(trace, options, setup);
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!(
         "hotpool replay: wrote {}: {} functions, {} calls in {} minutes at speed {}; serve it with `hotpool serve --config {}`",
@@ -46,28 +45,41 @@ pub(super) fn write_config(args: &ReplayArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends the slice to `--live`'s server, simulates it, prints both; exit
-/// status 1 if a call failed.
-pub(super) async fn compare(args: ReplayArgs) -> Result<i32, String> {
-    let url = args.live.clone().expect("--live was given");
-    let trace = args.trace()?;
-    let mut options = args.options();
+/// Which of the simulation's options were given on the command line: those not
+/// given follow what the live server measured.
+pub(super) struct Given {
+    /// `--cold-start`.
+    pub(super) cold_start: bool,
+    /// `--start-slots`.
+    pub(super) start_slots: bool,
+}
+
+/// Sends the slice `trace` to the server at `url` (`--live`), simulates it with
+/// `options`, prints both (one JSON object with `json`); exit status 1 if a
+/// call failed.
+pub(super) async fn compare(
+    url: &str,
+    trace: Trace,
+    mut options: Options,
+    given: Given,
+    json: bool,
+) -> Result<i32, String> {
     eprintln!(
         "hotpool replay: sending {} calls of {} functions over {:.1} s to {url}",
         trace.invocations(),
         trace.function_count(),
         trace.minutes() as f64 * 60.0 / options.speed,
     );
-    let measured = live::run(&trace, &options, &url)
+    let measured = live::run(&trace, &options, url)
         .await
         .map_err(|e| e.to_string())?;
-    if args.cold_start.is_none()
+    if !given.cold_start
         && let Some(cold_start) = measured.cold_start
     {
         options.cold_start = cold_start;
         // The server's start time counts its wait for a start turn: the
         // simulation must not make its starts wait for a slot again.
-        if args.start_slots.is_none() {
+        if !given.start_slots {
             options.start_slots = None;
         }
     }
@@ -79,7 +91,7 @@ pub(super) async fn compare(args: ReplayArgs) -> Result<i32, String> {
             .map_err(|e| e.to_string())?
     };
     let comparison = comparison(&simulated, &measured, &options);
-    if args.json {
+    if json {
         println!("{comparison}");
     } else {
         print_table(&comparison, &options);
