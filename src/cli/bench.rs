@@ -20,7 +20,7 @@
 //! containers over the direct transport's pipes. There the bench also measures
 //! the warm tier (`warm.rs`): a created task's start against a cold start, and
 //! what a created task holds. The floors' containers are the
-//! pool's: the same driver task
+//! pool's (`floor.rs`): the same driver task
 //! ([`FunctionSpec::task`], hardening included) run by the same [`AnyDriver`],
 //! and their calls are framed by the pool's own format code. What the pool adds
 //! over them (scheduling, the check for unsolicited output, per-call stats) is
@@ -44,18 +44,15 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures_util::future::try_join_all;
-use serde_json::json;
-use tokio::io::BufReader;
-use tokio_util::sync::CancellationToken;
 
 use super::density;
+use super::floor::{FloorContainer, floor_cold_call};
+use super::samples::{Samples, timed};
 use super::warm::Warm;
 use crate::units::MAX_TIMEOUT;
-use hotpool::driver::containerd::Footprint;
-use hotpool::driver::{AnyCookie, AnyDriver};
-use hotpool::driver::{BoxRead, BoxWrite, ClaimError, Cookie, Driver, Task, Transport};
+use hotpool::driver::AnyDriver;
+use hotpool::driver::{ClaimError, Driver, Transport};
 use hotpool::error::CallError;
-use hotpool::format::{FrameError, Framing};
 use hotpool::pool::{
     BuildError, Format, Function, FunctionSpec, KeepAlive, Lifecycle, POOL_LABEL, Pool, Request,
 };
@@ -121,50 +118,6 @@ fn parse_hot_format(text: &str) -> Result<Format, String> {
         Lifecycle::Cold => {
             Err("bench measures a hot format (line or http); cold is measured too".into())
         }
-    }
-}
-
-/// Latencies of one mode, the time its calls took, and the CPU time hotpool's
-/// process spent meanwhile (all its threads).
-#[derive(Default)]
-pub(super) struct Samples {
-    pub(super) latencies: Vec<Duration>,
-    elapsed: Duration,
-    cpu: Duration,
-}
-
-impl Samples {
-    fn percentile(&self, p: usize) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        sorted
-            .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    }
-
-    /// The p50 and the p99.
-    pub(super) fn p50_p99(&self) -> (Duration, Duration) {
-        (self.percentile(50), self.percentile(99))
-    }
-
-    fn calls_per_s(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
-    }
-
-    /// hotpool's CPU time per call, in microseconds: unlike latency, it hardly
-    /// moves with the machine's load.
-    fn cpu_us_per_call(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
-    }
-
-    fn json(&self) -> serde_json::Value {
-        json!({
-            "p50_us": self.percentile(50).as_micros(),
-            "p99_us": self.percentile(99).as_micros(),
-            "calls_per_s": (self.calls_per_s() * 10.0).round() / 10.0,
-            "cpu_us_per_call": (self.cpu_us_per_call() * 10.0).round() / 10.0,
-        })
     }
 }
 
@@ -531,34 +484,6 @@ async fn removed(pool: &Pool<AnyDriver>, function: &Function<AnyDriver>) {
     }
 }
 
-/// The CPU time of this process so far, over all its threads.
-pub(crate) fn process_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec for the call to fill in.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
-    if status != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
-/// Adds one mode's round to its samples.
-async fn timed(
-    samples: &mut Samples,
-    round: impl Future<Output = Result<Vec<Vec<Duration>>, String>>,
-) -> Result<(), String> {
-    let (start, cpu_start) = (Instant::now(), process_cpu_time());
-
-    let latencies = round.await?;
-    samples.elapsed += start.elapsed();
-    samples.cpu += process_cpu_time().saturating_sub(cpu_start);
-    samples.latencies.extend(latencies.into_iter().flatten());
-    Ok(())
-}
-
 /// `wanted`, or the direct transport where the pool's engine has no attach
 /// streams (containerd).
 fn transport_on(pool: &Pool<AnyDriver>, wanted: Transport) -> Transport {
@@ -586,130 +511,6 @@ fn spec(
     spec.keep_alive = KeepAlive::fixed(Duration::from_secs(600));
     spec.transport = transport;
     spec
-}
-
-/// The driver task of a floor container: the pool's own for `spec`, labelled
-/// as `pool` labels its containers.
-pub(super) fn floor_task(pool: &Pool<AnyDriver>, spec: &FunctionSpec) -> Task {
-    let mut task = spec.task(&format!("floor-{}", hotpool::driver::new_id()));
-    task.labels
-        .insert(POOL_LABEL.to_owned(), pool.config().name.clone());
-    task
-}
-
-/// A hot container of the bench's function spoken to without the pool.
-pub(super) struct FloorContainer {
-    cookie: AnyCookie,
-    stdin: BoxWrite,
-    stdout: BufReader<BoxRead>,
-    format: Format,
-    timeout: Duration,
-    max_response: usize,
-}
-
-impl FloorContainer {
-    /// Makes and starts a container of `spec` and takes its pipes.
-    pub(super) async fn start(
-        pool: &Pool<AnyDriver>,
-        spec: &FunctionSpec,
-        max_response: usize,
-    ) -> Result<FloorContainer, String> {
-        let cookie = pool
-            .driver()
-            .prepare(floor_task(pool, spec))
-            .await
-            .map_err(|e| format!("a floor container of {} was not made: {e}", spec.name))?;
-        FloorContainer::started(cookie, spec, max_response).await
-    }
-
-    /// Starts `cookie`, a container of `spec` (a hot function's), and takes
-    /// its pipes; removes it if it does not start.
-    pub(super) async fn started(
-        mut cookie: AnyCookie,
-        spec: &FunctionSpec,
-        max_response: usize,
-    ) -> Result<FloorContainer, String> {
-        let Lifecycle::Hot(format) = spec.lifecycle else {
-            cookie.close().await;
-            return Err(format!("{} is cold: it has no hot pipes", spec.name));
-        };
-        let failed = |e| format!("a floor container of {} did not start: {e}", spec.name);
-        let running = match cookie.run().await {
-            Ok(running) => running,
-            Err(error) => {
-                cookie.close().await;
-                return Err(failed(error));
-            }
-        };
-        let (Some(stdin), Some(stdout)) = (running.stdin, running.stdout) else {
-            cookie.close().await;
-            return Err("the driver did not hand out a floor container's pipes".into());
-        };
-        Ok(FloorContainer {
-            cookie,
-            stdin,
-            stdout: BufReader::new(stdout),
-            format,
-            timeout: spec.timeout,
-            max_response,
-        })
-    }
-
-    /// Writes one request and reads its response, framed as the pool frames them.
-    pub(super) async fn round_trip(&mut self, request: &Request) -> Result<(), String> {
-        self.exchange(request)
-            .await
-            .map_err(|e| format!("a floor call failed: {e}"))
-    }
-
-    /// What the container holds now, where its driver can tell (containerd's).
-    pub(super) fn footprint(&self) -> Option<Footprint> {
-        match &self.cookie {
-            AnyCookie::Containerd(cookie) => cookie.footprint(),
-            AnyCookie::Docker(_) => None,
-        }
-    }
-
-    async fn exchange(&mut self, request: &Request) -> Result<(), FrameError> {
-        self.format
-            .write_request(&mut self.stdin, request, self.timeout)
-            .await?;
-        self.format
-            .read_response(&mut self.stdout, request, self.max_response)
-            .await?;
-        Ok(())
-    }
-
-    /// Removes the container.
-    pub(super) async fn close(self) {
-        self.cookie.close().await;
-    }
-}
-
-/// One cold call without the pool: a container of `spec` with `body` on its
-/// stdin, run to its end by the driver, its stdout discarded.
-async fn floor_cold_call(
-    pool: &Pool<AnyDriver>,
-    spec: &FunctionSpec,
-    body: &[u8],
-) -> Result<(), String> {
-    let driver = pool.driver();
-    let mut task = floor_task(pool, spec);
-    task.timeout = Some(spec.timeout);
-    task.input = Some(Box::new(std::io::Cursor::new(body.to_vec())));
-    task.stdout = Some(Box::new(tokio::io::sink()));
-    let result = match driver.prepare(task).await {
-        Ok(mut cookie) => {
-            let result = match cookie.run().await {
-                Ok(_) => cookie.wait(&CancellationToken::new()).await,
-                Err(error) => Err(error),
-            };
-            cookie.close().await;
-            result
-        }
-        Err(error) => Err(error),
-    };
-    result.map_err(|e| format!("a floor_cold call failed: {e}"))
 }
 
 /// What a ratio compares.

@@ -120,7 +120,7 @@ where
     let (daemons_before, shims_before, hotpool_before, window) = (
         cpu_of(&daemons),
         cpu_of(&shims),
-        super::bench::process_cpu_time(),
+        super::samples::process_cpu_time(),
         Instant::now(),
     );
     tokio::time::sleep(IDLE_WINDOW).await;
@@ -131,7 +131,7 @@ where
         .as_secs_f64()
         / seconds
         + shim_cpu_idle;
-    let hotpool_cpu_idle = super::bench::process_cpu_time()
+    let hotpool_cpu_idle = super::samples::process_cpu_time()
         .saturating_sub(hotpool_before)
         .as_secs_f64()
         / seconds;

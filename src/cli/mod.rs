@@ -4,11 +4,13 @@ mod bench;
 mod density;
 mod engine;
 mod engine_processes;
+mod floor;
 mod handover;
 mod reload;
 mod replay;
 mod replay_live;
 mod run;
+mod samples;
 mod serve;
 mod warm;
 

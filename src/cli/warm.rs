@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::bench::{FloorContainer, Samples, floor_task};
+use super::floor::{FloorContainer, floor_task};
+use super::samples::Samples;
 use hotpool::driver::containerd::{ContainerdDriver, Footprint};
 use hotpool::driver::{AnyCookie, AnyDriver, Cookie, Driver};
 use hotpool::pool::{FunctionSpec, Pool, Request};
