@@ -50,8 +50,7 @@ use super::floor::{FloorContainer, floor_cold_call};
 use super::samples::{Samples, timed};
 use super::warm::Warm;
 use crate::units::MAX_TIMEOUT;
-use hotpool::driver::AnyDriver;
-use hotpool::driver::{ClaimError, Driver, Transport};
+use hotpool::driver::{AnyDriver, ClaimError, Driver, Transport};
 use hotpool::error::CallError;
 use hotpool::pool::{
     BuildError, Format, Function, FunctionSpec, KeepAlive, Lifecycle, POOL_LABEL, Pool, Request,

@@ -27,8 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::ENGINE;
-use crate::driver::EngineCallError;
-use crate::driver::LABEL;
+use crate::driver::{EngineCallError, LABEL};
 
 /// The deadline of a call that only reads or writes records.
 pub(crate) const QUICK: Duration = Duration::from_secs(10);
