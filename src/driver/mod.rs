@@ -49,7 +49,7 @@ pub use any::{AnyCookie, AnyDriver, EngineChoice, EngineKind};
 pub use call_mark::CallMark;
 pub use claim::{ClaimError, MAX_POLICIES_BYTES, PoolClaim, PoolOwner};
 pub use cpus::Cpus;
-pub use linux::pool_lock::PoolLock;
+pub use linux::pool_lock::{PoolLock, handover_path};
 
 use std::collections::BTreeMap;
 use std::fmt;

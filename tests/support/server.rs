@@ -707,8 +707,8 @@ pub fn error_of(response: &HttpResponse) -> Value {
 }
 
 /// What a server killed outright leaves that only the next server of its
-/// pool would remove, removed when dropped: its pipe directories and its pool
-/// lock file (its containers are a pool guard's).
+/// pool would remove, removed when dropped: its pipe directories, its pool
+/// lock file and its hand-over socket (its containers are a pool guard's).
 pub struct KilledServerFiles {
     pub pool: String,
     pub pid: u32,
@@ -720,6 +720,7 @@ impl Drop for KilledServerFiles {
             let _ = std::fs::remove_dir_all(dir);
         }
         for lock in super::pool_locks_of(&self.pool) {
+            let _ = std::fs::remove_file(hotpool::driver::handover_path(&lock));
             let _ = std::fs::remove_file(lock);
         }
     }

@@ -105,8 +105,9 @@ impl PoolLock {
 }
 
 /// The hand-over socket of the pool whose lock file is `lock`
-/// (`ROOT/pools/ENGINE/POOL.lock`).
-fn handover_path(lock: &Path) -> PathBuf {
+/// (`ROOT/pools/ENGINE/POOL.lock`). An owner killed outright leaves it
+/// behind, as it leaves its lock file; the pool's next owner binds over it.
+pub fn handover_path(lock: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
     let root = lock.ancestors().nth(3).unwrap_or_else(|| Path::new("/"));
     let digest = Sha256::digest(lock.as_os_str().as_encoded_bytes());
