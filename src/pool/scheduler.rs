@@ -446,15 +446,14 @@ impl<D: Driver> Inner<D> {
             Err(error) => Err(error),
         };
         record_start(&pool.name, started, result.as_ref().err());
-        let took = started.elapsed();
         if result.is_ok() {
-            pool.record_start_cost(took);
+            pool.record_start_cost(started.elapsed());
         }
         match result {
-            Ok(slot) => {
+            Ok((slot, turn)) => {
                 let actions = {
                     let mut state = pool.lock();
-                    let actions = state.started(slot, now(), took);
+                    let actions = state.started(slot, now(), turn.elapsed());
                     pool.publish(&mut state);
                     actions
                 };
@@ -509,21 +508,25 @@ impl<D: Driver> Inner<D> {
         }
     }
 
+    /// Starts a hot container of `pool` in `memory`; with it, when its start
+    /// turn came (the engine's own time runs from there).
     async fn start_hot(
         &self,
         pool: &Arc<FunctionPool<D>>,
         memory: Reservation,
-    ) -> Result<Slot<D>, CallError> {
+    ) -> Result<(Slot<D>, Instant), CallError> {
         // A turn once the memory is there: no start waits for memory holding one.
         let Some(turn) = self.start_turn(&pool.name).await else {
             return Err(busy("the pool is shutting down"));
         };
+        let turn_came = Instant::now();
         let (task, wiring) = self.hot_task(pool, &crate::id::new_id());
         let id = task.id.clone();
         let mut cookie = self.prepare(task).await?;
         let ran = cookie.run().await;
         drop(turn);
-        self.hot_slot(id, pool, cookie, ran, wiring, memory).await
+        let slot = self.hot_slot(id, pool, cookie, ran, wiring, memory).await?;
+        Ok((slot, turn_came))
     }
 
     /// Takes over the hot containers an earlier owner of the pool left

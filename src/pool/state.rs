@@ -308,7 +308,7 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         self.offer(container, now, false)
     }
 
-    /// A container started at `now`, `took` after it was asked for.
+    /// A container started at `now`, `took` after its start turn came.
     pub(crate) fn started(&mut self, container: C, now: Instant, took: Duration) -> Actions<C, W> {
         self.starting -= 1;
         self.keep_alive.start_took(took);

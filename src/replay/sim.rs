@@ -114,8 +114,8 @@ enum Cause {
 
 #[derive(Debug)]
 enum Event {
-    /// A container of the function finished starting; it was asked for at `u64`.
-    Started(usize, u64),
+    /// A container of the function finished starting.
+    Started(usize),
     /// A container of the function finished its call.
     Returned(usize, Container),
     /// The function asked to be woken; `u64` names the request.
@@ -203,9 +203,9 @@ struct Simulation {
     start_slots: usize,
     /// Containers starting now.
     starting: usize,
-    /// Starts waiting for a slot (their memory held): function, when it was
-    /// asked for, since when it waits.
-    waiting_for_slot: VecDeque<(usize, u64, u64)>,
+    /// Starts waiting for a slot (their memory held): function, since when
+    /// it waits.
+    waiting_for_slot: VecDeque<(usize, u64)>,
     /// Time starts waited for a slot, in nanoseconds.
     start_wait: u64,
     /// Starts begun in each second of the day.
@@ -312,9 +312,11 @@ impl Simulation {
             self.advance(at);
             let now = self.instant(at);
             match event {
-                Event::Started(function, asked) => {
+                Event::Started(function) => {
                     self.slot_freed(at);
-                    let took = Duration::from_nanos(at - asked);
+                    // The engine's own time, from its turn: the waits for
+                    // memory and a slot are everyone's, not the function's.
+                    let took = Duration::from_nanos(self.cold_start);
                     let changes =
                         self.functions[function]
                             .state
@@ -461,7 +463,7 @@ impl Simulation {
     fn start(&mut self, function: usize, count: usize, at: u64) {
         for _ in 0..count {
             if self.make_room(function) {
-                self.begin_start(function, at, at);
+                self.begin_start(function, at);
             } else {
                 let parked = &mut self.functions[function].parked;
                 if parked.is_empty() {
@@ -486,7 +488,7 @@ impl Simulation {
                 // No container was freed: as after a tick that retired none.
                 self.carry_out(function, changes, at, Cause::Tick);
             } else {
-                self.begin_start(function, at, at);
+                self.begin_start(function, at);
             }
         }
     }
@@ -507,29 +509,29 @@ impl Simulation {
                 self.functions[function].parked.pop_front();
                 self.memory_waits += 1;
                 self.longest_memory_wait = self.longest_memory_wait.max(at - since);
-                self.begin_start(function, since, at);
+                self.begin_start(function, at);
             }
             false
         });
         self.parked = parked;
     }
 
-    /// Holds the memory of a container of `function` (asked for at `asked`)
-    /// from `at` and starts it when a start slot is free, as the pool's starts
-    /// take their turn once their memory is reserved.
-    fn begin_start(&mut self, function: usize, asked: u64, at: u64) {
+    /// Holds the memory of a container of `function` from `at` and starts it
+    /// when a start slot is free, as the pool's starts take their turn once
+    /// their memory is reserved.
+    fn begin_start(&mut self, function: usize, at: u64) {
         self.held += self.functions[function].memory;
         self.container_starts += 1;
         if self.starting < self.start_slots {
-            self.take_slot(function, asked, at, at);
+            self.take_slot(function, at, at);
         } else {
-            self.waiting_for_slot.push_back((function, asked, at));
+            self.waiting_for_slot.push_back((function, at));
         }
     }
 
-    /// A start of `function`, asked for at `asked`, that began to wait for a
-    /// slot at `since` takes one at `at`.
-    fn take_slot(&mut self, function: usize, asked: u64, since: u64, at: u64) {
+    /// A start of `function` that began to wait for a slot at `since` takes
+    /// one at `at`.
+    fn take_slot(&mut self, function: usize, since: u64, at: u64) {
         self.starting += 1;
         self.start_wait += at - since;
         if let Some(second) = self.starts_per_second.get_mut((at / SECOND_NS) as usize) {
@@ -539,14 +541,14 @@ impl Simulation {
         // Starting, or waiting to: held but not idle.
         let memory = self.functions[function].memory;
         self.busy_integral += u128::from(memory) * u128::from(self.within_end(since, ready));
-        let _ = self.push(ready, Event::Started(function, asked));
+        let _ = self.push(ready, Event::Started(function));
     }
 
     /// A start ended at `at`: the longest-waiting start takes its slot.
     fn slot_freed(&mut self, at: u64) {
         self.starting -= 1;
-        if let Some((function, asked, since)) = self.waiting_for_slot.pop_front() {
-            self.take_slot(function, asked, since, at);
+        if let Some((function, since)) = self.waiting_for_slot.pop_front() {
+            self.take_slot(function, since, at);
         }
     }
 

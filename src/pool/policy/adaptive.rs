@@ -58,8 +58,8 @@
 //! The clock tells strays so even while no container needs bringing back.
 //!
 //! **Forecast.** A function busy enough to expect at least one call within
-//! its horizon (one container start, as its own starts have taken lately)
-//! keeps ready, idle or starting,
+//! its horizon (one container start, as its own starts have taken lately
+//! from their start turn on) keeps ready, idle or starting,
 //! the containers the next horizon's calls need: arrivals less returns, each
 //! counted at its rate over the last [`RATE_EVENTS`], plus
 //! [`FORECAST_DEVIATIONS`] standard deviations of the two as Poisson counts,
@@ -74,7 +74,11 @@
 //! container let go at a level the forecast wants again cost a start, not a
 //! cold start, and the keep-alive learns so: with the forecast covering rises,
 //! surplus containers go sooner, but not when they would be started again
-//! soon.
+//! soon. The waits for memory and for a start turn are left out of the
+//! horizon: they are every function's, and a forecast that covered them would
+//! ask for more starts, which make them longer still (on the trace, under a
+//! start capacity like this machine's engine's, starts then waited four times
+//! as long).
 //!
 //! **Learned.** What it hands on ([`AdaptiveLearned`]): the spells and the
 //! timeouts they chose (with what each miss cost), the weight of the next one,

@@ -50,8 +50,10 @@ pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
     /// How many containers should be up at `now` even with no call asking.
     fn prewarm(&self, now: Instant) -> usize;
 
-    /// A container of the function started: `took` passed from asking for it
-    /// (its memory and its turn included) until it was ready.
+    /// A container of the function started: `took` passed from its start
+    /// turn until it was ready (the engine's own time: the waits for memory
+    /// and for a turn, which every function's starts make longer, are not in
+    /// it).
     fn start_took(&mut self, _took: Duration) {}
 
     /// The next time after `now` that [`KeepAlivePolicy::prewarm`] may change.
