@@ -329,6 +329,12 @@ impl Adaptive {
         let stay = (self.running.max(1) as f64 / arrival_rate).min(horizon);
         let chance = ((arrival_rate + return_rate) * stay).sqrt();
         let deficit = (arrival_rate - return_rate) * stay + FORECAST_DEVIATIONS * chance;
+        // Rounded up: a container past where the margin's rule, read for
+        // whole containers, stops (rounding to the nearest). On the trace's
+        // samples (3 start slots) rounding to the nearest cost 0.3-2.9% more
+        // by the policy's own prices on 12 of 14 samples and seeds, and 0.3%
+        // less on the other two; most likely because rates measured over past
+        // calls lag a rise, which the extra container covers.
         deficit.max(0.0).ceil() as usize
     }
 
