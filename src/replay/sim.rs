@@ -880,6 +880,40 @@ mod tests {
     }
 
     #[test]
+    fn a_start_waiting_for_a_slot_does_not_lengthen_the_forecasts_horizon() {
+        // Sixty times faster than the trace: a minute of it is a second. A
+        // burst of 15 calls of a second within a second, every one starting a
+        // container through one slot (the last waits about 3 s for it); fewer
+        // than the forecast needs to measure a rate. Then, long after those
+        // containers went, 2 calls a second: with a start's 250 ms as the
+        // horizon, half a call is expected within it and the forecast keeps
+        // out; with a horizon of seconds it would keep a spare container (as
+        // it did when a start's time held its wait for a slot).
+        let mut calls = vec![(0, 15)];
+        calls.extend((700..760).map(|minute| (minute, 2)));
+        let functions = [function("f", calls, 60_000.0)];
+        let options = |cold_start| Options {
+            arrivals: Arrivals::Equidistant,
+            start_slots: Some(1),
+            speed: 60.0,
+            cold_start,
+            ..Options::default()
+        };
+        let prewarms = |report: &Report| report.prewarms_used + report.prewarms_wasted;
+
+        let waited = replay_with(&functions, &options(Duration::from_millis(250)));
+        assert!(
+            waited.start_wait_s > 10.0,
+            "the burst's starts waited: {waited:?}"
+        );
+        assert_eq!(prewarms(&waited), 0, "{waited:?}");
+        // The same calls where the engine itself takes 2 s a start: the
+        // forecast does keep a spare container.
+        let slow = replay_with(&functions, &options(Duration::from_secs(2)));
+        assert!(prewarms(&slow) > 0, "{slow:?}");
+    }
+
+    #[test]
     fn a_warm_floor_buys_off_a_sparse_functions_cold_starts_with_idle_memory() {
         let functions = [function("f", vec![(10, 1), (200, 1), (900, 1)], 1000.0)];
         let options = |min_idle| Options {
