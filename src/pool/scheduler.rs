@@ -56,6 +56,13 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// thousand starts, and 839 of them passed their 30 s deadline.
 pub const STARTS_AT_ONCE: usize = 16;
 
+/// A hot start's turn: when it came, after waiting how long behind other
+/// starts.
+struct StartTurn {
+    came: Instant,
+    waited: Duration,
+}
+
 /// Where a start's memory comes from.
 #[derive(Debug, Clone, Copy)]
 enum Memory {
@@ -453,7 +460,7 @@ impl<D: Driver> Inner<D> {
             Ok((slot, turn)) => {
                 let actions = {
                     let mut state = pool.lock();
-                    let actions = state.started(slot, now(), turn.elapsed());
+                    let actions = state.started(slot, now(), turn.came.elapsed(), turn.waited);
                     pool.publish(&mut state);
                     actions
                 };
@@ -508,25 +515,28 @@ impl<D: Driver> Inner<D> {
         }
     }
 
-    /// Starts a hot container of `pool` in `memory`; with it, when its start
-    /// turn came (the engine's own time runs from there).
+    /// Starts a hot container of `pool` in `memory`; with it, its start turn.
     async fn start_hot(
         &self,
         pool: &Arc<FunctionPool<D>>,
         memory: Reservation,
-    ) -> Result<(Slot<D>, Instant), CallError> {
+    ) -> Result<(Slot<D>, StartTurn), CallError> {
         // A turn once the memory is there: no start waits for memory holding one.
+        let asked = Instant::now();
         let Some(turn) = self.start_turn(&pool.name).await else {
             return Err(busy("the pool is shutting down"));
         };
-        let turn_came = Instant::now();
+        let start_turn = StartTurn {
+            came: Instant::now(),
+            waited: asked.elapsed(),
+        };
         let (task, wiring) = self.hot_task(pool, &crate::id::new_id());
         let id = task.id.clone();
         let mut cookie = self.prepare(task).await?;
         let ran = cookie.run().await;
         drop(turn);
         let slot = self.hot_slot(id, pool, cookie, ran, wiring, memory).await?;
-        Ok((slot, turn_came))
+        Ok((slot, start_turn))
     }
 
     /// Takes over the hot containers an earlier owner of the pool left

@@ -308,10 +308,17 @@ impl<C: Served, W: Waiter> FunctionState<C, W> {
         self.offer(container, now, false)
     }
 
-    /// A container started at `now`, `took` after its start turn came.
-    pub(crate) fn started(&mut self, container: C, now: Instant, took: Duration) -> Actions<C, W> {
+    /// A container started at `now`, `took` after its start turn came, which
+    /// it `waited` for.
+    pub(crate) fn started(
+        &mut self,
+        container: C,
+        now: Instant,
+        took: Duration,
+        waited: Duration,
+    ) -> Actions<C, W> {
         self.starting -= 1;
-        self.keep_alive.start_took(took);
+        self.keep_alive.start_took(took, waited);
         // Starts work again: the floor need not wait for its pause to end.
         self.failed_starts = 0;
         self.floor_paused_until = None;
@@ -728,7 +735,7 @@ mod tests {
     fn with_idle(state: &mut State, now: Instant, containers: &[&'static str]) {
         for container in containers {
             state.starting += 1;
-            let actions = state.started(container, now, START);
+            let actions = state.started(container, now, START, Duration::ZERO);
             assert!(actions.grant.is_none() && actions.retire.is_empty());
         }
     }
@@ -747,7 +754,7 @@ mod tests {
         assert_eq!((ticked.start, ticked.fill), (0, 2));
         assert_eq!(state.tick(now).fill, 0, "starting ones count");
         for container in ["a", "b"] {
-            let _ = state.started(container, now, START);
+            let _ = state.started(container, now, START, Duration::ZERO);
         }
         let Arrival::Ready { fill: 1, .. } = state.call_arrives(now, || call(1)) else {
             panic!("one taken, one started for the floor")
@@ -778,7 +785,7 @@ mod tests {
         let Arrival::Queued { start: 1, .. } = state.call_arrives(now, || call(1)) else {
             panic!("the first call starts one container")
         };
-        let actions = state.started("c1", now, START);
+        let actions = state.started("c1", now, START, Duration::ZERO);
         let (waiter, container) = actions.grant.expect("the waiter gets it");
         assert_eq!((waiter.id, container), (1, "c1"));
         assert_eq!(
@@ -811,6 +818,13 @@ mod tests {
         fn idle_removed(&mut self, _: Instant, level: usize) {
             self.told.lock().unwrap().push(("removed", level));
         }
+        fn start_took(&mut self, _: Duration, waited: Duration) {
+            let waited_ms = waited.as_millis() as usize;
+            self.told
+                .lock()
+                .unwrap()
+                .push(("started after waiting ms", waited_ms));
+        }
         fn idle_until(&self, idle_since: Instant, _: usize) -> Instant {
             idle_since + Duration::from_secs(60)
         }
@@ -823,7 +837,7 @@ mod tests {
     }
 
     #[test]
-    fn the_policy_is_told_levels_and_a_call_that_left_is_not_in_flight() {
+    fn the_policy_is_told_levels_start_waits_and_a_call_that_left_is_not_in_flight() {
         let start = Instant::now();
         let mut state = state(3, 3);
         let spy = Spy::default();
@@ -834,7 +848,10 @@ mod tests {
             state.call_arrives(start, || first.clone()),
             Arrival::Queued { start: 1, .. }
         ));
-        let (_, c1) = state.started("c1", start, START).grant.expect("granted");
+        let (_, c1) = state
+            .started("c1", start, START, Duration::ZERO)
+            .grant
+            .expect("granted");
         let second = call(2);
         assert!(matches!(
             state.call_arrives(start, || second.clone()),
@@ -844,15 +861,17 @@ mod tests {
         let back = state.returned(c1, secs(start, 1));
         assert!(back.grant.is_none(), "the second caller left");
         // The start made for the call that left comes up idle, on top.
-        let _ = state.started("c2", secs(start, 2), START);
+        let _ = state.started("c2", secs(start, 2), START, Duration::from_millis(750));
         let gone = state.tick(secs(start, 100));
         assert_eq!(gone.retire.len(), 2);
         assert_eq!(
             *told.lock().unwrap(),
             [
                 ("arrived", 1),
+                ("started after waiting ms", 0),
                 ("arrived", 2),
                 ("returned", 0),
+                ("started after waiting ms", 750),
                 ("removed", 2),
                 ("removed", 1)
             ]
@@ -896,7 +915,10 @@ mod tests {
         let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("the starting container serves the live waiter")
         };
-        let (waiter, _) = state.started("c", now, START).grant.expect("granted");
+        let (waiter, _) = state
+            .started("c", now, START, Duration::ZERO)
+            .grant
+            .expect("granted");
         assert_eq!(waiter.id, 2, "the caller who left is skipped");
     }
 
@@ -973,7 +995,7 @@ mod tests {
         ));
         let back = state.returned(busy, now);
         assert_eq!(back.retire, [("idle", EvictionReason::Replaced)]);
-        let started = state.started("late", now, START);
+        let started = state.started("late", now, START, Duration::ZERO);
         assert_eq!(started.retire, [("late", EvictionReason::Replaced)]);
         assert!(state.is_finished());
     }
@@ -1065,7 +1087,11 @@ mod tests {
         // Calls every 10 s, each served by the one container: regular gaps.
         let container = {
             let _ = state.call_arrives(now, || call(0));
-            state.started("c", now, START).grant.expect("granted").1
+            state
+                .started("c", now, START, Duration::ZERO)
+                .grant
+                .expect("granted")
+                .1
         };
         let mut container = Some(container);
         for i in 1..12 {
@@ -1077,7 +1103,12 @@ mod tests {
             now += Duration::from_secs(10);
             let prewarm_due = state.tick(now - Duration::from_secs(1));
             for _ in 0..prewarm_due.start {
-                let _ = state.started("prewarmed", now - Duration::from_millis(900), START);
+                let _ = state.started(
+                    "prewarmed",
+                    now - Duration::from_millis(900),
+                    START,
+                    Duration::ZERO,
+                );
             }
             container = Some(match state.call_arrives(now, || call(i)) {
                 Arrival::Ready {
@@ -1092,7 +1123,11 @@ mod tests {
                     container
                 }
                 Arrival::Queued { start: 1, .. } => {
-                    state.started("c", now, START).grant.expect("granted").1
+                    state
+                        .started("c", now, START, Duration::ZERO)
+                        .grant
+                        .expect("granted")
+                        .1
                 }
                 other => panic!("{other:?}"),
             });
@@ -1103,7 +1138,12 @@ mod tests {
         let _ = state.tick(now);
         let due = state.tick(now + Duration::from_secs(9));
         assert_eq!(due.start, 1);
-        let _ = state.started("unused", now + Duration::from_secs(9), START);
+        let _ = state.started(
+            "unused",
+            now + Duration::from_secs(9),
+            START,
+            Duration::ZERO,
+        );
         let late = state.tick(now + Duration::from_secs(60));
         assert_eq!((late.retire.len(), late.prewarms_wasted), (1, 1));
     }

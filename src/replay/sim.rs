@@ -114,8 +114,9 @@ enum Cause {
 
 #[derive(Debug)]
 enum Event {
-    /// A container of the function finished starting.
-    Started(usize),
+    /// A container of the function finished starting, after waiting for a
+    /// start slot that many nanoseconds.
+    Started(usize, u64),
     /// A container of the function finished its call.
     Returned(usize, Container),
     /// The function asked to be woken; `u64` names the request.
@@ -312,15 +313,19 @@ impl Simulation {
             self.advance(at);
             let now = self.instant(at);
             match event {
-                Event::Started(function) => {
+                Event::Started(function, waited) => {
                     self.slot_freed(at);
-                    // The engine's own time, from its turn: the waits for
-                    // memory and a slot are everyone's, not the function's.
+                    // The engine's own time, from its turn (the waits for
+                    // memory and a slot are everyone's, not the function's),
+                    // and the wait for the slot, which prices its starts.
                     let took = Duration::from_nanos(self.cold_start);
-                    let changes =
-                        self.functions[function]
-                            .state
-                            .started(Container { calls: 0 }, now, took);
+                    let waited = Duration::from_nanos(waited);
+                    let changes = self.functions[function].state.started(
+                        Container { calls: 0 },
+                        now,
+                        took,
+                        waited,
+                    );
                     self.carry_out(function, changes, at, Cause::Started);
                 }
                 Event::Returned(function, container) => {
@@ -541,7 +546,7 @@ impl Simulation {
         // Starting, or waiting to: held but not idle.
         let memory = self.functions[function].memory;
         self.busy_integral += u128::from(memory) * u128::from(self.within_end(since, ready));
-        let _ = self.push(ready, Event::Started(function));
+        let _ = self.push(ready, Event::Started(function, at - since));
     }
 
     /// A start ended at `at`: the longest-waiting start takes its slot.

@@ -8,7 +8,14 @@
 //! **Prices.** One currency, the cold start: a second of idle memory costs
 //! `memory / cold_start_gb_s` of one, and a container start costs
 //! [`START_COST`] of one (the engine's CPU time for a start against the
-//! caller's wait for it, a second of either weighed alike).
+//! caller's wait for it, a second of either weighed alike), and more while
+//! starts queue for their turn: each start then makes those behind it wait
+//! about as long as it waited, so the wait the function's own starts had
+//! lately, in starts' times, is added to its price (a start that waited two
+//! starts' times costs 2.3). Letting a container go that is started again
+//! soon, or keeping one through a gap rather than bringing it back on the
+//! clock, is weighed at that price; the forecast's margin is not (a prewarm
+//! and the cold start it saves would queue alike; see [`START_COST`]).
 //!
 //! **Keep-alive.** Every idle spell of a container ends one of two ways: a call
 //! takes the container (its length is observed), or the container is removed.
@@ -84,9 +91,9 @@
 //! timeouts they chose (with what each miss cost), the weight of the next one,
 //! its last busy spells (when they began, their peaks and spans) and how long
 //! the function has been idle. The rates of
-//! the last calls, the last removed containers and the horizon are not: they
-//! are about the last seconds (the horizon is measured again at the next
-//! start).
+//! the last calls, the last removed containers, the horizon and the price of
+//! a start are not: they are about the last seconds (both are measured again
+//! at the next start).
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;
@@ -154,6 +161,9 @@ const FORECAST_DEVIATIONS: f64 = 0.52;
 /// is where a normal count exceeds its mean with that chance (P(Z > 0.52) =
 /// 0.30).
 const START_COST: f64 = 0.3;
+/// How much each start's wait for its turn makes up of a function's price of
+/// a start (an average over about the last ten starts).
+const START_WAIT_WEIGHT: f64 = 0.1;
 /// The weight past which every weight is scaled down, before they overflow.
 const RESCALE_ABOVE: f64 = 1e200;
 
@@ -209,6 +219,10 @@ pub(crate) struct Adaptive {
     forecast: Option<(Instant, usize)>,
     /// How far ahead the forecast looks: what a start has taken lately.
     horizon: Duration,
+    /// What a start costs lately, in cold starts: [`START_COST`] plus the
+    /// wait it makes the starts queued behind it have (about its own wait for
+    /// a turn).
+    start_cost: f64,
 }
 
 /// A busy spell of the function, from a call that found none in flight until
@@ -307,6 +321,7 @@ impl Adaptive {
             returns: Recent::default(),
             forecast: None,
             horizon: FIRST_HORIZON,
+            start_cost: START_COST,
         }
     }
 
@@ -367,7 +382,7 @@ impl Adaptive {
     fn wanted_again(&mut self, now: Instant, wanted: usize) {
         for level in self.running + 1..=wanted.min(self.removed.len().saturating_sub(1)) {
             if let Some(began) = self.removed[level].take() {
-                self.observe(level, now.saturating_duration_since(began), START_COST);
+                self.observe(level, now.saturating_duration_since(began), self.start_cost);
             }
         }
     }
@@ -468,7 +483,7 @@ impl Adaptive {
         // prewarm until its call: half a spell's span, on average.
         let kept = self.price_per_second * gap.as_secs_f64();
         let restarted =
-            START_COST + self.price_per_second * (PREWARM_LEAD + span / 2).as_secs_f64();
+            self.start_cost + self.price_per_second * (PREWARM_LEAD + span / 2).as_secs_f64();
         let let_go = kept > LET_GO_MARGIN * restarted;
         // Else up to the highest level whose timeout lets it go before due.
         let brought_back = if let_go {
@@ -495,7 +510,7 @@ impl KeepAlivePolicy for Adaptive {
         let (began, cost) = match found {
             Found::Idle(since) => (Some(since), 1.0),
             // The container removed at this level was started again.
-            Found::Prewarmed => (removed, START_COST),
+            Found::Prewarmed => (removed, self.start_cost),
             Found::Nothing => (removed, 1.0),
         };
         if let Some(began) = began {
@@ -599,11 +614,16 @@ impl KeepAlivePolicy for Adaptive {
         clockwork.max(self.running + self.forecast_deficit(now))
     }
 
-    fn start_took(&mut self, took: Duration) {
+    fn start_took(&mut self, took: Duration, waited: Duration) {
         let took = took.clamp(SHORTEST_HORIZON, LONGEST_HORIZON);
         let blended = self.horizon.as_secs_f64() * (1.0 - HORIZON_WEIGHT)
             + took.as_secs_f64() * HORIZON_WEIGHT;
         self.horizon = Duration::from_secs_f64(blended);
+        // The starts queued behind this one wait about as long for it as it
+        // waited for those ahead; a wait in starts' times is a cold start's
+        // wait each.
+        let price = START_COST + waited.as_secs_f64() / self.horizon.as_secs_f64();
+        self.start_cost = self.start_cost * (1.0 - START_WAIT_WEIGHT) + price * START_WAIT_WEIGHT;
     }
 
     fn next_change(&self, now: Instant) -> Option<Instant> {
@@ -1214,7 +1234,7 @@ mod tests {
         let quick = policy.prewarm(now) - in_flight;
         // Starts now take two seconds, as on a loaded engine.
         for _ in 0..40 {
-            policy.start_took(Duration::from_secs(2));
+            policy.start_took(Duration::from_secs(2), Duration::ZERO);
         }
         let later = now + Duration::from_secs(100);
         let (in_flight, now) = rising(&mut policy, later);
@@ -1230,7 +1250,7 @@ mod tests {
         );
         // A start far out of range counts as the longest horizon: a quarter
         // of 10 s on three quarters of 2 s.
-        policy.start_took(Duration::from_secs(3600));
+        policy.start_took(Duration::from_secs(3600), Duration::ZERO);
         let horizon = policy.horizon.as_secs_f64();
         assert!((3.99..=4.0).contains(&horizon), "{horizon} s");
     }
@@ -1282,7 +1302,21 @@ mod tests {
     /// The timeout a policy of `memory` learns when, each round, a container
     /// goes idle, is removed, and `spell` later a call finds `found`.
     fn timeout_after_removals(memory: u64, spell: Duration, found: Found) -> Duration {
+        timeout_after_queued_removals(memory, spell, found, Duration::ZERO)
+    }
+
+    /// As [`timeout_after_removals`], its starts having waited `turn_wait`
+    /// each for their turn (250 ms each once there).
+    fn timeout_after_queued_removals(
+        memory: u64,
+        spell: Duration,
+        found: Found,
+        turn_wait: Duration,
+    ) -> Duration {
         let mut policy = Adaptive::new(memory, 3000.0);
+        for _ in 0..30 {
+            policy.start_took(FIRST_HORIZON, turn_wait);
+        }
         let start = Instant::now();
         let now = reused_after(&mut policy, start, 1, Duration::from_secs(2), 20);
         for round in 0..50u32 {
@@ -1313,6 +1347,23 @@ mod tests {
             restarted >= spell,
             "worth keeping rather than starting again: {restarted:?}"
         );
+    }
+
+    #[test]
+    fn a_start_that_queues_behind_others_costs_their_wait_too() {
+        // As above, two minutes idle of 10 GiB cost 0.4 of a cold start: more
+        // than a start (0.3), less than one that waited two starts' times
+        // for its turn (2.3).
+        let (memory, spell) = (10 * 1024 * MIB, Duration::from_secs(120));
+        let queued = FIRST_HORIZON * 2;
+        let restarted = timeout_after_queued_removals(memory, spell, Found::Prewarmed, queued);
+        assert!(
+            restarted >= spell,
+            "worth keeping while starts queue: {restarted:?}"
+        );
+        let restarted =
+            timeout_after_queued_removals(memory, spell, Found::Prewarmed, Duration::ZERO);
+        assert!(restarted < Duration::from_secs(10), "{restarted:?}");
     }
 
     #[test]

@@ -53,8 +53,8 @@ pub(crate) trait KeepAlivePolicy: Send + fmt::Debug {
     /// A container of the function started: `took` passed from its start
     /// turn until it was ready (the engine's own time: the waits for memory
     /// and for a turn, which every function's starts make longer, are not in
-    /// it).
-    fn start_took(&mut self, _took: Duration) {}
+    /// it), after `waited` for that turn behind other starts.
+    fn start_took(&mut self, _took: Duration, _waited: Duration) {}
 
     /// The next time after `now` that [`KeepAlivePolicy::prewarm`] may change.
     fn next_change(&self, now: Instant) -> Option<Instant>;
