@@ -919,6 +919,45 @@ mod tests {
     }
 
     #[test]
+    fn starts_that_wait_for_a_slot_make_containers_worth_keeping() {
+        // Sixty times faster than the trace: bursts of 40 calls of a second
+        // within a second, at irregular gaps of 6-9 s, of 10 GB containers
+        // where a cold start is worth 100 GB-s. Keeping one through a gap
+        // costs more than a start (0.3 of a cold start) and less than a cold
+        // start: with any number of starts at once the policy lets the
+        // surplus go and the forecast starts it again in the next burst.
+        // Through one slot a burst's starts wait seconds each, which prices
+        // a start far above keeping the container.
+        let gaps = [6, 8, 7, 9];
+        let mut calls = Vec::new();
+        let mut minute = 0;
+        for burst in 0..150 {
+            calls.push((minute, 40));
+            minute += gaps[burst % gaps.len()];
+        }
+        let functions = [TestFunction {
+            name: "f",
+            calls,
+            duration_ms: 60_000.0,
+            memory_mb: 10 * 1024,
+        }];
+        let options = |start_slots| Options {
+            policy: "adaptive:100".parse().unwrap(),
+            arrivals: Arrivals::Equidistant,
+            start_slots,
+            speed: 60.0,
+            ..Options::default()
+        };
+        let free = replay_with(&functions, &options(None));
+        let queued = replay_with(&functions, &options(Some(1)));
+        assert!(queued.start_wait_s > 0.0, "{queued:?}");
+        assert!(
+            queued.container_starts * 2 < free.container_starts,
+            "free: {free:?}, queued: {queued:?}"
+        );
+    }
+
+    #[test]
     fn a_warm_floor_buys_off_a_sparse_functions_cold_starts_with_idle_memory() {
         let functions = [function("f", vec![(10, 1), (200, 1), (900, 1)], 1000.0)];
         let options = |min_idle| Options {
