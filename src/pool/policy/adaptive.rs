@@ -13,9 +13,11 @@
 //! about as long as it waited, so the wait the function's own starts had
 //! lately, in starts' times, is added to its price (a start that waited two
 //! starts' times costs 2.3). Letting a container go that is started again
-//! soon, or keeping one through a gap rather than bringing it back on the
-//! clock, is weighed at that price; the forecast's margin is not (a prewarm
-//! and the cold start it saves would queue alike; see [`START_COST`]).
+//! soon is weighed at that price. The forecast's margin is not (a prewarm
+//! and the cold start it saves would queue alike; see [`START_COST`]), nor
+//! is keeping one through a gap rather than bringing it back on the clock:
+//! the clockwork starts its containers as far ahead as they took to start
+//! last time, so their waits delay no call, and pays for that in memory.
 //!
 //! **Keep-alive.** Every idle spell of a container ends one of two ways: a call
 //! takes the container (its length is observed), or the container is removed.
@@ -52,13 +54,14 @@
 //! spells are nearly equal (all but [`IRREGULAR_PERIODS`] within a tenth of
 //! their median), the next spell is due a median period after the last ones
 //! (the median of what each says), and the containers it needs are started
-//! [`PREWARM_LEAD`] before then and kept until a tenth of a period plus its
-//! longest spell past it: up to the highest level that more than a start's
-//! price of the last spells reached. Which containers are brought back that
-//! way: those its timeout lets go before the spell is due; or, when keeping
-//! one through the gap costs more than [`LET_GO_MARGIN`] times a start and
-//! its wait for its call (half a spell), all of them, let go as the function
-//! becomes idle. A spell of a call or two between the spells of a function
+//! ahead of then by as long as the last such prewarm took to start them all
+//! ([`PREWARM_LEAD`] at least) and kept until a tenth of a period plus its
+//! longest spell past it (and by their timeouts after that): up to the
+//! highest level that more than a start's price of the last spells reached.
+//! Which containers are brought back that way: those its timeout lets go
+//! before the spell is due; or, when keeping one through the gap costs more
+//! than [`LET_GO_MARGIN`] times a start and its wait for its call (the lead
+//! and half a spell), all of them, let go as the function becomes idle. A spell of a call or two between the spells of a function
 //! whose spells reach many calls at once, outside its window, is a stray: it
 //! leaves the clock alone, and when the due spell comes while its calls are
 //! still in flight, the spell begins with its own first call in the window.
@@ -134,7 +137,9 @@ const IRREGULAR_PERIODS: usize = 2;
 /// restart saves little, the keep-alive keeps the container. With no margin
 /// the trace's N=200 sample made 4% more starts for 4% less idle memory.
 const LET_GO_MARGIN: f64 = 2.0;
-/// How long before a due call a prewarm starts.
+/// How long before a due spell a clockwork prewarm starts, at least, and
+/// until one has been timed (then as long as its starts took: the policy's
+/// `lead`).
 const PREWARM_LEAD: Duration = Duration::from_secs(1);
 /// The demand forecast: the horizon it covers before the function's first
 /// start is measured (one container start: 230 ms p50 through Docker here, the
@@ -223,6 +228,14 @@ pub(crate) struct Adaptive {
     /// wait it makes the starts queued behind it have (about its own wait for
     /// a turn).
     start_cost: f64,
+    /// How long before a due spell its clockwork prewarm starts: as long as
+    /// the last one took to start its containers, their waits for a turn
+    /// included (the longest start of the busy spell it served), so they are
+    /// ready when the spell is due; [`PREWARM_LEAD`] at least.
+    lead: Duration,
+    /// The longest a start took since the function was last idle, its wait
+    /// for a turn included.
+    longest_start: Duration,
 }
 
 /// A busy spell of the function, from a call that found none in flight until
@@ -236,7 +249,7 @@ struct Busy {
 }
 
 /// When the next busy spell of a function whose spells begin like clockwork
-/// is due: from `start` ([`PREWARM_LEAD`] before due) to `end`, reaching up
+/// is due: from `start` (the policy's lead before due) to `end`, reaching up
 /// to `levels` (see [`Adaptive::next_clock`]). A spell begun before
 /// `earliest` is not the due one begun early (the clock allows a tenth of a
 /// period either way). It tells strays from spells whether or not the
@@ -322,6 +335,8 @@ impl Adaptive {
             forecast: None,
             horizon: FIRST_HORIZON,
             start_cost: START_COST,
+            lead: PREWARM_LEAD,
+            longest_start: Duration::ZERO,
         }
     }
 
@@ -416,6 +431,10 @@ impl Adaptive {
             self.busy_spells.pop_front();
         }
         self.busy_spells.push_back(busy);
+        if self.clock.is_some_and(|clock| clock.prewarm.is_some()) {
+            self.lead = self.longest_start.max(PREWARM_LEAD);
+        }
+        self.longest_start = Duration::ZERO;
         self.clock = self.next_clock(now);
     }
 
@@ -480,10 +499,12 @@ impl Adaptive {
         let (span, longest_span) = (spans[REGULAR_PERIODS / 2], spans[REGULAR_PERIODS - 1]);
         // A container kept through the gap costs its memory all along; one
         // let go and started again costs a start, and its memory from the
-        // prewarm until its call: half a spell's span, on average.
+        // prewarm until its call: the lead and half a spell's span, on
+        // average. The start is priced without the waits for a turn: begun a
+        // lead ahead, the prewarm's starts queue among themselves, delaying
+        // no call, and the time they wait is paid as the lead's memory.
         let kept = self.price_per_second * gap.as_secs_f64();
-        let restarted =
-            self.start_cost + self.price_per_second * (PREWARM_LEAD + span / 2).as_secs_f64();
+        let restarted = START_COST + self.price_per_second * (self.lead + span / 2).as_secs_f64();
         let let_go = kept > LET_GO_MARGIN * restarted;
         // Else up to the highest level whose timeout lets it go before due.
         let brought_back = if let_go {
@@ -491,11 +512,11 @@ impl Adaptive {
         } else {
             (1..=levels)
                 .rev()
-                .find(|level| self.timeout(*level) + PREWARM_LEAD < gap)
+                .find(|level| self.timeout(*level) + self.lead < gap)
         };
         let allowed = period.mul_f64(REGULAR_SPREAD - 1.0);
         Some(Clock {
-            start: due.checked_sub(PREWARM_LEAD).unwrap_or(due).max(since),
+            start: due.checked_sub(self.lead).unwrap_or(due).max(since),
             earliest: due.checked_sub(allowed).unwrap_or(due),
             end: after(due, allowed + longest_span),
             levels,
@@ -571,13 +592,17 @@ impl KeepAlivePolicy for Adaptive {
     fn idle_until(&self, idle_since: Instant, level: usize) -> Instant {
         match self.clock {
             // A prewarmed one, or one back from a call of the spell, waits
-            // for the spell's calls through the window.
+            // for the spell's calls through the window, and by its timeout
+            // after it: the spell may outlast the window, and the next clock
+            // keep it through the gap.
             Some(Clock {
                 start,
                 end,
                 prewarm: Some(_),
                 ..
-            }) if (start..end).contains(&idle_since) => end,
+            }) if (start..end).contains(&idle_since) => {
+                end.max(after(idle_since, self.timeout(level)))
+            }
             // Brought back when due, so it goes as the function is idle.
             Some(Clock {
                 start,
@@ -615,6 +640,7 @@ impl KeepAlivePolicy for Adaptive {
     }
 
     fn start_took(&mut self, took: Duration, waited: Duration) {
+        self.longest_start = self.longest_start.max(took + waited);
         let took = took.clamp(SHORTEST_HORIZON, LONGEST_HORIZON);
         let blended = self.horizon.as_secs_f64() * (1.0 - HORIZON_WEIGHT)
             + took.as_secs_f64() * HORIZON_WEIGHT;
@@ -1158,6 +1184,51 @@ mod tests {
         }
         let last = policy.busy_spells.back().expect("a spell");
         assert_eq!((last.began, last.peak), (early, 21));
+    }
+
+    #[test]
+    fn a_clockwork_prewarm_starts_as_far_ahead_as_its_last_one_took_to_start() {
+        let (mut policy, start, _, period) = clockwork_bursts();
+        let due = start + period * 9;
+        let clock = policy.clock.expect("clockwork");
+        assert_eq!(clock.start, due - PREWARM_LEAD, "not yet timed");
+        // Its 20 starts queue three at a time: the last waits 1.5 s for its
+        // turn, 20 starts' times, which would price a start at several cold
+        // starts had it delayed a call.
+        for queued in 0..20 {
+            let waited = Duration::from_millis(250) * (queued / 3);
+            policy.start_took(Duration::from_millis(250), waited);
+        }
+        for level in 1..=20 {
+            let at = due + Duration::from_millis(10) * (level - 1) as u32;
+            policy.call_arrived(at, Found::Prewarmed, level);
+        }
+        for in_flight in (0..20).rev() {
+            policy.call_returned(due + Duration::from_secs(5), in_flight);
+        }
+        let clock = policy.clock.expect("still clockwork");
+        assert_eq!(clock.start, due + period - Duration::from_millis(1750));
+        let prewarm = clock.prewarm.expect("brought back");
+        assert!(
+            prewarm.let_go,
+            "{clock:?}: let go again, whatever they waited"
+        );
+    }
+
+    #[test]
+    fn a_container_back_from_a_spell_that_outlasts_its_window_is_kept_by_its_timeout() {
+        let (mut policy, start, _, period) = clockwork_bursts();
+        let due = start + period * 9;
+        for level in 1..=20 {
+            policy.call_arrived(due, Found::Prewarmed, level);
+        }
+        // One call returns within the window; the rest run past its end.
+        let back = due + Duration::from_secs(10);
+        policy.call_returned(back, 19);
+        let end = policy.clock.expect("clockwork").end;
+        let timeout = policy.timeout(20);
+        assert!(back + timeout > end, "{timeout:?}");
+        assert_eq!(policy.idle_until(back, 20), back + timeout);
     }
 
     /// Calls arriving every `gap` from `start`, each running `duration`, until
