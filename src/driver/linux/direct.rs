@@ -787,6 +787,26 @@ mod tests {
         status: BufReader<pipe::Receiver>,
     }
 
+    /// Spawns `command`, whose program was just written. Another test's
+    /// thread may fork while the program's file is still open for writing,
+    /// and its child holds that file open until it execs: until then the
+    /// kernel refuses to run the program ("text file busy"). Tried again for
+    /// a while, as the child soon execs.
+    fn spawn_written(command: &mut std::process::Command) -> std::process::Child {
+        let mut tries = 0;
+        loop {
+            match command.spawn() {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                spawned => return spawned.unwrap(),
+            }
+        }
+    }
+
     /// Installs the init in a runtime directory of its own and starts it on
     /// the host, as a container would run it, with the entrypoint of a task
     /// with `orphan_timeout` (a cold one's if `cold`: its input given), the
@@ -821,10 +841,7 @@ mod tests {
                 arg => arg.to_owned(),
             })
             .chain(command);
-        let child = std::process::Command::new(&init)
-            .args(args)
-            .spawn()
-            .unwrap();
+        let child = spawn_written(std::process::Command::new(&init).args(args));
         tokio::time::timeout(Duration::from_secs(30), early.ready())
             .await
             .expect("the init says ready")
