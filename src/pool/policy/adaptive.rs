@@ -60,8 +60,11 @@
 //! highest level that more than a start's price of the last spells reached.
 //! Which containers are brought back that way: those its timeout lets go
 //! before the spell is due; or, when keeping one through the gap costs more
-//! than [`LET_GO_MARGIN`] times a start and its wait for its call (the lead
-//! and half a spell), all of them, let go as the function becomes idle. A spell of a call or two between the spells of a function
+//! than a start and its wait for its call (the lead and half a spell), all
+//! of them, let go as the function becomes idle. A restart is a bet on the
+//! clock: the clock must have held for [`REGULAR_PERIODS`] periods, and only
+//! levels that the last spells reached often enough to pay for their start
+//! are brought back. A spell of a call or two between the spells of a function
 //! whose spells reach many calls at once, outside its window, is a stray: it
 //! leaves the clock alone, and when the due spell comes while its calls are
 //! still in flight, the spell begins with its own first call in the window.
@@ -131,12 +134,6 @@ const REGULAR_SPREAD: f64 = 1.1;
 const MIN_PREWARM_GAP: Duration = Duration::from_secs(4);
 /// Periods among them that may be off, and the rest still regular.
 const IRREGULAR_PERIODS: usize = 2;
-/// How many times what a restart costs keeping a container through the gap
-/// must cost before the clockwork lets it go (see [`Prewarm::let_go`]). A
-/// restart is a bet on the clock, and a call off it finds nothing; where a
-/// restart saves little, the keep-alive keeps the container. With no margin
-/// the trace's N=200 sample made 4% more starts for 4% less idle memory.
-const LET_GO_MARGIN: f64 = 2.0;
 /// How long before a due spell a clockwork prewarm starts, at least, and
 /// until one has been timed (then as long as its starts took: the policy's
 /// `lead`).
@@ -505,7 +502,7 @@ impl Adaptive {
         // no call, and the time they wait is paid as the lead's memory.
         let kept = self.price_per_second * gap.as_secs_f64();
         let restarted = START_COST + self.price_per_second * (self.lead + span / 2).as_secs_f64();
-        let let_go = kept > LET_GO_MARGIN * restarted;
+        let let_go = kept > restarted;
         // Else up to the highest level whose timeout lets it go before due.
         let brought_back = if let_go {
             Some(levels)
@@ -1184,6 +1181,24 @@ mod tests {
         }
         let last = policy.busy_spells.back().expect("a spell");
         assert_eq!((last.began, last.peak), (early, 21));
+    }
+
+    #[test]
+    fn containers_are_let_go_through_a_gap_whenever_that_costs_less_than_bringing_them_back() {
+        // Spells 300 s apart, idle gaps of about 295 s, of 1 GiB containers.
+        // Where a cold start is worth 650 GB-s, one kept through the gap
+        // costs 0.45 of a cold start and one brought back 0.30 (a start, and
+        // its memory for a second's lead and half a spell); at 1000 GB-s,
+        // 0.30 against 0.30 and a little more.
+        for (cold_start_gb_s, let_go) in [(650.0, true), (1000.0, false)] {
+            let mut policy = Adaptive::new(1024 * MIB, cold_start_gb_s);
+            let period = Duration::from_secs(300);
+            let peaks = [20, 18, 22, 20, 19, 21, 20, 20, 20].map(|peak| (peak, Duration::ZERO));
+            bursts(&mut policy, Instant::now(), period, &peaks);
+            let clock = policy.clock.expect("clockwork");
+            let chosen = clock.prewarm.is_some_and(|prewarm| prewarm.let_go);
+            assert_eq!(chosen, let_go, "{cold_start_gb_s} GB-s: {clock:?}");
+        }
     }
 
     #[test]
