@@ -47,6 +47,7 @@ fn replay_reports_the_issues_keys_and_a_longer_keep_alive_saves_cold_starts() {
     assert_eq!(
         keys,
         [
+            "call_wait_s",
             "cold_ratio",
             "cold_starts",
             "container_starts",
@@ -76,6 +77,8 @@ fn replay_reports_the_issues_keys_and_a_longer_keep_alive_saves_cold_starts() {
         assert!(number("peak_starts_per_s") >= number("p99_starts_per_s"));
         assert!(number("peak_starts_per_s") > 0.0);
         assert!(number("start_wait_s") >= 0.0);
+        // Each cold call waits a whole start (250 ms) at least.
+        assert!(number("call_wait_s") >= 0.25 * number("cold_starts"));
         assert!(
             (number("engine_start_s") - 0.105 * number("container_starts")).abs() < 1e-6,
             "the default cost per start"

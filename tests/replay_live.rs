@@ -88,6 +88,11 @@ fn a_slice_sent_to_a_real_server_counts_the_calls_the_simulation_counts() {
         comparison["cold_start_s"].as_f64().unwrap() > 0.0,
         "the simulation starts containers as long as the server's took: {comparison}"
     );
+    // A cold call waited for its container's start.
+    let call_waits = live["call_wait_s"]
+        .as_f64()
+        .expect("the calls' waits are measured");
+    assert!(call_waits > 0.0, "{comparison}");
     // A start's wait for its turn is part of the start's time.
     let waited = live["start_wait_s"]
         .as_f64()

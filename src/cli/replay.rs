@@ -249,10 +249,11 @@ fn print_table(args: &ReplayArgs, options: &Options, trace: &Trace, report: &Rep
         (
             "starts per second",
             format!(
-                "peak {}, p99 {:.0}; {:.0} s waited for a start slot; {:.0} engine CPU-s",
+                "peak {}, p99 {:.0}; {:.0} s waited for a start slot ({:.0} s by calls for a container); {:.0} engine CPU-s",
                 report.peak_starts_per_s,
                 report.p99_starts_per_s,
                 report.start_wait_s,
+                report.call_wait_s,
                 report.engine_start_s
             ),
         ),

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use hotpool::replay::{self, Options, Report, Trace, live};
 
 /// The keys set side by side, in the order shown.
-const COMPARED: [&str; 11] = [
+const COMPARED: [&str; 12] = [
     "invocations",
     "cold_starts",
     "cold_ratio",
@@ -21,6 +21,7 @@ const COMPARED: [&str; 11] = [
     "prewarms_wasted",
     "peak_starts_per_s",
     "start_wait_s",
+    "call_wait_s",
 ];
 
 /// Writes the config of the slice `trace`, replayed with `options` by a server

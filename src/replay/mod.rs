@@ -213,9 +213,11 @@ pub struct Report {
     /// The longest a start waited for memory, in seconds.
     #[serde(skip)]
     pub longest_memory_wait_s: f64,
-    /// Seconds starts waited for a start slot, summed; the calls waiting for
-    /// them waited as long.
+    /// Seconds starts waited for a start slot, summed, prewarms' included.
     pub start_wait_s: f64,
+    /// Seconds calls waited for a container, summed: a cold call's start, its
+    /// wait for a slot and for memory, or a queued call's wait for one freed.
+    pub call_wait_s: f64,
     /// The most containers begun in one second of the day.
     pub peak_starts_per_s: u32,
     /// The 99th percentile over the seconds of the day of the containers

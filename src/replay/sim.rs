@@ -87,10 +87,11 @@ impl Served for Container {
     }
 }
 
-/// A call waiting for a container; it never gives up.
+/// A call waiting for a container since it `arrived`; it never gives up.
 #[derive(Debug)]
 struct Call {
     duration: u64,
+    arrived: u64,
 }
 
 impl Waiter for Call {
@@ -195,6 +196,8 @@ struct Simulation {
     invocations: u64,
     cold_starts: u64,
     warm_after_wait: u64,
+    /// Nanoseconds calls waited for a container, summed.
+    call_wait: u64,
     container_starts: u64,
     prewarms_used: u64,
     prewarms_wasted: u64,
@@ -260,6 +263,7 @@ impl Simulation {
             invocations: 0,
             cold_starts: 0,
             warm_after_wait: 0,
+            call_wait: 0,
             container_starts: 0,
             prewarms_used: 0,
             prewarms_wasted: 0,
@@ -351,10 +355,10 @@ impl Simulation {
         self.invocations += 1;
         self.functions[function].calls += 1;
         let now = self.instant(at);
-        match self.functions[function]
-            .state
-            .call_arrives(now, || Call { duration })
-        {
+        match self.functions[function].state.call_arrives(now, || Call {
+            duration,
+            arrived: at,
+        }) {
             Arrival::Ready {
                 container,
                 prewarmed,
@@ -419,6 +423,7 @@ impl Simulation {
             } else {
                 self.warm_after_wait += 1;
             }
+            self.call_wait += at - call.arrived;
             self.serve(function, container, call.duration, at);
         }
     }
@@ -637,6 +642,7 @@ impl Simulation {
             memory_waits: self.memory_waits,
             longest_memory_wait_s: self.longest_memory_wait as f64 / 1e9,
             start_wait_s: self.start_wait as f64 / 1e9,
+            call_wait_s: self.call_wait as f64 / 1e9,
             peak_starts_per_s: self.starts_per_second.iter().copied().max().unwrap_or(0),
             p99_starts_per_s: percentile(&per_second, 0.99),
             engine_start_s: self.container_starts as f64 * self.engine_start_cost.as_secs_f64(),
@@ -735,6 +741,9 @@ mod tests {
         // One at a time: the second waits one cold start, the third two.
         assert!((one.start_wait_s - 0.75).abs() < 1e-9, "{one:?}");
         assert_eq!(one.cold_starts, 3);
+        // Each call waits for its own start too: 0.25 s, then 0.5 and 0.75.
+        assert!((free.call_wait_s - 0.75).abs() < 1e-9, "{free:?}");
+        assert!((one.call_wait_s - 1.5).abs() < 1e-9, "{one:?}");
         // Waiting holds memory, and is not idle.
         assert_gb_s(one.idle_gb_s, free.idle_gb_s);
         assert_gb_s(one.total_gb_s, free.total_gb_s + 0.75);

@@ -157,6 +157,7 @@ pub async fn run(trace: &Trace, options: &Options, url: &str) -> Result<LiveRepo
         memory_waits: 0,
         longest_memory_wait_s: 0.0,
         start_wait_s: total(|f| f.start_wait_seconds),
+        call_wait_s: total(|f| f.call_wait_seconds),
         peak_starts_per_s: memory.peak_starts_per_s,
         p99_starts_per_s: memory.p99_starts_per_s,
         engine_start_s: container_starts as f64 * options.engine_start_cost.as_secs_f64(),

@@ -1,12 +1,12 @@
 //! What the live mode reads from a server's `/metrics` (Prometheus text
-//! format): each function's calls, cold calls, starts, prewarms and
+//! format): each function's calls, cold calls, waits, starts, prewarms and
 //! containers by state.
 
 use std::collections::HashMap;
 
 use crate::metrics::{
-    CALL_DURATION_SECONDS, CALLS_TOTAL, CONTAINER_START_SECONDS, CONTAINER_STARTS_TOTAL,
-    CONTAINERS, PREWARMS_TOTAL, START_WAIT_SECONDS,
+    CALL_DURATION_SECONDS, CALL_QUEUE_SECONDS, CALLS_TOTAL, CONTAINER_START_SECONDS,
+    CONTAINER_STARTS_TOTAL, CONTAINERS, PREWARMS_TOTAL, START_WAIT_SECONDS,
 };
 
 /// One function's figures in one scrape.
@@ -18,6 +18,8 @@ pub(crate) struct FunctionFigures {
     pub(crate) failed: f64,
     /// Successful calls served by a container started for them.
     pub(crate) cold: f64,
+    /// Seconds calls waited for a container, added up.
+    pub(crate) call_wait_seconds: f64,
     /// Containers started.
     pub(crate) starts: f64,
     /// Seconds those starts took, added up.
@@ -41,6 +43,7 @@ impl FunctionFigures {
             starts: self.starts - before.starts,
             start_seconds: self.start_seconds - before.start_seconds,
             start_wait_seconds: self.start_wait_seconds - before.start_wait_seconds,
+            call_wait_seconds: self.call_wait_seconds - before.call_wait_seconds,
             prewarms_used: self.prewarms_used - before.prewarms_used,
             prewarms_wasted: self.prewarms_wasted - before.prewarms_wasted,
             ..*self
@@ -79,6 +82,7 @@ pub(crate) fn parse(text: &str) -> HashMap<String, FunctionFigures> {
             (CONTAINER_STARTS_TOTAL, _, _, Some("success")) => &mut entry.starts,
             (n, _, _, _) if n == sum_of(CONTAINER_START_SECONDS) => &mut entry.start_seconds,
             (n, _, _, _) if n == sum_of(START_WAIT_SECONDS) => &mut entry.start_wait_seconds,
+            (n, _, _, _) if n == sum_of(CALL_QUEUE_SECONDS) => &mut entry.call_wait_seconds,
             (PREWARMS_TOTAL, Some("used"), _, _) => &mut entry.prewarms_used,
             (PREWARMS_TOTAL, Some("wasted"), _, _) => &mut entry.prewarms_wasted,
             (CONTAINERS, _, _, _) => {
@@ -132,6 +136,8 @@ hotpool_container_start_seconds_sum{function="a"} 1.5
 hotpool_container_start_seconds_count{function="a"} 4
 hotpool_start_wait_seconds_sum{function="a"} 0.25
 hotpool_start_wait_seconds_count{function="a"} 4
+hotpool_call_queue_seconds_sum{function="a"} 0.75
+hotpool_call_queue_seconds_count{function="a"} 12
 hotpool_prewarms_total{function="a",outcome="used"} 1
 hotpool_prewarms_total{function="a",outcome="wasted"} 2
 hotpool_containers{function="a",state="idle"} 2
@@ -151,6 +157,7 @@ hotpool_memory_reserved_bytes 123
                 starts: 4.0,
                 start_seconds: 1.5,
                 start_wait_seconds: 0.25,
+                call_wait_seconds: 0.75,
                 prewarms_used: 1.0,
                 prewarms_wasted: 2.0,
                 idle: 2.0,
