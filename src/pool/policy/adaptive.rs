@@ -97,9 +97,11 @@
 //! timeouts they chose (with what each miss cost), the weight of the next one,
 //! its last busy spells (when they began, their peaks and spans) and how long
 //! the function has been idle. The rates of
-//! the last calls, the last removed containers, the horizon and the price of
-//! a start are not: they are about the last seconds (both are measured again
-//! at the next start).
+//! the last calls, the last removed containers, the horizon, the price of a
+//! start and the clockwork's lead are not: they are about the last seconds
+//! (the horizon and the price are measured again at the next start, the lead
+//! at the next clockwork prewarm, which begins [`PREWARM_LEAD`] ahead until
+//! then).
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;
