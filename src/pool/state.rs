@@ -730,12 +730,18 @@ mod tests {
         start + Duration::from_secs(s)
     }
 
+    /// `container` started at `now`, taking [`START`] after a turn that came
+    /// at once.
+    fn up(state: &mut State, container: &'static str, now: Instant) -> Actions<&'static str, Call> {
+        state.started(container, now, START, Duration::ZERO)
+    }
+
     /// Puts containers on the idle stack as started with no call waiting (as a
     /// prewarm would).
     fn with_idle(state: &mut State, now: Instant, containers: &[&'static str]) {
         for container in containers {
             state.starting += 1;
-            let actions = state.started(container, now, START, Duration::ZERO);
+            let actions = up(state, container, now);
             assert!(actions.grant.is_none() && actions.retire.is_empty());
         }
     }
@@ -754,7 +760,7 @@ mod tests {
         assert_eq!((ticked.start, ticked.fill), (0, 2));
         assert_eq!(state.tick(now).fill, 0, "starting ones count");
         for container in ["a", "b"] {
-            let _ = state.started(container, now, START, Duration::ZERO);
+            let _ = up(&mut state, container, now);
         }
         let Arrival::Ready { fill: 1, .. } = state.call_arrives(now, || call(1)) else {
             panic!("one taken, one started for the floor")
@@ -785,7 +791,7 @@ mod tests {
         let Arrival::Queued { start: 1, .. } = state.call_arrives(now, || call(1)) else {
             panic!("the first call starts one container")
         };
-        let actions = state.started("c1", now, START, Duration::ZERO);
+        let actions = up(&mut state, "c1", now);
         let (waiter, container) = actions.grant.expect("the waiter gets it");
         assert_eq!((waiter.id, container), (1, "c1"));
         assert_eq!(
@@ -848,10 +854,7 @@ mod tests {
             state.call_arrives(start, || first.clone()),
             Arrival::Queued { start: 1, .. }
         ));
-        let (_, c1) = state
-            .started("c1", start, START, Duration::ZERO)
-            .grant
-            .expect("granted");
+        let (_, c1) = up(&mut state, "c1", start).grant.expect("granted");
         let second = call(2);
         assert!(matches!(
             state.call_arrives(start, || second.clone()),
@@ -915,10 +918,7 @@ mod tests {
         let Arrival::Queued { start: 0, .. } = state.call_arrives(now, || call(2)) else {
             panic!("the starting container serves the live waiter")
         };
-        let (waiter, _) = state
-            .started("c", now, START, Duration::ZERO)
-            .grant
-            .expect("granted");
+        let (waiter, _) = up(&mut state, "c", now).grant.expect("granted");
         assert_eq!(waiter.id, 2, "the caller who left is skipped");
     }
 
@@ -995,7 +995,7 @@ mod tests {
         ));
         let back = state.returned(busy, now);
         assert_eq!(back.retire, [("idle", EvictionReason::Replaced)]);
-        let started = state.started("late", now, START, Duration::ZERO);
+        let started = up(&mut state, "late", now);
         assert_eq!(started.retire, [("late", EvictionReason::Replaced)]);
         assert!(state.is_finished());
     }
@@ -1087,11 +1087,7 @@ mod tests {
         // Calls every 10 s, each served by the one container: regular gaps.
         let container = {
             let _ = state.call_arrives(now, || call(0));
-            state
-                .started("c", now, START, Duration::ZERO)
-                .grant
-                .expect("granted")
-                .1
+            up(&mut state, "c", now).grant.expect("granted").1
         };
         let mut container = Some(container);
         for i in 1..12 {
@@ -1103,12 +1099,7 @@ mod tests {
             now += Duration::from_secs(10);
             let prewarm_due = state.tick(now - Duration::from_secs(1));
             for _ in 0..prewarm_due.start {
-                let _ = state.started(
-                    "prewarmed",
-                    now - Duration::from_millis(900),
-                    START,
-                    Duration::ZERO,
-                );
+                let _ = up(&mut state, "prewarmed", now - Duration::from_millis(900));
             }
             container = Some(match state.call_arrives(now, || call(i)) {
                 Arrival::Ready {
@@ -1123,11 +1114,7 @@ mod tests {
                     container
                 }
                 Arrival::Queued { start: 1, .. } => {
-                    state
-                        .started("c", now, START, Duration::ZERO)
-                        .grant
-                        .expect("granted")
-                        .1
+                    up(&mut state, "c", now).grant.expect("granted").1
                 }
                 other => panic!("{other:?}"),
             });
@@ -1138,12 +1125,7 @@ mod tests {
         let _ = state.tick(now);
         let due = state.tick(now + Duration::from_secs(9));
         assert_eq!(due.start, 1);
-        let _ = state.started(
-            "unused",
-            now + Duration::from_secs(9),
-            START,
-            Duration::ZERO,
-        );
+        let _ = up(&mut state, "unused", now + Duration::from_secs(9));
         let late = state.tick(now + Duration::from_secs(60));
         assert_eq!((late.retire.len(), late.prewarms_wasted), (1, 1));
     }

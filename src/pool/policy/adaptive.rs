@@ -1074,7 +1074,12 @@ mod tests {
     /// whose cold start is worth 100 GB-s: one kept through a gap costs
     /// about 3 cold starts, one let go and started again about a third.
     fn clockwork_bursts() -> (Adaptive, Instant, Instant, Duration) {
-        let mut policy = Adaptive::new(1024 * MIB, 100.0);
+        clockwork_bursts_at(100.0)
+    }
+
+    /// The same, where a cold start is worth `cold_start_gb_s`.
+    fn clockwork_bursts_at(cold_start_gb_s: f64) -> (Adaptive, Instant, Instant, Duration) {
+        let mut policy = Adaptive::new(1024 * MIB, cold_start_gb_s);
         let period = Duration::from_secs(300);
         let on_time = Duration::ZERO;
         let peaks = [20, 18, 22, 20, 19, 21, 20, 20, 20].map(|peak| (peak, on_time));
@@ -1193,10 +1198,7 @@ mod tests {
         // its memory for a second's lead and half a spell); at 1000 GB-s,
         // 0.30 against 0.30 and a little more.
         for (cold_start_gb_s, let_go) in [(650.0, true), (1000.0, false)] {
-            let mut policy = Adaptive::new(1024 * MIB, cold_start_gb_s);
-            let period = Duration::from_secs(300);
-            let peaks = [20, 18, 22, 20, 19, 21, 20, 20, 20].map(|peak| (peak, Duration::ZERO));
-            bursts(&mut policy, Instant::now(), period, &peaks);
+            let (policy, ..) = clockwork_bursts_at(cold_start_gb_s);
             let clock = policy.clock.expect("clockwork");
             let chosen = clock.prewarm.is_some_and(|prewarm| prewarm.let_go);
             assert_eq!(chosen, let_go, "{cold_start_gb_s} GB-s: {clock:?}");
