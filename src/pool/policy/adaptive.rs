@@ -70,11 +70,14 @@
 //! still in flight, the spell begins with its own first call in the window.
 //! The clock tells strays so even while no container needs bringing back.
 //!
-//! **Forecast.** A function busy enough to expect at least one call within
-//! its horizon (one container start, as its own starts have taken lately
-//! from their start turn on) keeps ready, idle or starting,
-//! the containers the next horizon's calls need: arrivals less returns, each
-//! counted at its rate over the last [`RATE_EVENTS`], plus
+//! **Forecast.** A function busy enough that a call within its horizon (one
+//! container start, as its own starts have taken lately from their start
+//! turn on) is at least as likely as a start's price keeps ready, idle or
+//! starting, the containers the next horizon's calls need: arrivals less
+//! returns, each counted at its rate over the last [`RATE_EVENTS`] (but when
+//! the last returns spread over longer than a call stays, as when calls
+//! rise after a lull, the calls in flight come back at one per stay each:
+//! the stay by Little's law, over the last [`STAY_MEMORY`]), plus
 //! [`FORECAST_DEVIATIONS`] standard deviations of the two as Poisson counts,
 //! both over the time a call stays (the horizon at most: shorter calls come
 //! back within it). The horizon is one start because it reckons again at
@@ -97,8 +100,9 @@
 //! timeouts they chose (with what each miss cost), the weight of the next one,
 //! its last busy spells (when they began, their peaks and spans) and how long
 //! the function has been idle. The rates of
-//! the last calls, the last removed containers, the horizon, the price of a
-//! start and the clockwork's lead are not: they are about the last seconds
+//! the last calls, how long calls stay, the last removed containers, the
+//! horizon, the price of a start and the clockwork's lead are not: they are
+//! about the last seconds or minutes
 //! (the horizon and the price are measured again at the next start, the lead
 //! at the next clockwork prewarm, which begins [`PREWARM_LEAD`] ahead until
 //! then).
@@ -145,16 +149,20 @@ const PREWARM_LEAD: Duration = Duration::from_secs(1);
 /// replay's 250 ms), the shortest and longest it follows the measured starts
 /// to, and how much of the horizon each start's time makes up (an average
 /// over the last few starts); the arrivals and returns its rates are measured
-/// over, the fewest arrivals in the horizon for it to act, and how many
-/// standard deviations above the expected deficit it provides for (see
-/// [`START_COST`]).
+/// over, the fewest arrivals in the horizon for it to act (where the chance
+/// of at least one, as a Poisson count, is a start's price: -ln(1 -
+/// [`START_COST`])), and how many standard deviations above the expected
+/// deficit it provides for (see [`START_COST`]).
 const FIRST_HORIZON: Duration = Duration::from_millis(250);
 const SHORTEST_HORIZON: Duration = Duration::from_millis(50);
 const LONGEST_HORIZON: Duration = Duration::from_secs(10);
 const HORIZON_WEIGHT: f64 = 0.25;
 const RATE_EVENTS: usize = 16;
-const FORECAST_MIN_ARRIVALS: f64 = 1.0;
+const FORECAST_MIN_ARRIVALS: f64 = 0.357;
 const FORECAST_DEVIATIONS: f64 = 0.52;
+/// How long the time calls spent in flight, and the calls that came back, are
+/// remembered for a call's stay (each fades to 1/e over this).
+const STAY_MEMORY: Duration = Duration::from_secs(300);
 /// What one container start costs, in cold starts. A cold start is a call
 /// waiting for a start (250 ms here) and the start itself, which costs the
 /// engine CPU time (105 ms of dockerd and containerd, measured here: see
@@ -215,9 +223,10 @@ pub(crate) struct Adaptive {
     busy_spells: VecDeque<Busy>,
     /// Its clock, with its clockwork prewarm, set as it last became idle.
     clock: Option<Clock>,
-    /// When its last calls arrived and returned.
+    /// When its last calls arrived and returned, and how long they stay.
     arrivals: Recent,
     returns: Recent,
+    stay: Stay,
     /// At the last arrival or return: when, and the highest level the
     /// forecast wanted up (the calls in flight and the deficit above them).
     forecast: Option<(Instant, usize)>,
@@ -293,6 +302,11 @@ impl Recent {
         self.0.push_back(at);
     }
 
+    /// The time since the oldest event kept; `None` before the first.
+    fn span(&self, now: Instant) -> Option<Duration> {
+        Some(now.saturating_duration_since(*self.0.front()?))
+    }
+
     /// Events per second at `now`: the last ones over the time since the
     /// oldest; 0 until there are enough, or if they all came at once (which
     /// says nothing of a rate).
@@ -308,6 +322,39 @@ impl Recent {
             }
             _ => 0.0,
         }
+    }
+}
+
+/// How long a call of the function stays, by Little's law: the time calls
+/// spent in flight over the calls that came back, both fading over
+/// [`STAY_MEMORY`]. Over the calls that came back, not those that arrived:
+/// a burst of long calls none of which is back yet reads as long calls, not
+/// as short ones.
+#[derive(Debug, Default)]
+struct Stay {
+    in_flight_s: f64,
+    returned: f64,
+    noted: Option<Instant>,
+}
+
+impl Stay {
+    /// A call arrived or returned at `now`, `running` calls in flight before.
+    fn note(&mut self, now: Instant, running: usize, returned: bool) {
+        if let Some(noted) = self.noted {
+            let elapsed = now.saturating_duration_since(noted).as_secs_f64();
+            let fade = (-elapsed / STAY_MEMORY.as_secs_f64()).exp();
+            self.in_flight_s = self.in_flight_s * fade + running as f64 * elapsed;
+            self.returned *= fade;
+        }
+        if returned {
+            self.returned += 1.0;
+        }
+        self.noted = Some(now);
+    }
+
+    /// Seconds a call stays; `None` before one came back.
+    fn seconds(&self) -> Option<f64> {
+        (self.returned > 0.0 && self.in_flight_s > 0.0).then(|| self.in_flight_s / self.returned)
     }
 }
 
@@ -331,6 +378,7 @@ impl Adaptive {
             clock: None,
             arrivals: Recent::default(),
             returns: Recent::default(),
+            stay: Stay::default(),
             forecast: None,
             horizon: FIRST_HORIZON,
             start_cost: START_COST,
@@ -345,7 +393,7 @@ impl Adaptive {
     /// fewer than [`FORECAST_MIN_ARRIVALS`] calls are expected.
     fn forecast_deficit(&self, now: Instant) -> usize {
         let horizon = self.horizon.as_secs_f64();
-        let (arrival_rate, return_rate) = (self.arrivals.rate(now), self.returns.rate(now));
+        let (arrival_rate, return_rate) = (self.arrivals.rate(now), self.return_rate(now));
         if arrival_rate * horizon < FORECAST_MIN_ARRIVALS {
             return 0;
         }
@@ -365,6 +413,21 @@ impl Adaptive {
         // less on the other two; most likely because rates measured over past
         // calls lag a rise, which the extra container covers.
         deficit.max(0.0).ceil() as usize
+    }
+
+    /// Returns per second at `now`: their rate over the last [`RATE_EVENTS`],
+    /// unless those spread over longer than a call stays, as when calls rise
+    /// after a lull. The calls in flight then come back sooner than that
+    /// rate says: each about a stay after it arrived, so at least one per
+    /// stay each.
+    fn return_rate(&self, now: Instant) -> f64 {
+        let measured = self.returns.rate(now);
+        match (self.stay.seconds(), self.returns.span(now)) {
+            (Some(stay), Some(span)) if span.as_secs_f64() > stay => {
+                measured.max(self.running as f64 / stay)
+            }
+            _ => measured,
+        }
     }
 
     /// The timeout of an idle container at `level`.
@@ -537,6 +600,7 @@ impl KeepAlivePolicy for Adaptive {
             self.observe(level, now.saturating_duration_since(began), cost);
         }
         self.arrivals.push(now);
+        self.stay.note(now, self.running, false);
         // The due spell's first call in its window begins it, even while the
         // calls of a stray from well before are still in flight: the stray
         // does not move the clock.
@@ -564,6 +628,7 @@ impl KeepAlivePolicy for Adaptive {
 
     fn call_returned(&mut self, now: Instant, in_flight: usize) {
         self.returns.push(now);
+        self.stay.note(now, self.running, true);
         self.running = in_flight;
         self.reckon(now);
         if in_flight == 0 {
@@ -1259,16 +1324,30 @@ mod tests {
         duration: Duration,
         until: Instant,
     ) -> usize {
+        calls(policy, every(start, gap, until), duration)
+    }
+
+    /// Every `gap` from `start` until `until`.
+    fn every(start: Instant, gap: Duration, until: Instant) -> impl Iterator<Item = Instant> {
+        std::iter::successors(Some(start), move |at| Some(*at + gap))
+            .take_while(move |at| *at < until)
+    }
+
+    /// Calls arriving at `arrivals`, each running `duration`; returns the
+    /// calls in flight after the last arrived.
+    fn calls(
+        policy: &mut Adaptive,
+        arrivals: impl Iterator<Item = Instant>,
+        duration: Duration,
+    ) -> usize {
         let mut running: VecDeque<Instant> = VecDeque::new();
-        let mut now = start;
-        while now < until {
+        for now in arrivals {
             while running.front().is_some_and(|end| *end <= now) {
                 let end = running.pop_front().expect("front");
                 policy.call_returned(end, running.len());
             }
             running.push_back(now + duration);
             policy.call_arrived(now, Found::Nothing, running.len());
-            now += gap;
         }
         running.len()
     }
@@ -1369,6 +1448,61 @@ mod tests {
             start + Duration::from_secs(120),
         );
         assert_eq!(quiet.forecast_deficit(start + Duration::from_secs(120)), 0);
+    }
+
+    #[test]
+    fn a_function_whose_call_within_a_start_is_as_likely_as_its_price_keeps_a_margin() {
+        let start = Instant::now();
+        let until = start + Duration::from_secs(60);
+        let margin = |gap: Duration| {
+            let mut policy = Adaptive::new(256 * MIB, 3000.0);
+            steady_calls(&mut policy, start, gap, Duration::from_secs(10), until);
+            policy.forecast_deficit(until)
+        };
+        // Two calls a second: a call within 250 ms is 39% likely, above a
+        // start's price; one a second, 22%: below it.
+        assert_eq!(margin(Duration::from_millis(500)), 1);
+        assert_eq!(margin(Duration::from_secs(1)), 0);
+    }
+
+    #[test]
+    fn after_a_lull_the_calls_in_flight_are_counted_coming_back() {
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
+        let start = Instant::now();
+        let rise = start + Duration::from_secs(200);
+        let now = rise + Duration::from_secs(2);
+        // Calls of 700 ms, every ten seconds, then ten a second: the last
+        // returns spread over the lull, but the calls in flight come back
+        // within 700 ms of arriving, about as fast as calls now arrive.
+        let lull = every(start, Duration::from_secs(10), rise);
+        let busy = every(rise, Duration::from_millis(100), now);
+        let in_flight = calls(&mut policy, lull.chain(busy), Duration::from_millis(700));
+        assert_eq!(in_flight, 7);
+        // A little over 700 ms: the calls in flight count their time so far.
+        let stay = policy.stay.seconds().expect("calls came back");
+        assert!((0.7..0.85).contains(&stay), "{stay} s a call");
+        // Arrivals outrun the returns of the lull by 2.4 calls in 250 ms; a
+        // margin for chance is all they outrun those in flight by.
+        assert_eq!(policy.forecast_deficit(now), 2);
+    }
+
+    #[test]
+    fn a_burst_of_long_calls_after_a_lull_is_not_counted_coming_back() {
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
+        let start = Instant::now();
+        let rise = start + Duration::from_secs(2000);
+        let now = rise + Duration::from_secs(5);
+        // Calls of a minute, every 100 s, then ten a second: none of those
+        // is back within a start, however many are in flight.
+        let lull = every(start, Duration::from_secs(100), rise);
+        let busy = every(rise, Duration::from_millis(100), now);
+        let in_flight = calls(&mut policy, lull.chain(busy), Duration::from_secs(60));
+        assert_eq!(in_flight, 50);
+        let stay = policy.stay.seconds().expect("calls came back");
+        assert!(stay > 50.0, "{stay} s a call");
+        // 2.5 calls due within 250 ms, a margin for chance, and few returns.
+        let deficit = policy.forecast_deficit(now);
+        assert!((3..=5).contains(&deficit), "{deficit} ahead");
     }
 
     #[test]
