@@ -70,11 +70,11 @@
 //! still in flight, the spell begins with its own first call in the window.
 //! The clock tells strays so even while no container needs bringing back.
 //!
-//! **Forecast.** A function busy enough that a call within its horizon (one
-//! container start, as its own starts have taken lately from their start
-//! turn on) is at least as likely as a start's price keeps ready, idle or
-//! starting, the containers the next horizon's calls need: arrivals less
-//! returns, each counted at its rate over the last [`RATE_EVENTS`] (but when
+//! **Forecast.** A function busy enough that a call within a start of a
+//! quiet engine ([`FIRST_HORIZON`]) is at least as likely as a start's price
+//! keeps ready, idle or starting, the containers the calls of its horizon
+//! (one container start, as its own starts have taken lately from their
+//! start turn on) need: arrivals less returns, each counted at its rate over the last [`RATE_EVENTS`] (but when
 //! the last returns spread over longer than a call stays, as when calls
 //! rise after a lull, the calls in flight come back at one per stay each:
 //! the stay by Little's law, over the last [`STAY_MEMORY`]), plus
@@ -94,7 +94,9 @@
 //! horizon: they are every function's, and a forecast that covered them would
 //! ask for more starts, which make them longer still (on the trace, under a
 //! start capacity like this machine's engine's, starts then waited four times
-//! as long).
+//! as long). For the same reason which functions it acts for does not follow
+//! the measured starts: a loaded engine's slow starts would bring in more
+//! functions, whose starts would load it further.
 //!
 //! **Learned.** What it hands on ([`AdaptiveLearned`]): the spells and the
 //! timeouts they chose (with what each miss cost), the weight of the next one,
@@ -149,10 +151,10 @@ const PREWARM_LEAD: Duration = Duration::from_secs(1);
 /// replay's 250 ms), the shortest and longest it follows the measured starts
 /// to, and how much of the horizon each start's time makes up (an average
 /// over the last few starts); the arrivals and returns its rates are measured
-/// over, the fewest arrivals in the horizon for it to act (where the chance
-/// of at least one, as a Poisson count, is a start's price: -ln(1 -
-/// [`START_COST`])), and how many standard deviations above the expected
-/// deficit it provides for (see [`START_COST`]).
+/// over, the fewest arrivals within [`FIRST_HORIZON`] for it to act (where
+/// the chance of at least one, as a Poisson count, is a start's price:
+/// -ln(1 - [`START_COST`])), and how many standard deviations above the
+/// expected deficit it provides for (see [`START_COST`]).
 const FIRST_HORIZON: Duration = Duration::from_millis(250);
 const SHORTEST_HORIZON: Duration = Duration::from_millis(50);
 const LONGEST_HORIZON: Duration = Duration::from_secs(10);
@@ -390,11 +392,12 @@ impl Adaptive {
     /// Containers, idle or starting, that the calls expected over the next
     /// horizon need at `now`: arrivals less returns, with a margin
     /// for chance (both counted as Poisson at their recent rates); none while
-    /// fewer than [`FORECAST_MIN_ARRIVALS`] calls are expected.
+    /// fewer than [`FORECAST_MIN_ARRIVALS`] calls are expected within a start
+    /// of a quiet engine.
     fn forecast_deficit(&self, now: Instant) -> usize {
         let horizon = self.horizon.as_secs_f64();
         let (arrival_rate, return_rate) = (self.arrivals.rate(now), self.return_rate(now));
-        if arrival_rate * horizon < FORECAST_MIN_ARRIVALS {
+        if arrival_rate * FIRST_HORIZON.as_secs_f64() < FORECAST_MIN_ARRIVALS {
             return 0;
         }
         // Arrivals outrun returns, and chance moves them, only over the time a
@@ -1463,6 +1466,26 @@ mod tests {
         // start's price; one a second, 22%: below it.
         assert_eq!(margin(Duration::from_millis(500)), 1);
         assert_eq!(margin(Duration::from_secs(1)), 0);
+    }
+
+    #[test]
+    fn slow_starts_lengthen_the_forecast_but_bring_in_no_quieter_function() {
+        let start = Instant::now();
+        let until = start + Duration::from_secs(60);
+        // Starts take two seconds, as on a loaded engine.
+        let slow = |gap: Duration| {
+            let mut policy = Adaptive::new(256 * MIB, 3000.0);
+            for _ in 0..40 {
+                policy.start_took(Duration::from_secs(2), Duration::ZERO);
+            }
+            let in_flight = steady_calls(&mut policy, start, gap, Duration::from_secs(60), until);
+            policy.prewarm(until) - in_flight
+        };
+        // Ten calls a second, none back yet: 20 within two seconds.
+        assert!((20..=25).contains(&slow(Duration::from_millis(100))));
+        // One a second: two calls within two seconds, but a call within a
+        // quiet engine's start is less likely than a start's price.
+        assert_eq!(slow(Duration::from_secs(1)), 0);
     }
 
     #[test]
