@@ -1488,18 +1488,33 @@ mod tests {
         assert_eq!(slow(Duration::from_secs(1)), 0);
     }
 
-    #[test]
-    fn after_a_lull_the_calls_in_flight_are_counted_coming_back() {
+    /// Calls of `duration` every `gap` for `lull`, then ten a second for
+    /// `rising`: the policy, the calls in flight at the end, and the end.
+    fn rise_after_a_lull(
+        gap: Duration,
+        lull: Duration,
+        rising: Duration,
+        duration: Duration,
+    ) -> (Adaptive, usize, Instant) {
         let mut policy = Adaptive::new(256 * MIB, 3000.0);
         let start = Instant::now();
-        let rise = start + Duration::from_secs(200);
-        let now = rise + Duration::from_secs(2);
+        let (rise, end) = (start + lull, start + lull + rising);
+        let arrivals = every(start, gap, rise).chain(every(rise, Duration::from_millis(100), end));
+        let in_flight = calls(&mut policy, arrivals, duration);
+        (policy, in_flight, end)
+    }
+
+    #[test]
+    fn after_a_lull_the_calls_in_flight_are_counted_coming_back() {
         // Calls of 700 ms, every ten seconds, then ten a second: the last
         // returns spread over the lull, but the calls in flight come back
         // within 700 ms of arriving, about as fast as calls now arrive.
-        let lull = every(start, Duration::from_secs(10), rise);
-        let busy = every(rise, Duration::from_millis(100), now);
-        let in_flight = calls(&mut policy, lull.chain(busy), Duration::from_millis(700));
+        let (policy, in_flight, now) = rise_after_a_lull(
+            Duration::from_secs(10),
+            Duration::from_secs(200),
+            Duration::from_secs(2),
+            Duration::from_millis(700),
+        );
         assert_eq!(in_flight, 7);
         // A little over 700 ms: the calls in flight count their time so far.
         let stay = policy.stay.seconds().expect("calls came back");
@@ -1511,15 +1526,14 @@ mod tests {
 
     #[test]
     fn a_burst_of_long_calls_after_a_lull_is_not_counted_coming_back() {
-        let mut policy = Adaptive::new(256 * MIB, 3000.0);
-        let start = Instant::now();
-        let rise = start + Duration::from_secs(2000);
-        let now = rise + Duration::from_secs(5);
         // Calls of a minute, every 100 s, then ten a second: none of those
         // is back within a start, however many are in flight.
-        let lull = every(start, Duration::from_secs(100), rise);
-        let busy = every(rise, Duration::from_millis(100), now);
-        let in_flight = calls(&mut policy, lull.chain(busy), Duration::from_secs(60));
+        let (policy, in_flight, now) = rise_after_a_lull(
+            Duration::from_secs(100),
+            Duration::from_secs(2000),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        );
         assert_eq!(in_flight, 50);
         let stay = policy.stay.seconds().expect("calls came back");
         assert!(stay > 50.0, "{stay} s a call");
