@@ -1469,6 +1469,15 @@ mod tests {
     }
 
     #[test]
+    fn a_starts_wait_for_its_turn_is_left_out_of_the_horizon() {
+        let mut policy = Adaptive::new(256 * MIB, 3000.0);
+        policy.start_took(FIRST_HORIZON, Duration::from_secs(10));
+        assert_eq!(policy.horizon, FIRST_HORIZON);
+        policy.start_took(FIRST_HORIZON * 5, Duration::ZERO);
+        assert_eq!(policy.horizon, FIRST_HORIZON * 2);
+    }
+
+    #[test]
     fn slow_starts_lengthen_the_forecast_but_bring_in_no_quieter_function() {
         let start = Instant::now();
         let until = start + Duration::from_secs(60);
