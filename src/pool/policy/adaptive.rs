@@ -74,10 +74,11 @@
 //! quiet engine ([`FIRST_HORIZON`]) is at least as likely as a start's price
 //! keeps ready, idle or starting, the containers the calls of its horizon
 //! (one container start, as its own starts have taken lately from their
-//! start turn on) need: arrivals less returns, each counted at its rate over the last [`RATE_EVENTS`] (but when
-//! the last returns spread over longer than a call stays, as when calls
-//! rise after a lull, the calls in flight come back at one per stay each:
-//! the stay by Little's law, over the last [`STAY_MEMORY`]), plus
+//! start turn on) need: arrivals less returns, each counted at its rate over
+//! the last [`RATE_EVENTS`] (but when the last returns spread over longer
+//! than a call stays, as when calls rise after a lull, the calls in flight
+//! come back at one per stay each: the stay by Little's law, over the last
+//! [`STAY_MEMORY`]), plus
 //! [`FORECAST_DEVIATIONS`] standard deviations of the two as Poisson counts,
 //! both over the time a call stays (the horizon at most: shorter calls come
 //! back within it). The horizon is one start because it reckons again at
@@ -101,10 +102,9 @@
 //! **Learned.** What it hands on ([`AdaptiveLearned`]): the spells and the
 //! timeouts they chose (with what each miss cost), the weight of the next one,
 //! its last busy spells (when they began, their peaks and spans) and how long
-//! the function has been idle. The rates of
-//! the last calls, how long calls stay, the last removed containers, the
-//! horizon, the price of a start and the clockwork's lead are not: they are
-//! about the last seconds or minutes
+//! the function has been idle. The rates of the last calls, how long calls
+//! stay, the last removed containers, the horizon, the price of a start and
+//! the clockwork's lead are not: they are about the last seconds or minutes
 //! (the horizon and the price are measured again at the next start, the lead
 //! at the next clockwork prewarm, which begins [`PREWARM_LEAD`] ahead until
 //! then).
