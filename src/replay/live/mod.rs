@@ -2,7 +2,7 @@
 //! `hotpool serve` whose config [`serve_config`] wrote, measured from the
 //! server's `/metrics`, to set beside the simulation of the same slice.
 //!
-//! The calls are the simulation's own ([`super::calls`]): the same seed gives
+//! The calls are the simulation's own (`replay::calls`): the same seed gives
 //! the same arrival times and durations, each call's body `!sleep MS`. Counters
 //! (calls, cold calls, starts, prewarms) are the growth of the server's over
 //! the run. Memory is sampled: every [`SAMPLE_EVERY`] the live mode reads each
