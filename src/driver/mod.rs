@@ -26,11 +26,12 @@
 //! [`ClaimError::Owned`], naming the owner.
 //!
 //! The drivers: [`docker`] (dockerd), and [`any::AnyDriver`], the engine chosen
-//! at run time, which the server and the command line use; `in_process` (with the `test-util` feature) runs
-//! tokio tasks as containers for tests. What an engine accepts (its minimum
-//! memory, whether it attaches) is asked of it: [`Driver::traits`]. The parts of
-//! a local engine's driver that speak to no engine (direct pipes, cgroup
-//! counters, the pool lock, registry credentials) are in `linux/`.
+//! at run time, which the server and the command line use; `in_process`
+//! (with the `test-util` feature) runs tokio tasks as containers for tests.
+//! What an engine accepts (its minimum memory, whether it attaches) is asked
+//! of it: [`Driver::traits`]. The parts of a local engine's driver that speak
+//! to no engine (direct pipes, cgroup counters, the pool lock, registry
+//! credentials) are in `linux/`.
 
 pub mod any;
 mod call_mark;
